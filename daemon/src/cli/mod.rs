@@ -1,0 +1,72 @@
+//! Command-line interface: the subcommands, their flags and `--help` text, and the mapping of
+//! their results to exit codes. Each subcommand lives in its own file and only wires the
+//! library modules together.
+
+mod keygen;
+mod upload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// narpush puts Nix store paths into a signed binary cache on S3-compatible storage
+/// (Cloudflare R2, AWS S3, ...) or in a local directory.
+#[derive(Debug, Parser)]
+#[command(name = "narpush", version, propagate_version = true)]
+pub struct Cli {
+    /// Config file (TOML). Default: $NARPUSH_CONFIG, else /etc/narpush/narpush.toml if it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log more (repeat for even more): -v info, -vv debug.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Upload(upload::UploadArgs),
+    Keygen(keygen::KeygenArgs),
+}
+
+/// How a command that ran ended.
+pub enum Outcome {
+    Success,
+    /// Some of the work failed; the details were already printed.
+    PartialFailure,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::PartialFailure => ExitCode::from(1),
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Upload(args) => upload::run(args, cli.config.as_deref()),
+        Command::Keygen(args) => keygen::run(&args),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level chosen with `-v`.
+pub fn init_logging(verbosity: u8) {
+    let default = match verbosity {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,21 @@
+//! narpush: puts every path Nix builds into a signed binary cache on S3-compatible storage.
+//!
+//! # Layout
+//!
+//! - [`format`]: the Nix formats (store paths, nixbase32, NAR, narinfo, signing keys). No I/O
+//!   beyond reading the tree being archived, no tokio, no S3, no config.
+//! - [`store`]: what the local Nix store knows about paths (metadata, closures), asked of the
+//!   `nix` commands, one process per batch.
+//! - [`target`]: where objects go (`s3://…` through aws-sdk-s3, `file:///…`), and the one place
+//!   that decides whether a failure is worth retrying.
+//! - [`upload`]: turning store paths into cache objects: the NAR stream (hash check, compression,
+//!   fixed-size parts), narinfo signing, and the ordering that keeps the closure invariant.
+//! - [`config`]: the TOML config file, checked in one pass.
+//!
+//! The binary (`main.rs`, `cli/`) only wires these together.
+
+pub mod config;
+pub mod format;
+pub mod store;
+pub mod target;
+pub mod upload;

@@ -1,0 +1,415 @@
+//! What the local Nix store knows about paths: NarHash, NarSize, references, deriver, CA and
+//! signatures, closures, and which store path a command-line argument names.
+//!
+//! The metadata comes from `nix path-info --json`, one process per batch of paths (never one
+//! per path). Its output changed shape across Nix versions, and [`parse_path_info_json`]
+//! accepts every shape seen so far:
+//!
+//! - Nix 2.8–2.18: a JSON array of objects, each with a full `path`;
+//! - Nix 2.19–2.32: an object keyed by full path (`null` for an invalid path);
+//! - Nix 2.33+ (format v2): keys, `references` and `deriver` may be basenames, and `narHash` /
+//!   `ca` may be structured objects instead of strings.
+//!
+//! Invariant: every [`PathInfo`] handed out has a validated [`StorePath`], a non-zero NarSize
+//! and references that are themselves valid store paths; anything else is a [`StoreError`]
+//! naming the path and field, never a guess.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::format::hash::Sha256;
+use crate::format::nixbase32;
+use crate::format::store_path::{StorePath, StorePathError, STORE_DIR};
+
+/// Metadata of one valid store path, as the local store records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    pub path: StorePath,
+    pub nar_hash: Sha256,
+    pub nar_size: u64,
+    pub references: Vec<StorePath>,
+    pub deriver: Option<StorePath>,
+    pub ca: Option<String>,
+    pub signatures: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("'{arg}' is not in the Nix store {STORE_DIR}")]
+    OutsideStore { arg: String },
+    #[error("'{arg}' does not exist")]
+    Missing {
+        arg: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("'{arg}' is not a valid store path")]
+    InvalidStorePath {
+        arg: String,
+        #[source]
+        source: StorePathError,
+    },
+    #[error("could not run `{command}` (is Nix installed and on PATH?)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    CommandFailed { command: String, stderr: String },
+    #[error("unexpected output from `nix path-info --json`: {problem}")]
+    UnexpectedJson { problem: String },
+    #[error("store path {path}: field '{field}' has an unusable value {value}")]
+    BadField {
+        path: String,
+        field: &'static str,
+        value: String,
+    },
+}
+
+/// Turns a command-line argument into the store path it names: a store path itself, a file
+/// inside one (`/nix/store/…-hello/bin/hello`), or a symlink into the store (`./result`).
+pub fn resolve_store_path_arg(arg: &str) -> Result<StorePath, StoreError> {
+    let in_store = |candidate: &str| -> Option<Result<StorePath, StoreError>> {
+        let rest = candidate.strip_prefix(STORE_DIR)?.strip_prefix('/')?;
+        let basename = rest.split('/').next().unwrap_or_default();
+        Some(
+            StorePath::from_basename(basename).map_err(|source| StoreError::InvalidStorePath {
+                arg: arg.to_owned(),
+                source,
+            }),
+        )
+    };
+    if let Some(parsed) = in_store(arg) {
+        if !arg.split('/').any(|component| component == "..") {
+            return parsed;
+        }
+    }
+    let canonical =
+        std::fs::canonicalize(Path::new(arg)).map_err(|source| StoreError::Missing {
+            arg: arg.to_owned(),
+            source,
+        })?;
+    match canonical.to_str().and_then(in_store) {
+        Some(parsed) => parsed,
+        None => Err(StoreError::OutsideStore {
+            arg: arg.to_owned(),
+        }),
+    }
+}
+
+/// Metadata of `paths` (and, with `closure`, of everything they reference, recursively),
+/// sorted by path. An invalid path is an error naming it.
+pub async fn query_path_infos(
+    paths: &[StorePath],
+    closure: bool,
+) -> Result<Vec<PathInfo>, StoreError> {
+    // Bounded so the argument list stays far below the kernel's limit.
+    const PATHS_PER_PROCESS: usize = 1000;
+    let mut infos = Vec::with_capacity(paths.len());
+    for batch in paths.chunks(PATHS_PER_PROCESS) {
+        let mut args = vec![
+            "--extra-experimental-features".to_owned(),
+            "nix-command".to_owned(),
+            "path-info".to_owned(),
+            "--json".to_owned(),
+        ];
+        if closure {
+            args.push("--recursive".to_owned());
+        }
+        args.push("--".to_owned());
+        args.extend(batch.iter().map(StorePath::to_absolute));
+        let stdout = run_nix("nix", &args).await?;
+        infos.extend(parse_path_info_json(&stdout)?);
+    }
+    infos.sort_by(|a, b| a.path.cmp(&b.path));
+    infos.dedup_by(|a, b| a.path == b.path);
+    Ok(infos)
+}
+
+/// Runs a Nix command with fixed arguments (no shell) and returns its stdout.
+pub async fn run_nix(program: &str, args: &[String]) -> Result<String, StoreError> {
+    let command = format!("{program} {}", args.join(" "));
+    let output = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|source| StoreError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        return Err(StoreError::CommandFailed { command, stderr });
+    }
+    String::from_utf8(output.stdout).map_err(|_| StoreError::UnexpectedJson {
+        problem: format!("`{command}` printed invalid UTF-8"),
+    })
+}
+
+/// Parses `nix path-info --json` output of any Nix version (see the module doc).
+pub fn parse_path_info_json(json: &str) -> Result<Vec<PathInfo>, StoreError> {
+    let value: Value = serde_json::from_str(json).map_err(|e| StoreError::UnexpectedJson {
+        problem: e.to_string(),
+    })?;
+    match value {
+        Value::Array(entries) => entries
+            .iter()
+            .map(|entry| {
+                let path = entry.get("path").and_then(Value::as_str).ok_or_else(|| {
+                    StoreError::UnexpectedJson {
+                        problem: "array entry without a \"path\" string".to_owned(),
+                    }
+                })?;
+                parse_entry(path, entry)
+            })
+            .collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(path, entry)| parse_entry(path, entry))
+            .collect(),
+        other => Err(StoreError::UnexpectedJson {
+            problem: format!("expected an array or object, got {other}"),
+        }),
+    }
+}
+
+fn parse_entry(path: &str, entry: &Value) -> Result<PathInfo, StoreError> {
+    let store_path = parse_path_field(path, "path", path)?;
+    let bad = |field: &'static str, value: &Value| StoreError::BadField {
+        path: path.to_owned(),
+        field,
+        value: value.to_string(),
+    };
+    // Nix 2.8 reports an invalid path as `{"path": …, "valid": false}`, 2.19+ as `null`.
+    if entry.is_null() || entry.get("valid") == Some(&Value::Bool(false)) {
+        return Err(StoreError::CommandFailed {
+            command: "nix path-info".to_owned(),
+            stderr: format!("path '{path}' is not valid"),
+        });
+    }
+    let nar_hash_value = entry.get("narHash").unwrap_or(&Value::Null);
+    let nar_hash =
+        parse_hash_value(nar_hash_value).ok_or_else(|| bad("narHash", nar_hash_value))?;
+    let nar_size_value = entry.get("narSize").unwrap_or(&Value::Null);
+    let nar_size = nar_size_value
+        .as_u64()
+        .filter(|size| *size > 0)
+        .ok_or_else(|| bad("narSize", nar_size_value))?;
+    let references = match entry.get("references") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(refs)) => refs
+            .iter()
+            .map(|r| {
+                r.as_str()
+                    .ok_or_else(|| bad("references", r))
+                    .and_then(|s| parse_path_field(path, "references", s))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(bad("references", other)),
+    };
+    let deriver = match entry.get("deriver") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(parse_path_field(path, "deriver", s)?),
+        Some(other) => return Err(bad("deriver", other)),
+    };
+    let ca = match entry.get("ca") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(structured) => {
+            Some(render_structured_ca(structured).ok_or_else(|| bad("ca", structured))?)
+        }
+    };
+    let signatures = match entry.get("signatures") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(sigs)) => sigs
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad("signatures", s))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(bad("signatures", other)),
+    };
+    Ok(PathInfo {
+        path: store_path,
+        nar_hash,
+        nar_size,
+        references,
+        deriver,
+        ca,
+        signatures,
+    })
+}
+
+/// A store path as path-info prints it: absolute (up to 2.32) or a basename (v2 format).
+fn parse_path_field(
+    owner: &str,
+    field: &'static str,
+    value: &str,
+) -> Result<StorePath, StoreError> {
+    let parsed = if value.starts_with('/') {
+        StorePath::from_absolute_path(value)
+    } else {
+        StorePath::from_basename(value)
+    };
+    parsed.map_err(|_| StoreError::BadField {
+        path: owner.to_owned(),
+        field,
+        value: value.to_owned(),
+    })
+}
+
+/// A hash as a string (`sha256-…` SRI, `sha256:…`) or as the v2 object
+/// `{"algorithm": "sha256", "format": …, "hash": …}`.
+fn parse_hash_value(value: &Value) -> Option<Sha256> {
+    match value {
+        Value::String(s) => Sha256::parse(s).ok(),
+        Value::Object(fields) => {
+            let algorithm = fields.get("algorithm").and_then(Value::as_str)?;
+            let hash = fields.get("hash").and_then(Value::as_str)?;
+            if algorithm != "sha256" {
+                return None;
+            }
+            Sha256::parse(&format!("sha256:{hash}"))
+                .ok()
+                .or_else(|| Sha256::parse(&format!("sha256-{hash}")).ok())
+        }
+        _ => None,
+    }
+}
+
+/// Renders a v2 structured content address (`{"method": "nar", "hash": {…}}`) in the string
+/// form a narinfo's `CA:` line carries (`fixed:r:sha256:<nix32>`).
+fn render_structured_ca(value: &Value) -> Option<String> {
+    let method = value.get("method").and_then(Value::as_str)?;
+    let hash = parse_hash_value(value.get("hash")?)?;
+    let digest = nixbase32::encode(&hash.0);
+    match method {
+        "nar" => Some(format!("fixed:r:sha256:{digest}")),
+        "flat" => Some(format!("fixed:sha256:{digest}")),
+        "text" => Some(format!("text:sha256:{digest}")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real output of `nix path-info --json -r` on Nix 2.8.0 (array shape).
+    const NIX_2_8: &str = r#"[{"path":"/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep","narHash":"sha256-EFUdrtf6Rn0LWIJufrmg8q99aT3jGfLvd1//zaJEufY=","narSize":120,"references":[],"deriver":"/nix/store/jwihwvfi1z8bz011531wwz4zp9kwkax2-dep.drv","registrationTime":1795567007,"ultimate":true},{"path":"/nix/store/wzvc6ccn1xj0k81dchnwx909za0xxqpx-top","narHash":"sha256-HCLuJvZsL5HuW5SY3bg4T4lgE5Af1pWjZHsm2aaoigQ=","narSize":520,"references":["/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep"],"deriver":"/nix/store/lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv","registrationTime":1795567007,"ultimate":true}]"#;
+
+    /// The same paths in the shape of Nix 2.19–2.32: an object keyed by path, with signatures
+    /// and a content address.
+    const NIX_2_19: &str = r#"{"/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep":{"ca":"fixed:r:sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0","deriver":"/nix/store/jwihwvfi1z8bz011531wwz4zp9kwkax2-dep.drv","narHash":"sha256-EFUdrtf6Rn0LWIJufrmg8q99aT3jGfLvd1//zaJEufY=","narSize":120,"references":[],"registrationTime":1795567007,"signatures":["test-1:abc"],"ultimate":false},"/nix/store/wzvc6ccn1xj0k81dchnwx909za0xxqpx-top":{"ca":null,"deriver":"/nix/store/lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv","narHash":"sha256-HCLuJvZsL5HuW5SY3bg4T4lgE5Af1pWjZHsm2aaoigQ=","narSize":520,"references":["/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep"],"registrationTime":1795567007,"signatures":[],"ultimate":true}}"#;
+
+    /// Format v2 (Nix 2.33+): basenames and structured hashes.
+    const NIX_V2: &str = r#"{"wzvc6ccn1xj0k81dchnwx909za0xxqpx-top":{"version":2,"path":"wzvc6ccn1xj0k81dchnwx909za0xxqpx-top","ca":{"method":"nar","hash":{"algorithm":"sha256","format":"base64","hash":"QHvNm2CLenj5iFkwws4fyvrgl30xzNQ/wemYy0damqw="}},"deriver":"lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv","narHash":{"algorithm":"sha256","format":"base16","hash":"1c22ee26f66c2f91ee5b9498ddb8384f896013901fd695a3647b26d9a6a88a04"},"narSize":520,"references":["9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep"],"storeDir":"/nix/store"}}"#;
+
+    fn top_of(infos: &[PathInfo]) -> &PathInfo {
+        infos
+            .iter()
+            .find(|i| i.path.name() == "top")
+            .expect("top is in the parsed output")
+    }
+
+    #[test]
+    fn nix_2_8_array_shape_parses_with_references_and_deriver() {
+        let infos = parse_path_info_json(NIX_2_8).unwrap();
+        assert_eq!(infos.len(), 2);
+        let top = top_of(&infos);
+        assert_eq!(top.nar_size, 520);
+        assert_eq!(
+            top.nar_hash.to_string(),
+            Sha256::parse("sha256-HCLuJvZsL5HuW5SY3bg4T4lgE5Af1pWjZHsm2aaoigQ=")
+                .unwrap()
+                .to_string()
+        );
+        assert_eq!(
+            top.references[0].to_absolute(),
+            "/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep"
+        );
+        assert_eq!(
+            top.deriver.as_ref().unwrap().basename(),
+            "lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv"
+        );
+    }
+
+    #[test]
+    fn nix_2_19_object_shape_gives_the_same_metadata_as_2_8() {
+        let old = parse_path_info_json(NIX_2_8).unwrap();
+        let new = parse_path_info_json(NIX_2_19).unwrap();
+        assert_eq!(top_of(&old), top_of(&new));
+        let dep = new.iter().find(|i| i.path.name() == "dep").unwrap();
+        assert_eq!(dep.signatures, vec!["test-1:abc".to_owned()]);
+        assert_eq!(
+            dep.ca.as_deref(),
+            Some("fixed:r:sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0")
+        );
+    }
+
+    #[test]
+    fn format_v2_basenames_and_structured_hashes_parse() {
+        let infos = parse_path_info_json(NIX_V2).unwrap();
+        let top = &infos[0];
+        let old = parse_path_info_json(NIX_2_8).unwrap();
+        assert_eq!(top.nar_hash, top_of(&old).nar_hash);
+        assert_eq!(top.references, top_of(&old).references);
+        assert_eq!(top.deriver, top_of(&old).deriver);
+        assert_eq!(
+            top.ca.as_deref(),
+            Some("fixed:r:sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0")
+        );
+    }
+
+    #[test]
+    fn invalid_path_in_object_shape_is_an_error_naming_it() {
+        let err =
+            parse_path_info_json(r#"{"/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep":null}"#)
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_nar_size_is_rejected_with_the_field_name() {
+        let json = NIX_2_8.replace("\"narSize\":120", "\"narSize\":0");
+        let err = parse_path_info_json(&json).unwrap_err();
+        assert!(err.to_string().contains("narSize"), "{err}");
+    }
+
+    #[test]
+    fn arguments_inside_a_store_path_resolve_to_that_path() {
+        let p = resolve_store_path_arg("/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep/bin/x")
+            .unwrap();
+        assert_eq!(p.basename(), "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep");
+    }
+
+    #[test]
+    fn arguments_outside_the_store_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_store_path_arg(dir.path().to_str().unwrap()).unwrap_err();
+        assert!(matches!(err, StoreError::OutsideStore { .. }), "{err}");
+        assert!(err.to_string().contains("is not in the Nix store"));
+    }
+
+    #[test]
+    fn dot_dot_tricks_do_not_escape_the_check() {
+        let err = resolve_store_path_arg("/nix/store/../../etc/passwd").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::OutsideStore { .. } | StoreError::InvalidStorePath { .. }
+            ),
+            "{err}"
+        );
+    }
+}

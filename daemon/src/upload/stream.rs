@@ -1,0 +1,290 @@
+//! One NAR from the store to the target, streamed: the NAR is serialized, hashed, compressed
+//! and cut into fixed-size parts on a blocking thread, while the async side uploads each part
+//! as it arrives.
+//!
+//! Invariants:
+//! - **Bounded memory.** At most three parts of one upload exist at once (one being filled, one
+//!   waiting in the single-slot channel, one being sent), whatever the NAR's size.
+//! - **Fixed part size.** Every part but the last is exactly `part_size` bytes, as R2 demands;
+//!   `part_size` is raised for huge NARs so that no upload needs more than 10,000 parts.
+//! - **Nothing unverified becomes visible.** The object is completed (or, when it fits in one
+//!   part, written at all) only after the NarHash and NarSize computed from the stream equal the
+//!   ones the store recorded; on a mismatch or any error the multipart upload is aborted.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::compress::{Compression, Encoder};
+use super::progress::Progress;
+use super::UploadError;
+use crate::format::hash::{HashingWriter, Sha256};
+use crate::format::nar;
+use crate::store::PathInfo;
+use crate::target::{content_type, Target, Upload};
+
+/// S3 caps a multipart upload at this many parts.
+const MAX_PARTS: u64 = 10_000;
+/// Below this NAR size, one compression thread is faster than splitting the stream.
+const MULTITHREAD_THRESHOLD: u64 = 8 << 20;
+
+/// How NARs are encoded and cut.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamSettings {
+    pub compression: Compression,
+    pub level: i32,
+    /// The part size for NARs small enough to need fewer than 10,000 parts of it.
+    pub base_part_size: u64,
+}
+
+/// What the stream measured: the narinfo's FileHash/FileSize and the checked NarHash/NarSize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamedNar {
+    pub nar_hash: Sha256,
+    pub nar_size: u64,
+    pub file_hash: Sha256,
+    pub file_size: u64,
+}
+
+/// The object key of a NAR: named by the NarHash the store already knows, so the upload can
+/// start before compression ends.
+pub fn nar_key(info: &PathInfo, compression: Compression) -> String {
+    format!(
+        "nar/{}{}",
+        info.nar_hash.to_nix32(),
+        compression.nar_extension()
+    )
+}
+
+/// The part size for a NAR of `nar_size` bytes: `base`, raised (in whole MiB) when the
+/// compressed stream could otherwise need more than [`MAX_PARTS`] parts.
+pub fn part_size_for(nar_size: u64, base: u64) -> u64 {
+    // Upper bound on compressed size: incompressible data grows by a small fraction.
+    let bound = nar_size + nar_size / 128 + (1 << 16);
+    let needed = bound.div_ceil(MAX_PARTS);
+    base.max(needed.div_ceil(1 << 20) << 20)
+}
+
+/// Streams `info`'s NAR to `key` on `target` and returns what was measured.
+pub async fn upload_nar(
+    target: &Target,
+    key: &str,
+    info: &PathInfo,
+    settings: StreamSettings,
+    progress: Arc<Progress>,
+) -> Result<StreamedNar, UploadError> {
+    let part_size = part_size_for(info.nar_size, settings.base_part_size);
+    let (parts_tx, mut parts_rx) = mpsc::channel::<Bytes>(1);
+    let source = PathBuf::from(info.path.to_absolute());
+    let threads = if info.nar_size >= MULTITHREAD_THRESHOLD {
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    } else {
+        1
+    };
+    let producer = tokio::task::spawn_blocking(move || {
+        produce(source, settings, threads, part_size, parts_tx, &progress)
+    });
+
+    let first = parts_rx.recv().await;
+    let second = match first {
+        Some(_) => parts_rx.recv().await,
+        None => None,
+    };
+    let (first, second) = match (first, second) {
+        (first, None) => {
+            // The whole object fits in one part: check it, then write it in one request.
+            let measured = finish_producer(producer, info).await?;
+            let body = first.unwrap_or_default();
+            target.put(key, body, content_type::NAR).await?;
+            return Ok(measured);
+        }
+        (Some(first), Some(second)) => (first, second),
+        (None, Some(_)) => unreachable!("the second receive only runs after a first part"),
+    };
+
+    let mut upload = target.start_upload(key, content_type::NAR).await?;
+    let sent = send_parts(&mut upload, [first, second], &mut parts_rx).await;
+    // Dropping the receiver makes a producer that is still writing stop at its next part.
+    drop(parts_rx);
+    let measured = finish_producer(producer, info).await;
+    match (sent, measured) {
+        (Ok(()), Ok(measured)) => {
+            upload.complete().await?;
+            Ok(measured)
+        }
+        (Err(error), _) | (Ok(()), Err(error)) => {
+            upload.abort().await;
+            Err(error)
+        }
+    }
+}
+
+async fn send_parts(
+    upload: &mut Upload,
+    first_two: [Bytes; 2],
+    rest: &mut mpsc::Receiver<Bytes>,
+) -> Result<(), UploadError> {
+    for part in first_two {
+        upload.put_part(part).await?;
+    }
+    while let Some(part) = rest.recv().await {
+        upload.put_part(part).await?;
+    }
+    Ok(())
+}
+
+/// Waits for the producer and checks what it measured against the store's record.
+async fn finish_producer(
+    producer: tokio::task::JoinHandle<Result<StreamedNar, UploadError>>,
+    info: &PathInfo,
+) -> Result<StreamedNar, UploadError> {
+    let measured = producer.await.map_err(|e| UploadError::Internal {
+        path: info.path.to_absolute(),
+        detail: format!("NAR writer thread failed: {e}"),
+    })??;
+    if measured.nar_hash != info.nar_hash || measured.nar_size != info.nar_size {
+        return Err(UploadError::NarMismatch {
+            path: info.path.to_absolute(),
+            expected_hash: info.nar_hash.to_string(),
+            expected_size: info.nar_size,
+            actual_hash: measured.nar_hash.to_string(),
+            actual_size: measured.nar_size,
+        });
+    }
+    Ok(measured)
+}
+
+/// The blocking side: NAR → hash → compress → hash → fixed-size parts → channel.
+fn produce(
+    source: PathBuf,
+    settings: StreamSettings,
+    threads: u32,
+    part_size: u64,
+    parts: mpsc::Sender<Bytes>,
+    progress: &Progress,
+) -> Result<StreamedNar, UploadError> {
+    let path = source.display().to_string();
+    let io_failed = |e: io::Error| UploadError::Internal {
+        path: path.clone(),
+        detail: format!("compressing the NAR failed: {e}"),
+    };
+    let splitter = PartSplitter {
+        part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
+        current: Vec::new(),
+        parts,
+    };
+    let compressed = HashingWriter::new(splitter);
+    let encoder = Encoder::new(settings.compression, settings.level, threads, compressed)
+        .map_err(io_failed)?;
+    let mut nar_sink = HashingWriter::new(ProgressWriter {
+        inner: encoder,
+        progress,
+    });
+    nar::dump(&source, &mut nar_sink).map_err(|source| UploadError::Nar {
+        path: path.clone(),
+        source,
+    })?;
+    let (progress_writer, nar_hash, nar_size) = nar_sink.finish();
+    let compressed = progress_writer.inner.finish().map_err(io_failed)?;
+    let (mut splitter, file_hash, file_size) = compressed.finish();
+    splitter.send_current().map_err(io_failed)?;
+    Ok(StreamedNar {
+        nar_hash,
+        nar_size,
+        file_hash,
+        file_size,
+    })
+}
+
+/// Counts NAR bytes for the progress display as they pass.
+struct ProgressWriter<'a, W> {
+    inner: W,
+    progress: &'a Progress,
+}
+
+impl<W: Write> Write for ProgressWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.progress.add_nar_bytes(written as u64);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Cuts a byte stream into parts of exactly `part_size` bytes (the last one shorter) and
+/// hands each to the uploader, blocking while the uploader is still busy with the previous.
+struct PartSplitter {
+    part_size: usize,
+    current: Vec<u8>,
+    parts: mpsc::Sender<Bytes>,
+}
+
+impl PartSplitter {
+    fn send_current(&mut self) -> io::Result<()> {
+        let part = std::mem::take(&mut self.current);
+        self.parts
+            .blocking_send(Bytes::from(part))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload was stopped"))
+    }
+}
+
+impl Write for PartSplitter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.current.len() == self.part_size {
+            self.send_current()?;
+            self.current = Vec::with_capacity(self.part_size);
+        }
+        let room = self.part_size - self.current.len();
+        let taken = room.min(buf.len());
+        self.current.extend_from_slice(&buf[..taken]);
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_stays_at_base_for_ordinary_nars() {
+        assert_eq!(part_size_for(100 << 20, 8 << 20), 8 << 20);
+        assert_eq!(part_size_for(1, 8 << 20), 8 << 20);
+    }
+
+    #[test]
+    fn huge_nars_get_parts_large_enough_for_ten_thousand_parts() {
+        let nar_size = 200u64 << 30;
+        let part = part_size_for(nar_size, 8 << 20);
+        let bound = nar_size + nar_size / 128 + (1 << 16);
+        assert!(bound.div_ceil(part) <= MAX_PARTS, "{part}");
+        assert_eq!(part % (1 << 20), 0);
+    }
+
+    #[test]
+    fn splitter_emits_equal_parts_and_a_shorter_last_one() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut splitter = PartSplitter {
+            part_size: 10,
+            current: Vec::new(),
+            parts: tx,
+        };
+        splitter.write_all(&[7u8; 35]).unwrap();
+        splitter.send_current().unwrap();
+        drop(splitter);
+        let mut sizes = Vec::new();
+        while let Ok(part) = rx.try_recv() {
+            sizes.push(part.len());
+        }
+        assert_eq!(sizes, vec![10, 10, 10, 5]);
+    }
+}

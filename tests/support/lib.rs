@@ -1,0 +1,266 @@
+//! Shared harness of the end-to-end suite: the real `narpush` binaries (built by
+//! `cargo build --workspace` before the tests run, as `scripts/test` does), real Nix builds, a
+//! real S3 server (`s3s-fs`, with SigV4 credentials unless a test asks for anonymous access),
+//! and a stock Nix client that must accept what narpush wrote.
+//!
+//! Nothing here mocks a part: a missing tool is a test failure that says what to install.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Settings every Nix invocation of the suite uses: single-user as root without build users,
+/// no sandbox (Debian's Nix 2.8), and no substituters, so nothing reaches beyond this machine.
+pub const NIX_CONFIG: &str = "build-users-group =\nsandbox = false\nsubstituters =\n\
+experimental-features = nix-command\nwarn-dirty = false\n";
+
+/// A binary of this workspace, from the same target directory as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A command with the suite's Nix settings.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.env("NIX_CONFIG", NIX_CONFIG).stdin(Stdio::null());
+    command
+}
+
+/// Runs a command and returns its output, whatever the exit status.
+pub fn run(command: &mut Command) -> Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e} (scripts/test installs it)"))
+}
+
+/// Runs a command that must succeed and returns its stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// The fixture directory of the suite.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Builds a Nix expression with real Nix and returns its output paths.
+pub fn nix_build(expression_file: &Path, args: &[(&str, &str)]) -> Vec<String> {
+    let mut build = command("nix-build");
+    build.arg(expression_file).arg("--no-out-link");
+    for (name, value) in args {
+        build.args(["--argstr", name, value]);
+    }
+    run_ok(&mut build).lines().map(str::to_owned).collect()
+}
+
+/// The closure of `paths`, as Nix computes it.
+pub fn closure(paths: &[String]) -> Vec<String> {
+    let mut query = command("nix-store");
+    query.args(["-qR"]).args(paths);
+    run_ok(&mut query).lines().map(str::to_owned).collect()
+}
+
+/// A signing key made by `narpush keygen`, stored 0600 in `dir`; returns (file, public key).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let output = run(Command::new(bin("narpush")).args(["keygen", name]));
+    assert!(output.status.success(), "keygen failed: {output:?}");
+    let file = dir.join(format!("{name}.sk"));
+    std::fs::write(&file, &output.stdout).expect("write key");
+    set_mode(&file, 0o600);
+    let public = String::from_utf8(output.stderr).expect("UTF-8 public key");
+    (file, public.trim().to_owned())
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Every regular file under `root` with its size and modification time: a snapshot to prove
+/// that a run wrote nothing.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.insert(entry.path(), (meta.len(), meta.modified().expect("mtime")));
+            }
+        }
+    }
+    files
+}
+
+/// The narinfo files in a cache directory.
+pub fn narinfos(cache: &Path) -> Vec<PathBuf> {
+    snapshot(cache)
+        .into_keys()
+        .filter(|p| p.extension().is_some_and(|e| e == "narinfo"))
+        .collect()
+}
+
+/// A real S3 server (s3s-fs) on a loopback port, killed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub root: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub credentials: Option<(String, String)>,
+}
+
+impl S3Server {
+    /// With SigV4 credentials: every request must be signed with them.
+    pub fn start() -> S3Server {
+        S3Server::start_with(Some(("narpush-test-key", "narpush-test-secret")))
+    }
+
+    /// Without credentials: anonymous requests are accepted (like a public bucket).
+    pub fn start_anonymous() -> S3Server {
+        S3Server::start_with(None)
+    }
+
+    fn start_with(credentials: Option<(&str, &str)>) -> S3Server {
+        let root = tempfile::tempdir().expect("tempdir");
+        let addr = free_port();
+        let mut command = Command::new("s3s-fs");
+        command
+            .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((key, secret)) = credentials {
+            command.args(["--access-key", key, "--secret-key", secret]);
+        }
+        command.arg(root.path());
+        let child = command
+            .spawn()
+            .expect("cannot start s3s-fs (scripts/test installs it with cargo install)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start listening on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3Server {
+            child,
+            root,
+            addr,
+            credentials: credentials.map(|(k, s)| (k.to_owned(), s.to_owned())),
+        }
+    }
+
+    /// Creates a bucket (a directory of the server's root) and returns its directory.
+    pub fn bucket(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("create bucket");
+        dir
+    }
+
+    /// The `s3://` target URL of a bucket on this server.
+    pub fn url(&self, bucket: &str) -> String {
+        format!(
+            "s3://{bucket}?endpoint=http://{}&region=us-east-1",
+            self.addr
+        )
+    }
+
+    /// Environment that gives narpush this server's credentials.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match &self.credentials {
+            Some((key, secret)) => vec![
+                ("AWS_ACCESS_KEY_ID", key.clone()),
+                ("AWS_SECRET_ACCESS_KEY", secret.clone()),
+            ],
+            None => vec![
+                ("AWS_ACCESS_KEY_ID", "anonymous".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "anonymous".to_owned()),
+            ],
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
+/// `narpush` with a clean environment for credentials and config.
+pub fn narpush() -> Command {
+    let mut command = command(bin("narpush"));
+    command
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("NARPUSH_CONFIG", "/dev/null");
+    command
+}
+
+/// Substitutes `paths` from the cache at `cache_url` into a fresh chroot store, requiring
+/// signatures by `public_key` and trusting nothing else. Returns the command's output.
+pub fn substitute(
+    cache_url: &str,
+    public_key: &str,
+    paths: &[String],
+) -> (tempfile::TempDir, Output) {
+    let store = tempfile::tempdir().expect("tempdir");
+    let mut realise = command("nix-store");
+    realise
+        .arg("--store")
+        .arg(store.path())
+        .args(["--option", "substituters", cache_url])
+        .args(["--option", "trusted-public-keys", public_key])
+        .args(["--option", "require-sigs", "true"])
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .arg("-r")
+        .args(paths);
+    let output = run(&mut realise);
+    (store, output)
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
