@@ -15,7 +15,11 @@
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod format;
+pub mod gcroots;
+pub mod queue;
 pub mod store;
 pub mod target;
 pub mod upload;

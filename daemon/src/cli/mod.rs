@@ -2,8 +2,13 @@
 //! their results to exit codes. Each subcommand lives in its own file and only wires the
 //! library modules together.
 
+mod daemon;
 mod keygen;
+mod push;
+mod retry;
+mod status;
 mod upload;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +34,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Daemon(daemon::DaemonArgs),
     Upload(upload::UploadArgs),
+    Push(push::PushArgs),
+    Status(status::StatusArgs),
+    Wait(wait::WaitArgs),
+    Retry(retry::RetryArgs),
     Keygen(keygen::KeygenArgs),
 }
 
@@ -51,7 +61,12 @@ impl Outcome {
 
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
+        Command::Daemon(args) => daemon::run(&args, cli.config.as_deref()),
         Command::Upload(args) => upload::run(args, cli.config.as_deref()),
+        Command::Push(args) => push::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Wait(args) => wait::run(&args),
+        Command::Retry(args) => retry::run(&args),
         Command::Keygen(args) => keygen::run(&args),
     }
 }
@@ -59,7 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
 /// Logs go to stderr; `RUST_LOG` overrides the level chosen with `-v`.
 pub fn init_logging(verbosity: u8) {
     let default = match verbosity {
-        0 => "warn",
+        0 => "warn,narpush=info",
         1 => "info",
         _ => "debug",
     };
@@ -68,5 +83,6 @@ pub fn init_logging(verbosity: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

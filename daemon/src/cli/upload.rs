@@ -167,14 +167,21 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot use target {}", settings.target))?;
 
     let lookahead = settings.jobs * 8;
-    let present = present_in_target(&target, infos.iter().map(|i| &i.path), lookahead).await?;
+    let present = present_in_target(
+        &target,
+        infos.iter().map(|i| i.path.clone()).collect(),
+        lookahead,
+    )
+    .await?;
     // Without the closure, references outside the batch must already be in the cache.
-    let outside: HashSet<&StorePath> = infos
+    let outside: HashSet<StorePath> = infos
         .iter()
         .flat_map(|i| i.references.iter())
         .filter(|r| !infos.iter().any(|i| &i.path == *r))
+        .cloned()
         .collect();
-    let mut available = present_in_target(&target, outside, lookahead).await?;
+    let mut available =
+        present_in_target(&target, outside.into_iter().collect(), lookahead).await?;
     available.extend(present.iter().cloned());
 
     let missing: Vec<_> = infos

@@ -21,6 +21,7 @@
 //! The reference for every rule enforced here is `reference/nix-binary-cache-format.md`
 //! (§1 NAR, §2 hashes and store paths, §3 narinfo, §4 signatures and keys).
 
+pub mod derivation;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;

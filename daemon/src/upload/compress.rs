@@ -85,16 +85,9 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// `threads` > 1 splits one stream across threads (zstd only); worth it for large NARs.
-    pub fn new(method: Compression, level: i32, threads: u32, inner: W) -> io::Result<Self> {
+    pub fn new(method: Compression, level: i32, inner: W) -> io::Result<Self> {
         Ok(match method {
-            Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(inner, level)?;
-                if threads > 1 {
-                    encoder.multithread(threads)?;
-                }
-                Encoder::Zstd(encoder)
-            }
+            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, level)?),
             Compression::Xz => {
                 let preset = u32::try_from(level).unwrap_or(6);
                 Encoder::Xz(liblzma::write::XzEncoder::new(inner, preset))
@@ -139,7 +132,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let mut encoder = Encoder::new(method, method.default_level(), 2, Vec::new()).unwrap();
+        let mut encoder = Encoder::new(method, method.default_level(), Vec::new()).unwrap();
         encoder.write_all(&data).unwrap();
         let compressed = encoder.finish().unwrap();
         let mut decoded = Vec::new();

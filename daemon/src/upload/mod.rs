@@ -16,7 +16,7 @@ pub mod stream;
 
 use std::collections::HashSet;
 
-use futures::stream::{StreamExt, TryStreamExt};
+use futures::stream::StreamExt;
 
 use crate::format::nar::NarError;
 use crate::format::narinfo::NarInfo;
@@ -58,6 +58,14 @@ pub enum UploadError {
 }
 
 impl UploadError {
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            UploadError::Target(e) => e.retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether the same upload may succeed if tried again later.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -114,15 +122,21 @@ pub fn narinfo_for(
 /// Which of `paths` already have a narinfo in the target, asked `concurrency` at a time.
 pub async fn present_in_target(
     target: &Target,
-    paths: impl IntoIterator<Item = &StorePath>,
+    paths: Vec<StorePath>,
     concurrency: usize,
 ) -> Result<HashSet<StorePath>, TargetError> {
-    futures::stream::iter(paths.into_iter().map(|path| async move {
-        let present = target.exists(&narinfo_key(path)).await?;
-        Ok::<_, TargetError>(present.then(|| path.clone()))
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .try_filter_map(|found| async move { Ok(found) })
-    .try_collect()
-    .await
+    let mut checks = futures::stream::iter(paths)
+        .map(|path| async move {
+            let present = target.exists(&narinfo_key(&path)).await?;
+            Ok::<_, TargetError>((path, present))
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut present = HashSet::new();
+    while let Some(checked) = checks.next().await {
+        let (path, is_present) = checked?;
+        if is_present {
+            present.insert(path);
+        }
+    }
+    Ok(present)
 }

@@ -56,6 +56,11 @@ impl Progress {
         }
     }
 
+    /// NAR bytes streamed so far.
+    pub fn nar_bytes(&self) -> u64 {
+        self.nar_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn path_uploaded(&self, path: &str, nar_size: u64, file_size: u64) {
         let done = self.paths_done.fetch_add(1, Ordering::Relaxed) + 1;
         self.file_bytes.fetch_add(file_size, Ordering::Relaxed);

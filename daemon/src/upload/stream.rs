@@ -3,8 +3,10 @@
 //! as it arrives.
 //!
 //! Invariants:
-//! - **Bounded memory.** At most three parts of one upload exist at once (one being filled, one
-//!   waiting in the single-slot channel, one being sent), whatever the NAR's size.
+//! - **Bounded memory.** At most two parts of one upload exist at once (one being filled, one
+//!   being sent), whatever the NAR's size: a part holds one of two permits from the moment the
+//!   writer starts filling it until its upload returns. Compression runs single-threaded per
+//!   NAR (parallelism comes from uploading `jobs` NARs at once), so zstd's buffers stay small.
 //! - **Fixed part size.** Every part but the last is exactly `part_size` bytes, as R2 demands;
 //!   `part_size` is raised for huge NARs so that no upload needs more than 10,000 parts.
 //! - **Nothing unverified becomes visible.** The object is completed (or, when it fits in one
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::compress::{Compression, Encoder};
 use super::progress::Progress;
@@ -28,8 +30,8 @@ use crate::target::{content_type, Target, Upload};
 
 /// S3 caps a multipart upload at this many parts.
 const MAX_PARTS: u64 = 10_000;
-/// Below this NAR size, one compression thread is faster than splitting the stream.
-const MULTITHREAD_THRESHOLD: u64 = 8 << 20;
+/// Parts of one upload that may exist at once.
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// How NARs are encoded and cut.
 #[derive(Clone, Copy, Debug)]
@@ -77,36 +79,39 @@ pub async fn upload_nar(
     progress: Arc<Progress>,
 ) -> Result<StreamedNar, UploadError> {
     let part_size = part_size_for(info.nar_size, settings.base_part_size);
-    let (parts_tx, mut parts_rx) = mpsc::channel::<Bytes>(1);
+    let (parts_tx, mut parts_rx) = mpsc::channel::<Part>(1);
     let source = PathBuf::from(info.path.to_absolute());
-    let threads = if info.nar_size >= MULTITHREAD_THRESHOLD {
-        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-    } else {
-        1
-    };
+    let permits = Arc::new(Semaphore::new(PARTS_IN_FLIGHT));
+    let runtime = tokio::runtime::Handle::current();
     let producer = tokio::task::spawn_blocking(move || {
-        produce(source, settings, threads, part_size, parts_tx, &progress)
+        let splitter = PartSplitter::new(part_size, parts_tx, permits, runtime);
+        produce(source, settings, splitter, &progress)
     });
 
-    let first = parts_rx.recv().await;
-    let second = match first {
-        Some(_) => parts_rx.recv().await,
-        None => None,
+    let Some(first) = parts_rx.recv().await else {
+        // The producer stopped before its first part: its error says why.
+        finish_producer(producer, info).await?;
+        return Err(UploadError::Internal {
+            path: info.path.to_absolute(),
+            detail: "the NAR stream ended without data".to_owned(),
+        });
     };
-    let (first, second) = match (first, second) {
-        (first, None) => {
-            // The whole object fits in one part: check it, then write it in one request.
-            let measured = finish_producer(producer, info).await?;
-            let body = first.unwrap_or_default();
-            target.put(key, body, content_type::NAR).await?;
-            return Ok(measured);
-        }
-        (Some(first), Some(second)) => (first, second),
-        (None, Some(_)) => unreachable!("the second receive only runs after a first part"),
-    };
+    if first.last {
+        // The whole object fits in one part: check it, then write it in one request.
+        let measured = finish_producer(producer, info).await?;
+        target.put(key, first.bytes, content_type::NAR).await?;
+        return Ok(measured);
+    }
 
-    let mut upload = target.start_upload(key, content_type::NAR).await?;
-    let sent = send_parts(&mut upload, [first, second], &mut parts_rx).await;
+    let mut upload = match target.start_upload(key, content_type::NAR).await {
+        Ok(upload) => upload,
+        Err(error) => {
+            drop(parts_rx);
+            let _ = producer.await;
+            return Err(error.into());
+        }
+    };
+    let sent = send_parts(&mut upload, first, &mut parts_rx).await;
     // Dropping the receiver makes a producer that is still writing stop at its next part.
     drop(parts_rx);
     let measured = finish_producer(producer, info).await;
@@ -122,16 +127,21 @@ pub async fn upload_nar(
     }
 }
 
+/// A slice of the compressed stream, with the permit that counts it against the memory bound.
+struct Part {
+    bytes: Bytes,
+    last: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
 async fn send_parts(
     upload: &mut Upload,
-    first_two: [Bytes; 2],
-    rest: &mut mpsc::Receiver<Bytes>,
+    first: Part,
+    rest: &mut mpsc::Receiver<Part>,
 ) -> Result<(), UploadError> {
-    for part in first_two {
-        upload.put_part(part).await?;
-    }
+    upload.put_part(first.bytes).await?;
     while let Some(part) = rest.recv().await {
-        upload.put_part(part).await?;
+        upload.put_part(part.bytes).await?;
     }
     Ok(())
 }
@@ -161,9 +171,7 @@ async fn finish_producer(
 fn produce(
     source: PathBuf,
     settings: StreamSettings,
-    threads: u32,
-    part_size: u64,
-    parts: mpsc::Sender<Bytes>,
+    splitter: PartSplitter,
     progress: &Progress,
 ) -> Result<StreamedNar, UploadError> {
     let path = source.display().to_string();
@@ -171,14 +179,9 @@ fn produce(
         path: path.clone(),
         detail: format!("compressing the NAR failed: {e}"),
     };
-    let splitter = PartSplitter {
-        part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
-        current: Vec::new(),
-        parts,
-    };
     let compressed = HashingWriter::new(splitter);
-    let encoder = Encoder::new(settings.compression, settings.level, threads, compressed)
-        .map_err(io_failed)?;
+    let encoder =
+        Encoder::new(settings.compression, settings.level, compressed).map_err(io_failed)?;
     let mut nar_sink = HashingWriter::new(ProgressWriter {
         inner: encoder,
         progress,
@@ -190,7 +193,7 @@ fn produce(
     let (progress_writer, nar_hash, nar_size) = nar_sink.finish();
     let compressed = progress_writer.inner.finish().map_err(io_failed)?;
     let (mut splitter, file_hash, file_size) = compressed.finish();
-    splitter.send_current().map_err(io_failed)?;
+    splitter.send(true).map_err(io_failed)?;
     Ok(StreamedNar {
         nar_hash,
         nar_size,
@@ -218,27 +221,74 @@ impl<W: Write> Write for ProgressWriter<'_, W> {
 }
 
 /// Cuts a byte stream into parts of exactly `part_size` bytes (the last one shorter) and
-/// hands each to the uploader, blocking while the uploader is still busy with the previous.
+/// hands each to the uploader. A full part is sent only once more data arrives, so every part
+/// but the final one is known not to be last; before filling a part the splitter waits for a
+/// permit, which the uploader releases when that part's upload returns.
 struct PartSplitter {
     part_size: usize,
     current: Vec<u8>,
-    parts: mpsc::Sender<Bytes>,
+    permit: Option<OwnedSemaphorePermit>,
+    permits: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+    parts: mpsc::Sender<Part>,
 }
 
 impl PartSplitter {
-    fn send_current(&mut self) -> io::Result<()> {
-        let part = std::mem::take(&mut self.current);
-        self.parts
-            .blocking_send(Bytes::from(part))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload was stopped"))
+    fn new(
+        part_size: u64,
+        parts: mpsc::Sender<Part>,
+        permits: Arc<Semaphore>,
+        runtime: tokio::runtime::Handle,
+    ) -> PartSplitter {
+        PartSplitter {
+            part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
+            current: Vec::new(),
+            permit: None,
+            permits,
+            runtime,
+            parts,
+        }
+    }
+
+    fn stopped() -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, "the upload was stopped")
+    }
+
+    fn acquire(&mut self) -> io::Result<OwnedSemaphorePermit> {
+        match self.permit.take() {
+            Some(permit) => Ok(permit),
+            None => self
+                .runtime
+                .block_on(self.permits.clone().acquire_owned())
+                .map_err(|_| Self::stopped()),
+        }
+    }
+
+    fn send(&mut self, last: bool) -> io::Result<()> {
+        let permit = self.acquire()?;
+        let part = Part {
+            bytes: Bytes::from(std::mem::take(&mut self.current)),
+            last,
+            _permit: permit,
+        };
+        self.parts.blocking_send(part).map_err(|_| Self::stopped())
     }
 }
 
 impl Write for PartSplitter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.current.len() == self.part_size {
-            self.send_current()?;
-            self.current = Vec::with_capacity(self.part_size);
+            self.send(false)?;
+        }
+        if self.permit.is_none() && self.current.is_empty() {
+            self.permit = Some(self.acquire()?);
+        }
+        if self.current.capacity() == 0 {
+            // Small NARs stay small: grow on demand up to one part.
+            self.current.reserve(buf.len().min(self.part_size));
         }
         let room = self.part_size - self.current.len();
         let taken = room.min(buf.len());
@@ -271,20 +321,72 @@ mod tests {
     }
 
     #[test]
-    fn splitter_emits_equal_parts_and_a_shorter_last_one() {
+    fn splitter_emits_equal_parts_and_marks_only_the_final_one_last() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let (tx, mut rx) = mpsc::channel(16);
-        let mut splitter = PartSplitter {
-            part_size: 10,
-            current: Vec::new(),
-            parts: tx,
-        };
+        let permits = Arc::new(Semaphore::new(16));
+        let mut splitter = PartSplitter::new(10, tx, permits, runtime.handle().clone());
         splitter.write_all(&[7u8; 35]).unwrap();
-        splitter.send_current().unwrap();
+        splitter.send(true).unwrap();
         drop(splitter);
-        let mut sizes = Vec::new();
+        let mut parts = Vec::new();
         while let Ok(part) = rx.try_recv() {
-            sizes.push(part.len());
+            parts.push((part.bytes.len(), part.last));
         }
-        assert_eq!(sizes, vec![10, 10, 10, 5]);
+        assert_eq!(
+            parts,
+            vec![(10, false), (10, false), (10, false), (5, true)]
+        );
+    }
+
+    #[test]
+    fn a_stream_of_exactly_one_part_is_sent_once_as_last() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut splitter = PartSplitter::new(
+            10,
+            tx,
+            Arc::new(Semaphore::new(2)),
+            runtime.handle().clone(),
+        );
+        splitter.write_all(&[1u8; 10]).unwrap();
+        splitter.send(true).unwrap();
+        drop(splitter);
+        let part = rx.try_recv().unwrap();
+        assert_eq!((part.bytes.len(), part.last), (10, true));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_writer_waits_while_two_parts_are_unsent() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let permits = Arc::new(Semaphore::new(PARTS_IN_FLIGHT));
+        let mut splitter = PartSplitter::new(4, tx, permits.clone(), runtime.handle().clone());
+        let writer = std::thread::spawn(move || {
+            splitter.write_all(&[0u8; 40]).unwrap();
+            splitter.send(true).unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Two parts exist (one sent, one being filled); the writer is blocked on the third.
+        assert_eq!(permits.available_permits(), 0);
+        assert!(!writer.is_finished());
+        let mut received = 0;
+        while received < 10 {
+            if let Ok(part) = rx.try_recv() {
+                received += 1;
+                drop(part);
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        writer.join().unwrap();
     }
 }

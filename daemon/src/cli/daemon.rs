@@ -1,0 +1,21 @@
+//! `narpush daemon`: runs the daemon in the foreground (systemd, a CI job, a terminal).
+
+use std::path::Path;
+
+use super::Outcome;
+
+/// Run the upload daemon: take paths from narpush-hook and `narpush push`, keep them in a
+/// durable queue, upload them (closures, signed) and retry until done.
+///
+/// Config: --config, $NARPUSH_CONFIG or /etc/narpush/narpush.toml (absent: built-in defaults:
+/// a directory cache under /var/lib/narpush/cache and a generated signing key).
+/// Socket: the one systemd passes (socket activation), else `socket` / $NARPUSH_SOCKET.
+/// Signals: SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the config file.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct DaemonArgs {}
+
+pub fn run(_args: &DaemonArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
+    narpush::daemon::run(config.map(Path::to_owned))?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,90 @@
+//! `narpush status`: the queue at a glance, for a person (text) or a script (`--json`, the
+//! document described in docs/protocol.md).
+
+use std::path::PathBuf;
+
+use indicatif::{HumanBytes, HumanDuration};
+
+use super::Outcome;
+use narpush::control;
+use narpush::daemon::status::StatusReport;
+
+/// Show the queue: counts per state, the upload in progress, retries and failures with their
+/// reasons, totals, and the public key(s) clients must trust.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the status document as JSON (stable; see docs/protocol.md).
+    #[arg(long)]
+    json: bool,
+
+    /// The daemon's socket. Default: $NARPUSH_SOCKET, else /run/narpush/narpush.sock.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+pub fn run(args: &StatusArgs) -> anyhow::Result<Outcome> {
+    let report = control::status(&control::socket_path(args.socket.as_deref()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(Outcome::Success)
+}
+
+fn ago(secs: f64) -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs_f64(secs.max(0.0)))
+}
+
+pub fn render(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!("target:      {}", report.target));
+    for key in &report.public_keys {
+        line(format!("public key:  {key}"));
+    }
+    let c = &report.counts;
+    line(format!(
+        "queue:       {} pending, {} uploading, {} failed, {} done",
+        c.pending, c.uploading, c.failed, c.done
+    ));
+    if let Some(age) = report.oldest_waiting_secs {
+        line(format!("oldest:      waiting for {}", ago(age)));
+    }
+    if let Some(up) = &report.uploading {
+        line(format!(
+            "uploading:   {} path(s), {} of {} NAR, for {}",
+            up.paths.len(),
+            HumanBytes(up.nar_bytes_done),
+            HumanBytes(up.nar_bytes_total),
+            ago(up.elapsed_secs)
+        ));
+    }
+    line(format!(
+        "uploaded:    {} path(s), {} NAR in total",
+        report.uploaded.paths,
+        HumanBytes(report.uploaded.nar_bytes)
+    ));
+    for r in &report.retrying {
+        line(format!(
+            "retrying:    {} (attempt {}, next in {}): {}",
+            r.path,
+            r.attempts,
+            ago(r.next_attempt_in_secs),
+            r.last_error
+        ));
+    }
+    for f in &report.failed {
+        line(format!(
+            "FAILED:      {} (after {} attempt(s), {} ago): {}",
+            f.path,
+            f.attempts,
+            ago(f.failed_secs_ago),
+            f.error
+        ));
+    }
+    out
+}

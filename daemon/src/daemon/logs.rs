@@ -1,0 +1,87 @@
+//! Build logs: `log/<drv basename>` in the cache, where `nix log` looks for them.
+//!
+//! Nix keeps a build's log at `/nix/var/log/nix/drvs/<first 2 chars>/<rest of basename>.bz2`.
+//! The log is stored uncompressed in the cache (no `Content-Encoding`, which some Nix versions
+//! cannot decode). Best effort by design: a missing or unreadable log is logged and skipped,
+//! never a reason to retry or fail the path it belongs to.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::format::store_path::StorePath;
+use crate::target::content_type;
+
+use super::settings::Settings;
+
+/// Where Nix keeps build logs.
+const LOG_DIR: &str = "/nix/var/log/nix/drvs";
+/// A log larger than this (uncompressed) is not uploaded.
+const MAX_LOG: u64 = 256 << 20;
+
+/// The local log file of a derivation.
+pub fn log_file(drv: &StorePath) -> PathBuf {
+    let basename = drv.basename();
+    PathBuf::from(LOG_DIR)
+        .join(&basename[..2])
+        .join(format!("{}.bz2", &basename[2..]))
+}
+
+pub async fn upload(settings: &Settings, drv: &str) {
+    let Ok(drv) = StorePath::from_absolute_path(drv) else {
+        return;
+    };
+    let key = format!("log/{}", drv.basename());
+    match settings.target.exists(&key).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!("cannot check for the build log {key}: {e}");
+            return;
+        }
+    }
+    let file = log_file(&drv);
+    let text = match tokio::task::spawn_blocking(move || read_log(&file)).await {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => {
+            tracing::info!(drv = %drv, "no build log uploaded: {e}");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("log reader failed: {e}");
+            return;
+        }
+    };
+    match settings
+        .target
+        .put(&key, Bytes::from(text), content_type::LOG)
+        .await
+    {
+        Ok(()) => tracing::info!(key, "uploaded the build log"),
+        Err(e) => tracing::warn!("cannot upload the build log: {e}"),
+    }
+}
+
+fn read_log(file: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let compressed = std::fs::File::open(file)?;
+    let mut text = Vec::new();
+    bzip2::read::BzDecoder::new(compressed)
+        .take(MAX_LOG)
+        .read_to_end(&mut text)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_files_are_found_where_nix_writes_them() {
+        let drv = StorePath::from_basename("lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv").unwrap();
+        assert_eq!(
+            log_file(&drv),
+            PathBuf::from("/nix/var/log/nix/drvs/lk/b8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv.bz2")
+        );
+    }
+}

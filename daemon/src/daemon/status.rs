@@ -1,0 +1,127 @@
+//! What `narpush status` reports, as one JSON document (`status --json` prints it verbatim).
+//!
+//! The document is a stable interface, documented in `docs/protocol.md`: fields are only ever
+//! added, and `version` changes if one ever changes meaning.
+
+use serde::{Deserialize, Serialize};
+
+use crate::queue::{now_ms, QueueError, State};
+
+use super::Shared;
+
+pub const STATUS_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub version: u32,
+    pub target: String,
+    pub public_keys: Vec<String>,
+    pub counts: Counts,
+    /// Age of the oldest path still waiting (pending or uploading), in seconds.
+    pub oldest_waiting_secs: Option<f64>,
+    pub uploading: Option<Uploading>,
+    /// Paths waiting for another attempt after a transient failure.
+    pub retrying: Vec<Retrying>,
+    pub failed: Vec<Failed>,
+    pub uploaded: Uploaded,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counts {
+    pub pending: u64,
+    pub uploading: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Uploading {
+    pub paths: Vec<String>,
+    pub nar_bytes_done: u64,
+    pub nar_bytes_total: u64,
+    pub elapsed_secs: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Retrying {
+    pub path: String,
+    pub attempts: u32,
+    pub next_attempt_in_secs: f64,
+    pub last_error: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Failed {
+    pub path: String,
+    pub attempts: u32,
+    pub error: String,
+    pub failed_secs_ago: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Uploaded {
+    pub paths: u64,
+    pub nar_bytes: u64,
+}
+
+impl StatusReport {
+    /// Nothing pending or uploading.
+    pub fn idle(&self) -> bool {
+        self.counts.pending == 0 && self.counts.uploading == 0
+    }
+}
+
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
+    let settings = shared.settings();
+    let now = now_ms();
+    let mut report = StatusReport {
+        version: STATUS_VERSION,
+        target: settings.target_url.to_string(),
+        public_keys: settings.public_keys.clone(),
+        ..StatusReport::default()
+    };
+    let mut oldest_waiting = None::<u64>;
+    for entry in shared.queue.entries()? {
+        match entry.state {
+            State::Pending => report.counts.pending += 1,
+            State::Uploading => report.counts.uploading += 1,
+            State::Done => report.counts.done += 1,
+            State::Failed => report.counts.failed += 1,
+        }
+        if matches!(entry.state, State::Pending | State::Uploading) {
+            oldest_waiting =
+                Some(oldest_waiting.map_or(entry.arrived_ms, |o| o.min(entry.arrived_ms)));
+        }
+        match (entry.state, entry.last_error) {
+            (State::Pending, Some(error)) => report.retrying.push(Retrying {
+                path: entry.path,
+                attempts: entry.attempts,
+                next_attempt_in_secs: secs(entry.next_attempt_ms.saturating_sub(now)),
+                last_error: error,
+            }),
+            (State::Failed, error) => report.failed.push(Failed {
+                path: entry.path,
+                attempts: entry.attempts,
+                error: error.unwrap_or_default(),
+                failed_secs_ago: secs(now.saturating_sub(entry.updated_ms)),
+            }),
+            _ => {}
+        }
+    }
+    report.oldest_waiting_secs = oldest_waiting.map(|arrived| secs(now.saturating_sub(arrived)));
+    if let Ok(activity) = shared.activity.lock() {
+        report.uploading = activity.as_ref().map(|a| Uploading {
+            paths: a.paths.clone(),
+            nar_bytes_done: a.progress.nar_bytes(),
+            nar_bytes_total: a.nar_bytes_total,
+            elapsed_secs: a.started.elapsed().as_secs_f64(),
+        });
+    }
+    let (paths, nar_bytes) = shared.queue.uploaded()?;
+    report.uploaded = Uploaded { paths, nar_bytes };
+    Ok(report)
+}

@@ -1,0 +1,401 @@
+//! The durable upload queue: every path handed to the daemon, with its state, in a sled
+//! database under `<state_dir>/queue`.
+//!
+//! # Records
+//!
+//! Tree `paths`, key = absolute store path (UTF-8), value = JSON [`Entry`]:
+//! `state` (pending | uploading | done | failed), `attempts`, `next_attempt_ms` (Unix ms),
+//! `last_error`, `arrived_ms`, `source` (hook | spool | push), `drv`, `updated_ms`.
+//! Tree `stats`, key = counter name, value = u64 big-endian: `uploaded_paths`,
+//! `uploaded_bytes` (NAR bytes).
+//!
+//! # Durability and the ack rule
+//!
+//! [`Queue::enqueue`] returns only after sled has flushed the new records to disk, so the
+//! daemon acknowledges a request only once it survives a crash. Flushes are group-committed:
+//! concurrent enqueues wait on one flush instead of one each (see [`Flusher`]). State changes
+//! made by the pipeline (pending → uploading → done) are not flushed one by one; losing them in
+//! a crash only means a path is uploaded again, which is harmless, never that one is lost.
+//!
+//! # Recovery
+//!
+//! [`Queue::open`] turns every `uploading` entry back into `pending`: an upload the previous
+//! process did not finish is started again. Nothing else changes on open.
+//!
+//! # Bounds
+//!
+//! `done` entries are kept for a day (they answer "already uploaded" without asking the
+//! target) and at most [`MAX_DONE`] of them; [`Queue::prune`] drops the rest.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// `done` entries kept at most.
+pub const MAX_DONE: usize = 10_000;
+/// How long a `done` entry is kept.
+pub const DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Uploading,
+    Done,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    pub state: State,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+    pub arrived_ms: u64,
+    pub source: String,
+    pub drv: Option<String>,
+    pub updated_ms: u64,
+}
+
+/// A path to add, as a request names it.
+#[derive(Clone, Debug)]
+pub struct NewPath {
+    pub path: String,
+    pub source: String,
+    pub drv: Option<String>,
+}
+
+/// How an upload attempt of one path ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Done,
+    RetryAt { at_ms: u64, error: String },
+    Failed { error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("queue database")]
+    Sled(#[from] sled::Error),
+    #[error("queue record for {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the queue's flusher has stopped")]
+    FlusherGone,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    db: sled::Db,
+    paths: sled::Tree,
+    stats: sled::Tree,
+    flusher: mpsc::UnboundedSender<oneshot::Sender<Result<(), Arc<sled::Error>>>>,
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir` and recovers interrupted uploads. Must run inside
+    /// a tokio runtime: it starts the group-commit flusher.
+    pub fn open(dir: &Path) -> Result<Queue, QueueError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| QueueError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let paths = db.open_tree("paths")?;
+        let stats = db.open_tree("stats")?;
+        let (flusher, requests) = mpsc::unbounded_channel();
+        tokio::spawn(Flusher { db: db.clone() }.run(requests));
+        let queue = Queue {
+            db,
+            paths,
+            stats,
+            flusher,
+        };
+        queue.recover()?;
+        Ok(queue)
+    }
+
+    fn recover(&self) -> Result<(), QueueError> {
+        for entry in self.entries()? {
+            if entry.state == State::Uploading {
+                self.put(&Entry {
+                    state: State::Pending,
+                    updated_ms: now_ms(),
+                    ..entry
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds paths (a path already pending or uploading stays as it is; a done or failed one is
+    /// queued again) and returns once the records are on disk.
+    pub async fn enqueue(&self, new: &[NewPath]) -> Result<(), QueueError> {
+        let now = now_ms();
+        for item in new {
+            self.update(&item.path, |old| match old {
+                Some(entry) if matches!(entry.state, State::Pending | State::Uploading) => {
+                    Some(entry)
+                }
+                _ => Some(Entry {
+                    path: item.path.clone(),
+                    state: State::Pending,
+                    attempts: 0,
+                    next_attempt_ms: now,
+                    last_error: None,
+                    arrived_ms: now,
+                    source: item.source.clone(),
+                    drv: item.drv.clone(),
+                    updated_ms: now,
+                }),
+            })?;
+        }
+        self.flush().await
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), QueueError> {
+        let (done, wait) = oneshot::channel();
+        self.flusher
+            .send(done)
+            .map_err(|_| QueueError::FlusherGone)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(QueueError::Sled(clone_sled_error(&e))),
+            Err(_) => Err(QueueError::FlusherGone),
+        }
+    }
+
+    /// Pending entries whose time has come, at most `limit`, oldest first, now `uploading`.
+    pub fn take_due(&self, now: u64, limit: usize) -> Result<Vec<Entry>, QueueError> {
+        let mut due: Vec<Entry> = self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.state == State::Pending && e.next_attempt_ms <= now)
+            .collect();
+        due.sort_by_key(|e| e.arrived_ms);
+        due.truncate(limit);
+        for entry in &mut due {
+            entry.state = State::Uploading;
+            entry.updated_ms = now;
+            self.put(entry)?;
+        }
+        Ok(due)
+    }
+
+    /// When the next pending entry becomes due, if any is pending.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self
+            .entries()?
+            .iter()
+            .filter(|e| e.state == State::Pending)
+            .map(|e| e.next_attempt_ms)
+            .min())
+    }
+
+    /// Records the end of an attempt.
+    pub fn finish(&self, path: &str, outcome: &Outcome) -> Result<(), QueueError> {
+        let now = now_ms();
+        self.update(path, |old| {
+            let mut entry = old?;
+            entry.updated_ms = now;
+            match outcome {
+                Outcome::Done => {
+                    entry.state = State::Done;
+                    entry.last_error = None;
+                }
+                Outcome::RetryAt { at_ms, error } => {
+                    entry.state = State::Pending;
+                    entry.attempts += 1;
+                    entry.next_attempt_ms = *at_ms;
+                    entry.last_error = Some(error.clone());
+                }
+                Outcome::Failed { error } => {
+                    entry.state = State::Failed;
+                    entry.attempts += 1;
+                    entry.last_error = Some(error.clone());
+                }
+            }
+            Some(entry)
+        })
+    }
+
+    /// Puts failed entries (all of them, or those named) back in the queue; returns how many.
+    pub async fn retry(&self, all: bool, paths: &[String]) -> Result<usize, QueueError> {
+        let now = now_ms();
+        let mut count = 0;
+        for entry in self.entries()? {
+            if entry.state == State::Failed && (all || paths.contains(&entry.path)) {
+                self.put(&Entry {
+                    state: State::Pending,
+                    attempts: 0,
+                    next_attempt_ms: now,
+                    updated_ms: now,
+                    ..entry
+                })?;
+                count += 1;
+            }
+        }
+        self.flush().await?;
+        Ok(count)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Option<Entry>, QueueError> {
+        self.paths
+            .get(path.as_bytes())?
+            .map(|bytes| decode(path, &bytes))
+            .transpose()
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> Result<Vec<Entry>, QueueError> {
+        self.paths
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                decode(&String::from_utf8_lossy(&key), &value)
+            })
+            .collect()
+    }
+
+    /// Drops `done` entries older than [`DONE_RETENTION`] and beyond [`MAX_DONE`].
+    pub fn prune(&self, now: u64) -> Result<usize, QueueError> {
+        let retention = u64::try_from(DONE_RETENTION.as_millis()).unwrap_or(u64::MAX);
+        let mut done: Vec<Entry> = self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.state == State::Done)
+            .collect();
+        done.sort_by_key(|e| std::cmp::Reverse(e.updated_ms));
+        let mut removed = 0;
+        for (index, entry) in done.iter().enumerate() {
+            if index >= MAX_DONE || now.saturating_sub(entry.updated_ms) > retention {
+                self.paths.remove(entry.path.as_bytes())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn add_uploaded(&self, paths: u64, bytes: u64) -> Result<(), QueueError> {
+        for (name, amount) in [("uploaded_paths", paths), ("uploaded_bytes", bytes)] {
+            self.stats.fetch_and_update(name, |old| {
+                let current = old
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((current + amount).to_be_bytes().to_vec())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// (`uploaded_paths`, `uploaded_bytes`) since the queue was created.
+    pub fn uploaded(&self) -> Result<(u64, u64), QueueError> {
+        let read = |name: &str| -> Result<u64, QueueError> {
+            Ok(self
+                .stats
+                .get(name)?
+                .and_then(|b| b.as_ref().try_into().ok())
+                .map_or(0, u64::from_be_bytes))
+        };
+        Ok((read("uploaded_paths")?, read("uploaded_bytes")?))
+    }
+
+    fn put(&self, entry: &Entry) -> Result<(), QueueError> {
+        self.paths.insert(entry.path.as_bytes(), encode(entry))?;
+        Ok(())
+    }
+
+    /// Atomically replaces the entry of `path` by `change(old)`.
+    fn update(
+        &self,
+        path: &str,
+        change: impl Fn(Option<Entry>) -> Option<Entry>,
+    ) -> Result<(), QueueError> {
+        let mut corrupt = None;
+        self.paths.fetch_and_update(path.as_bytes(), |old| {
+            let old = match old.map(|bytes| decode(path, bytes)).transpose() {
+                Ok(old) => old,
+                Err(e) => {
+                    corrupt = Some(e);
+                    None
+                }
+            };
+            change(old).map(|entry| encode(&entry))
+        })?;
+        match corrupt {
+            // A corrupt record is replaced by the new one; say so, since history was lost.
+            Some(e) => {
+                tracing::warn!(error = %e, "replaced a corrupt queue record");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes everything now (used at shutdown).
+    pub fn flush_blocking(&self) -> Result<(), QueueError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn encode(entry: &Entry) -> Vec<u8> {
+    serde_json::to_vec(entry).unwrap_or_default()
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Entry, QueueError> {
+    serde_json::from_slice(bytes).map_err(|e| QueueError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// sled errors are not `Clone`; a group commit reports one error to many waiters.
+fn clone_sled_error(error: &sled::Error) -> sled::Error {
+    sled::Error::Io(std::io::Error::other(error.to_string()))
+}
+
+/// Group commit: every flush request that arrives while a flush runs is answered by the next
+/// one, so N concurrent enqueues cost about two fsyncs, not N.
+struct Flusher {
+    db: sled::Db,
+}
+
+impl Flusher {
+    async fn run(
+        self,
+        mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), Arc<sled::Error>>>>,
+    ) {
+        while let Some(first) = requests.recv().await {
+            let mut waiters = vec![first];
+            while let Ok(more) = requests.try_recv() {
+                waiters.push(more);
+            }
+            let result = self.db.flush_async().await.map(|_| ()).map_err(Arc::new);
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
