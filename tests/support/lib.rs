@@ -5,6 +5,8 @@
 //!
 //! Nothing here mocks a part: a missing tool is a test failure that says what to install.
 
+pub mod daemon;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -136,6 +138,31 @@ pub struct S3Server {
     pub credentials: Option<(String, String)>,
 }
 
+fn spawn_s3s(root: &Path, addr: SocketAddr, credentials: Option<(&str, &str)>) -> Child {
+    let mut command = Command::new("s3s-fs");
+    command
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some((key, secret)) = credentials {
+        command.args(["--access-key", key, "--secret-key", secret]);
+    }
+    command.arg(root);
+    let child = command
+        .spawn()
+        .expect("cannot start s3s-fs (scripts/test installs it with cargo install)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "s3s-fs did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 impl S3Server {
     /// With SigV4 credentials: every request must be signed with them.
     pub fn start() -> S3Server {
@@ -211,6 +238,13 @@ impl S3Server {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and data, after [`S3Server::stop`].
+    pub fn restart(&mut self) {
+        let credentials = self.credentials.clone();
+        let credentials = credentials.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+        self.child = spawn_s3s(self.root.path(), self.addr, credentials);
     }
 }
 

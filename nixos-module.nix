@@ -1,0 +1,326 @@
+# NixOS module for narpush: `services.narpush`.
+#
+# Enabling it registers narpush-hook as nix-daemon's post-build-hook and runs the upload daemon
+# as the system user `narpush`, socket-activated and sandboxed exactly like
+# systemd/narpush.service (the sandbox is the shared list in nix/hardening.nix). Secrets never
+# enter the Nix store: key and credentials files are read at service start through
+# LoadCredential, and an assertion refuses store paths for them.
+#
+# Usage (flake): imports = [ narpush.nixosModules.default ];
+#                services.narpush = { enable = true; target = "s3://…"; secretKeyFiles = [ … ]; };
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.narpush;
+  settingsFormat = pkgs.formats.toml { };
+
+  # Defaults of the daemon (docs/configuration.md); the nix-daemon environment only needs the
+  # variables when the module moves a path away from them.
+  defaultSocket = "/run/narpush/narpush.sock";
+  defaultStateDir = "/var/lib/narpush";
+  defaultSpoolDir = "${defaultStateDir}/spool";
+
+  # systemd copies credentials to this directory, readable by the service's user only.
+  credentialsDir = "/run/credentials/narpush.service";
+  keyCredential = i: "signing-key-${toString i}";
+
+  stateDir = cfg.settings.state_dir;
+  spoolDir = if cfg.settings.spool_dir != null then cfg.settings.spool_dir else "${stateDir}/spool";
+
+  inStore = path: lib.hasPrefix "${builtins.storeDir}/" (toString path);
+
+  # What the daemon reads: the user's settings, minus unset optional keys (TOML has no null),
+  # plus what the module owns (target, key paths inside the credentials directory, metrics).
+  daemonSettings =
+    lib.filterAttrs (_: value: value != null) cfg.settings
+    // lib.optionalAttrs (cfg.target != null) { target = cfg.target; }
+    // lib.optionalAttrs (cfg.secretKeyFiles != [ ]) {
+      secret_key_files = lib.imap0 (i: _: "${credentialsDir}/${keyCredential i}") cfg.secretKeyFiles;
+    }
+    // lib.optionalAttrs (cfg.metricsListen != null) { metrics_listen = cfg.metricsListen; };
+
+  configFile = settingsFormat.generate "narpush.toml" daemonSettings;
+
+  # "127.0.0.1:9184" or "[::]:9184" -> 9184.
+  metricsPort = lib.toInt (lib.last (lib.splitString ":" cfg.metricsListen));
+
+  hardening = import ./nix/hardening.nix;
+in
+{
+  options.services.narpush = {
+    enable = lib.mkEnableOption "narpush, which uploads every path Nix builds to a signed binary cache";
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.narpush or (pkgs.callPackage ./package.nix { });
+      defaultText = lib.literalExpression "pkgs.narpush or (pkgs.callPackage ./package.nix { })";
+      description = "The narpush package; it provides both `narpush` and `narpush-hook`.";
+    };
+
+    target = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "s3://nix-cache?endpoint=https://ACCOUNT_ID.r2.cloudflarestorage.com&region=auto";
+      description = ''
+        Where the cache is, as an `s3://BUCKET?endpoint=…&region=…&profile=…` or `file:///DIR` URL
+        (the syntax of `nix copy --to`). `null` keeps the daemon's default, a directory cache in
+        `<state_dir>/cache`.
+      '';
+    };
+
+    secretKeyFiles = lib.mkOption {
+      type = lib.types.listOf lib.types.path;
+      default = [ ];
+      example = [ "/var/lib/secrets/narpush-signing-key" ];
+      description = ''
+        Signing keys in Nix's format (`narpush keygen NAME` or `nix key generate-secret`); every
+        narinfo is signed with each of them. Give paths outside the Nix store, as strings: the
+        files are read at service start through systemd's LoadCredential, so only root needs to
+        be able to read them. Empty: the daemon uses the key it generates in
+        `<state_dir>/signing-key` on first start.
+      '';
+    };
+
+    credentialsFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      example = "/var/lib/secrets/narpush-aws-credentials";
+      description = ''
+        An AWS shared credentials file (`[default]` with `aws_access_key_id` and
+        `aws_secret_access_key`; for R2, an API token's S3 credentials). Read at service start
+        through LoadCredential; the daemon sees it as `AWS_SHARED_CREDENTIALS_FILE`. Pick another
+        of its profiles with `profile=` in {option}`services.narpush.target`.
+      '';
+    };
+
+    socketGroup = lib.mkOption {
+      type = lib.types.nonEmptyStr;
+      default = "narpush";
+      example = "wheel";
+      description = ''
+        Group owning the daemon's socket (mode 0660, owner root). Its members can connect:
+        everyone may read `narpush status`; enqueuing also needs a uid in
+        {option}`services.narpush.settings.allowed_uids`. The group `narpush` is created by this
+        module; any other group must exist.
+      '';
+    };
+
+    metricsListen = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "127.0.0.1:9184";
+      description = "Address of the Prometheus metrics endpoint; `null` disables it.";
+    };
+
+    openMetrics = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "Open the port of {option}`services.narpush.metricsListen` in the firewall.";
+    };
+
+    settings = lib.mkOption {
+      default = { };
+      description = ''
+        The daemon's configuration file (docs/configuration.md), rendered as TOML. Keys not
+        declared here are passed through; the daemon refuses keys it does not know. `target`,
+        `secret_key_files` and `metrics_listen` come from the options of the same meaning.
+      '';
+      type = lib.types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          socket = lib.mkOption {
+            type = lib.types.str;
+            default = defaultSocket;
+            description = "Path of the Unix socket; systemd listens on it for the daemon.";
+          };
+          state_dir = lib.mkOption {
+            type = lib.types.str;
+            default = defaultStateDir;
+            description = "Queue database, generated key and default cache. Outside /var/lib/narpush it is created by tmpfiles and made writable in the sandbox.";
+          };
+          spool_dir = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
+            default = null;
+            description = "Where the hook leaves requests while the daemon does not answer; `null` means `<state_dir>/spool`.";
+          };
+          compression = lib.mkOption {
+            type = lib.types.enum [ "zstd" "xz" "none" ];
+            default = "zstd";
+            description = "Compression of uploaded NARs.";
+          };
+          compression_level = lib.mkOption {
+            type = lib.types.nullOr lib.types.int;
+            default = null;
+            description = "Compression level (zstd 1–19, xz 0–9); `null` keeps the daemon's default.";
+          };
+          jobs = lib.mkOption {
+            type = lib.types.ints.positive;
+            default = 4;
+            description = "Paths uploaded at once.";
+          };
+          batch_window_ms = lib.mkOption {
+            type = lib.types.ints.unsigned;
+            default = 500;
+            description = "How long the daemon collects requests before resolving closures, in milliseconds.";
+          };
+          max_attempts = lib.mkOption {
+            type = lib.types.ints.positive;
+            default = 10;
+            description = "Upload attempts per path before it is marked failed (`narpush retry` re-queues it).";
+          };
+          allowed_uids = lib.mkOption {
+            type = lib.types.listOf lib.types.ints.unsigned;
+            default = [ 0 ];
+            description = "Users who may enqueue paths. nix-daemon runs the hook as root (0).";
+          };
+          upstream_caches = lib.mkOption {
+            type = lib.types.listOf lib.types.str;
+            default = [ ];
+            example = [ "https://cache.nixos.org" ];
+            description = "Caches whose paths are not uploaded again.";
+          };
+          upload_build_logs = lib.mkOption {
+            type = lib.types.bool;
+            default = true;
+            description = "Upload build logs to `log/<drv>` so that `nix log` finds them.";
+          };
+          write_nar_listing = lib.mkOption {
+            type = lib.types.bool;
+            default = false;
+            description = "Write a `<hash>.ls` file listing each NAR's contents.";
+          };
+        };
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions =
+      map (file: {
+        assertion = !inStore file;
+        message = "services.narpush.secretKeyFiles: ${toString file} is in the Nix store, where it would be world-readable. Keep the signing key outside the store and give its path as a string.";
+      }) cfg.secretKeyFiles
+      ++ [
+        {
+          assertion = cfg.credentialsFile == null || !inStore cfg.credentialsFile;
+          message = "services.narpush.credentialsFile: ${toString cfg.credentialsFile} is in the Nix store, where it would be world-readable. Keep the credentials file outside the store and give its path as a string.";
+        }
+        {
+          assertion = !(cfg.settings ? secret_key_files);
+          message = "services.narpush.settings.secret_key_files: set services.narpush.secretKeyFiles instead; those files are passed to the sandboxed service through LoadCredential.";
+        }
+        {
+          assertion = !(cfg.settings ? target) && !(cfg.settings ? metrics_listen);
+          message = "services.narpush.settings: set services.narpush.target and services.narpush.metricsListen instead of settings.target and settings.metrics_listen.";
+        }
+        {
+          assertion = !cfg.openMetrics || cfg.metricsListen != null;
+          message = "services.narpush.openMetrics needs services.narpush.metricsListen (e.g. \"0.0.0.0:9184\").";
+        }
+        {
+          assertion = lib.hasPrefix "/" cfg.settings.socket && lib.hasPrefix "/" stateDir && lib.hasPrefix "/" spoolDir;
+          message = "services.narpush.settings: socket, state_dir and spool_dir must be absolute paths.";
+        }
+        {
+          # The daemon runs `nix` as the user narpush, a client of nix-daemon.
+          assertion =
+            let allowed = config.nix.settings.allowed-users or [ "*" ];
+            in lib.elem "*" allowed || lib.elem "narpush" allowed || lib.elem "@narpush" allowed;
+          message = "services.narpush: nix.settings.allowed-users must include \"narpush\" (or \"*\"), because the daemon queries the store through nix-daemon as that user.";
+        }
+      ];
+
+    warnings =
+      lib.optional (cfg.target != null && lib.hasPrefix "s3://" cfg.target && cfg.credentialsFile == null)
+        "services.narpush.target is an s3:// URL but services.narpush.credentialsFile is not set: the daemon will find no S3 credentials unless you pass AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to narpush.service yourself.";
+
+    environment.systemPackages = [ cfg.package ];
+    # So that `narpush status`, `wait`, `push` and `retry` find a moved socket without --socket.
+    environment.variables = lib.optionalAttrs (cfg.settings.socket != defaultSocket) {
+      NARPUSH_SOCKET = cfg.settings.socket;
+    };
+
+    nix.settings.post-build-hook = "${cfg.package}/bin/narpush-hook";
+    # The hook runs inside nix-daemon and reads only these two variables.
+    systemd.services.nix-daemon.environment =
+      lib.optionalAttrs (cfg.settings.socket != defaultSocket) { NARPUSH_SOCKET = cfg.settings.socket; }
+      // lib.optionalAttrs (spoolDir != defaultSpoolDir) { NARPUSH_SPOOL_DIR = spoolDir; };
+
+    users.users.narpush = {
+      isSystemUser = true;
+      group = "narpush";
+      home = stateDir;
+      description = "narpush binary cache uploader";
+    };
+    users.groups.narpush = { };
+
+    # As systemd/narpush.tmpfiles: the GC-root directory, and the state and spool directories so
+    # the hook can spool before the daemon has ever started.
+    systemd.tmpfiles.rules = [
+      "d /nix/var/nix/gcroots/narpush 0755 narpush narpush -"
+      "d ${stateDir} 0750 narpush narpush -"
+      "d ${spoolDir} 0750 narpush narpush -"
+    ];
+
+    systemd.sockets.narpush = {
+      description = "narpush upload daemon socket";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ cfg.settings.socket ];
+      socketConfig = {
+        SocketUser = "root";
+        SocketGroup = cfg.socketGroup;
+        SocketMode = "0660";
+        DirectoryMode = "0755";
+        RemoveOnStop = true;
+      };
+    };
+
+    systemd.services.narpush = {
+      description = "narpush: upload Nix build results to a signed binary cache";
+      # At boot too, not only on the first connection: a queue or spool left from before is
+      # worked off without waiting for the next build.
+      wantedBy = [ "multi-user.target" ];
+      requires = [ "narpush.socket" ];
+      after = [ "narpush.socket" "network.target" "nix-daemon.socket" "nix-daemon.service" ];
+      # A new config file is a new store path, hence a changed unit: switching restarts the
+      # daemon, which is safe because its queue is on disk.
+      restartTriggers = [ configFile ];
+      path = [ config.nix.package ];
+      environment = {
+        NARPUSH_CONFIG = "${configFile}";
+        NIX_REMOTE = "daemon";
+        XDG_CACHE_HOME = "%C/narpush";
+      } // lib.optionalAttrs (cfg.credentialsFile != null) {
+        AWS_SHARED_CREDENTIALS_FILE = "%d/aws-credentials";
+      };
+      unitConfig.StartLimitIntervalSec = 0;
+      serviceConfig = hardening // {
+        Type = "notify";
+        ExecStart = "${cfg.package}/bin/narpush daemon";
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        Restart = "on-failure";
+        RestartSec = "2s";
+        KillMode = "mixed";
+        TimeoutStopSec = "45s";
+        User = "narpush";
+        Group = "narpush";
+        RuntimeDirectory = "narpush";
+        RuntimeDirectoryPreserve = "yes";
+        CacheDirectory = "narpush";
+        LoadCredential =
+          lib.imap0 (i: file: "${keyCredential i}:${toString file}") cfg.secretKeyFiles
+          ++ lib.optional (cfg.credentialsFile != null) "aws-credentials:${toString cfg.credentialsFile}";
+        ReadWritePaths =
+          hardening.ReadWritePaths
+          ++ lib.optional (stateDir != defaultStateDir) stateDir
+          ++ lib.optional (!lib.hasPrefix "${stateDir}/" spoolDir) spoolDir;
+      } // lib.optionalAttrs (stateDir == defaultStateDir) {
+        # Outside /var/lib, state_dir comes from tmpfiles and ReadWritePaths instead.
+        StateDirectory = "narpush";
+        StateDirectoryMode = "0750";
+      };
+    };
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openMetrics [ metricsPort ];
+  };
+}

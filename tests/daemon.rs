@@ -1,0 +1,440 @@
+//! The hook and the daemon end to end: real Nix builds with `narpush-hook` as their
+//! post-build-hook, a real `narpush daemon`, a real S3 server (s3s-fs, SigV4), and stock Nix
+//! substituting the result with signatures required.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use narpush_e2e::daemon::{build_with_hook, spooled, Daemon};
+use narpush_e2e::*;
+
+/// A nonce no earlier run used, so Nix really builds (and runs the hook).
+fn fresh(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{nanos}")
+}
+
+fn s3_daemon(s3: &S3Server, bucket: &str, extra: &str) -> Daemon {
+    s3.bucket(bucket);
+    Daemon::start(
+        &format!("target = \"{}\"\n{extra}", s3.url(bucket)),
+        s3.env(),
+    )
+}
+
+/// Every narinfo points at an existing NAR and its references have narinfos.
+fn assert_closure_invariant(cache: &Path) {
+    for narinfo in narinfos(cache) {
+        let Ok(text) = std::fs::read_to_string(&narinfo) else {
+            continue;
+        };
+        let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+        assert!(
+            cache.join(url).exists(),
+            "{} points at missing {url}",
+            narinfo.display()
+        );
+        let refs = text
+            .lines()
+            .find_map(|l| l.strip_prefix("References: "))
+            .unwrap();
+        for reference in refs.split(' ').filter(|r| !r.is_empty()) {
+            assert!(
+                cache.join(format!("{}.narinfo", &reference[..32])).exists(),
+                "{} references {reference} before its narinfo exists",
+                narinfo.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
+    let s3 = S3Server::start();
+    let daemon = s3_daemon(&s3, "cache", "");
+    let (paths, build) = build_with_hook(
+        &fixture("closure.nix"),
+        &[("nonce", &fresh("hook")), ("bigMiB", "9")],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "build: {}", stderr(&build));
+    let waited = daemon.wait(120);
+    assert!(
+        waited.status.success(),
+        "wait: {}\n{}",
+        stderr(&waited),
+        daemon.log()
+    );
+    assert!(
+        daemon.spooled().is_empty(),
+        "the hook spooled instead of using the socket"
+    );
+
+    let top = &paths[0];
+    let closure = closure(std::slice::from_ref(top));
+    let bucket = s3.root.path().join("cache");
+    assert_eq!(narinfos(&bucket).len(), closure.len());
+    assert_closure_invariant(&bucket);
+    let cache_url = format!("file://{}", bucket.display());
+    let (_, substituted) = substitute(&cache_url, &daemon.public_key(), std::slice::from_ref(top));
+    assert!(substituted.status.success(), "{}", stderr(&substituted));
+    // The build log went up too, where `nix log` looks for it.
+    assert!(
+        snapshot(&bucket.join("log"))
+            .keys()
+            .any(|k| k.to_string_lossy().ends_with("narpush-top.drv")),
+        "no log/…-narpush-top.drv in the bucket"
+    );
+}
+
+#[test]
+fn builds_succeed_while_the_daemon_is_down_and_spooled_requests_are_uploaded_later() {
+    let s3 = S3Server::start();
+    s3.bucket("cache");
+    let mut daemon = Daemon::configure(&format!("target = \"{}\"", s3.url("cache")), s3.env());
+    let run = fresh("down");
+    let mut outputs = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        let (paths, build) = build_with_hook(
+            &fixture("single.nix"),
+            &[("nonce", &format!("{run}-{i}"))],
+            &daemon.hook_env(),
+        );
+        slowest = slowest.max(started.elapsed());
+        assert!(build.status.success(), "build {i}: {}", stderr(&build));
+        assert!(stderr(&build).contains("spooled to"), "{}", stderr(&build));
+        outputs.push(paths[0].clone());
+    }
+    assert_eq!(daemon.spooled().len(), 20);
+    // Each build (evaluation included) stays far from the hook's 3 s deadline.
+    assert!(
+        slowest < Duration::from_secs(3),
+        "slowest build took {slowest:?}"
+    );
+
+    daemon.spawn();
+    let waited = daemon.wait(120);
+    assert!(
+        waited.status.success(),
+        "wait: {}\n{}",
+        stderr(&waited),
+        daemon.log()
+    );
+    assert!(
+        daemon.spooled().is_empty(),
+        "spool not emptied: {:?}",
+        daemon.spooled()
+    );
+    let bucket = s3.root.path().join("cache");
+    for output in &outputs {
+        let narinfo = bucket.join(format!("{}.narinfo", hash_part(output)));
+        assert!(narinfo.exists(), "{output} not uploaded");
+    }
+}
+
+#[test]
+fn a_daemon_that_accepts_but_never_answers_does_not_hold_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hung.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let holder = std::thread::spawn(move || {
+        // Accept and keep every connection open without a word.
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(1) {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let spool = dir.path().join("spool");
+    let started = Instant::now();
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &fresh("hung"))],
+        &[
+            ("NARPUSH_SOCKET", socket),
+            ("NARPUSH_SPOOL_DIR", spool.clone()),
+        ],
+    );
+    let took = started.elapsed();
+    assert!(build.status.success(), "{}", stderr(&build));
+    assert!(took < Duration::from_secs(10), "the build waited {took:?}");
+    let files = spooled(&spool);
+    assert_eq!(files.len(), 1, "{}", stderr(&build));
+    let request = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        request.starts_with("narpush 1 enqueue\nsource hook\ndrv /nix/store/"),
+        "{request}"
+    );
+    assert!(!paths.is_empty());
+    drop(holder);
+}
+
+#[test]
+fn kill_9_during_a_multipart_upload_loses_nothing_and_never_publishes_a_dangling_narinfo() {
+    let s3 = S3Server::start();
+    let mut daemon = s3_daemon(&s3, "cache", "jobs = 1");
+    let bucket = s3.root.path().join("cache");
+    let (paths, build) = build_with_hook(
+        &fixture("closure.nix"),
+        &[("nonce", &fresh("kill")), ("bigMiB", "120")],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+
+    // Watch the bucket the whole time: the closure invariant must hold at every moment.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let bucket = bucket.clone();
+        std::thread::spawn(move || {
+            let mut checks = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_closure_invariant(&bucket);
+                checks += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            checks
+        })
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed_at = None;
+    while killed_at.is_none() && Instant::now() < deadline {
+        let status = daemon.status_json();
+        let done = status["uploading"]["nar_bytes_done"].as_u64().unwrap_or(0);
+        if done > 20 << 20 {
+            daemon.kill_9();
+            killed_at = Some(done);
+        }
+    }
+    let killed_at = killed_at.expect("never saw the big upload in progress");
+    assert!(
+        narinfos(&bucket).len() < closure(&paths[..1]).len(),
+        "all was done before the kill"
+    );
+
+    daemon.spawn();
+    let waited = daemon.wait(180);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let checks = watcher
+        .join()
+        .expect("the closure invariant held throughout");
+    assert!(
+        waited.status.success(),
+        "{}\n{}",
+        stderr(&waited),
+        daemon.log()
+    );
+    assert!(checks > 10, "the bucket was checked only {checks} times");
+    assert_eq!(narinfos(&bucket).len(), closure(&paths[..1]).len());
+    let (_, substituted) = substitute(
+        &format!("file://{}", bucket.display()),
+        &daemon.public_key(),
+        &paths[..1],
+    );
+    assert!(
+        substituted.status.success(),
+        "after kill at {killed_at}: {}",
+        stderr(&substituted)
+    );
+}
+
+#[test]
+fn an_s3_outage_is_retried_and_shown_in_status_until_the_server_returns() {
+    let mut s3 = S3Server::start();
+    let daemon = s3_daemon(
+        &s3,
+        "cache",
+        "retry_initial_delay_ms = 200\nretry_max_delay_ms = 1000\nmax_attempts = 1000",
+    );
+    s3.stop();
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &fresh("outage"))],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let retrying = loop {
+        let status = daemon.status_json();
+        let retrying = status["retrying"].as_array().cloned().unwrap_or_default();
+        if retrying.iter().any(|r| r["attempts"].as_u64() >= Some(2)) {
+            break retrying;
+        }
+        assert!(Instant::now() < deadline, "no retries shown: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        retrying[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("nix-cache-info"),
+        "{retrying:?}"
+    );
+    let text = daemon.client(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("retrying:"));
+
+    s3.restart();
+    let waited = daemon.wait(120);
+    assert!(
+        waited.status.success(),
+        "{}\n{}",
+        stderr(&waited),
+        daemon.log()
+    );
+    let narinfo = format!("cache/{}.narinfo", hash_part(&paths[0]));
+    assert!(s3.root.path().join(narinfo).exists());
+}
+
+#[test]
+fn queued_paths_are_protected_from_garbage_collection_until_uploaded() {
+    let mut s3 = S3Server::start();
+    let daemon = s3_daemon(
+        &s3,
+        "cache",
+        "retry_initial_delay_ms = 200\nretry_max_delay_ms = 500",
+    );
+    s3.stop();
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &fresh("gc"))],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    let path = &paths[0];
+
+    let refused = run(command("nix-store").args(["--delete", path]));
+    assert!(!refused.status.success(), "a queued path was deleted");
+    assert!(stderr(&refused).contains("alive"), "{}", stderr(&refused));
+
+    s3.restart();
+    let waited = daemon.wait(120);
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    let deleted = run(command("nix-store").args(["--delete", path]));
+    assert!(
+        deleted.status.success(),
+        "after upload: {}",
+        stderr(&deleted)
+    );
+    assert!(!Path::new(path).exists());
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_unfinished_work_resumes_after_restart() {
+    let mut s3 = S3Server::start();
+    let mut daemon = s3_daemon(
+        &s3,
+        "cache",
+        "retry_initial_delay_ms = 100\nretry_max_delay_ms = 200",
+    );
+    s3.stop();
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &fresh("term"))],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success());
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status}\n{}", daemon.log());
+    assert!(!daemon.socket.exists(), "the socket file was left behind");
+
+    s3.restart();
+    daemon.spawn();
+    let waited = daemon.wait(120);
+    assert!(
+        waited.status.success(),
+        "{}\n{}",
+        stderr(&waited),
+        daemon.log()
+    );
+    let narinfo = format!("cache/{}.narinfo", hash_part(&paths[0]));
+    assert!(s3.root.path().join(narinfo).exists());
+}
+
+#[test]
+fn push_then_wait_uploads_into_the_embedded_default_cache() {
+    let daemon = Daemon::start("", vec![]);
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &fresh("push"))],
+        &no_daemon(),
+    );
+    assert!(build.status.success());
+    let pushed = daemon.client(&["push", "--wait", "--timeout", "60", &paths[0]]);
+    assert!(
+        pushed.status.success(),
+        "{}\n{}",
+        stderr(&pushed),
+        daemon.log()
+    );
+    // The embedded default: a directory cache and a generated 0600 key under state_dir.
+    let cache = daemon.state.join("cache");
+    assert!(cache
+        .join(format!("{}.narinfo", hash_part(&paths[0])))
+        .exists());
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(daemon.state.join("signing-key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+    let (_, substituted) = substitute(
+        &format!("file://{}", cache.display()),
+        &daemon.public_key(),
+        &paths[..1],
+    );
+    assert!(substituted.status.success(), "{}", stderr(&substituted));
+}
+
+#[test]
+fn a_permanent_failure_is_reported_by_status_and_wait_and_retry_requeues_it() {
+    let s3 = S3Server::start();
+    s3.bucket("cache");
+    let mut env = s3.env();
+    env[1].1 = "not-the-secret".to_owned();
+    let daemon = Daemon::start(&format!("target = \"{}\"", s3.url("cache")), env);
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &fresh("denied"))],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success());
+    let waited = daemon.wait(60);
+    assert_eq!(waited.status.code(), Some(1), "{}", stderr(&waited));
+    let message = stderr(&waited);
+    assert!(
+        message.contains(&paths[0]) && message.contains("rejected the credentials"),
+        "{message}"
+    );
+    let status = daemon.status_json();
+    assert_eq!(status["counts"]["failed"], 1, "{status}");
+    assert_eq!(
+        status["failed"][0]["attempts"], 1,
+        "permanent errors are not retried: {status}"
+    );
+
+    let retried = daemon.client(&["retry", "--all"]);
+    assert!(retried.status.success());
+    assert!(
+        stderr(&retried).contains("requeued 1"),
+        "{}",
+        stderr(&retried)
+    );
+}
+
+fn no_daemon() -> Vec<(&'static str, std::path::PathBuf)> {
+    vec![
+        ("NARPUSH_SOCKET", "/nonexistent/narpush.sock".into()),
+        ("NARPUSH_SPOOL_DIR", "/nonexistent/spool".into()),
+    ]
+}
+
+fn hash_part(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
