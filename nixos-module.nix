@@ -214,6 +214,12 @@ in
           message = "services.narpush.settings: set services.narpush.target and services.narpush.metricsListen instead of settings.target and settings.metrics_listen.";
         }
         {
+          # Keep in step with daemon/src/config.rs: these keys are accepted but refused when on.
+          assertion =
+            cfg.metricsListen == null && cfg.settings.upstream_caches == [ ] && !cfg.settings.write_nar_listing;
+          message = "services.narpush: metricsListen, settings.upstream_caches and settings.write_nar_listing are not supported by this version of narpush yet; leave them unset (the daemon would refuse to start).";
+        }
+        {
           assertion = !cfg.openMetrics || cfg.metricsListen != null;
           message = "services.narpush.openMetrics needs services.narpush.metricsListen (e.g. \"0.0.0.0:9184\").";
         }

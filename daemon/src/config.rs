@@ -94,7 +94,7 @@ impl Default for Config {
                 .unwrap_or_else(|| Path::new(DEFAULT_STATE_DIR).join("spool")),
             gc_roots_dir: PathBuf::from(DEFAULT_GC_ROOTS_DIR),
             batch_window: Duration::from_millis(500),
-            max_attempts: 10,
+            max_attempts: 20,
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(15 * 60),
             allowed_uids: vec![0],

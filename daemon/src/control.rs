@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use narpush_protocol::{Request, Response};
 
-use crate::config::{DEFAULT_SOCKET, SOCKET_ENV};
+use crate::config::{Config, DEFAULT_SOCKET, SOCKET_ENV};
 use crate::daemon::status::StatusReport;
 
 /// How long a command waits for the daemon's answer.
@@ -38,15 +38,17 @@ pub enum ControlError {
     BadStatus(String),
 }
 
-/// The socket a client uses: the flag, else `$NARPUSH_SOCKET`, else the default.
-pub fn socket_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_owned)
-        .or_else(|| {
-            std::env::var_os(SOCKET_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+/// The socket a client uses: the `--socket` flag, else `$NARPUSH_SOCKET`, else `socket` from
+/// the config file (`--config`, `$NARPUSH_CONFIG`, the default location), else the default.
+/// An unreadable config file only costs its `socket` key: status must work without it.
+pub fn socket_path(flag: Option<&Path>, config: Option<&Path>) -> PathBuf {
+    if let Some(flag) = flag {
+        return flag.to_owned();
+    }
+    if let Some(from_env) = std::env::var_os(SOCKET_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(from_env);
+    }
+    Config::load(config).map_or_else(|_| PathBuf::from(DEFAULT_SOCKET), |c| c.socket)
 }
 
 /// Sends `request` and returns the text of an `ok` answer.

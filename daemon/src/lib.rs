@@ -23,3 +23,16 @@ pub mod queue;
 pub mod store;
 pub mod target;
 pub mod upload;
+
+/// An error and its causes on one line (`outer: cause: root cause`), for logs, the status
+/// document and protocol responses, which are all single lines.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

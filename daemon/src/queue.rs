@@ -128,11 +128,13 @@ impl Queue {
             stats,
             flusher,
         };
-        queue.recover()?;
+        queue.requeue_uploading()?;
         Ok(queue)
     }
 
-    fn recover(&self) -> Result<(), QueueError> {
+    /// Puts every `uploading` entry back to `pending`, attempts unchanged: an interrupted
+    /// upload (crash, shutdown) is not the path's fault.
+    pub fn requeue_uploading(&self) -> Result<(), QueueError> {
         for entry in self.entries()? {
             if entry.state == State::Uploading {
                 self.put(&Entry {
@@ -247,6 +249,7 @@ impl Queue {
                     state: State::Pending,
                     attempts: 0,
                     next_attempt_ms: now,
+                    last_error: None,
                     updated_ms: now,
                     ..entry
                 })?;

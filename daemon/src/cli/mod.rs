@@ -63,10 +63,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Daemon(args) => daemon::run(&args, cli.config.as_deref()),
         Command::Upload(args) => upload::run(args, cli.config.as_deref()),
-        Command::Push(args) => push::run(&args),
-        Command::Status(args) => status::run(&args),
-        Command::Wait(args) => wait::run(&args),
-        Command::Retry(args) => retry::run(&args),
+        Command::Push(args) => push::run(&args, cli.config.as_deref()),
+        Command::Status(args) => status::run(&args, cli.config.as_deref()),
+        Command::Wait(args) => wait::run(&args, cli.config.as_deref()),
+        Command::Retry(args) => retry::run(&args, cli.config.as_deref()),
         Command::Keygen(args) => keygen::run(&args),
     }
 }

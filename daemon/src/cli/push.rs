@@ -1,6 +1,6 @@
 //! `narpush push`: hand paths to the running daemon; returns once they are durably queued.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -24,18 +24,19 @@ pub struct PushArgs {
     #[arg(long, value_name = "SECS", requires = "wait")]
     timeout: Option<u64>,
 
-    /// The daemon's socket. Default: $NARPUSH_SOCKET, else /run/narpush/narpush.sock.
+    /// The daemon's socket. Default: $NARPUSH_SOCKET, else `socket` from the config file,
+    /// else /run/narpush/narpush.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
 
-pub fn run(args: &PushArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: &PushArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
     let outs = args
         .paths
         .iter()
         .map(|arg| store::resolve_store_path_arg(arg).map(|p| p.to_absolute()))
         .collect::<Result<Vec<_>, _>>()?;
-    let socket = control::socket_path(args.socket.as_deref());
+    let socket = control::socket_path(args.socket.as_deref(), config);
     let request = Request::Enqueue {
         source: Source::Push,
         drv: None,

@@ -1,6 +1,6 @@
 //! `narpush retry`: put failed paths back in the queue.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -20,18 +20,19 @@ pub struct RetryArgs {
     #[arg(value_name = "PATH", required_unless_present = "all")]
     paths: Vec<String>,
 
-    /// The daemon's socket. Default: $NARPUSH_SOCKET, else /run/narpush/narpush.sock.
+    /// The daemon's socket. Default: $NARPUSH_SOCKET, else `socket` from the config file,
+    /// else /run/narpush/narpush.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
 
-pub fn run(args: &RetryArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: &RetryArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
     let outs = args
         .paths
         .iter()
         .map(|arg| store::resolve_store_path_arg(arg).map(|p| p.to_absolute()))
         .collect::<Result<Vec<_>, _>>()?;
-    let socket = control::socket_path(args.socket.as_deref());
+    let socket = control::socket_path(args.socket.as_deref(), config);
     let answer = control::call(
         &socket,
         &Request::Retry {

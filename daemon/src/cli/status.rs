@@ -1,7 +1,7 @@
 //! `narpush status`: the queue at a glance, for a person (text) or a script (`--json`, the
 //! document described in docs/protocol.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use indicatif::{HumanBytes, HumanDuration};
 
@@ -17,13 +17,14 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
 
-    /// The daemon's socket. Default: $NARPUSH_SOCKET, else /run/narpush/narpush.sock.
+    /// The daemon's socket. Default: $NARPUSH_SOCKET, else `socket` from the config file,
+    /// else /run/narpush/narpush.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
 
-pub fn run(args: &StatusArgs) -> anyhow::Result<Outcome> {
-    let report = control::status(&control::socket_path(args.socket.as_deref()))?;
+pub fn run(args: &StatusArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
+    let report = control::status(&control::socket_path(args.socket.as_deref(), config))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

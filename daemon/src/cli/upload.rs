@@ -31,8 +31,10 @@ use narpush::upload::stream::StreamSettings;
 /// from the config file; flags win.
 ///
 /// Examples:
-///   narpush upload --to 's3://nix-cache?endpoint=https://ACCOUNT.r2.cloudflarestorage.com&region=auto' --key ./signing-key ./result
-///   narpush upload --to file:///var/cache/nix --key ./signing-key /nix/store/...-hello-2.12
+///   narpush upload --key ./signing-key \
+///     --to 's3://nix-cache?endpoint=https://ACCOUNT.r2.cloudflarestorage.com&region=auto' \
+///     ./result
+///   narpush upload --key ./signing-key --to file:///var/cache/nix ./result
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct UploadArgs {
@@ -40,8 +42,9 @@ pub struct UploadArgs {
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<String>,
 
-    /// Where to upload: s3://BUCKET?endpoint=URL&region=R&profile=P, or file:///DIR.
-    /// Default: `target` from the config file.
+    /// Where to upload: s3://BUCKET?endpoint=URL&region=R&profile=P (add &anonymous=true
+    /// for servers that take unsigned writes), or file:///DIR. Default: `target` from the
+    /// config file.
     #[arg(long, value_name = "TARGET")]
     to: Option<String>,
 
@@ -219,19 +222,7 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     for (path, error) in &report.failed {
-        eprintln!("narpush: failed: {path}: {}", anyhow_chain(error));
+        eprintln!("narpush: failed: {path}: {}", narpush::error_chain(error));
     }
     Ok(Outcome::PartialFailure)
-}
-
-/// An error and its causes on one line.
-fn anyhow_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -18,15 +18,19 @@ pub struct WaitArgs {
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
 
-    /// The daemon's socket. Default: $NARPUSH_SOCKET, else /run/narpush/narpush.sock.
+    /// The daemon's socket. Default: $NARPUSH_SOCKET, else `socket` from the config file,
+    /// else /run/narpush/narpush.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
 
 const POLL: Duration = Duration::from_millis(200);
 
-pub fn run(args: &WaitArgs) -> anyhow::Result<Outcome> {
-    wait_idle(&control::socket_path(args.socket.as_deref()), args.timeout)
+pub fn run(args: &WaitArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
+    wait_idle(
+        &control::socket_path(args.socket.as_deref(), config),
+        args.timeout,
+    )
 }
 
 pub fn wait_idle(socket: &Path, timeout: Option<u64>) -> anyhow::Result<Outcome> {

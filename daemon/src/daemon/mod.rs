@@ -85,6 +85,11 @@ impl Shared {
                     ("socket", &old.config.socket, &new.config.socket),
                     ("state_dir", &old.config.state_dir, &new.config.state_dir),
                     ("spool_dir", &old.config.spool_dir, &new.config.spool_dir),
+                    (
+                        "gc_roots_dir",
+                        &old.config.gc_roots_dir,
+                        &new.config.gc_roots_dir,
+                    ),
                 ] {
                     if before != after {
                         tracing::warn!("{what} changed; it takes effect at the next restart");
@@ -168,23 +173,8 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// Uploads cut off by the shutdown go back to `pending`, and everything is flushed.
 fn requeue_interrupted(queue: &Queue) {
-    let interrupted = queue.entries().map(|entries| {
-        entries
-            .into_iter()
-            .filter(|e| e.state == crate::queue::State::Uploading)
-            .map(|e| e.path)
-            .collect::<Vec<_>>()
-    });
-    if let Ok(paths) = interrupted {
-        for path in paths {
-            let _ = queue.finish(
-                &path,
-                &crate::queue::Outcome::RetryAt {
-                    at_ms: crate::queue::now_ms(),
-                    error: "interrupted by a daemon shutdown".to_owned(),
-                },
-            );
-        }
+    if let Err(e) = queue.requeue_uploading() {
+        tracing::error!("cannot requeue interrupted uploads: {e}");
     }
     if let Err(e) = queue.flush_blocking() {
         tracing::error!("cannot flush the queue at shutdown: {e}");

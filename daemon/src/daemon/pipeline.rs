@@ -31,9 +31,9 @@ use crate::upload::schedule::{upload_all, Uploader};
 use crate::upload::stream::StreamSettings;
 use crate::upload::{present_in_target, UploadError};
 
-use super::server::error_chain;
 use super::settings::Settings;
 use super::{Activity, Shared, DRAIN_TIMEOUT};
+use crate::error_chain;
 
 /// Entries taken into one batch at most.
 const BATCH_LIMIT: usize = 1000;

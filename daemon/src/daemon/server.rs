@@ -24,6 +24,7 @@ use tokio::sync::{watch, Semaphore};
 use narpush_protocol::{Request, Response, Source, MAX_REQUEST};
 
 use super::{enqueue, status, Shared};
+use crate::error_chain;
 
 /// The longest a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -184,16 +185,4 @@ async fn dispatch(request: Request, uid: u32, shared: &Shared) -> Response {
             Err(e) => Response::Error(error_chain(&e)),
         },
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

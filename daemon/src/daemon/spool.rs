@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 use narpush_protocol::{Request, Source, MAX_REQUEST};
 
-use super::{enqueue, server::error_chain, Shared};
+use super::{enqueue, Shared};
+use crate::error_chain;
 
 /// The suffix of finished spool files.
 pub const SUFFIX: &str = ".request";
