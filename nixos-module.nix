@@ -165,7 +165,7 @@ in
           };
           max_attempts = lib.mkOption {
             type = lib.types.ints.positive;
-            default = 10;
+            default = 20;
             description = "Upload attempts per path before it is marked failed (`narpush retry` re-queues it).";
           };
           allowed_uids = lib.mkOption {

@@ -166,7 +166,7 @@ let
       compression = "zstd";
       jobs = 4;
       batch_window_ms = 500;
-      max_attempts = 10;
+      max_attempts = 20;
       allowed_uids = [ 0 ];
       upstream_caches = [ ];
       upload_build_logs = true;
@@ -238,7 +238,11 @@ let
     })
 
     # Every option set.
-    (expectEq "full: no failed assertions" full.failedAssertions [ ])
+    # `full` also sets the options of features the daemon does not have yet (metrics, upstream
+    # caches), to check their rendering; the module must say they are not supported.
+    (expectEq "full: only the not-yet-supported features are refused" full.failedAssertions [
+      "services.narpush: metricsListen, settings.upstream_caches and settings.write_nar_listing are not supported by this version of narpush yet; leave them unset (the daemon would refuse to start)."
+    ])
     (expectEq "full: rendered target, keys, metrics and settings" {
       inherit (full.rendered)
         target
