@@ -25,32 +25,6 @@ fn s3_daemon(s3: &S3Server, bucket: &str, extra: &str) -> Daemon {
     )
 }
 
-/// Every narinfo points at an existing NAR and its references have narinfos.
-fn assert_closure_invariant(cache: &Path) {
-    for narinfo in narinfos(cache) {
-        let Ok(text) = std::fs::read_to_string(&narinfo) else {
-            continue;
-        };
-        let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
-        assert!(
-            cache.join(url).exists(),
-            "{} points at missing {url}",
-            narinfo.display()
-        );
-        let refs = text
-            .lines()
-            .find_map(|l| l.strip_prefix("References: "))
-            .unwrap();
-        for reference in refs.split(' ').filter(|r| !r.is_empty()) {
-            assert!(
-                cache.join(format!("{}.narinfo", &reference[..32])).exists(),
-                "{} references {reference} before its narinfo exists",
-                narinfo.display()
-            );
-        }
-    }
-}
-
 #[test]
 fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
     let s3 = S3Server::start();
@@ -435,6 +409,54 @@ fn no_daemon() -> Vec<(&'static str, std::path::PathBuf)> {
     ]
 }
 
-fn hash_part(path: &str) -> &str {
-    &path["/nix/store/".len().."/nix/store/".len() + 32]
+#[test]
+fn socket_activation_and_readiness_work_as_systemd_expects() {
+    let daemon = Daemon::configure("", vec![]);
+    // systemd-socket-activate binds the socket and starts the daemon with LISTEN_FDS/LISTEN_PID
+    // set, as systemd does for narpush.socket; NOTIFY_SOCKET receives READY=1.
+    let notify_path = daemon.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut activated = command("systemd-socket-activate");
+    activated
+        .env("NARPUSH_CONFIG", &daemon.config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .arg("--listen")
+        .arg(&daemon.socket)
+        .args([
+            "-E",
+            "NARPUSH_CONFIG",
+            "-E",
+            "NOTIFY_SOCKET",
+            "-E",
+            "NIX_CONFIG",
+            "-E",
+            "PATH",
+        ])
+        .arg(bin("narpush"))
+        .arg("daemon")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = activated
+        .spawn()
+        .expect("systemd-socket-activate (from systemd)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the activator never bound the socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first connection starts the daemon, which serves it on the inherited socket.
+    let status = daemon.client(&["status", "--json"]);
+    let mut ready = [0u8; 256];
+    let received = notify.recv(&mut ready);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(status.status.success(), "{}", stderr(&status));
+    let n = received.expect("READY=1 within 20 s");
+    assert!(String::from_utf8_lossy(&ready[..n]).contains("READY=1"));
 }

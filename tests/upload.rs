@@ -2,8 +2,6 @@
 //! S3 server (s3s-fs, SigV4 credentials) or a directory, and stock Nix must substitute it with
 //! signatures required and verify it.
 
-use std::path::Path;
-
 use narpush_e2e::*;
 
 fn build_closure(nonce: &str, big_mib: &str) -> (String, Vec<String>) {
@@ -14,35 +12,6 @@ fn build_closure(nonce: &str, big_mib: &str) -> (String, Vec<String>) {
     .remove(0);
     let closure = closure(std::slice::from_ref(&top));
     (top, closure)
-}
-
-/// Every narinfo in `cache` points at a NAR that exists, and each of its references has a
-/// narinfo too: the closure invariant, checked on the files.
-fn assert_cache_consistent(cache: &Path) {
-    for narinfo in narinfos(cache) {
-        let text = std::fs::read_to_string(&narinfo).unwrap();
-        let url = text
-            .lines()
-            .find_map(|l| l.strip_prefix("URL: "))
-            .expect("URL line");
-        assert!(
-            cache.join(url).exists(),
-            "{} points at missing {url}",
-            narinfo.display()
-        );
-        let refs = text
-            .lines()
-            .find_map(|l| l.strip_prefix("References: "))
-            .expect("References line");
-        for reference in refs.split(' ').filter(|r| !r.is_empty()) {
-            let hash = &reference[..32];
-            assert!(
-                cache.join(format!("{hash}.narinfo")).exists(),
-                "{} references {reference}, which has no narinfo",
-                narinfo.display()
-            );
-        }
-    }
 }
 
 #[test]
@@ -70,7 +39,7 @@ fn closure_uploaded_to_s3_with_credentials_is_substituted_by_stock_nix_with_requ
         closure.len(),
         "one narinfo per closure path"
     );
-    assert_cache_consistent(&bucket);
+    assert_closure_invariant(&bucket);
     let big_nar = snapshot(&bucket.join("nar"))
         .into_iter()
         .map(|(_, (size, _))| size)

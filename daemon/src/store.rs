@@ -100,6 +100,11 @@ pub fn resolve_store_path_arg(arg: &str) -> Result<StorePath, StoreError> {
     }
 }
 
+/// [`resolve_store_path_arg`] for every argument; the first bad one is the error.
+pub fn resolve_store_path_args(args: &[String]) -> Result<Vec<StorePath>, StoreError> {
+    args.iter().map(|arg| resolve_store_path_arg(arg)).collect()
+}
+
 /// Metadata of `paths` (and, with `closure`, of everything they reference, recursively),
 /// sorted by path. An invalid path is an error naming it.
 pub async fn query_path_infos(

@@ -130,6 +130,40 @@ pub fn narinfos(cache: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The closure invariant, checked on the files of a cache: every narinfo points at a NAR that
+/// exists, and every reference it names has a narinfo too. A narinfo that disappears while being
+/// read (another process is writing the cache) is skipped.
+pub fn assert_closure_invariant(cache: &Path) {
+    for narinfo in narinfos(cache) {
+        let Ok(text) = std::fs::read_to_string(&narinfo) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{} has no {name} line", narinfo.display()))
+        };
+        let url = field("URL: ");
+        assert!(
+            cache.join(url).exists(),
+            "{} points at missing {url}",
+            narinfo.display()
+        );
+        for reference in field("References: ").split(' ').filter(|r| !r.is_empty()) {
+            assert!(
+                cache.join(format!("{}.narinfo", &reference[..32])).exists(),
+                "{} references {reference}, which has no narinfo",
+                narinfo.display()
+            );
+        }
+    }
+}
+
+/// The 32-character hash part of an absolute store path.
+pub fn hash_part(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
 /// A real S3 server (s3s-fs) on a loopback port, killed when dropped.
 pub struct S3Server {
     child: Child,
@@ -177,27 +211,7 @@ impl S3Server {
     fn start_with(credentials: Option<(&str, &str)>) -> S3Server {
         let root = tempfile::tempdir().expect("tempdir");
         let addr = free_port();
-        let mut command = Command::new("s3s-fs");
-        command
-            .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some((key, secret)) = credentials {
-            command.args(["--access-key", key, "--secret-key", secret]);
-        }
-        command.arg(root.path());
-        let child = command
-            .spawn()
-            .expect("cannot start s3s-fs (scripts/test installs it with cargo install)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not start listening on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_s3s(root.path(), addr, credentials);
         S3Server {
             child,
             root,

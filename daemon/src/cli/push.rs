@@ -31,11 +31,10 @@ pub struct PushArgs {
 }
 
 pub fn run(args: &PushArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
-    let outs = args
-        .paths
+    let outs = store::resolve_store_path_args(&args.paths)?
         .iter()
-        .map(|arg| store::resolve_store_path_arg(arg).map(|p| p.to_absolute()))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|path| path.to_absolute())
+        .collect();
     let socket = control::socket_path(args.socket.as_deref(), config);
     let request = Request::Enqueue {
         source: Source::Push,

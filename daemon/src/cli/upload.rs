@@ -94,11 +94,7 @@ struct Settings {
 
 impl Settings {
     fn from(args: UploadArgs, config: Config) -> anyhow::Result<Settings> {
-        let paths = args
-            .paths
-            .iter()
-            .map(|arg| store::resolve_store_path_arg(arg))
-            .collect::<Result<Vec<_>, _>>()?;
+        let paths = store::resolve_store_path_args(&args.paths)?;
         let target = match args.to {
             Some(url) => TargetUrl::parse(&url)?,
             None => match &config.target {
