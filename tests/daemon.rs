@@ -460,3 +460,88 @@ fn socket_activation_and_readiness_work_as_systemd_expects() {
     let n = received.expect("READY=1 within 20 s");
     assert!(String::from_utf8_lossy(&ready[..n]).contains("READY=1"));
 }
+
+#[test]
+fn the_hook_exits_zero_and_says_why_when_even_the_spool_fails() {
+    let out = nix_build(&fixture("single.nix"), &[("nonce", "spool-fails")]).remove(0);
+    let hook = |env: &[(&str, &str)]| {
+        let mut command = command(bin("narpush-hook"));
+        command.env_clear();
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        run(&mut command)
+    };
+    let unspoolable = hook(&[
+        ("OUT_PATHS", &out),
+        ("NARPUSH_SOCKET", "/nonexistent/narpush.sock"),
+        ("NARPUSH_SPOOL_DIR", "/proc/narpush-spool"),
+    ]);
+    assert!(unspoolable.status.success());
+    let message = stderr(&unspoolable);
+    assert!(
+        message.contains("spooling to /proc/narpush-spool failed"),
+        "{message}"
+    );
+    assert_eq!(
+        message.lines().count(),
+        1,
+        "one line, not a backtrace: {message}"
+    );
+
+    let nothing = hook(&[]);
+    assert!(nothing.status.success());
+    assert!(
+        stderr(&nothing).contains("neither DRV_PATH nor OUT_PATHS"),
+        "{}",
+        stderr(&nothing)
+    );
+}
+
+#[test]
+fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() {
+    let daemon = Daemon::start("", vec![]);
+    let out = nix_build(&fixture("single.nix"), &[("nonce", &fresh("live-spool"))]).remove(0);
+    // Written as the hook writes: a hidden temporary file, renamed into place.
+    let spool = |name: &str, bytes: &[u8]| {
+        let temporary = daemon.spool.join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, bytes).unwrap();
+        std::fs::rename(&temporary, daemon.spool.join(name)).unwrap();
+    };
+    spool(
+        "1-1.request",
+        format!("narpush 1 enqueue\nsource hook\nout {out}\nend\n").as_bytes(),
+    );
+    spool("2-2.request", b"narpush 1 enqueue\nout /etc/passwd\nend\n");
+    spool("3-3.request", b"\x00garbage");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.spooled().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "spool not taken: {:?}",
+            daemon.spooled()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waited = daemon.wait(60);
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    let cache = daemon.state.join("cache");
+    assert!(cache.join(format!("{}.narinfo", hash_part(&out))).exists());
+
+    let rejected = daemon.spool.join("rejected");
+    let reason =
+        |name: &str| std::fs::read_to_string(rejected.join(format!("{name}.reason"))).unwrap();
+    assert!(rejected.join("2-2.request").exists() && rejected.join("3-3.request").exists());
+    assert!(
+        reason("2-2.request").contains("'/etc/passwd' is not a store path"),
+        "{}",
+        reason("2-2.request")
+    );
+    assert!(
+        reason("3-3.request").contains("malformed request"),
+        "{}",
+        reason("3-3.request")
+    );
+    assert_eq!(daemon.status_json()["counts"]["done"], 1);
+}

@@ -1,0 +1,159 @@
+//! The directory target: a plain binary cache in a local directory (`file:///DIR`), readable by
+//! Nix as `file:///DIR` and servable by any static web server.
+//!
+//! Invariant: an object appears under its final name only when it is complete. Every write goes
+//! to a temporary file in the same directory, is flushed to disk, and is then renamed into
+//! place, so a reader (or a crash) never sees half an object.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::{ErrorClass, TargetError};
+
+pub struct FileTarget {
+    root: PathBuf,
+}
+
+impl FileTarget {
+    pub fn open(root: &Path) -> Result<FileTarget, TargetError> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| io_error("create", &root.display().to_string(), &e))?;
+        Ok(FileTarget {
+            root: root.to_owned(),
+        })
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, TargetError> {
+        match tokio::fs::metadata(self.root.join(key)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error("stat", key, &e)),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, TargetError> {
+        match tokio::fs::read(self.root.join(key)).await {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("read", key, &e)),
+        }
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), TargetError> {
+        let mut upload = self.start_upload(key).await?;
+        upload.put_part(body).await?;
+        upload.complete().await
+    }
+
+    pub async fn start_upload(&self, key: &str) -> Result<FileUpload, TargetError> {
+        let final_path = self.root.join(key);
+        let key_owned = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let dir = final_path.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(dir)
+                .map_err(|e| io_error("create directory for", &key_owned, &e))?;
+            let file = tempfile::Builder::new()
+                .prefix(".narpush-")
+                .suffix(".tmp")
+                .tempfile_in(dir)
+                .map_err(|e| io_error("create temporary file for", &key_owned, &e))?;
+            Ok(FileUpload {
+                file: Some(file),
+                final_path,
+                key: key_owned,
+            })
+        })
+        .await
+        .map_err(|e| join_error(key, &e))?
+    }
+}
+
+/// A file being written; it becomes visible under its key only in [`FileUpload::complete`].
+/// Dropping it without completing removes the temporary file.
+pub struct FileUpload {
+    file: Option<tempfile::NamedTempFile>,
+    final_path: PathBuf,
+    key: String,
+}
+
+impl FileUpload {
+    pub async fn put_part(&mut self, part: Bytes) -> Result<(), TargetError> {
+        let Some(mut file) = self.file.take() else {
+            return Err(io_error(
+                "write",
+                &self.key,
+                &std::io::Error::other("upload already finished"),
+            ));
+        };
+        let key = self.key.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            file.write_all(&part)
+                .map(|()| file)
+                .map_err(|e| io_error("write", &key, &e))
+        })
+        .await
+        .map_err(|e| join_error(&self.key, &e))??;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    pub async fn complete(mut self) -> Result<(), TargetError> {
+        let Some(file) = self.file.take() else {
+            return Err(io_error(
+                "finish",
+                &self.key,
+                &std::io::Error::other("upload already finished"),
+            ));
+        };
+        let key = self.key.clone();
+        let final_path = self.final_path.clone();
+        tokio::task::spawn_blocking(move || {
+            file.as_file()
+                .sync_all()
+                .map_err(|e| io_error("sync", &key, &e))?;
+            set_world_readable(file.path()).map_err(|e| io_error("chmod", &key, &e))?;
+            file.persist(&final_path)
+                .map_err(|e| io_error("rename into place", &key, &e.error))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| join_error(&self.key, &e))?
+    }
+
+    pub async fn abort(self) {
+        // Dropping the NamedTempFile deletes it.
+    }
+}
+
+/// A cache directory is meant to be served; tempfile creates files 0600.
+fn set_world_readable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}
+
+fn io_error(operation: &'static str, key: &str, error: &std::io::Error) -> TargetError {
+    TargetError {
+        operation,
+        key: key.to_owned(),
+        class: match error.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::Interrupted => {
+                ErrorClass::Transient
+            }
+            _ => ErrorClass::Permanent,
+        },
+        detail: error.to_string(),
+        retry_after: None,
+    }
+}
+
+fn join_error(key: &str, error: &tokio::task::JoinError) -> TargetError {
+    TargetError {
+        operation: "write",
+        key: key.to_owned(),
+        class: ErrorClass::Permanent,
+        detail: format!("writer task failed: {error}"),
+        retry_after: None,
+    }
+}

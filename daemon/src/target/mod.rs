@@ -1,0 +1,135 @@
+//! Where cache objects go, and the one vocabulary for what went wrong there.
+//!
+//! [`Target`] is a closed set (S3, directory) dispatched by `match`, so each operation's
+//! behaviour on each backend is visible in one place. Every backend keeps the same promise:
+//! an object is visible under its key only once it is complete ([`Upload::complete`]); an
+//! upload that is dropped or [`Upload::abort`]ed leaves nothing under the key.
+//!
+//! Every failure is a [`TargetError`] whose [`ErrorClass`] says whether trying again can help;
+//! the backends decide that once, where they understand the error.
+
+pub mod file;
+pub mod s3;
+pub mod url;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use url::TargetUrl;
+
+/// Content types Nix itself sets on the objects it uploads.
+pub mod content_type {
+    pub const NIX_CACHE_INFO: &str = "text/x-nix-cache-info";
+    pub const NARINFO: &str = "text/x-nix-narinfo";
+    pub const NAR: &str = "application/x-nix-nar";
+    pub const LISTING: &str = "application/json";
+    pub const LOG: &str = "text/plain; charset=utf-8";
+}
+
+/// Whether a failed operation is worth trying again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Network trouble, timeouts, throttling, 5xx: the same request may succeed later.
+    Transient,
+    /// Bad credentials, missing bucket, a refused request: retrying changes nothing.
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} {key}: {detail}")]
+pub struct TargetError {
+    pub operation: &'static str,
+    pub key: String,
+    pub class: ErrorClass,
+    pub detail: String,
+    /// The server's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+pub enum Target {
+    File(file::FileTarget),
+    S3(s3::S3Target),
+}
+
+/// A large object being written part by part.
+pub enum Upload {
+    File(file::FileUpload),
+    S3(s3::S3Upload),
+}
+
+impl Target {
+    pub async fn open(url: &TargetUrl) -> Result<Target, TargetError> {
+        match url {
+            TargetUrl::File { dir } => file::FileTarget::open(dir).map(Target::File),
+            TargetUrl::S3(location) => s3::S3Target::open(location).await.map(Target::S3),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, TargetError> {
+        match self {
+            Target::File(t) => t.exists(key).await,
+            Target::S3(t) => t.exists(key).await,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, TargetError> {
+        match self {
+            Target::File(t) => t.get(key).await,
+            Target::S3(t) => t.get(key).await,
+        }
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), TargetError> {
+        match self {
+            Target::File(t) => t.put(key, body).await,
+            Target::S3(t) => t.put(key, body, content_type).await,
+        }
+    }
+
+    pub async fn start_upload(&self, key: &str, content_type: &str) -> Result<Upload, TargetError> {
+        match self {
+            Target::File(t) => t.start_upload(key).await.map(Upload::File),
+            Target::S3(t) => t.start_upload(key, content_type).await.map(Upload::S3),
+        }
+    }
+
+    /// Writes `nix-cache-info` unless the cache already has one. Without it, Nix refuses to
+    /// use the cache ("does not appear to be a binary cache"). Reading it first also proves
+    /// that the target is reachable and the credentials work, before any NAR is streamed.
+    pub async fn ensure_cache_info(&self) -> Result<(), TargetError> {
+        const KEY: &str = "nix-cache-info";
+        if self.get(KEY).await?.is_some() {
+            return Ok(());
+        }
+        let body = format!(
+            "StoreDir: {}\nWantMassQuery: 1\nPriority: 40\n",
+            crate::format::store_path::STORE_DIR
+        );
+        self.put(KEY, Bytes::from(body), content_type::NIX_CACHE_INFO)
+            .await
+    }
+}
+
+impl Upload {
+    pub async fn put_part(&mut self, part: Bytes) -> Result<(), TargetError> {
+        match self {
+            Upload::File(u) => u.put_part(part).await,
+            Upload::S3(u) => u.put_part(part).await,
+        }
+    }
+
+    pub async fn complete(self) -> Result<(), TargetError> {
+        match self {
+            Upload::File(u) => u.complete().await,
+            Upload::S3(u) => u.complete().await,
+        }
+    }
+
+    pub async fn abort(self) {
+        match self {
+            Upload::File(u) => u.abort().await,
+            Upload::S3(u) => u.abort().await,
+        }
+    }
+}

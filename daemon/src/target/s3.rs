@@ -1,0 +1,353 @@
+//! The S3 target (AWS, Cloudflare R2, or anything S3-compatible) through aws-sdk-s3.
+//!
+//! Owns the client settings that make non-AWS stores work, and keeps them in one place:
+//!
+//! - checksums only `WhenRequired` (R2 rejects the SDK's default CRC32 headers);
+//! - path-style addressing whenever a custom endpoint is given;
+//! - credentials from the environment (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`), then the
+//!   shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, `profile`), as with Nix. The EC2
+//!   instance-metadata provider is deliberately left out: probing it costs seconds on every
+//!   machine that is not an EC2 instance.
+//!
+//! Multipart uploads send parts in order through [`S3Upload::put_part`]; the caller guarantees
+//! the R2 rule (all parts but the last the same size). An upload that is not completed must be
+//! aborted with [`S3Upload::abort`], otherwise the bucket keeps its parts until a lifecycle rule
+//! removes them.
+
+use std::time::Duration;
+
+use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::Bytes;
+
+use super::url::S3Location;
+use super::{ErrorClass, TargetError};
+
+pub struct S3Target {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Target {
+    pub async fn open(location: &S3Location) -> Result<S3Target, TargetError> {
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(location.region.clone()))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        config = if location.anonymous {
+            config.allow_no_auth()
+        } else {
+            config.credentials_provider(credentials_chain(location).await?)
+        };
+        if let Some(endpoint) = &location.endpoint {
+            config = config.endpoint_url(endpoint).force_path_style(true);
+        }
+        Ok(S3Target {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            bucket: location.bucket.clone(),
+        })
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, TargetError> {
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            // Like Nix, 403 counts as absent: buckets without ListBucket answer 403 for
+            // missing keys. Bad credentials were already caught when the target was opened.
+            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 403 | 404) => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("HEAD", key, e)),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, TargetError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                let body = output.body.collect().await.map_err(|e| TargetError {
+                    operation: "GET",
+                    key: key.to_owned(),
+                    class: ErrorClass::Transient,
+                    detail: e.to_string(),
+                    retry_after: None,
+                })?;
+                Ok(Some(body.into_bytes()))
+            }
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(classify("GET", key, e)),
+        }
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), TargetError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify("PUT", key, e))?;
+        Ok(())
+    }
+
+    pub async fn start_upload(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<S3Upload, TargetError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| classify("CreateMultipartUpload", key, e))?;
+        let upload_id = created.upload_id().ok_or_else(|| TargetError {
+            operation: "CreateMultipartUpload",
+            key: key.to_owned(),
+            class: ErrorClass::Transient,
+            detail: "the server returned no upload id".to_owned(),
+            retry_after: None,
+        })?;
+        Ok(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            upload_id: upload_id.to_owned(),
+            parts: Vec::new(),
+        })
+    }
+}
+
+/// Environment first, then the shared credentials file. Fails early, with a sentence a person
+/// can act on, when neither has credentials.
+async fn credentials_chain(location: &S3Location) -> Result<CredentialsProviderChain, TargetError> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let mut profile = ProfileFileCredentialsProvider::builder();
+    if let Some(name) = &location.profile {
+        profile = profile.profile_name(name);
+    }
+    let chain = CredentialsProviderChain::first_try(
+        "environment",
+        EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else("profile", profile.build());
+    chain.provide_credentials().await.map_err(|e| {
+        tracing::debug!(error = %DisplayErrorContext(&e), "no credentials");
+        TargetError {
+            operation: "load credentials for",
+            key: format!("s3://{}", location.bucket),
+            class: ErrorClass::Permanent,
+            detail: format!(
+                "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+                     AWS_SHARED_CREDENTIALS_FILE{}",
+                location
+                    .profile
+                    .as_deref()
+                    .map(|p| format!(" with a [{p}] profile"))
+                    .unwrap_or_default(),
+            ),
+            retry_after: None,
+        }
+    })?;
+    Ok(chain)
+}
+
+/// A multipart upload in progress.
+pub struct S3Upload {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+impl S3Upload {
+    pub async fn put_part(&mut self, part: Bytes) -> Result<(), TargetError> {
+        let part_number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        let uploaded = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(part_number)
+            .body(ByteStream::from(part))
+            .send()
+            .await
+            .map_err(|e| classify("UploadPart", &self.key, e))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .set_e_tag(uploaded.e_tag().map(str::to_owned))
+                .part_number(part_number)
+                .build(),
+        );
+        Ok(())
+    }
+
+    pub async fn complete(self) -> Result<(), TargetError> {
+        let result = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.parts.clone()))
+                    .build(),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let error = classify("CompleteMultipartUpload", &self.key, e);
+                self.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Best effort: a failed abort leaves parts that the bucket's lifecycle rule removes.
+    pub async fn abort(self) {
+        let result = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(key = %self.key, error = %DisplayErrorContext(&e), "could not abort multipart upload");
+        }
+    }
+}
+
+/// The one place where an S3 failure is sorted into worth-retrying or not. Exhaustive on
+/// purpose: a new kind of SDK error must be decided here, not fall through a wildcard.
+fn classify<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> TargetError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
+{
+    let (class, retry_after, detail) = match &error {
+        SdkError::ConstructionFailure(_) => (ErrorClass::Permanent, None, None),
+        SdkError::TimeoutError(_) => (ErrorClass::Transient, None, None),
+        SdkError::DispatchFailure(_) => (ErrorClass::Transient, None, None),
+        SdkError::ResponseError(_) => (ErrorClass::Transient, None, None),
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status_code();
+            let code = service.err().code().unwrap_or("");
+            let class = match status {
+                408 | 429 | 500..=599 => ErrorClass::Transient,
+                _ if matches!(code, "SlowDown" | "RequestTimeout" | "InternalError") => {
+                    ErrorClass::Transient
+                }
+                _ => ErrorClass::Permanent,
+            };
+            let explanation = match code {
+                "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied" => {
+                    " — the S3 server rejected the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
+                }
+                "NoSuchBucket" => " — the bucket does not exist; create it first",
+                _ if status == 403 => " — access denied; check the credentials and the bucket's permissions",
+                _ => "",
+            };
+            let message = service
+                .err()
+                .message()
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            let code = if code.is_empty() {
+                "(no error code)"
+            } else {
+                code
+            };
+            (
+                class,
+                service.raw().retry_after(),
+                Some(format!("HTTP {status} {code}{message}{explanation}")),
+            )
+        }
+        _ => (ErrorClass::Transient, None, None),
+    };
+    TargetError {
+        operation,
+        key: key.to_owned(),
+        class,
+        detail: detail.unwrap_or_else(|| causes(&error)),
+        retry_after,
+    }
+}
+
+/// An error's chain of causes on one line, each cause once (the SDK's layers often repeat the
+/// message of the layer below).
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = current.source();
+    }
+    parts.join(": ")
+}
+
+/// What [`classify`] needs from a raw HTTP response.
+trait HttpStatus {
+    fn status_code(&self) -> u16;
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.headers()
+            .get("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+}

@@ -1,0 +1,239 @@
+//! Target URLs, in the syntax `nix copy --to` uses, so users paste what they already know:
+//!
+//! - `s3://BUCKET?endpoint=…&region=…&profile=…&scheme=…` (an S3-compatible bucket; the whole
+//!   bucket is the cache root, as in Nix, where `s3://bucket/prefix` is not supported either);
+//! - `file:///DIR` (a plain directory cache).
+//!
+//! Invariant: a [`TargetUrl`] names a bucket or an absolute directory, and every query
+//! parameter it was given was understood; an unknown parameter is an error naming it rather
+//! than a setting silently ignored.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where the cache lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetUrl {
+    File { dir: PathBuf },
+    S3(S3Location),
+}
+
+/// An S3 bucket and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Full endpoint URL (`https://ACCOUNT.r2.cloudflarestorage.com`); `None` means AWS itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub profile: Option<String>,
+    /// Send unsigned requests (`anonymous=true`): for servers that accept anonymous writes,
+    /// such as a local test server. Never needed for R2 or AWS.
+    pub anonymous: bool,
+}
+
+/// Nix's default when no `region` is given.
+const DEFAULT_REGION: &str = "us-east-1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetUrlError {
+    #[error("target '{url}' is not a URL: {reason}")]
+    Syntax { url: String, reason: String },
+    #[error(
+        "target '{url}' has scheme '{scheme}'; narpush writes to s3://BUCKET?… or file:///DIR"
+    )]
+    UnsupportedScheme { url: String, scheme: String },
+    #[error("target '{url}' names no bucket (expected s3://BUCKET?endpoint=…)")]
+    NoBucket { url: String },
+    #[error("target '{url}': a key prefix after the bucket is not supported (Nix cannot read it either); use s3://BUCKET")]
+    BucketPrefix { url: String },
+    #[error(
+        "target '{url}': unknown parameter '{name}' (known: endpoint, region, profile, scheme, anonymous)"
+    )]
+    UnknownParameter { url: String, name: String },
+    #[error("target '{url}': parameter '{name}' must be true or false, not '{value}'")]
+    NotABoolean {
+        url: String,
+        name: String,
+        value: String,
+    },
+    #[error("target '{url}': the directory must be an absolute path (file:///DIR)")]
+    RelativeDirectory { url: String },
+}
+
+impl TargetUrl {
+    pub fn parse(input: &str) -> Result<TargetUrl, TargetUrlError> {
+        let syntax = |reason: String| TargetUrlError::Syntax {
+            url: input.to_owned(),
+            reason,
+        };
+        let url = url::Url::parse(input).map_err(|e| syntax(e.to_string()))?;
+        match url.scheme() {
+            "file" => {
+                if url.query().is_some() {
+                    let name = url.query_pairs().next().map(|(k, _)| k.into_owned());
+                    return Err(TargetUrlError::UnknownParameter {
+                        url: input.to_owned(),
+                        name: name.unwrap_or_default(),
+                    });
+                }
+                let dir = url
+                    .to_file_path()
+                    .map_err(|()| TargetUrlError::RelativeDirectory {
+                        url: input.to_owned(),
+                    })?;
+                Ok(TargetUrl::File { dir })
+            }
+            "s3" => parse_s3(input, &url).map(TargetUrl::S3),
+            other => Err(TargetUrlError::UnsupportedScheme {
+                url: input.to_owned(),
+                scheme: other.to_owned(),
+            }),
+        }
+    }
+}
+
+fn parse_s3(input: &str, url: &url::Url) -> Result<S3Location, TargetUrlError> {
+    let bucket = url.host_str().unwrap_or_default().to_owned();
+    if bucket.is_empty() {
+        return Err(TargetUrlError::NoBucket {
+            url: input.to_owned(),
+        });
+    }
+    if !matches!(url.path(), "" | "/") {
+        return Err(TargetUrlError::BucketPrefix {
+            url: input.to_owned(),
+        });
+    }
+    let mut endpoint = None;
+    let mut region = None;
+    let mut profile = None;
+    let mut scheme = None;
+    let mut anonymous = false;
+    for (name, value) in url.query_pairs() {
+        let value = value.into_owned();
+        match name.as_ref() {
+            "endpoint" => endpoint = Some(value),
+            "region" => region = Some(value),
+            "profile" => profile = Some(value).filter(|p| !p.is_empty()),
+            "scheme" => scheme = Some(value),
+            "anonymous" => {
+                anonymous = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(TargetUrlError::NotABoolean {
+                            url: input.to_owned(),
+                            name: name.into_owned(),
+                            value,
+                        })
+                    }
+                }
+            }
+            _ => {
+                return Err(TargetUrlError::UnknownParameter {
+                    url: input.to_owned(),
+                    name: name.into_owned(),
+                })
+            }
+        }
+    }
+    // Nix 2.8 takes `endpoint=host:port` plus `scheme=http`; later versions a full URL.
+    let endpoint = endpoint.filter(|e| !e.is_empty()).map(|e| {
+        if e.contains("://") {
+            e
+        } else {
+            format!("{}://{e}", scheme.as_deref().unwrap_or("https"))
+        }
+    });
+    Ok(S3Location {
+        bucket,
+        endpoint,
+        region: region
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+        profile,
+        anonymous,
+    })
+}
+
+impl fmt::Display for TargetUrl {
+    /// A description safe to log: no credentials are ever part of a target URL.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetUrl::File { dir } => write!(f, "file://{}", dir.display()),
+            TargetUrl::S3(s3) => {
+                write!(f, "s3://{}", s3.bucket)?;
+                if let Some(endpoint) = &s3.endpoint {
+                    write!(f, " at {endpoint}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r2_url_with_all_parameters_parses() {
+        let url = TargetUrl::parse(
+            "s3://nix-cache?endpoint=https://acct.r2.cloudflarestorage.com&region=auto&profile=r2",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            TargetUrl::S3(S3Location {
+                bucket: "nix-cache".into(),
+                endpoint: Some("https://acct.r2.cloudflarestorage.com".into()),
+                region: "auto".into(),
+                profile: Some("r2".into()),
+                anonymous: false,
+            })
+        );
+    }
+
+    #[test]
+    fn nix_2_8_style_endpoint_with_scheme_parameter_becomes_a_full_url() {
+        let TargetUrl::S3(s3) =
+            TargetUrl::parse("s3://b?endpoint=127.0.0.1:9000&scheme=http").unwrap()
+        else {
+            panic!("expected s3")
+        };
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.region, "us-east-1");
+    }
+
+    #[test]
+    fn file_url_gives_an_absolute_directory() {
+        assert_eq!(
+            TargetUrl::parse("file:///var/cache/nix").unwrap(),
+            TargetUrl::File {
+                dir: PathBuf::from("/var/cache/nix")
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_parameter_is_named() {
+        let err = TargetUrl::parse("s3://b?compresion=zstd").unwrap_err();
+        assert!(err.to_string().contains("'compresion'"), "{err}");
+    }
+
+    #[test]
+    fn bucket_prefix_and_foreign_schemes_are_rejected() {
+        assert!(matches!(
+            TargetUrl::parse("s3://b/prefix").unwrap_err(),
+            TargetUrlError::BucketPrefix { .. }
+        ));
+        assert!(matches!(
+            TargetUrl::parse("https://cache.example").unwrap_err(),
+            TargetUrlError::UnsupportedScheme { .. }
+        ));
+        assert!(matches!(
+            TargetUrl::parse("not a url").unwrap_err(),
+            TargetUrlError::Syntax { .. }
+        ));
+    }
+}
