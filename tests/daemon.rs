@@ -216,6 +216,16 @@ fn kill_9_during_a_multipart_upload_loses_nothing_and_never_publishes_a_dangling
         "after kill at {killed_at}: {}",
         stderr(&substituted)
     );
+    let verified = run(command("nix")
+        .args(["store", "verify", "--store"])
+        .arg(format!("file://{}", bucket.display()))
+        .args(["--trusted-public-keys", &daemon.public_key(), "-r"])
+        .arg(&paths[0]));
+    assert!(
+        verified.status.success(),
+        "nix store verify: {}",
+        stderr(&verified)
+    );
 }
 
 #[test]

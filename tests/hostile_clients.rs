@@ -83,7 +83,13 @@ fn malformed_oversized_and_out_of_store_requests_are_refused_and_change_nothing(
         ),
     ];
     for (name, bytes, expected) in cases {
-        let answer = exchange(&daemon, &bytes);
+        // A well-behaved client is served while the bad one is being dealt with.
+        let answer = std::thread::scope(|scope| {
+            let bad = scope.spawn(|| exchange(&daemon, &bytes));
+            let status = daemon.client(&["status"]);
+            assert!(status.status.success(), "{name}: status failed meanwhile");
+            bad.join().unwrap()
+        });
         assert!(answer.starts_with("error "), "{name}: {answer:?}");
         assert!(answer.contains(expected), "{name}: {answer:?}");
         assert!(queue_is_empty(&daemon), "{name} changed the queue");

@@ -2,6 +2,8 @@
 //! S3 server (s3s-fs, SigV4 credentials) or a directory, and stock Nix must substitute it with
 //! signatures required and verify it.
 
+use std::path::Path;
+
 use narpush_e2e::*;
 
 fn build_closure(nonce: &str, big_mib: &str) -> (String, Vec<String>) {
@@ -349,4 +351,48 @@ fn no_closure_does_not_publish_a_path_whose_references_are_missing() {
         stderr(&output)
     );
     assert!(narinfos(cache.path()).is_empty());
+}
+
+#[test]
+fn a_nar_that_does_not_match_the_store_record_is_aborted_and_never_published() {
+    let top = nix_build(
+        &fixture("single.nix"),
+        &[
+            ("nonce", &format!("tampered-{}", std::process::id())),
+            ("size", "20000"),
+        ],
+    )
+    .remove(0);
+    // Corrupt the store copy behind Nix's back (same size, other bytes): the NAR narpush
+    // streams no longer hashes to the NarHash the store recorded.
+    let data = Path::new(&top).join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[0] ^= 0xff;
+    set_mode(Path::new(&top), 0o755);
+    set_mode(&data, 0o644);
+    std::fs::write(&data, &bytes).unwrap();
+
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(keys.path(), "narpush-test-1");
+    let output = run(narpush()
+        .envs(s3.env())
+        .args(["upload", "--to", &s3.url("cache"), "--key"])
+        .arg(&secret)
+        .arg(&top));
+    let _ = run(command("nix-store").args(["--delete", &top]));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("does not match the store's record"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(narinfos(&bucket).is_empty(), "a narinfo was published");
+    // The 20 MB NAR went up as a multipart upload, which was aborted: no NAR object either.
+    let nars: Vec<_> = snapshot(&bucket)
+        .into_keys()
+        .filter(|p| p.to_string_lossy().contains(".nar"))
+        .collect();
+    assert!(nars.is_empty(), "NAR objects left: {nars:?}");
 }
