@@ -64,10 +64,14 @@ pub fn nar_key(info: &PathInfo, compression: Compression) -> String {
 /// The part size for a NAR of `nar_size` bytes: `base`, raised (in whole MiB) when the
 /// compressed stream could otherwise need more than [`MAX_PARTS`] parts.
 pub fn part_size_for(nar_size: u64, base: u64) -> u64 {
-    // Upper bound on compressed size: incompressible data grows by a small fraction.
-    let bound = nar_size + nar_size / 128 + (1 << 16);
-    let needed = bound.div_ceil(MAX_PARTS);
+    let needed = compressed_bound(nar_size).div_ceil(MAX_PARTS);
     base.max(needed.div_ceil(1 << 20) << 20)
+}
+
+/// An upper bound on the compressed size of a NAR: incompressible data grows by a small
+/// fraction under zstd and xz, plus their headers.
+pub fn compressed_bound(nar_size: u64) -> u64 {
+    nar_size + nar_size / 128 + (1 << 16)
 }
 
 /// Streams `info`'s NAR to `key` on `target` and returns what was measured.
@@ -240,8 +244,9 @@ impl PartSplitter {
         permits: Arc<Semaphore>,
         runtime: tokio::runtime::Handle,
     ) -> PartSplitter {
+        let part_size = usize::try_from(part_size).unwrap_or(usize::MAX);
         PartSplitter {
-            part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
+            part_size,
             current: Vec::new(),
             permit: None,
             permits,
@@ -287,8 +292,11 @@ impl Write for PartSplitter {
             self.permit = Some(self.acquire()?);
         }
         if self.current.capacity() == 0 {
-            // Small NARs stay small: grow on demand up to one part.
-            self.current.reserve(buf.len().min(self.part_size));
+            // Always the full part size, even for a small NAR: glibc serves allocations this
+            // large with mmap and unmaps them on free, and only the pages written count
+            // towards RSS. Buffers grown step by step instead land in per-thread arenas,
+            // which keep freed memory.
+            self.current.reserve_exact(self.part_size);
         }
         let room = self.part_size - self.current.len();
         let taken = room.min(buf.len());
@@ -315,8 +323,10 @@ mod tests {
     fn huge_nars_get_parts_large_enough_for_ten_thousand_parts() {
         let nar_size = 200u64 << 30;
         let part = part_size_for(nar_size, 8 << 20);
-        let bound = nar_size + nar_size / 128 + (1 << 16);
-        assert!(bound.div_ceil(part) <= MAX_PARTS, "{part}");
+        assert!(
+            compressed_bound(nar_size).div_ceil(part) <= MAX_PARTS,
+            "{part}"
+        );
         assert_eq!(part % (1 << 20), 0);
     }
 
