@@ -292,10 +292,8 @@ impl Write for PartSplitter {
             self.permit = Some(self.acquire()?);
         }
         if self.current.capacity() == 0 {
-            // Always the full part size, even for a small NAR: glibc serves allocations this
-            // large with mmap and unmaps them on free, and only the pages written count
-            // towards RSS. Buffers grown step by step instead land in per-thread arenas,
-            // which keep freed memory.
+            // Reserved once at the full part size, so a part is never copied while it grows;
+            // a small NAR's buffer costs only the pages it writes.
             self.current.reserve_exact(self.part_size);
         }
         let room = self.part_size - self.current.len();
