@@ -296,6 +296,8 @@ in
         NARPUSH_CONFIG = "${configFile}";
         NIX_REMOTE = "daemon";
         XDG_CACHE_HOME = "%C/narpush";
+        # Fewer glibc malloc arenas: freed part buffers are reused instead of kept per thread.
+        MALLOC_ARENA_MAX = "2";
       } // lib.optionalAttrs (cfg.credentialsFile != null) {
         AWS_SHARED_CREDENTIALS_FILE = "%d/aws-credentials";
       };

@@ -203,6 +203,7 @@ let
       {
         NIX_REMOTE = "daemon";
         XDG_CACHE_HOME = "%C/narpush";
+        MALLOC_ARENA_MAX = "2";
       }
     )
     (expectEq "minimal: socket" {
