@@ -17,6 +17,34 @@ fn fresh(name: &str) -> String {
     format!("{name}-{nanos}")
 }
 
+/// A daemon uploading to an S3 server that is down, with fast retries, and one path built
+/// through the hook and now waiting in its queue.
+fn queued_while_s3_is_down(nonce: &str, extra: &str) -> (S3Server, Daemon, String) {
+    let mut s3 = S3Server::start();
+    let daemon = s3_daemon(&s3, "cache", extra);
+    s3.stop();
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &fresh(nonce))],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    (s3, daemon, paths[0].clone())
+}
+
+/// After `narpush wait` succeeds, the path's narinfo is in the bucket.
+fn assert_uploaded_after_wait(daemon: &Daemon, s3: &S3Server, path: &str) {
+    let waited = daemon.wait(120);
+    assert!(
+        waited.status.success(),
+        "{}\n{}",
+        stderr(&waited),
+        daemon.log()
+    );
+    let narinfo = format!("cache/{}.narinfo", hash_part(path));
+    assert!(s3.root.path().join(narinfo).exists(), "{path} not uploaded");
+}
+
 fn s3_daemon(s3: &S3Server, bucket: &str, extra: &str) -> Daemon {
     s3.bucket(bucket);
     Daemon::start(
@@ -230,19 +258,10 @@ fn kill_9_during_a_multipart_upload_loses_nothing_and_never_publishes_a_dangling
 
 #[test]
 fn an_s3_outage_is_retried_and_shown_in_status_until_the_server_returns() {
-    let mut s3 = S3Server::start();
-    let daemon = s3_daemon(
-        &s3,
-        "cache",
+    let (mut s3, daemon, path) = queued_while_s3_is_down(
+        "outage",
         "retry_initial_delay_ms = 200\nretry_max_delay_ms = 1000\nmax_attempts = 1000",
     );
-    s3.stop();
-    let (paths, build) = build_with_hook(
-        &fixture("single.nix"),
-        &[("nonce", &fresh("outage"))],
-        &daemon.hook_env(),
-    );
-    assert!(build.status.success(), "{}", stderr(&build));
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let retrying = loop {
@@ -265,80 +284,43 @@ fn an_s3_outage_is_retried_and_shown_in_status_until_the_server_returns() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("retrying:"));
 
     s3.restart();
-    let waited = daemon.wait(120);
-    assert!(
-        waited.status.success(),
-        "{}\n{}",
-        stderr(&waited),
-        daemon.log()
-    );
-    let narinfo = format!("cache/{}.narinfo", hash_part(&paths[0]));
-    assert!(s3.root.path().join(narinfo).exists());
+    assert_uploaded_after_wait(&daemon, &s3, &path);
 }
 
 #[test]
 fn queued_paths_are_protected_from_garbage_collection_until_uploaded() {
-    let mut s3 = S3Server::start();
-    let daemon = s3_daemon(
-        &s3,
-        "cache",
+    let (mut s3, daemon, path) = queued_while_s3_is_down(
+        "gc",
         "retry_initial_delay_ms = 200\nretry_max_delay_ms = 500",
     );
-    s3.stop();
-    let (paths, build) = build_with_hook(
-        &fixture("single.nix"),
-        &[("nonce", &fresh("gc"))],
-        &daemon.hook_env(),
-    );
-    assert!(build.status.success(), "{}", stderr(&build));
-    let path = &paths[0];
-
-    let refused = run(command("nix-store").args(["--delete", path]));
+    let refused = run(command("nix-store").args(["--delete", &path]));
     assert!(!refused.status.success(), "a queued path was deleted");
     assert!(stderr(&refused).contains("alive"), "{}", stderr(&refused));
 
     s3.restart();
-    let waited = daemon.wait(120);
-    assert!(waited.status.success(), "{}", stderr(&waited));
-    let deleted = run(command("nix-store").args(["--delete", path]));
+    assert_uploaded_after_wait(&daemon, &s3, &path);
+    let deleted = run(command("nix-store").args(["--delete", &path]));
     assert!(
         deleted.status.success(),
         "after upload: {}",
         stderr(&deleted)
     );
-    assert!(!Path::new(path).exists());
+    assert!(!Path::new(&path).exists());
 }
 
 #[test]
 fn sigterm_stops_cleanly_and_unfinished_work_resumes_after_restart() {
-    let mut s3 = S3Server::start();
-    let mut daemon = s3_daemon(
-        &s3,
-        "cache",
+    let (mut s3, mut daemon, path) = queued_while_s3_is_down(
+        "term",
         "retry_initial_delay_ms = 100\nretry_max_delay_ms = 200",
     );
-    s3.stop();
-    let (paths, build) = build_with_hook(
-        &fixture("single.nix"),
-        &[("nonce", &fresh("term"))],
-        &daemon.hook_env(),
-    );
-    assert!(build.status.success());
     let status = daemon.terminate();
     assert!(status.success(), "exit status {status}\n{}", daemon.log());
     assert!(!daemon.socket.exists(), "the socket file was left behind");
 
     s3.restart();
     daemon.spawn();
-    let waited = daemon.wait(120);
-    assert!(
-        waited.status.success(),
-        "{}\n{}",
-        stderr(&waited),
-        daemon.log()
-    );
-    let narinfo = format!("cache/{}.narinfo", hash_part(&paths[0]));
-    assert!(s3.root.path().join(narinfo).exists());
+    assert_uploaded_after_wait(&daemon, &s3, &path);
 }
 
 #[test]
