@@ -537,3 +537,48 @@ fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() 
     );
     assert_eq!(daemon.status_json()["counts"]["done"], 1);
 }
+
+#[test]
+fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() {
+    let daemon = Daemon::start("", vec![]);
+    let original = std::fs::read_to_string(&daemon.config).unwrap();
+    let hangup = || {
+        run(std::process::Command::new("kill").args(["-HUP", &daemon.pid().to_string()]));
+    };
+    let target_after = |expected: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let target = daemon.status_json()["target"].as_str().unwrap().to_owned();
+            if target == expected || Instant::now() > deadline {
+                return target;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let default_target = format!("file://{}", daemon.state.join("cache").display());
+    assert_eq!(target_after(&default_target), default_target);
+
+    std::fs::write(&daemon.config, format!("{original}\njbos = 3\n")).unwrap();
+    hangup();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        target_after(&default_target),
+        default_target,
+        "a broken config was applied"
+    );
+    assert!(
+        daemon.log().contains("jbos"),
+        "the reason was not logged:\n{}",
+        daemon.log()
+    );
+
+    let elsewhere = daemon.dir.path().join("other-cache");
+    std::fs::write(
+        &daemon.config,
+        format!("{original}\ntarget = \"file://{}\"\n", elsewhere.display()),
+    )
+    .unwrap();
+    hangup();
+    let wanted = format!("file://{}", elsewhere.display());
+    assert_eq!(target_after(&wanted), wanted);
+}
