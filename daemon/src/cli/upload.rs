@@ -22,7 +22,7 @@ use narpush::upload::compress::Compression;
 use narpush::upload::present_in_target;
 use narpush::upload::progress::Progress;
 use narpush::upload::schedule::{upload_all, Uploader};
-use narpush::upload::stream::StreamSettings;
+use narpush::upload::stream::{StreamSettings, DEFAULT_PART_SIZE};
 
 /// Upload store paths (and their closures) to a binary cache, then exit.
 ///
@@ -70,9 +70,6 @@ pub struct UploadArgs {
     #[arg(long, value_name = "N")]
     compression_level: Option<i32>,
 }
-
-/// Parts of a multipart upload (raised for NARs that would need more than 10,000).
-const PART_SIZE: u64 = 8 << 20;
 
 pub fn run(args: UploadArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
     let config = Config::load(config_path)?;
@@ -142,7 +139,7 @@ impl Settings {
             stream: StreamSettings {
                 compression,
                 level,
-                base_part_size: PART_SIZE,
+                base_part_size: DEFAULT_PART_SIZE,
             },
         })
     }

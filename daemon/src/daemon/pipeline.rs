@@ -28,7 +28,7 @@ use crate::store::{self, PathInfo};
 use crate::target::ErrorClass;
 use crate::upload::progress::Progress;
 use crate::upload::schedule::{upload_all, Uploader};
-use crate::upload::stream::StreamSettings;
+use crate::upload::stream::{StreamSettings, DEFAULT_PART_SIZE};
 use crate::upload::{present_in_target, UploadError};
 
 use super::settings::Settings;
@@ -37,8 +37,6 @@ use crate::error_chain;
 
 /// Entries taken into one batch at most.
 const BATCH_LIMIT: usize = 1000;
-/// Part size of multipart uploads (raised for NARs that would need more than 10,000).
-const PART_SIZE: u64 = 8 << 20;
 /// How often `done` entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -199,7 +197,7 @@ async fn upload_batch(
         settings: StreamSettings {
             compression: config.compression,
             level: config.compression_level,
-            base_part_size: PART_SIZE,
+            base_part_size: DEFAULT_PART_SIZE,
         },
         jobs: config.jobs,
     };

@@ -28,6 +28,9 @@ use crate::format::nar;
 use crate::store::PathInfo;
 use crate::target::{content_type, Target, Upload};
 
+/// The part size of multipart uploads, unless a NAR would need more than [`MAX_PARTS`].
+/// At least 5 MiB (S3's and R2's minimum); memory holds at most two parts per upload.
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// S3 caps a multipart upload at this many parts.
 const MAX_PARTS: u64 = 10_000;
 /// Parts of one upload that may exist at once.
