@@ -34,13 +34,7 @@ fn queued_while_s3_is_down(nonce: &str, extra: &str) -> (S3Server, Daemon, Strin
 
 /// After `narpush wait` succeeds, the path's narinfo is in the bucket.
 fn assert_uploaded_after_wait(daemon: &Daemon, s3: &S3Server, path: &str) {
-    let waited = daemon.wait(120);
-    assert!(
-        waited.status.success(),
-        "{}\n{}",
-        stderr(&waited),
-        daemon.log()
-    );
+    daemon.wait_ok(120);
     let narinfo = format!("cache/{}.narinfo", hash_part(path));
     assert!(s3.root.path().join(narinfo).exists(), "{path} not uploaded");
 }
@@ -63,13 +57,7 @@ fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
         &daemon.hook_env(),
     );
     assert!(build.status.success(), "build: {}", stderr(&build));
-    let waited = daemon.wait(120);
-    assert!(
-        waited.status.success(),
-        "wait: {}\n{}",
-        stderr(&waited),
-        daemon.log()
-    );
+    daemon.wait_ok(120);
     assert!(
         daemon.spooled().is_empty(),
         "the hook spooled instead of using the socket"
@@ -120,13 +108,7 @@ fn builds_succeed_while_the_daemon_is_down_and_spooled_requests_are_uploaded_lat
     );
 
     daemon.spawn();
-    let waited = daemon.wait(120);
-    assert!(
-        waited.status.success(),
-        "wait: {}\n{}",
-        stderr(&waited),
-        daemon.log()
-    );
+    daemon.wait_ok(120);
     assert!(
         daemon.spooled().is_empty(),
         "spool not emptied: {:?}",
@@ -516,8 +498,7 @@ fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let waited = daemon.wait(60);
-    assert!(waited.status.success(), "{}", stderr(&waited));
+    daemon.wait_ok(60);
     let cache = daemon.state.join("cache");
     assert!(cache.join(format!("{}.narinfo", hash_part(&out))).exists());
 

@@ -3,8 +3,19 @@
 //! signatures required and verify it.
 
 use std::path::Path;
+use std::process::Command;
 
 use narpush_e2e::*;
+
+/// `narpush upload --to TARGET --key SECRET PATH`, without credentials unless the caller adds them.
+fn upload(target: &str, secret: &Path, path: &str) -> Command {
+    let mut command = narpush();
+    command
+        .args(["upload", "--to", target, "--key"])
+        .arg(secret)
+        .arg(path);
+    command
+}
 
 fn build_closure(nonce: &str, big_mib: &str) -> (String, Vec<String>) {
     let top = nix_build(
@@ -25,11 +36,7 @@ fn closure_uploaded_to_s3_with_credentials_is_substituted_by_stock_nix_with_requ
     let keys = tempfile::tempdir().unwrap();
     let (secret, public) = keygen(keys.path(), "narpush-test-1");
 
-    let output = run(narpush()
-        .envs(s3.env())
-        .args(["upload", "--to", &s3.url("cache"), "--key"])
-        .arg(&secret)
-        .arg(&top));
+    let output = run(upload(&s3.url("cache"), &secret, &top).envs(s3.env()));
     assert!(
         output.status.success(),
         "upload failed: {}",
@@ -88,17 +95,11 @@ fn uploading_the_same_closure_again_writes_no_object() {
     let bucket = s3.bucket("cache");
     let keys = tempfile::tempdir().unwrap();
     let (secret, _) = keygen(keys.path(), "narpush-test-1");
-    let upload = || {
-        run(narpush()
-            .envs(s3.env())
-            .args(["upload", "--to", &s3.url("cache"), "--key"])
-            .arg(&secret)
-            .arg(&top))
-    };
-    assert!(upload().status.success());
+    let upload_closure = || run(upload(&s3.url("cache"), &secret, &top).envs(s3.env()));
+    assert!(upload_closure().status.success());
     let before = snapshot(&bucket);
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let second = upload();
+    let second = upload_closure();
     assert!(second.status.success(), "{}", stderr(&second));
     assert_eq!(
         snapshot(&bucket),
@@ -114,12 +115,9 @@ fn wrong_s3_secret_fails_with_a_clear_message_and_writes_nothing() {
     let bucket = s3.bucket("cache");
     let keys = tempfile::tempdir().unwrap();
     let (secret, _) = keygen(keys.path(), "narpush-test-1");
-    let output = run(narpush()
+    let output = run(upload(&s3.url("cache"), &secret, &top)
         .env("AWS_ACCESS_KEY_ID", "narpush-test-key")
-        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-        .args(["upload", "--to", &s3.url("cache"), "--key"])
-        .arg(&secret)
-        .arg(&top));
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret"));
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let message = stderr(&output);
     assert!(message.contains("rejected the credentials"), "{message}");
@@ -137,10 +135,7 @@ fn missing_s3_credentials_are_named_before_anything_is_sent() {
     let bucket = s3.bucket("cache");
     let keys = tempfile::tempdir().unwrap();
     let (secret, _) = keygen(keys.path(), "narpush-test-1");
-    let output = run(narpush()
-        .args(["upload", "--to", &s3.url("cache"), "--key"])
-        .arg(&secret)
-        .arg(&top));
+    let output = run(&mut upload(&s3.url("cache"), &secret, &top));
     assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("no S3 credentials found"),
@@ -376,11 +371,7 @@ fn a_nar_that_does_not_match_the_store_record_is_aborted_and_never_published() {
     let bucket = s3.bucket("cache");
     let keys = tempfile::tempdir().unwrap();
     let (secret, _) = keygen(keys.path(), "narpush-test-1");
-    let output = run(narpush()
-        .envs(s3.env())
-        .args(["upload", "--to", &s3.url("cache"), "--key"])
-        .arg(&secret)
-        .arg(&top));
+    let output = run(upload(&s3.url("cache"), &secret, &top).envs(s3.env()));
     let _ = run(command("nix-store").args(["--delete", &top]));
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(

@@ -343,14 +343,11 @@ impl Queue {
             };
             change(old).map(|entry| encode(&entry))
         })?;
-        match corrupt {
-            // A corrupt record is replaced by the new one; say so, since history was lost.
-            Some(e) => {
-                tracing::warn!(error = %e, "replaced a corrupt queue record");
-                Ok(())
-            }
-            None => Ok(()),
+        if let Some(e) = corrupt {
+            // The corrupt record was replaced by the new one; say so, since history was lost.
+            tracing::warn!(error = %e, "replaced a corrupt queue record");
         }
+        Ok(())
     }
 
     /// Flushes everything now (used at shutdown).

@@ -129,6 +129,17 @@ impl Daemon {
         self.client(&["wait", "--timeout", &secs.to_string()])
     }
 
+    /// `narpush wait --timeout SECS`, which must succeed (the failure shows the daemon's log).
+    pub fn wait_ok(&self, secs: u64) {
+        let waited = self.wait(secs);
+        assert!(
+            waited.status.success(),
+            "wait: {}\n{}",
+            String::from_utf8_lossy(&waited.stderr),
+            self.log()
+        );
+    }
+
     /// The public key the daemon signs with.
     pub fn public_key(&self) -> String {
         self.status_json()["public_keys"][0]

@@ -170,10 +170,11 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
     )
     .await?;
     // Without the closure, references outside the batch must already be in the cache.
+    let in_batch: HashSet<&StorePath> = infos.iter().map(|i| &i.path).collect();
     let outside: HashSet<StorePath> = infos
         .iter()
         .flat_map(|i| i.references.iter())
-        .filter(|r| !infos.iter().any(|i| &i.path == *r))
+        .filter(|r| !in_batch.contains(r))
         .cloned()
         .collect();
     let mut available =

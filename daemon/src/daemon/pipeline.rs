@@ -211,8 +211,11 @@ async fn upload_batch(
     {
         tracing::warn!("cannot count uploads: {e}");
     }
-    let failures: HashMap<&StorePath, &UploadError> =
-        report.failed.iter().map(|(p, e)| (p, e)).collect();
+    let failures: HashMap<&StorePath, &UploadError> = report
+        .failed
+        .iter()
+        .map(|(path, error)| (path, error))
+        .collect();
     Ok(tops
         .iter()
         .map(|top| {
@@ -232,25 +235,34 @@ async fn upload_batch(
         .collect())
 }
 
-/// A path failed because a reference failed: report the reference's own error.
+/// A path failed because a reference failed (perhaps because its own reference failed, and
+/// so on): report the error at the bottom of that chain. The path itself stays retryable,
+/// which [`UploadError::class`] already says of `ReferenceMissing`.
 fn root_cause(
     top: &StorePath,
     error: &UploadError,
     all: &HashMap<&StorePath, &UploadError>,
 ) -> Failure {
     let mut failure = Failure::from_upload(error);
-    if let UploadError::ReferenceMissing { reference, .. } = error {
-        let cause = all.iter().find(|(path, e)| {
-            path.to_absolute() == *reference && !matches!(e, UploadError::ReferenceMissing { .. })
-        });
-        if let Some((_, cause)) = cause {
-            failure.message = format!("{} (needed by {top}): {}", reference, error_chain(*cause));
-            failure.retry_after = cause.retry_after();
-            failure.class = match cause.class() {
-                // The reference's own failure is permanent, but the top path is fine: it waits.
-                ErrorClass::Permanent | ErrorClass::Transient => ErrorClass::Transient,
-            };
+    let by_path: HashMap<String, &UploadError> = all
+        .iter()
+        .map(|(path, e)| (path.to_absolute(), *e))
+        .collect();
+    let mut cause = (top.to_absolute(), error);
+    // Bounded by the number of failures: references never form a cycle, but a guard is cheap.
+    for _ in 0..by_path.len() {
+        let UploadError::ReferenceMissing { reference, .. } = cause.1 else {
+            break;
+        };
+        match by_path.get(reference) {
+            Some(next) => cause = (reference.clone(), *next),
+            None => break,
         }
+    }
+    let (failed_path, root) = cause;
+    if failed_path != top.to_absolute() && !matches!(root, UploadError::ReferenceMissing { .. }) {
+        failure.message = format!("{failed_path} (needed by {top}): {}", error_chain(root));
+        failure.retry_after = root.retry_after();
     }
     failure
 }
@@ -366,6 +378,39 @@ async fn record(shared: &Shared, settings: &Settings, entry: &Entry, outcome: &O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_blocked_by_a_chain_of_failures_reports_the_failure_at_its_bottom() {
+        let path = |name: &str| {
+            StorePath::from_basename(&format!("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-{name}")).unwrap()
+        };
+        let (top, mid, leaf) = (path("top"), path("mid"), path("leaf"));
+        let blocked = |path: &StorePath, by: &StorePath| UploadError::ReferenceMissing {
+            path: path.to_absolute(),
+            reference: by.to_absolute(),
+            why: "failed to upload",
+        };
+        let top_error = blocked(&top, &mid);
+        let mid_error = blocked(&mid, &leaf);
+        let leaf_error = UploadError::Internal {
+            path: leaf.to_absolute(),
+            detail: "disk on fire".to_owned(),
+        };
+        let all: HashMap<&StorePath, &UploadError> =
+            [(&top, &top_error), (&mid, &mid_error), (&leaf, &leaf_error)].into();
+        let failure = root_cause(&top, &top_error, &all);
+        assert!(
+            failure.message.starts_with(&leaf.to_absolute()),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("disk on fire"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(failure.class, ErrorClass::Transient);
+    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_stops_at_the_cap() {

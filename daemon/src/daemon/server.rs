@@ -167,6 +167,8 @@ async fn dispatch(request: Request, uid: u32, shared: &Shared) -> Response {
             "uid {uid} may not change the queue (allowed_uids lists who may)"
         )),
         Request::Enqueue { source, drv, outs } => {
+            // Only the daemon's own spool ingestion records `spool`; a socket peer saying so
+            // is recorded as a push, so `status` never misattributes where a path came from.
             let source = if source == Source::Spool {
                 Source::Push
             } else {

@@ -69,7 +69,7 @@ pub async fn upload_all(
     let mut by_size = missing;
     by_size.sort_by_key(|info| std::cmp::Reverse(info.nar_size));
     for info in by_size {
-        if state.failed.contains_key(&info.path) {
+        if state.failed.contains(&info.path) {
             continue;
         }
         let uploader = uploader.clone();
@@ -134,12 +134,11 @@ pub async fn upload_all(
 }
 
 struct State {
-    sizes: HashMap<StorePath, u64>,
     /// References of each missing path that are not yet published.
     blockers: HashMap<StorePath, HashSet<StorePath>>,
     dependents: HashMap<StorePath, Vec<StorePath>>,
     nar_ready: HashMap<StorePath, NarInfo>,
-    failed: HashMap<StorePath, ()>,
+    failed: HashSet<StorePath>,
     unreported: Vec<(StorePath, UploadError)>,
     report: Report,
 }
@@ -148,14 +147,10 @@ impl State {
     fn new(missing: &[PathInfo], available: &HashSet<StorePath>) -> State {
         let in_batch: HashSet<&StorePath> = missing.iter().map(|i| &i.path).collect();
         let mut state = State {
-            sizes: missing
-                .iter()
-                .map(|i| (i.path.clone(), i.nar_size))
-                .collect(),
             blockers: HashMap::new(),
             dependents: HashMap::new(),
             nar_ready: HashMap::new(),
-            failed: HashMap::new(),
+            failed: HashSet::new(),
             unreported: Vec::new(),
             report: Report::default(),
         };
@@ -194,7 +189,7 @@ impl State {
         target: &Arc<Target>,
     ) {
         let unblocked = self.blockers.get(path).is_some_and(HashSet::is_empty);
-        if !unblocked || self.failed.contains_key(path) {
+        if !unblocked || self.failed.contains(path) {
             return;
         }
         let Some(narinfo) = self.nar_ready.get(path) else {
@@ -217,14 +212,14 @@ impl State {
         let narinfo = self.nar_ready.remove(path)?;
         Some(Uploaded {
             path: path.clone(),
-            nar_size: self.sizes.get(path).copied().unwrap_or(narinfo.nar_size),
+            nar_size: narinfo.nar_size,
             file_size: narinfo.file_size.unwrap_or(narinfo.nar_size),
         })
     }
 
     /// Fails `path` and, transitively, everything that references it.
     fn fail(&mut self, path: &StorePath, error: UploadError) {
-        if self.failed.insert(path.clone(), ()).is_some() {
+        if !self.failed.insert(path.clone()) {
             return;
         }
         self.nar_ready.remove(path);
