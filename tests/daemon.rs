@@ -8,15 +8,6 @@ use std::time::{Duration, Instant};
 use narpush_e2e::daemon::{build_with_hook, spooled, Daemon};
 use narpush_e2e::*;
 
-/// A nonce no earlier run used, so Nix really builds (and runs the hook).
-fn fresh(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{nanos}")
-}
-
 /// A daemon uploading to an S3 server that is down, with fast retries, and one path built
 /// through the hook and now waiting in its queue.
 fn queued_while_s3_is_down(nonce: &str, extra: &str) -> (S3Server, Daemon, String) {
@@ -25,7 +16,7 @@ fn queued_while_s3_is_down(nonce: &str, extra: &str) -> (S3Server, Daemon, Strin
     s3.stop();
     let (paths, build) = build_with_hook(
         &fixture("single.nix"),
-        &[("nonce", &fresh(nonce))],
+        &[("nonce", &unique(nonce))],
         &daemon.hook_env(),
     );
     assert!(build.status.success(), "{}", stderr(&build));
@@ -53,7 +44,7 @@ fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
     let daemon = s3_daemon(&s3, "cache", "");
     let (paths, build) = build_with_hook(
         &fixture("closure.nix"),
-        &[("nonce", &fresh("hook")), ("bigMiB", "9")],
+        &[("nonce", &unique("hook")), ("bigMiB", "9")],
         &daemon.hook_env(),
     );
     assert!(build.status.success(), "build: {}", stderr(&build));
@@ -85,7 +76,7 @@ fn builds_succeed_while_the_daemon_is_down_and_spooled_requests_are_uploaded_lat
     let s3 = S3Server::start();
     s3.bucket("cache");
     let mut daemon = Daemon::configure(&format!("target = \"{}\"", s3.url("cache")), s3.env());
-    let run = fresh("down");
+    let run = unique("down");
     let mut outputs = Vec::new();
     let mut slowest = Duration::ZERO;
     for i in 0..20 {
@@ -138,7 +129,7 @@ fn a_daemon_that_accepts_but_never_answers_does_not_hold_the_build() {
     let started = Instant::now();
     let (paths, build) = build_with_hook(
         &fixture("single.nix"),
-        &[("nonce", &fresh("hung"))],
+        &[("nonce", &unique("hung"))],
         &[
             ("NARPUSH_SOCKET", socket),
             ("NARPUSH_SPOOL_DIR", spool.clone()),
@@ -165,7 +156,7 @@ fn kill_9_during_a_multipart_upload_loses_nothing_and_never_publishes_a_dangling
     let bucket = s3.root.path().join("cache");
     let (paths, build) = build_with_hook(
         &fixture("closure.nix"),
-        &[("nonce", &fresh("kill")), ("bigMiB", "120")],
+        &[("nonce", &unique("kill")), ("bigMiB", "120")],
         &daemon.hook_env(),
     );
     assert!(build.status.success(), "{}", stderr(&build));
@@ -310,7 +301,7 @@ fn push_then_wait_uploads_into_the_embedded_default_cache() {
     let daemon = Daemon::start("", vec![]);
     let (paths, build) = build_with_hook(
         &fixture("single.nix"),
-        &[("nonce", &fresh("push"))],
+        &[("nonce", &unique("push"))],
         &no_daemon(),
     );
     assert!(build.status.success());
@@ -349,7 +340,7 @@ fn a_permanent_failure_is_reported_by_status_and_wait_and_retry_requeues_it() {
     let daemon = Daemon::start(&format!("target = \"{}\"", s3.url("cache")), env);
     let (paths, build) = build_with_hook(
         &fixture("single.nix"),
-        &[("nonce", &fresh("denied"))],
+        &[("nonce", &unique("denied"))],
         &daemon.hook_env(),
     );
     assert!(build.status.success());
@@ -475,7 +466,7 @@ fn the_hook_exits_zero_and_says_why_when_even_the_spool_fails() {
 #[test]
 fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() {
     let daemon = Daemon::start("", vec![]);
-    let out = nix_build(&fixture("single.nix"), &[("nonce", &fresh("live-spool"))]).remove(0);
+    let out = nix_build(&fixture("single.nix"), &[("nonce", &unique("live-spool"))]).remove(0);
     // Written as the hook writes: a hidden temporary file, renamed into place.
     let spool = |name: &str, bytes: &[u8]| {
         let temporary = daemon.spool.join(format!(".{name}.tmp"));

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::target::url::{TargetUrl, TargetUrlError};
 use crate::upload::compress::Compression;
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/narpush/narpush.toml";
-pub const CONFIG_ENV: &str = "NARPUSH_CONFIG";
+pub use narpush_protocol::defaults::CONFIG as DEFAULT_CONFIG_PATH;
+use narpush_protocol::{defaults, env};
 
 /// The file as written; every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -73,11 +73,7 @@ pub struct Config {
 }
 
 pub const DEFAULT_JOBS: usize = 4;
-pub const DEFAULT_SOCKET: &str = "/run/narpush/narpush.sock";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/narpush";
 pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
-pub const SOCKET_ENV: &str = "NARPUSH_SOCKET";
-pub const SPOOL_ENV: &str = "NARPUSH_SPOOL_DIR";
 
 impl Default for Config {
     fn default() -> Config {
@@ -88,10 +84,10 @@ impl Default for Config {
             compression: Compression::Zstd,
             compression_level: Compression::Zstd.default_level(),
             jobs: DEFAULT_JOBS,
-            socket: env_path(SOCKET_ENV).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            spool_dir: env_path(SPOOL_ENV)
-                .unwrap_or_else(|| Path::new(DEFAULT_STATE_DIR).join("spool")),
+            socket: env::path(env::SOCKET).unwrap_or_else(|| PathBuf::from(defaults::SOCKET)),
+            state_dir: PathBuf::from(defaults::STATE_DIR),
+            spool_dir: env::path(env::SPOOL_DIR)
+                .unwrap_or_else(|| PathBuf::from(defaults::SPOOL_DIR)),
             gc_roots_dir: PathBuf::from(DEFAULT_GC_ROOTS_DIR),
             batch_window: Duration::from_millis(500),
             max_attempts: 20,
@@ -101,13 +97,6 @@ impl Default for Config {
             upload_build_logs: true,
         }
     }
-}
-
-/// An environment variable holding a path, if set and non-empty.
-fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,9 +127,7 @@ impl Config {
     /// Loads the file named by `explicit` (the `--config` flag), `$NARPUSH_CONFIG`, or the
     /// default location.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let from_env = std::env::var_os(CONFIG_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
+        let from_env = env::path(env::CONFIG);
         match explicit.map(Path::to_owned).or(from_env) {
             Some(path) => Config::load_file(&path),
             None => match std::fs::metadata(DEFAULT_CONFIG_PATH) {
@@ -220,13 +207,13 @@ impl Config {
         }
         let state_dir = absolute("state_dir", raw.state_dir, &defaults.state_dir)
             .map_err(|r| invalid("state_dir", r))?;
-        let spool_dir = match (env_path(SPOOL_ENV), raw.spool_dir) {
+        let spool_dir = match (env::path(env::SPOOL_DIR), raw.spool_dir) {
             (Some(from_env), _) => from_env,
             (None, Some(configured)) => absolute("spool_dir", Some(configured), &state_dir)
                 .map_err(|r| invalid("spool_dir", r))?,
             (None, None) => state_dir.join("spool"),
         };
-        let socket = match (env_path(SOCKET_ENV), raw.socket) {
+        let socket = match (env::path(env::SOCKET), raw.socket) {
             (Some(from_env), _) => from_env,
             (None, configured) => absolute("socket", configured, &defaults.socket)
                 .map_err(|r| invalid("socket", r))?,
@@ -363,7 +350,7 @@ metrics_listen = ""
         )
         .unwrap();
         assert_eq!(config.state_dir, PathBuf::from("/srv/narpush"));
-        if std::env::var_os(SPOOL_ENV).is_none() {
+        if std::env::var_os(env::SPOOL_DIR).is_none() {
             assert_eq!(config.spool_dir, PathBuf::from("/srv/narpush/spool"));
         }
         assert_eq!(config.batch_window, Duration::from_millis(50));

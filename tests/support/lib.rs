@@ -312,3 +312,12 @@ pub fn substitute(
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// A nonce no earlier run used, so Nix really builds (and runs the hook).
+pub fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{name}-{nanos}")
+}

@@ -1,6 +1,11 @@
 //! Ingestion of the spool directory: requests the hook wrote to disk because the daemon did
-//! not answer (see the hook's `spool`). Files already there at start are taken first, then
-//! new ones as `notify` reports them, with a periodic rescan as a safety net for lost events.
+//! not answer (see [`narpush_protocol::spool`]). Files already there at start are taken first,
+//! then new ones as `notify` reports them, with a periodic rescan as a safety net for lost
+//! events.
+//!
+//! Only events that name a finished request file start a scan. Reading the directory makes
+//! events of its own (inotify reports the open and close of the directory), so reacting to
+//! every event would make each scan start the next and keep a core busy forever.
 //!
 //! Invariants:
 //! - A spool file is removed only after its paths are durably queued, so a crash in between
@@ -8,7 +13,8 @@
 //! - A file that can never be queued (malformed, a path outside the store, written by a uid
 //!   not in `allowed_uids`) is moved to `rejected/` beside a `.reason` file and logged: never
 //!   retried forever, never silently dropped.
-//! - Names starting with `.` are the hook's temporary files and are left alone.
+//! - Names starting with `.` are the hook's temporary files and are left alone
+//!   ([`spool::is_request_file_name`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,20 +24,22 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use narpush_protocol::{Request, Source, MAX_REQUEST};
+use narpush_protocol::{spool, Request, Source, MAX_REQUEST};
 
 use super::{enqueue, Shared};
 use crate::error_chain;
 
-/// The suffix of finished spool files.
-pub const SUFFIX: &str = ".request";
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run(shared: Arc<Shared>, dir: PathBuf, mut stop: watch::Receiver<bool>) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     // Watch before the first scan, so a file written in between is not missed.
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let _ = events_tx.send(event.is_ok());
+        if let Ok(event) = event {
+            if names_a_request(&event) {
+                let _ = events_tx.send(());
+            }
+        }
     })
     .and_then(|mut watcher| {
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -75,7 +83,21 @@ pub async fn ingest_all(shared: &Shared, dir: &Path) {
 fn is_request_file(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| !n.starts_with('.') && n.ends_with(SUFFIX))
+        .is_some_and(spool::is_request_file_name)
+}
+
+/// Whether an event may mean a new request file: one was created or renamed into place.
+/// Access events (our own scans open and close the directory) and removals never do.
+fn names_a_request(event: &notify::Event) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    if event.need_rescan() {
+        return true;
+    }
+    let may_add = matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Any
+    );
+    may_add && event.paths.iter().any(|p| is_request_file(p))
 }
 
 async fn ingest(shared: &Shared, dir: &Path, file: &Path) {

@@ -1,8 +1,5 @@
-//! The wire protocol between clients (`narpush-hook`, the `narpush` CLI) and the narpush daemon,
-//! and the format of spool files, which are requests written to disk instead of a socket.
-//!
-//! It lives in the hook crate because the hook must stay std-only; the daemon depends on this
-//! crate and uses the same encoder and parser, so the two sides cannot drift apart.
+//! Requests and responses on the daemon's socket, and their one text encoding (a spool file holds
+//! the same bytes as a request on the socket).
 //!
 //! # Grammar (version 1)
 //!
@@ -55,7 +52,7 @@ impl Source {
         }
     }
 
-    fn parse(s: &str) -> Option<Source> {
+    pub fn parse(s: &str) -> Option<Source> {
         match s {
             "hook" => Some(Source::Hook),
             "spool" => Some(Source::Spool),
