@@ -181,7 +181,11 @@ fn kill_9_during_a_multipart_upload_loses_nothing_and_never_publishes_a_dangling
     let mut killed_at = None;
     while killed_at.is_none() && Instant::now() < deadline {
         let status = daemon.status_json();
-        let done = status["uploading"]["nar_bytes_done"].as_u64().unwrap_or(0);
+        let done = status["uploads"]
+            .as_array()
+            .and_then(|uploads| uploads.first())
+            .and_then(|largest| largest["nar_bytes_done"].as_u64())
+            .unwrap_or(0);
         if done > 20 << 20 {
             daemon.kill_9();
             killed_at = Some(done);

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::target::url::{TargetUrl, TargetUrlError};
-use crate::upload::compress::Compression;
+use crate::engine::compress::Compression;
+use crate::sink::url::{TargetUrl, TargetUrlError};
 
 pub use narpush_protocol::defaults::CONFIG as DEFAULT_CONFIG_PATH;
 use narpush_protocol::{defaults, env};
@@ -31,6 +31,7 @@ struct RawConfig {
     compression: Option<String>,
     compression_level: Option<i32>,
     jobs: Option<usize>,
+    parallel_requests: Option<usize>,
     batch_window_ms: Option<u64>,
     max_attempts: Option<u32>,
     retry_initial_delay_ms: Option<u64>,
@@ -51,8 +52,10 @@ pub struct Config {
     pub secret_key_files: Vec<PathBuf>,
     pub compression: Compression,
     pub compression_level: i32,
-    /// Paths uploaded at once.
+    /// NARs (above 1 MiB) streamed at once; each holds at most two parts in memory.
     pub jobs: usize,
+    /// Small requests (lookups, narinfos, NARs up to 1 MiB) in flight at once.
+    pub parallel_requests: usize,
     /// The daemon's socket (`$NARPUSH_SOCKET` wins over this key).
     pub socket: PathBuf,
     /// The queue database and the embedded default cache and key live here.
@@ -73,6 +76,9 @@ pub struct Config {
 }
 
 pub const DEFAULT_JOBS: usize = 4;
+pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
+/// More than this is a typo, not a setting: each unit costs a task and a connection.
+const MAX_CONCURRENCY: usize = 1024;
 pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
 
 impl Default for Config {
@@ -84,6 +90,7 @@ impl Default for Config {
             compression: Compression::Zstd,
             compression_level: Compression::Zstd.default_level(),
             jobs: DEFAULT_JOBS,
+            parallel_requests: DEFAULT_PARALLEL_REQUESTS,
             socket: env::path(env::SOCKET).unwrap_or_else(|| PathBuf::from(defaults::SOCKET)),
             state_dir: PathBuf::from(defaults::STATE_DIR),
             spool_dir: env::path(env::SPOOL_DIR)
@@ -175,10 +182,11 @@ impl Config {
             .compression_level
             .unwrap_or_else(|| compression.default_level());
         check_level(compression, compression_level).map_err(|r| invalid("compression_level", r))?;
-        let jobs = raw.jobs.unwrap_or(defaults.jobs);
-        if jobs == 0 {
-            return Err(invalid("jobs", "must be at least 1".to_owned()));
-        }
+        let jobs =
+            check_concurrency(raw.jobs.unwrap_or(defaults.jobs)).map_err(|r| invalid("jobs", r))?;
+        let parallel_requests =
+            check_concurrency(raw.parallel_requests.unwrap_or(defaults.parallel_requests))
+                .map_err(|r| invalid("parallel_requests", r))?;
         let max_attempts = raw.max_attempts.unwrap_or(defaults.max_attempts);
         if max_attempts == 0 {
             return Err(invalid("max_attempts", "must be at least 1".to_owned()));
@@ -225,6 +233,7 @@ impl Config {
             compression,
             compression_level,
             jobs,
+            parallel_requests,
             socket,
             spool_dir,
             gc_roots_dir: absolute("gc_roots_dir", raw.gc_roots_dir, &defaults.gc_roots_dir)
@@ -253,6 +262,17 @@ fn absolute(key: &str, value: Option<PathBuf>, default: &Path) -> Result<PathBuf
             "{key} must be an absolute path, got '{}'",
             path.display()
         )),
+    }
+}
+
+/// Checks a concurrency limit (`jobs`, `parallel_requests`).
+pub fn check_concurrency(value: usize) -> Result<usize, String> {
+    if (1..=MAX_CONCURRENCY).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be between 1 and {MAX_CONCURRENCY}, got {value}"
+        ))
     }
 }
 
@@ -305,6 +325,7 @@ secret_key_files = ["/run/credentials/key"]
 compression = "xz"
 compression_level = 9
 jobs = 8
+parallel_requests = 16
 "#,
         )
         .unwrap();
@@ -316,6 +337,7 @@ jobs = 8
         assert_eq!(config.compression, Compression::Xz);
         assert_eq!(config.compression_level, 9);
         assert_eq!(config.jobs, 8);
+        assert_eq!(config.parallel_requests, 16);
     }
 
     #[test]
@@ -332,6 +354,8 @@ jobs = 8
         assert!(err.to_string().contains("compression_level"), "{err}");
         let err = parse("jobs = 0\n").unwrap_err();
         assert!(err.to_string().contains("'jobs'"), "{err}");
+        let err = parse("parallel_requests = 100000000\n").unwrap_err();
+        assert!(err.to_string().contains("'parallel_requests'"), "{err}");
     }
 
     #[test]

@@ -6,10 +6,14 @@
 //!   beyond reading the tree being archived, no tokio, no S3, no config.
 //! - [`store`]: what the local Nix store knows about paths (metadata, closures), asked of the
 //!   `nix` commands, one process per batch.
-//! - [`target`]: where objects go (`s3://…` through aws-sdk-s3, `file:///…`), and the one place
+//! - [`layout`]: the cache's object keys and content types, and the NAR naming rule.
+//! - [`sink`]: where objects go (`s3://…` through aws-sdk-s3, `file:///…`), and the one place
 //!   that decides whether a failure is worth retrying.
-//! - [`upload`]: turning store paths into cache objects: the NAR stream (hash check, compression,
-//!   fixed-size parts), narinfo signing, and the ordering that keeps the closure invariant.
+//! - [`engine`]: the one upload engine, used by `narpush upload` and the daemon alike: closures,
+//!   lookups, NAR streams (hash check, parallel compression, fixed-size parts), signed
+//!   narinfos, and the ordering that keeps the closure invariant.
+//! - [`queue`], [`gcroots`], [`daemon`]: the daemon's durable queue, the GC roots that protect
+//!   queued paths, and the service around the engine; [`control`]: the CLI's side of the socket.
 //! - [`config`]: the TOML config file, checked in one pass.
 //!
 //! The binary (`main.rs`, `cli/`) only wires these together.
@@ -17,12 +21,13 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod engine;
 pub mod format;
 pub mod gcroots;
+pub mod layout;
 pub mod queue;
+pub mod sink;
 pub mod store;
-pub mod target;
-pub mod upload;
 
 /// An error and its causes on one line (`outer: cause: root cause`), for logs, the status
 /// document and protocol responses, which are all single lines.

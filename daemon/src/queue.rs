@@ -3,7 +3,8 @@
 //!
 //! # Records
 //!
-//! Tree `paths`, key = absolute store path (UTF-8), value = JSON [`Entry`]:
+//! Tree `paths`, key = absolute store path (UTF-8), value = JSON [`Entry`] (paths are stored as
+//! absolute path strings and parsed back into [`StorePath`]s when read):
 //! `state` (pending | uploading | done | failed), `attempts`, `next_attempt_ms` (Unix ms),
 //! `last_error`, `arrived_ms`, `source` (hook | spool | push), `drv`, `updated_ms`.
 //! Tree `stats`, key = counter name, value = u64 big-endian: `uploaded_paths`,
@@ -34,6 +35,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::format::store_path::StorePath;
+use narpush_protocol::Source;
+
 /// `done` entries kept at most.
 pub const MAX_DONE: usize = 10_000;
 /// How long a `done` entry is kept.
@@ -50,23 +54,26 @@ pub enum State {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    pub path: String,
+    #[serde(with = "text::store_path")]
+    pub path: StorePath,
     pub state: State,
     pub attempts: u32,
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
     pub arrived_ms: u64,
-    pub source: String,
-    pub drv: Option<String>,
+    #[serde(with = "text::source")]
+    pub source: Source,
+    #[serde(with = "text::optional_store_path")]
+    pub drv: Option<StorePath>,
     pub updated_ms: u64,
 }
 
 /// A path to add, as a request names it.
 #[derive(Clone, Debug)]
 pub struct NewPath {
-    pub path: String,
-    pub source: String,
-    pub drv: Option<String>,
+    pub path: StorePath,
+    pub source: Source,
+    pub drv: Option<StorePath>,
 }
 
 /// How an upload attempt of one path ended.
@@ -152,7 +159,7 @@ impl Queue {
     pub async fn enqueue(&self, new: &[NewPath]) -> Result<(), QueueError> {
         let now = now_ms();
         for item in new {
-            self.update(&item.path, |old| match old {
+            self.update(&item.path.to_absolute(), |old| match old {
                 Some(entry) if matches!(entry.state, State::Pending | State::Uploading) => {
                     Some(entry)
                 }
@@ -163,7 +170,7 @@ impl Queue {
                     next_attempt_ms: now,
                     last_error: None,
                     arrived_ms: now,
-                    source: item.source.clone(),
+                    source: item.source,
                     drv: item.drv.clone(),
                     updated_ms: now,
                 }),
@@ -213,9 +220,9 @@ impl Queue {
     }
 
     /// Records the end of an attempt.
-    pub fn finish(&self, path: &str, outcome: &Outcome) -> Result<(), QueueError> {
+    pub fn finish(&self, path: &StorePath, outcome: &Outcome) -> Result<(), QueueError> {
         let now = now_ms();
-        self.update(path, |old| {
+        self.update(&path.to_absolute(), |old| {
             let mut entry = old?;
             entry.updated_ms = now;
             match outcome {
@@ -240,7 +247,7 @@ impl Queue {
     }
 
     /// Puts failed entries (all of them, or those named) back in the queue; returns how many.
-    pub async fn retry(&self, all: bool, paths: &[String]) -> Result<usize, QueueError> {
+    pub async fn retry(&self, all: bool, paths: &[StorePath]) -> Result<usize, QueueError> {
         let now = now_ms();
         let mut count = 0;
         for entry in self.entries()? {
@@ -260,10 +267,11 @@ impl Queue {
         Ok(count)
     }
 
-    pub fn get(&self, path: &str) -> Result<Option<Entry>, QueueError> {
+    pub fn get(&self, path: &StorePath) -> Result<Option<Entry>, QueueError> {
+        let key = path.to_absolute();
         self.paths
-            .get(path.as_bytes())?
-            .map(|bytes| decode(path, &bytes))
+            .get(key.as_bytes())?
+            .map(|bytes| decode(&key, &bytes))
             .transpose()
     }
 
@@ -290,7 +298,7 @@ impl Queue {
         let mut removed = 0;
         for (index, entry) in done.iter().enumerate() {
             if index >= MAX_DONE || now.saturating_sub(entry.updated_ms) > retention {
-                self.paths.remove(entry.path.as_bytes())?;
+                self.paths.remove(entry.path.to_absolute().as_bytes())?;
                 removed += 1;
             }
         }
@@ -322,7 +330,8 @@ impl Queue {
     }
 
     fn put(&self, entry: &Entry) -> Result<(), QueueError> {
-        self.paths.insert(entry.path.as_bytes(), encode(entry))?;
+        self.paths
+            .insert(entry.path.to_absolute().as_bytes(), encode(entry))?;
         Ok(())
     }
 
@@ -366,6 +375,58 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Entry, QueueError> {
         key: key.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Typed fields as the text they are stored as: store paths as absolute paths, sources by name.
+mod text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub mod store_path {
+        use super::*;
+        use crate::format::store_path::StorePath;
+
+        pub fn serialize<S: Serializer>(path: &StorePath, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&path.to_absolute())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StorePath, D::Error> {
+            let text = String::deserialize(d)?;
+            StorePath::from_absolute_path(&text).map_err(serde::de::Error::custom)
+        }
+    }
+
+    pub mod optional_store_path {
+        use super::*;
+        use crate::format::store_path::StorePath;
+
+        pub fn serialize<S: Serializer>(path: &Option<StorePath>, s: S) -> Result<S::Ok, S::Error> {
+            match path {
+                Some(path) => s.serialize_some(&path.to_absolute()),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StorePath>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| StorePath::from_absolute_path(&text).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+
+    pub mod source {
+        use super::*;
+        use narpush_protocol::Source;
+
+        pub fn serialize<S: Serializer>(source: &Source, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(source.as_str())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
+            let text = String::deserialize(d)?;
+            Source::parse(&text)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown source '{text}'")))
+        }
+    }
 }
 
 /// sled errors are not `Clone`; a group commit reports one error to many waiters.

@@ -120,6 +120,11 @@ pub async fn query_path_infos(
             "nix-command".to_owned(),
             "path-info".to_owned(),
             "--json".to_owned(),
+            // An invalid path would otherwise send Nix to every substituter first (seconds of
+            // network retries when they are unreachable) before it says so.
+            "--option".to_owned(),
+            "substitute".to_owned(),
+            "false".to_owned(),
         ];
         if closure {
             args.push("--recursive".to_owned());
@@ -134,9 +139,28 @@ pub async fn query_path_infos(
     Ok(infos)
 }
 
+/// The path a failed `nix path-info` names as not valid (`error: path '…' is not valid`).
+pub fn invalid_path_in(error: &StoreError) -> Option<StorePath> {
+    let StoreError::CommandFailed { stderr, .. } = error else {
+        return None;
+    };
+    stderr.lines().find_map(|line| {
+        let quoted = line.strip_suffix("' is not valid")?;
+        let path = &quoted[quoted.find("path '")? + "path '".len()..];
+        StorePath::from_absolute_path(path).ok()
+    })
+}
+
 /// Runs a Nix command with fixed arguments (no shell) and returns its stdout.
 pub async fn run_nix(program: &str, args: &[String]) -> Result<String, StoreError> {
-    let command = format!("{program} {}", args.join(" "));
+    // The command as people read it: its options, and how many paths follow `--`.
+    let options: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .take_while(|arg| *arg != "--")
+        .collect();
+    let paths = args.len().saturating_sub(options.len() + 1);
+    let command = format!("{program} {} ({paths} path(s))", options.join(" "));
     let output = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -382,6 +406,20 @@ mod tests {
                 .contains("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_path_nix_calls_invalid_is_found_in_its_message() {
+        let error = StoreError::CommandFailed {
+            command: "nix path-info".to_owned(),
+            stderr: "don't know how to build these paths:\n  /nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep\nerror: path '/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep' is not valid".to_owned(),
+        };
+        assert_eq!(invalid_path_in(&error).unwrap().name(), "dep");
+        let other = StoreError::CommandFailed {
+            command: "nix path-info".to_owned(),
+            stderr: "error: cannot open connection to remote store 'daemon'".to_owned(),
+        };
+        assert!(invalid_path_in(&other).is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod daemon;
 mod keygen;
+mod progress;
 mod push;
 mod retry;
 mod status;

@@ -7,9 +7,12 @@ use indicatif::{HumanBytes, HumanDuration};
 
 use super::Outcome;
 use narpush::control;
-use narpush::daemon::status::StatusReport;
+use narpush::daemon::status::{ClosureStages, StatusReport};
 
-/// Show the queue: counts per state, the upload in progress, retries and failures with their
+/// Uploads listed by the text output (largest first); `--json` has them all.
+const SHOWN_UPLOADS: usize = 10;
+
+/// Show the queue: counts per state, every upload in progress, retries and failures with their
 /// reasons, totals, and the public key(s) clients must trust.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -55,13 +58,30 @@ pub fn render(report: &StatusReport) -> String {
     if let Some(age) = report.oldest_waiting_secs {
         line(format!("oldest:      waiting for {}", ago(age)));
     }
-    if let Some(up) = &report.uploading {
+    let stages = &report.closure;
+    if *stages != ClosureStages::default() {
         line(format!(
-            "uploading:   {} path(s), {} of {} NAR, for {}",
-            up.paths.len(),
-            HumanBytes(up.nar_bytes_done),
-            HumanBytes(up.nar_bytes_total),
-            ago(up.elapsed_secs)
+            "closure:     {} resolving, {} checking, {} storing, {} waiting for references, {} publishing",
+            stages.resolving,
+            stages.checking,
+            stages.storing,
+            stages.waiting_for_references,
+            stages.publishing
+        ));
+    }
+    for upload in report.uploads.iter().take(SHOWN_UPLOADS) {
+        line(format!(
+            "uploading:   {} ({} of {} NAR, for {})",
+            upload.path,
+            HumanBytes(upload.nar_bytes_done),
+            HumanBytes(upload.nar_bytes_total),
+            ago(upload.elapsed_secs)
+        ));
+    }
+    if report.uploads.len() > SHOWN_UPLOADS {
+        line(format!(
+            "             … and {} smaller upload(s) (--json lists them all)",
+            report.uploads.len() - SHOWN_UPLOADS
         ));
     }
     line(format!(

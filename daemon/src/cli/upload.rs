@@ -5,24 +5,24 @@
 //! order: paths (in the store, valid), signing keys, config, target (reachable, credentials
 //! accepted). A failure there exits 2 having written nothing.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::HumanBytes;
+use tokio_util::sync::CancellationToken;
 
+use super::progress::{rate, Display};
 use super::Outcome;
-use narpush::config::{check_level, Config};
+use narpush::config::{check_concurrency, check_level, Config};
+use narpush::engine::compress::Compression;
+use narpush::engine::stream::StreamSettings;
+use narpush::engine::{Engine, EngineConfig, Report};
 use narpush::format::signing::SigningKey;
 use narpush::format::store_path::StorePath;
+use narpush::sink::{Sink, TargetUrl};
 use narpush::store;
-use narpush::target::{Target, TargetUrl};
-use narpush::upload::compress::Compression;
-use narpush::upload::present_in_target;
-use narpush::upload::progress::Progress;
-use narpush::upload::schedule::{upload_all, Uploader};
-use narpush::upload::stream::{StreamSettings, DEFAULT_PART_SIZE};
 
 /// Upload store paths (and their closures) to a binary cache, then exit.
 ///
@@ -58,9 +58,15 @@ pub struct UploadArgs {
     #[arg(long)]
     no_closure: bool,
 
-    /// Paths uploaded at once. Default: `jobs` from the config file, else 4.
+    /// NARs over 1 MiB streamed at once (each holds up to two 8 MiB parts in memory).
+    /// Default: `jobs` from the config file, else 4.
     #[arg(short, long, value_name = "N")]
     jobs: Option<usize>,
+
+    /// Small requests in flight at once: lookups, narinfos and NARs up to 1 MiB. Raise it for
+    /// wide closures on a high-latency link. Default: `parallel_requests`, else 64.
+    #[arg(long, value_name = "N")]
+    parallel_requests: Option<usize>,
 
     /// zstd, xz or none. Default: `compression` from the config file, else zstd.
     #[arg(long, value_name = "METHOD")]
@@ -86,6 +92,7 @@ struct Settings {
     keys: Vec<SigningKey>,
     closure: bool,
     jobs: usize,
+    parallel_requests: usize,
     stream: StreamSettings,
 }
 
@@ -126,21 +133,19 @@ impl Settings {
         };
         check_level(compression, level)
             .map_err(|reason| anyhow::anyhow!("--compression-level: {reason}"))?;
-        let jobs = args.jobs.unwrap_or(config.jobs);
-        if jobs == 0 {
-            bail!("--jobs must be at least 1");
-        }
+        let jobs = check_concurrency(args.jobs.unwrap_or(config.jobs))
+            .map_err(|reason| anyhow::anyhow!("--jobs: {reason}"))?;
+        let parallel_requests =
+            check_concurrency(args.parallel_requests.unwrap_or(config.parallel_requests))
+                .map_err(|reason| anyhow::anyhow!("--parallel-requests: {reason}"))?;
         Ok(Settings {
             paths,
             target,
             keys,
             closure: !args.no_closure,
             jobs,
-            stream: StreamSettings {
-                compression,
-                level,
-                base_part_size: DEFAULT_PART_SIZE,
-            },
+            parallel_requests,
+            stream: StreamSettings::new(compression, level),
         })
     }
 }
@@ -154,69 +159,66 @@ fn config_name(config: &Config) -> String {
 
 async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
     let infos = store::query_path_infos(&settings.paths, settings.closure).await?;
-    let target = Target::open(&settings.target)
+    let sink = Sink::open(&settings.target)
         .await
         .with_context(|| format!("cannot use target {}", settings.target))?;
-    target
+    let config = EngineConfig::new(
+        Arc::new(sink),
+        settings.target.to_string(),
+        Arc::new(settings.keys),
+        settings.stream,
+        settings.jobs,
+        settings.parallel_requests,
+        settings.closure,
+    );
+    config
         .ensure_cache_info()
         .await
         .with_context(|| format!("cannot use target {}", settings.target))?;
 
-    let lookahead = settings.jobs * 8;
-    let present = present_in_target(
-        &target,
-        infos.iter().map(|i| i.path.clone()).collect(),
-        lookahead,
-    )
-    .await?;
-    // Without the closure, references outside the batch must already be in the cache.
-    let in_batch: HashSet<&StorePath> = infos.iter().map(|i| &i.path).collect();
-    let outside: HashSet<StorePath> = infos
-        .iter()
-        .flat_map(|i| i.references.iter())
-        .filter(|r| !in_batch.contains(r))
-        .cloned()
-        .collect();
-    let mut available =
-        present_in_target(&target, outside.into_iter().collect(), lookahead).await?;
-    available.extend(present.iter().cloned());
-
-    let missing: Vec<_> = infos
-        .into_iter()
-        .filter(|i| !present.contains(&i.path))
-        .collect();
-    let total_bytes = missing.iter().map(|i| i.nar_size).sum();
+    let nar_bytes: u64 = infos.iter().map(|i| i.nar_size).sum();
     eprintln!(
-        "narpush: {} path(s) to upload ({} NAR), {} already in {}",
-        missing.len(),
-        HumanBytes(total_bytes),
-        present.len(),
+        "narpush: {} path(s) ({} NAR) for {}",
+        infos.len(),
+        HumanBytes(nar_bytes),
         settings.target
     );
-    let progress = Arc::new(Progress::new(missing.len() as u64, total_bytes, false));
-    let uploader = Uploader {
-        target: Arc::new(target),
-        keys: Arc::new(settings.keys),
-        settings: settings.stream,
-        jobs: settings.jobs,
-    };
-    let report = upload_all(&uploader, missing, &available, progress.clone()).await;
-    let totals = progress.finish();
-
+    let (engine, mut reports, task) =
+        Engine::start(Arc::new(config), CancellationToken::new(), Duration::ZERO);
+    let mut display = Display::new(infos.len(), nar_bytes, engine.view().clone());
+    engine.submit_resolved(infos, settings.paths);
+    // The engine ends, and closes the reports, once the work is done and no handle is left.
+    drop(engine);
+    while let Some(report) = reports.recv().await {
+        match report {
+            Report::Uploaded {
+                path,
+                nar_size,
+                file_size,
+            } => display.uploaded(&path.to_absolute(), nar_size, file_size),
+            Report::Present(_) => display.present(),
+            Report::Failed { path, error } => {
+                display.failed(&path.to_absolute(), &narpush::error_chain(error.as_ref()));
+            }
+            Report::TopDone(_) | Report::TopFailed { .. } => {}
+        }
+    }
+    task.await.context("the upload engine failed")?;
+    let (totals, elapsed) = display.finish();
     eprintln!(
-        "narpush: uploaded {} path(s), {} NAR as {} in {:.1}s ({}); {} failed",
-        report.uploaded.len(),
-        HumanBytes(totals.nar_bytes),
-        HumanBytes(report.uploaded.iter().map(|u| u.file_size).sum()),
-        totals.elapsed.as_secs_f64(),
-        totals.rate(),
-        report.failed.len()
+        "narpush: uploaded {} path(s), {} NAR as {} in {:.1}s ({}); {} already in {}; {} failed",
+        totals.uploaded,
+        HumanBytes(totals.uploaded_nar_bytes),
+        HumanBytes(totals.uploaded_file_bytes),
+        elapsed.as_secs_f64(),
+        rate(totals.uploaded_nar_bytes, elapsed),
+        totals.present,
+        settings.target,
+        totals.failed
     );
-    if report.failed.is_empty() {
-        return Ok(Outcome::Success);
+    if totals.failed == 0 {
+        Ok(Outcome::Success)
+    } else {
+        Ok(Outcome::PartialFailure)
     }
-    for (path, error) in &report.failed {
-        eprintln!("narpush: failed: {path}: {}", narpush::error_chain(error));
-    }
-    Ok(Outcome::PartialFailure)
 }

@@ -13,7 +13,7 @@ use crate::gcroots::GcRootError;
 use crate::queue::{NewPath, QueueError};
 use narpush_protocol::Source;
 
-use super::Shared;
+use super::shared::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
@@ -83,11 +83,11 @@ pub async fn enqueue(
         shared.roots.add(path)?;
     }
     let new: Vec<NewPath> = paths
-        .iter()
+        .into_iter()
         .map(|path| NewPath {
-            path: path.to_absolute(),
-            source: source.as_str().to_owned(),
-            drv: drv.as_ref().map(StorePath::to_absolute),
+            path,
+            source,
+            drv: drv.clone(),
         })
         .collect();
     shared.queue.enqueue(&new).await?;
@@ -95,7 +95,7 @@ pub async fn enqueue(
     Ok(new.len())
 }
 
-fn store_path(value: &str) -> Result<StorePath, EnqueueError> {
+pub fn store_path(value: &str) -> Result<StorePath, EnqueueError> {
     StorePath::from_absolute_path(value).map_err(|source| EnqueueError::NotStorePath {
         value: value.to_owned(),
         source,

@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 
 use crate::format::store_path::StorePath;
-use crate::target::content_type;
-
-use super::settings::Settings;
+use crate::layout::{self, content_type};
+use crate::sink::Sink;
 
 /// Where Nix keeps build logs.
 const LOG_DIR: &str = "/nix/var/log/nix/drvs";
@@ -28,12 +27,9 @@ pub fn log_file(drv: &StorePath) -> PathBuf {
         .join(format!("{}.bz2", &basename[2..]))
 }
 
-pub async fn upload(settings: &Settings, drv: &str) {
-    let Ok(drv) = StorePath::from_absolute_path(drv) else {
-        return;
-    };
-    let key = format!("log/{}", drv.basename());
-    match settings.target.exists(&key).await {
+pub async fn upload(sink: &Sink, drv: &StorePath) {
+    let key = layout::log_key(drv);
+    match sink.exists(&key).await {
         Ok(true) => return,
         Ok(false) => {}
         Err(e) => {
@@ -41,7 +37,7 @@ pub async fn upload(settings: &Settings, drv: &str) {
             return;
         }
     }
-    let file = log_file(&drv);
+    let file = log_file(drv);
     let text = match tokio::task::spawn_blocking(move || read_log(&file)).await {
         Ok(Ok(text)) => text,
         Ok(Err(e)) => {
@@ -53,11 +49,7 @@ pub async fn upload(settings: &Settings, drv: &str) {
             return;
         }
     };
-    match settings
-        .target
-        .put(&key, Bytes::from(text), content_type::LOG)
-        .await
-    {
+    match sink.put(&key, Bytes::from(text), content_type::LOG).await {
         Ok(()) => tracing::info!(key, "uploaded the build log"),
         Err(e) => tracing::warn!("cannot upload the build log: {e}"),
     }

@@ -1,111 +1,52 @@
 //! `narpush daemon`: the long-running service that takes paths from the hook and the CLI and
 //! uploads them, retrying until done.
 //!
-//! - [`settings`]: the live configuration (target, keys, limits), reloadable on SIGHUP;
+//! - [`shared`]: what every task shares; [`settings`]: the live configuration (sink, keys,
+//!   limits), reloadable on SIGHUP;
 //! - [`enqueue`]: turning a request into durable queue entries and GC roots (shared by the
 //!   socket and the spool);
 //! - [`server`]: the Unix socket, peer credentials, request limits;
 //! - [`spool`]: requests the hook left on disk while the daemon was away;
-//! - [`pipeline`]: batches, closures, uploads, retries; [`logs`]: build logs;
+//! - [`pipeline`]: due queue entries into the upload engine, and its outcomes back into the
+//!   queue (retries, GC roots, build logs via [`logs`]);
 //! - [`status`]: what `narpush status` shows.
 //!
 //! # Shutdown protocol
 //!
-//! SIGTERM or SIGINT sets the shutdown flag (a `watch` channel every task selects on). The
-//! server stops accepting; the spool watcher stops; the pipeline takes no new batch and gives
-//! the batch in flight [`DRAIN_TIMEOUT`] to finish. Whatever is still `uploading` then goes
-//! back to `pending`, the queue is flushed, and the process exits 0. Multipart uploads cut off
-//! this way are left for the bucket's lifecycle rule; their paths are uploaded again on start.
+//! SIGTERM or SIGINT cancels the stop token, which every task selects on. The server stops
+//! accepting; the spool watcher stops; the pipeline takes no new entries; the engine gives the
+//! work in flight [`DRAIN_TIMEOUT`] to finish and aborts the rest, while the pipeline records
+//! every outcome that still arrives. Connection handlers and log uploads are waited for (they
+//! are bounded in time themselves). Whatever is still `uploading` then goes back to `pending`,
+//! the queue is flushed, and the process exits 0. Multipart uploads cut off this way are left
+//! for the bucket's lifecycle rule; their paths are uploaded again on start.
 
 pub mod enqueue;
 pub mod logs;
 pub mod pipeline;
 pub mod server;
 pub mod settings;
+pub mod shared;
 pub mod spool;
 pub mod status;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::gcroots::GcRoots;
 use crate::queue::Queue;
-use crate::upload::progress::Progress;
 use settings::Settings;
+use shared::Shared;
 
 /// How long in-flight uploads may run after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What every task of the daemon shares.
-pub struct Shared {
-    pub queue: Queue,
-    pub roots: GcRoots,
-    settings: RwLock<Arc<Settings>>,
-    /// Signalled when new work was queued.
-    pub wake: Notify,
-    /// The batch being uploaded, for `status`.
-    pub activity: Mutex<Option<Activity>>,
-    /// The daemon's own uid, which may always enqueue.
-    pub own_uid: u32,
-    config_path: Option<PathBuf>,
-}
-
-/// The batch in flight.
-pub struct Activity {
-    pub paths: Vec<String>,
-    pub nar_bytes_total: u64,
-    pub progress: Arc<Progress>,
-    pub started: Instant,
-}
-
-impl Shared {
-    pub fn settings(&self) -> Arc<Settings> {
-        match self.settings.read() {
-            Ok(settings) => settings.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Re-reads the config file; on any error the old settings stay and the error is logged.
-    pub async fn reload(&self) {
-        let loaded = match Config::load(self.config_path.as_deref()) {
-            Ok(config) => Settings::load(config).await,
-            Err(e) => Err(anyhow::Error::new(e)),
-        };
-        match loaded {
-            Ok(new) => {
-                let old = self.settings();
-                for (what, before, after) in [
-                    ("socket", &old.config.socket, &new.config.socket),
-                    ("state_dir", &old.config.state_dir, &new.config.state_dir),
-                    ("spool_dir", &old.config.spool_dir, &new.config.spool_dir),
-                    (
-                        "gc_roots_dir",
-                        &old.config.gc_roots_dir,
-                        &new.config.gc_roots_dir,
-                    ),
-                ] {
-                    if before != after {
-                        tracing::warn!("{what} changed; it takes effect at the next restart");
-                    }
-                }
-                tracing::info!(target = %new.target_url, "configuration reloaded");
-                match self.settings.write() {
-                    Ok(mut settings) => *settings = Arc::new(new),
-                    Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
-                }
-                self.wake.notify_one();
-            }
-            Err(e) => tracing::error!("configuration not reloaded, keeping the old one: {e:#}"),
-        }
-    }
-}
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -128,24 +69,21 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!(public_key = %key, target = %settings.target_url, "narpush daemon starting");
     }
     let (listener, bound_path) = server::listen(&config.socket)?;
-    let shared = Arc::new(Shared {
+    let stop = CancellationToken::new();
+    let (engine, reports, engine_task) =
+        Engine::start(settings.engine.clone(), stop.clone(), DRAIN_TIMEOUT);
+    let shared = Arc::new(Shared::new(
         queue,
         roots,
-        settings: RwLock::new(Arc::new(settings)),
-        wake: Notify::new(),
-        activity: Mutex::new(None),
-        own_uid: current_uid(),
+        settings,
+        engine,
+        stop.clone(),
         config_path,
-    });
-
-    let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, shared.clone(), stopped.clone()));
-    let spool = tokio::spawn(spool::run(
-        shared.clone(),
-        config.spool_dir.clone(),
-        stopped.clone(),
     ));
-    let pipeline = tokio::spawn(pipeline::run(shared.clone(), stopped.clone()));
+
+    let server = tokio::spawn(server::serve(listener, shared.clone()));
+    let spool = tokio::spawn(spool::run(shared.clone(), config.spool_dir.clone()));
+    let pipeline = tokio::spawn(pipeline::run(shared.clone(), reports));
     notify_ready();
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -159,10 +97,13 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     tracing::warn!("stopping: no new requests; draining uploads for up to {DRAIN_TIMEOUT:?}");
-    let _ = stop.send(true);
+    stop.cancel();
     let _ = server.await;
     let _ = spool.await;
+    let _ = engine_task.await;
     let _ = pipeline.await;
+    shared.tasks.close();
+    shared.tasks.wait().await;
     requeue_interrupted(&shared.queue);
     if let Some(path) = bound_path {
         let _ = std::fs::remove_file(path);
@@ -188,8 +129,4 @@ fn notify_ready() {
             tracing::warn!("cannot notify systemd: {e}");
         }
     }
-}
-
-fn current_uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
 }

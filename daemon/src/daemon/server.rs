@@ -19,11 +19,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use narpush_protocol::{Request, Response, Source, MAX_REQUEST};
 
-use super::{enqueue, status, Shared};
+use super::shared::Shared;
+use super::{enqueue, status};
 use crate::error_chain;
 
 /// The longest a client may take to send its request.
@@ -69,12 +70,12 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot remove the stale socket {}", path.display()))
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
+            () = shared.stop.cancelled() => return,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -84,16 +85,16 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, mut stop: watch:
                 continue;
             }
         };
-        let shared = shared.clone();
+        let tracked = shared.clone();
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
-                tokio::spawn(async move {
-                    handle(stream, &shared).await;
+                shared.tasks.spawn(async move {
+                    handle(stream, &tracked).await;
                     drop(slot);
                 });
             }
             Err(_) => {
-                tokio::spawn(async move {
+                shared.tasks.spawn(async move {
                     respond(stream, Response::Error("busy: too many connections".into())).await;
                 });
             }
@@ -179,12 +180,22 @@ async fn dispatch(request: Request, uid: u32, shared: &Shared) -> Response {
                 Err(e) => Response::Error(error_chain(&e)),
             }
         }
-        Request::Retry { all, outs } => match shared.queue.retry(all, &outs).await {
-            Ok(count) => {
-                shared.wake.notify_one();
-                Response::Ok(format!("requeued {count} failed path(s)"))
+        Request::Retry { all, outs } => {
+            let paths = match outs
+                .iter()
+                .map(|out| enqueue::store_path(out))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(paths) => paths,
+                Err(e) => return Response::Error(error_chain(&e)),
+            };
+            match shared.queue.retry(all, &paths).await {
+                Ok(count) => {
+                    shared.wake.notify_one();
+                    Response::Ok(format!("requeued {count} failed path(s)"))
+                }
+                Err(e) => Response::Error(error_chain(&e)),
             }
-            Err(e) => Response::Error(error_chain(&e)),
-        },
+        }
     }
 }

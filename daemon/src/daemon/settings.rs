@@ -1,6 +1,6 @@
-//! The daemon's live settings: the checked config plus what it resolves to (the opened
-//! target, the loaded signing keys). Built once at start and again on each SIGHUP; a reload
-//! that fails keeps the previous settings whole.
+//! The daemon's live settings: the checked config plus what it resolves to (the opened sink,
+//! the loaded signing keys, the engine's configuration). Built once at start and again on each
+//! SIGHUP; a reload that fails keeps the previous settings whole.
 //!
 //! The embedded default: without `target`, the cache is `file://<state_dir>/cache`; without
 //! `secret_key_files`, the key is `<state_dir>/signing-key`, generated on first start (0600).
@@ -8,22 +8,21 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::engine::stream::StreamSettings;
+use crate::engine::EngineConfig;
 use crate::format::signing::SigningKey;
-use crate::target::{Target, TargetError, TargetUrl};
+use crate::sink::{Sink, TargetUrl};
 
 pub struct Settings {
     pub config: Config,
     pub target_url: TargetUrl,
-    pub target: Arc<Target>,
-    pub keys: Arc<Vec<SigningKey>>,
     pub public_keys: Vec<String>,
-    cache_info_written: AtomicBool,
+    pub engine: Arc<EngineConfig>,
 }
 
 impl Settings {
@@ -43,27 +42,28 @@ impl Settings {
                 .map(|file| SigningKey::load(file))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let target = Target::open(&target_url)
+        let sink = Sink::open(&target_url)
             .await
             .with_context(|| format!("cannot use target {target_url}"))?;
+        let engine = EngineConfig::new(
+            Arc::new(sink),
+            target_url.to_string(),
+            Arc::new(keys),
+            StreamSettings::new(config.compression, config.compression_level),
+            config.jobs,
+            config.parallel_requests,
+            true,
+        );
         Ok(Settings {
-            public_keys: keys.iter().map(|k| k.public_key().to_string()).collect(),
-            keys: Arc::new(keys),
-            target: Arc::new(target),
+            public_keys: engine
+                .keys
+                .iter()
+                .map(|k| k.public_key().to_string())
+                .collect(),
+            engine: Arc::new(engine),
             target_url,
             config,
-            cache_info_written: AtomicBool::new(false),
         })
-    }
-
-    /// Makes sure the target has `nix-cache-info` (once per settings).
-    pub async fn ensure_cache_info(&self) -> Result<(), TargetError> {
-        if self.cache_info_written.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        self.target.ensure_cache_info().await?;
-        self.cache_info_written.store(true, Ordering::Relaxed);
-        Ok(())
     }
 }
 

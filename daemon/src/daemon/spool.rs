@@ -22,16 +22,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use narpush_protocol::{spool, Request, Source, MAX_REQUEST};
 
-use super::{enqueue, Shared};
+use super::enqueue;
+use super::shared::Shared;
 use crate::error_chain;
 
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
-pub async fn run(shared: Arc<Shared>, dir: PathBuf, mut stop: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>, dir: PathBuf) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     // Watch before the first scan, so a file written in between is not missed.
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -56,7 +57,7 @@ pub async fn run(shared: Arc<Shared>, dir: PathBuf, mut stop: watch::Receiver<bo
                 while events.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(RESCAN_EVERY) => {}
-            _ = stop.changed() => return,
+            () = shared.stop.cancelled() => return,
         }
     }
 }

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{now_ms, QueueError, State};
 
-use super::Shared;
+use super::shared::Shared;
 
-pub const STATUS_VERSION: u32 = 1;
+/// Version 2: every NAR upload in flight (`uploads`) and the closure members by stage
+/// (`closure`) replace version 1's single `uploading` batch.
+pub const STATUS_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -19,7 +21,10 @@ pub struct StatusReport {
     pub counts: Counts,
     /// Age of the oldest path still waiting (pending or uploading), in seconds.
     pub oldest_waiting_secs: Option<f64>,
-    pub uploading: Option<Uploading>,
+    /// Every NAR being uploaded, largest first.
+    pub uploads: Vec<Upload>,
+    /// Paths of the closures being uploaded, by what they wait for.
+    pub closure: ClosureStages,
     /// Paths waiting for another attempt after a transient failure.
     pub retrying: Vec<Retrying>,
     pub failed: Vec<Failed>,
@@ -35,11 +40,20 @@ pub struct Counts {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Uploading {
-    pub paths: Vec<String>,
+pub struct Upload {
+    pub path: String,
     pub nar_bytes_done: u64,
     pub nar_bytes_total: u64,
     pub elapsed_secs: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClosureStages {
+    pub resolving: u64,
+    pub checking: u64,
+    pub storing: u64,
+    pub waiting_for_references: u64,
+    pub publishing: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -98,13 +112,13 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
         }
         match (entry.state, entry.last_error) {
             (State::Pending, Some(error)) => report.retrying.push(Retrying {
-                path: entry.path,
+                path: entry.path.to_absolute(),
                 attempts: entry.attempts,
                 next_attempt_in_secs: secs(entry.next_attempt_ms.saturating_sub(now)),
                 last_error: error,
             }),
             (State::Failed, error) => report.failed.push(Failed {
-                path: entry.path,
+                path: entry.path.to_absolute(),
                 attempts: entry.attempts,
                 error: error.unwrap_or_default(),
                 failed_secs_ago: secs(now.saturating_sub(entry.updated_ms)),
@@ -113,14 +127,26 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
         }
     }
     report.oldest_waiting_secs = oldest_waiting.map(|arrived| secs(now.saturating_sub(arrived)));
-    if let Ok(activity) = shared.activity.lock() {
-        report.uploading = activity.as_ref().map(|a| Uploading {
-            paths: a.paths.clone(),
-            nar_bytes_done: a.progress.nar_bytes(),
-            nar_bytes_total: a.nar_bytes_total,
-            elapsed_secs: a.started.elapsed().as_secs_f64(),
-        });
-    }
+    let view = shared.engine.view();
+    let mut streams = view.streams();
+    streams.sort_by_key(|s| std::cmp::Reverse(s.nar_size));
+    report.uploads = streams
+        .iter()
+        .map(|s| Upload {
+            path: s.path.to_absolute(),
+            nar_bytes_done: s.nar_bytes_done(),
+            nar_bytes_total: s.nar_size,
+            elapsed_secs: s.started.elapsed().as_secs_f64(),
+        })
+        .collect();
+    let stages = view.stages();
+    report.closure = ClosureStages {
+        resolving: stages.resolving,
+        checking: stages.checking,
+        storing: stages.storing,
+        waiting_for_references: stages.waiting_for_references,
+        publishing: stages.publishing,
+    };
     let (paths, nar_bytes) = shared.queue.uploaded()?;
     report.uploaded = Uploaded { paths, nar_bytes };
     Ok(report)

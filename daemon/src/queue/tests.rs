@@ -7,10 +7,14 @@ const B: &str = "/nix/store/wzvc6ccn1xj0k81dchnwx909za0xxqpx-top";
 
 fn new(path: &str) -> NewPath {
     NewPath {
-        path: path.to_owned(),
-        source: "hook".to_owned(),
+        path: sp(path),
+        source: Source::Hook,
         drv: None,
     }
+}
+
+fn sp(path: &str) -> StorePath {
+    StorePath::from_absolute_path(path).unwrap()
 }
 
 async fn reopened(dir: &Path, queue: Queue) -> Queue {
@@ -37,7 +41,7 @@ async fn enqueued_paths_survive_a_reopen_as_pending() {
     assert_eq!(entries.len(), 2);
     assert!(entries
         .iter()
-        .all(|e| e.state == State::Pending && e.source == "hook"));
+        .all(|e| e.state == State::Pending && e.source == Source::Hook));
 }
 
 #[tokio::test]
@@ -48,7 +52,7 @@ async fn uploading_entries_return_to_pending_on_open() {
     let taken = queue.take_due(now_ms() + 1, 10).unwrap();
     assert_eq!(taken[0].state, State::Uploading);
     let queue = reopened(dir.path(), queue).await;
-    assert_eq!(queue.get(A).unwrap().unwrap().state, State::Pending);
+    assert_eq!(queue.get(&sp(A)).unwrap().unwrap().state, State::Pending);
 }
 
 #[tokio::test]
@@ -58,7 +62,7 @@ async fn enqueue_leaves_a_queued_path_alone_and_requeues_a_finished_one() {
     queue.enqueue(&[new(A)]).await.unwrap();
     queue
         .finish(
-            A,
+            &sp(A),
             &Outcome::RetryAt {
                 at_ms: u64::MAX,
                 error: "503".into(),
@@ -66,12 +70,12 @@ async fn enqueue_leaves_a_queued_path_alone_and_requeues_a_finished_one() {
         )
         .unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
-    let entry = queue.get(A).unwrap().unwrap();
+    let entry = queue.get(&sp(A)).unwrap().unwrap();
     assert_eq!((entry.attempts, entry.next_attempt_ms), (1, u64::MAX));
 
-    queue.finish(A, &Outcome::Done).unwrap();
+    queue.finish(&sp(A), &Outcome::Done).unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
-    let entry = queue.get(A).unwrap().unwrap();
+    let entry = queue.get(&sp(A)).unwrap().unwrap();
     assert_eq!((entry.state, entry.attempts), (State::Pending, 0));
 }
 
@@ -84,7 +88,7 @@ async fn only_due_entries_are_taken_oldest_first() {
     queue.enqueue(&[new(B)]).await.unwrap();
     queue
         .finish(
-            B,
+            &sp(B),
             &Outcome::RetryAt {
                 at_ms: now_ms() + 60_000,
                 error: "x".into(),
@@ -93,7 +97,7 @@ async fn only_due_entries_are_taken_oldest_first() {
         .unwrap();
     let due = queue.take_due(now_ms(), 10).unwrap();
     assert_eq!(
-        due.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        due.iter().map(|e| e.path.to_absolute()).collect::<Vec<_>>(),
         vec![A]
     );
     assert!(queue.next_due_ms().unwrap().unwrap() > now_ms());
@@ -106,7 +110,7 @@ async fn retry_requeues_failed_entries_and_resets_attempts() {
     queue.enqueue(&[new(A), new(B)]).await.unwrap();
     queue
         .finish(
-            A,
+            &sp(A),
             &Outcome::Failed {
                 error: "gone".into(),
             },
@@ -114,15 +118,15 @@ async fn retry_requeues_failed_entries_and_resets_attempts() {
         .unwrap();
     queue
         .finish(
-            B,
+            &sp(B),
             &Outcome::Failed {
                 error: "gone".into(),
             },
         )
         .unwrap();
-    assert_eq!(queue.retry(false, &[A.to_owned()]).await.unwrap(), 1);
-    assert_eq!(queue.get(A).unwrap().unwrap().state, State::Pending);
-    assert_eq!(queue.get(B).unwrap().unwrap().state, State::Failed);
+    assert_eq!(queue.retry(false, &[sp(A)]).await.unwrap(), 1);
+    assert_eq!(queue.get(&sp(A)).unwrap().unwrap().state, State::Pending);
+    assert_eq!(queue.get(&sp(B)).unwrap().unwrap().state, State::Failed);
     assert_eq!(queue.retry(true, &[]).await.unwrap(), 1);
 }
 
@@ -131,11 +135,11 @@ async fn prune_drops_old_done_entries_only() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue.enqueue(&[new(A), new(B)]).await.unwrap();
-    queue.finish(A, &Outcome::Done).unwrap();
+    queue.finish(&sp(A), &Outcome::Done).unwrap();
     let day_later = now_ms() + DONE_RETENTION.as_millis() as u64 + 1;
     assert_eq!(queue.prune(day_later).unwrap(), 1);
-    assert!(queue.get(A).unwrap().is_none());
-    assert!(queue.get(B).unwrap().is_some());
+    assert!(queue.get(&sp(A)).unwrap().is_none());
+    assert!(queue.get(&sp(B)).unwrap().is_some());
 }
 
 #[tokio::test]

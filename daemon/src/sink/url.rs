@@ -1,4 +1,4 @@
-//! Target URLs, in the syntax `nix copy --to` uses, so users paste what they already know:
+//! Sink URLs, in the syntax `nix copy --to` uses, so users paste what they already know:
 //!
 //! - `s3://BUCKET?endpoint=…&region=…&profile=…&scheme=…` (an S3-compatible bucket; the whole
 //!   bucket is the cache root, as in Nix, where `s3://bucket/prefix` is not supported either);

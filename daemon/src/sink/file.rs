@@ -10,22 +10,22 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::{ErrorClass, TargetError};
+use super::{ErrorClass, SinkError};
 
-pub struct FileTarget {
+pub struct FileSink {
     root: PathBuf,
 }
 
-impl FileTarget {
-    pub fn open(root: &Path) -> Result<FileTarget, TargetError> {
+impl FileSink {
+    pub fn open(root: &Path) -> Result<FileSink, SinkError> {
         std::fs::create_dir_all(root)
             .map_err(|e| io_error("create", &root.display().to_string(), &e))?;
-        Ok(FileTarget {
+        Ok(FileSink {
             root: root.to_owned(),
         })
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, TargetError> {
+    pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
         match tokio::fs::metadata(self.root.join(key)).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -33,7 +33,7 @@ impl FileTarget {
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, TargetError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
         match tokio::fs::read(self.root.join(key)).await {
             Ok(bytes) => Ok(Some(Bytes::from(bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -41,13 +41,13 @@ impl FileTarget {
         }
     }
 
-    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), TargetError> {
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
         let mut upload = self.start_upload(key).await?;
         upload.put_part(body).await?;
         upload.complete().await
     }
 
-    pub async fn start_upload(&self, key: &str) -> Result<FileUpload, TargetError> {
+    pub async fn start_upload(&self, key: &str) -> Result<FileUpload, SinkError> {
         let final_path = self.root.join(key);
         let key_owned = key.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -79,7 +79,7 @@ pub struct FileUpload {
 }
 
 impl FileUpload {
-    pub async fn put_part(&mut self, part: Bytes) -> Result<(), TargetError> {
+    pub async fn put_part(&mut self, part: Bytes) -> Result<(), SinkError> {
         let Some(mut file) = self.file.take() else {
             return Err(io_error(
                 "write",
@@ -99,7 +99,7 @@ impl FileUpload {
         Ok(())
     }
 
-    pub async fn complete(mut self) -> Result<(), TargetError> {
+    pub async fn complete(mut self) -> Result<(), SinkError> {
         let Some(file) = self.file.take() else {
             return Err(io_error(
                 "finish",
@@ -133,8 +133,8 @@ fn set_world_readable(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
-fn io_error(operation: &'static str, key: &str, error: &std::io::Error) -> TargetError {
-    TargetError {
+fn io_error(operation: &'static str, key: &str, error: &std::io::Error) -> SinkError {
+    SinkError {
         operation,
         key: key.to_owned(),
         class: match error.kind() {
@@ -148,8 +148,8 @@ fn io_error(operation: &'static str, key: &str, error: &std::io::Error) -> Targe
     }
 }
 
-fn join_error(key: &str, error: &tokio::task::JoinError) -> TargetError {
-    TargetError {
+fn join_error(key: &str, error: &tokio::task::JoinError) -> SinkError {
+    SinkError {
         operation: "write",
         key: key.to_owned(),
         class: ErrorClass::Permanent,

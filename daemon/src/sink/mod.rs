@@ -1,11 +1,11 @@
 //! Where cache objects go, and the one vocabulary for what went wrong there.
 //!
-//! [`Target`] is a closed set (S3, directory) dispatched by `match`, so each operation's
+//! [`Sink`] is a closed set (S3, directory) dispatched by `match`, so each operation's
 //! behaviour on each backend is visible in one place. Every backend keeps the same promise:
-//! an object is visible under its key only once it is complete ([`Upload::complete`]); an
-//! upload that is dropped or [`Upload::abort`]ed leaves nothing under the key.
+//! an object is visible under its key only once it is complete ([`MultipartUpload::complete`]); an
+//! upload that is dropped or [`MultipartUpload::abort`]ed leaves nothing under the key.
 //!
-//! Every failure is a [`TargetError`] whose [`ErrorClass`] says whether trying again can help;
+//! Every failure is a [`SinkError`] whose [`ErrorClass`] says whether trying again can help;
 //! the backends decide that once, where they understand the error.
 
 pub mod file;
@@ -38,7 +38,7 @@ pub enum ErrorClass {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{operation} {key}: {detail}")]
-pub struct TargetError {
+pub struct SinkError {
     pub operation: &'static str,
     pub key: String,
     pub class: ErrorClass,
@@ -47,57 +47,64 @@ pub struct TargetError {
     pub retry_after: Option<Duration>,
 }
 
-pub enum Target {
-    File(file::FileTarget),
-    S3(s3::S3Target),
+pub enum Sink {
+    File(file::FileSink),
+    S3(s3::S3Sink),
 }
 
 /// A large object being written part by part.
-pub enum Upload {
+pub enum MultipartUpload {
     File(file::FileUpload),
     S3(s3::S3Upload),
 }
 
-impl Target {
-    pub async fn open(url: &TargetUrl) -> Result<Target, TargetError> {
+impl Sink {
+    pub async fn open(url: &TargetUrl) -> Result<Sink, SinkError> {
         match url {
-            TargetUrl::File { dir } => file::FileTarget::open(dir).map(Target::File),
-            TargetUrl::S3(location) => s3::S3Target::open(location).await.map(Target::S3),
+            TargetUrl::File { dir } => file::FileSink::open(dir).map(Sink::File),
+            TargetUrl::S3(location) => s3::S3Sink::open(location).await.map(Sink::S3),
         }
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, TargetError> {
+    pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
         match self {
-            Target::File(t) => t.exists(key).await,
-            Target::S3(t) => t.exists(key).await,
+            Sink::File(t) => t.exists(key).await,
+            Sink::S3(t) => t.exists(key).await,
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, TargetError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
         match self {
-            Target::File(t) => t.get(key).await,
-            Target::S3(t) => t.get(key).await,
+            Sink::File(t) => t.get(key).await,
+            Sink::S3(t) => t.get(key).await,
         }
     }
 
-    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), TargetError> {
+    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), SinkError> {
         match self {
-            Target::File(t) => t.put(key, body).await,
-            Target::S3(t) => t.put(key, body, content_type).await,
+            Sink::File(t) => t.put(key, body).await,
+            Sink::S3(t) => t.put(key, body, content_type).await,
         }
     }
 
-    pub async fn start_upload(&self, key: &str, content_type: &str) -> Result<Upload, TargetError> {
+    pub async fn start_upload(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<MultipartUpload, SinkError> {
         match self {
-            Target::File(t) => t.start_upload(key).await.map(Upload::File),
-            Target::S3(t) => t.start_upload(key, content_type).await.map(Upload::S3),
+            Sink::File(t) => t.start_upload(key).await.map(MultipartUpload::File),
+            Sink::S3(t) => t
+                .start_upload(key, content_type)
+                .await
+                .map(MultipartUpload::S3),
         }
     }
 
     /// Writes `nix-cache-info` unless the cache already has one. Without it, Nix refuses to
     /// use the cache ("does not appear to be a binary cache"). Reading it first also proves
     /// that the target is reachable and the credentials work, before any NAR is streamed.
-    pub async fn ensure_cache_info(&self) -> Result<(), TargetError> {
+    pub async fn ensure_cache_info(&self) -> Result<(), SinkError> {
         const KEY: &str = "nix-cache-info";
         if self.get(KEY).await?.is_some() {
             return Ok(());
@@ -111,25 +118,25 @@ impl Target {
     }
 }
 
-impl Upload {
-    pub async fn put_part(&mut self, part: Bytes) -> Result<(), TargetError> {
+impl MultipartUpload {
+    pub async fn put_part(&mut self, part: Bytes) -> Result<(), SinkError> {
         match self {
-            Upload::File(u) => u.put_part(part).await,
-            Upload::S3(u) => u.put_part(part).await,
+            MultipartUpload::File(u) => u.put_part(part).await,
+            MultipartUpload::S3(u) => u.put_part(part).await,
         }
     }
 
-    pub async fn complete(self) -> Result<(), TargetError> {
+    pub async fn complete(self) -> Result<(), SinkError> {
         match self {
-            Upload::File(u) => u.complete().await,
-            Upload::S3(u) => u.complete().await,
+            MultipartUpload::File(u) => u.complete().await,
+            MultipartUpload::S3(u) => u.complete().await,
         }
     }
 
     pub async fn abort(self) {
         match self {
-            Upload::File(u) => u.abort().await,
-            Upload::S3(u) => u.abort().await,
+            MultipartUpload::File(u) => u.abort().await,
+            MultipartUpload::S3(u) => u.abort().await,
         }
     }
 }

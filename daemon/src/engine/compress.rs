@@ -1,6 +1,12 @@
 //! Compression of NAR streams: the methods narpush writes, their narinfo names and object
 //! extensions, and a streaming encoder over any `Write`.
 //!
+//! zstd can compress one stream on several threads (zstd's own multithreaded mode: the stream
+//! is cut into jobs compressed in parallel, and the output is still one ordinary frame that
+//! every zstd decoder, Nix's included, reads). [`Encoder::new`] takes the number of threads;
+//! the caller gives more than one only to NARs big enough to fill them. xz stays on one
+//! thread: its multithreaded encoder needs hundreds of MiB at the levels people choose xz for.
+//!
 //! Only methods that every Nix from 2.8 to today decodes by the label alone are offered
 //! (`zstd`, `xz`, `none`): Nix ≥ 2.22 applies only the filter the narinfo names, so the label
 //! and the bytes must agree, and [`Compression::narinfo_name`] is the one source of both.
@@ -84,10 +90,23 @@ pub enum Encoder<W: Write> {
     None(W),
 }
 
+/// The input zstd hands to each of its threads at a time: small enough to keep the memory of a
+/// multithreaded stream to a few MiB, large enough to lose little ratio at the job borders.
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
+
 impl<W: Write> Encoder<W> {
-    pub fn new(method: Compression, level: i32, inner: W) -> io::Result<Self> {
+    /// An encoder for `method` at `level`, compressing on `threads` threads (zstd only; 1 =
+    /// on the caller's thread).
+    pub fn new(method: Compression, level: i32, threads: u32, inner: W) -> io::Result<Self> {
         Ok(match method {
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, level)?),
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(inner, level)?;
+                if threads > 1 {
+                    encoder.multithread(threads)?;
+                    encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+                }
+                Encoder::Zstd(encoder)
+            }
             Compression::Xz => {
                 let preset = u32::try_from(level).unwrap_or(6);
                 Encoder::Xz(liblzma::write::XzEncoder::new(inner, preset))
@@ -132,7 +151,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let mut encoder = Encoder::new(method, method.default_level(), Vec::new()).unwrap();
+        let mut encoder = Encoder::new(method, method.default_level(), 1, Vec::new()).unwrap();
         encoder.write_all(&data).unwrap();
         let compressed = encoder.finish().unwrap();
         let mut decoded = Vec::new();
@@ -159,6 +178,23 @@ mod tests {
         for method in [Compression::Zstd, Compression::Xz, Compression::None] {
             round_trip(method);
         }
+    }
+
+    #[test]
+    fn multithreaded_zstd_is_one_stream_any_decoder_reads() {
+        let data: Vec<u8> = (0..3_000_000u32)
+            .flat_map(|i| (i % 1000).to_le_bytes())
+            .collect();
+        let mut encoder = Encoder::new(Compression::Zstd, 3, 2, Vec::new()).unwrap();
+        encoder.write_all(&data).unwrap();
+        let compressed = encoder.finish().unwrap();
+        let mut decoded = Vec::new();
+        zstd::stream::read::Decoder::new(&compressed[..])
+            .unwrap()
+            .single_frame()
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, data, "one frame holds the whole stream");
     }
 
     #[test]

@@ -31,15 +31,15 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
 use super::url::S3Location;
-use super::{ErrorClass, TargetError};
+use super::{ErrorClass, SinkError};
 
-pub struct S3Target {
+pub struct S3Sink {
     client: aws_sdk_s3::Client,
     bucket: String,
 }
 
-impl S3Target {
-    pub async fn open(location: &S3Location) -> Result<S3Target, TargetError> {
+impl S3Sink {
+    pub async fn open(location: &S3Location) -> Result<S3Sink, SinkError> {
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(location.region.clone()))
@@ -60,13 +60,13 @@ impl S3Target {
         if let Some(endpoint) = &location.endpoint {
             config = config.endpoint_url(endpoint).force_path_style(true);
         }
-        Ok(S3Target {
+        Ok(S3Sink {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: location.bucket.clone(),
         })
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, TargetError> {
+    pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
         let result = self
             .client
             .head_object()
@@ -86,7 +86,7 @@ impl S3Target {
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, TargetError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
         let result = self
             .client
             .get_object()
@@ -96,7 +96,7 @@ impl S3Target {
             .await;
         match result {
             Ok(output) => {
-                let body = output.body.collect().await.map_err(|e| TargetError {
+                let body = output.body.collect().await.map_err(|e| SinkError {
                     operation: "GET",
                     key: key.to_owned(),
                     class: ErrorClass::Transient,
@@ -110,7 +110,7 @@ impl S3Target {
         }
     }
 
-    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), TargetError> {
+    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), SinkError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -123,11 +123,7 @@ impl S3Target {
         Ok(())
     }
 
-    pub async fn start_upload(
-        &self,
-        key: &str,
-        content_type: &str,
-    ) -> Result<S3Upload, TargetError> {
+    pub async fn start_upload(&self, key: &str, content_type: &str) -> Result<S3Upload, SinkError> {
         let created = self
             .client
             .create_multipart_upload()
@@ -137,7 +133,7 @@ impl S3Target {
             .send()
             .await
             .map_err(|e| classify("CreateMultipartUpload", key, e))?;
-        let upload_id = created.upload_id().ok_or_else(|| TargetError {
+        let upload_id = created.upload_id().ok_or_else(|| SinkError {
             operation: "CreateMultipartUpload",
             key: key.to_owned(),
             class: ErrorClass::Transient,
@@ -156,7 +152,7 @@ impl S3Target {
 
 /// Environment first, then the shared credentials file. Fails early, with a sentence a person
 /// can act on, when neither has credentials.
-async fn credentials_chain(location: &S3Location) -> Result<CredentialsProviderChain, TargetError> {
+async fn credentials_chain(location: &S3Location) -> Result<CredentialsProviderChain, SinkError> {
     use aws_credential_types::provider::ProvideCredentials;
     let mut profile = ProfileFileCredentialsProvider::builder();
     if let Some(name) = &location.profile {
@@ -169,7 +165,7 @@ async fn credentials_chain(location: &S3Location) -> Result<CredentialsProviderC
     .or_else("profile", profile.build());
     chain.provide_credentials().await.map_err(|e| {
         tracing::debug!(error = %DisplayErrorContext(&e), "no credentials");
-        TargetError {
+        SinkError {
             operation: "load credentials for",
             key: format!("s3://{}", location.bucket),
             class: ErrorClass::Permanent,
@@ -198,7 +194,7 @@ pub struct S3Upload {
 }
 
 impl S3Upload {
-    pub async fn put_part(&mut self, part: Bytes) -> Result<(), TargetError> {
+    pub async fn put_part(&mut self, part: Bytes) -> Result<(), SinkError> {
         let part_number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
         let uploaded = self
             .client
@@ -220,7 +216,7 @@ impl S3Upload {
         Ok(())
     }
 
-    pub async fn complete(self) -> Result<(), TargetError> {
+    pub async fn complete(self) -> Result<(), SinkError> {
         let result = self
             .client
             .complete_multipart_upload()
@@ -262,7 +258,7 @@ impl S3Upload {
 
 /// The one place where an S3 failure is sorted into worth-retrying or not. Exhaustive on
 /// purpose: a new kind of SDK error must be decided here, not fall through a wildcard.
-fn classify<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> TargetError
+fn classify<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> SinkError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
@@ -310,7 +306,7 @@ where
         }
         _ => (ErrorClass::Transient, None, None),
     };
-    TargetError {
+    SinkError {
         operation,
         key: key.to_owned(),
         class,

@@ -1,0 +1,101 @@
+//! What every task of the daemon shares: the queue, the GC roots, the live settings, the
+//! engine's handle, the stop signal and the tracker of every task spawned along the way.
+//!
+//! Settings are swapped whole (an `Arc` behind a lock held only to clone or replace it), so a
+//! task always works with one consistent configuration.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::settings::Settings;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::gcroots::GcRoots;
+use crate::queue::Queue;
+
+pub struct Shared {
+    pub queue: Queue,
+    pub roots: GcRoots,
+    settings: RwLock<Arc<Settings>>,
+    pub engine: Engine,
+    /// Signalled when new work was queued.
+    pub wake: Notify,
+    /// Cancelled on SIGTERM/SIGINT; every task selects on it.
+    pub stop: CancellationToken,
+    /// Tasks spawned on the way (connections, build logs), waited for at shutdown.
+    pub tasks: TaskTracker,
+    /// The daemon's own uid, which may always enqueue.
+    pub own_uid: u32,
+    config_path: Option<PathBuf>,
+}
+
+impl Shared {
+    pub fn new(
+        queue: Queue,
+        roots: GcRoots,
+        settings: Settings,
+        engine: Engine,
+        stop: CancellationToken,
+        config_path: Option<PathBuf>,
+    ) -> Shared {
+        Shared {
+            queue,
+            roots,
+            settings: RwLock::new(Arc::new(settings)),
+            engine,
+            wake: Notify::new(),
+            stop,
+            tasks: TaskTracker::new(),
+            own_uid: nix::unistd::geteuid().as_raw(),
+            config_path,
+        }
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        match self.settings.read() {
+            Ok(settings) => settings.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the config file; on any error the old settings stay and the error is logged.
+    pub async fn reload(&self) {
+        let loaded = match Config::load(self.config_path.as_deref()) {
+            Ok(config) => Settings::load(config).await,
+            Err(e) => Err(anyhow::Error::new(e)),
+        };
+        let new = match loaded {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!("configuration not reloaded, keeping the old one: {e:#}");
+                return;
+            }
+        };
+        let old = self.settings();
+        for (what, before, after) in [
+            ("socket", &old.config.socket, &new.config.socket),
+            ("state_dir", &old.config.state_dir, &new.config.state_dir),
+            ("spool_dir", &old.config.spool_dir, &new.config.spool_dir),
+            (
+                "gc_roots_dir",
+                &old.config.gc_roots_dir,
+                &new.config.gc_roots_dir,
+            ),
+        ] {
+            if before != after {
+                tracing::warn!("{what} changed; it takes effect at the next restart");
+            }
+        }
+        tracing::info!(target = %new.target_url, "configuration reloaded");
+        self.engine.reconfigure(new.engine.clone());
+        match self.settings.write() {
+            Ok(mut settings) => *settings = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        self.wake.notify_one();
+    }
+}

@@ -1,0 +1,488 @@
+//! The task that owns the engine's [`Graph`]: it takes submissions, performs the graph's
+//! actions as tasks under the concurrency limits (see the [module doc](super)), and feeds
+//! their results back. All state lives in this one task, so nothing here is locked; other
+//! tasks see it only through the [`EngineView`].
+//!
+//! Every task it starts is in its [`JoinSet`]: when the engine ends, whatever still runs is
+//! aborted, and a task that panics is turned into a failure of its path, so the graph never
+//! waits for a result that will not come.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::graph::{Action, Graph, Report};
+use super::presence::KnownPresent;
+use super::progress::{EngineView, Stages};
+use super::resolve::{self, Resolution};
+use super::{narinfo_for, sign, stream, Command, EngineConfig, Failure, UploadError};
+use super::{SMALL_NAR, SMALL_NAR_BUDGET};
+use crate::format::narinfo::NarInfo;
+use crate::format::store_path::StorePath;
+use crate::layout::{self, content_type};
+use crate::store::PathInfo;
+
+/// Stored NARs kept for a later attempt at most (their narinfos wait in memory).
+const KEPT_NARS: usize = 10_000;
+
+/// The result of one task, keyed by what it worked on.
+enum Done {
+    Resolved(Vec<StorePath>, Result<Resolution, UploadError>),
+    Checked(StorePath, Result<bool, UploadError>),
+    Stored {
+        path: StorePath,
+        big: bool,
+        result: Result<Box<NarInfo>, UploadError>,
+    },
+    Published(StorePath, Box<NarInfo>, Result<(), UploadError>),
+}
+
+/// What a task was for, so that a task that panicked still yields a [`Done`].
+enum Purpose {
+    Resolve(Vec<StorePath>),
+    Check(StorePath),
+    Store(StorePath, bool),
+    Publish(StorePath, Box<NarInfo>),
+}
+
+/// A big NAR waiting for a `jobs` slot; the largest goes first.
+struct Queued {
+    info: PathInfo,
+    kept: Option<Box<NarInfo>>,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.info.nar_size, &self.info.path).cmp(&(other.info.nar_size, &other.info.path))
+    }
+}
+
+pub(super) struct Coordinator {
+    config: Arc<EngineConfig>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    reports: mpsc::UnboundedSender<Report>,
+    view: Arc<EngineView>,
+    graph: Graph,
+    tasks: JoinSet<Done>,
+    purposes: HashMap<Id, Purpose>,
+    /// Submitted tops waiting for the resolution in progress to end.
+    waiting: Vec<StorePath>,
+    /// Tops being resolved.
+    resolving: usize,
+    big: BinaryHeap<Queued>,
+    big_running: usize,
+    /// Paths whose NAR task runs (at most one each).
+    storing: HashSet<StorePath>,
+    requests: Arc<Semaphore>,
+    small_bytes: Arc<Semaphore>,
+    known: KnownPresent,
+    kept: HashMap<StorePath, Box<NarInfo>>,
+    accepting: bool,
+}
+
+impl Coordinator {
+    pub(super) fn new(
+        config: Arc<EngineConfig>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        reports: mpsc::UnboundedSender<Report>,
+        view: Arc<EngineView>,
+    ) -> Coordinator {
+        Coordinator {
+            requests: Arc::new(Semaphore::new(config.parallel_requests)),
+            small_bytes: Arc::new(Semaphore::new(SMALL_NAR_BUDGET as usize)),
+            config,
+            commands,
+            reports,
+            view,
+            graph: Graph::default(),
+            tasks: JoinSet::new(),
+            purposes: HashMap::new(),
+            waiting: Vec::new(),
+            resolving: 0,
+            big: BinaryHeap::new(),
+            big_running: 0,
+            storing: HashSet::new(),
+            known: KnownPresent::default(),
+            kept: HashMap::new(),
+            accepting: true,
+        }
+    }
+
+    pub(super) async fn run(mut self, stop: CancellationToken, drain: Duration) {
+        let mut commands_open = true;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if (!commands_open || deadline.is_some()) && self.idle() {
+                break;
+            }
+            tokio::select! {
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(command) => self.on_command(command),
+                    None => commands_open = false,
+                },
+                Some(joined) = self.tasks.join_next_with_id() => self.on_joined(joined),
+                () = stop.cancelled(), if deadline.is_none() => {
+                    deadline = Some(Instant::now() + drain);
+                    self.accepting = false;
+                    self.waiting.clear();
+                }
+                () = sleep_until(deadline) => {
+                    tracing::warn!("uploads still running after {drain:?}; they resume at the next start");
+                    break;
+                }
+            }
+            self.publish_stages();
+        }
+        self.tasks.shutdown().await;
+        self.view.set_stages(Stages::default());
+    }
+
+    fn idle(&self) -> bool {
+        self.graph.is_empty()
+            && self.tasks.is_empty()
+            && self.waiting.is_empty()
+            && self.big.is_empty()
+    }
+
+    fn publish_stages(&self) {
+        let mut stages = self.graph.stages();
+        stages.resolving = (self.resolving + self.waiting.len()) as u64;
+        self.view.set_stages(stages);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Submit(tops) if self.accepting => {
+                for top in tops {
+                    if self.known.contains(&top) {
+                        self.report(Report::TopDone(top));
+                    } else {
+                        self.waiting.push(top);
+                    }
+                }
+                self.resolve_waiting();
+            }
+            Command::SubmitResolved(infos, tops) if self.accepting => {
+                let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
+                self.act(actions);
+            }
+            Command::Submit(_) | Command::SubmitResolved(..) => {}
+            Command::Reconfigure(config) => {
+                if config.sink_name != self.config.sink_name {
+                    self.known.clear();
+                    self.kept.clear();
+                }
+                if config.parallel_requests != self.config.parallel_requests {
+                    self.requests = Arc::new(Semaphore::new(config.parallel_requests));
+                }
+                self.config = config;
+                self.start_big();
+            }
+        }
+    }
+
+    /// Starts resolving the waiting tops, unless a resolution runs: the tops that arrive
+    /// meanwhile are resolved together by the next one.
+    fn resolve_waiting(&mut self) {
+        if self.resolving > 0 || self.waiting.is_empty() {
+            return;
+        }
+        let tops = std::mem::take(&mut self.waiting);
+        self.resolving = tops.len();
+        let config = self.config.clone();
+        let batch = tops.clone();
+        self.spawn(Purpose::Resolve(tops), async move {
+            let resolved = async {
+                config.ensure_cache_info().await?;
+                resolve::resolve(&batch, config.closure)
+                    .await
+                    .map_err(UploadError::Store)
+            }
+            .await;
+            Done::Resolved(batch, resolved)
+        });
+    }
+
+    fn on_joined(&mut self, joined: Result<(Id, Done), JoinError>) {
+        let done = match joined {
+            Ok((id, done)) => {
+                self.purposes.remove(&id);
+                done
+            }
+            Err(error) => match self.purposes.remove(&error.id()) {
+                Some(purpose) => failed_task(purpose, &error),
+                None => return,
+            },
+        };
+        let actions = match done {
+            Done::Resolved(tops, result) => {
+                self.resolving = 0;
+                let actions = self.resolved(tops, result);
+                self.resolve_waiting();
+                actions
+            }
+            Done::Checked(path, result) => self.graph.checked(&path, result),
+            Done::Stored { path, big, result } => {
+                self.storing.remove(&path);
+                if big {
+                    self.big_running -= 1;
+                    self.start_big();
+                }
+                self.graph.stored(&path, result)
+            }
+            Done::Published(path, narinfo, result) => self.graph.published(&path, &narinfo, result),
+        };
+        self.act(actions);
+    }
+
+    fn resolved(
+        &mut self,
+        tops: Vec<StorePath>,
+        result: Result<Resolution, UploadError>,
+    ) -> Vec<Action> {
+        match result {
+            Ok(resolution) => {
+                let mut actions = Vec::new();
+                for (top, reason) in resolution.invalid {
+                    let error = UploadError::Invalid {
+                        path: top.to_absolute(),
+                        reason,
+                    };
+                    actions.push(Action::Report(Report::TopFailed {
+                        top,
+                        failure: Failure::of(&error),
+                    }));
+                }
+                let resolved: HashSet<&StorePath> =
+                    resolution.infos.iter().map(|info| &info.path).collect();
+                let valid: Vec<StorePath> = tops
+                    .into_iter()
+                    .filter(|top| resolved.contains(top))
+                    .collect();
+                actions.extend(
+                    self.graph
+                        .add(resolution.infos, &valid, |p| self.known.contains(p)),
+                );
+                actions
+            }
+            Err(error) => {
+                let failure = Failure::of(&error);
+                tops.into_iter()
+                    .map(|top| {
+                        Action::Report(Report::TopFailed {
+                            top,
+                            failure: failure.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn act(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Check(path) => self.check(path),
+                Action::StoreNar(info) => self.store(info),
+                Action::Publish(path, narinfo) => self.publish(path, narinfo),
+                Action::KeepNar(path, narinfo) => {
+                    if self.kept.len() >= KEPT_NARS {
+                        self.kept.clear();
+                    }
+                    self.kept.insert(path, narinfo);
+                }
+                Action::Report(report) => self.report(report),
+            }
+        }
+    }
+
+    fn report(&mut self, report: Report) {
+        match &report {
+            Report::Present(path) | Report::Uploaded { path, .. } | Report::TopDone(path) => {
+                self.known.insert(path.clone());
+            }
+            Report::Failed { .. } | Report::TopFailed { .. } => {}
+        }
+        // The owner may have stopped listening (shutting down); the work stands.
+        let _ = self.reports.send(report);
+    }
+
+    fn check(&mut self, path: StorePath) {
+        let requests = self.requests.clone();
+        let sink = self.config.sink.clone();
+        self.spawn(Purpose::Check(path.clone()), async move {
+            let _permit = requests.acquire_owned().await;
+            let result = sink
+                .exists(&layout::narinfo_key(&path))
+                .await
+                .map_err(UploadError::from);
+            Done::Checked(path, result)
+        });
+    }
+
+    fn store(&mut self, info: PathInfo) {
+        if !self.storing.insert(info.path.clone()) {
+            // Its NAR task is still running (from before a failure); its result will do.
+            return;
+        }
+        let kept = self.kept.remove(&info.path);
+        if info.nar_size > SMALL_NAR {
+            self.big.push(Queued { info, kept });
+            self.start_big();
+            return;
+        }
+        let requests = self.requests.clone();
+        let small_bytes = self.small_bytes.clone();
+        let config = self.config.clone();
+        let view = self.view.clone();
+        let bound = stream::compressed_bound(info.nar_size).min(u64::from(SMALL_NAR_BUDGET));
+        let path = info.path.clone();
+        self.spawn(Purpose::Store(path.clone(), false), async move {
+            let _request = requests.acquire_owned().await;
+            let _buffer = small_bytes
+                .acquire_many_owned(u32::try_from(bound).unwrap_or(SMALL_NAR_BUDGET))
+                .await;
+            let result = store_nar(&config, &info, kept, &view).await;
+            Done::Stored {
+                path,
+                big: false,
+                result,
+            }
+        });
+    }
+
+    /// Starts the largest waiting big NARs while `jobs` allows.
+    fn start_big(&mut self) {
+        while self.big_running < self.config.jobs {
+            let Some(Queued { info, kept }) = self.big.pop() else {
+                return;
+            };
+            self.big_running += 1;
+            let config = self.config.clone();
+            let view = self.view.clone();
+            let path = info.path.clone();
+            self.spawn(Purpose::Store(path.clone(), true), async move {
+                let result = store_nar(&config, &info, kept, &view).await;
+                Done::Stored {
+                    path,
+                    big: true,
+                    result,
+                }
+            });
+        }
+    }
+
+    fn publish(&mut self, path: StorePath, narinfo: Box<NarInfo>) {
+        let requests = self.requests.clone();
+        let config = self.config.clone();
+        self.spawn(
+            Purpose::Publish(path.clone(), narinfo.clone()),
+            async move {
+                let _permit = requests.acquire_owned().await;
+                let mut signed = (*narinfo).clone();
+                let result = async {
+                    sign(&mut signed, &config.keys)?;
+                    let body = Bytes::from(signed.to_string());
+                    config
+                        .sink
+                        .put(&layout::narinfo_key(&path), body, content_type::NARINFO)
+                        .await?;
+                    Ok(())
+                }
+                .await;
+                Done::Published(path, narinfo, result)
+            },
+        );
+    }
+
+    fn spawn(&mut self, purpose: Purpose, task: impl Future<Output = Done> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.purposes.insert(handle.id(), purpose);
+    }
+}
+
+/// Stores the NAR of `info`, or reuses one stored by an earlier attempt if it is still there.
+async fn store_nar(
+    config: &EngineConfig,
+    info: &PathInfo,
+    kept: Option<Box<NarInfo>>,
+    view: &EngineView,
+) -> Result<Box<NarInfo>, UploadError> {
+    if let Some(kept) = kept {
+        if kept.nar_hash == info.nar_hash && config.sink.exists(&kept.url).await? {
+            return Ok(kept);
+        }
+    }
+    let listed = Listed {
+        view,
+        path: &info.path,
+    };
+    let progress = view.start_stream(&info.path, info.nar_size);
+    let stored = stream::store_nar(&config.sink, info, config.stream, progress).await;
+    drop(listed);
+    Ok(Box::new(narinfo_for(info, &stored?)))
+}
+
+/// Keeps a NAR stream listed in the view while it runs, however its task ends.
+struct Listed<'a> {
+    view: &'a EngineView,
+    path: &'a StorePath,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.view.end_stream(self.path);
+    }
+}
+
+/// The result a task would have given, for a task that panicked or was cancelled.
+fn failed_task(purpose: Purpose, error: &JoinError) -> Done {
+    let internal = |path: &StorePath| UploadError::Internal {
+        path: path.to_absolute(),
+        detail: format!("the upload task failed: {error}"),
+    };
+    match purpose {
+        Purpose::Resolve(tops) => {
+            let error = UploadError::Internal {
+                path: format!("{} path(s)", tops.len()),
+                detail: format!("reading the closures failed: {error}"),
+            };
+            Done::Resolved(tops, Err(error))
+        }
+        Purpose::Check(path) => Done::Checked(path.clone(), Err(internal(&path))),
+        Purpose::Store(path, big) => Done::Stored {
+            result: Err(internal(&path)),
+            path,
+            big,
+        },
+        Purpose::Publish(path, narinfo) => {
+            Done::Published(path.clone(), narinfo, Err(internal(&path)))
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

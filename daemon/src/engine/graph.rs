@@ -1,0 +1,403 @@
+//! The engine's bookkeeping of every path it works on, as a pure state machine: results come in
+//! (a closure was resolved, a path was looked up in the cache, its NAR stored, its narinfo
+//! published), [`Action`]s go out (look this path up, store that NAR, publish that narinfo,
+//! report this). No I/O and no tokio here: the coordinator performs the actions and feeds the
+//! results back, so every rule below is unit-tested on its own.
+//!
+//! # Stages of a path
+//!
+//! ```text
+//! Checking ──present──▶ (in the cache: done)
+//!    │absent
+//!    ▼
+//! Storing ──NAR stored──▶ Stored ──no unpublished references──▶ Publishing ──▶ (done)
+//! ```
+//!
+//! A reference that is not part of any submitted closure (only with `--no-closure`) is
+//! *external*: it is looked up, and if the cache lacks it, the paths that need it fail.
+//!
+//! # The closure invariant
+//!
+//! A path's narinfo is published only once every reference other than itself is in the cache:
+//! found there by a lookup, or published by this engine. References cannot form cycles between
+//! distinct store paths, so every path ends published or failed.
+//!
+//! # Failures
+//!
+//! A failure is contagious upward only: when a path fails, every path that references it,
+//! directly or not, fails too without publishing its narinfo, and a top path that fails that
+//! way reports the failure at the bottom of the chain. A NAR stored for a path that failed
+//! meanwhile is handed back ([`Action::KeepNar`]) so the next attempt can reuse it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::error::{Failure, UploadError};
+use super::progress::Stages;
+use crate::error_chain;
+use crate::format::narinfo::NarInfo;
+use crate::format::store_path::StorePath;
+use crate::store::PathInfo;
+
+/// What the coordinator must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Look the path up in the cache (its narinfo).
+    Check(StorePath),
+    /// Upload the path's NAR.
+    StoreNar(PathInfo),
+    /// Sign and write the path's narinfo.
+    Publish(StorePath, Box<NarInfo>),
+    /// A stored NAR nobody waits for any more: keep it for a later attempt.
+    KeepNar(StorePath, Box<NarInfo>),
+    /// Tell the engine's owner.
+    Report(Report),
+}
+
+/// What the engine's owner hears.
+#[derive(Debug)]
+pub enum Report {
+    /// A path of a closure was found in the cache.
+    Present(StorePath),
+    /// A path's narinfo was published.
+    Uploaded {
+        path: StorePath,
+        nar_size: u64,
+        file_size: u64,
+    },
+    /// A path of a closure failed (its own error, or a reference's).
+    Failed {
+        path: StorePath,
+        error: Arc<UploadError>,
+    },
+    /// A submitted path and its closure are in the cache.
+    TopDone(StorePath),
+    /// A submitted path is not in the cache, and why.
+    TopFailed { top: StorePath, failure: Failure },
+}
+
+#[derive(Debug)]
+enum Stage {
+    Checking,
+    Storing,
+    Stored(Box<NarInfo>),
+    Publishing,
+}
+
+#[derive(Debug)]
+struct Node {
+    /// `None` for an external reference, which is only looked up.
+    info: Option<PathInfo>,
+    stage: Stage,
+    /// References not yet in the cache.
+    blockers: HashSet<StorePath>,
+    dependents: Vec<StorePath>,
+    /// Submitted by the owner (and so reported as a top).
+    top: bool,
+}
+
+/// Why a path failed: its own error, and the failure at the bottom of the chain when it failed
+/// because a reference did.
+type Root = Option<(StorePath, Arc<UploadError>)>;
+
+#[derive(Debug, Default)]
+pub struct Graph {
+    nodes: HashMap<StorePath, Node>,
+    /// How many nodes are at each stage, kept as nodes move.
+    stages: Stages,
+}
+
+impl Graph {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Whether `path` is being worked on.
+    pub fn contains(&self, path: &StorePath) -> bool {
+        self.nodes.contains_key(path)
+    }
+
+    /// How many paths are at each stage.
+    pub fn stages(&self) -> Stages {
+        self.stages
+    }
+
+    /// Adds resolved closures: `infos` holds every path of them, `tops` the submitted paths
+    /// among them. `in_cache` says which paths are known to be in the cache already.
+    pub fn add(
+        &mut self,
+        infos: Vec<PathInfo>,
+        tops: &[StorePath],
+        in_cache: impl Fn(&StorePath) -> bool,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut new = Vec::new();
+        for info in infos {
+            if let Some(node) = self.nodes.get_mut(&info.path) {
+                // Looked up as an external reference, and now part of a closure: if the cache
+                // lacks it, it is uploaded instead of failing its dependents.
+                if node.info.is_none() {
+                    node.info = Some(info);
+                }
+                continue;
+            }
+            if in_cache(&info.path) {
+                continue;
+            }
+            actions.push(Action::Check(info.path.clone()));
+            new.push(info.path.clone());
+            self.insert(Node::new(Some(info)), &new[new.len() - 1]);
+        }
+        for path in &new {
+            let references = self.nodes[path]
+                .info
+                .as_ref()
+                .map(|info| info.references.clone())
+                .unwrap_or_default();
+            for reference in references.into_iter().filter(|r| r != path) {
+                if !self.nodes.contains_key(&reference) {
+                    if in_cache(&reference) {
+                        continue;
+                    }
+                    actions.push(Action::Check(reference.clone()));
+                    self.insert(Node::new(None), &reference);
+                }
+                if let Some(node) = self.nodes.get_mut(&reference) {
+                    node.dependents.push(path.clone());
+                }
+                if let Some(node) = self.nodes.get_mut(path) {
+                    node.blockers.insert(reference);
+                }
+            }
+        }
+        for top in tops {
+            match self.nodes.get_mut(top) {
+                Some(node) => node.top = true,
+                None if in_cache(top) => actions.push(Action::Report(Report::TopDone(top.clone()))),
+                None => {
+                    let error = UploadError::Internal {
+                        path: top.to_absolute(),
+                        detail: "the store's answer did not include it".to_owned(),
+                    };
+                    actions.push(Action::Report(Report::TopFailed {
+                        top: top.clone(),
+                        failure: Failure::of(&error),
+                    }));
+                }
+            }
+        }
+        actions
+    }
+
+    /// The lookup of `path` in the cache ended.
+    pub fn checked(&mut self, path: &StorePath, result: Result<bool, UploadError>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(node) = self.nodes.get_mut(path) else {
+            return actions;
+        };
+        match result {
+            Ok(true) => {
+                if node.info.is_some() {
+                    actions.push(Action::Report(Report::Present(path.clone())));
+                }
+                self.in_cache(path, &mut actions);
+            }
+            Ok(false) => match node.info.clone() {
+                Some(info) => {
+                    actions.push(Action::StoreNar(info));
+                    self.set_stage(path, Stage::Storing);
+                }
+                None => {
+                    let node = self.remove(path);
+                    for dependent in node.dependents {
+                        let error = UploadError::ReferenceMissing {
+                            path: dependent.to_absolute(),
+                            reference: path.to_absolute(),
+                            why: "is not in the cache and not part of this upload (upload its closure)",
+                        };
+                        self.fail(&dependent, Arc::new(error), None, &mut actions);
+                    }
+                }
+            },
+            Err(error) => self.fail(path, Arc::new(error), None, &mut actions),
+        }
+        actions
+    }
+
+    /// The NAR of `path` was stored (its narinfo, unsigned, says where), or failed to be.
+    pub fn stored(
+        &mut self,
+        path: &StorePath,
+        result: Result<Box<NarInfo>, UploadError>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let storing = self
+            .nodes
+            .get(path)
+            .is_some_and(|node| matches!(node.stage, Stage::Storing));
+        match result {
+            Ok(narinfo) if !storing => actions.push(Action::KeepNar(path.clone(), narinfo)),
+            Ok(narinfo) => {
+                self.set_stage(path, Stage::Stored(narinfo));
+                self.publish_if_ready(path, &mut actions);
+            }
+            Err(_) if !storing => {}
+            Err(error) => self.fail(path, Arc::new(error), None, &mut actions),
+        }
+        actions
+    }
+
+    /// The narinfo of `path` was written, or failed to be.
+    pub fn published(
+        &mut self,
+        path: &StorePath,
+        narinfo: &NarInfo,
+        result: Result<(), UploadError>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !self.nodes.contains_key(path) {
+            return actions;
+        }
+        match result {
+            Ok(()) => {
+                actions.push(Action::Report(Report::Uploaded {
+                    path: path.clone(),
+                    nar_size: narinfo.nar_size,
+                    file_size: narinfo.file_size.unwrap_or(narinfo.nar_size),
+                }));
+                self.in_cache(path, &mut actions);
+            }
+            Err(error) => self.fail(path, Arc::new(error), None, &mut actions),
+        }
+        actions
+    }
+
+    /// `path` is in the cache: it is done, and no longer blocks its dependents.
+    fn in_cache(&mut self, path: &StorePath, actions: &mut Vec<Action>) {
+        let node = self.remove(path);
+        if node.top {
+            actions.push(Action::Report(Report::TopDone(path.clone())));
+        }
+        for dependent in node.dependents {
+            if let Some(waiting) = self.nodes.get_mut(&dependent) {
+                waiting.blockers.remove(path);
+            }
+            self.publish_if_ready(&dependent, actions);
+        }
+    }
+
+    fn publish_if_ready(&mut self, path: &StorePath, actions: &mut Vec<Action>) {
+        let ready = self
+            .nodes
+            .get(path)
+            .is_some_and(|node| node.blockers.is_empty() && matches!(node.stage, Stage::Stored(_)));
+        if !ready {
+            return;
+        }
+        if let Some(Stage::Stored(narinfo)) = self.set_stage(path, Stage::Publishing) {
+            actions.push(Action::Publish(path.clone(), narinfo));
+        }
+    }
+
+    /// Fails `path` and, transitively, everything that references it.
+    fn fail(
+        &mut self,
+        path: &StorePath,
+        error: Arc<UploadError>,
+        root: Root,
+        actions: &mut Vec<Action>,
+    ) {
+        if !self.nodes.contains_key(path) {
+            return;
+        }
+        let node = self.remove(path);
+        if node.top {
+            actions.push(Action::Report(Report::TopFailed {
+                top: path.clone(),
+                failure: top_failure(path, &error, root.as_ref()),
+            }));
+        }
+        actions.push(Action::Report(Report::Failed {
+            path: path.clone(),
+            error: error.clone(),
+        }));
+        let root = root.or_else(|| Some((path.clone(), error)));
+        for dependent in node.dependents {
+            let contagion = UploadError::ReferenceMissing {
+                path: dependent.to_absolute(),
+                reference: path.to_absolute(),
+                why: "failed to upload",
+            };
+            self.fail(&dependent, Arc::new(contagion), root.clone(), actions);
+        }
+    }
+
+    fn insert(&mut self, node: Node, path: &StorePath) {
+        *self.stages.count(&node.stage) += 1;
+        self.nodes.insert(path.clone(), node);
+    }
+
+    fn remove(&mut self, path: &StorePath) -> Node {
+        match self.nodes.remove(path) {
+            Some(node) => {
+                *self.stages.count(&node.stage) -= 1;
+                node
+            }
+            None => Node::new(None),
+        }
+    }
+
+    /// Moves `path` to `stage`; returns the stage it left.
+    fn set_stage(&mut self, path: &StorePath, stage: Stage) -> Option<Stage> {
+        let node = self.nodes.get_mut(path)?;
+        *self.stages.count(&stage) += 1;
+        let old = std::mem::replace(&mut node.stage, stage);
+        *self.stages.count(&old) -= 1;
+        Some(old)
+    }
+}
+
+impl Stages {
+    fn count(&mut self, stage: &Stage) -> &mut u64 {
+        match stage {
+            Stage::Checking => &mut self.checking,
+            Stage::Storing => &mut self.storing,
+            Stage::Stored(_) => &mut self.waiting_for_references,
+            Stage::Publishing => &mut self.publishing,
+        }
+    }
+}
+
+impl Node {
+    fn new(info: Option<PathInfo>) -> Node {
+        Node {
+            info,
+            stage: Stage::Checking,
+            blockers: HashSet::new(),
+            dependents: Vec::new(),
+            top: false,
+        }
+    }
+}
+
+/// A top path's failure: its own error's class (a missing reference may come back), with the
+/// message and `Retry-After` of the failure at the bottom of the chain.
+fn top_failure(
+    top: &StorePath,
+    error: &UploadError,
+    root: Option<&(StorePath, Arc<UploadError>)>,
+) -> Failure {
+    let mut failure = Failure::of(error);
+    if let Some((failed_path, root_error)) = root {
+        failure.message = format!(
+            "{failed_path} (needed by {top}): {}",
+            error_chain(root_error.as_ref())
+        );
+        failure.retry_after = root_error.retry_after();
+    }
+    failure
+}
+
+#[cfg(test)]
+#[path = "graph/tests.rs"]
+mod tests;

@@ -1,0 +1,220 @@
+//! The upload engine: the one place where store paths become cache objects, used by both
+//! `narpush upload` and the daemon (which adds only its queue bookkeeping around it).
+//!
+//! Work flows through it path by path, never batch by batch:
+//!
+//! ```text
+//! submit(tops) ─▶ resolve closures ─▶ look each path up ─▶ store its NAR ─▶ publish its narinfo
+//!                 (one nix process     (known-present set,  (stream.rs)       (once its references
+//!                  per batch)           then the sink)                          are in the cache)
+//! ```
+//!
+//! - [`graph`]: the state of every path in flight and the closure invariant, as a pure state
+//!   machine; [`coordinator`]: the task that owns the graph and performs its actions;
+//! - [`stream`], [`parts`], [`compress`]: one NAR streamed through hashing and compression
+//!   into fixed-size parts; [`resolve`]: closures from the store; [`presence`]: paths known to
+//!   be in the cache; [`progress`]: what is in flight, for `status`; [`error`]: failures.
+//!
+//! # Concurrency
+//!
+//! Work that arrives while a big upload runs starts as soon as its own limits allow:
+//! - **`jobs`** NARs above [`SMALL_NAR`] stream at once, largest first (the largest bounds the
+//!   wall time, so it starts first); each holds at most two parts of memory, and NARs of
+//!   16 MiB and more are compressed on every core.
+//! - **`parallel_requests`** small requests are in flight at once: lookups, narinfos, and
+//!   NARs up to [`SMALL_NAR`], whose buffers also draw from a fixed byte budget
+//!   ([`SMALL_NAR_BUDGET`]). Wide closures of tiny paths are bound by latency, not by `jobs`.
+//!
+//! Memory is therefore bounded by configuration: `jobs` × 2 parts, plus the small-NAR budget,
+//! plus the compressor's buffers, whatever the NAR sizes.
+
+pub mod compress;
+mod coordinator;
+pub mod error;
+pub mod graph;
+pub mod parts;
+pub mod presence;
+pub mod progress;
+pub mod resolve;
+pub mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{Failure, UploadError};
+pub use graph::Report;
+use progress::EngineView;
+use stream::{StoredNar, StreamSettings};
+
+use crate::format::narinfo::NarInfo;
+use crate::format::signing::SigningKey;
+use crate::format::store_path::StorePath;
+use crate::layout::{self, content_type};
+use crate::sink::{Sink, SinkError};
+use crate::store::PathInfo;
+
+/// NARs up to this size are small: uploaded in one request under the `parallel_requests`
+/// limit, with their whole compressed form in memory.
+pub const SMALL_NAR: u64 = 1 << 20;
+/// Bytes that the buffers of small NARs may hold at once, all uploads together.
+pub const SMALL_NAR_BUDGET: u32 = 16 << 20;
+
+/// Everything the engine needs besides the paths. Replaced as a whole on reconfiguration;
+/// work in flight finishes with the configuration it started with.
+pub struct EngineConfig {
+    pub sink: Arc<Sink>,
+    /// The sink's URL, for people; a change of it empties the known-present set.
+    pub sink_name: String,
+    pub keys: Arc<Vec<SigningKey>>,
+    pub stream: StreamSettings,
+    /// NARs above [`SMALL_NAR`] streamed at once.
+    pub jobs: usize,
+    /// Small requests in flight at once.
+    pub parallel_requests: usize,
+    /// Upload the closure of each submitted path (else only the paths, whose references must
+    /// already be in the cache).
+    pub closure: bool,
+    /// The priority `nix-cache-info` announces when narpush writes it.
+    pub priority: u32,
+    cache_info_checked: AtomicBool,
+}
+
+impl EngineConfig {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sink: Arc<Sink>,
+        sink_name: String,
+        keys: Arc<Vec<SigningKey>>,
+        stream: StreamSettings,
+        jobs: usize,
+        parallel_requests: usize,
+        closure: bool,
+    ) -> EngineConfig {
+        EngineConfig {
+            sink,
+            sink_name,
+            keys,
+            stream,
+            jobs: jobs.max(1),
+            parallel_requests: parallel_requests.max(1),
+            closure,
+            priority: 40,
+            cache_info_checked: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes sure the sink has `nix-cache-info` (without it Nix refuses the cache), once per
+    /// configuration. Reading it first also proves that the sink is reachable and the
+    /// credentials work, before any NAR is streamed.
+    pub async fn ensure_cache_info(&self) -> Result<(), SinkError> {
+        if self.cache_info_checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if self.sink.get(layout::NIX_CACHE_INFO).await?.is_none() {
+            let body = Bytes::from(layout::nix_cache_info(self.priority));
+            self.sink
+                .put(layout::NIX_CACHE_INFO, body, content_type::NIX_CACHE_INFO)
+                .await?;
+        }
+        self.cache_info_checked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+enum Command {
+    /// Top paths whose closures the engine reads from the store.
+    Submit(Vec<StorePath>),
+    /// Closures already read: every path's metadata, and the tops among them.
+    SubmitResolved(Vec<PathInfo>, Vec<StorePath>),
+    Reconfigure(Arc<EngineConfig>),
+}
+
+/// The owner's handle. Reports arrive on the receiver [`Engine::start`] returns: one
+/// [`Report::TopDone`] or [`Report::TopFailed`] per submitted path, and a report for each path
+/// of its closure on the way.
+#[derive(Clone)]
+pub struct Engine {
+    commands: mpsc::UnboundedSender<Command>,
+    view: Arc<EngineView>,
+}
+
+/// Reports from the engine to its owner.
+pub type Reports = mpsc::UnboundedReceiver<Report>;
+
+impl Engine {
+    /// Starts the engine on the current runtime; the returned task ends when `stop` is
+    /// cancelled (it then takes no new work and gives the work in flight `drain` to finish),
+    /// or once every handle is dropped and all work is done.
+    pub fn start(
+        config: Arc<EngineConfig>,
+        stop: CancellationToken,
+        drain: Duration,
+    ) -> (Engine, Reports, tokio::task::JoinHandle<()>) {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let view = Arc::new(EngineView::default());
+        let coordinator =
+            coordinator::Coordinator::new(config, commands_rx, reports_tx, view.clone());
+        let task = tokio::spawn(coordinator.run(stop, drain));
+        (Engine { commands, view }, reports, task)
+    }
+
+    /// Uploads the closures of `tops` (or only `tops`, per the configuration).
+    pub fn submit(&self, tops: Vec<StorePath>) {
+        let _ = self.commands.send(Command::Submit(tops));
+    }
+
+    /// Uploads what `infos` describe; `tops` are reported on as submitted paths.
+    pub fn submit_resolved(&self, infos: Vec<PathInfo>, tops: Vec<StorePath>) {
+        let _ = self.commands.send(Command::SubmitResolved(infos, tops));
+    }
+
+    pub fn reconfigure(&self, config: Arc<EngineConfig>) {
+        let _ = self.commands.send(Command::Reconfigure(config));
+    }
+
+    /// What is in flight right now.
+    pub fn view(&self) -> &Arc<EngineView> {
+        &self.view
+    }
+}
+
+/// The narinfo of a path whose NAR is stored, without our signatures yet: it is signed when it
+/// is published, with the keys of that moment. Signatures the store already holds (from other
+/// caches) are kept.
+pub fn narinfo_for(info: &PathInfo, stored: &StoredNar) -> NarInfo {
+    NarInfo {
+        store_path: info.path.clone(),
+        url: stored.key.clone(),
+        compression: stored.compression.narinfo_name().to_owned(),
+        file_hash: Some(stored.file_hash),
+        file_size: Some(stored.file_size),
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+        references: info.references.clone(),
+        deriver: info.deriver.as_ref().map(|d| d.basename().to_owned()),
+        system: None,
+        signatures: info.signatures.clone(),
+        ca: info.ca.clone(),
+    }
+}
+
+/// Adds a signature by each of `keys`.
+pub fn sign(narinfo: &mut NarInfo, keys: &[SigningKey]) -> Result<(), UploadError> {
+    for key in keys {
+        narinfo
+            .add_signature(key)
+            .map_err(|e| UploadError::Internal {
+                path: narinfo.store_path.to_absolute(),
+                detail: format!("cannot sign: {e}"),
+            })?;
+    }
+    narinfo.signatures.sort();
+    narinfo.signatures.dedup();
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! What the engine is doing right now, readable from other tasks while it works: every NAR
+//! being streamed with its progress, how many paths wait at each stage, and the NAR bytes
+//! streamed in all. `narpush status` and `narpush upload`'s progress line read it.
+//!
+//! The byte counters are atomics, so the blocking NAR producer threads feed them directly;
+//! the lists sit behind a `std::sync::Mutex` that is never held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::format::store_path::StorePath;
+
+/// How far one NAR upload has got.
+#[derive(Debug)]
+pub struct StreamProgress {
+    pub path: StorePath,
+    pub nar_size: u64,
+    pub started: Instant,
+    done: AtomicU64,
+    total: Arc<AtomicU64>,
+}
+
+impl StreamProgress {
+    /// Counts `n` more NAR bytes read into compression.
+    pub fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn nar_bytes_done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+}
+
+/// Paths the engine holds, by what they wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stages {
+    /// Top paths whose closure is being read from the store.
+    pub resolving: u64,
+    /// Being looked up in the cache.
+    pub checking: u64,
+    /// NAR waiting for an upload slot, or being uploaded.
+    pub storing: u64,
+    /// NAR stored; the narinfo waits for references to be published.
+    pub waiting_for_references: u64,
+    /// narinfo being written.
+    pub publishing: u64,
+}
+
+/// The engine's state for readers.
+#[derive(Debug, Default)]
+pub struct EngineView {
+    streams: Mutex<BTreeMap<StorePath, Arc<StreamProgress>>>,
+    stages: Mutex<Stages>,
+    nar_bytes: Arc<AtomicU64>,
+}
+
+impl EngineView {
+    /// Registers the NAR stream of `path`; it is listed until [`EngineView::end_stream`].
+    pub fn start_stream(&self, path: &StorePath, nar_size: u64) -> Arc<StreamProgress> {
+        let progress = Arc::new(StreamProgress {
+            path: path.clone(),
+            nar_size,
+            started: Instant::now(),
+            done: AtomicU64::new(0),
+            total: self.nar_bytes.clone(),
+        });
+        lock(&self.streams).insert(path.clone(), progress.clone());
+        progress
+    }
+
+    pub fn end_stream(&self, path: &StorePath) {
+        lock(&self.streams).remove(path);
+    }
+
+    /// Every NAR being streamed, by path.
+    pub fn streams(&self) -> Vec<Arc<StreamProgress>> {
+        lock(&self.streams).values().cloned().collect()
+    }
+
+    pub fn set_stages(&self, stages: Stages) {
+        *lock(&self.stages) = stages;
+    }
+
+    pub fn stages(&self) -> Stages {
+        *lock(&self.stages)
+    }
+
+    /// NAR bytes streamed since the engine started.
+    pub fn nar_bytes(&self) -> u64 {
+        self.nar_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A poisoned lock only means a reader panicked; the data is still what was last written.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

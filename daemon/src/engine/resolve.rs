@@ -1,0 +1,42 @@
+//! Reading closures from the store for a batch of top paths, one `nix path-info` process per
+//! batch, and telling a path that is gone (garbage-collected, deleted by hand) from a store
+//! that cannot answer right now.
+//!
+//! Only the store's own word makes a path invalid: when `nix path-info` says `path '…' is not
+//! valid` of a top path, that path is set aside and the rest asked again (Nix names one invalid
+//! path per failure, so this takes one more process per gone path). Any other failure (no `nix`
+//! on PATH, the nix-daemon restarting, "database is locked") fails the batch as transient.
+
+use crate::format::store_path::StorePath;
+use crate::store::{self, PathInfo, StoreError};
+
+/// What the store said about a batch of top paths.
+#[derive(Debug, Default)]
+pub struct Resolution {
+    /// Every path of the closures of the valid tops (or only the tops, without closures).
+    pub infos: Vec<PathInfo>,
+    /// Tops the store no longer has, with its message.
+    pub invalid: Vec<(StorePath, String)>,
+}
+
+pub async fn resolve(tops: &[StorePath], closure: bool) -> Result<Resolution, StoreError> {
+    let mut remaining = tops.to_vec();
+    let mut invalid = Vec::new();
+    while !remaining.is_empty() {
+        match store::query_path_infos(&remaining, closure).await {
+            Ok(infos) => return Ok(Resolution { infos, invalid }),
+            Err(error) => {
+                let Some(gone) = store::invalid_path_in(&error).filter(|p| remaining.contains(p))
+                else {
+                    return Err(error);
+                };
+                remaining.retain(|p| *p != gone);
+                invalid.push((gone, "`nix path-info` says it is not valid".to_owned()));
+            }
+        }
+    }
+    Ok(Resolution {
+        infos: Vec::new(),
+        invalid,
+    })
+}

@@ -1,0 +1,288 @@
+//! One NAR from the store to the sink, streamed: the NAR is serialized, hashed, compressed
+//! (on several threads when it is big) and cut into fixed-size parts on a blocking thread,
+//! while the async side uploads each part as it arrives, overlapping the two.
+//!
+//! Invariants:
+//! - **Bounded memory**: at most [`PARTS_IN_FLIGHT`] parts of one upload exist at once, whatever
+//!   the NAR's size (see [`super::parts`]), plus the compressor's own buffers.
+//! - **Fixed part size**: every part but the last is exactly the part size, as R2 demands;
+//!   the part size is raised for huge NARs so that no upload needs more than 10,000 parts.
+//! - **Nothing unverified becomes visible**: the object is completed (or, when it fits in one
+//!   part, written at all) only after the NarHash and NarSize computed from the stream equal the
+//!   ones the store recorded; on a mismatch or any error the multipart upload is aborted.
+//! - **Names follow [`crate::layout`]**: a one-part NAR is named by its FileHash, a streamed one
+//!   by a name no other upload uses, so no NAR object is ever overwritten with other bytes.
+//!
+//! Cancellation: dropping the future drops the part receiver, so the producer thread stops at
+//! its next part; a multipart upload cut off that way stays open in the bucket until its
+//! lifecycle rule removes it.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
+
+use super::compress::{Compression, Encoder};
+use super::parts::{Part, PartSplitter, PARTS_IN_FLIGHT};
+use super::progress::StreamProgress;
+use super::UploadError;
+use crate::format::hash::{HashingWriter, Sha256};
+use crate::format::nar;
+use crate::layout::{self, content_type};
+use crate::sink::{MultipartUpload, Sink};
+use crate::store::PathInfo;
+
+/// The part size of multipart uploads, unless a NAR would need more than [`MAX_PARTS`].
+/// At least 5 MiB (S3's and R2's minimum).
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// S3 caps a multipart upload at this many parts.
+const MAX_PARTS: u64 = 10_000;
+/// NARs at least this big are compressed on every core; smaller ones on one thread each,
+/// since starting threads would cost more than they save.
+pub const PARALLEL_COMPRESSION_FROM: u64 = 16 << 20;
+
+/// How NARs are encoded and cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSettings {
+    pub compression: Compression,
+    pub level: i32,
+    /// The part size for NARs small enough to need fewer than 10,000 parts of it.
+    pub part_size: u64,
+    /// Threads compressing one big NAR (zstd only).
+    pub threads: u32,
+}
+
+impl StreamSettings {
+    /// The default part size, and every core for big NARs.
+    pub fn new(compression: Compression, level: i32) -> StreamSettings {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        StreamSettings {
+            compression,
+            level,
+            part_size: DEFAULT_PART_SIZE,
+            threads: u32::try_from(cores).unwrap_or(1),
+        }
+    }
+}
+
+/// A NAR object in the sink: what its narinfo says about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredNar {
+    pub key: String,
+    pub compression: Compression,
+    pub file_hash: Sha256,
+    pub file_size: u64,
+}
+
+/// What the producer measured.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    nar_hash: Sha256,
+    nar_size: u64,
+    file_hash: Sha256,
+    file_size: u64,
+}
+
+/// The part size for a NAR of `nar_size` bytes: `base`, raised (in whole MiB) when the
+/// compressed stream could otherwise need more than [`MAX_PARTS`] parts.
+pub fn part_size_for(nar_size: u64, base: u64) -> u64 {
+    let needed = compressed_bound(nar_size).div_ceil(MAX_PARTS);
+    base.max(needed.div_ceil(1 << 20) << 20)
+}
+
+/// An upper bound on the compressed size of a NAR: incompressible data grows by a small
+/// fraction under zstd and xz, plus their headers.
+pub fn compressed_bound(nar_size: u64) -> u64 {
+    nar_size + nar_size / 128 + (1 << 16)
+}
+
+/// Streams `info`'s NAR into `sink` and returns where it went.
+pub async fn store_nar(
+    sink: &Sink,
+    info: &PathInfo,
+    settings: StreamSettings,
+    progress: Arc<StreamProgress>,
+) -> Result<StoredNar, UploadError> {
+    let part_size = part_size_for(info.nar_size, settings.part_size);
+    let threads = if info.nar_size >= PARALLEL_COMPRESSION_FROM {
+        settings.threads
+    } else {
+        1
+    };
+    let (parts_tx, mut parts_rx) = mpsc::channel::<Part>(1);
+    let source = PathBuf::from(info.path.to_absolute());
+    let splitter = PartSplitter::new(
+        part_size,
+        compressed_bound(info.nar_size),
+        parts_tx,
+        Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+        tokio::runtime::Handle::current(),
+    );
+    let producer = tokio::task::spawn_blocking(move || {
+        produce(&source, settings, threads, splitter, &progress)
+    });
+
+    let Some(first) = parts_rx.recv().await else {
+        // The producer stopped before its first part: its error says why.
+        finish_producer(producer, info).await?;
+        return Err(UploadError::Internal {
+            path: info.path.to_absolute(),
+            detail: "the NAR stream ended without data".to_owned(),
+        });
+    };
+    if first.last {
+        // The whole object fits in one part: check it, then write it under its FileHash.
+        let measured = finish_producer(producer, info).await?;
+        let key = layout::nar_key_by_file_hash(&measured.file_hash, settings.compression);
+        sink.put(&key, first.bytes, content_type::NAR).await?;
+        return Ok(stored(key, settings.compression, measured));
+    }
+
+    let key = layout::nar_key_unique(&info.nar_hash, settings.compression);
+    let mut upload = match sink.start_upload(&key, content_type::NAR).await {
+        Ok(upload) => upload,
+        Err(error) => {
+            drop(parts_rx);
+            let _ = producer.await;
+            return Err(error.into());
+        }
+    };
+    let sent = send_parts(&mut upload, first, &mut parts_rx).await;
+    // Dropping the receiver makes a producer that is still writing stop at its next part.
+    drop(parts_rx);
+    let measured = finish_producer(producer, info).await;
+    match (sent, measured) {
+        (Ok(()), Ok(measured)) => {
+            upload.complete().await?;
+            Ok(stored(key, settings.compression, measured))
+        }
+        (Err(error), _) | (Ok(()), Err(error)) => {
+            upload.abort().await;
+            Err(error)
+        }
+    }
+}
+
+fn stored(key: String, compression: Compression, measured: Measured) -> StoredNar {
+    StoredNar {
+        key,
+        compression,
+        file_hash: measured.file_hash,
+        file_size: measured.file_size,
+    }
+}
+
+/// Uploads the parts in order; each part (and its permit) is dropped as soon as its upload
+/// returns, so the producer fills the next part while this one is on the wire.
+async fn send_parts(
+    upload: &mut MultipartUpload,
+    first: Part,
+    rest: &mut mpsc::Receiver<Part>,
+) -> Result<(), UploadError> {
+    let mut next = Some(first);
+    while let Some(part) = next {
+        let Part { bytes, permit, .. } = part;
+        upload.put_part(bytes).await?;
+        drop(permit);
+        next = rest.recv().await;
+    }
+    Ok(())
+}
+
+/// Waits for the producer and checks what it measured against the store's record.
+async fn finish_producer(
+    producer: tokio::task::JoinHandle<Result<Measured, UploadError>>,
+    info: &PathInfo,
+) -> Result<Measured, UploadError> {
+    let measured = producer.await.map_err(|e| UploadError::Internal {
+        path: info.path.to_absolute(),
+        detail: format!("NAR writer thread failed: {e}"),
+    })??;
+    if measured.nar_hash != info.nar_hash || measured.nar_size != info.nar_size {
+        return Err(UploadError::NarMismatch {
+            path: info.path.to_absolute(),
+            expected_hash: info.nar_hash.to_string(),
+            expected_size: info.nar_size,
+            actual_hash: measured.nar_hash.to_string(),
+            actual_size: measured.nar_size,
+        });
+    }
+    Ok(measured)
+}
+
+/// The blocking side: NAR → hash → compress → hash → fixed-size parts → channel.
+fn produce(
+    source: &std::path::Path,
+    settings: StreamSettings,
+    threads: u32,
+    splitter: PartSplitter,
+    progress: &StreamProgress,
+) -> Result<Measured, UploadError> {
+    let path = source.display().to_string();
+    let io_failed = |e: io::Error| UploadError::Internal {
+        path: path.clone(),
+        detail: format!("compressing the NAR failed: {e}"),
+    };
+    let compressed = HashingWriter::new(splitter);
+    let encoder = Encoder::new(settings.compression, settings.level, threads, compressed)
+        .map_err(io_failed)?;
+    let mut nar_sink = HashingWriter::new(ProgressWriter {
+        inner: encoder,
+        progress,
+    });
+    nar::dump(source, &mut nar_sink).map_err(|source| UploadError::Nar {
+        path: path.clone(),
+        source,
+    })?;
+    let (progress_writer, nar_hash, nar_size) = nar_sink.finish();
+    let compressed = progress_writer.inner.finish().map_err(io_failed)?;
+    let (mut splitter, file_hash, file_size) = compressed.finish();
+    splitter.send(true).map_err(io_failed)?;
+    Ok(Measured {
+        nar_hash,
+        nar_size,
+        file_hash,
+        file_size,
+    })
+}
+
+/// Counts NAR bytes for progress reports as they pass.
+struct ProgressWriter<'a, W> {
+    inner: W,
+    progress: &'a StreamProgress,
+}
+
+impl<W: Write> Write for ProgressWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.progress.add(written as u64);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_stays_at_base_for_ordinary_nars() {
+        assert_eq!(part_size_for(100 << 20, 8 << 20), 8 << 20);
+        assert_eq!(part_size_for(1, 8 << 20), 8 << 20);
+    }
+
+    #[test]
+    fn huge_nars_get_parts_large_enough_for_ten_thousand_parts() {
+        let nar_size = 200u64 << 30;
+        let part = part_size_for(nar_size, 8 << 20);
+        assert!(
+            compressed_bound(nar_size).div_ceil(part) <= MAX_PARTS,
+            "{part}"
+        );
+        assert_eq!(part % (1 << 20), 0);
+    }
+}

@@ -1,0 +1,127 @@
+//! The layout of a binary cache: the key of every object narpush writes, and the content type
+//! it is written with, as stock Nix looks for them. Every other module asks here.
+//!
+//! | object | key | written |
+//! |---|---|---|
+//! | cache description | `nix-cache-info` | once, if missing |
+//! | path metadata | `<hash part>.narinfo` | last, after its NAR and its references |
+//! | NAR that fits in one part | `nar/<nix32 FileHash><ext>` | one PUT |
+//! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart |
+//! | build log | `log/<drv basename>` | best effort, after its outputs |
+//!
+//! # The NAR naming rule: a NAR object is never overwritten with different bytes
+//!
+//! The compressed bytes of a NAR depend on settings (method, level, threads) and on the
+//! compressor's version, so a name derived from the NAR alone could be written twice with
+//! different bytes, under a narinfo that already published the first FileHash and FileSize.
+//! narpush never does that:
+//! - a NAR whose compressed form fits in one part is named by its FileHash, as Nix names NARs:
+//!   the name is the hash of the bytes, so writing it again writes the same bytes;
+//! - a NAR streamed in parts is named before its FileHash is known, so its name carries 80
+//!   random bits and is never used by another upload.
+//!
+//! Two writers of one path therefore each publish a consistent narinfo/NAR pair, whatever their
+//! settings; the NAR of the narinfo that lost the race is unreferenced and harmless.
+
+use rand::Rng;
+
+use crate::engine::compress::Compression;
+use crate::format::hash::Sha256;
+use crate::format::nixbase32;
+use crate::format::store_path::{StorePath, STORE_DIR};
+
+/// Content types Nix itself sets on the objects it uploads.
+pub mod content_type {
+    pub const NIX_CACHE_INFO: &str = "text/x-nix-cache-info";
+    pub const NARINFO: &str = "text/x-nix-narinfo";
+    pub const NAR: &str = "application/x-nix-nar";
+    pub const LOG: &str = "text/plain; charset=utf-8";
+}
+
+/// The key of the cache description.
+pub const NIX_CACHE_INFO: &str = "nix-cache-info";
+
+/// What `nix-cache-info` says: the store directory, that clients may ask for many paths at
+/// once, and the priority among substituters (lower wins; cache.nixos.org is 40).
+pub fn nix_cache_info(priority: u32) -> String {
+    format!("StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {priority}\n")
+}
+
+/// The key of a path's narinfo.
+pub fn narinfo_key(path: &StorePath) -> String {
+    format!("{}.narinfo", path.hash_part())
+}
+
+/// The key of a NAR written in one piece: named by the hash of its bytes.
+pub fn nar_key_by_file_hash(file_hash: &Sha256, compression: Compression) -> String {
+    format!(
+        "nar/{}{}",
+        file_hash.to_nix32(),
+        compression.nar_extension()
+    )
+}
+
+/// A key no other upload uses, for a NAR streamed before its FileHash is known.
+pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression) -> String {
+    let nonce: [u8; 10] = rand::thread_rng().gen();
+    format!(
+        "nar/{}-{}{}",
+        nar_hash.to_nix32(),
+        nixbase32::encode(&nonce),
+        compression.nar_extension()
+    )
+}
+
+/// The key of a derivation's build log, where `nix log` looks for it.
+pub fn log_key(drv: &StorePath) -> String {
+    format!("log/{}", drv.basename())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path() -> StorePath {
+        StorePath::from_basename("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep").unwrap()
+    }
+
+    #[test]
+    fn keys_are_where_nix_looks() {
+        assert_eq!(
+            narinfo_key(&path()),
+            "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6.narinfo"
+        );
+        let drv = StorePath::from_basename("lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv").unwrap();
+        assert_eq!(
+            log_key(&drv),
+            "log/lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv"
+        );
+        let hash = Sha256::digest(b"x");
+        assert_eq!(
+            nar_key_by_file_hash(&hash, Compression::Zstd),
+            format!("nar/{}.nar.zst", hash.to_nix32())
+        );
+    }
+
+    #[test]
+    fn streamed_nars_never_share_a_name() {
+        let hash = Sha256::digest(b"x");
+        let first = nar_key_unique(&hash, Compression::Xz);
+        let second = nar_key_unique(&hash, Compression::Xz);
+        assert_ne!(first, second);
+        assert!(
+            first.starts_with(&format!("nar/{}-", hash.to_nix32())),
+            "{first}"
+        );
+        assert!(first.ends_with(".nar.xz"), "{first}");
+        assert_eq!(first.len(), "nar/".len() + 52 + 1 + 16 + ".nar.xz".len());
+    }
+
+    #[test]
+    fn cache_info_names_the_store_and_the_priority() {
+        assert_eq!(
+            nix_cache_info(40),
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
+    }
+}
