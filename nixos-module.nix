@@ -154,9 +154,14 @@ in
             description = "Compression level (zstd 1–19, xz 0–9); `null` keeps the daemon's default.";
           };
           jobs = lib.mkOption {
-            type = lib.types.ints.positive;
-            default = 4;
-            description = "Paths uploaded at once.";
+            type = lib.types.ints.between 1 1024;
+            default = 2;
+            description = "NARs over 1 MiB streamed at once (each holds at most two 8 MiB parts in memory).";
+          };
+          parallel_requests = lib.mkOption {
+            type = lib.types.ints.between 1 1024;
+            default = 64;
+            description = "Small requests in flight at once: cache lookups, narinfos and NARs up to 1 MiB.";
           };
           batch_window_ms = lib.mkOption {
             type = lib.types.ints.unsigned;

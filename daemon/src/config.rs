@@ -75,7 +75,7 @@ pub struct Config {
     pub upload_build_logs: bool,
 }
 
-pub const DEFAULT_JOBS: usize = 4;
+pub const DEFAULT_JOBS: usize = 2;
 pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 const MAX_CONCURRENCY: usize = 1024;

@@ -4,6 +4,9 @@
 //! `connect` on a Unix socket has no timeout of its own (it blocks while the listener's backlog
 //! is full), so the exchange runs on a helper thread and the caller stops waiting at the
 //! deadline. A thread left behind that way ends with the process, or when its socket times out.
+//!
+//! The hook runs this once per build, so the helper thread is kept cheap: a small stack, and
+//! its buffers allocated by the caller (a thread's first allocation sets up a malloc arena).
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -87,27 +90,55 @@ impl std::error::Error for ExchangeError {
     }
 }
 
+/// The helper thread's stack: it only connects, writes and reads.
+const HELPER_STACK: usize = 64 * 1024;
+/// Room for an answer reserved up front; longer answers (status documents) grow the buffer.
+const ANSWER_CAPACITY: usize = 1024;
+
 /// Sends `request` to the daemon at `socket`; returns the text of an `ok` answer.
 pub fn exchange(socket: &Path, request: &Request, limits: Limits) -> Result<String, ExchangeError> {
-    let (done_tx, done_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
     let bytes = request.encode();
     let socket_owned = socket.to_owned();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(exchange_blocking(&socket_owned, &bytes, limits));
-    });
-    done_rx.recv_timeout(limits.deadline).unwrap_or_else(|_| {
+    let capacity = usize::try_from(limits.max_response)
+        .map_or(ANSWER_CAPACITY, |max| max.min(ANSWER_CAPACITY));
+    let answer = Vec::with_capacity(capacity);
+    let helper = std::thread::Builder::new()
+        .stack_size(HELPER_STACK)
+        .spawn(move || {
+            let _ = done_tx.send(exchange_blocking(&socket_owned, &bytes, answer, limits));
+        });
+    if let Err(source) = helper {
+        return Err(ExchangeError::Io {
+            socket: socket.to_owned(),
+            source,
+        });
+    }
+    let answer = done_rx.recv_timeout(limits.deadline).unwrap_or_else(|_| {
         Err(ExchangeError::Timeout {
             socket: socket.to_owned(),
             deadline: limits.deadline,
         })
-    })
+    })?;
+    match Response::parse(&answer) {
+        Some(Response::Ok(text)) => Ok(text),
+        Some(Response::Error(reason)) => Err(ExchangeError::Refused { reason }),
+        None if answer.is_empty() => Err(ExchangeError::NoAnswer {
+            socket: socket.to_owned(),
+        }),
+        None => Err(ExchangeError::Garbled {
+            socket: socket.to_owned(),
+        }),
+    }
 }
 
+/// The helper thread's part: the raw answer, read until the daemon closes.
 fn exchange_blocking(
     socket: &Path,
     request: &[u8],
+    mut answer: Vec<u8>,
     limits: Limits,
-) -> Result<String, ExchangeError> {
+) -> Result<Vec<u8>, ExchangeError> {
     let io = |source: std::io::Error| match source.kind() {
         // The socket timeouts are the deadline too.
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ExchangeError::Timeout {
@@ -128,21 +159,11 @@ fn exchange_blocking(
         .set_write_timeout(Some(limits.deadline))
         .map_err(io)?;
     stream.write_all(request).map_err(io)?;
-    let mut answer = Vec::new();
     (&mut stream)
         .take(limits.max_response)
         .read_to_end(&mut answer)
         .map_err(io)?;
-    match Response::parse(&answer) {
-        Some(Response::Ok(text)) => Ok(text),
-        Some(Response::Error(reason)) => Err(ExchangeError::Refused { reason }),
-        None if answer.is_empty() => Err(ExchangeError::NoAnswer {
-            socket: socket.to_owned(),
-        }),
-        None => Err(ExchangeError::Garbled {
-            socket: socket.to_owned(),
-        }),
-    }
+    Ok(answer)
 }
 
 #[cfg(test)]

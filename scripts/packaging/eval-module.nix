@@ -164,7 +164,8 @@ let
       socket = "/run/narpush/narpush.sock";
       state_dir = "/var/lib/narpush";
       compression = "zstd";
-      jobs = 4;
+      jobs = 2;
+      parallel_requests = 64;
       batch_window_ms = 500;
       max_attempts = 20;
       allowed_uids = [ 0 ];

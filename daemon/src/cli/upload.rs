@@ -59,7 +59,7 @@ pub struct UploadArgs {
     no_closure: bool,
 
     /// NARs over 1 MiB streamed at once (each holds up to two 8 MiB parts in memory).
-    /// Default: `jobs` from the config file, else 4.
+    /// Default: `jobs` from the config file, else 2.
     #[arg(short, long, value_name = "N")]
     jobs: Option<usize>,
 

@@ -136,7 +136,7 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
             path: s.path.to_absolute(),
             nar_bytes_done: s.nar_bytes_done(),
             nar_bytes_total: s.nar_size,
-            elapsed_secs: s.started.elapsed().as_secs_f64(),
+            elapsed_secs: secs(u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
         })
         .collect();
     let stages = view.stages();

@@ -1,11 +1,12 @@
 //! Compression of NAR streams: the methods narpush writes, their narinfo names and object
 //! extensions, and a streaming encoder over any `Write`.
 //!
-//! zstd can compress one stream on several threads (zstd's own multithreaded mode: the stream
-//! is cut into jobs compressed in parallel, and the output is still one ordinary frame that
-//! every zstd decoder, Nix's included, reads). [`Encoder::new`] takes the number of threads;
-//! the caller gives more than one only to NARs big enough to fill them. xz stays on one
-//! thread: its multithreaded encoder needs hundreds of MiB at the levels people choose xz for.
+//! zstd can compress one stream on threads of its own (zstd's multithreaded mode: the stream is
+//! cut into jobs compressed in parallel, and the output is still one ordinary frame that every
+//! zstd decoder, Nix's included, reads). [`Encoder::new`] takes the number of worker threads;
+//! the caller gives workers only to NARs big enough to fill a few jobs. xz stays on the
+//! caller's thread: its multithreaded encoder needs hundreds of MiB at the levels people
+//! choose xz for.
 //!
 //! Only methods that every Nix from 2.8 to today decodes by the label alone are offered
 //! (`zstd`, `xz`, `none`): Nix ≥ 2.22 applies only the filter the narinfo names, so the label
@@ -90,19 +91,22 @@ pub enum Encoder<W: Write> {
     None(W),
 }
 
-/// The input zstd hands to each of its threads at a time: small enough to keep the memory of a
-/// multithreaded stream to a few MiB, large enough to lose little ratio at the job borders.
+/// The input zstd hands to each of its worker threads at a time. Measured uploading a 514 MiB
+/// NAR of shared libraries to a directory with two workers (median of four): 1 MiB jobs
+/// 1.65 s, 2.58 s of CPU, 36 MiB peak RSS; 2 MiB jobs 1.60 s, 2.77 s, 43 MiB. Larger jobs
+/// only add memory: zstd keeps several jobs' input and output per stream.
 const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
 impl<W: Write> Encoder<W> {
-    /// An encoder for `method` at `level`, compressing on `threads` threads (zstd only; 1 =
-    /// on the caller's thread).
-    pub fn new(method: Compression, level: i32, threads: u32, inner: W) -> io::Result<Self> {
+    /// An encoder for `method` at `level`. With `workers` > 0 (zstd only), compression runs on
+    /// that many threads of zstd's own, in jobs, while the caller's thread goes on producing
+    /// input; with 0 it runs on the caller's thread.
+    pub fn new(method: Compression, level: i32, workers: u32, inner: W) -> io::Result<Self> {
         Ok(match method {
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(inner, level)?;
-                if threads > 1 {
-                    encoder.multithread(threads)?;
+                if workers > 0 {
+                    encoder.multithread(workers)?;
                     encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))?;
                 }
                 Encoder::Zstd(encoder)
@@ -151,7 +155,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let mut encoder = Encoder::new(method, method.default_level(), 1, Vec::new()).unwrap();
+        let mut encoder = Encoder::new(method, method.default_level(), 0, Vec::new()).unwrap();
         encoder.write_all(&data).unwrap();
         let compressed = encoder.finish().unwrap();
         let mut decoded = Vec::new();

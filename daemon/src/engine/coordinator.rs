@@ -22,6 +22,7 @@ use super::graph::{Action, Graph, Report};
 use super::presence::KnownPresent;
 use super::progress::{EngineView, Stages};
 use super::resolve::{self, Resolution};
+use super::stream::StreamSettings;
 use super::{narinfo_for, sign, stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
@@ -356,11 +357,13 @@ impl Coordinator {
         let bound = stream::compressed_bound(info.nar_size).min(u64::from(SMALL_NAR_BUDGET));
         let path = info.path.clone();
         self.spawn(Purpose::Store(path.clone(), false), async move {
-            let _request = requests.acquire_owned().await;
+            // The buffer first: a task waiting for memory must not hold a request slot that
+            // lookups and narinfos need.
             let _buffer = small_bytes
                 .acquire_many_owned(u32::try_from(bound).unwrap_or(SMALL_NAR_BUDGET))
                 .await;
-            let result = store_nar(&config, &info, kept, &view).await;
+            let _request = requests.acquire_owned().await;
+            let result = store_nar(&config, &info, config.stream, kept, &view).await;
             Done::Stored {
                 path,
                 big: false,
@@ -376,11 +379,18 @@ impl Coordinator {
                 return;
             };
             self.big_running += 1;
+            // A NAR that starts alone gets a compression worker per core; one that starts
+            // beside others is compressed on its own thread, since the others already keep
+            // the cores busy (and each set of workers needs its own buffers).
+            let mut stream = self.config.stream;
+            if self.big_running > 1 {
+                stream.workers = 0;
+            }
             let config = self.config.clone();
             let view = self.view.clone();
             let path = info.path.clone();
             self.spawn(Purpose::Store(path.clone(), true), async move {
-                let result = store_nar(&config, &info, kept, &view).await;
+                let result = store_nar(&config, &info, stream, kept, &view).await;
                 Done::Stored {
                     path,
                     big: true,
@@ -423,6 +433,7 @@ impl Coordinator {
 async fn store_nar(
     config: &EngineConfig,
     info: &PathInfo,
+    settings: StreamSettings,
     kept: Option<Box<NarInfo>>,
     view: &EngineView,
 ) -> Result<Box<NarInfo>, UploadError> {
@@ -436,7 +447,7 @@ async fn store_nar(
         path: &info.path,
     };
     let progress = view.start_stream(&info.path, info.nar_size);
-    let stored = stream::store_nar(&config.sink, info, config.stream, progress).await;
+    let stored = stream::store_nar(&config.sink, info, settings, progress).await;
     drop(listed);
     Ok(Box::new(narinfo_for(info, &stored?)))
 }

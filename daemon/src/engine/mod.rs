@@ -19,14 +19,16 @@
 //!
 //! Work that arrives while a big upload runs starts as soon as its own limits allow:
 //! - **`jobs`** NARs above [`SMALL_NAR`] stream at once, largest first (the largest bounds the
-//!   wall time, so it starts first); each holds at most two parts of memory, and NARs of
-//!   16 MiB and more are compressed on every core.
+//!   wall time, so it starts first). Each holds at most two parts of memory. A NAR of
+//!   [`stream::WORKERS_FROM`] or more that starts while no other streams gets zstd worker
+//!   threads (one per core, up to [`stream::MAX_WORKERS`]); one that starts beside others is
+//!   compressed on its own thread, since the others already keep the cores busy.
 //! - **`parallel_requests`** small requests are in flight at once: lookups, narinfos, and
 //!   NARs up to [`SMALL_NAR`], whose buffers also draw from a fixed byte budget
 //!   ([`SMALL_NAR_BUDGET`]). Wide closures of tiny paths are bound by latency, not by `jobs`.
 //!
-//! Memory is therefore bounded by configuration: `jobs` × 2 parts, plus the small-NAR budget,
-//! plus the compressor's buffers, whatever the NAR sizes.
+//! Memory is therefore bounded by configuration: `jobs` × two parts, one set of compression
+//! workers, and the small-NAR budget, whatever the NAR sizes.
 
 pub mod compress;
 mod coordinator;

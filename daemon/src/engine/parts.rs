@@ -7,11 +7,15 @@
 //! - **Bounded memory.** A part holds a permit of the upload's semaphore from the moment the
 //!   writer starts filling it until the consumer drops it (its upload returned); with
 //!   [`PARTS_IN_FLIGHT`] permits, one part is being filled while one is being sent.
+//! - **Buffers are reused.** The consumer hands each sent part's buffer back ([`Recycler`]),
+//!   and the writer fills it again, so a NAR of any size allocates at most
+//!   [`PARTS_IN_FLIGHT`] buffers instead of one per part (each fresh buffer of several MiB
+//!   costs page faults, and churning them fragments the heap).
 //! - **The last part is known.** A full part is sent only once more data arrives, so every
 //!   part marked `last: false` has a successor.
 
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -38,6 +42,22 @@ pub struct PartSplitter {
     permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
     parts: mpsc::Sender<Part>,
+    recycled: std_mpsc::Receiver<Vec<u8>>,
+}
+
+/// The consumer's side of buffer reuse: gives a sent part's buffer back to the writer.
+pub struct Recycler(std_mpsc::Sender<Vec<u8>>);
+
+impl Recycler {
+    /// Returns the buffer behind `bytes`, if nobody else holds it any more (the upload
+    /// dropped its copies); otherwise the writer simply allocates a new one.
+    pub fn give_back(&self, bytes: Bytes) {
+        if let Ok(buffer) = bytes.try_into_mut() {
+            let mut buffer = Vec::from(buffer);
+            buffer.clear();
+            let _ = self.0.send(buffer);
+        }
+    }
 }
 
 impl PartSplitter {
@@ -49,9 +69,10 @@ impl PartSplitter {
         parts: mpsc::Sender<Part>,
         permits: Arc<Semaphore>,
         runtime: tokio::runtime::Handle,
-    ) -> PartSplitter {
+    ) -> (PartSplitter, Recycler) {
         let part_size = usize::try_from(part_size).unwrap_or(usize::MAX);
-        PartSplitter {
+        let (recycle, recycled) = std_mpsc::channel();
+        let splitter = PartSplitter {
             part_size,
             capacity: usize::try_from(capacity)
                 .unwrap_or(usize::MAX)
@@ -61,7 +82,9 @@ impl PartSplitter {
             permits,
             runtime,
             parts,
-        }
+            recycled,
+        };
+        (splitter, Recycler(recycle))
     }
 
     fn stopped() -> io::Error {
@@ -102,8 +125,12 @@ impl Write for PartSplitter {
             self.permit = Some(self.acquire()?);
         }
         if self.current.capacity() == 0 {
-            // Reserved once, so a part is never copied while it grows.
-            self.current.reserve_exact(self.capacity);
+            // A buffer of a part sent earlier, or a new one reserved whole, so that a part is
+            // never copied while it grows.
+            self.current = self
+                .recycled
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(self.capacity));
         }
         let room = self.part_size - self.current.len();
         let taken = room.min(buf.len());
@@ -127,7 +154,8 @@ mod tests {
             .unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let permits = Arc::new(Semaphore::new(16));
-        let mut splitter = PartSplitter::new(10, 10, tx, permits, runtime.handle().clone());
+        let (mut splitter, _recycler) =
+            PartSplitter::new(10, 10, tx, permits, runtime.handle().clone());
         splitter.write_all(&[7u8; 35]).unwrap();
         splitter.send(true).unwrap();
         drop(splitter);
@@ -147,7 +175,7 @@ mod tests {
             .build()
             .unwrap();
         let (tx, mut rx) = mpsc::channel(16);
-        let mut splitter = PartSplitter::new(
+        let (mut splitter, _recycler) = PartSplitter::new(
             10,
             10,
             tx,
@@ -163,6 +191,36 @@ mod tests {
     }
 
     #[test]
+    fn a_sent_buffer_comes_back_to_the_writer_and_is_filled_again() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let (mut splitter, recycler) = PartSplitter::new(
+            4,
+            4,
+            tx,
+            Arc::new(Semaphore::new(2)),
+            runtime.handle().clone(),
+        );
+        // Part 1 is sent when part 2 starts, so part 2 gets a new buffer; part 1's buffer,
+        // handed back meanwhile, carries part 3.
+        splitter.write_all(&[1u8; 4]).unwrap();
+        splitter.write_all(&[2u8; 4]).unwrap();
+        let first = rx.try_recv().unwrap();
+        let address = first.bytes.as_ptr();
+        let Part { bytes, permit, .. } = first;
+        recycler.give_back(bytes);
+        drop(permit);
+        splitter.write_all(&[3u8; 2]).unwrap();
+        splitter.send(true).unwrap();
+        let _second = rx.try_recv().unwrap();
+        let third = rx.try_recv().unwrap();
+        assert_eq!(&third.bytes[..], &[3, 3]);
+        assert_eq!(third.bytes.as_ptr(), address, "the first buffer was reused");
+    }
+
+    #[test]
     fn the_writer_waits_while_two_parts_are_unsent() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -170,7 +228,8 @@ mod tests {
             .unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let permits = Arc::new(Semaphore::new(PARTS_IN_FLIGHT));
-        let mut splitter = PartSplitter::new(4, 4, tx, permits.clone(), runtime.handle().clone());
+        let (mut splitter, _recycler) =
+            PartSplitter::new(4, 4, tx, permits.clone(), runtime.handle().clone());
         let writer = std::thread::spawn(move || {
             splitter.write_all(&[0u8; 40]).unwrap();
             splitter.send(true).unwrap();

@@ -1,6 +1,6 @@
 //! One NAR from the store to the sink, streamed: the NAR is serialized, hashed, compressed
-//! (on several threads when it is big) and cut into fixed-size parts on a blocking thread,
-//! while the async side uploads each part as it arrives, overlapping the two.
+//! (on zstd's worker threads when it is big) and cut into fixed-size parts on a blocking
+//! thread, while the async side uploads each part as it arrives, overlapping the two.
 //!
 //! Invariants:
 //! - **Bounded memory**: at most [`PARTS_IN_FLIGHT`] parts of one upload exist at once, whatever
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::compress::{Compression, Encoder};
-use super::parts::{Part, PartSplitter, PARTS_IN_FLIGHT};
+use super::parts::{Part, PartSplitter, Recycler, PARTS_IN_FLIGHT};
 use super::progress::StreamProgress;
 use super::UploadError;
 use crate::format::hash::{HashingWriter, Sha256};
@@ -38,9 +38,12 @@ use crate::store::PathInfo;
 pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// S3 caps a multipart upload at this many parts.
 const MAX_PARTS: u64 = 10_000;
-/// NARs at least this big are compressed on every core; smaller ones on one thread each,
-/// since starting threads would cost more than they save.
-pub const PARALLEL_COMPRESSION_FROM: u64 = 16 << 20;
+/// NARs at least this big may be compressed on zstd worker threads, beside the thread that
+/// reads and hashes them. Smaller ones are compressed on that thread: for a few jobs' worth of
+/// input, starting threads and their buffers costs more than it saves.
+pub const WORKERS_FROM: u64 = 16 << 20;
+/// Compression workers of one NAR at most: each holds its own jobs' buffers (a few MiB).
+pub const MAX_WORKERS: u32 = 4;
 
 /// How NARs are encoded and cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,19 +52,19 @@ pub struct StreamSettings {
     pub level: i32,
     /// The part size for NARs small enough to need fewer than 10,000 parts of it.
     pub part_size: u64,
-    /// Threads compressing one big NAR (zstd only).
-    pub threads: u32,
+    /// zstd worker threads for one NAR of [`WORKERS_FROM`] or more.
+    pub workers: u32,
 }
 
 impl StreamSettings {
-    /// The default part size, and every core for big NARs.
+    /// The default part size, and a compression worker per core, up to [`MAX_WORKERS`].
     pub fn new(compression: Compression, level: i32) -> StreamSettings {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         StreamSettings {
             compression,
             level,
             part_size: DEFAULT_PART_SIZE,
-            threads: u32::try_from(cores).unwrap_or(1),
+            workers: u32::try_from(cores).unwrap_or(1).min(MAX_WORKERS),
         }
     }
 }
@@ -105,14 +108,14 @@ pub async fn store_nar(
     progress: Arc<StreamProgress>,
 ) -> Result<StoredNar, UploadError> {
     let part_size = part_size_for(info.nar_size, settings.part_size);
-    let threads = if info.nar_size >= PARALLEL_COMPRESSION_FROM {
-        settings.threads
+    let workers = if info.nar_size >= WORKERS_FROM {
+        settings.workers
     } else {
-        1
+        0
     };
     let (parts_tx, mut parts_rx) = mpsc::channel::<Part>(1);
     let source = PathBuf::from(info.path.to_absolute());
-    let splitter = PartSplitter::new(
+    let (splitter, recycler) = PartSplitter::new(
         part_size,
         compressed_bound(info.nar_size),
         parts_tx,
@@ -120,7 +123,7 @@ pub async fn store_nar(
         tokio::runtime::Handle::current(),
     );
     let producer = tokio::task::spawn_blocking(move || {
-        produce(&source, settings, threads, splitter, &progress)
+        produce(&source, settings, workers, splitter, &progress)
     });
 
     let Some(first) = parts_rx.recv().await else {
@@ -148,7 +151,7 @@ pub async fn store_nar(
             return Err(error.into());
         }
     };
-    let sent = send_parts(&mut upload, first, &mut parts_rx).await;
+    let sent = send_parts(&mut upload, first, &mut parts_rx, &recycler).await;
     // Dropping the receiver makes a producer that is still writing stop at its next part.
     drop(parts_rx);
     let measured = finish_producer(producer, info).await;
@@ -173,17 +176,20 @@ fn stored(key: String, compression: Compression, measured: Measured) -> StoredNa
     }
 }
 
-/// Uploads the parts in order; each part (and its permit) is dropped as soon as its upload
-/// returns, so the producer fills the next part while this one is on the wire.
+/// Uploads the parts in order; each part's buffer goes back to the producer and its permit is
+/// released as soon as its upload returns, so the producer fills the next part while this one
+/// is on the wire.
 async fn send_parts(
     upload: &mut MultipartUpload,
     first: Part,
     rest: &mut mpsc::Receiver<Part>,
+    recycler: &Recycler,
 ) -> Result<(), UploadError> {
     let mut next = Some(first);
     while let Some(part) = next {
         let Part { bytes, permit, .. } = part;
-        upload.put_part(bytes).await?;
+        upload.put_part(bytes.clone()).await?;
+        recycler.give_back(bytes);
         drop(permit);
         next = rest.recv().await;
     }
@@ -215,7 +221,7 @@ async fn finish_producer(
 fn produce(
     source: &std::path::Path,
     settings: StreamSettings,
-    threads: u32,
+    workers: u32,
     splitter: PartSplitter,
     progress: &StreamProgress,
 ) -> Result<Measured, UploadError> {
@@ -225,7 +231,7 @@ fn produce(
         detail: format!("compressing the NAR failed: {e}"),
     };
     let compressed = HashingWriter::new(splitter);
-    let encoder = Encoder::new(settings.compression, settings.level, threads, compressed)
+    let encoder = Encoder::new(settings.compression, settings.level, workers, compressed)
         .map_err(io_failed)?;
     let mut nar_sink = HashingWriter::new(ProgressWriter {
         inner: encoder,
