@@ -14,7 +14,8 @@
 //!
 //! [`Queue::enqueue`] returns only after sled has flushed the new records to disk, so the
 //! daemon acknowledges a request only once it survives a crash. Flushes are group-committed:
-//! concurrent enqueues wait on one flush instead of one each (see [`Flusher`]). State changes
+//! concurrent enqueues wait on one flush instead of one each (see [`GroupCommit`]), and a lone
+//! enqueue flushes on its own task, without handing over to another thread. State changes
 //! made by the pipeline (pending → uploading → done) are not flushed one by one; losing them in
 //! a crash only means a path is uploaded again, which is harmless, never that one is lost.
 //!
@@ -32,8 +33,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
@@ -96,8 +98,6 @@ pub enum QueueError {
     Sled(#[from] sled::Error),
     #[error("queue record for {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
-    #[error("the queue's flusher has stopped")]
-    FlusherGone,
 }
 
 pub fn now_ms() -> u64 {
@@ -111,12 +111,11 @@ pub struct Queue {
     db: sled::Db,
     paths: sled::Tree,
     stats: sled::Tree,
-    flusher: mpsc::UnboundedSender<oneshot::Sender<Result<(), Arc<sled::Error>>>>,
+    commit: Arc<GroupCommit>,
 }
 
 impl Queue {
-    /// Opens (or creates) the queue in `dir` and recovers interrupted uploads. Must run inside
-    /// a tokio runtime: it starts the group-commit flusher.
+    /// Opens (or creates) the queue in `dir` and recovers interrupted uploads.
     pub fn open(dir: &Path) -> Result<Queue, QueueError> {
         let db = sled::Config::new()
             .path(dir)
@@ -127,13 +126,11 @@ impl Queue {
             })?;
         let paths = db.open_tree("paths")?;
         let stats = db.open_tree("stats")?;
-        let (flusher, requests) = mpsc::unbounded_channel();
-        tokio::spawn(Flusher { db: db.clone() }.run(requests));
         let queue = Queue {
             db,
             paths,
             stats,
-            flusher,
+            commit: Arc::new(GroupCommit::default()),
         };
         queue.requeue_uploading()?;
         Ok(queue)
@@ -181,15 +178,7 @@ impl Queue {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), QueueError> {
-        let (done, wait) = oneshot::channel();
-        self.flusher
-            .send(done)
-            .map_err(|_| QueueError::FlusherGone)?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(QueueError::Sled(clone_sled_error(&e))),
-            Err(_) => Err(QueueError::FlusherGone),
-        }
+        self.commit.flush(&self.db).await
     }
 
     /// Pending entries whose time has come, at most `limit`, oldest first, now `uploading`.
@@ -332,6 +321,7 @@ impl Queue {
     fn put(&self, entry: &Entry) -> Result<(), QueueError> {
         self.paths
             .insert(entry.path.to_absolute().as_bytes(), encode(entry))?;
+        self.commit.wrote();
         Ok(())
     }
 
@@ -352,6 +342,7 @@ impl Queue {
             };
             change(old).map(|entry| encode(&entry))
         })?;
+        self.commit.wrote();
         if let Some(e) = corrupt {
             // The corrupt record was replaced by the new one; say so, since history was lost.
             tracing::warn!(error = %e, "replaced a corrupt queue record");
@@ -429,32 +420,43 @@ mod text {
     }
 }
 
-/// sled errors are not `Clone`; a group commit reports one error to many waiters.
-fn clone_sled_error(error: &sled::Error) -> sled::Error {
-    sled::Error::Io(std::io::Error::other(error.to_string()))
+/// Group commit. Every write bumps `written`; a flush covers every write made before it
+/// started. A caller waits for the flush lock; if a flush that started after its write has
+/// ended meanwhile, it is done, otherwise it flushes itself, covering everyone who wrote so
+/// far. N concurrent enqueues thus cost about two flushes, not N, and a lone one flushes on its
+/// own task instead of waking another thread.
+#[derive(Default)]
+struct GroupCommit {
+    /// Writes made so far (a sequence number).
+    written: AtomicU64,
+    /// Every write up to this number is on disk.
+    flushed: AtomicU64,
+    lock: tokio::sync::Mutex<()>,
 }
 
-/// Group commit: every flush request that arrives while a flush runs is answered by the next
-/// one, so N concurrent enqueues cost about two fsyncs, not N.
-struct Flusher {
-    db: sled::Db,
-}
+impl GroupCommit {
+    fn wrote(&self) -> u64 {
+        self.written.fetch_add(1, Ordering::SeqCst) + 1
+    }
 
-impl Flusher {
-    async fn run(
-        self,
-        mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), Arc<sled::Error>>>>,
-    ) {
-        while let Some(first) = requests.recv().await {
-            let mut waiters = vec![first];
-            while let Ok(more) = requests.try_recv() {
-                waiters.push(more);
-            }
-            let result = self.db.flush_async().await.map(|_| ()).map_err(Arc::new);
-            for waiter in waiters {
-                let _ = waiter.send(result.clone());
-            }
+    async fn flush(&self, db: &sled::Db) -> Result<(), QueueError> {
+        let mine = self.written.load(Ordering::SeqCst);
+        let _turn = self.lock.lock().await;
+        if self.flushed.load(Ordering::SeqCst) >= mine {
+            return Ok(());
         }
+        let covers = self.written.load(Ordering::SeqCst);
+        // sled's flush writes and syncs on the calling thread (a fraction of a millisecond);
+        // on a multi-threaded runtime the worker hands its other tasks away meanwhile.
+        let flushed = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| db.flush())
+            }
+            _ => db.flush(),
+        };
+        flushed?;
+        self.flushed.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
     }
 }
 
