@@ -1,4 +1,4 @@
-//! Where cache objects go, and the one vocabulary for what went wrong there.
+//! Where cache objects go (the config's `target`), and the one vocabulary for what went wrong there.
 //!
 //! [`Sink`] is a closed set (S3, directory) dispatched by `match`, so each operation's
 //! behaviour on each backend is visible in one place. Every backend keeps the same promise:
@@ -17,15 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use url::TargetUrl;
-
-/// Content types Nix itself sets on the objects it uploads.
-pub mod content_type {
-    pub const NIX_CACHE_INFO: &str = "text/x-nix-cache-info";
-    pub const NARINFO: &str = "text/x-nix-narinfo";
-    pub const NAR: &str = "application/x-nix-nar";
-    pub const LISTING: &str = "application/json";
-    pub const LOG: &str = "text/plain; charset=utf-8";
-}
 
 /// Whether a failed operation is worth trying again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,22 +90,6 @@ impl Sink {
                 .await
                 .map(MultipartUpload::S3),
         }
-    }
-
-    /// Writes `nix-cache-info` unless the cache already has one. Without it, Nix refuses to
-    /// use the cache ("does not appear to be a binary cache"). Reading it first also proves
-    /// that the target is reachable and the credentials work, before any NAR is streamed.
-    pub async fn ensure_cache_info(&self) -> Result<(), SinkError> {
-        const KEY: &str = "nix-cache-info";
-        if self.get(KEY).await?.is_some() {
-            return Ok(());
-        }
-        let body = format!(
-            "StoreDir: {}\nWantMassQuery: 1\nPriority: 40\n",
-            crate::format::store_path::STORE_DIR
-        );
-        self.put(KEY, Bytes::from(body), content_type::NIX_CACHE_INFO)
-            .await
     }
 }
 
