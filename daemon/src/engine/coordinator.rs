@@ -32,6 +32,8 @@ use crate::store::PathInfo;
 
 /// Stored NARs kept for a later attempt at most (their narinfos wait in memory).
 const KEPT_NARS: usize = 10_000;
+/// The longest big NARs wait for lookups still running before they start.
+const BIG_GATE: Duration = Duration::from_millis(200);
 
 /// The result of one task, keyed by what it worked on.
 enum Done {
@@ -97,6 +99,8 @@ pub(super) struct Coordinator {
     known: KnownPresent,
     kept: HashMap<StorePath, Box<NarInfo>>,
     accepting: bool,
+    /// While lookups run, big NARs wait until this moment at most.
+    big_gate: Option<Instant>,
 }
 
 impl Coordinator {
@@ -124,6 +128,7 @@ impl Coordinator {
             known: KnownPresent::default(),
             kept: HashMap::new(),
             accepting: true,
+            big_gate: None,
         }
     }
 
@@ -149,6 +154,7 @@ impl Coordinator {
                     tracing::warn!("uploads still running after {drain:?}; they resume at the next start");
                     break;
                 }
+                () = sleep_until(self.big_gate) => self.start_big(),
             }
             self.publish_stages();
         }
@@ -240,7 +246,11 @@ impl Coordinator {
                 self.resolve_waiting();
                 actions
             }
-            Done::Checked(path, result) => self.graph.checked(&path, result),
+            Done::Checked(path, result) => {
+                let actions = self.graph.checked(&path, result);
+                self.start_big();
+                actions
+            }
             Done::Stored { path, big, result } => {
                 self.storing.remove(&path);
                 if big {
@@ -374,6 +384,18 @@ impl Coordinator {
 
     /// Starts the largest waiting big NARs while `jobs` allows.
     fn start_big(&mut self) {
+        // Paths still being looked up may hold a bigger NAR than those queued: waiting for the
+        // lookups (briefly, see BIG_GATE) lets the largest start first, alone, with the
+        // compression workers, instead of whichever lookup happened to answer first.
+        if self.graph.stages().checking > 0 && !self.big.is_empty() {
+            let opened = *self
+                .big_gate
+                .get_or_insert_with(|| Instant::now() + BIG_GATE);
+            if Instant::now() < opened {
+                return;
+            }
+        }
+        self.big_gate = None;
         while self.big_running < self.config.jobs {
             let Some(Queued { info, kept }) = self.big.pop() else {
                 return;
