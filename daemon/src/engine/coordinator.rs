@@ -246,11 +246,7 @@ impl Coordinator {
                 self.resolve_waiting();
                 actions
             }
-            Done::Checked(path, result) => {
-                let actions = self.graph.checked(&path, result);
-                self.start_big();
-                actions
-            }
+            Done::Checked(path, result) => self.graph.checked(&path, result),
             Done::Stored { path, big, result } => {
                 self.storing.remove(&path);
                 if big {
@@ -262,6 +258,8 @@ impl Coordinator {
             Done::Published(path, narinfo, result) => self.graph.published(&path, &narinfo, result),
         };
         self.act(actions);
+        // After the actions: a lookup that just ended may have queued the largest NAR.
+        self.start_big();
     }
 
     fn resolved(
