@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use narpush_e2e::daemon::{build_with_hook, spooled, Daemon};
+use narpush_e2e::daemon::{build_with_hook, Daemon};
 use narpush_e2e::*;
 
 /// A daemon uploading to an S3 server that is down, with fast retries, and one path built
@@ -69,84 +69,6 @@ fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
             .any(|k| k.to_string_lossy().ends_with("narpush-top.drv")),
         "no log/…-narpush-top.drv in the bucket"
     );
-}
-
-#[test]
-fn builds_succeed_while_the_daemon_is_down_and_spooled_requests_are_uploaded_later() {
-    let s3 = S3Server::start();
-    s3.bucket("cache");
-    let mut daemon = Daemon::configure(&format!("target = \"{}\"", s3.url("cache")), s3.env());
-    let run = unique("down");
-    let mut outputs = Vec::new();
-    let mut slowest = Duration::ZERO;
-    for i in 0..20 {
-        let started = Instant::now();
-        let (paths, build) = build_with_hook(
-            &fixture("single.nix"),
-            &[("nonce", &format!("{run}-{i}"))],
-            &daemon.hook_env(),
-        );
-        slowest = slowest.max(started.elapsed());
-        assert!(build.status.success(), "build {i}: {}", stderr(&build));
-        assert!(stderr(&build).contains("spooled to"), "{}", stderr(&build));
-        outputs.push(paths[0].clone());
-    }
-    assert_eq!(daemon.spooled().len(), 20);
-    // Each build (evaluation included) stays far from the hook's 3 s deadline.
-    assert!(
-        slowest < Duration::from_secs(3),
-        "slowest build took {slowest:?}"
-    );
-
-    daemon.spawn();
-    daemon.wait_ok(120);
-    assert!(
-        daemon.spooled().is_empty(),
-        "spool not emptied: {:?}",
-        daemon.spooled()
-    );
-    let bucket = s3.root.path().join("cache");
-    for output in &outputs {
-        let narinfo = bucket.join(format!("{}.narinfo", hash_part(output)));
-        assert!(narinfo.exists(), "{output} not uploaded");
-    }
-}
-
-#[test]
-fn a_daemon_that_accepts_but_never_answers_does_not_hold_the_build() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("hung.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let holder = std::thread::spawn(move || {
-        // Accept and keep every connection open without a word.
-        let mut held = Vec::new();
-        for stream in listener.incoming().take(1) {
-            held.push(stream);
-        }
-        std::thread::sleep(Duration::from_secs(30));
-    });
-    let spool = dir.path().join("spool");
-    let started = Instant::now();
-    let (paths, build) = build_with_hook(
-        &fixture("single.nix"),
-        &[("nonce", &unique("hung"))],
-        &[
-            ("NARPUSH_SOCKET", socket),
-            ("NARPUSH_SPOOL_DIR", spool.clone()),
-        ],
-    );
-    let took = started.elapsed();
-    assert!(build.status.success(), "{}", stderr(&build));
-    assert!(took < Duration::from_secs(10), "the build waited {took:?}");
-    let files = spooled(&spool);
-    assert_eq!(files.len(), 1, "{}", stderr(&build));
-    let request = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(
-        request.starts_with("narpush 1 enqueue\nsource hook\ndrv /nix/store/"),
-        "{request}"
-    );
-    assert!(!paths.is_empty());
-    drop(holder);
 }
 
 #[test]
@@ -428,90 +350,6 @@ fn socket_activation_and_readiness_work_as_systemd_expects() {
     assert!(status.status.success(), "{}", stderr(&status));
     let n = received.expect("READY=1 within 20 s");
     assert!(String::from_utf8_lossy(&ready[..n]).contains("READY=1"));
-}
-
-#[test]
-fn the_hook_exits_zero_and_says_why_when_even_the_spool_fails() {
-    let out = nix_build(&fixture("single.nix"), &[("nonce", "spool-fails")]).remove(0);
-    let hook = |env: &[(&str, &str)]| {
-        let mut command = command(bin("narpush-hook"));
-        command.env_clear();
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        run(&mut command)
-    };
-    let unspoolable = hook(&[
-        ("OUT_PATHS", &out),
-        ("NARPUSH_SOCKET", "/nonexistent/narpush.sock"),
-        ("NARPUSH_SPOOL_DIR", "/proc/narpush-spool"),
-    ]);
-    assert!(unspoolable.status.success());
-    let message = stderr(&unspoolable);
-    assert!(
-        message.contains("spooling to /proc/narpush-spool failed"),
-        "{message}"
-    );
-    assert_eq!(
-        message.lines().count(),
-        1,
-        "one line, not a backtrace: {message}"
-    );
-
-    let nothing = hook(&[]);
-    assert!(nothing.status.success());
-    assert!(
-        stderr(&nothing).contains("neither DRV_PATH nor OUT_PATHS"),
-        "{}",
-        stderr(&nothing)
-    );
-}
-
-#[test]
-fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() {
-    let daemon = Daemon::start("", vec![]);
-    let out = nix_build(&fixture("single.nix"), &[("nonce", &unique("live-spool"))]).remove(0);
-    // Written as the hook writes: a hidden temporary file, renamed into place.
-    let spool = |name: &str, bytes: &[u8]| {
-        let temporary = daemon.spool.join(format!(".{name}.tmp"));
-        std::fs::write(&temporary, bytes).unwrap();
-        std::fs::rename(&temporary, daemon.spool.join(name)).unwrap();
-    };
-    spool(
-        "1-1.request",
-        format!("narpush 1 enqueue\nsource hook\nout {out}\nend\n").as_bytes(),
-    );
-    spool("2-2.request", b"narpush 1 enqueue\nout /etc/passwd\nend\n");
-    spool("3-3.request", b"\x00garbage");
-
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !daemon.spooled().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "spool not taken: {:?}",
-            daemon.spooled()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    daemon.wait_ok(60);
-    let cache = daemon.state.join("cache");
-    assert!(cache.join(format!("{}.narinfo", hash_part(&out))).exists());
-
-    let rejected = daemon.spool.join("rejected");
-    let reason =
-        |name: &str| std::fs::read_to_string(rejected.join(format!("{name}.reason"))).unwrap();
-    assert!(rejected.join("2-2.request").exists() && rejected.join("3-3.request").exists());
-    assert!(
-        reason("2-2.request").contains("'/etc/passwd' is not a store path"),
-        "{}",
-        reason("2-2.request")
-    );
-    assert!(
-        reason("3-3.request").contains("malformed request"),
-        "{}",
-        reason("3-3.request")
-    );
-    assert_eq!(daemon.status_json()["counts"]["done"], 1);
 }
 
 #[test]
