@@ -168,4 +168,3 @@ fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() 
     );
     assert_eq!(daemon.status_json()["counts"]["done"], 1);
 }
-

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -22,38 +21,17 @@ use super::graph::{Action, Graph, Report};
 use super::presence::KnownPresent;
 use super::progress::{EngineView, Stages};
 use super::resolve::{self, Resolution};
-use super::stream::StreamSettings;
-use super::{narinfo_for, sign, stream, Command, EngineConfig, Failure, UploadError};
+use super::tasks::{self, Done, Purpose};
+use super::{stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
-use crate::layout::{self, content_type};
 use crate::store::PathInfo;
 
 /// Stored NARs kept for a later attempt at most (their narinfos wait in memory).
 const KEPT_NARS: usize = 10_000;
 /// The longest big NARs wait for lookups still running before they start.
 const BIG_GATE: Duration = Duration::from_millis(200);
-
-/// The result of one task, keyed by what it worked on.
-enum Done {
-    Resolved(Vec<StorePath>, Result<Resolution, UploadError>),
-    Checked(StorePath, Result<bool, UploadError>),
-    Stored {
-        path: StorePath,
-        big: bool,
-        result: Result<Box<NarInfo>, UploadError>,
-    },
-    Published(StorePath, Box<NarInfo>, Result<(), UploadError>),
-}
-
-/// What a task was for, so that a task that panicked still yields a [`Done`].
-enum Purpose {
-    Resolve(Vec<StorePath>),
-    Check(StorePath),
-    Store(StorePath, bool),
-    Publish(StorePath, Box<NarInfo>),
-}
 
 /// A big NAR waiting for a `jobs` slot; the largest goes first.
 struct Queued {
@@ -235,7 +213,7 @@ impl Coordinator {
                 done
             }
             Err(error) => match self.purposes.remove(&error.id()) {
-                Some(purpose) => failed_task(purpose, &error),
+                Some(purpose) => tasks::failed(purpose, &error),
                 None => return,
             },
         };
@@ -339,11 +317,7 @@ impl Coordinator {
         let sink = self.config.sink.clone();
         self.spawn(Purpose::Check(path.clone()), async move {
             let _permit = requests.acquire_owned().await;
-            let result = sink
-                .exists(&layout::narinfo_key(&path))
-                .await
-                .map_err(UploadError::from);
-            Done::Checked(path, result)
+            tasks::check(&sink, path).await
         });
     }
 
@@ -371,7 +345,7 @@ impl Coordinator {
                 .acquire_many_owned(u32::try_from(bound).unwrap_or(SMALL_NAR_BUDGET))
                 .await;
             let _request = requests.acquire_owned().await;
-            let result = store_nar(&config, &info, config.stream, kept, &view).await;
+            let result = tasks::store_nar(&config, &info, config.stream, kept, &view).await;
             Done::Stored {
                 path,
                 big: false,
@@ -410,7 +384,7 @@ impl Coordinator {
             let view = self.view.clone();
             let path = info.path.clone();
             self.spawn(Purpose::Store(path.clone(), true), async move {
-                let result = store_nar(&config, &info, stream, kept, &view).await;
+                let result = tasks::store_nar(&config, &info, stream, kept, &view).await;
                 Done::Stored {
                     path,
                     big: true,
@@ -427,18 +401,7 @@ impl Coordinator {
             Purpose::Publish(path.clone(), narinfo.clone()),
             async move {
                 let _permit = requests.acquire_owned().await;
-                let mut signed = (*narinfo).clone();
-                let result = async {
-                    sign(&mut signed, &config.keys)?;
-                    let body = Bytes::from(signed.to_string());
-                    config
-                        .sink
-                        .put(&layout::narinfo_key(&path), body, content_type::NARINFO)
-                        .await?;
-                    Ok(())
-                }
-                .await;
-                Done::Published(path, narinfo, result)
+                tasks::publish(&config, path, narinfo).await
             },
         );
     }
@@ -446,67 +409,6 @@ impl Coordinator {
     fn spawn(&mut self, purpose: Purpose, task: impl Future<Output = Done> + Send + 'static) {
         let handle = self.tasks.spawn(task);
         self.purposes.insert(handle.id(), purpose);
-    }
-}
-
-/// Stores the NAR of `info`, or reuses one stored by an earlier attempt if it is still there.
-async fn store_nar(
-    config: &EngineConfig,
-    info: &PathInfo,
-    settings: StreamSettings,
-    kept: Option<Box<NarInfo>>,
-    view: &EngineView,
-) -> Result<Box<NarInfo>, UploadError> {
-    if let Some(kept) = kept {
-        if kept.nar_hash == info.nar_hash && config.sink.exists(&kept.url).await? {
-            return Ok(kept);
-        }
-    }
-    let listed = Listed {
-        view,
-        path: &info.path,
-    };
-    let progress = view.start_stream(&info.path, info.nar_size);
-    let stored = stream::store_nar(&config.sink, info, settings, progress).await;
-    drop(listed);
-    Ok(Box::new(narinfo_for(info, &stored?)))
-}
-
-/// Keeps a NAR stream listed in the view while it runs, however its task ends.
-struct Listed<'a> {
-    view: &'a EngineView,
-    path: &'a StorePath,
-}
-
-impl Drop for Listed<'_> {
-    fn drop(&mut self) {
-        self.view.end_stream(self.path);
-    }
-}
-
-/// The result a task would have given, for a task that panicked or was cancelled.
-fn failed_task(purpose: Purpose, error: &JoinError) -> Done {
-    let internal = |path: &StorePath| UploadError::Internal {
-        path: path.to_absolute(),
-        detail: format!("the upload task failed: {error}"),
-    };
-    match purpose {
-        Purpose::Resolve(tops) => {
-            let error = UploadError::Internal {
-                path: format!("{} path(s)", tops.len()),
-                detail: format!("reading the closures failed: {error}"),
-            };
-            Done::Resolved(tops, Err(error))
-        }
-        Purpose::Check(path) => Done::Checked(path.clone(), Err(internal(&path))),
-        Purpose::Store(path, big) => Done::Stored {
-            result: Err(internal(&path)),
-            path,
-            big,
-        },
-        Purpose::Publish(path, narinfo) => {
-            Done::Published(path.clone(), narinfo, Err(internal(&path)))
-        }
     }
 }
 

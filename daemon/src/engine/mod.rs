@@ -10,7 +10,8 @@
 //! ```
 //!
 //! - [`graph`]: the state of every path in flight and the closure invariant, as a pure state
-//!   machine; [`coordinator`]: the task that owns the graph and performs its actions;
+//!   machine; `coordinator`: the task that owns the graph and performs its actions, as the
+//!   futures of `tasks`;
 //! - [`stream`], [`parts`], [`compress`]: one NAR streamed through hashing and compression
 //!   into fixed-size parts; [`resolve`]: closures from the store; [`presence`]: paths known to
 //!   be in the cache; [`progress`]: what is in flight, for `status`; [`error`]: failures.
@@ -39,6 +40,7 @@ pub mod presence;
 pub mod progress;
 pub mod resolve;
 pub mod stream;
+mod tasks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,125 @@
+//! The work the coordinator hands out, one future per task: look a path up, store a NAR,
+//! publish a narinfo. Each ends in a [`Done`] that says what it was for, and a task that
+//! panicked or was cancelled is turned into the [`Done`] its [`Purpose`] implies, so the
+//! coordinator's graph never waits for a result that will not come.
+//!
+//! Concurrency limits are the coordinator's: these futures run once they hold their permits.
+
+use bytes::Bytes;
+use tokio::task::JoinError;
+
+use super::progress::EngineView;
+use super::resolve::Resolution;
+use super::stream::{self, StreamSettings};
+use super::{narinfo_for, sign, EngineConfig, UploadError};
+use crate::format::narinfo::NarInfo;
+use crate::format::store_path::StorePath;
+use crate::layout::{self, content_type};
+use crate::sink::Sink;
+use crate::store::PathInfo;
+
+/// The result of one task, keyed by what it worked on.
+pub(super) enum Done {
+    Resolved(Vec<StorePath>, Result<Resolution, UploadError>),
+    Checked(StorePath, Result<bool, UploadError>),
+    Stored {
+        path: StorePath,
+        big: bool,
+        result: Result<Box<NarInfo>, UploadError>,
+    },
+    Published(StorePath, Box<NarInfo>, Result<(), UploadError>),
+}
+
+/// What a task was for, so that a task that panicked still yields a [`Done`].
+pub(super) enum Purpose {
+    Resolve(Vec<StorePath>),
+    Check(StorePath),
+    Store(StorePath, bool),
+    Publish(StorePath, Box<NarInfo>),
+}
+
+/// Looks `path` up in the cache: does its narinfo exist?
+pub(super) async fn check(sink: &Sink, path: StorePath) -> Done {
+    let result = sink
+        .exists(&layout::narinfo_key(&path))
+        .await
+        .map_err(UploadError::from);
+    Done::Checked(path, result)
+}
+
+/// Signs `narinfo` with the configured keys and writes it.
+pub(super) async fn publish(config: &EngineConfig, path: StorePath, narinfo: Box<NarInfo>) -> Done {
+    let mut signed = (*narinfo).clone();
+    let result = async {
+        sign(&mut signed, &config.keys)?;
+        let body = Bytes::from(signed.to_string());
+        config
+            .sink
+            .put(&layout::narinfo_key(&path), body, content_type::NARINFO)
+            .await?;
+        Ok(())
+    }
+    .await;
+    Done::Published(path, narinfo, result)
+}
+
+/// Stores the NAR of `info`, or reuses one stored by an earlier attempt if it is still there.
+pub(super) async fn store_nar(
+    config: &EngineConfig,
+    info: &PathInfo,
+    settings: StreamSettings,
+    kept: Option<Box<NarInfo>>,
+    view: &EngineView,
+) -> Result<Box<NarInfo>, UploadError> {
+    if let Some(kept) = kept {
+        if kept.nar_hash == info.nar_hash && config.sink.exists(&kept.url).await? {
+            return Ok(kept);
+        }
+    }
+    let listed = Listed {
+        view,
+        path: &info.path,
+    };
+    let progress = view.start_stream(&info.path, info.nar_size);
+    let stored = stream::store_nar(&config.sink, info, settings, progress).await;
+    drop(listed);
+    Ok(Box::new(narinfo_for(info, &stored?)))
+}
+
+/// Keeps a NAR stream listed in the view while it runs, however its task ends.
+struct Listed<'a> {
+    view: &'a EngineView,
+    path: &'a StorePath,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.view.end_stream(self.path);
+    }
+}
+
+/// The result a task would have given, for a task that panicked or was cancelled.
+pub(super) fn failed(purpose: Purpose, error: &JoinError) -> Done {
+    let internal = |path: &StorePath| UploadError::Internal {
+        path: path.to_absolute(),
+        detail: format!("the upload task failed: {error}"),
+    };
+    match purpose {
+        Purpose::Resolve(tops) => {
+            let error = UploadError::Internal {
+                path: format!("{} path(s)", tops.len()),
+                detail: format!("reading the closures failed: {error}"),
+            };
+            Done::Resolved(tops, Err(error))
+        }
+        Purpose::Check(path) => Done::Checked(path.clone(), Err(internal(&path))),
+        Purpose::Store(path, big) => Done::Stored {
+            result: Err(internal(&path)),
+            path,
+            big,
+        },
+        Purpose::Publish(path, narinfo) => {
+            Done::Published(path.clone(), narinfo, Err(internal(&path)))
+        }
+    }
+}
