@@ -24,11 +24,17 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
-/// CPU time the daemon uses over [`WINDOW`] of doing nothing but waiting.
-fn cpu_over_window(daemon: &Daemon) -> Duration {
+/// Asserts that `daemon`, described as `what`, uses less than [`BUDGET`] of CPU over
+/// [`WINDOW`].
+fn assert_sleeps(daemon: &Daemon, what: &str) {
     let before = cpu_time(daemon.pid());
     std::thread::sleep(WINDOW);
-    cpu_time(daemon.pid()) - before
+    let used = cpu_time(daemon.pid()) - before;
+    assert!(
+        used < BUDGET,
+        "{what} used {used:?} of CPU in {WINDOW:?}\n{}",
+        daemon.log()
+    );
 }
 
 #[test]
@@ -36,12 +42,7 @@ fn an_idle_daemon_sleeps() {
     let daemon = Daemon::start("", vec![]);
     // Let start-up work (key generation, first spool scan) finish before measuring.
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_over_window(&daemon);
-    assert!(
-        used < BUDGET,
-        "an idle daemon used {used:?} of CPU in {WINDOW:?}\n{}",
-        daemon.log()
-    );
+    assert_sleeps(&daemon, "an idle daemon");
 }
 
 #[test]
@@ -72,11 +73,6 @@ fn a_daemon_waiting_out_a_retry_delay_sleeps() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let used = cpu_over_window(&daemon);
-    assert!(
-        used < BUDGET,
-        "a daemon waiting for a retry used {used:?} of CPU in {WINDOW:?}\n{}",
-        daemon.log()
-    );
+    assert_sleeps(&daemon, "a daemon waiting for a retry");
     assert_eq!(daemon.status_json()["counts"]["pending"], 1);
 }

@@ -41,6 +41,10 @@ pub mod content_type {
 /// The key of the cache description.
 pub const NIX_CACHE_INFO: &str = "nix-cache-info";
 
+/// The priority narpush announces in the caches it creates (lower wins; cache.nixos.org
+/// announces 40).
+pub const PRIORITY: u32 = 40;
+
 /// What `nix-cache-info` says: the store directory, that clients may ask for many paths at
 /// once, and the priority among substituters (lower wins; cache.nixos.org is 40).
 pub fn nix_cache_info(priority: u32) -> String {

@@ -29,6 +29,14 @@ pub mod queue;
 pub mod sink;
 pub mod store;
 
+/// Sleeps until `at`, or forever without it: a `select!` branch for an optional deadline.
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An error and its causes on one line (`outer: cause: root cause`), for logs, the status
 /// document and protocol responses, which are all single lines.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

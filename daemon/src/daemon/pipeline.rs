@@ -28,6 +28,7 @@ use crate::engine::{Failure, Report, Reports};
 use crate::format::store_path::StorePath;
 use crate::queue::{now_ms, Outcome};
 use crate::sink::ErrorClass;
+use crate::sleep_until;
 
 /// Entries taken at once at most.
 const BATCH_LIMIT: usize = 1000;
@@ -43,7 +44,11 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     loop {
         tokio::select! {
             report = reports.recv() => match report {
-                Some(report) => record(&shared, report).await,
+                Some(report) => {
+                    if let Some(retry_at) = record(&shared, report) {
+                        take_at = Some(take_at.map_or(retry_at, |at| at.min(retry_at)));
+                    }
+                }
                 None => return,
             },
             () = shared.wake.notified() => {
@@ -64,7 +69,7 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     }
     // The engine drains after the stop: record what it still finishes.
     while let Some(report) = reports.recv().await {
-        record(&shared, report).await;
+        record(&shared, report);
     }
 }
 
@@ -94,7 +99,8 @@ fn take_due(shared: &Shared) -> Option<Instant> {
     }
 }
 
-async fn record(shared: &Shared, report: Report) {
+/// Books one report; returns when an entry that goes back to pending comes due.
+fn record(shared: &Shared, report: Report) -> Option<Instant> {
     match report {
         Report::TopDone(path) => finish(shared, &path, None),
         Report::TopFailed { top, failure } => finish(shared, &top, Some(&failure)),
@@ -103,29 +109,36 @@ async fn record(shared: &Shared, report: Report) {
             if let Err(e) = shared.queue.add_uploaded(1, nar_size) {
                 tracing::warn!("cannot count uploads: {e}");
             }
+            None
         }
-        Report::Present(path) => tracing::debug!(%path, "already in the cache"),
+        Report::Present(path) => {
+            tracing::debug!(%path, "already in the cache");
+            None
+        }
         Report::Failed { path, error } => {
             tracing::debug!(%path, "failed: {}", crate::error_chain(error.as_ref()));
+            None
         }
     }
 }
 
-/// Records the outcome of an entry: done (`failure` is `None`), retry later, or failed.
-fn finish(shared: &Shared, path: &StorePath, failure: Option<&Failure>) {
+/// Records the outcome of an entry: done (`failure` is `None`), retry later (returns when), or
+/// failed.
+fn finish(shared: &Shared, path: &StorePath, failure: Option<&Failure>) -> Option<Instant> {
     let settings = shared.settings();
     let entry = match shared.queue.get(path) {
         Ok(Some(entry)) => entry,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             tracing::error!(%path, "cannot read the queue entry: {e}");
-            return;
+            return None;
         }
     };
     let outcome = match failure {
         None => Outcome::Done,
         Some(failure) => outcome_of_failure(&settings, entry.attempts, failure),
     };
+    let mut retry_at = None;
     match &outcome {
         Outcome::Done => {
             if let Err(e) = shared.roots.remove(path) {
@@ -139,15 +152,17 @@ fn finish(shared: &Shared, path: &StorePath, failure: Option<&Failure>) {
             }
             tracing::info!(%path, "uploaded");
         }
-        Outcome::RetryAt { error, .. } => {
+        Outcome::RetryAt { at_ms, error } => {
             tracing::warn!(%path, attempts = entry.attempts + 1, "will retry: {error}");
-            shared.wake.notify_one();
+            let delay = Duration::from_millis(at_ms.saturating_sub(now_ms()));
+            retry_at = Some(Instant::now() + delay);
         }
         Outcome::Failed { error } => tracing::error!(%path, "failed: {error}"),
     }
     if let Err(e) = shared.queue.finish(path, &outcome) {
         tracing::error!(%path, "cannot record the outcome: {e}");
     }
+    retry_at
 }
 
 /// Retry or give up, by class and attempts so far.
@@ -185,14 +200,6 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     half + full
         .saturating_sub(half)
         .mul_f64(rand::thread_rng().gen::<f64>())
-}
-
-/// Sleeps until `at`, or forever without it.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use super::{stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
+use crate::sleep_until;
 use crate::store::PathInfo;
 
 /// Stored NARs kept for a later attempt at most (their narinfos wait in memory).
@@ -141,10 +142,8 @@ impl Coordinator {
     }
 
     fn idle(&self) -> bool {
-        self.graph.is_empty()
-            && self.tasks.is_empty()
-            && self.waiting.is_empty()
-            && self.big.is_empty()
+        // A NAR waiting in `big` still has its node in the graph.
+        self.graph.is_empty() && self.tasks.is_empty() && self.waiting.is_empty()
     }
 
     fn publish_stages(&self) {
@@ -229,14 +228,13 @@ impl Coordinator {
                 self.storing.remove(&path);
                 if big {
                     self.big_running -= 1;
-                    self.start_big();
                 }
                 self.graph.stored(&path, result)
             }
             Done::Published(path, narinfo, result) => self.graph.published(&path, &narinfo, result),
         };
         self.act(actions);
-        // After the actions: a lookup that just ended may have queued the largest NAR.
+        // Only after the actions: a lookup that just ended may have queued the largest NAR.
         self.start_big();
     }
 
@@ -328,8 +326,8 @@ impl Coordinator {
         }
         let kept = self.kept.remove(&info.path);
         if info.nar_size > SMALL_NAR {
+            // Started by `start_big`, once every action of this result is applied.
             self.big.push(Queued { info, kept });
-            self.start_big();
             return;
         }
         let requests = self.requests.clone();
@@ -409,13 +407,5 @@ impl Coordinator {
     fn spawn(&mut self, purpose: Purpose, task: impl Future<Output = Done> + Send + 'static) {
         let handle = self.tasks.spawn(task);
         self.purposes.insert(handle.id(), purpose);
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

@@ -83,8 +83,6 @@ pub struct EngineConfig {
     /// Upload the closure of each submitted path (else only the paths, whose references must
     /// already be in the cache).
     pub closure: bool,
-    /// The priority `nix-cache-info` announces when narpush writes it.
-    pub priority: u32,
     cache_info_checked: AtomicBool,
 }
 
@@ -107,7 +105,6 @@ impl EngineConfig {
             jobs: jobs.max(1),
             parallel_requests: parallel_requests.max(1),
             closure,
-            priority: 40,
             cache_info_checked: AtomicBool::new(false),
         }
     }
@@ -120,7 +117,7 @@ impl EngineConfig {
             return Ok(());
         }
         if self.sink.get(layout::NIX_CACHE_INFO).await?.is_none() {
-            let body = Bytes::from(layout::nix_cache_info(self.priority));
+            let body = Bytes::from(layout::nix_cache_info(layout::PRIORITY));
             self.sink
                 .put(layout::NIX_CACHE_INFO, body, content_type::NIX_CACHE_INFO)
                 .await?;

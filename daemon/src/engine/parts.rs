@@ -147,15 +147,34 @@ impl Write for PartSplitter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn splitter_emits_equal_parts_and_marks_only_the_final_one_last() {
+    /// A splitter of `part_size`-byte parts with `permits` parts in flight, on a runtime of
+    /// its own; the receiver sees what it sends.
+    fn splitter(
+        part_size: u64,
+        permits: usize,
+    ) -> (
+        tokio::runtime::Runtime,
+        PartSplitter,
+        Recycler,
+        mpsc::Receiver<Part>,
+    ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let permits = Arc::new(Semaphore::new(16));
-        let (mut splitter, _recycler) =
-            PartSplitter::new(10, 10, tx, permits, runtime.handle().clone());
+        let (tx, rx) = mpsc::channel(16);
+        let (splitter, recycler) = PartSplitter::new(
+            part_size,
+            part_size,
+            tx,
+            Arc::new(Semaphore::new(permits)),
+            runtime.handle().clone(),
+        );
+        (runtime, splitter, recycler, rx)
+    }
+
+    #[test]
+    fn splitter_emits_equal_parts_and_marks_only_the_final_one_last() {
+        let (_runtime, mut splitter, _recycler, mut rx) = splitter(10, 16);
         splitter.write_all(&[7u8; 35]).unwrap();
         splitter.send(true).unwrap();
         drop(splitter);
@@ -171,17 +190,7 @@ mod tests {
 
     #[test]
     fn a_stream_of_exactly_one_part_is_sent_once_as_last() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let (mut splitter, _recycler) = PartSplitter::new(
-            10,
-            10,
-            tx,
-            Arc::new(Semaphore::new(2)),
-            runtime.handle().clone(),
-        );
+        let (_runtime, mut splitter, _recycler, mut rx) = splitter(10, 2);
         splitter.write_all(&[1u8; 10]).unwrap();
         splitter.send(true).unwrap();
         drop(splitter);
@@ -192,17 +201,7 @@ mod tests {
 
     #[test]
     fn a_sent_buffer_comes_back_to_the_writer_and_is_filled_again() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let (mut splitter, recycler) = PartSplitter::new(
-            4,
-            4,
-            tx,
-            Arc::new(Semaphore::new(2)),
-            runtime.handle().clone(),
-        );
+        let (_runtime, mut splitter, recycler, mut rx) = splitter(4, 2);
         // Part 1 is sent when part 2 starts, so part 2 gets a new buffer; part 1's buffer,
         // handed back meanwhile, carries part 3.
         splitter.write_all(&[1u8; 4]).unwrap();

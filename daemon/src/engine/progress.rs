@@ -58,8 +58,9 @@ pub struct EngineView {
 }
 
 impl EngineView {
-    /// Registers the NAR stream of `path`; it is listed until [`EngineView::end_stream`].
-    pub fn start_stream(&self, path: &StorePath, nar_size: u64) -> Arc<StreamProgress> {
+    /// Lists the NAR stream of `path` until the returned guard is dropped, however the task
+    /// that streams it ends.
+    pub fn start_stream(&self, path: &StorePath, nar_size: u64) -> Listed<'_> {
         let progress = Arc::new(StreamProgress {
             path: path.clone(),
             nar_size,
@@ -68,11 +69,10 @@ impl EngineView {
             total: self.nar_bytes.clone(),
         });
         lock(&self.streams).insert(path.clone(), progress.clone());
-        progress
-    }
-
-    pub fn end_stream(&self, path: &StorePath) {
-        lock(&self.streams).remove(path);
+        Listed {
+            view: self,
+            progress,
+        }
     }
 
     /// Every NAR being streamed, by path.
@@ -91,6 +91,24 @@ impl EngineView {
     /// NAR bytes streamed since the engine started.
     pub fn nar_bytes(&self) -> u64 {
         self.nar_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A NAR stream listed in the view; dropping it takes the stream off the list.
+pub struct Listed<'a> {
+    view: &'a EngineView,
+    progress: Arc<StreamProgress>,
+}
+
+impl Listed<'_> {
+    pub fn progress(&self) -> Arc<StreamProgress> {
+        self.progress.clone()
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        lock(&self.view.streams).remove(&self.progress.path);
     }
 }
 

@@ -76,26 +76,10 @@ pub(super) async fn store_nar(
             return Ok(kept);
         }
     }
-    let listed = Listed {
-        view,
-        path: &info.path,
-    };
-    let progress = view.start_stream(&info.path, info.nar_size);
-    let stored = stream::store_nar(&config.sink, info, settings, progress).await;
+    let listed = view.start_stream(&info.path, info.nar_size);
+    let stored = stream::store_nar(&config.sink, info, settings, listed.progress()).await;
     drop(listed);
     Ok(Box::new(narinfo_for(info, &stored?)))
-}
-
-/// Keeps a NAR stream listed in the view while it runs, however its task ends.
-struct Listed<'a> {
-    view: &'a EngineView,
-    path: &'a StorePath,
-}
-
-impl Drop for Listed<'_> {
-    fn drop(&mut self) {
-        self.view.end_stream(self.path);
-    }
 }
 
 /// The result a task would have given, for a task that panicked or was cancelled.

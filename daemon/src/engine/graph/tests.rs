@@ -51,56 +51,44 @@ fn nothing_cached(_: &StorePath) -> bool {
     false
 }
 
+/// The actions `pick` selects, as it maps them.
+fn picked<T>(actions: &[Action], pick: impl Fn(&Action) -> Option<T>) -> Vec<T> {
+    actions.iter().filter_map(pick).collect()
+}
+
 fn checks(actions: &[Action]) -> Vec<StorePath> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Check(p) => Some(p.clone()),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Check(p) => Some(p.clone()),
+        _ => None,
+    })
 }
 
 fn stores(actions: &[Action]) -> Vec<StorePath> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::StoreNar(info) => Some(info.path.clone()),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::StoreNar(info) => Some(info.path.clone()),
+        _ => None,
+    })
 }
 
 fn publishes(actions: &[Action]) -> Vec<StorePath> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Publish(p, _) => Some(p.clone()),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Publish(p, _) => Some(p.clone()),
+        _ => None,
+    })
 }
 
 fn tops_done(actions: &[Action]) -> Vec<StorePath> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Report(Report::TopDone(p)) => Some(p.clone()),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Report(Report::TopDone(p)) => Some(p.clone()),
+        _ => None,
+    })
 }
 
 fn top_failures(actions: &[Action]) -> Vec<(StorePath, Failure)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Report(Report::TopFailed { top, failure }) => {
-                Some((top.clone(), failure.clone()))
-            }
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Report(Report::TopFailed { top, failure }) => Some((top.clone(), failure.clone())),
+        _ => None,
+    })
 }
 
 /// Checks every path absent and stores every NAR; returns the graph and the publishes
