@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::engine::compress::Compression;
+use crate::format::signing::VerifyingKey;
 use crate::sink::url::{TargetUrl, TargetUrlError};
+use crate::upstream::{Upstream, UpstreamUrl, NIXOS_PUBLIC_KEY};
 
 pub use narpush_protocol::defaults::CONFIG as DEFAULT_CONFIG_PATH;
 use narpush_protocol::{defaults, env};
@@ -38,6 +40,7 @@ struct RawConfig {
     retry_max_delay_ms: Option<u64>,
     allowed_uids: Option<Vec<u32>>,
     upstream_caches: Option<Vec<String>>,
+    upstream_public_keys: Option<Vec<String>>,
     upload_build_logs: Option<bool>,
     write_nar_listing: Option<bool>,
     metrics_listen: Option<String>,
@@ -73,6 +76,11 @@ pub struct Config {
     /// Who may enqueue, besides the daemon's own uid.
     pub allowed_uids: Vec<u32>,
     pub upload_build_logs: bool,
+    /// Caches asked whether they serve a path before it is uploaded.
+    pub upstream_caches: Vec<UpstreamUrl>,
+    /// Keys whose signature makes a path upstream's (on the path in the store, or on an
+    /// upstream cache's narinfo).
+    pub upstream_public_keys: Vec<VerifyingKey>,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -102,6 +110,8 @@ impl Default for Config {
             retry_max_delay: Duration::from_secs(15 * 60),
             allowed_uids: vec![0],
             upload_build_logs: true,
+            upstream_caches: Vec::new(),
+            upstream_public_keys: VerifyingKey::parse(NIXOS_PUBLIC_KEY).into_iter().collect(),
         }
     }
 }
@@ -203,10 +213,25 @@ impl Config {
                 "must not be below retry_initial_delay_ms".to_owned(),
             ));
         }
+        let upstream_caches = raw
+            .upstream_caches
+            .unwrap_or_default()
+            .iter()
+            .map(|url| UpstreamUrl::parse(url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("upstream_caches", e.to_string()))?;
+        let upstream_public_keys = match raw.upstream_public_keys {
+            Some(keys) => keys
+                .iter()
+                .map(|key| {
+                    VerifyingKey::parse(key)
+                        .map_err(|e| format!("'{key}' is not a public key: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|r| invalid("upstream_public_keys", r))?,
+            None => defaults.upstream_public_keys.clone(),
+        };
         // Accepted so configurations written for the full design load; refused until built.
-        if raw.upstream_caches.is_some_and(|c| !c.is_empty()) {
-            return Err(invalid("upstream_caches", NOT_YET.to_owned()));
-        }
         if raw.write_nar_listing == Some(true) {
             return Err(invalid("write_nar_listing", NOT_YET.to_owned()));
         }
@@ -247,7 +272,17 @@ impl Config {
             retry_max_delay,
             allowed_uids: raw.allowed_uids.unwrap_or(defaults.allowed_uids),
             upload_build_logs: raw.upload_build_logs.unwrap_or(defaults.upload_build_logs),
+            upstream_caches,
+            upstream_public_keys,
         })
+    }
+
+    /// The upstream filter these settings describe.
+    pub fn upstream(&self) -> Upstream {
+        Upstream::new(
+            self.upstream_caches.clone(),
+            self.upstream_public_keys.clone(),
+        )
     }
 }
 
@@ -386,10 +421,6 @@ metrics_listen = ""
     #[test]
     fn features_not_built_yet_are_refused_by_name_when_turned_on() {
         for (text, key) in [
-            (
-                "upstream_caches = [\"https://cache.nixos.org\"]\n",
-                "upstream_caches",
-            ),
             ("write_nar_listing = true\n", "write_nar_listing"),
             ("metrics_listen = \"127.0.0.1:9184\"\n", "metrics_listen"),
             ("state_dir = \"relative\"\n", "state_dir"),
@@ -397,6 +428,31 @@ metrics_listen = ""
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn upstream_defaults_to_cache_nixos_org_key_alone_and_lists_are_checked() {
+        let config = parse("").unwrap();
+        assert!(config.upstream_caches.is_empty());
+        assert_eq!(
+            config
+                .upstream_public_keys
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec![NIXOS_PUBLIC_KEY.to_owned()]
+        );
+        let config = parse(
+            "upstream_caches = [\"https://cache.nixos.org\", \"file:///srv/c\"]\n\
+             upstream_public_keys = []\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstream_caches.len(), 2);
+        assert!(config.upstream_public_keys.is_empty());
+        let err = parse("upstream_caches = [\"s3://bucket\"]\n").unwrap_err();
+        assert!(err.to_string().contains("'upstream_caches'"), "{err}");
+        let err = parse("upstream_public_keys = [\"cache.nixos.org-1\"]\n").unwrap_err();
+        assert!(err.to_string().contains("'upstream_public_keys'"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod layout;
 pub mod queue;
 pub mod sink;
 pub mod store;
+pub mod upstream;
 
 /// Sleeps until `at`, or forever without it: a `select!` branch for an optional deadline.
 pub async fn sleep_until(at: Option<tokio::time::Instant>) {

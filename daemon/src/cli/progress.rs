@@ -26,6 +26,8 @@ pub struct Totals {
     pub uploaded_nar_bytes: u64,
     pub uploaded_file_bytes: u64,
     pub present: usize,
+    pub upstream: usize,
+    pub upstream_nar_bytes: u64,
     pub failed: usize,
 }
 
@@ -77,6 +79,13 @@ impl Display {
 
     pub fn present(&mut self) {
         self.totals.present += 1;
+        self.finished_paths += 1;
+        self.refresh_message();
+    }
+
+    pub fn upstream(&mut self, nar_size: u64) {
+        self.totals.upstream += 1;
+        self.totals.upstream_nar_bytes += nar_size;
         self.finished_paths += 1;
         self.refresh_message();
     }

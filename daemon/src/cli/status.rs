@@ -89,6 +89,13 @@ pub fn render(report: &StatusReport) -> String {
         report.uploaded.paths,
         HumanBytes(report.uploaded.nar_bytes)
     ));
+    if report.skipped_upstream.paths > 0 {
+        line(format!(
+            "upstream:    {} path(s), {} NAR not uploaded since start: served upstream",
+            report.skipped_upstream.paths,
+            HumanBytes(report.skipped_upstream.nar_bytes)
+        ));
+    }
     for r in &report.retrying {
         line(format!(
             "retrying:    {} (attempt {}, next in {}): {}",

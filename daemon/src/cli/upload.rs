@@ -19,14 +19,16 @@ use narpush::config::{check_concurrency, check_level, Config};
 use narpush::engine::compress::Compression;
 use narpush::engine::stream::StreamSettings;
 use narpush::engine::{Engine, EngineConfig, Report};
-use narpush::format::signing::SigningKey;
+use narpush::format::signing::{SigningKey, VerifyingKey};
 use narpush::format::store_path::StorePath;
 use narpush::sink::{Sink, TargetUrl};
 use narpush::store;
+use narpush::upstream::{Upstream, UpstreamUrl};
 
 /// Upload store paths (and their closures) to a binary cache, then exit.
 ///
-/// Paths already in the cache are skipped. Each narinfo is written only after its NAR and the
+/// Paths already in the cache are skipped, and so are paths an upstream cache serves (by
+/// default, those the store holds with a valid cache.nixos.org signature). Each narinfo is written only after its NAR and the
 /// narinfos of all its references, so the cache is consistent at every moment. Settings come
 /// from the config file; flags win.
 ///
@@ -75,6 +77,22 @@ pub struct UploadArgs {
     /// Compression level (zstd 1-19, xz 0-9). Default: `compression_level`, else 3 for zstd.
     #[arg(long, value_name = "N")]
     compression_level: Option<i32>,
+
+    /// A cache clients already substitute from (https://, http:// or file://): paths it
+    /// serves, with a narinfo signed by an upstream key, are not uploaded. Repeatable; added
+    /// to `upstream_caches` from the config file.
+    #[arg(long = "upstream", value_name = "URL")]
+    upstream_caches: Vec<String>,
+
+    /// A public key (NAME:BASE64) of an upstream cache: a path the store holds with a valid
+    /// signature by it came from that cache and is not uploaded. Repeatable; added to
+    /// `upstream_public_keys` (default: cache.nixos.org's key).
+    #[arg(long = "upstream-key", value_name = "KEY")]
+    upstream_keys: Vec<String>,
+
+    /// Upload every path, whatever upstream caches serve (ignores the upstream settings).
+    #[arg(long, conflicts_with_all = ["upstream_caches", "upstream_keys"])]
+    no_upstream: bool,
 }
 
 pub fn run(args: UploadArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
@@ -94,6 +112,7 @@ struct Settings {
     jobs: usize,
     parallel_requests: usize,
     stream: StreamSettings,
+    upstream: Upstream,
 }
 
 impl Settings {
@@ -138,6 +157,22 @@ impl Settings {
         let parallel_requests =
             check_concurrency(args.parallel_requests.unwrap_or(config.parallel_requests))
                 .map_err(|reason| anyhow::anyhow!("--parallel-requests: {reason}"))?;
+        let upstream = if args.no_upstream {
+            Upstream::off()
+        } else {
+            let mut caches = config.upstream_caches.clone();
+            for url in &args.upstream_caches {
+                caches.push(UpstreamUrl::parse(url).context("--upstream")?);
+            }
+            let mut upstream_keys = config.upstream_public_keys.clone();
+            for key in &args.upstream_keys {
+                upstream_keys.push(
+                    VerifyingKey::parse(key)
+                        .with_context(|| format!("--upstream-key '{key}' is not a public key"))?,
+                );
+            }
+            Upstream::new(caches, upstream_keys)
+        };
         Ok(Settings {
             paths,
             target,
@@ -146,6 +181,7 @@ impl Settings {
             jobs,
             parallel_requests,
             stream: StreamSettings::new(compression, level),
+            upstream,
         })
     }
 }
@@ -170,7 +206,8 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         settings.jobs,
         settings.parallel_requests,
         settings.closure,
-    );
+    )
+    .with_upstream(settings.upstream);
     config
         .ensure_cache_info()
         .await
@@ -197,6 +234,7 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
                 file_size,
             } => display.uploaded(&path.to_absolute(), nar_size, file_size),
             Report::Present(_) => display.present(),
+            Report::Upstream { nar_size, .. } => display.upstream(nar_size),
             Report::Failed { path, error } => {
                 display.failed(&path.to_absolute(), &narpush::error_chain(error.as_ref()));
             }
@@ -206,7 +244,8 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
     task.await.context("the upload engine failed")?;
     let (totals, elapsed) = display.finish();
     eprintln!(
-        "narpush: uploaded {} path(s), {} NAR as {} in {:.1}s ({}); {} already in {}; {} failed",
+        "narpush: uploaded {} path(s), {} NAR as {} in {:.1}s ({}); {} already in {}; \
+         {} ({} NAR) served upstream; {} failed",
         totals.uploaded,
         HumanBytes(totals.uploaded_nar_bytes),
         HumanBytes(totals.uploaded_file_bytes),
@@ -214,6 +253,8 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         rate(totals.uploaded_nar_bytes, elapsed),
         totals.present,
         settings.target,
+        totals.upstream,
+        HumanBytes(totals.upstream_nar_bytes),
         totals.failed
     );
     if totals.failed == 0 {

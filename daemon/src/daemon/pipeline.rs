@@ -115,6 +115,10 @@ fn record(shared: &Shared, report: Report) -> Option<Instant> {
             tracing::debug!(%path, "already in the cache");
             None
         }
+        Report::Upstream { path, .. } => {
+            tracing::debug!(%path, "served upstream, not uploaded");
+            None
+        }
         Report::Failed { path, error } => {
             tracing::debug!(%path, "failed: {}", crate::error_chain(error.as_ref()));
             None

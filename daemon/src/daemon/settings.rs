@@ -53,7 +53,8 @@ impl Settings {
             config.jobs,
             config.parallel_requests,
             true,
-        );
+        )
+        .with_upstream(config.upstream());
         Ok(Settings {
             public_keys: engine
                 .keys

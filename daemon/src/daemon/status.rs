@@ -29,6 +29,9 @@ pub struct StatusReport {
     pub retrying: Vec<Retrying>,
     pub failed: Vec<Failed>,
     pub uploaded: Uploaded,
+    /// Paths not uploaded because an upstream cache serves them, since the daemon started.
+    #[serde(default)]
+    pub skipped_upstream: Uploaded,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,5 +152,7 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
     };
     let (paths, nar_bytes) = shared.queue.uploaded()?;
     report.uploaded = Uploaded { paths, nar_bytes };
+    let (paths, nar_bytes) = view.upstream();
+    report.skipped_upstream = Uploaded { paths, nar_bytes };
     Ok(report)
 }

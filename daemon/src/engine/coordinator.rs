@@ -165,6 +165,7 @@ impl Coordinator {
                 self.resolve_waiting();
             }
             Command::SubmitResolved(infos, tops) if self.accepting => {
+                let infos = self.skip_signed_upstream(infos);
                 let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
                 self.act(actions);
             }
@@ -262,10 +263,8 @@ impl Coordinator {
                     .into_iter()
                     .filter(|top| resolved.contains(top))
                     .collect();
-                actions.extend(
-                    self.graph
-                        .add(resolution.infos, &valid, |p| self.known.contains(p)),
-                );
+                let infos = self.skip_signed_upstream(resolution.infos);
+                actions.extend(self.graph.add(infos, &valid, |p| self.known.contains(p)));
                 actions
             }
             Err(error) => {
@@ -300,8 +299,14 @@ impl Coordinator {
     }
 
     fn report(&mut self, report: Report) {
+        if let Report::Upstream { nar_size, .. } = &report {
+            self.view.count_upstream(*nar_size);
+        }
         match &report {
-            Report::Present(path) | Report::Uploaded { path, .. } | Report::TopDone(path) => {
+            Report::Present(path)
+            | Report::Upstream { path, .. }
+            | Report::Uploaded { path, .. }
+            | Report::TopDone(path) => {
                 self.known.insert(path.clone());
             }
             Report::Failed { .. } | Report::TopFailed { .. } => {}
@@ -312,11 +317,29 @@ impl Coordinator {
 
     fn check(&mut self, path: StorePath) {
         let requests = self.requests.clone();
-        let sink = self.config.sink.clone();
+        let config = self.config.clone();
         self.spawn(Purpose::Check(path.clone()), async move {
             let _permit = requests.acquire_owned().await;
-            tasks::check(&sink, path).await
+            tasks::check(&config.sink, &config.upstream, path).await
         });
+    }
+
+    /// Takes the paths signed by an upstream key out of `infos`: they are reported as
+    /// upstream's and known to need no upload, so the graph treats them as in the cache.
+    fn skip_signed_upstream(&mut self, infos: Vec<PathInfo>) -> Vec<PathInfo> {
+        if !self.config.upstream.is_on() {
+            return infos;
+        }
+        let (upstream, rest): (Vec<PathInfo>, Vec<PathInfo>) = infos
+            .into_iter()
+            .partition(|info| self.config.upstream.signed_by_upstream(info));
+        for info in upstream {
+            self.report(Report::Upstream {
+                path: info.path,
+                nar_size: info.nar_size,
+            });
+        }
+        rest
     }
 
     fn store(&mut self, info: PathInfo) {

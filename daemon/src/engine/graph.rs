@@ -7,7 +7,7 @@
 //! # Stages of a path
 //!
 //! ```text
-//! Checking ──present──▶ (in the cache: done)
+//! Checking ──present, or served upstream──▶ (done)
 //!    │absent
 //!    ▼
 //! Storing ──NAR stored──▶ Stored ──no unpublished references──▶ Publishing ──▶ (done)
@@ -18,8 +18,8 @@
 //!
 //! # The closure invariant
 //!
-//! A path's narinfo is published only once every reference other than itself is in the cache:
-//! found there by a lookup, or published by this engine. References cannot form cycles between
+//! A path's narinfo is published only once every reference other than itself is in the cache
+//! or served upstream: found by a lookup, or published by this engine. References cannot form cycles between
 //! distinct store paths, so every path ends published or failed.
 //!
 //! # Failures
@@ -54,11 +54,24 @@ pub enum Action {
     Report(Report),
 }
 
+/// Where a lookup found a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Neither in the cache nor upstream: it must be uploaded.
+    Absent,
+    /// In the cache.
+    Present,
+    /// Served by an upstream cache (with its NarSize), so not uploaded.
+    Upstream { nar_size: u64 },
+}
+
 /// What the engine's owner hears.
 #[derive(Debug)]
 pub enum Report {
     /// A path of a closure was found in the cache.
     Present(StorePath),
+    /// A path of a closure is served upstream, so it is not uploaded.
+    Upstream { path: StorePath, nar_size: u64 },
     /// A path's narinfo was published.
     Uploaded {
         path: StorePath,
@@ -190,19 +203,30 @@ impl Graph {
     }
 
     /// The lookup of `path` in the cache ended.
-    pub fn checked(&mut self, path: &StorePath, result: Result<bool, UploadError>) -> Vec<Action> {
+    pub fn checked(
+        &mut self,
+        path: &StorePath,
+        result: Result<Lookup, UploadError>,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let Some(node) = self.nodes.get_mut(path) else {
             return actions;
         };
         match result {
-            Ok(true) => {
+            Ok(Lookup::Present) => {
                 if node.info.is_some() {
                     actions.push(Action::Report(Report::Present(path.clone())));
                 }
                 self.in_cache(path, &mut actions);
             }
-            Ok(false) => match node.info.clone() {
+            Ok(Lookup::Upstream { nar_size }) => {
+                actions.push(Action::Report(Report::Upstream {
+                    path: path.clone(),
+                    nar_size: node.info.as_ref().map_or(nar_size, |info| info.nar_size),
+                }));
+                self.in_cache(path, &mut actions);
+            }
+            Ok(Lookup::Absent) => match node.info.clone() {
                 Some(info) => {
                     actions.push(Action::StoreNar(info));
                     self.set_stage(path, Stage::Storing);
@@ -213,7 +237,7 @@ impl Graph {
                         let error = UploadError::ReferenceMissing {
                             path: dependent.to_absolute(),
                             reference: path.to_absolute(),
-                            why: "is not in the cache and not part of this upload (upload its closure)",
+                            why: "is neither in the cache nor upstream, and not part of this upload (upload its closure)",
                         };
                         self.fail(&dependent, Arc::new(error), None, &mut actions);
                     }

@@ -5,8 +5,10 @@
 //!
 //! ```text
 //! submit(tops) ─▶ resolve closures ─▶ look each path up ─▶ store its NAR ─▶ publish its narinfo
-//!                 (one nix process     (known-present set,  (stream.rs)       (once its references
-//!                  per batch)           then the sink)                          are in the cache)
+//!                 (one nix process     (known set, upstream (stream.rs)       (once its references
+//!                  per batch)           signatures, the      are in the cache
+//!                                       sink, then upstream                    or served upstream)
+//!                                       caches)
 //! ```
 //!
 //! - [`graph`]: the state of every path in flight and the closure invariant, as a pure state
@@ -51,7 +53,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Failure, UploadError};
-pub use graph::Report;
+pub use graph::{Lookup, Report};
 use progress::EngineView;
 use stream::{StoredNar, StreamSettings};
 
@@ -61,6 +63,7 @@ use crate::format::store_path::StorePath;
 use crate::layout::{self, content_type};
 use crate::sink::{Sink, SinkError};
 use crate::store::PathInfo;
+use crate::upstream::Upstream;
 
 /// NARs up to this size are small: uploaded in one request under the `parallel_requests`
 /// limit, with their whole compressed form in memory.
@@ -83,6 +86,8 @@ pub struct EngineConfig {
     /// Upload the closure of each submitted path (else only the paths, whose references must
     /// already be in the cache).
     pub closure: bool,
+    /// What clients get elsewhere, and so is not uploaded.
+    pub upstream: Arc<Upstream>,
     cache_info_checked: AtomicBool,
 }
 
@@ -105,8 +110,15 @@ impl EngineConfig {
             jobs: jobs.max(1),
             parallel_requests: parallel_requests.max(1),
             closure,
+            upstream: Arc::new(Upstream::off()),
             cache_info_checked: AtomicBool::new(false),
         }
+    }
+
+    /// Skips what `upstream` serves (the default skips nothing).
+    pub fn with_upstream(mut self, upstream: Upstream) -> EngineConfig {
+        self.upstream = Arc::new(upstream);
+        self
     }
 
     /// Makes sure the sink has `nix-cache-info` (without it Nix refuses the cache), once per

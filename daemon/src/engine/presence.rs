@@ -1,7 +1,9 @@
-//! Paths known to be in the cache, remembered for a while so that the closure members every
-//! build shares (glibc, the compiler, ...) are not looked up again for each build.
+//! Paths known to need no upload (in the cache, or served upstream), remembered for a while so
+//! that the closure members every build shares (glibc, the compiler, ...) are not looked up
+//! again for each build.
 //!
-//! A path is remembered when its narinfo was published by this engine or found by a lookup.
+//! A path is remembered when its narinfo was published by this engine, found by a lookup, or
+//! found to be upstream's.
 //! Memory stays bounded: at most [`CAPACITY`] paths, each forgotten after [`KNOWN_FOR`], so
 //! that a path deleted from the cache by hand or by retention GC is looked up again soon.
 

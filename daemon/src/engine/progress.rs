@@ -55,6 +55,8 @@ pub struct EngineView {
     streams: Mutex<BTreeMap<StorePath, Arc<StreamProgress>>>,
     stages: Mutex<Stages>,
     nar_bytes: Arc<AtomicU64>,
+    upstream_paths: AtomicU64,
+    upstream_nar_bytes: AtomicU64,
 }
 
 impl EngineView {
@@ -91,6 +93,21 @@ impl EngineView {
     /// NAR bytes streamed since the engine started.
     pub fn nar_bytes(&self) -> u64 {
         self.nar_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a path not uploaded because an upstream cache serves it.
+    pub fn count_upstream(&self, nar_size: u64) {
+        self.upstream_paths.fetch_add(1, Ordering::Relaxed);
+        self.upstream_nar_bytes
+            .fetch_add(nar_size, Ordering::Relaxed);
+    }
+
+    /// Paths skipped as upstream's since the engine started, and their NAR bytes.
+    pub fn upstream(&self) -> (u64, u64) {
+        (
+            self.upstream_paths.load(Ordering::Relaxed),
+            self.upstream_nar_bytes.load(Ordering::Relaxed),
+        )
     }
 }
 

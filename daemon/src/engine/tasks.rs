@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use tokio::task::JoinError;
 
+use super::graph::Lookup;
 use super::progress::EngineView;
 use super::resolve::Resolution;
 use super::stream::{self, StreamSettings};
@@ -17,11 +18,12 @@ use crate::format::store_path::StorePath;
 use crate::layout::{self, content_type};
 use crate::sink::Sink;
 use crate::store::PathInfo;
+use crate::upstream::Upstream;
 
 /// The result of one task, keyed by what it worked on.
 pub(super) enum Done {
     Resolved(Vec<StorePath>, Result<Resolution, UploadError>),
-    Checked(StorePath, Result<bool, UploadError>),
+    Checked(StorePath, Result<Lookup, UploadError>),
     Stored {
         path: StorePath,
         big: bool,
@@ -38,12 +40,16 @@ pub(super) enum Purpose {
     Publish(StorePath, Box<NarInfo>),
 }
 
-/// Looks `path` up in the cache: does its narinfo exist?
-pub(super) async fn check(sink: &Sink, path: StorePath) -> Done {
-    let result = sink
-        .exists(&layout::narinfo_key(&path))
-        .await
-        .map_err(UploadError::from);
+/// Looks `path` up: in the cache (its narinfo exists), else in the upstream caches.
+pub(super) async fn check(sink: &Sink, upstream: &Upstream, path: StorePath) -> Done {
+    let result = match sink.exists(&layout::narinfo_key(&path)).await {
+        Ok(true) => Ok(Lookup::Present),
+        Ok(false) => Ok(match upstream.serves(&path).await {
+            Some(nar_size) => Lookup::Upstream { nar_size },
+            None => Lookup::Absent,
+        }),
+        Err(e) => Err(UploadError::from(e)),
+    };
     Done::Checked(path, result)
 }
 

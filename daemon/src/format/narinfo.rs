@@ -251,17 +251,11 @@ impl NarInfo {
                 store_path: self.store_path.to_string(),
             });
         }
-        let refs: Vec<String> = self
-            .sorted_references()
-            .into_iter()
-            .map(StorePath::to_absolute)
-            .collect();
-        Ok(format!(
-            "1;{};{};{};{}",
-            self.store_path,
-            self.nar_hash,
+        Ok(fingerprint(
+            &self.store_path,
+            &self.nar_hash,
             self.nar_size,
-            refs.join(",")
+            &self.references,
         ))
     }
 
@@ -388,6 +382,21 @@ fn parse_number(field: &'static str, value: &str) -> Result<u64, NarInfoError> {
         value: value.to_owned(),
         source,
     })
+}
+
+/// The string a `Sig` signs: `1;<path>;<NarHash>;<NarSize>;<references>`, the references as
+/// absolute paths, sorted and deduplicated as Nix's `std::set` yields them.
+pub fn fingerprint(
+    path: &StorePath,
+    nar_hash: &Sha256,
+    nar_size: u64,
+    references: &[StorePath],
+) -> String {
+    let mut refs: Vec<&StorePath> = references.iter().collect();
+    refs.sort();
+    refs.dedup();
+    let refs: Vec<String> = refs.into_iter().map(StorePath::to_absolute).collect();
+    format!("1;{path};{nar_hash};{nar_size};{}", refs.join(","))
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ fn top_failures(actions: &[Action]) -> Vec<(StorePath, Failure)> {
 fn absent_and_stored(graph: &mut Graph, names: &[&str]) -> Vec<StorePath> {
     let mut published = Vec::new();
     for name in names {
-        let actions = graph.checked(&path(name), Ok(false));
+        let actions = graph.checked(&path(name), Ok(Lookup::Absent));
         assert_eq!(stores(&actions), vec![path(name)]);
     }
     for name in names {
@@ -141,8 +141,8 @@ fn a_reference_found_in_the_cache_unblocks_at_once_and_a_self_reference_never_bl
         &[path("top")],
         nothing_cached,
     );
-    assert!(publishes(&graph.checked(&path("top"), Ok(false))).is_empty());
-    let present = graph.checked(&path("dep"), Ok(true));
+    assert!(publishes(&graph.checked(&path("top"), Ok(Lookup::Absent))).is_empty());
+    let present = graph.checked(&path("dep"), Ok(Lookup::Present));
     assert!(matches!(present[0], Action::Report(Report::Present(_))));
     let stored = graph.stored(&path("top"), Ok(narinfo("top")));
     assert_eq!(publishes(&stored), vec![path("top")]);
@@ -159,7 +159,7 @@ fn paths_known_to_be_in_the_cache_are_neither_checked_nor_uploaded() {
     );
     assert_eq!(checks(&actions), vec![path("top")]);
     assert_eq!(tops_done(&actions), vec![path("dep")]);
-    graph.checked(&path("top"), Ok(false));
+    graph.checked(&path("top"), Ok(Lookup::Absent));
     assert_eq!(
         publishes(&graph.stored(&path("top"), Ok(narinfo("top")))),
         vec![path("top")]
@@ -180,7 +180,7 @@ fn a_failure_spreads_upward_and_the_top_reports_the_bottom_of_the_chain() {
         nothing_cached,
     );
     absent_and_stored(&mut graph, &["top", "mid", "side"]);
-    graph.checked(&path("leaf"), Ok(false));
+    graph.checked(&path("leaf"), Ok(Lookup::Absent));
     let refused = SinkError {
         operation: "PUT",
         key: "nar/x".to_owned(),
@@ -219,8 +219,8 @@ fn a_nar_stored_after_its_path_failed_is_kept_for_the_next_attempt() {
         &[path("top")],
         nothing_cached,
     );
-    graph.checked(&path("top"), Ok(false));
-    graph.checked(&path("dep"), Ok(false));
+    graph.checked(&path("top"), Ok(Lookup::Absent));
+    graph.checked(&path("dep"), Ok(Lookup::Absent));
     let error = UploadError::Internal {
         path: path("dep").to_absolute(),
         detail: "broken".to_owned(),
@@ -236,8 +236,8 @@ fn an_external_reference_the_cache_lacks_fails_its_dependents() {
     // Without the closure: `dep` is referenced but not submitted.
     let actions = graph.add(vec![info("top", &["dep"])], &[path("top")], nothing_cached);
     assert_eq!(checks(&actions).len(), 2);
-    graph.checked(&path("top"), Ok(false));
-    let actions = graph.checked(&path("dep"), Ok(false));
+    graph.checked(&path("top"), Ok(Lookup::Absent));
+    let actions = graph.checked(&path("dep"), Ok(Lookup::Absent));
     assert!(
         stores(&actions).is_empty(),
         "an external reference is never uploaded"
@@ -247,7 +247,7 @@ fn an_external_reference_the_cache_lacks_fails_its_dependents() {
         failures[0]
             .1
             .message
-            .contains("is not in the cache and not part of this upload"),
+            .contains("is neither in the cache nor upstream, and not part of this upload"),
         "{}",
         failures[0].1.message
     );
@@ -258,7 +258,7 @@ fn an_external_reference_that_joins_a_closure_is_uploaded_instead() {
     let mut graph = Graph::default();
     graph.add(vec![info("top", &["dep"])], &[path("top")], nothing_cached);
     graph.add(vec![info("dep", &[])], &[path("dep")], nothing_cached);
-    let actions = graph.checked(&path("dep"), Ok(false));
+    let actions = graph.checked(&path("dep"), Ok(Lookup::Absent));
     assert_eq!(stores(&actions), vec![path("dep")]);
 }
 
@@ -270,7 +270,7 @@ fn a_second_closure_sharing_a_path_in_flight_waits_for_it_instead_of_uploading_i
         &[path("a")],
         nothing_cached,
     );
-    graph.checked(&path("shared"), Ok(false));
+    graph.checked(&path("shared"), Ok(Lookup::Absent));
     let second = graph.add(
         vec![info("b", &["shared"]), info("shared", &[])],
         &[path("b")],
@@ -296,9 +296,43 @@ fn stage_counts_follow_the_paths() {
         nothing_cached,
     );
     assert_eq!(graph.stages().checking, 2);
-    graph.checked(&path("top"), Ok(false));
+    graph.checked(&path("top"), Ok(Lookup::Absent));
     graph.stored(&path("top"), Ok(narinfo("top")));
-    graph.checked(&path("dep"), Ok(false));
+    graph.checked(&path("dep"), Ok(Lookup::Absent));
     let stages = graph.stages();
     assert_eq!((stages.storing, stages.waiting_for_references), (1, 1));
+}
+
+#[test]
+fn a_reference_served_upstream_is_not_uploaded_and_unblocks_its_dependents() {
+    let mut graph = Graph::default();
+    graph.add(
+        vec![info("top", &["dep"]), info("dep", &[])],
+        &[path("top")],
+        nothing_cached,
+    );
+    graph.checked(&path("top"), Ok(Lookup::Absent));
+    let upstream = graph.checked(&path("dep"), Ok(Lookup::Upstream { nar_size: 7 }));
+    // The store's NarSize wins over the upstream's word for a path of the closure.
+    assert!(matches!(
+        &upstream[..],
+        [Action::Report(Report::Upstream { path: p, nar_size: 100 })] if *p == path("dep")
+    ));
+    let stored = graph.stored(&path("top"), Ok(narinfo("top")));
+    assert_eq!(publishes(&stored), vec![path("top")]);
+}
+
+#[test]
+fn an_external_reference_served_upstream_satisfies_a_no_closure_upload() {
+    let mut graph = Graph::default();
+    let actions = graph.add(vec![info("top", &["lib"])], &[path("top")], nothing_cached);
+    assert_eq!(checks(&actions), vec![path("top"), path("lib")]);
+    graph.checked(&path("top"), Ok(Lookup::Absent));
+    let upstream = graph.checked(&path("lib"), Ok(Lookup::Upstream { nar_size: 7 }));
+    assert!(matches!(
+        &upstream[..],
+        [Action::Report(Report::Upstream { nar_size: 7, .. })]
+    ));
+    let stored = graph.stored(&path("top"), Ok(narinfo("top")));
+    assert_eq!(publishes(&stored), vec![path("top")]);
 }
