@@ -253,7 +253,12 @@ fn the_daemon_skips_upstream_signed_paths_and_status_counts_them() {
         vec![],
     );
     let pushed = daemon.client(&["push", "--wait", "--timeout", "60", &closure.top]);
-    assert!(pushed.status.success(), "{}\n{}", stderr(&pushed), daemon.log());
+    assert!(
+        pushed.status.success(),
+        "{}\n{}",
+        stderr(&pushed),
+        daemon.log()
+    );
 
     let cache = daemon.state.join("cache");
     let rest = closure.paths.iter().filter(|p| **p != closure.leaf);

@@ -41,6 +41,7 @@ struct RawConfig {
     allowed_uids: Option<Vec<u32>>,
     upstream_caches: Option<Vec<String>>,
     upstream_public_keys: Option<Vec<String>>,
+    refresh_after: Option<String>,
     upload_build_logs: Option<bool>,
     write_nar_listing: Option<bool>,
     metrics_listen: Option<String>,
@@ -81,6 +82,9 @@ pub struct Config {
     /// Keys whose signature makes a path upstream's (on the path in the store, or on an
     /// upstream cache's narinfo).
     pub upstream_public_keys: Vec<VerifyingKey>,
+    /// A path found in the cache gets its narinfo rewritten once it is older than this, so
+    /// that retention GC sees it as in use.
+    pub refresh_after: Duration,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -88,6 +92,7 @@ pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 const MAX_CONCURRENCY: usize = 1024;
 pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
+pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Config {
     fn default() -> Config {
@@ -112,6 +117,7 @@ impl Default for Config {
             upload_build_logs: true,
             upstream_caches: Vec::new(),
             upstream_public_keys: VerifyingKey::parse(NIXOS_PUBLIC_KEY).into_iter().collect(),
+            refresh_after: DEFAULT_REFRESH_AFTER,
         }
     }
 }
@@ -231,6 +237,19 @@ impl Config {
                 .map_err(|r| invalid("upstream_public_keys", r))?,
             None => defaults.upstream_public_keys.clone(),
         };
+        let refresh_after = match raw.refresh_after {
+            Some(text) => humantime::parse_duration(&text)
+                .map_err(|e| format!("'{text}' is not a duration like \"1d\" or \"12h\": {e}"))
+                .and_then(|d| {
+                    if d.is_zero() {
+                        Err("must be more than 0".to_owned())
+                    } else {
+                        Ok(d)
+                    }
+                })
+                .map_err(|r| invalid("refresh_after", r))?,
+            None => defaults.refresh_after,
+        };
         // Accepted so configurations written for the full design load; refused until built.
         if raw.write_nar_listing == Some(true) {
             return Err(invalid("write_nar_listing", NOT_YET.to_owned()));
@@ -274,6 +293,7 @@ impl Config {
             upload_build_logs: raw.upload_build_logs.unwrap_or(defaults.upload_build_logs),
             upstream_caches,
             upstream_public_keys,
+            refresh_after,
         })
     }
 
@@ -453,6 +473,19 @@ metrics_listen = ""
         assert!(err.to_string().contains("'upstream_caches'"), "{err}");
         let err = parse("upstream_public_keys = [\"cache.nixos.org-1\"]\n").unwrap_err();
         assert!(err.to_string().contains("'upstream_public_keys'"), "{err}");
+    }
+
+    #[test]
+    fn refresh_after_is_a_human_duration() {
+        assert_eq!(parse("").unwrap().refresh_after, DEFAULT_REFRESH_AFTER);
+        assert_eq!(
+            parse("refresh_after = \"12h\"\n").unwrap().refresh_after,
+            Duration::from_secs(12 * 3600)
+        );
+        for bad in ["\"soon\"", "\"0s\""] {
+            let err = parse(&format!("refresh_after = {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("'refresh_after'"), "{err}");
+        }
     }
 
     #[test]

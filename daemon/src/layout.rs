@@ -78,12 +78,89 @@ pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression) -> String {
 
 /// The key of a derivation's build log, where `nix log` looks for it.
 pub fn log_key(drv: &StorePath) -> String {
-    format!("log/{}", drv.basename())
+    log_key_of_basename(drv.basename())
+}
+
+/// The key of the build log of the derivation named `basename` (a narinfo's `Deriver`).
+pub fn log_key_of_basename(basename: &str) -> String {
+    format!("log/{basename}")
+}
+
+/// What an object of a cache is, by its key: what retention GC needs to know of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectKind<'a> {
+    CacheInfo,
+    /// `<hash part>.narinfo`.
+    NarInfo {
+        hash: &'a str,
+    },
+    /// `<hash part>.ls`, a NAR listing.
+    Listing {
+        hash: &'a str,
+    },
+    /// Anything under `nar/`.
+    Nar,
+    /// `log/<drv basename>`.
+    Log {
+        drv: &'a str,
+    },
+    /// `realisations/<drv hash>!<output>.doi`.
+    Realisation,
+    /// Not written by narpush or Nix: never touched.
+    Other,
+}
+
+/// Classifies a key of the cache.
+pub fn kind_of(key: &str) -> ObjectKind<'_> {
+    let is_hash = |s: &str| s.len() == 32 && s.bytes().all(|b| nixbase32::ALPHABET.contains(&b));
+    if key == NIX_CACHE_INFO {
+        ObjectKind::CacheInfo
+    } else if let Some(hash) = key.strip_suffix(".narinfo").filter(|h| is_hash(h)) {
+        ObjectKind::NarInfo { hash }
+    } else if let Some(hash) = key.strip_suffix(".ls").filter(|h| is_hash(h)) {
+        ObjectKind::Listing { hash }
+    } else if key.starts_with("nar/") {
+        ObjectKind::Nar
+    } else if let Some(drv) = key.strip_prefix("log/").filter(|d| !d.contains('/')) {
+        ObjectKind::Log { drv }
+    } else if key.starts_with("realisations/") && key.ends_with(".doi") {
+        ObjectKind::Realisation
+    } else {
+        ObjectKind::Other
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_classified_by_what_they_hold() {
+        let hash = "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6";
+        assert_eq!(kind_of("nix-cache-info"), ObjectKind::CacheInfo);
+        assert_eq!(
+            kind_of(&format!("{hash}.narinfo")),
+            ObjectKind::NarInfo { hash }
+        );
+        assert_eq!(kind_of(&format!("{hash}.ls")), ObjectKind::Listing { hash });
+        assert_eq!(kind_of("nar/abc.nar.zst"), ObjectKind::Nar);
+        assert_eq!(
+            kind_of("log/x-top.drv"),
+            ObjectKind::Log { drv: "x-top.drv" }
+        );
+        assert_eq!(
+            kind_of("realisations/sha256:00!out.doi"),
+            ObjectKind::Realisation
+        );
+        for other in [
+            "index.html",
+            "short.narinfo",
+            "sub/dir/x.narinfo",
+            "log/a/b",
+        ] {
+            assert_eq!(kind_of(other), ObjectKind::Other, "{other}");
+        }
+    }
 
     fn path() -> StorePath {
         StorePath::from_basename("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep").unwrap()

@@ -23,6 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod format;
+pub mod gc;
 pub mod gcroots;
 pub mod layout;
 pub mod queue;

@@ -111,7 +111,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
             continue;
         };
         for entry in entries.flatten() {
-            let meta = entry.metadata().expect("metadata");
+            // Gone since the directory was read: another process is writing the cache.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
             if meta.is_dir() {
                 pending.push(entry.path());
             } else {

@@ -3,6 +3,7 @@
 //! library modules together.
 
 mod daemon;
+mod gc;
 mod keygen;
 mod progress;
 mod push;
@@ -42,6 +43,7 @@ pub enum Command {
     Wait(wait::WaitArgs),
     Retry(retry::RetryArgs),
     Keygen(keygen::KeygenArgs),
+    Gc(gc::GcArgs),
 }
 
 /// How a command that ran ended.
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Wait(args) => wait::run(&args, cli.config.as_deref()),
         Command::Retry(args) => retry::run(&args, cli.config.as_deref()),
         Command::Keygen(args) => keygen::run(&args),
+        Command::Gc(args) => gc::run(args, cli.config.as_deref()),
     }
 }
 

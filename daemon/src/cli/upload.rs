@@ -113,6 +113,7 @@ struct Settings {
     parallel_requests: usize,
     stream: StreamSettings,
     upstream: Upstream,
+    refresh_after: Duration,
 }
 
 impl Settings {
@@ -182,6 +183,7 @@ impl Settings {
             parallel_requests,
             stream: StreamSettings::new(compression, level),
             upstream,
+            refresh_after: config.refresh_after,
         })
     }
 }
@@ -207,7 +209,8 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         settings.parallel_requests,
         settings.closure,
     )
-    .with_upstream(settings.upstream);
+    .with_upstream(settings.upstream)
+    .with_refresh_after(settings.refresh_after);
     config
         .ensure_cache_info()
         .await

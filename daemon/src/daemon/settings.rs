@@ -54,7 +54,8 @@ impl Settings {
             config.parallel_requests,
             true,
         )
-        .with_upstream(config.upstream());
+        .with_upstream(config.upstream())
+        .with_refresh_after(config.refresh_after);
         Ok(Settings {
             public_keys: engine
                 .keys

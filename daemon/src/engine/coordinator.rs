@@ -320,7 +320,7 @@ impl Coordinator {
         let config = self.config.clone();
         self.spawn(Purpose::Check(path.clone()), async move {
             let _permit = requests.acquire_owned().await;
-            tasks::check(&config.sink, &config.upstream, path).await
+            tasks::check(&config, path).await
         });
     }
 

@@ -88,6 +88,9 @@ pub struct EngineConfig {
     pub closure: bool,
     /// What clients get elsewhere, and so is not uploaded.
     pub upstream: Arc<Upstream>,
+    /// A narinfo found in the cache is rewritten once it is older than this, so that
+    /// retention GC sees the path as in use (see `gc`).
+    pub refresh_after: Duration,
     cache_info_checked: AtomicBool,
 }
 
@@ -111,8 +114,15 @@ impl EngineConfig {
             parallel_requests: parallel_requests.max(1),
             closure,
             upstream: Arc::new(Upstream::off()),
+            refresh_after: crate::config::DEFAULT_REFRESH_AFTER,
             cache_info_checked: AtomicBool::new(false),
         }
+    }
+
+    /// Rewrites narinfos found in the cache once they are older than `refresh_after`.
+    pub fn with_refresh_after(mut self, refresh_after: Duration) -> EngineConfig {
+        self.refresh_after = refresh_after;
+        self
     }
 
     /// Skips what `upstream` serves (the default skips nothing).

@@ -5,6 +5,8 @@
 //!
 //! Concurrency limits are the coordinator's: these futures run once they hold their permits.
 
+use std::time::{Duration, SystemTime};
+
 use bytes::Bytes;
 use tokio::task::JoinError;
 
@@ -15,10 +17,14 @@ use super::stream::{self, StreamSettings};
 use super::{narinfo_for, sign, EngineConfig, UploadError};
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
+use crate::gc;
 use crate::layout::{self, content_type};
 use crate::sink::Sink;
 use crate::store::PathInfo;
-use crate::upstream::Upstream;
+
+/// How long a refreshed narinfo is watched for a collection that planned its deletion before
+/// the refresh: longer than such a collection may take to delete it.
+const REFRESH_SETTLE: Duration = Duration::from_secs(2 * gc::DELETE_WINDOW.as_secs() + 1);
 
 /// The result of one task, keyed by what it worked on.
 pub(super) enum Done {
@@ -41,16 +47,44 @@ pub(super) enum Purpose {
 }
 
 /// Looks `path` up: in the cache (its narinfo exists), else in the upstream caches.
-pub(super) async fn check(sink: &Sink, upstream: &Upstream, path: StorePath) -> Done {
-    let result = match sink.exists(&layout::narinfo_key(&path)).await {
-        Ok(true) => Ok(Lookup::Present),
-        Ok(false) => Ok(match upstream.serves(&path).await {
+///
+/// A narinfo found older than `refresh_after` is rewritten so that retention GC sees that the
+/// path is built upon again. A collection that listed it just before may still delete it: such
+/// a deletion comes within [`gc::DELETE_WINDOW`] of that listing, so after waiting longer than
+/// that the narinfo is looked for once more, and uploaded again if it is gone.
+pub(super) async fn check(config: &EngineConfig, path: StorePath) -> Done {
+    let key = layout::narinfo_key(&path);
+    let result = match config.sink.modified(&key).await {
+        Ok(Some(modified)) => {
+            let age = SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default();
+            if age > config.refresh_after {
+                refresh(&config.sink, &key).await
+            } else {
+                Ok(Lookup::Present)
+            }
+        }
+        Ok(None) => Ok(match config.upstream.serves(&path).await {
             Some(nar_size) => Lookup::Upstream { nar_size },
             None => Lookup::Absent,
         }),
         Err(e) => Err(UploadError::from(e)),
     };
     Done::Checked(path, result)
+}
+
+/// Writes the narinfo at `key` again, unchanged, then makes sure no collection deleted it.
+async fn refresh(sink: &Sink, key: &str) -> Result<Lookup, UploadError> {
+    let Some(body) = sink.get(key).await? else {
+        return Ok(Lookup::Absent);
+    };
+    sink.put(key, body, content_type::NARINFO).await?;
+    tokio::time::sleep(REFRESH_SETTLE).await;
+    Ok(match sink.modified(key).await? {
+        Some(_) => Lookup::Present,
+        None => Lookup::Absent,
+    })
 }
 
 /// Signs `narinfo` with the configured keys and writes it.
@@ -78,7 +112,16 @@ pub(super) async fn store_nar(
     view: &EngineView,
 ) -> Result<Box<NarInfo>, UploadError> {
     if let Some(kept) = kept {
-        if kept.nar_hash == info.nar_hash && config.sink.exists(&kept.url).await? {
+        // Only a NAR well inside retention GC's grace period: an older one, which no narinfo
+        // uses yet, may be collected before the narinfo that would use it is published.
+        let fresh = |modified: SystemTime| {
+            SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age < gc::MIN_GRACE / 2)
+        };
+        if kept.nar_hash == info.nar_hash
+            && config.sink.modified(&kept.url).await?.is_some_and(fresh)
+        {
             return Ok(kept);
         }
     }

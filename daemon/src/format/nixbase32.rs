@@ -17,7 +17,7 @@
 use thiserror::Error;
 
 /// The 32 digits, indexed by value.
-const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+pub const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 /// A string that is not the nix32 encoding of any byte string.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::{ErrorClass, SinkError};
 
 pub struct FileSink {
-    root: PathBuf,
+    pub(super) root: PathBuf,
 }
 
 impl FileSink {
@@ -133,7 +133,7 @@ fn set_world_readable(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
-fn io_error(operation: &'static str, key: &str, error: &std::io::Error) -> SinkError {
+pub(super) fn io_error(operation: &'static str, key: &str, error: &std::io::Error) -> SinkError {
     SinkError {
         operation,
         key: key.to_owned(),
@@ -148,7 +148,7 @@ fn io_error(operation: &'static str, key: &str, error: &std::io::Error) -> SinkE
     }
 }
 
-fn join_error(key: &str, error: &tokio::task::JoinError) -> SinkError {
+pub(super) fn join_error(key: &str, error: &tokio::task::JoinError) -> SinkError {
     SinkError {
         operation: "write",
         key: key.to_owned(),

@@ -34,8 +34,8 @@ use super::url::S3Location;
 use super::{ErrorClass, SinkError};
 
 pub struct S3Sink {
-    client: aws_sdk_s3::Client,
-    bucket: String,
+    pub(super) client: aws_sdk_s3::Client,
+    pub(super) bucket: String,
 }
 
 impl S3Sink {
@@ -258,7 +258,7 @@ impl S3Upload {
 
 /// The one place where an S3 failure is sorted into worth-retrying or not. Exhaustive on
 /// purpose: a new kind of SDK error must be decided here, not fall through a wildcard.
-fn classify<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> SinkError
+pub(super) fn classify<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> SinkError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
@@ -331,7 +331,7 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// What [`classify`] needs from a raw HTTP response.
-trait HttpStatus {
+pub(super) trait HttpStatus {
     fn status_code(&self) -> u16;
     fn retry_after(&self) -> Option<Duration>;
 }

@@ -1,0 +1,221 @@
+//! The collection rules on a directory cache whose objects are aged by hand.
+
+use std::path::Path;
+
+use super::*;
+use crate::format::hash::Sha256;
+use crate::sink::file::FileSink;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn path(name: &str) -> StorePath {
+    let alphabet = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let hash: String = (0..32)
+        .map(|i| alphabet[(name.as_bytes()[i % name.len()] as usize + i * 7) % 32] as char)
+        .collect();
+    StorePath::from_basename(&format!("{hash}-{name}")).unwrap()
+}
+
+struct Cache {
+    dir: tempfile::TempDir,
+    now: SystemTime,
+}
+
+impl Cache {
+    fn new() -> Cache {
+        Cache {
+            dir: tempfile::tempdir().unwrap(),
+            now: SystemTime::now(),
+        }
+    }
+
+    fn write(&self, key: &str, body: &str, age: Duration) {
+        let file = self.dir.path().join(key);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, body).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(self.now - age)
+            .unwrap();
+    }
+
+    /// A path with its narinfo, NAR, listing and log, all of age `age`.
+    fn add(&self, name: &str, references: &[&str], age: Duration) {
+        let store_path = path(name);
+        let nar = format!("nar/{name}.nar.zst");
+        let narinfo = NarInfo {
+            store_path: store_path.clone(),
+            url: nar.clone(),
+            compression: "zstd".to_owned(),
+            file_hash: None,
+            file_size: None,
+            nar_hash: Sha256::digest(name),
+            nar_size: 100,
+            references: references.iter().map(|r| path(r)).collect(),
+            deriver: Some(format!("{}-{name}.drv", &store_path.hash_part())),
+            system: None,
+            signatures: Vec::new(),
+            ca: None,
+        };
+        self.write(&layout::narinfo_key(&store_path), &narinfo.to_string(), age);
+        self.write(&nar, "nar bytes", age);
+        self.write(&format!("{}.ls", store_path.hash_part()), "{}", age);
+        self.write(
+            &format!("log/{}-{name}.drv", store_path.hash_part()),
+            "log",
+            age,
+        );
+    }
+
+    fn sink(&self) -> Sink {
+        Sink::File(FileSink::open(self.dir.path()).unwrap())
+    }
+
+    async fn plan(&self, policy: &Policy) -> Plan {
+        let sink = self.sink();
+        let objects = sink.list().await.unwrap();
+        plan(&sink, policy, objects, self.now, &|_| {})
+            .await
+            .unwrap()
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn policy(older_than: Duration) -> Policy {
+    Policy {
+        older_than,
+        grace: Duration::from_secs(3600),
+        keep: Vec::new(),
+    }
+}
+
+fn deleted_names(plan: &Plan) -> Vec<String> {
+    let mut keys: Vec<String> = plan.delete.iter().map(|o| o.key.clone()).collect();
+    keys.sort();
+    keys
+}
+
+fn keys_of(cache: &Cache, name: &str) -> Vec<String> {
+    let store_path = path(name);
+    let hash = store_path.hash_part();
+    let _ = cache;
+    let mut keys = vec![
+        format!("{hash}.narinfo"),
+        format!("nar/{name}.nar.zst"),
+        format!("{hash}.ls"),
+        format!("log/{hash}-{name}.drv"),
+    ];
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn old_paths_go_and_everything_a_young_path_needs_stays() {
+    let cache = Cache::new();
+    cache.write("nix-cache-info", "StoreDir: /nix/store\n", 100 * DAY);
+    cache.write("index.html", "not ours", 100 * DAY);
+    cache.add("shared", &[], 60 * DAY);
+    cache.add("deep", &[], 60 * DAY);
+    cache.add("old-top", &["shared", "old-only"], 60 * DAY);
+    cache.add("old-only", &[], 60 * DAY);
+    cache.add("new-dep", &["deep"], 60 * DAY);
+    cache.add("new-top", &["shared", "new-dep", "new-top"], DAY);
+
+    let plan = cache.plan(&policy(30 * DAY)).await;
+    let mut expected = [keys_of(&cache, "old-top"), keys_of(&cache, "old-only")].concat();
+    expected.sort();
+    assert_eq!(deleted_names(&plan), expected);
+    // narinfos are deleted before anything else.
+    assert!(plan.delete[..2].iter().all(|o| o.key.ends_with(".narinfo")));
+    assert_eq!(plan.summary.live_paths, 4);
+    assert_eq!(plan.summary.deleted_by_kind.narinfos.objects, 2);
+    assert_eq!(plan.summary.deleted_by_kind.nars.objects, 2);
+    assert_eq!(plan.summary.deleted_by_kind.logs.objects, 2);
+    assert_eq!(plan.summary.deleted_by_kind.listings.objects, 2);
+    assert_eq!(plan.summary.deleted.objects, 8);
+    // 4 live paths × 4 objects, nix-cache-info and the unknown file.
+    assert_eq!(plan.summary.kept.objects, 18);
+}
+
+#[tokio::test]
+async fn kept_paths_keep_their_closures_whatever_their_age() {
+    let cache = Cache::new();
+    cache.add("dep", &[], 60 * DAY);
+    cache.add("top", &["dep"], 60 * DAY);
+    let mut kept = policy(30 * DAY);
+    kept.keep.push(path("top"));
+    assert!(cache.plan(&kept).await.delete.is_empty());
+    assert_eq!(cache.plan(&policy(30 * DAY)).await.delete.len(), 8);
+}
+
+#[tokio::test]
+async fn unreferenced_objects_younger_than_the_grace_period_stay() {
+    let cache = Cache::new();
+    // A NAR being published right now: its narinfo is not there yet.
+    cache.write("nar/in-flight.nar.zst", "bytes", Duration::from_secs(60));
+    cache.write("nar/abandoned.nar.zst", "bytes", 2 * DAY);
+    cache.write("log/abandoned.drv", "log", 2 * DAY);
+    let plan = cache.plan(&policy(30 * DAY)).await;
+    assert_eq!(
+        deleted_names(&plan),
+        vec!["log/abandoned.drv", "nar/abandoned.nar.zst"]
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_root_stops_the_run_before_anything_is_deleted() {
+    let cache = Cache::new();
+    cache.add("old", &[], 60 * DAY);
+    let broken = path("broken");
+    cache.write(&layout::narinfo_key(&broken), "StorePath: nonsense\n", DAY);
+    let sink = cache.sink();
+    let error = collect(&sink, &policy(30 * DAY), false, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains(&layout::narinfo_key(&broken)),
+        "{error}"
+    );
+    assert!(cache
+        .root()
+        .join(layout::narinfo_key(&path("old")))
+        .exists());
+}
+
+#[tokio::test]
+async fn collect_deletes_the_plan_and_a_dry_run_deletes_nothing() {
+    let cache = Cache::new();
+    cache.add("old", &[], 60 * DAY);
+    cache.add("young", &[], DAY);
+    let sink = cache.sink();
+    let dry = collect(&sink, &policy(30 * DAY), true, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(dry.delete.len(), 4);
+    assert!(cache
+        .root()
+        .join(layout::narinfo_key(&path("old")))
+        .exists());
+    let done = collect(&sink, &policy(30 * DAY), false, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(deleted_names(&done), deleted_names(&dry));
+    for key in keys_of(&cache, "old") {
+        assert!(!cache.root().join(&key).exists(), "{key} is still there");
+    }
+    for key in keys_of(&cache, "young") {
+        assert!(cache.root().join(&key).exists(), "{key} was deleted");
+    }
+}
+
+#[test]
+fn an_age_limit_below_refresh_after_plus_grace_is_refused() {
+    let error = check_policy(&policy(DAY), DAY).unwrap_err().to_string();
+    assert!(error.contains("refresh_after"), "{error}");
+    assert!(check_policy(&policy(2 * DAY), DAY).is_ok());
+}

@@ -1,0 +1,230 @@
+//! What a cache holds, object by object: listing with sizes and ages, ages of single objects,
+//! and deletion. Used by retention GC (`narpush gc`) and by the engine, which keeps the
+//! narinfos that builds still use young.
+//!
+//! Invariants: a listing names every object that existed for its whole duration, each with the
+//! age the store reports (S3 `LastModified`, a file's mtime); deletion touches only the keys it
+//! is given, and a key that is already gone counts as deleted. A directory cache's temporary
+//! files (objects still being written) are never listed.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+
+use super::file::{io_error, join_error, FileSink};
+use super::s3::{classify, S3Sink};
+use super::{ErrorClass, Sink, SinkError};
+
+/// Keys deleted per request at most (the S3 DeleteObjects limit).
+pub const DELETE_BATCH: usize = 1000;
+
+/// One object of the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub key: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+impl Sink {
+    /// Every object of the cache. For S3: ListObjectsV2, 1,000 keys per request.
+    pub async fn list(&self) -> Result<Vec<Object>, SinkError> {
+        match self {
+            Sink::File(t) => t.list().await,
+            Sink::S3(t) => t.list().await,
+        }
+    }
+
+    /// When `key` was last written; `None` if it does not exist.
+    pub async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+        match self {
+            Sink::File(t) => t.modified(key).await,
+            Sink::S3(t) => t.modified(key).await,
+        }
+    }
+
+    /// Deletes `keys` (for S3: DeleteObjects, [`DELETE_BATCH`] keys per request).
+    pub async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
+        match self {
+            Sink::File(t) => t.delete(keys).await,
+            Sink::S3(t) => {
+                for batch in keys.chunks(DELETE_BATCH) {
+                    t.delete(batch).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FileSink {
+    async fn list(&self) -> Result<Vec<Object>, SinkError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || list_dir(&root))
+            .await
+            .map_err(|e| join_error("(listing)", &e))?
+    }
+
+    async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+        match tokio::fs::metadata(self.root.join(key)).await {
+            Ok(meta) => meta
+                .modified()
+                .map(Some)
+                .map_err(|e| io_error("stat", key, &e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("stat", key, &e)),
+        }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
+        for key in keys {
+            match tokio::fs::remove_file(self.root.join(key)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete", key, &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn list_dir(root: &Path) -> Result<Vec<Object>, SinkError> {
+    let mut objects = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error("list", &dir.display().to_string(), &e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("list", &dir.display().to_string(), &e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".narpush-") {
+                continue;
+            }
+            let path = entry.path();
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("stat", &path.display().to_string(), &e)),
+            };
+            if meta.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            objects.push(Object {
+                key: relative.to_string_lossy().into_owned(),
+                size: meta.len(),
+                modified: meta
+                    .modified()
+                    .map_err(|e| io_error("stat", &path.display().to_string(), &e))?,
+            });
+        }
+    }
+    Ok(objects)
+}
+
+impl S3Sink {
+    async fn list(&self) -> Result<Vec<Object>, SinkError> {
+        let mut objects = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListObjectsV2", "", e))?;
+            for object in page.contents() {
+                let (Some(key), Some(modified)) = (object.key(), object.last_modified()) else {
+                    continue;
+                };
+                objects.push(Object {
+                    key: key.to_owned(),
+                    size: object
+                        .size()
+                        .and_then(|s| u64::try_from(s).ok())
+                        .unwrap_or(0),
+                    modified: SystemTime::try_from(*modified).unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        Ok(objects)
+    }
+
+    async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(head) => Ok(Some(
+                head.last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            )),
+            // As in `exists`: 403 is what a bucket without ListBucket answers for a missing key.
+            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 403 | 404) => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("HEAD", key, e)),
+        }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let failed = |detail: String| SinkError {
+            operation: "DeleteObjects",
+            key: keys[0].clone(),
+            class: ErrorClass::Permanent,
+            detail,
+            retry_after: None,
+        };
+        let objects = keys
+            .iter()
+            .map(|key| ObjectIdentifier::builder().key(key).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| failed(e.to_string()))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let output = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| classify("DeleteObjects", &keys[0], e))?;
+        if let Some(error) = output.errors().first() {
+            return Err(SinkError {
+                operation: "DeleteObjects",
+                key: error.key().unwrap_or_default().to_owned(),
+                class: ErrorClass::Transient,
+                detail: format!(
+                    "{} of {} keys not deleted: {} {}",
+                    output.errors().len(),
+                    keys.len(),
+                    error.code().unwrap_or_default(),
+                    error.message().unwrap_or_default()
+                ),
+                retry_after: None,
+            });
+        }
+        Ok(())
+    }
+}
