@@ -186,8 +186,11 @@ in
           };
           upload_build_logs = lib.mkOption {
             type = lib.types.bool;
-            default = true;
-            description = "Upload build logs to `log/<drv>` so that `nix log` finds them.";
+            default = false;
+            description = ''
+              Upload build logs to `log/<drv>` so that `nix log` finds them. Off by default:
+              on a public bucket every build log would be published.
+            '';
           };
           write_nar_listing = lib.mkOption {
             type = lib.types.bool;

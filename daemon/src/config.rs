@@ -72,6 +72,7 @@ pub struct Config {
     pub retry_max_delay: Duration,
     /// Who may enqueue, besides the daemon's own uid.
     pub allowed_uids: Vec<u32>,
+    /// Off by default: on a public bucket every build log would be published.
     pub upload_build_logs: bool,
 }
 
@@ -101,7 +102,7 @@ impl Default for Config {
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(15 * 60),
             allowed_uids: vec![0],
-            upload_build_logs: true,
+            upload_build_logs: false,
         }
     }
 }
@@ -314,6 +315,10 @@ mod tests {
         assert_eq!(config.compression_level, 3);
         assert_eq!(config.jobs, DEFAULT_JOBS);
         assert_eq!(config.target, None);
+        assert!(
+            !config.upload_build_logs,
+            "logs are published only on request"
+        );
     }
 
     #[test]
@@ -366,7 +371,7 @@ state_dir = "/srv/narpush"
 batch_window_ms = 50
 max_attempts = 3
 allowed_uids = [0, 1000]
-upload_build_logs = false
+upload_build_logs = true
 upstream_caches = []
 write_nar_listing = false
 metrics_listen = ""
@@ -380,7 +385,7 @@ metrics_listen = ""
         assert_eq!(config.batch_window, Duration::from_millis(50));
         assert_eq!(config.max_attempts, 3);
         assert_eq!(config.allowed_uids, vec![0, 1000]);
-        assert!(!config.upload_build_logs);
+        assert!(config.upload_build_logs);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!   narinfos, and the ordering that keeps the closure invariant.
 //! - [`queue`], [`gcroots`], [`daemon`]: the daemon's durable queue, the GC roots that protect
 //!   queued paths, and the service around the engine; [`control`]: the CLI's side of the socket.
-//! - [`config`]: the TOML config file, checked in one pass.
+//! - [`config`]: the TOML config file, checked in one pass; [`keys`]: where the signing keys
+//!   come from (flags, config, `$NARPUSH_SIGNING_KEY`).
 //!
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod engine;
 pub mod format;
 pub mod gcroots;
+pub mod keys;
 pub mod layout;
 pub mod queue;
 pub mod sink;

@@ -170,7 +170,7 @@ let
       max_attempts = 20;
       allowed_uids = [ 0 ];
       upstream_caches = [ ];
-      upload_build_logs = true;
+      upload_build_logs = false;
       write_nar_listing = false;
     })
     (expectEq "minimal: service carries every hardening directive unchanged"

@@ -3,7 +3,8 @@
 //! SIGHUP; a reload that fails keeps the previous settings whole.
 //!
 //! The embedded default: without `target`, the cache is `file://<state_dir>/cache`; without
-//! `secret_key_files`, the key is `<state_dir>/signing-key`, generated on first start (0600).
+//! `secret_key_files` or `$NARPUSH_SIGNING_KEY`, the key is `<state_dir>/signing-key`,
+//! generated on first start (0600).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::engine::stream::StreamSettings;
 use crate::engine::EngineConfig;
 use crate::format::signing::SigningKey;
+use crate::keys::configured_keys;
 use crate::sink::{Sink, TargetUrl};
 
 pub struct Settings {
@@ -33,14 +35,9 @@ impl Settings {
                 dir: config.state_dir.join("cache"),
             },
         };
-        let keys = if config.secret_key_files.is_empty() {
-            vec![default_key(&config.state_dir.join("signing-key"))?]
-        } else {
-            config
-                .secret_key_files
-                .iter()
-                .map(|file| SigningKey::load(file))
-                .collect::<Result<Vec<_>, _>>()?
+        let keys = match configured_keys(&[], &config.secret_key_files)? {
+            Some((keys, _)) => keys,
+            None => vec![default_key(&config.state_dir.join("signing-key"))?],
         };
         let sink = Sink::open(&target_url)
             .await
@@ -68,7 +65,7 @@ impl Settings {
 }
 
 /// Loads the embedded default key, generating it on first use.
-fn default_key(file: &Path) -> anyhow::Result<SigningKey> {
+pub fn default_key(file: &Path) -> anyhow::Result<SigningKey> {
     if file.exists() {
         return Ok(SigningKey::load(file)?);
     }
