@@ -41,6 +41,7 @@ struct RawConfig {
     upload_build_logs: Option<bool>,
     write_nar_listing: Option<bool>,
     metrics_listen: Option<String>,
+    public_url: Option<String>,
 }
 
 /// The checked configuration.
@@ -74,6 +75,8 @@ pub struct Config {
     pub allowed_uids: Vec<u32>,
     /// Off by default: on a public bucket every build log would be published.
     pub upload_build_logs: bool,
+    /// The URL consumers substitute from (`client-config`); `None` when unset or empty.
+    pub public_url: Option<String>,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -93,16 +96,17 @@ impl Default for Config {
             jobs: DEFAULT_JOBS,
             parallel_requests: DEFAULT_PARALLEL_REQUESTS,
             socket: env::path(env::SOCKET).unwrap_or_else(|| PathBuf::from(defaults::SOCKET)),
-            state_dir: PathBuf::from(defaults::STATE_DIR),
+            state_dir: default_state_dir(),
             spool_dir: env::path(env::SPOOL_DIR)
                 .unwrap_or_else(|| PathBuf::from(defaults::SPOOL_DIR)),
-            gc_roots_dir: PathBuf::from(DEFAULT_GC_ROOTS_DIR),
+            gc_roots_dir: default_gc_roots_dir(),
             batch_window: Duration::from_millis(500),
             max_attempts: 20,
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(15 * 60),
             allowed_uids: vec![0],
             upload_build_logs: false,
+            public_url: None,
         }
     }
 }
@@ -214,8 +218,11 @@ impl Config {
         if raw.metrics_listen.is_some_and(|m| !m.is_empty()) {
             return Err(invalid("metrics_listen", NOT_YET.to_owned()));
         }
-        let state_dir = absolute("state_dir", raw.state_dir, &defaults.state_dir)
-            .map_err(|r| invalid("state_dir", r))?;
+        let state_dir = match (env::path(env::STATE_DIR), raw.state_dir) {
+            (Some(from_env), _) => from_env,
+            (None, configured) => absolute("state_dir", configured, &defaults.state_dir)
+                .map_err(|r| invalid("state_dir", r))?,
+        };
         let spool_dir = match (env::path(env::SPOOL_DIR), raw.spool_dir) {
             (Some(from_env), _) => from_env,
             (None, Some(configured)) => absolute("spool_dir", Some(configured), &state_dir)
@@ -248,7 +255,55 @@ impl Config {
             retry_max_delay,
             allowed_uids: raw.allowed_uids.unwrap_or(defaults.allowed_uids),
             upload_build_logs: raw.upload_build_logs.unwrap_or(defaults.upload_build_logs),
+            public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
         })
+    }
+}
+
+/// `$NARPUSH_STATE_DIR`; else for root `/var/lib/narpush`; else, for a user running narpush
+/// for themselves (`narpush exec`, `client-config`), `$XDG_DATA_HOME/narpush` or
+/// `~/.local/share/narpush`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(from_env) = env::path(env::STATE_DIR) {
+        return from_env;
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from(defaults::STATE_DIR);
+    }
+    env::path("XDG_DATA_HOME")
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| env::path("HOME").map(|home| home.join(".local/share")))
+        .map_or_else(
+            || PathBuf::from(defaults::STATE_DIR),
+            |dir| dir.join("narpush"),
+        )
+}
+
+/// For root the shared directory Nix's collector scans; for another user their own
+/// `per-user/<name>` directory there, which Nix lets them write.
+pub fn default_gc_roots_dir() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from(DEFAULT_GC_ROOTS_DIR);
+    }
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |user| user.name);
+    PathBuf::from(format!("/nix/var/nix/gcroots/per-user/{name}/narpush"))
+}
+
+impl Config {
+    /// The cache written to: `target`, else the embedded default `file://<state_dir>/cache`.
+    pub fn target_or_default(&self) -> TargetUrl {
+        self.target.clone().unwrap_or_else(|| TargetUrl::File {
+            dir: self.state_dir.join("cache"),
+        })
+    }
+
+    /// Where the embedded default signing key is (generated on first use).
+    pub fn default_key_file(&self) -> PathBuf {
+        self.state_dir.join("signing-key")
     }
 }
 
@@ -262,6 +317,20 @@ fn absolute(key: &str, value: Option<PathBuf>, default: &Path) -> Result<PathBuf
         Some(path) => Err(format!(
             "{key} must be an absolute path, got '{}'",
             path.display()
+        )),
+    }
+}
+
+/// A consumer's URL must parse and have a scheme Nix substitutes from; empty means unset.
+fn check_public_url(value: Option<String>) -> Result<Option<String>, String> {
+    let Some(text) = value.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(&text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" | "file" | "s3" => Ok(Some(text)),
+        other => Err(format!(
+            "'{text}' has scheme '{other}'; Nix substitutes from https://, http://, file:// or s3://"
         )),
     }
 }
@@ -402,6 +471,18 @@ metrics_listen = ""
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn public_url_is_checked_and_empty_means_unset() {
+        let config = parse("public_url = \"https://cache.example.org\"\n").unwrap();
+        assert_eq!(
+            config.public_url.as_deref(),
+            Some("https://cache.example.org")
+        );
+        assert_eq!(parse("public_url = \"\"\n").unwrap().public_url, None);
+        let err = parse("public_url = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(err.contains("'public_url'") && err.contains("ftp"), "{err}");
     }
 
     #[test]

@@ -15,11 +15,13 @@
 //! - [`queue`], [`gcroots`], [`daemon`]: the daemon's durable queue, the GC roots that protect
 //!   queued paths, and the service around the engine; [`control`]: the CLI's side of the socket.
 //! - [`config`]: the TOML config file, checked in one pass; [`keys`]: where the signing keys
-//!   come from (flags, config, `$NARPUSH_SIGNING_KEY`).
+//!   come from (flags, config, `$NARPUSH_SIGNING_KEY`); [`consumer`]: what a consumer of the
+//!   cache puts in its nix.conf (`client-config`).
 //!
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
 pub mod config;
+pub mod consumer;
 pub mod control;
 pub mod daemon;
 pub mod engine;

@@ -309,6 +309,27 @@ pub fn substitute(
     (store, output)
 }
 
+/// Realises `paths` into a fresh chroot store whose only cache settings are `client_lines`
+/// (with signatures required). Returns the store and Nix's output.
+pub fn substitute_with_client_config(
+    client_lines: &str,
+    paths: &[String],
+) -> (tempfile::TempDir, Output) {
+    let store = tempfile::tempdir().expect("tempdir");
+    let output = run(command("nix-store")
+        .env(
+            "NIX_CONFIG",
+            format!(
+                "{NIX_CONFIG}require-sigs = true\nnarinfo-cache-negative-ttl = 0\n{client_lines}"
+            ),
+        )
+        .arg("--store")
+        .arg(store.path())
+        .arg("-r")
+        .args(paths));
+    (store, output)
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -2,6 +2,7 @@
 //! their results to exit codes. Each subcommand lives in its own file and only wires the
 //! library modules together.
 
+mod client_config;
 mod daemon;
 mod keygen;
 mod progress;
@@ -42,6 +43,7 @@ pub enum Command {
     Wait(wait::WaitArgs),
     Retry(retry::RetryArgs),
     Keygen(keygen::KeygenArgs),
+    ClientConfig(client_config::ClientConfigArgs),
 }
 
 /// How a command that ran ended.
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Wait(args) => wait::run(&args, cli.config.as_deref()),
         Command::Retry(args) => retry::run(&args, cli.config.as_deref()),
         Command::Keygen(args) => keygen::run(&args),
+        Command::ClientConfig(args) => client_config::run(&args, cli.config.as_deref()),
     }
 }
 

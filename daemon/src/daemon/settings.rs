@@ -29,15 +29,10 @@ pub struct Settings {
 
 impl Settings {
     pub async fn load(config: Config) -> anyhow::Result<Settings> {
-        let target_url = match &config.target {
-            Some(url) => url.clone(),
-            None => TargetUrl::File {
-                dir: config.state_dir.join("cache"),
-            },
-        };
+        let target_url = config.target_or_default();
         let keys = match configured_keys(&[], &config.secret_key_files)? {
             Some((keys, _)) => keys,
-            None => vec![default_key(&config.state_dir.join("signing-key"))?],
+            None => vec![default_key(&config.default_key_file())?],
         };
         let sink = Sink::open(&target_url)
             .await
