@@ -249,6 +249,11 @@ impl S3Server {
         }
     }
 
+    /// The server's process id (a test may have another process kill it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -4,6 +4,7 @@
 
 mod client_config;
 mod daemon;
+mod exec;
 mod keygen;
 mod progress;
 mod push;
@@ -44,6 +45,7 @@ pub enum Command {
     Retry(retry::RetryArgs),
     Keygen(keygen::KeygenArgs),
     ClientConfig(client_config::ClientConfigArgs),
+    Exec(exec::ExecArgs),
 }
 
 /// How a command that ran ended.
@@ -51,6 +53,8 @@ pub enum Outcome {
     Success,
     /// Some of the work failed; the details were already printed.
     PartialFailure,
+    /// The status of a command run on the user's behalf (`exec`), passed on.
+    Code(u8),
 }
 
 impl Outcome {
@@ -58,6 +62,7 @@ impl Outcome {
         match self {
             Outcome::Success => ExitCode::SUCCESS,
             Outcome::PartialFailure => ExitCode::from(1),
+            Outcome::Code(code) => ExitCode::from(*code),
         }
     }
 }
@@ -72,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Retry(args) => retry::run(&args, cli.config.as_deref()),
         Command::Keygen(args) => keygen::run(&args),
         Command::ClientConfig(args) => client_config::run(&args, cli.config.as_deref()),
+        Command::Exec(args) => exec::run(args, cli.config.as_deref()),
     }
 }
 
