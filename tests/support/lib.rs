@@ -279,7 +279,7 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-/// `narpush` with a clean environment for credentials and config.
+/// `narpush` with a clean environment for credentials, keys and config.
 pub fn narpush() -> Command {
     let mut command = command(bin("narpush"));
     command
@@ -288,6 +288,8 @@ pub fn narpush() -> Command {
         .env_remove("AWS_PROFILE")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env_remove("NARPUSH_SIGNING_KEY")
+        .env_remove("NARPUSH_STATE_DIR")
         .env("NARPUSH_CONFIG", "/dev/null");
     command
 }
