@@ -197,3 +197,55 @@ fn builds_that_never_reach_the_hook_are_warned_about() {
     );
     assert!(message.contains("trusted-users"), "{message}");
 }
+
+#[test]
+fn a_signal_while_waiting_for_uploads_stops_the_wait_and_reports_what_is_left() {
+    let s3 = S3Server::start();
+    s3.bucket("cache");
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(dir.path(), "exec-wait-1");
+    let config = dir.path().join("narpush.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "target = \"{}\"\nsecret_key_files = [\"{}\"]\nretry_initial_delay_ms = 60000\nretry_max_delay_ms = 60000\n",
+            s3.url("cache"),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    // COMMAND takes the S3 server down and builds: the upload waits a minute for its retry.
+    let script = format!(
+        "kill -9 {}; {} > /dev/null; touch '{}/done'",
+        s3.pid(),
+        nix_build_line("single.nix", &unique("exec-wait"), ""),
+        dir.path().display()
+    );
+    let child = exec(dir.path())
+        .env("NARPUSH_CONFIG", &config)
+        .envs(s3.env())
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("narpush exec");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.path().join("done").exists() {
+        assert!(Instant::now() < deadline, "COMMAND never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "exec kept waiting after the signal"
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("interrupted: 1 path(s) not uploaded"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -5,8 +5,10 @@ use super::Outcome;
 use narpush::config::Config;
 use narpush::consumer::ConsumerSettings;
 
-/// Print what a consumer needs to substitute from the cache: nix.conf lines (usable as they
-/// are in /etc/nix/nix.conf or in NIX_CONFIG), then a flake's nixConfig block as comments.
+/// Print the nix.conf lines a consumer of the cache needs, then a flake's nixConfig block.
+///
+/// The lines work as they are in /etc/nix/nix.conf or in NIX_CONFIG; the flake block follows
+/// as comments.
 ///
 /// The URL is --public-url, else `public_url` from the config file, else the target itself
 /// when it is a directory (file://; with no config, the embedded default cache). An s3://

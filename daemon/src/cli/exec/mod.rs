@@ -45,8 +45,9 @@ use private_daemon::{Overrides, PrivateDaemon};
 /// `narpush client-config` then prints for consumers.
 ///
 /// Exit status: COMMAND's; 1 if COMMAND succeeded but uploads failed (0 with
-/// --allow-upload-failures); 2 if nothing was run (bad settings). The first SIGINT/SIGTERM goes
-/// to COMMAND and the uploads of what it built still finish; a second one stops waiting.
+/// --allow-upload-failures); 2 if nothing was run (bad settings). SIGINT/SIGTERM while COMMAND
+/// runs go to COMMAND, and the uploads of what it built still finish; a signal while exec waits
+/// for the uploads stops the wait and reports what is left.
 ///
 /// Example: narpush exec --to 's3://cache?endpoint=…&region=auto' -- nix build .#default
 #[derive(Debug, clap::Args)]
