@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::default_paths::{default_gc_roots_dir, default_state_dir};
 use crate::engine::compress::Compression;
 use crate::sink::url::{TargetUrl, TargetUrlError};
 
@@ -258,39 +259,6 @@ impl Config {
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
         })
     }
-}
-
-/// `$NARPUSH_STATE_DIR`; else for root `/var/lib/narpush`; else, for a user running narpush
-/// for themselves (`narpush exec`, `client-config`), `$XDG_DATA_HOME/narpush` or
-/// `~/.local/share/narpush`.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(from_env) = env::path(env::STATE_DIR) {
-        return from_env;
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from(defaults::STATE_DIR);
-    }
-    env::path("XDG_DATA_HOME")
-        .filter(|dir| dir.is_absolute())
-        .or_else(|| env::path("HOME").map(|home| home.join(".local/share")))
-        .map_or_else(
-            || PathBuf::from(defaults::STATE_DIR),
-            |dir| dir.join("narpush"),
-        )
-}
-
-/// For root the shared directory Nix's collector scans; for another user their own
-/// `per-user/<name>` directory there, which Nix lets them write.
-pub fn default_gc_roots_dir() -> PathBuf {
-    let uid = nix::unistd::geteuid();
-    if uid.is_root() {
-        return PathBuf::from(DEFAULT_GC_ROOTS_DIR);
-    }
-    let name = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or_else(|| uid.to_string(), |user| user.name);
-    PathBuf::from(format!("/nix/var/nix/gcroots/per-user/{name}/narpush"))
 }
 
 impl Config {

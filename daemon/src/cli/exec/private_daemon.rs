@@ -66,7 +66,7 @@ impl PrivateDaemon {
         let state = dir.path().join("state");
         let socket = dir.path().join("narpush.sock");
         let spool = state.join("spool");
-        let gc_roots = narpush::config::default_gc_roots_dir()
+        let gc_roots = narpush::default_paths::default_gc_roots_dir()
             .with_file_name(format!("narpush-exec-{}", std::process::id()));
         let mut table = user_table(config)?;
         let mut set = |key: &str, value: toml::Value| {
