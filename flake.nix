@@ -26,5 +26,28 @@
 
       nixosModules.default = ./nixos-module.nix;
       nixosModules.narpush = self.nixosModules.default;
+
+      # `nix flake check`: the NixOS module evaluated with nixpkgs' lib.evalModules in several
+      # configurations (scripts/packaging/eval-module.nix, which scripts/check-packaging runs
+      # too); the check fails, printing the report, when any expectation fails.
+      checks = nixpkgs.lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] (
+        system:
+        let
+          pkgs = nixpkgs.legacyPackages.${system};
+          evaluated = import ./scripts/packaging/eval-module.nix {
+            inherit (nixpkgs) lib;
+            checkFlakeChecks = false;
+          };
+          passed = nixpkgs.lib.all (c: c.ok) evaluated.checks;
+        in
+        {
+          nixos-module = pkgs.runCommand "narpush-nixos-module-eval" { inherit (evaluated) report; } (
+            ''
+              printf '%s' "$report"
+            ''
+            + (if passed then "touch $out\n" else "exit 1\n")
+          );
+        }
+      );
     };
 }

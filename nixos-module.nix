@@ -1,10 +1,12 @@
 # NixOS module for narpush: `services.narpush`.
 #
-# Enabling it registers narpush-hook as nix-daemon's post-build-hook and runs the upload daemon
-# as the system user `narpush`, socket-activated and sandboxed exactly like
+# Enabling it registers narpush-hook as nix-daemon's post-build-hook (unless `registerHook` is
+# off), lets the user `narpush` use nix-daemon (`extra-allowed-users`), and runs the upload
+# daemon as that system user, socket-activated and sandboxed exactly like
 # systemd/narpush.service (the sandbox is the shared list in nix/hardening.nix). Secrets never
 # enter the Nix store: key and credentials files are read at service start through
-# LoadCredential, and an assertion refuses store paths for them.
+# LoadCredential or EnvironmentFile, and an assertion refuses store paths for them.
+# Options exist only for what the daemon does; each unbuilt feature brings its own.
 #
 # Usage (flake): imports = [ narpush.nixosModules.default ];
 #                services.narpush = { enable = true; target = "s3://…"; secretKeyFiles = [ … ]; };
@@ -30,19 +32,15 @@ let
   inStore = path: lib.hasPrefix "${builtins.storeDir}/" (toString path);
 
   # What the daemon reads: the user's settings, minus unset optional keys (TOML has no null),
-  # plus what the module owns (target, key paths inside the credentials directory, metrics).
+  # plus what the module owns (target, key paths inside the credentials directory).
   daemonSettings =
     lib.filterAttrs (_: value: value != null) cfg.settings
     // lib.optionalAttrs (cfg.target != null) { target = cfg.target; }
     // lib.optionalAttrs (cfg.secretKeyFiles != [ ]) {
       secret_key_files = lib.imap0 (i: _: "${credentialsDir}/${keyCredential i}") cfg.secretKeyFiles;
-    }
-    // lib.optionalAttrs (cfg.metricsListen != null) { metrics_listen = cfg.metricsListen; };
+    };
 
   configFile = settingsFormat.generate "narpush.toml" daemonSettings;
-
-  # "127.0.0.1:9184" or "[::]:9184" -> 9184.
-  metricsPort = lib.toInt (lib.last (lib.splitString ":" cfg.metricsListen));
 
   hardening = import ./nix/hardening.nix;
 in
@@ -50,11 +48,23 @@ in
   options.services.narpush = {
     enable = lib.mkEnableOption "narpush, which uploads every path Nix builds to a signed binary cache";
 
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = pkgs.narpush or (pkgs.callPackage ./package.nix { });
-      defaultText = lib.literalExpression "pkgs.narpush or (pkgs.callPackage ./package.nix { })";
-      description = "The narpush package; it provides both `narpush` and `narpush-hook`.";
+    # nixpkgs has no narpush: without the flake's overlay, the package is built from this
+    # checkout.
+    package = lib.mkPackageOption (pkgs // { narpush = pkgs.narpush or (pkgs.callPackage ./package.nix { }); }) "narpush" {
+      extraDescription = ''
+        It provides both `narpush` and `narpush-hook`. Without `pkgs.narpush` (the flake's
+        `overlays.default`), it is built from this module's checkout (package.nix).
+      '';
+    };
+
+    registerHook = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      description = ''
+        Set `nix.settings.post-build-hook` to narpush-hook. Turn it off when another module owns
+        the hook (a script that runs several hooks, one of them
+        `''${config.services.narpush.package}/bin/narpush-hook`).
+      '';
     };
 
     target = lib.mkOption {
@@ -76,8 +86,9 @@ in
         Signing keys in Nix's format (`narpush keygen NAME` or `nix key generate-secret`); every
         narinfo is signed with each of them. Give paths outside the Nix store, as strings: the
         files are read at service start through systemd's LoadCredential, so only root needs to
-        be able to read them. Empty: the daemon uses the key it generates in
-        `<state_dir>/signing-key` on first start.
+        be able to read them. Empty: `NARPUSH_SIGNING_KEY` from
+        {option}`services.narpush.environmentFile` if it sets it, else the key the daemon
+        generates in `<state_dir>/signing-key` on first start.
       '';
     };
 
@@ -93,6 +104,18 @@ in
       '';
     };
 
+    environmentFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      example = "/run/secrets/narpush.env";
+      description = ''
+        A file of `NAME=value` lines for the daemon's environment, read by systemd at service
+        start (as agenix or sops-nix write them): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+        or `NARPUSH_SIGNING_KEY` (a secret key's text, used when
+        {option}`services.narpush.secretKeyFiles` is empty). Keep it outside the Nix store.
+      '';
+    };
+
     socketGroup = lib.mkOption {
       type = lib.types.nonEmptyStr;
       default = "narpush";
@@ -105,25 +128,12 @@ in
       '';
     };
 
-    metricsListen = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
-      example = "127.0.0.1:9184";
-      description = "Address of the Prometheus metrics endpoint; `null` disables it.";
-    };
-
-    openMetrics = lib.mkOption {
-      type = lib.types.bool;
-      default = false;
-      description = "Open the port of {option}`services.narpush.metricsListen` in the firewall.";
-    };
-
     settings = lib.mkOption {
       default = { };
       description = ''
         The daemon's configuration file (docs/configuration.md), rendered as TOML. Keys not
         declared here are passed through; the daemon refuses keys it does not know. `target`,
-        `secret_key_files` and `metrics_listen` come from the options of the same meaning.
+        `secret_key_files` come from the options of the same meaning.
       '';
       type = lib.types.submodule {
         freeformType = settingsFormat.type;
@@ -178,21 +188,13 @@ in
             default = [ 0 ];
             description = "Users who may enqueue paths. nix-daemon runs the hook as root (0).";
           };
-          upstream_caches = lib.mkOption {
-            type = lib.types.listOf lib.types.str;
-            default = [ ];
-            example = [ "https://cache.nixos.org" ];
-            description = "Caches whose paths are not uploaded again.";
-          };
           upload_build_logs = lib.mkOption {
             type = lib.types.bool;
-            default = true;
-            description = "Upload build logs to `log/<drv>` so that `nix log` finds them.";
-          };
-          write_nar_listing = lib.mkOption {
-            type = lib.types.bool;
             default = false;
-            description = "Write a `<hash>.ls` file listing each NAR's contents.";
+            description = ''
+              Upload build logs to `log/<drv>` so that `nix log` finds them. Off by default:
+              on a public bucket every build log would be published.
+            '';
           };
         };
       };
@@ -215,35 +217,23 @@ in
           message = "services.narpush.settings.secret_key_files: set services.narpush.secretKeyFiles instead; those files are passed to the sandboxed service through LoadCredential.";
         }
         {
-          assertion = !(cfg.settings ? target) && !(cfg.settings ? metrics_listen);
-          message = "services.narpush.settings: set services.narpush.target and services.narpush.metricsListen instead of settings.target and settings.metrics_listen.";
+          assertion = cfg.environmentFile == null || !inStore cfg.environmentFile;
+          message = "services.narpush.environmentFile: ${toString cfg.environmentFile} is in the Nix store, where it would be world-readable. Keep it outside the store and give its path as a string.";
         }
         {
-          # Keep in step with daemon/src/config.rs: these keys are accepted but refused when on.
-          assertion =
-            cfg.metricsListen == null && cfg.settings.upstream_caches == [ ] && !cfg.settings.write_nar_listing;
-          message = "services.narpush: metricsListen, settings.upstream_caches and settings.write_nar_listing are not supported by this version of narpush yet; leave them unset (the daemon would refuse to start).";
-        }
-        {
-          assertion = !cfg.openMetrics || cfg.metricsListen != null;
-          message = "services.narpush.openMetrics needs services.narpush.metricsListen (e.g. \"0.0.0.0:9184\").";
+          assertion = !(cfg.settings ? target);
+          message = "services.narpush.settings: set services.narpush.target instead of settings.target.";
         }
         {
           assertion = lib.hasPrefix "/" cfg.settings.socket && lib.hasPrefix "/" stateDir && lib.hasPrefix "/" spoolDir;
           message = "services.narpush.settings: socket, state_dir and spool_dir must be absolute paths.";
         }
-        {
-          # The daemon runs `nix` as the user narpush, a client of nix-daemon.
-          assertion =
-            let allowed = config.nix.settings.allowed-users or [ "*" ];
-            in lib.elem "*" allowed || lib.elem "narpush" allowed || lib.elem "@narpush" allowed;
-          message = "services.narpush: nix.settings.allowed-users must include \"narpush\" (or \"*\"), because the daemon queries the store through nix-daemon as that user.";
-        }
       ];
 
     warnings =
-      lib.optional (cfg.target != null && lib.hasPrefix "s3://" cfg.target && cfg.credentialsFile == null)
-        "services.narpush.target is an s3:// URL but services.narpush.credentialsFile is not set: the daemon will find no S3 credentials unless you pass AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to narpush.service yourself.";
+      lib.optional
+        (cfg.target != null && lib.hasPrefix "s3://" cfg.target && cfg.credentialsFile == null && cfg.environmentFile == null)
+        "services.narpush.target is an s3:// URL but neither services.narpush.credentialsFile nor services.narpush.environmentFile is set: the daemon will find no S3 credentials unless you pass AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to narpush.service yourself.";
 
     environment.systemPackages = [ cfg.package ];
     # So that `narpush status`, `wait`, `push` and `retry` find a moved socket without --socket.
@@ -251,7 +241,9 @@ in
       NARPUSH_SOCKET = cfg.settings.socket;
     };
 
-    nix.settings.post-build-hook = "${cfg.package}/bin/narpush-hook";
+    nix.settings.post-build-hook = lib.mkIf cfg.registerHook "${cfg.package}/bin/narpush-hook";
+    # The daemon runs `nix` as the user narpush, a client of nix-daemon.
+    nix.settings.extra-allowed-users = [ "narpush" ];
     # The hook runs inside nix-daemon and reads only these two variables.
     systemd.services.nix-daemon.environment =
       lib.optionalAttrs (cfg.settings.socket != defaultSocket) { NARPUSH_SOCKET = cfg.settings.socket; }
@@ -327,13 +319,13 @@ in
           hardening.ReadWritePaths
           ++ lib.optional (stateDir != defaultStateDir) stateDir
           ++ lib.optional (!lib.hasPrefix "${stateDir}/" spoolDir) spoolDir;
+      } // lib.optionalAttrs (cfg.environmentFile != null) {
+        EnvironmentFile = toString cfg.environmentFile;
       } // lib.optionalAttrs (stateDir == defaultStateDir) {
         # Outside /var/lib, state_dir comes from tmpfiles and ReadWritePaths instead.
         StateDirectory = "narpush";
         StateDirectoryMode = "0750";
       };
     };
-
-    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openMetrics [ metricsPort ];
   };
 }

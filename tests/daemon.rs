@@ -41,7 +41,7 @@ fn s3_daemon(s3: &S3Server, bucket: &str, extra: &str) -> Daemon {
 #[test]
 fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
     let s3 = S3Server::start();
-    let daemon = s3_daemon(&s3, "cache", "");
+    let daemon = s3_daemon(&s3, "cache", "upload_build_logs = true");
     let (paths, build) = build_with_hook(
         &fixture("closure.nix"),
         &[("nonce", &unique("hook")), ("bigMiB", "9")],
@@ -62,7 +62,7 @@ fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
     let cache_url = format!("file://{}", bucket.display());
     let (_, substituted) = substitute(&cache_url, &daemon.public_key(), std::slice::from_ref(top));
     assert!(substituted.status.success(), "{}", stderr(&substituted));
-    // The build log went up too, where `nix log` looks for it.
+    // The build log went up too (asked for), where `nix log` looks for it.
     assert!(
         snapshot(&bucket.join("log"))
             .keys()

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::default_paths::{default_gc_roots_dir, default_state_dir};
 use crate::engine::compress::Compression;
 use crate::format::signing::VerifyingKey;
 use crate::sink::url::{TargetUrl, TargetUrlError};
@@ -45,6 +46,7 @@ struct RawConfig {
     upload_build_logs: Option<bool>,
     write_nar_listing: Option<bool>,
     metrics_listen: Option<String>,
+    public_url: Option<String>,
 }
 
 /// The checked configuration.
@@ -76,6 +78,7 @@ pub struct Config {
     pub retry_max_delay: Duration,
     /// Who may enqueue, besides the daemon's own uid.
     pub allowed_uids: Vec<u32>,
+    /// Off by default: on a public bucket every build log would be published.
     pub upload_build_logs: bool,
     /// Caches asked whether they serve a path before it is uploaded.
     pub upstream_caches: Vec<UpstreamUrl>,
@@ -85,6 +88,8 @@ pub struct Config {
     /// A path found in the cache gets its narinfo rewritten once it is older than this, so
     /// that retention GC sees it as in use.
     pub refresh_after: Duration,
+    /// The URL consumers substitute from (`client-config`); `None` when unset or empty.
+    pub public_url: Option<String>,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -105,19 +110,20 @@ impl Default for Config {
             jobs: DEFAULT_JOBS,
             parallel_requests: DEFAULT_PARALLEL_REQUESTS,
             socket: env::path(env::SOCKET).unwrap_or_else(|| PathBuf::from(defaults::SOCKET)),
-            state_dir: PathBuf::from(defaults::STATE_DIR),
+            state_dir: default_state_dir(),
             spool_dir: env::path(env::SPOOL_DIR)
                 .unwrap_or_else(|| PathBuf::from(defaults::SPOOL_DIR)),
-            gc_roots_dir: PathBuf::from(DEFAULT_GC_ROOTS_DIR),
+            gc_roots_dir: default_gc_roots_dir(),
             batch_window: Duration::from_millis(500),
             max_attempts: 20,
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(15 * 60),
             allowed_uids: vec![0],
-            upload_build_logs: true,
             upstream_caches: Vec::new(),
             upstream_public_keys: VerifyingKey::parse(NIXOS_PUBLIC_KEY).into_iter().collect(),
             refresh_after: DEFAULT_REFRESH_AFTER,
+            upload_build_logs: false,
+            public_url: None,
         }
     }
 }
@@ -257,8 +263,11 @@ impl Config {
         if raw.metrics_listen.is_some_and(|m| !m.is_empty()) {
             return Err(invalid("metrics_listen", NOT_YET.to_owned()));
         }
-        let state_dir = absolute("state_dir", raw.state_dir, &defaults.state_dir)
-            .map_err(|r| invalid("state_dir", r))?;
+        let state_dir = match (env::path(env::STATE_DIR), raw.state_dir) {
+            (Some(from_env), _) => from_env,
+            (None, configured) => absolute("state_dir", configured, &defaults.state_dir)
+                .map_err(|r| invalid("state_dir", r))?,
+        };
         let spool_dir = match (env::path(env::SPOOL_DIR), raw.spool_dir) {
             (Some(from_env), _) => from_env,
             (None, Some(configured)) => absolute("spool_dir", Some(configured), &state_dir)
@@ -294,6 +303,7 @@ impl Config {
             upstream_caches,
             upstream_public_keys,
             refresh_after,
+            public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
         })
     }
 
@@ -303,6 +313,20 @@ impl Config {
             self.upstream_caches.clone(),
             self.upstream_public_keys.clone(),
         )
+    }
+}
+
+impl Config {
+    /// The cache written to: `target`, else the embedded default `file://<state_dir>/cache`.
+    pub fn target_or_default(&self) -> TargetUrl {
+        self.target.clone().unwrap_or_else(|| TargetUrl::File {
+            dir: self.state_dir.join("cache"),
+        })
+    }
+
+    /// Where the embedded default signing key is (generated on first use).
+    pub fn default_key_file(&self) -> PathBuf {
+        self.state_dir.join("signing-key")
     }
 }
 
@@ -316,6 +340,20 @@ fn absolute(key: &str, value: Option<PathBuf>, default: &Path) -> Result<PathBuf
         Some(path) => Err(format!(
             "{key} must be an absolute path, got '{}'",
             path.display()
+        )),
+    }
+}
+
+/// A consumer's URL must parse and have a scheme Nix substitutes from; empty means unset.
+fn check_public_url(value: Option<String>) -> Result<Option<String>, String> {
+    let Some(text) = value.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(&text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" | "file" | "s3" => Ok(Some(text)),
+        other => Err(format!(
+            "'{text}' has scheme '{other}'; Nix substitutes from https://, http://, file:// or s3://"
         )),
     }
 }
@@ -355,144 +393,5 @@ fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/narpush/narpush.toml"))
-    }
-
-    #[test]
-    fn empty_file_gives_the_defaults() {
-        let config = parse("").unwrap();
-        assert_eq!(config.compression, Compression::Zstd);
-        assert_eq!(config.compression_level, 3);
-        assert_eq!(config.jobs, DEFAULT_JOBS);
-        assert_eq!(config.target, None);
-    }
-
-    #[test]
-    fn all_keys_of_the_cache_writer_are_read() {
-        let config = parse(
-            r#"
-target = "s3://cache?endpoint=http://127.0.0.1:9000&region=auto"
-secret_key_files = ["/run/credentials/key"]
-compression = "xz"
-compression_level = 9
-jobs = 8
-parallel_requests = 16
-"#,
-        )
-        .unwrap();
-        assert!(matches!(config.target, Some(TargetUrl::S3(_))));
-        assert_eq!(
-            config.secret_key_files,
-            vec![PathBuf::from("/run/credentials/key")]
-        );
-        assert_eq!(config.compression, Compression::Xz);
-        assert_eq!(config.compression_level, 9);
-        assert_eq!(config.jobs, 8);
-        assert_eq!(config.parallel_requests, 16);
-    }
-
-    #[test]
-    fn unknown_key_is_an_error_naming_the_key_and_file() {
-        let err = parse("jbos = 3\n").unwrap_err().to_string();
-        assert!(err.contains("jbos"), "{err}");
-        assert!(err.contains("/etc/narpush/narpush.toml"), "{err}");
-        assert!(err.contains("line 1"), "{err}");
-    }
-
-    #[test]
-    fn out_of_range_level_and_zero_jobs_name_their_keys() {
-        let err = parse("compression = \"zstd\"\ncompression_level = 42\n").unwrap_err();
-        assert!(err.to_string().contains("compression_level"), "{err}");
-        let err = parse("jobs = 0\n").unwrap_err();
-        assert!(err.to_string().contains("'jobs'"), "{err}");
-        let err = parse("parallel_requests = 100000000\n").unwrap_err();
-        assert!(err.to_string().contains("'parallel_requests'"), "{err}");
-    }
-
-    #[test]
-    fn daemon_keys_are_read_and_spool_dir_follows_state_dir() {
-        let config = parse(
-            r#"
-state_dir = "/srv/narpush"
-batch_window_ms = 50
-max_attempts = 3
-allowed_uids = [0, 1000]
-upload_build_logs = false
-upstream_caches = []
-write_nar_listing = false
-metrics_listen = ""
-"#,
-        )
-        .unwrap();
-        assert_eq!(config.state_dir, PathBuf::from("/srv/narpush"));
-        if std::env::var_os(env::SPOOL_DIR).is_none() {
-            assert_eq!(config.spool_dir, PathBuf::from("/srv/narpush/spool"));
-        }
-        assert_eq!(config.batch_window, Duration::from_millis(50));
-        assert_eq!(config.max_attempts, 3);
-        assert_eq!(config.allowed_uids, vec![0, 1000]);
-        assert!(!config.upload_build_logs);
-    }
-
-    #[test]
-    fn features_not_built_yet_are_refused_by_name_when_turned_on() {
-        for (text, key) in [
-            ("write_nar_listing = true\n", "write_nar_listing"),
-            ("metrics_listen = \"127.0.0.1:9184\"\n", "metrics_listen"),
-            ("state_dir = \"relative\"\n", "state_dir"),
-        ] {
-            let err = parse(text).unwrap_err().to_string();
-            assert!(err.contains(key), "{err}");
-        }
-    }
-
-    #[test]
-    fn upstream_defaults_to_cache_nixos_org_key_alone_and_lists_are_checked() {
-        let config = parse("").unwrap();
-        assert!(config.upstream_caches.is_empty());
-        assert_eq!(
-            config
-                .upstream_public_keys
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
-            vec![NIXOS_PUBLIC_KEY.to_owned()]
-        );
-        let config = parse(
-            "upstream_caches = [\"https://cache.nixos.org\", \"file:///srv/c\"]\n\
-             upstream_public_keys = []\n",
-        )
-        .unwrap();
-        assert_eq!(config.upstream_caches.len(), 2);
-        assert!(config.upstream_public_keys.is_empty());
-        let err = parse("upstream_caches = [\"s3://bucket\"]\n").unwrap_err();
-        assert!(err.to_string().contains("'upstream_caches'"), "{err}");
-        let err = parse("upstream_public_keys = [\"cache.nixos.org-1\"]\n").unwrap_err();
-        assert!(err.to_string().contains("'upstream_public_keys'"), "{err}");
-    }
-
-    #[test]
-    fn refresh_after_is_a_human_duration() {
-        assert_eq!(parse("").unwrap().refresh_after, DEFAULT_REFRESH_AFTER);
-        assert_eq!(
-            parse("refresh_after = \"12h\"\n").unwrap().refresh_after,
-            Duration::from_secs(12 * 3600)
-        );
-        for bad in ["\"soon\"", "\"0s\""] {
-            let err = parse(&format!("refresh_after = {bad}\n")).unwrap_err();
-            assert!(err.to_string().contains("'refresh_after'"), "{err}");
-        }
-    }
-
-    #[test]
-    fn bad_target_names_the_key_and_the_reason() {
-        let err = parse("target = \"ftp://x\"\n").unwrap_err();
-        assert!(err.to_string().contains("'target'"), "{err}");
-        let source = std::error::Error::source(&err).unwrap().to_string();
-        assert!(source.contains("ftp"), "{source}");
-    }
-}
+#[path = "config/tests.rs"]
+mod tests;

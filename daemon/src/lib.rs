@@ -14,17 +14,23 @@
 //!   narinfos, and the ordering that keeps the closure invariant.
 //! - [`queue`], [`gcroots`], [`daemon`]: the daemon's durable queue, the GC roots that protect
 //!   queued paths, and the service around the engine; [`control`]: the CLI's side of the socket.
-//! - [`config`]: the TOML config file, checked in one pass.
+//! - [`config`]: the TOML config file, checked in one pass, with [`default_paths`] for what it
+//!   does not say; [`keys`]: where the signing keys come from (flags, config,
+//!   `$NARPUSH_SIGNING_KEY`); [`consumer`]: what a consumer of the cache puts in its nix.conf
+//!   (`client-config`).
 //!
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
 pub mod config;
+pub mod consumer;
 pub mod control;
 pub mod daemon;
+pub mod default_paths;
 pub mod engine;
 pub mod format;
 pub mod gc;
 pub mod gcroots;
+pub mod keys;
 pub mod layout;
 pub mod queue;
 pub mod sink;

@@ -24,6 +24,8 @@ pub mod env {
     pub const SPOOL_DIR: &str = "NARPUSH_SPOOL_DIR";
     /// The daemon's and the CLI's config file.
     pub const CONFIG: &str = "NARPUSH_CONFIG";
+    /// The daemon's state directory (queue, embedded default cache and key).
+    pub const STATE_DIR: &str = "NARPUSH_STATE_DIR";
     /// A secret signing key's text, for when no key file is configured.
     pub const SIGNING_KEY: &str = "NARPUSH_SIGNING_KEY";
     /// What Nix sets for a post-build hook: the derivation built, and its outputs.

@@ -5,13 +5,16 @@
 #   units.<scenario>.{service,socket}: unit files rendered the way NixOS writes them, for
 #           systemd-analyze to verify and score like systemd/narpush.service.
 # Run: nix eval --raw --file scripts/packaging/eval-module.nix --arg libPath PATH report
+# (flake.nix's `checks` pass nixpkgs' `lib` itself instead of a path.)
 {
-  libPath,
+  libPath ? null,
+  lib ? import libPath,
   repo ? ../..,
+  # The checks of flake.nix's own `checks` output; off when that output runs this file.
+  checkFlakeChecks ? true,
 }:
 
 let
-  lib = import libPath;
   stubs = import ./stubs.nix { inherit lib; };
   hardening = import (repo + "/nix/hardening.nix");
 
@@ -105,17 +108,23 @@ let
       ];
       credentialsFile = "/var/lib/secrets/narpush-aws";
       socketGroup = "wheel";
-      metricsListen = "0.0.0.0:9184";
-      openMetrics = true;
+      environmentFile = "/run/secrets/narpush.env";
       settings = {
         socket = "/run/narpush-ci/narpush.sock";
         state_dir = "/srv/narpush";
         compression = "xz";
         compression_level = 9;
         jobs = 8;
-        upstream_caches = [ "https://cache.nixos.org" ];
       };
     };
+  };
+  # Another module owns post-build-hook.
+  hookElsewhere = eval {
+    settings = {
+      enable = true;
+      registerHook = false;
+    };
+    extra.nix.settings.post-build-hook = "/etc/nix/run-all-hooks";
   };
   # No pkgs.narpush: the default package must come from package.nix.
   fromPackageNix = eval {
@@ -156,6 +165,9 @@ let
     (expectEq "minimal: hook registered with nix-daemon" minimal.config.nix.settings.post-build-hook
       "${pkg.narpush}/bin/narpush-hook"
     )
+    (expectEq "minimal: the narpush user may use nix-daemon" minimal.config.nix.settings.extra-allowed-users [
+      "narpush"
+    ])
     (expectEq "minimal: nix-daemon environment untouched at default paths"
       minimal.config.systemd.services.nix-daemon.environment
       { }
@@ -169,9 +181,7 @@ let
       batch_window_ms = 500;
       max_attempts = 20;
       allowed_uids = [ 0 ];
-      upstream_caches = [ ];
-      upload_build_logs = true;
-      write_nar_listing = false;
+      upload_build_logs = false;
     })
     (expectEq "minimal: service carries every hardening directive unchanged"
       (lib.filterAttrs (k: _: lib.elem k hardeningKeys) minimal.service.serviceConfig)
@@ -240,22 +250,16 @@ let
     })
 
     # Every option set.
-    # `full` also sets the options of features the daemon does not have yet (metrics, upstream
-    # caches), to check their rendering; the module must say they are not supported.
-    (expectEq "full: only the not-yet-supported features are refused" full.failedAssertions [
-      "services.narpush: metricsListen, settings.upstream_caches and settings.write_nar_listing are not supported by this version of narpush yet; leave them unset (the daemon would refuse to start)."
-    ])
-    (expectEq "full: rendered target, keys, metrics and settings" {
+    (expectEq "full: no failed assertions" full.failedAssertions [ ])
+    (expectEq "full: rendered target, keys and settings" {
       inherit (full.rendered)
         target
         secret_key_files
-        metrics_listen
         compression
         compression_level
         jobs
         socket
         state_dir
-        upstream_caches
         ;
     } {
       target = "s3://nix-cache?endpoint=https://ACCOUNT_ID.r2.cloudflarestorage.com&region=auto";
@@ -263,13 +267,11 @@ let
         "${keyCreds}/signing-key-0"
         "${keyCreds}/signing-key-1"
       ];
-      metrics_listen = "0.0.0.0:9184";
       compression = "xz";
       compression_level = 9;
       jobs = 8;
       socket = "/run/narpush-ci/narpush.sock";
       state_dir = "/srv/narpush";
-      upstream_caches = [ "https://cache.nixos.org" ];
     })
     (expectEq "full: secrets through LoadCredential" full.service.serviceConfig.LoadCredential [
       "signing-key-0:/var/lib/secrets/narpush-a"
@@ -306,7 +308,19 @@ let
       listenStreams = [ "/run/narpush-ci/narpush.sock" ];
       SocketGroup = "wheel";
     })
-    (expectEq "full: metrics port opened" full.config.networking.firewall.allowedTCPPorts [ 9184 ])
+    (expectEq "full: environment file read by systemd" full.service.serviceConfig.EnvironmentFile
+      "/run/secrets/narpush.env"
+    )
+    (expectEq "full: no S3 credentials warning with an environment file" full.config.warnings [ ])
+    (expectEq "registerHook = false: another module's post-build-hook stays" {
+      hook = hookElsewhere.config.nix.settings.post-build-hook;
+      failed = hookElsewhere.failedAssertions;
+      service = hookElsewhere.service ? serviceConfig;
+    } {
+      hook = "/etc/nix/run-all-hooks";
+      failed = [ ];
+      service = true;
+    })
     (expectEq "default package comes from package.nix without pkgs.narpush"
       fromPackageNix.config.nix.settings.post-build-hook
       "${builtins.storeDir}/00000000000000000000000000000000-narpush-0.1.0/bin/narpush-hook"
@@ -337,16 +351,18 @@ let
         settings.target = "file:///srv/cache";
       };
     }) "set services.narpush.target")
-    (expectRefused "refused: openMetrics without metricsListen" (refusal {
+    (expectRefused "refused: environment file in the store" (refusal {
       settings = {
         enable = true;
-        openMetrics = true;
+        environmentFile = storeKey;
       };
-    }) "openMetrics needs services.narpush.metricsListen")
-    (expectRefused "refused: nix-daemon does not allow the narpush user" (refusal {
-      settings.enable = true;
-      extra.nix.settings.allowed-users = [ "@wheel" ];
-    }) "allowed-users must include")
+    }) "environmentFile: ${storeKey} is in the Nix store")
+    (expectRefused "refused: options of unbuilt features do not exist" (refusal {
+      settings = {
+        enable = true;
+        metricsListen = "127.0.0.1:9184";
+      };
+    }) "type error")
     (expectRefused "refused: relative state_dir" (refusal {
       settings = {
         enable = true;
@@ -367,7 +383,7 @@ let
     }) "type error")
     (check "warned: s3 target without credentialsFile"
       (
-        lib.any (lib.hasInfix "credentialsFile is not set")
+        lib.any (lib.hasInfix "neither services.narpush.credentialsFile nor services.narpush.environmentFile")
           (eval {
             settings = {
               enable = true;
@@ -424,6 +440,19 @@ let
     (expectEq "flake: nixosModules.default is nixos-module.nix" (toString flakeOutputs.nixosModules.default) (
       toString (repo + "/nixos-module.nix")
     ))
+  ]
+  ++ lib.optionals checkFlakeChecks [
+    (expectEq "flake: checks evaluate the module on Linux" (lib.mapAttrs (_: c: lib.attrNames c) flakeOutputs.checks) {
+      x86_64-linux = [ "nixos-module" ];
+      aarch64-linux = [ "nixos-module" ];
+    })
+    (check "flake: the module check carries this report and passes" (
+      let
+        moduleCheck = flakeOutputs.checks.x86_64-linux.nixos-module;
+      in
+      lib.hasInfix "touch $out" moduleCheck.args.script
+      && lib.hasInfix "ok\tminimal: no failed assertions" moduleCheck.args.env.report
+    ) "the flake's nixos-module check does not carry this file's report")
   ];
 in
 {

@@ -47,6 +47,10 @@ let
             isDarwin = !isLinux;
           };
           coreutils = fakeDrv "coreutils-9.5";
+          # runCommand that returns its arguments, so a check can read the script and inputs.
+          runCommand =
+            name: env: script:
+            fakeDrv name // { args = { inherit env script; }; };
           formats.toml =
             { }:
             {

@@ -252,6 +252,11 @@ impl S3Server {
         }
     }
 
+    /// The server's process id (a test may have another process kill it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -277,7 +282,7 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-/// `narpush` with a clean environment for credentials and config.
+/// `narpush` with a clean environment for credentials, keys and config.
 pub fn narpush() -> Command {
     let mut command = command(bin("narpush"));
     command
@@ -286,6 +291,8 @@ pub fn narpush() -> Command {
         .env_remove("AWS_PROFILE")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env_remove("NARPUSH_SIGNING_KEY")
+        .env_remove("NARPUSH_STATE_DIR")
         .env("NARPUSH_CONFIG", "/dev/null");
     command
 }
@@ -309,6 +316,27 @@ pub fn substitute(
         .arg("-r")
         .args(paths);
     let output = run(&mut realise);
+    (store, output)
+}
+
+/// Realises `paths` into a fresh chroot store whose only cache settings are `client_lines`
+/// (with signatures required). Returns the store and Nix's output.
+pub fn substitute_with_client_config(
+    client_lines: &str,
+    paths: &[String],
+) -> (tempfile::TempDir, Output) {
+    let store = tempfile::tempdir().expect("tempdir");
+    let output = run(command("nix-store")
+        .env(
+            "NIX_CONFIG",
+            format!(
+                "{NIX_CONFIG}require-sigs = true\nnarinfo-cache-negative-ttl = 0\n{client_lines}"
+            ),
+        )
+        .arg("--store")
+        .arg(store.path())
+        .arg("-r")
+        .args(paths));
     (store, output)
 }
 

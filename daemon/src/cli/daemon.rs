@@ -9,6 +9,7 @@ use super::Outcome;
 ///
 /// Config: --config, $NARPUSH_CONFIG or /etc/narpush/narpush.toml (absent: built-in defaults:
 /// a directory cache under /var/lib/narpush/cache and a generated signing key).
+/// Signing key: `secret_key_files`, else $NARPUSH_SIGNING_KEY (a key's text), else the generated one.
 /// Socket: the one systemd passes (socket activation), else `socket` / $NARPUSH_SOCKET.
 /// Signals: SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the config file.
 #[derive(Debug, clap::Args)]

@@ -2,7 +2,9 @@
 //! their results to exit codes. Each subcommand lives in its own file and only wires the
 //! library modules together.
 
+mod client_config;
 mod daemon;
+mod exec;
 mod gc;
 mod keygen;
 mod progress;
@@ -44,6 +46,8 @@ pub enum Command {
     Retry(retry::RetryArgs),
     Keygen(keygen::KeygenArgs),
     Gc(gc::GcArgs),
+    ClientConfig(client_config::ClientConfigArgs),
+    Exec(exec::ExecArgs),
 }
 
 /// How a command that ran ended.
@@ -51,6 +55,8 @@ pub enum Outcome {
     Success,
     /// Some of the work failed; the details were already printed.
     PartialFailure,
+    /// The status of a command run on the user's behalf (`exec`), passed on.
+    Code(u8),
 }
 
 impl Outcome {
@@ -58,6 +64,7 @@ impl Outcome {
         match self {
             Outcome::Success => ExitCode::SUCCESS,
             Outcome::PartialFailure => ExitCode::from(1),
+            Outcome::Code(code) => ExitCode::from(*code),
         }
     }
 }
@@ -72,6 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Retry(args) => retry::run(&args, cli.config.as_deref()),
         Command::Keygen(args) => keygen::run(&args),
         Command::Gc(args) => gc::run(args, cli.config.as_deref()),
+        Command::ClientConfig(args) => client_config::run(&args, cli.config.as_deref()),
+        Command::Exec(args) => exec::run(args, cli.config.as_deref()),
     }
 }
 

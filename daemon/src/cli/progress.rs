@@ -12,6 +12,8 @@ use narpush::engine::progress::EngineView;
 
 pub struct Display {
     bar: Option<ProgressBar>,
+    /// Only failures are printed.
+    quiet: bool,
     ticker: Option<tokio::task::JoinHandle<()>>,
     total_paths: usize,
     finished_paths: usize,
@@ -33,8 +35,13 @@ pub struct Totals {
 
 impl Display {
     /// Must be called inside the runtime: the bar is refreshed by a task.
-    pub fn new(total_paths: usize, total_nar_bytes: u64, view: Arc<EngineView>) -> Display {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    pub fn new(
+        total_paths: usize,
+        total_nar_bytes: u64,
+        view: Arc<EngineView>,
+        quiet: bool,
+    ) -> Display {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(
                 Some(total_nar_bytes),
                 ProgressDrawTarget::stderr_with_hz(4),
@@ -58,6 +65,7 @@ impl Display {
         });
         Display {
             bar,
+            quiet,
             ticker,
             total_paths,
             finished_paths: 0,
@@ -70,6 +78,10 @@ impl Display {
         self.totals.uploaded += 1;
         self.totals.uploaded_nar_bytes += nar_size;
         self.totals.uploaded_file_bytes += file_size;
+        if self.quiet {
+            self.finished_paths += 1;
+            return;
+        }
         self.say(format!(
             "uploaded {path} ({} NAR, {} stored)",
             HumanBytes(nar_size),

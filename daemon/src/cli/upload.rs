@@ -21,6 +21,7 @@ use narpush::engine::stream::StreamSettings;
 use narpush::engine::{Engine, EngineConfig, Report};
 use narpush::format::signing::{SigningKey, VerifyingKey};
 use narpush::format::store_path::StorePath;
+use narpush::keys::configured_keys;
 use narpush::sink::{Sink, TargetUrl};
 use narpush::store;
 use narpush::upstream::{Upstream, UpstreamUrl};
@@ -41,7 +42,7 @@ use narpush::upstream::{Upstream, UpstreamUrl};
 #[command(verbatim_doc_comment)]
 pub struct UploadArgs {
     /// Store paths, files inside them, or symlinks to them (like ./result).
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "stdin", value_name = "PATH")]
     paths: Vec<String>,
 
     /// Where to upload: s3://BUCKET?endpoint=URL&region=R&profile=P (add &anonymous=true
@@ -51,7 +52,8 @@ pub struct UploadArgs {
     to: Option<String>,
 
     /// Secret signing key file (Nix format, as from `narpush keygen` or
-    /// `nix key generate-secret`); repeat to sign with several. Default: `secret_key_files`.
+    /// `nix key generate-secret`); repeat to sign with several. Default: `secret_key_files`,
+    /// else the key text in $NARPUSH_SIGNING_KEY.
     #[arg(long = "key", value_name = "FILE")]
     keys: Vec<PathBuf>,
 
@@ -93,10 +95,22 @@ pub struct UploadArgs {
     /// Upload every path, whatever upstream caches serve (ignores the upstream settings).
     #[arg(long, conflicts_with_all = ["upstream_caches", "upstream_keys"])]
     no_upstream: bool,
+    /// Also read paths from standard input, separated by whitespace or newlines
+    /// (`nix build --print-out-paths | narpush upload --stdin`).
+    #[arg(long)]
+    stdin: bool,
+
+    /// Print only failures and errors: no progress, no line per path, no summary.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 pub fn run(args: UploadArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
     let config = Config::load(config_path)?;
+    let mut args = args;
+    if args.stdin {
+        args.paths.extend(paths_from_stdin()?);
+    }
     let settings = Settings::from(args, config)?;
     tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
@@ -114,6 +128,7 @@ struct Settings {
     stream: StreamSettings,
     upstream: Upstream,
     refresh_after: Duration,
+    quiet: bool,
 }
 
 impl Settings {
@@ -129,22 +144,14 @@ impl Settings {
                 ),
             },
         };
-        let key_files = if args.keys.is_empty() {
-            config.secret_key_files.clone()
-        } else {
-            args.keys
-        };
-        if key_files.is_empty() {
+        let Some((keys, _)) = configured_keys(&args.keys, &config.secret_key_files)? else {
             bail!(
-                "no signing key: pass --key FILE or set `secret_key_files` in {} \
-                 (make one with `narpush keygen NAME > FILE`)",
-                config_name(&config)
+                "no signing key: pass --key FILE, set `secret_key_files` in {}, or put the key \
+                 text in ${} (make one with `narpush keygen NAME > FILE`)",
+                config_name(&config),
+                narpush_protocol::env::SIGNING_KEY
             );
-        }
-        let keys = key_files
-            .iter()
-            .map(|file| SigningKey::load(file))
-            .collect::<Result<Vec<_>, _>>()?;
+        };
         let compression = args.compression.unwrap_or(config.compression);
         let level = match (args.compression_level, args.compression) {
             (Some(level), _) => level,
@@ -184,8 +191,22 @@ impl Settings {
             stream: StreamSettings::new(compression, level),
             upstream,
             refresh_after: config.refresh_after,
+            quiet: args.quiet,
         })
     }
+}
+
+/// Paths from standard input, separated by any whitespace (one per line, or several on a
+/// line as `nix build --print-out-paths` prints them).
+fn paths_from_stdin() -> anyhow::Result<Vec<String>> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .context("cannot read paths from standard input")?;
+    let paths: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    if paths.is_empty() {
+        bail!("--stdin: no paths on standard input");
+    }
+    Ok(paths)
 }
 
 fn config_name(config: &Config) -> String {
@@ -217,15 +238,22 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot use target {}", settings.target))?;
 
     let nar_bytes: u64 = infos.iter().map(|i| i.nar_size).sum();
-    eprintln!(
-        "narpush: {} path(s) ({} NAR) for {}",
-        infos.len(),
-        HumanBytes(nar_bytes),
-        settings.target
-    );
+    if !settings.quiet {
+        eprintln!(
+            "narpush: {} path(s) ({} NAR) for {}",
+            infos.len(),
+            HumanBytes(nar_bytes),
+            settings.target
+        );
+    }
     let (engine, mut reports, task) =
         Engine::start(Arc::new(config), CancellationToken::new(), Duration::ZERO);
-    let mut display = Display::new(infos.len(), nar_bytes, engine.view().clone());
+    let mut display = Display::new(
+        infos.len(),
+        nar_bytes,
+        engine.view().clone(),
+        settings.quiet,
+    );
     engine.submit_resolved(infos, settings.paths);
     // The engine ends, and closes the reports, once the work is done and no handle is left.
     drop(engine);
@@ -246,6 +274,13 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
     }
     task.await.context("the upload engine failed")?;
     let (totals, elapsed) = display.finish();
+    if settings.quiet {
+        return Ok(if totals.failed == 0 {
+            Outcome::Success
+        } else {
+            Outcome::PartialFailure
+        });
+    }
     eprintln!(
         "narpush: uploaded {} path(s), {} NAR as {} in {:.1}s ({}); {} already in {}; \
          {} ({} NAR) served upstream; {} failed",

@@ -3,7 +3,8 @@
 //! SIGHUP; a reload that fails keeps the previous settings whole.
 //!
 //! The embedded default: without `target`, the cache is `file://<state_dir>/cache`; without
-//! `secret_key_files`, the key is `<state_dir>/signing-key`, generated on first start (0600).
+//! `secret_key_files` or `$NARPUSH_SIGNING_KEY`, the key is `<state_dir>/signing-key`,
+//! generated on first start (0600).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::engine::stream::StreamSettings;
 use crate::engine::EngineConfig;
 use crate::format::signing::SigningKey;
+use crate::keys::configured_keys;
 use crate::sink::{Sink, TargetUrl};
 
 pub struct Settings {
@@ -27,20 +29,10 @@ pub struct Settings {
 
 impl Settings {
     pub async fn load(config: Config) -> anyhow::Result<Settings> {
-        let target_url = match &config.target {
-            Some(url) => url.clone(),
-            None => TargetUrl::File {
-                dir: config.state_dir.join("cache"),
-            },
-        };
-        let keys = if config.secret_key_files.is_empty() {
-            vec![default_key(&config.state_dir.join("signing-key"))?]
-        } else {
-            config
-                .secret_key_files
-                .iter()
-                .map(|file| SigningKey::load(file))
-                .collect::<Result<Vec<_>, _>>()?
+        let target_url = config.target_or_default();
+        let keys = match configured_keys(&[], &config.secret_key_files)? {
+            Some((keys, _)) => keys,
+            None => vec![default_key(&config.default_key_file())?],
         };
         let sink = Sink::open(&target_url)
             .await
@@ -70,7 +62,7 @@ impl Settings {
 }
 
 /// Loads the embedded default key, generating it on first use.
-fn default_key(file: &Path) -> anyhow::Result<SigningKey> {
+pub fn default_key(file: &Path) -> anyhow::Result<SigningKey> {
     if file.exists() {
         return Ok(SigningKey::load(file)?);
     }

@@ -1,0 +1,273 @@
+//! `narpush exec -- COMMAND…`: run COMMAND with every path it builds uploaded, then wait for
+//! the uploads, like `cachix watch-exec`: one line in a CI job.
+//!
+//! The order of a run: check the settings (target, keys) → start a private daemon
+//! ([`private_daemon`]) → write a hook wrapper that points `narpush-hook` at it and register it
+//! as `post-build-hook` for COMMAND through `NIX_CONFIG` → run COMMAND (a first SIGTERM or
+//! SIGINT is passed on to it) → wait until the daemon is idle ([`drain`]; a signal now stops
+//! the wait) → report, stop the daemon.
+//!
+//! Exit status: COMMAND's (128+N when a signal N ended it); when COMMAND succeeded but uploads
+//! failed or were cut short, 1, unless `--allow-upload-failures`; 2 when nothing was run
+//! because the settings are unusable.
+
+mod builds;
+mod drain;
+mod private_daemon;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::Outcome;
+use drain::Drained;
+use narpush::config::Config;
+use narpush::daemon::settings::default_key;
+use narpush::daemon::status::StatusReport;
+use narpush::format::signing::SigningKey;
+use narpush::keys::configured_keys;
+use narpush::sink::TargetUrl;
+use private_daemon::{Overrides, PrivateDaemon};
+
+/// Run COMMAND with narpush-hook registered, upload everything it builds, wait for the uploads.
+///
+/// A private daemon (its own socket and queue in a temporary directory) takes the builds;
+/// `post-build-hook` is added to NIX_CONFIG for COMMAND. With nix-daemon, Nix runs the hook
+/// only for users in `trusted-users`; exec warns when COMMAND built paths but none arrived.
+///
+/// Target and key: --to/--key, else the config file, else $NARPUSH_SIGNING_KEY for the key,
+/// else the embedded default cache and key (file://<state_dir>/cache, <state_dir>/signing-key;
+/// state_dir is /var/lib/narpush for root, ~/.local/share/narpush for others), which
+/// `narpush client-config` then prints for consumers.
+///
+/// Exit status: COMMAND's; 1 if COMMAND succeeded but uploads failed (0 with
+/// --allow-upload-failures); 2 if nothing was run (bad settings). SIGINT/SIGTERM while COMMAND
+/// runs go to COMMAND, and the uploads of what it built still finish; a signal while exec waits
+/// for the uploads stops the wait and reports what is left.
+///
+/// Example: narpush exec --to 's3://cache?endpoint=…&region=auto' -- nix build .#default
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ExecArgs {
+    /// Where to upload (s3://BUCKET?endpoint=…, file:///DIR). Default: `target` from the config
+    /// file, else the embedded default cache.
+    #[arg(long, value_name = "TARGET")]
+    to: Option<String>,
+
+    /// Secret signing key file; repeat to sign with several. Default: `secret_key_files`, else
+    /// $NARPUSH_SIGNING_KEY, else the embedded default key (generated on first use).
+    #[arg(long = "key", value_name = "FILE")]
+    keys: Vec<PathBuf>,
+
+    /// Exit with COMMAND's status even when uploads failed (they are still reported).
+    #[arg(long)]
+    allow_upload_failures: bool,
+
+    /// The command to run, after `--`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
+}
+
+pub fn run(args: ExecArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
+    let config = Config::load(config_path)?;
+    let overrides = overrides(&args, &config)?;
+    let hook = find_hook()?;
+    let daemon = PrivateDaemon::start(&config, overrides)?;
+    let wrapper = write_hook_wrapper(&daemon, &hook)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(supervise(&args, &daemon, &wrapper));
+    daemon.stop();
+    result
+}
+
+/// What the private daemon must be told besides the user's configuration.
+fn overrides(args: &ExecArgs, config: &Config) -> anyhow::Result<Overrides> {
+    let target = match &args.to {
+        Some(url) => {
+            TargetUrl::parse(url)?;
+            Some(url.clone())
+        }
+        None if config.target.is_none() => {
+            let default = config.target_or_default();
+            if let TargetUrl::File { dir } = &default {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create the cache {}", dir.display()))?;
+            }
+            Some(default.to_string())
+        }
+        None => None,
+    };
+    let key_files = if args.keys.is_empty() {
+        match configured_keys(&[], &config.secret_key_files)? {
+            Some(_) => None,
+            None => {
+                let file = config.default_key_file();
+                std::fs::create_dir_all(&config.state_dir)
+                    .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+                default_key(&file)?;
+                Some(vec![file])
+            }
+        }
+    } else {
+        let files = args
+            .keys
+            .iter()
+            .map(std::path::absolute)
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot resolve a --key path")?;
+        for file in &files {
+            SigningKey::load(file)?;
+        }
+        Some(files)
+    };
+    Ok(Overrides { target, key_files })
+}
+
+/// `narpush-hook` beside this binary (an install puts both in one directory), else on PATH.
+fn find_hook() -> anyhow::Result<PathBuf> {
+    const HOOK: &str = "narpush-hook";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(HOOK)));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(HOOK));
+    beside
+        .into_iter()
+        .chain(on_path)
+        .find(|candidate| candidate.is_file())
+        .context("cannot find narpush-hook beside narpush or on PATH (install both)")
+}
+
+/// A script that runs the hook with the private daemon's socket and spool, so it works where
+/// nix-daemon runs the hook in its own environment too.
+fn write_hook_wrapper(daemon: &PrivateDaemon, hook: &Path) -> anyhow::Result<PathBuf> {
+    let file = daemon.dir().join("post-build-hook");
+    let text = format!(
+        "#!/bin/sh\n# Written by `narpush exec` for one run: hands builds to its private daemon.\n\
+         NARPUSH_SOCKET={} NARPUSH_SPOOL_DIR={} exec {}\n",
+        shell_quote(&daemon.socket),
+        shell_quote(&daemon.spool),
+        shell_quote(hook)
+    );
+    std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", file.display()))?;
+    Ok(file)
+}
+
+/// A path as one single-quoted shell word.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// `NIX_CONFIG` as it was, with our `post-build-hook` after it (later lines win).
+fn nix_config_with_hook(wrapper: &Path) -> String {
+    let mut text = std::env::var("NIX_CONFIG").unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("post-build-hook = {}\n", wrapper.display()));
+    text
+}
+
+async fn supervise(
+    args: &ExecArgs,
+    daemon: &PrivateDaemon,
+    wrapper: &Path,
+) -> anyhow::Result<Outcome> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let started = SystemTime::now();
+    let program = &args.command[0];
+    let mut child = tokio::process::Command::new(program)
+        .args(&args.command[1..])
+        .env("NIX_CONFIG", nix_config_with_hook(wrapper))
+        .spawn()
+        .with_context(|| format!("cannot run {}", Path::new(program).display()))?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("cannot wait for COMMAND")?,
+            _ = terminate.recv() => pass_on(&child, nix::sys::signal::Signal::SIGTERM),
+            _ = interrupt.recv() => pass_on(&child, nix::sys::signal::Signal::SIGINT),
+        }
+    };
+    let command_code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    };
+    let drained = drain::wait_until_idle(daemon, &mut terminate, &mut interrupt).await?;
+    let uploads_ok = report(&drained, daemon, started);
+    let code = match (command_code, uploads_ok || args.allow_upload_failures) {
+        (0, false) => 1,
+        (code, _) => code,
+    };
+    Ok(Outcome::Code(u8::try_from(code).unwrap_or(1)))
+}
+
+fn pass_on(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// Prints what happened to the uploads; true when everything that arrived was uploaded.
+fn report(drained: &Drained, daemon: &PrivateDaemon, started: SystemTime) -> bool {
+    let (status, interrupted) = match drained {
+        Drained::Idle(status) => (status, false),
+        Drained::Interrupted(status) => (status, true),
+    };
+    for failed in &status.failed {
+        eprintln!("narpush: FAILED {}: {}", failed.path, failed.error);
+    }
+    if interrupted {
+        eprintln!(
+            "narpush: interrupted: {} path(s) not uploaded ({} pending, {} uploading)",
+            status.counts.pending + status.counts.uploading,
+            status.counts.pending,
+            status.counts.uploading
+        );
+    }
+    let arrived = arrived(status) || daemon.spooled_requests() > 0;
+    let built = builds::logs_written_since(Path::new(builds::LOG_DIR), started);
+    if !arrived && built > 0 {
+        eprintln!(
+            "narpush: warning: {built} derivation(s) were built while COMMAND ran, but Nix \
+             handed narpush nothing: it did not run the post-build-hook. With nix-daemon, a \
+             post-build-hook set in NIX_CONFIG counts only for users in `trusted-users` \
+             (nix.conf), or register narpush-hook system-wide."
+        );
+    }
+    eprintln!(
+        "narpush: {} path(s) uploaded to {} ({} failed)",
+        status.uploaded.paths,
+        status.target,
+        status.failed.len()
+    );
+    status.failed.is_empty() && !interrupted
+}
+
+fn arrived(status: &StatusReport) -> bool {
+    let c = &status.counts;
+    c.pending + c.uploading + c.done + c.failed > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_keeps_any_path_one_word() {
+        assert_eq!(shell_quote(Path::new("/tmp/a b")), "'/tmp/a b'");
+        assert_eq!(shell_quote(Path::new("/tmp/it's")), r"'/tmp/it'\''s'");
+    }
+}

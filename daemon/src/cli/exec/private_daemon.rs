@@ -1,0 +1,206 @@
+//! The daemon one `narpush exec` run owns: a `narpush daemon` process of this same binary with
+//! a configuration written for it in a temporary directory (its own socket, queue, spool and
+//! GC root directory), so it never touches the machine's daemon or its queue.
+//!
+//! A separate process rather than the daemon's code in this one, because the daemon is a
+//! complete program with its own runtime, signal handling and shutdown protocol (SIGTERM:
+//! drain, requeue, flush); `exec` uses exactly that, and its own signals stay free for
+//! COMMAND. The child runs in its own process group, so Ctrl-C at a terminal reaches COMMAND
+//! and not the daemon, which `exec` stops itself once the uploads are done.
+//!
+//! Invariant: the private configuration is the user's configuration with only the keys below
+//! replaced or added, so every other setting (target URL text, compression, limits) is the
+//! one the user wrote and the daemon checks it the same way.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use narpush::config::Config;
+use narpush::control;
+use narpush::daemon::status::StatusReport;
+use narpush_protocol::env;
+
+/// Without a `max_attempts` of its own, a transient failure is retried this often: a CI job
+/// waits minutes for a flaky link, not the daemon's default hours.
+pub const EXEC_MAX_ATTEMPTS: i64 = 5;
+/// Without a `retry_max_delay_ms` of its own, retries are at most this far apart.
+pub const EXEC_RETRY_MAX_DELAY_MS: i64 = 30_000;
+/// How long the daemon gets to answer its first `status`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// SIGTERM drains for up to the daemon's own drain timeout; after that and this margin it is
+/// killed.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// What the private daemon is told, besides the user's configuration.
+pub struct Overrides {
+    /// The target URL text (`--to`, or the embedded default cache); `None` keeps `target`.
+    pub target: Option<String>,
+    /// Key files (`--key`, or the embedded default key); `None` keeps `secret_key_files` and
+    /// `$NARPUSH_SIGNING_KEY`.
+    pub key_files: Option<Vec<PathBuf>>,
+}
+
+pub struct PrivateDaemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub spool: PathBuf,
+    gc_roots: PathBuf,
+}
+
+impl PrivateDaemon {
+    /// Writes the configuration, starts the daemon and waits until it answers.
+    pub fn start(config: &Config, overrides: Overrides) -> anyhow::Result<PrivateDaemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("narpush-exec-")
+            .tempdir()
+            .context("cannot create a temporary directory for the private daemon")?;
+        // nix-daemon runs the hook as root, which reaches into the directory; others need not.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .context("cannot set the private directory's mode")?;
+        let state = dir.path().join("state");
+        let socket = dir.path().join("narpush.sock");
+        let spool = state.join("spool");
+        let gc_roots = narpush::default_paths::default_gc_roots_dir()
+            .with_file_name(format!("narpush-exec-{}", std::process::id()));
+        let mut table = user_table(config)?;
+        let mut set = |key: &str, value: toml::Value| {
+            table.insert(key.to_owned(), value);
+        };
+        set("socket", path_value(&socket));
+        set("state_dir", path_value(&state));
+        set("spool_dir", path_value(&spool));
+        set("gc_roots_dir", path_value(&gc_roots));
+        if let Some(target) = overrides.target {
+            set("target", toml::Value::String(target));
+        }
+        if let Some(files) = overrides.key_files {
+            set(
+                "secret_key_files",
+                toml::Value::Array(files.iter().map(|f| path_value(f)).collect()),
+            );
+        }
+        table
+            .entry("max_attempts")
+            .or_insert(toml::Value::Integer(EXEC_MAX_ATTEMPTS));
+        table
+            .entry("retry_max_delay_ms")
+            .or_insert(toml::Value::Integer(EXEC_RETRY_MAX_DELAY_MS));
+        let config_file = dir.path().join("narpush.toml");
+        std::fs::write(&config_file, table.to_string())
+            .with_context(|| format!("cannot write {}", config_file.display()))?;
+
+        let log = std::fs::File::create(dir.path().join("daemon.log"))
+            .context("cannot create the private daemon's log")?;
+        let exe = std::env::current_exe().context("cannot find the narpush binary")?;
+        let child = Command::new(&exe)
+            .arg("daemon")
+            .env(env::CONFIG, &config_file)
+            .env_remove(env::SOCKET)
+            .env_remove(env::SPOOL_DIR)
+            .env_remove(env::STATE_DIR)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {} daemon", exe.display()))?;
+        let mut daemon = PrivateDaemon {
+            child,
+            dir,
+            socket,
+            spool,
+            gc_roots,
+        };
+        daemon.wait_until_serving()?;
+        Ok(daemon)
+    }
+
+    fn wait_until_serving(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the private narpush daemon stopped at once ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if control::status(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the private narpush daemon did not answer within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn status(&self) -> anyhow::Result<StatusReport> {
+        Ok(control::status(&self.socket)?)
+    }
+
+    /// Requests the hook left in the spool that the daemon has not taken yet.
+    pub fn spooled_requests(&self) -> usize {
+        std::fs::read_dir(&self.spool).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    narpush_protocol::spool::is_request_file_name(&e.file_name().to_string_lossy())
+                })
+                .count()
+        })
+    }
+
+    /// What the daemon logged (for errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM (the daemon drains, requeues and flushes), then waits; kills it if it hangs.
+    pub fn stop(mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + narpush::daemon::DRAIN_TIMEOUT + STOP_MARGIN;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateDaemon {
+    /// Whatever happened, the daemon does not outlive `exec`, nor do its GC roots.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.gc_roots);
+    }
+}
+
+/// The user's config file as a table (empty without one); it was already checked.
+fn user_table(config: &Config) -> anyhow::Result<toml::Table> {
+    let Some(source) = &config.source else {
+        return Ok(toml::Table::new());
+    };
+    let text = std::fs::read_to_string(source)
+        .with_context(|| format!("cannot read config file {}", source.display()))?;
+    text.parse::<toml::Table>()
+        .with_context(|| format!("config file {}", source.display()))
+}
+
+fn path_value(path: &Path) -> toml::Value {
+    toml::Value::String(path.to_string_lossy().into_owned())
+}

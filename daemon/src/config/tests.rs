@@ -1,0 +1,155 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/narpush/narpush.toml"))
+}
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config.compression, Compression::Zstd);
+    assert_eq!(config.compression_level, 3);
+    assert_eq!(config.jobs, DEFAULT_JOBS);
+    assert_eq!(config.target, None);
+    assert!(
+        !config.upload_build_logs,
+        "logs are published only on request"
+    );
+}
+
+#[test]
+fn all_keys_of_the_cache_writer_are_read() {
+    let config = parse(
+        r#"
+target = "s3://cache?endpoint=http://127.0.0.1:9000&region=auto"
+secret_key_files = ["/run/credentials/key"]
+compression = "xz"
+compression_level = 9
+jobs = 8
+parallel_requests = 16
+"#,
+    )
+    .unwrap();
+    assert!(matches!(config.target, Some(TargetUrl::S3(_))));
+    assert_eq!(
+        config.secret_key_files,
+        vec![PathBuf::from("/run/credentials/key")]
+    );
+    assert_eq!(config.compression, Compression::Xz);
+    assert_eq!(config.compression_level, 9);
+    assert_eq!(config.jobs, 8);
+    assert_eq!(config.parallel_requests, 16);
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_the_key_and_file() {
+    let err = parse("jbos = 3\n").unwrap_err().to_string();
+    assert!(err.contains("jbos"), "{err}");
+    assert!(err.contains("/etc/narpush/narpush.toml"), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn out_of_range_level_and_zero_jobs_name_their_keys() {
+    let err = parse("compression = \"zstd\"\ncompression_level = 42\n").unwrap_err();
+    assert!(err.to_string().contains("compression_level"), "{err}");
+    let err = parse("jobs = 0\n").unwrap_err();
+    assert!(err.to_string().contains("'jobs'"), "{err}");
+    let err = parse("parallel_requests = 100000000\n").unwrap_err();
+    assert!(err.to_string().contains("'parallel_requests'"), "{err}");
+}
+
+#[test]
+fn daemon_keys_are_read_and_spool_dir_follows_state_dir() {
+    let config = parse(
+        r#"
+state_dir = "/srv/narpush"
+batch_window_ms = 50
+max_attempts = 3
+allowed_uids = [0, 1000]
+upload_build_logs = true
+upstream_caches = []
+write_nar_listing = false
+metrics_listen = ""
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.state_dir, PathBuf::from("/srv/narpush"));
+    if std::env::var_os(env::SPOOL_DIR).is_none() {
+        assert_eq!(config.spool_dir, PathBuf::from("/srv/narpush/spool"));
+    }
+    assert_eq!(config.batch_window, Duration::from_millis(50));
+    assert_eq!(config.max_attempts, 3);
+    assert_eq!(config.allowed_uids, vec![0, 1000]);
+    assert!(config.upload_build_logs);
+}
+
+#[test]
+fn features_not_built_yet_are_refused_by_name_when_turned_on() {
+    for (text, key) in [
+        ("write_nar_listing = true\n", "write_nar_listing"),
+        ("metrics_listen = \"127.0.0.1:9184\"\n", "metrics_listen"),
+        ("state_dir = \"relative\"\n", "state_dir"),
+    ] {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn upstream_defaults_to_cache_nixos_org_key_alone_and_lists_are_checked() {
+    let config = parse("").unwrap();
+    assert!(config.upstream_caches.is_empty());
+    assert_eq!(
+        config
+            .upstream_public_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![NIXOS_PUBLIC_KEY.to_owned()]
+    );
+    let config = parse(
+        "upstream_caches = [\"https://cache.nixos.org\", \"file:///srv/c\"]\n\
+         upstream_public_keys = []\n",
+    )
+    .unwrap();
+    assert_eq!(config.upstream_caches.len(), 2);
+    assert!(config.upstream_public_keys.is_empty());
+    let err = parse("upstream_caches = [\"s3://bucket\"]\n").unwrap_err();
+    assert!(err.to_string().contains("'upstream_caches'"), "{err}");
+    let err = parse("upstream_public_keys = [\"cache.nixos.org-1\"]\n").unwrap_err();
+    assert!(err.to_string().contains("'upstream_public_keys'"), "{err}");
+}
+
+#[test]
+fn refresh_after_is_a_human_duration() {
+    assert_eq!(parse("").unwrap().refresh_after, DEFAULT_REFRESH_AFTER);
+    assert_eq!(
+        parse("refresh_after = \"12h\"\n").unwrap().refresh_after,
+        Duration::from_secs(12 * 3600)
+    );
+    for bad in ["\"soon\"", "\"0s\""] {
+        let err = parse(&format!("refresh_after = {bad}\n")).unwrap_err();
+        assert!(err.to_string().contains("'refresh_after'"), "{err}");
+    }
+}
+
+#[test]
+fn public_url_is_checked_and_empty_means_unset() {
+    let config = parse("public_url = \"https://cache.example.org\"\n").unwrap();
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://cache.example.org")
+    );
+    assert_eq!(parse("public_url = \"\"\n").unwrap().public_url, None);
+    let err = parse("public_url = \"ftp://x\"\n").unwrap_err().to_string();
+    assert!(err.contains("'public_url'") && err.contains("ftp"), "{err}");
+}
+
+#[test]
+fn bad_target_names_the_key_and_the_reason() {
+    let err = parse("target = \"ftp://x\"\n").unwrap_err();
+    assert!(err.to_string().contains("'target'"), "{err}");
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("ftp"), "{source}");
+}
