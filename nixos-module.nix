@@ -196,7 +196,54 @@ in
               on a public bucket every build log would be published.
             '';
           };
+          upstream_public_keys = lib.mkOption {
+            type = lib.types.listOf lib.types.str;
+            default = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+            description = ''
+              Keys of caches clients already substitute from: paths the store holds with a valid
+              signature by one of them, or that an `upstream_caches` cache serves signed by one
+              of them, are not uploaded. `[ ]` uploads everything.
+            '';
+          };
+          upstream_caches = lib.mkOption {
+            type = lib.types.listOf lib.types.str;
+            default = [ ];
+            example = [ "https://cache.nixos.org" ];
+            description = "Caches asked for each path before it is uploaded (https://, http:// or file://).";
+          };
+          refresh_after = lib.mkOption {
+            type = lib.types.str;
+            default = "1d";
+            description = "A path found in the cache gets its narinfo rewritten once it is older than this, so that retention GC keeps it.";
+          };
         };
+      };
+    };
+
+    gc = {
+      enable = lib.mkEnableOption "retention GC of the cache (`narpush gc`) on a timer";
+      olderThan = lib.mkOption {
+        type = lib.types.str;
+        default = "30d";
+        description = ''
+          Paths whose narinfo is older than this, and that no younger path needs, are deleted.
+          At least `settings.refresh_after` plus `grace`.
+        '';
+      };
+      grace = lib.mkOption {
+        type = lib.types.str;
+        default = "1h";
+        description = "Nothing younger than this is deleted (at least 15m; above the longest upload).";
+      };
+      keep = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        description = "Store paths whose closures are kept whatever their age.";
+      };
+      dates = lib.mkOption {
+        type = lib.types.str;
+        default = "weekly";
+        description = "When to collect, as a systemd calendar expression (OnCalendar=).";
       };
     };
   };
@@ -325,6 +372,45 @@ in
         # Outside /var/lib, state_dir comes from tmpfiles and ReadWritePaths instead.
         StateDirectory = "narpush";
         StateDirectoryMode = "0750";
+      };
+    };
+
+    # Retention GC: the same configuration, credentials and sandbox as the daemon, once per
+    # `gc.dates`; a run missed while the machine was off is made up at the next boot.
+    systemd.services.narpush-gc = lib.mkIf cfg.gc.enable {
+      description = "narpush: delete what no recent path of the binary cache needs";
+      after = [ "network.target" ];
+      environment = {
+        NARPUSH_CONFIG = "${configFile}";
+        XDG_CACHE_HOME = "%C/narpush";
+      } // lib.optionalAttrs (cfg.credentialsFile != null) {
+        AWS_SHARED_CREDENTIALS_FILE = "%d/aws-credentials";
+      };
+      serviceConfig = hardening // {
+        Type = "oneshot";
+        ExecStart = lib.escapeShellArgs (
+          [ "${cfg.package}/bin/narpush" "gc" "--older-than" cfg.gc.olderThan "--grace" cfg.gc.grace ]
+          ++ lib.concatMap (path: [ "--keep" path ]) cfg.gc.keep
+        );
+        User = "narpush";
+        Group = "narpush";
+        CacheDirectory = "narpush";
+        LoadCredential = lib.optional (cfg.credentialsFile != null) "aws-credentials:${toString cfg.credentialsFile}";
+        ReadWritePaths = hardening.ReadWritePaths ++ lib.optional (stateDir != defaultStateDir) stateDir;
+      } // lib.optionalAttrs (cfg.environmentFile != null) {
+        EnvironmentFile = toString cfg.environmentFile;
+      } // lib.optionalAttrs (stateDir == defaultStateDir) {
+        StateDirectory = "narpush";
+        StateDirectoryMode = "0750";
+      };
+    };
+    systemd.timers.narpush-gc = lib.mkIf cfg.gc.enable {
+      description = "narpush retention GC";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.gc.dates;
+        Persistent = true;
+        RandomizedDelaySec = "1h";
       };
     };
   };

@@ -118,6 +118,19 @@ let
       };
     };
   };
+  withGc = eval {
+    settings = {
+      enable = true;
+      credentialsFile = "/var/lib/secrets/narpush-aws";
+      gc = {
+        enable = true;
+        olderThan = "60d";
+        grace = "2h";
+        keep = [ "/nix/store/00000000000000000000000000000000-system" ];
+        dates = "daily";
+      };
+    };
+  };
   # Another module owns post-build-hook.
   hookElsewhere = eval {
     settings = {
@@ -182,6 +195,34 @@ let
       max_attempts = 20;
       allowed_uids = [ 0 ];
       upload_build_logs = false;
+      upstream_public_keys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+      upstream_caches = [ ];
+      refresh_after = "1d";
+    })
+    (expectEq "minimal: no retention GC unless enabled" {
+      service = minimal.config.systemd.services ? narpush-gc;
+      timer = minimal.config.systemd.timers or { } ? narpush-gc;
+    } {
+      service = false;
+      timer = false;
+    })
+    (expectEq "gc: a timer runs narpush gc with the options, the config and the credentials" {
+      inherit (withGc.config.systemd.timers.narpush-gc.timerConfig) OnCalendar Persistent;
+      inherit (withGc.config.systemd.services.narpush-gc.serviceConfig) Type ExecStart User LoadCredential;
+      config = withGc.config.systemd.services.narpush-gc.environment.NARPUSH_CONFIG
+        == withGc.config.systemd.services.narpush.environment.NARPUSH_CONFIG;
+      hardened = lib.filterAttrs (k: _: lib.elem k hardeningKeys && k != "ReadWritePaths")
+        withGc.config.systemd.services.narpush-gc.serviceConfig
+        == removeAttrs hardening [ "ReadWritePaths" ];
+    } {
+      OnCalendar = "daily";
+      Persistent = true;
+      Type = "oneshot";
+      ExecStart = "${pkg.narpush}/bin/narpush gc --older-than 60d --grace 2h --keep /nix/store/00000000000000000000000000000000-system";
+      User = "narpush";
+      LoadCredential = [ "aws-credentials:/var/lib/secrets/narpush-aws" ];
+      config = true;
+      hardened = true;
     })
     (expectEq "minimal: service carries every hardening directive unchanged"
       (lib.filterAttrs (k: _: lib.elem k hardeningKeys) minimal.service.serviceConfig)

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use indicatif::{HumanBytes, ProgressBar};
 use serde::Serialize;
 
@@ -54,7 +54,7 @@ pub struct GcArgs {
     json: bool,
 
     /// The cache: s3://BUCKET?endpoint=URL&region=R or file:///DIR. Default: `target` from the
-    /// config file.
+    /// config file, else the daemon's default cache, file://<state_dir>/cache.
     #[arg(long, value_name = "TARGET")]
     to: Option<String>,
 }
@@ -72,10 +72,9 @@ struct Report<'a> {
 
 pub fn run(args: GcArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
     let config = Config::load(config_path)?;
-    let target = match (&args.to, &config.target) {
-        (Some(url), _) => TargetUrl::parse(url)?,
-        (None, Some(target)) => target.clone(),
-        (None, None) => bail!("no target: pass --to s3://BUCKET?endpoint=… (or file:///DIR), or set `target` in the config file"),
+    let target = match &args.to {
+        Some(url) => TargetUrl::parse(url)?,
+        None => config.target_or_default(),
     };
     let keep = args
         .keep
