@@ -341,7 +341,7 @@ fn no_closure_does_not_publish_a_path_whose_references_are_missing() {
         .arg(&top));
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("is not in the cache"),
+        stderr(&output).contains("is neither in the cache nor upstream"),
         "{}",
         stderr(&output)
     );
