@@ -387,3 +387,54 @@ fn a_nar_that_does_not_match_the_store_record_is_aborted_and_never_published() {
         .collect();
     assert!(nars.is_empty(), "NAR objects left: {nars:?}");
 }
+
+#[test]
+fn a_nix_copy_url_with_cache_settings_works_and_nix_cache_info_follows_priority() {
+    let (top, closure) = build_closure(&unique("url-params"), "1");
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "narpush-test-1");
+    let cache = tempfile::tempdir().unwrap();
+    // What `nix copy --to` takes: the key and the settings in the URL, no --key.
+    let url = format!(
+        "file://{}?compression=xz&compression-level=2&parallel-compression=true&priority=30\
+         &want-mass-query=true&write-nar-listing=false&secret-key={}",
+        cache.path().display(),
+        secret.display()
+    );
+    let output = run(narpush().args(["upload", "--no-upstream", "--to", &url, &top]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let info = std::fs::read_to_string(cache.path().join("nix-cache-info")).unwrap();
+    assert!(info.contains("Priority: 30\n"), "{info}");
+    for narinfo in narinfos(cache.path()) {
+        let text = std::fs::read_to_string(&narinfo).unwrap();
+        assert!(text.contains("Compression: xz\n"), "{text}");
+    }
+    assert_eq!(narinfos(cache.path()).len(), closure.len());
+    let cache_url = format!("file://{}", cache.path().display());
+    let (_store, substituted) = substitute(&cache_url, &public, std::slice::from_ref(&top));
+    assert!(substituted.status.success(), "{}", stderr(&substituted));
+
+    // Another priority (here from the config file's `priority`) rewrites nix-cache-info.
+    let config = keys.path().join("narpush.toml");
+    std::fs::write(&config, "priority = 45\n").unwrap();
+    let output = run(narpush()
+        .args(["upload", "--no-upstream", "--to", &cache_url, "--key"])
+        .arg(&secret)
+        .arg(&top)
+        .env("NARPUSH_CONFIG", &config));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let info = std::fs::read_to_string(cache.path().join("nix-cache-info")).unwrap();
+    assert!(info.contains("Priority: 45\n"), "{info}");
+
+    // A setting narpush cannot honour is refused by name before anything is written.
+    let refused = run(narpush()
+        .args(["upload", "--no-upstream", "--key"])
+        .arg(&secret)
+        .args(["--to", &format!("{cache_url}?narinfo-compression=xz"), &top]));
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("'narinfo-compression'"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -14,7 +14,10 @@ use serde::Deserialize;
 
 use crate::default_paths::{default_gc_roots_dir, default_state_dir};
 use crate::engine::compress::Compression;
+use crate::engine::stream::StreamSettings;
 use crate::format::signing::VerifyingKey;
+use crate::layout::CacheInfo;
+use crate::sink::params::CacheParams;
 use crate::sink::url::{TargetUrl, TargetUrlError};
 use crate::upstream::{Upstream, UpstreamUrl, NIXOS_PUBLIC_KEY};
 
@@ -43,6 +46,7 @@ struct RawConfig {
     upstream_caches: Option<Vec<String>>,
     upstream_public_keys: Option<Vec<String>>,
     refresh_after: Option<String>,
+    priority: Option<u32>,
     upload_build_logs: Option<bool>,
     write_nar_listing: Option<bool>,
     metrics_listen: Option<String>,
@@ -88,6 +92,14 @@ pub struct Config {
     /// A path found in the cache gets its narinfo rewritten once it is older than this, so
     /// that retention GC sees it as in use.
     pub refresh_after: Duration,
+    /// `Priority` in `nix-cache-info` (lower wins; cache.nixos.org has 40).
+    pub priority: u32,
+    /// `WantMassQuery` in `nix-cache-info` (target URL only: `want-mass-query`).
+    pub want_mass_query: bool,
+    /// Multipart part size (target URL only: `buffer-size`); `None` is the default.
+    pub part_size: Option<u64>,
+    /// Compress big NARs on several threads (target URL only: `parallel-compression`).
+    pub parallel_compression: bool,
     /// The URL consumers substitute from (`client-config`); `None` when unset or empty.
     pub public_url: Option<String>,
 }
@@ -97,6 +109,8 @@ pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 const MAX_CONCURRENCY: usize = 1024;
 pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
+/// Below cache.nixos.org (40): clients ask it first for what it has.
+pub const DEFAULT_PRIORITY: u32 = 41;
 pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Config {
@@ -122,6 +136,10 @@ impl Default for Config {
             upstream_caches: Vec::new(),
             upstream_public_keys: VerifyingKey::parse(NIXOS_PUBLIC_KEY).into_iter().collect(),
             refresh_after: DEFAULT_REFRESH_AFTER,
+            priority: DEFAULT_PRIORITY,
+            want_mass_query: true,
+            part_size: None,
+            parallel_compression: true,
             upload_build_logs: false,
             public_url: None,
         }
@@ -304,6 +322,8 @@ impl Config {
             upstream_public_keys,
             refresh_after,
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
+            priority: raw.priority.unwrap_or(defaults.priority),
+            ..defaults
         })
     }
 
@@ -321,7 +341,55 @@ impl Config {
     pub fn target_or_default(&self) -> TargetUrl {
         self.target.clone().unwrap_or_else(|| TargetUrl::File {
             dir: self.state_dir.join("cache"),
+            params: CacheParams::default(),
         })
+    }
+
+    /// Applies the settings a target URL gives (`?compression=xz&priority=30`): the URL wins
+    /// over the config file, as command-line flags win over both.
+    pub fn apply_target_params(&mut self, params: &CacheParams) {
+        if let Some(compression) = params.compression {
+            self.compression = compression;
+            self.compression_level = compression.default_level();
+        }
+        if let Some(level) = params.compression_level {
+            self.compression_level = level;
+        }
+        if let Some(parallel) = params.parallel_compression {
+            self.parallel_compression = parallel;
+        }
+        if let Some(key) = &params.secret_key {
+            self.secret_key_files = vec![key.clone()];
+        }
+        if let Some(priority) = params.priority {
+            self.priority = priority;
+        }
+        if let Some(want_mass_query) = params.want_mass_query {
+            self.want_mass_query = want_mass_query;
+        }
+        if let Some(part_size) = params.part_size {
+            self.part_size = Some(part_size);
+        }
+    }
+
+    /// How NARs are streamed with these settings.
+    pub fn stream_settings(&self, compression: Compression, level: i32) -> StreamSettings {
+        let mut stream = StreamSettings::new(compression, level);
+        if let Some(part_size) = self.part_size {
+            stream.part_size = part_size;
+        }
+        if !self.parallel_compression {
+            stream.workers = 0;
+        }
+        stream
+    }
+
+    /// What `nix-cache-info` says with these settings.
+    pub fn cache_info(&self) -> CacheInfo {
+        CacheInfo {
+            priority: self.priority,
+            want_mass_query: self.want_mass_query,
+        }
     }
 
     /// Where the embedded default signing key is (generated on first use).

@@ -3,7 +3,7 @@
 //!
 //! | object | key | written |
 //! |---|---|---|
-//! | cache description | `nix-cache-info` | once, if missing |
+//! | cache description | `nix-cache-info` | when missing or out of date |
 //! | path metadata | `<hash part>.narinfo` | last, after its NAR and its references |
 //! | NAR that fits in one part | `nar/<nix32 FileHash><ext>` | one PUT |
 //! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart |
@@ -41,14 +41,37 @@ pub mod content_type {
 /// The key of the cache description.
 pub const NIX_CACHE_INFO: &str = "nix-cache-info";
 
-/// The priority narpush announces in the caches it creates (lower wins; cache.nixos.org
-/// announces 40).
-pub const PRIORITY: u32 = 40;
+/// What `nix-cache-info` announces besides the store directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheInfo {
+    /// Among substituters, lower wins; cache.nixos.org announces 40.
+    pub priority: u32,
+    /// Whether clients may ask for many paths at once.
+    pub want_mass_query: bool,
+}
 
-/// What `nix-cache-info` says: the store directory, that clients may ask for many paths at
-/// once, and the priority among substituters (lower wins; cache.nixos.org is 40).
-pub fn nix_cache_info(priority: u32) -> String {
-    format!("StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {priority}\n")
+/// The text of `nix-cache-info`.
+pub fn nix_cache_info(info: CacheInfo) -> String {
+    format!(
+        "StoreDir: {STORE_DIR}\nWantMassQuery: {}\nPriority: {}\n",
+        u8::from(info.want_mass_query),
+        info.priority
+    )
+}
+
+/// Whether the `nix-cache-info` text `current` announces what `wanted` does (the same
+/// `key: value` lines, in any order, whitespace aside).
+pub fn same_cache_info(current: &[u8], wanted: &str) -> bool {
+    let fields = |text: &str| {
+        let mut lines: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        lines.sort();
+        lines
+    };
+    std::str::from_utf8(current).is_ok_and(|current| fields(current) == fields(wanted))
 }
 
 /// The key of a path's narinfo.
@@ -200,9 +223,13 @@ mod tests {
 
     #[test]
     fn cache_info_names_the_store_and_the_priority() {
+        let info = CacheInfo {
+            priority: 41,
+            want_mass_query: true,
+        };
         assert_eq!(
-            nix_cache_info(40),
-            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+            nix_cache_info(info),
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 41\n"
         );
     }
 }

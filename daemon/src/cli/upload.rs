@@ -22,6 +22,7 @@ use narpush::engine::{Engine, EngineConfig, Report};
 use narpush::format::signing::{SigningKey, VerifyingKey};
 use narpush::format::store_path::StorePath;
 use narpush::keys::configured_keys;
+use narpush::layout::CacheInfo;
 use narpush::sink::{Sink, TargetUrl};
 use narpush::store;
 use narpush::upstream::{Upstream, UpstreamUrl};
@@ -126,13 +127,14 @@ struct Settings {
     jobs: usize,
     parallel_requests: usize,
     stream: StreamSettings,
+    cache_info: CacheInfo,
     upstream: Upstream,
     refresh_after: Duration,
     quiet: bool,
 }
 
 impl Settings {
-    fn from(args: UploadArgs, config: Config) -> anyhow::Result<Settings> {
+    fn from(args: UploadArgs, mut config: Config) -> anyhow::Result<Settings> {
         let paths = store::resolve_store_path_args(&args.paths)?;
         let target = match args.to {
             Some(url) => TargetUrl::parse(&url)?,
@@ -144,6 +146,8 @@ impl Settings {
                 ),
             },
         };
+        // Settings in the URL win over the config file; flags win over both.
+        config.apply_target_params(target.params());
         let Some((keys, _)) = configured_keys(&args.keys, &config.secret_key_files)? else {
             bail!(
                 "no signing key: pass --key FILE, set `secret_key_files` in {}, or put the key \
@@ -188,7 +192,8 @@ impl Settings {
             closure: !args.no_closure,
             jobs,
             parallel_requests,
-            stream: StreamSettings::new(compression, level),
+            stream: config.stream_settings(compression, level),
+            cache_info: config.cache_info(),
             upstream,
             refresh_after: config.refresh_after,
             quiet: args.quiet,
@@ -231,7 +236,8 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         settings.closure,
     )
     .with_upstream(settings.upstream)
-    .with_refresh_after(settings.refresh_after);
+    .with_refresh_after(settings.refresh_after)
+    .with_cache_info(settings.cache_info);
     config
         .ensure_cache_info()
         .await

@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::Config;
-use crate::engine::stream::StreamSettings;
+use crate::config::{check_level, Config};
 use crate::engine::EngineConfig;
 use crate::format::signing::SigningKey;
 use crate::keys::configured_keys;
@@ -28,8 +27,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub async fn load(config: Config) -> anyhow::Result<Settings> {
+    pub async fn load(mut config: Config) -> anyhow::Result<Settings> {
         let target_url = config.target_or_default();
+        config.apply_target_params(target_url.params());
+        check_level(config.compression, config.compression_level).map_err(|reason| {
+            anyhow::anyhow!("target {target_url}: compression-level: {reason}")
+        })?;
         let keys = match configured_keys(&[], &config.secret_key_files)? {
             Some((keys, _)) => keys,
             None => vec![default_key(&config.default_key_file())?],
@@ -41,13 +44,14 @@ impl Settings {
             Arc::new(sink),
             target_url.to_string(),
             Arc::new(keys),
-            StreamSettings::new(config.compression, config.compression_level),
+            config.stream_settings(config.compression, config.compression_level),
             config.jobs,
             config.parallel_requests,
             true,
         )
         .with_upstream(config.upstream())
-        .with_refresh_after(config.refresh_after);
+        .with_refresh_after(config.refresh_after)
+        .with_cache_info(config.cache_info());
         Ok(Settings {
             public_keys: engine
                 .keys

@@ -60,7 +60,7 @@ use stream::{StoredNar, StreamSettings};
 use crate::format::narinfo::NarInfo;
 use crate::format::signing::SigningKey;
 use crate::format::store_path::StorePath;
-use crate::layout::{self, content_type};
+use crate::layout::{self, content_type, CacheInfo};
 use crate::sink::{Sink, SinkError};
 use crate::store::PathInfo;
 use crate::upstream::Upstream;
@@ -91,6 +91,8 @@ pub struct EngineConfig {
     /// A narinfo found in the cache is rewritten once it is older than this, so that
     /// retention GC sees the path as in use (see `gc`).
     pub refresh_after: Duration,
+    /// What `nix-cache-info` must say.
+    pub cache_info: CacheInfo,
     cache_info_checked: AtomicBool,
 }
 
@@ -115,8 +117,18 @@ impl EngineConfig {
             closure,
             upstream: Arc::new(Upstream::off()),
             refresh_after: crate::config::DEFAULT_REFRESH_AFTER,
+            cache_info: CacheInfo {
+                priority: crate::config::DEFAULT_PRIORITY,
+                want_mass_query: true,
+            },
             cache_info_checked: AtomicBool::new(false),
         }
+    }
+
+    /// Announces `cache_info` in `nix-cache-info`.
+    pub fn with_cache_info(mut self, cache_info: CacheInfo) -> EngineConfig {
+        self.cache_info = cache_info;
+        self
     }
 
     /// Rewrites narinfos found in the cache once they are older than `refresh_after`.
@@ -131,17 +143,22 @@ impl EngineConfig {
         self
     }
 
-    /// Makes sure the sink has `nix-cache-info` (without it Nix refuses the cache), once per
-    /// configuration. Reading it first also proves that the sink is reachable and the
+    /// Makes sure the sink has `nix-cache-info` (without it Nix refuses the cache) saying what
+    /// this configuration says, once per configuration; one that says otherwise is rewritten. Reading it first also proves that the sink is reachable and the
     /// credentials work, before any NAR is streamed.
     pub async fn ensure_cache_info(&self) -> Result<(), SinkError> {
         if self.cache_info_checked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if self.sink.get(layout::NIX_CACHE_INFO).await?.is_none() {
-            let body = Bytes::from(layout::nix_cache_info(layout::PRIORITY));
+        let wanted = layout::nix_cache_info(self.cache_info);
+        let current = self.sink.get(layout::NIX_CACHE_INFO).await?;
+        if current.is_none_or(|text| !layout::same_cache_info(&text, &wanted)) {
             self.sink
-                .put(layout::NIX_CACHE_INFO, body, content_type::NIX_CACHE_INFO)
+                .put(
+                    layout::NIX_CACHE_INFO,
+                    Bytes::from(wanted),
+                    content_type::NIX_CACHE_INFO,
+                )
                 .await?;
         }
         self.cache_info_checked.store(true, Ordering::Relaxed);

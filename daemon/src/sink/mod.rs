@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod inventory;
+pub mod params;
 pub mod s3;
 pub mod url;
 
@@ -53,7 +54,7 @@ pub enum MultipartUpload {
 impl Sink {
     pub async fn open(url: &TargetUrl) -> Result<Sink, SinkError> {
         match url {
-            TargetUrl::File { dir } => file::FileSink::open(dir).map(Sink::File),
+            TargetUrl::File { dir, .. } => file::FileSink::open(dir).map(Sink::File),
             TargetUrl::S3(location) => s3::S3Sink::open(location).await.map(Sink::S3),
         }
     }

@@ -11,10 +11,16 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use super::params::CacheParams;
+
 /// Where the cache lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetUrl {
-    File { dir: PathBuf },
+    File {
+        dir: PathBuf,
+        /// Settings given in the URL (`?compression=…`).
+        params: CacheParams,
+    },
     S3(S3Location),
 }
 
@@ -29,6 +35,8 @@ pub struct S3Location {
     /// Send unsigned requests (`anonymous=true`): for servers that accept anonymous writes,
     /// such as a local test server. Never needed for R2 or AWS.
     pub anonymous: bool,
+    /// Settings given in the URL (`&compression=…`).
+    pub params: CacheParams,
 }
 
 /// Nix's default when no `region` is given.
@@ -47,9 +55,15 @@ pub enum TargetUrlError {
     #[error("target '{url}': a key prefix after the bucket is not supported (Nix cannot read it either); use s3://BUCKET")]
     BucketPrefix { url: String },
     #[error(
-        "target '{url}': unknown parameter '{name}' (known: endpoint, region, profile, scheme, anonymous)"
+        "target '{url}': unknown parameter '{name}' (see docs/configuration.md for those narpush and Nix take)"
     )]
     UnknownParameter { url: String, name: String },
+    #[error("target '{url}': parameter '{name}': {reason}")]
+    BadParameter {
+        url: String,
+        name: String,
+        reason: String,
+    },
     #[error("target '{url}': parameter '{name}' must be true or false, not '{value}'")]
     NotABoolean {
         url: String,
@@ -69,19 +83,23 @@ impl TargetUrl {
         let url = url::Url::parse(input).map_err(|e| syntax(e.to_string()))?;
         match url.scheme() {
             "file" => {
-                if url.query().is_some() {
-                    let name = url.query_pairs().next().map(|(k, _)| k.into_owned());
-                    return Err(TargetUrlError::UnknownParameter {
-                        url: input.to_owned(),
-                        name: name.unwrap_or_default(),
-                    });
+                let mut params = CacheParams::default();
+                for (name, value) in url.query_pairs() {
+                    if !take_param(&mut params, input, &name, &value, false)? {
+                        return Err(TargetUrlError::UnknownParameter {
+                            url: input.to_owned(),
+                            name: name.into_owned(),
+                        });
+                    }
                 }
-                let dir = url
+                let mut path = url.clone();
+                path.set_query(None);
+                let dir = path
                     .to_file_path()
                     .map_err(|()| TargetUrlError::RelativeDirectory {
                         url: input.to_owned(),
                     })?;
-                Ok(TargetUrl::File { dir })
+                Ok(TargetUrl::File { dir, params })
             }
             "s3" => parse_s3(input, &url).map(TargetUrl::S3),
             other => Err(TargetUrlError::UnsupportedScheme {
@@ -109,7 +127,11 @@ fn parse_s3(input: &str, url: &url::Url) -> Result<S3Location, TargetUrlError> {
     let mut profile = None;
     let mut scheme = None;
     let mut anonymous = false;
+    let mut params = CacheParams::default();
     for (name, value) in url.query_pairs() {
+        if take_param(&mut params, input, &name, &value, true)? {
+            continue;
+        }
         let value = value.into_owned();
         match name.as_ref() {
             "endpoint" => endpoint = Some(value),
@@ -153,14 +175,41 @@ fn parse_s3(input: &str, url: &url::Url) -> Result<S3Location, TargetUrlError> {
             .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
         profile,
         anonymous,
+        params,
     })
+}
+
+fn take_param(
+    params: &mut CacheParams,
+    input: &str,
+    name: &str,
+    value: &str,
+    s3: bool,
+) -> Result<bool, TargetUrlError> {
+    params
+        .take(name, value, s3)
+        .map_err(|reason| TargetUrlError::BadParameter {
+            url: input.to_owned(),
+            name: name.to_owned(),
+            reason,
+        })
+}
+
+impl TargetUrl {
+    /// The cache settings the URL gives.
+    pub fn params(&self) -> &CacheParams {
+        match self {
+            TargetUrl::File { params, .. } => params,
+            TargetUrl::S3(s3) => &s3.params,
+        }
+    }
 }
 
 impl fmt::Display for TargetUrl {
     /// A description safe to log: no credentials are ever part of a target URL.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TargetUrl::File { dir } => write!(f, "file://{}", dir.display()),
+            TargetUrl::File { dir, .. } => write!(f, "file://{}", dir.display()),
             TargetUrl::S3(s3) => {
                 write!(f, "s3://{}", s3.bucket)?;
                 if let Some(endpoint) = &s3.endpoint {
@@ -190,6 +239,7 @@ mod tests {
                 region: "auto".into(),
                 profile: Some("r2".into()),
                 anonymous: false,
+                params: CacheParams::default(),
             })
         );
     }
@@ -210,9 +260,23 @@ mod tests {
         assert_eq!(
             TargetUrl::parse("file:///var/cache/nix").unwrap(),
             TargetUrl::File {
-                dir: PathBuf::from("/var/cache/nix")
+                dir: PathBuf::from("/var/cache/nix"),
+                params: CacheParams::default(),
             }
         );
+    }
+
+    #[test]
+    fn cache_settings_in_the_url_are_kept_and_bad_ones_named() {
+        let url = TargetUrl::parse("file:///srv/cache?compression=xz&priority=30").unwrap();
+        assert_eq!(url.params().priority, Some(30));
+        assert!(
+            matches!(url, TargetUrl::File { ref dir, .. } if dir == &PathBuf::from("/srv/cache"))
+        );
+        let url = TargetUrl::parse("s3://b?endpoint=http://h:1&want-mass-query=false").unwrap();
+        assert_eq!(url.params().want_mass_query, Some(false));
+        let err = TargetUrl::parse("s3://b?narinfo-compression=xz").unwrap_err();
+        assert!(err.to_string().contains("'narinfo-compression'"), "{err}");
     }
 
     #[test]

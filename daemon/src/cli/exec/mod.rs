@@ -96,7 +96,7 @@ fn overrides(args: &ExecArgs, config: &Config) -> anyhow::Result<Overrides> {
         }
         None if config.target.is_none() => {
             let default = config.target_or_default();
-            if let TargetUrl::File { dir } = &default {
+            if let TargetUrl::File { dir, .. } = &default {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create the cache {}", dir.display()))?;
             }

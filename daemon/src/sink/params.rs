@@ -1,0 +1,173 @@
+//! The query parameters of a target URL that are settings of the cache rather than of the
+//! connection: those Nix's binary cache stores take (`nix copy --to 'URL?compression=xz&…'`),
+//! each honoured with Nix's meaning or refused with the reason it has none here, so a URL that
+//! works with `nix copy --to` works with narpush.
+//!
+//! Invariant: a [`CacheParams`] holds only values narpush acts upon; a parameter that would
+//! silently change nothing, where Nix would change something, is an error naming it.
+
+use std::path::PathBuf;
+
+use crate::engine::compress::Compression;
+
+/// Settings a target URL gives; `None` leaves the config's (or the default) in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheParams {
+    pub compression: Option<Compression>,
+    pub compression_level: Option<i32>,
+    /// `parallel-compression`: compress big NARs on several threads.
+    pub parallel_compression: Option<bool>,
+    /// `secret-key`: a signing key file.
+    pub secret_key: Option<PathBuf>,
+    /// `priority` in `nix-cache-info`.
+    pub priority: Option<u32>,
+    /// `want-mass-query` in `nix-cache-info`.
+    pub want_mass_query: Option<bool>,
+    /// `buffer-size`: the part size of multipart uploads (S3 only).
+    pub part_size: Option<u64>,
+}
+
+/// S3 requires every part but the last to be at least this big.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
+/// Parameters that only affect reading a cache, which Nix ignores when writing too.
+const READ_ONLY: &[&str] = &[
+    "local-nar-cache",
+    "path-info-cache-size",
+    "trusted",
+    "system-features",
+];
+
+impl CacheParams {
+    /// Takes one parameter; `Ok(false)` when `name` is not a cache parameter (the caller may
+    /// know it as a connection parameter), an error with the reason when it cannot be honoured.
+    pub fn take(&mut self, name: &str, value: &str, s3: bool) -> Result<bool, String> {
+        match name {
+            "compression" => {
+                self.compression = Some(value.parse::<Compression>().map_err(|e| e.to_string())?);
+            }
+            "compression-level" => self.compression_level = Some(number(value)?),
+            "parallel-compression" => self.parallel_compression = Some(boolean(value)?),
+            "secret-key" => {
+                if value.is_empty() {
+                    return Err("names no file".to_owned());
+                }
+                self.secret_key = Some(PathBuf::from(value));
+            }
+            "priority" => self.priority = Some(number(value)?),
+            "want-mass-query" => self.want_mass_query = Some(boolean(value)?),
+            "write-nar-listing" => {
+                if boolean(value)? {
+                    return Err("narpush does not write .ls listings yet".to_owned());
+                }
+            }
+            "ls-compression" | "narinfo-compression" | "log-compression" => {
+                if !value.is_empty() {
+                    return Err(format!(
+                        "narpush writes {} uncompressed (leave it empty)",
+                        match name {
+                            "ls-compression" => "listings",
+                            "narinfo-compression" => "narinfos",
+                            _ => "build logs",
+                        }
+                    ));
+                }
+            }
+            "index-debug-info" => {
+                if boolean(value)? {
+                    return Err("narpush does not write debuginfo indexes".to_owned());
+                }
+            }
+            "multipart-upload" if s3 => {
+                if !boolean(value)? {
+                    return Err(
+                        "narpush streams every NAR larger than one part in parts, so \
+                                memory stays bounded; it cannot upload them in one request"
+                            .to_owned(),
+                    );
+                }
+            }
+            "buffer-size" if s3 => {
+                let size: u64 = number(value)?;
+                if size < MIN_PART_SIZE {
+                    return Err(format!(
+                        "parts must be at least {MIN_PART_SIZE} bytes (5 MiB)"
+                    ));
+                }
+                self.part_size = Some(size);
+            }
+            "multipart-upload" | "buffer-size" => {
+                return Err("only S3 targets upload in parts".to_owned());
+            }
+            _ if READ_ONLY.contains(&name) => {}
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("must be true or false, not '{value}'")),
+    }
+}
+
+fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("must be a whole number, not '{value}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nix_parameters_are_honoured_or_refused_with_a_reason() {
+        let mut params = CacheParams::default();
+        for (name, value) in [
+            ("compression", "xz"),
+            ("compression-level", "9"),
+            ("parallel-compression", "false"),
+            ("secret-key", "/etc/nix/key"),
+            ("priority", "30"),
+            ("want-mass-query", "false"),
+            ("write-nar-listing", "false"),
+            ("ls-compression", ""),
+            ("index-debug-info", "false"),
+            ("multipart-upload", "true"),
+            ("buffer-size", "16777216"),
+            ("local-nar-cache", "/tmp/x"),
+        ] {
+            assert_eq!(params.take(name, value, true), Ok(true), "{name}");
+        }
+        assert_eq!(
+            params,
+            CacheParams {
+                compression: Some(Compression::Xz),
+                compression_level: Some(9),
+                parallel_compression: Some(false),
+                secret_key: Some(PathBuf::from("/etc/nix/key")),
+                priority: Some(30),
+                want_mass_query: Some(false),
+                part_size: Some(16 << 20),
+            }
+        );
+        assert_eq!(params.take("endpoint", "x", true), Ok(false));
+        for (name, value, s3, reason) in [
+            ("write-nar-listing", "true", true, ".ls"),
+            ("narinfo-compression", "xz", true, "narinfos"),
+            ("log-compression", "br", false, "logs"),
+            ("multipart-upload", "false", true, "in parts"),
+            ("buffer-size", "1024", true, "5 MiB"),
+            ("buffer-size", "16777216", false, "only S3"),
+            ("compression", "br", true, "br"),
+            ("priority", "high", true, "whole number"),
+        ] {
+            let error = CacheParams::default().take(name, value, s3).unwrap_err();
+            assert!(error.contains(reason), "{name}={value}: {error}");
+        }
+    }
+}
