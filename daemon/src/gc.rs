@@ -37,7 +37,7 @@ use crate::sink::inventory::{Object, DELETE_BATCH};
 use crate::sink::{Sink, SinkError};
 
 /// narinfos and realisations read (or looked at) at once.
-const READ_CONCURRENCY: usize = 32;
+const READ_CONCURRENCY: usize = 64;
 /// A narinfo is deleted no later than this after a look at it showed it unchanged since the
 /// plan. Uploaders that rewrite a narinfo watch it for longer than that (see the engine).
 pub const DELETE_WINDOW: Duration = Duration::from_secs(2);
