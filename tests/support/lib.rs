@@ -6,6 +6,7 @@
 //! Nothing here mocks a part: a missing tool is a test failure that says what to install.
 
 pub mod daemon;
+pub mod fault_proxy;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

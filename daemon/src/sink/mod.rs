@@ -9,6 +9,7 @@
 //! the backends decide that once, where they understand the error.
 
 pub mod file;
+pub mod retry_after;
 pub mod s3;
 pub mod url;
 

@@ -106,6 +106,20 @@ impl S3Sink {
                 Ok(Some(body.into_bytes()))
             }
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+            // As with HEAD: without s3:ListBucket, AWS answers 403 AccessDenied for a missing
+            // key. Credentials the server rejects have their own codes and stay errors.
+            Err(SdkError::ServiceError(e))
+                if e.raw().status().as_u16() == 403
+                    && matches!(e.err().code(), None | Some("AccessDenied")) =>
+            {
+                tracing::warn!(
+                    key,
+                    "GET answered 403 AccessDenied: taken as absent. The credentials lack \
+                     s3:ListBucket (then S3 answers 403 for a missing key) or, if the object \
+                     exists, s3:GetObject; grant both on the bucket"
+                );
+                Ok(None)
+            }
             Err(e) => Err(classify("GET", key, e)),
         }
     }
@@ -146,6 +160,7 @@ impl S3Sink {
             key: key.to_owned(),
             upload_id: upload_id.to_owned(),
             parts: Vec::new(),
+            size: 0,
         })
     }
 }
@@ -191,11 +206,14 @@ pub struct S3Upload {
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
+    /// Bytes sent in parts so far: the size of the completed object.
+    size: u64,
 }
 
 impl S3Upload {
     pub async fn put_part(&mut self, part: Bytes) -> Result<(), SinkError> {
         let part_number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        let part_size = part.len() as u64;
         let uploaded = self
             .client
             .upload_part()
@@ -213,6 +231,7 @@ impl S3Upload {
                 .part_number(part_number)
                 .build(),
         );
+        self.size += part_size;
         Ok(())
     }
 
@@ -230,12 +249,39 @@ impl S3Upload {
             )
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let error = classify("CompleteMultipartUpload", &self.key, e);
+        let error = match result {
+            Ok(_) => return Ok(()),
+            Err(e) => classify("CompleteMultipartUpload", &self.key, e),
+        };
+        // The server may have completed the upload and the answer been lost: then the SDK's
+        // retry meets NoSuchUpload, or the answer could not be read. The key is this upload's
+        // own (see crate::layout), so an object there with our size is our completed upload.
+        match self.completed_size().await {
+            Some(size) if size == self.size => {
+                tracing::info!(key = %self.key, "CompleteMultipartUpload failed ({error}), but the object is complete");
+                Ok(())
+            }
+            _ => {
                 self.abort().await;
                 Err(error)
+            }
+        }
+    }
+
+    /// The size of the object under the upload's key, if one is there.
+    async fn completed_size(&self) -> Option<u64> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await;
+        match head {
+            Ok(object) => object.content_length().and_then(|n| u64::try_from(n).ok()),
+            Err(e) => {
+                tracing::debug!(key = %self.key, error = %DisplayErrorContext(&e), "no completed object");
+                None
             }
         }
     }
@@ -276,6 +322,9 @@ where
                 _ if matches!(code, "SlowDown" | "RequestTimeout" | "InternalError") => {
                     ErrorClass::Transient
                 }
+                // The multipart upload went away (a lifecycle rule, a stale-upload cleanup):
+                // the next attempt starts a new one.
+                _ if code == "NoSuchUpload" => ErrorClass::Transient,
                 _ => ErrorClass::Permanent,
             };
             let explanation = match code {
@@ -344,7 +393,6 @@ impl HttpStatus for aws_smithy_runtime_api::http::Response {
     fn retry_after(&self) -> Option<Duration> {
         self.headers()
             .get("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .and_then(|v| super::retry_after::parse(v, std::time::SystemTime::now()))
     }
 }
