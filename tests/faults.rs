@@ -4,7 +4,10 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
+use narpush_e2e::cache_watch::CacheWatch;
+use narpush_e2e::daemon::{build_with_hook, Daemon};
 use narpush_e2e::fault_proxy::{Fault, FaultProxy, Operation};
 use narpush_e2e::*;
 
@@ -80,4 +83,89 @@ fn a_lost_complete_multipart_upload_answer_is_not_a_failure() {
     assert_eq!(narinfos(&bucket).len(), closure.len());
     assert_closure_invariant(&bucket);
     assert_substitutes(&bucket, &public, &top);
+}
+
+#[test]
+fn a_bucket_that_answers_403_for_missing_keys_is_written_to() {
+    let (top, closure) = build_closure("forbidden", "1");
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let proxy = FaultProxy::start(s3.addr);
+    // AWS without s3:ListBucket: every missing key, nix-cache-info included, answers 403.
+    proxy.forbid_missing(true);
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "narpush-test-1");
+
+    let output = run(&mut upload(&s3, &proxy.url("cache"), &secret, &top));
+    assert!(output.status.success(), "upload: {}", stderr(&output));
+    assert!(proxy.forbidden() > 0, "no 404 was turned into 403");
+    assert!(
+        stderr(&output).contains("s3:ListBucket") && stderr(&output).contains("s3:GetObject"),
+        "the missing permissions are not named: {}",
+        stderr(&output)
+    );
+    assert!(bucket.join("nix-cache-info").exists());
+    assert_eq!(narinfos(&bucket).len(), closure.len());
+    assert_substitutes(&bucket, &public, &top);
+}
+
+#[test]
+fn hundreds_of_injected_faults_lose_no_path_and_never_break_the_closure_invariant() {
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let proxy = FaultProxy::start(s3.addr);
+    // Longer than request_timeout_ms: a held answer is a timeout for the client.
+    proxy.set_timeout_delay(Duration::from_millis(1500));
+    let daemon = Daemon::start(
+        &format!(
+            "target = \"{}\"\njobs = 4\nmax_attempts = 1000\nretry_initial_delay_ms = 20\n\
+             retry_max_delay_ms = 200\nrequest_timeout_ms = 1000\n",
+            proxy.url("cache")
+        ),
+        s3.env(),
+    );
+    let watch = CacheWatch::start(bucket.clone());
+    // About one request in three fails, in every way the proxy knows, reproducibly seeded.
+    proxy.randomize(0x5eed_0008, 350, &Fault::ALL, None);
+    let started = Instant::now();
+
+    // 80 leaves, a 20 MiB output streamed in three parts, and a top: 83 paths.
+    let (paths, build) = build_with_hook(
+        &fixture("wide.nix"),
+        &[
+            ("nonce", &unique("faults")),
+            ("count", "80"),
+            ("bigMiB", "20"),
+        ],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "build: {}", stderr(&build));
+    daemon.wait_ok(240);
+    proxy.calm();
+    let rounds = watch.finish();
+
+    let injected = proxy.injected();
+    let total = proxy.injected_total();
+    eprintln!(
+        "{total} faults injected in {:.1?} ({injected:?}); requests {:?}; closure invariant \
+         checked {rounds} times",
+        started.elapsed(),
+        proxy.requests()
+    );
+    assert!(total >= 200, "only {total} faults injected: {injected:?}");
+    for fault in Fault::ALL {
+        assert!(injected.contains_key(&fault), "no {fault:?} injected");
+    }
+    let status = daemon.status_json();
+    assert_eq!(status["counts"]["failed"], 0, "failed paths: {status}");
+    let closure = closure(&paths);
+    for path in &closure {
+        let narinfo = bucket.join(format!("{}.narinfo", hash_part(path)));
+        assert!(narinfo.exists(), "{path} was lost");
+    }
+    let multipart = snapshot(&bucket.join("nar"))
+        .into_values()
+        .any(|(size, _)| size > 8 << 20);
+    assert!(multipart, "no NAR went up in several parts");
+    assert_substitutes(&bucket, &daemon.public_key(), &paths[0]);
 }

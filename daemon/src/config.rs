@@ -36,6 +36,7 @@ struct RawConfig {
     max_attempts: Option<u32>,
     retry_initial_delay_ms: Option<u64>,
     retry_max_delay_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
     allowed_uids: Option<Vec<u32>>,
     upstream_caches: Option<Vec<String>>,
     upload_build_logs: Option<bool>,
@@ -70,6 +71,8 @@ pub struct Config {
     pub max_attempts: u32,
     pub retry_initial_delay: Duration,
     pub retry_max_delay: Duration,
+    /// How long one request to the target may wait for its answer before it is retried.
+    pub request_timeout: Duration,
     /// Who may enqueue, besides the daemon's own uid.
     pub allowed_uids: Vec<u32>,
     pub upload_build_logs: bool,
@@ -79,6 +82,7 @@ pub const DEFAULT_JOBS: usize = 2;
 pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 const MAX_CONCURRENCY: usize = 1024;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
 
 impl Default for Config {
@@ -100,6 +104,7 @@ impl Default for Config {
             max_attempts: 20,
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(15 * 60),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             allowed_uids: vec![0],
             upload_build_logs: true,
         }
@@ -203,6 +208,16 @@ impl Config {
                 "must not be below retry_initial_delay_ms".to_owned(),
             ));
         }
+        let request_timeout = match raw.request_timeout_ms {
+            Some(0) => {
+                return Err(invalid(
+                    "request_timeout_ms",
+                    "must be at least 1".to_owned(),
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => defaults.request_timeout,
+        };
         // Accepted so configurations written for the full design load; refused until built.
         if raw.upstream_caches.is_some_and(|c| !c.is_empty()) {
             return Err(invalid("upstream_caches", NOT_YET.to_owned()));
@@ -245,6 +260,7 @@ impl Config {
             max_attempts,
             retry_initial_delay,
             retry_max_delay,
+            request_timeout,
             allowed_uids: raw.allowed_uids.unwrap_or(defaults.allowed_uids),
             upload_build_logs: raw.upload_build_logs.unwrap_or(defaults.upload_build_logs),
         })
@@ -356,6 +372,15 @@ parallel_requests = 16
         assert!(err.to_string().contains("'jobs'"), "{err}");
         let err = parse("parallel_requests = 100000000\n").unwrap_err();
         assert!(err.to_string().contains("'parallel_requests'"), "{err}");
+    }
+
+    #[test]
+    fn request_timeout_is_read_and_zero_is_refused() {
+        let config = parse("request_timeout_ms = 1500\n").unwrap();
+        assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        assert_eq!(parse("").unwrap().request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        let err = parse("request_timeout_ms = 0\n").unwrap_err();
+        assert!(err.to_string().contains("'request_timeout_ms'"), "{err}");
     }
 
     #[test]

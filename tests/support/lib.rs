@@ -5,6 +5,7 @@
 //!
 //! Nothing here mocks a part: a missing tool is a test failure that says what to install.
 
+pub mod cache_watch;
 pub mod daemon;
 pub mod fault_proxy;
 

@@ -94,6 +94,7 @@ struct Settings {
     jobs: usize,
     parallel_requests: usize,
     stream: StreamSettings,
+    request_timeout: Duration,
 }
 
 impl Settings {
@@ -146,6 +147,7 @@ impl Settings {
             jobs,
             parallel_requests,
             stream: StreamSettings::new(compression, level),
+            request_timeout: config.request_timeout,
         })
     }
 }
@@ -159,7 +161,7 @@ fn config_name(config: &Config) -> String {
 
 async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
     let infos = store::query_path_infos(&settings.paths, settings.closure).await?;
-    let sink = Sink::open(&settings.target)
+    let sink = Sink::open(&settings.target, settings.request_timeout)
         .await
         .with_context(|| format!("cannot use target {}", settings.target))?;
     let config = EngineConfig::new(

@@ -42,7 +42,7 @@ impl Settings {
                 .map(|file| SigningKey::load(file))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let sink = Sink::open(&target_url)
+        let sink = Sink::open(&target_url, config.request_timeout)
             .await
             .with_context(|| format!("cannot use target {target_url}"))?;
         let engine = EngineConfig::new(

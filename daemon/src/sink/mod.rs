@@ -51,10 +51,13 @@ pub enum MultipartUpload {
 }
 
 impl Sink {
-    pub async fn open(url: &TargetUrl) -> Result<Sink, SinkError> {
+    /// Opens the target; `request_timeout` bounds the wait for each answer of a remote one.
+    pub async fn open(url: &TargetUrl, request_timeout: Duration) -> Result<Sink, SinkError> {
         match url {
             TargetUrl::File { dir } => file::FileSink::open(dir).map(Sink::File),
-            TargetUrl::S3(location) => s3::S3Sink::open(location).await.map(Sink::S3),
+            TargetUrl::S3(location) => s3::S3Sink::open(location, request_timeout)
+                .await
+                .map(Sink::S3),
         }
     }
 

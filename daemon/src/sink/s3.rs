@@ -39,7 +39,10 @@ pub struct S3Sink {
 }
 
 impl S3Sink {
-    pub async fn open(location: &S3Location) -> Result<S3Sink, SinkError> {
+    pub async fn open(
+        location: &S3Location,
+        request_timeout: Duration,
+    ) -> Result<S3Sink, SinkError> {
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(location.region.clone()))
@@ -49,7 +52,7 @@ impl S3Sink {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .read_timeout(request_timeout)
                     .build(),
             );
         config = if location.anonymous {
@@ -328,8 +331,13 @@ where
                 _ => ErrorClass::Permanent,
             };
             let explanation = match code {
-                "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied" => {
+                "SignatureDoesNotMatch" | "InvalidAccessKeyId" => {
                     " — the S3 server rejected the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
+                }
+                "AccessDenied" => {
+                    " — the credentials lack a permission on the bucket: narpush needs \
+                     s3:GetObject, s3:PutObject, s3:ListBucket, s3:AbortMultipartUpload and \
+                     s3:ListBucketMultipartUploads"
                 }
                 "NoSuchBucket" => " — the bucket does not exist; create it first",
                 _ if status == 403 => " — access denied; check the credentials and the bucket's permissions",
