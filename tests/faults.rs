@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use narpush_e2e::cache_watch::CacheWatch;
 use narpush_e2e::daemon::{build_with_hook, Daemon};
 use narpush_e2e::fault_proxy::{Fault, FaultProxy, Operation};
+use narpush_e2e::moto::MotoServer;
 use narpush_e2e::*;
 
 /// `narpush upload --to TARGET --key SECRET PATH` with the server's credentials.
@@ -168,4 +169,34 @@ fn hundreds_of_injected_faults_lose_no_path_and_never_break_the_closure_invarian
         .any(|(size, _)| size > 8 << 20);
     assert!(multipart, "no NAR went up in several parts");
     assert_substitutes(&bucket, &daemon.public_key(), &paths[0]);
+}
+
+#[test]
+fn unfinished_multipart_uploads_of_an_earlier_run_are_aborted_when_the_daemon_starts() {
+    // s3s-fs has no ListMultipartUploads; moto has.
+    let moto = MotoServer::start();
+    let ours = format!("nar/{}-{}.nar.zst", "1".repeat(52), "2".repeat(16));
+    let foreign = "nar/someone-elses-upload.nar.zst";
+    moto.boto3(&format!(
+        "s3.create_bucket(Bucket='cache')\n\
+         for key in ['{ours}', '{foreign}']:\n    s3.create_multipart_upload(Bucket='cache', Key=key)\n"
+    ));
+    let list = "print(sorted(u['Key'] for u in s3.list_multipart_uploads(Bucket='cache').get('Uploads', [])))";
+    // moto's timestamps have a resolution of a second: start strictly after the uploads.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let daemon = Daemon::start(&format!("target = \"{}\"", moto.url("cache")), moto.env());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon
+        .log()
+        .contains("aborted 1 unfinished multipart upload")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing aborted:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(moto.boto3(list).trim(), format!("['{foreign}']"));
 }

@@ -13,7 +13,7 @@ pub mod retry_after;
 pub mod s3;
 pub mod url;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -79,6 +79,23 @@ impl Sink {
         match self {
             Sink::File(t) => t.put(key, body).await,
             Sink::S3(t) => t.put(key, body, content_type).await,
+        }
+    }
+
+    /// Aborts narpush's own multipart uploads left unfinished by an earlier run (initiated
+    /// before `before`, under a streamed NAR's name); returns how many. A directory target
+    /// has none to abort.
+    pub async fn abort_stale_uploads(&self, before: SystemTime) -> Result<usize, SinkError> {
+        match self {
+            Sink::File(_) => Ok(0),
+            Sink::S3(t) => {
+                t.abort_stale_uploads(
+                    crate::layout::NAR_PREFIX,
+                    before,
+                    crate::layout::is_streamed_nar_key,
+                )
+                .await
+            }
         }
     }
 

@@ -14,7 +14,7 @@
 //! aborted with [`S3Upload::abort`], otherwise the bucket keeps its parts until a lifecycle rule
 //! removes them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::meta::credentials::CredentialsProviderChain;
@@ -165,6 +165,61 @@ impl S3Sink {
             parts: Vec::new(),
             size: 0,
         })
+    }
+}
+
+impl S3Sink {
+    /// Aborts the unfinished multipart uploads under `prefix` that were initiated before
+    /// `before` and whose key `is_ours`; returns how many. Uploads of other writers (other
+    /// key shapes) and uploads started since are left alone.
+    pub async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        before: SystemTime,
+        is_ours: fn(&str) -> bool,
+    ) -> Result<usize, SinkError> {
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_id_marker.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListMultipartUploads", prefix, e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let initiated = upload
+                    .initiated()
+                    .and_then(|at| SystemTime::try_from(*at).ok());
+                if !is_ours(key) || initiated.is_none_or(|at| at >= before) {
+                    continue;
+                }
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("AbortMultipartUpload", key, e))?;
+                aborted += 1;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                return Ok(aborted);
+            }
+        }
     }
 }
 
