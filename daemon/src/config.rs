@@ -432,3 +432,6 @@ metrics_listen = ""
         assert!(source.contains("ftp"), "{source}");
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -392,3 +392,6 @@ fn parse_number(field: &'static str, value: &str) -> Result<u64, NarInfoError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;
