@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use narpush_e2e::cache_watch::CacheWatch;
+use narpush_e2e::cache_watch::{check_cache, CacheWatch};
 use narpush_e2e::daemon::{build_with_hook, Daemon};
 use narpush_e2e::fault_proxy::{Fault, FaultProxy, Operation};
 use narpush_e2e::moto::MotoServer;
@@ -130,12 +130,12 @@ fn hundreds_of_injected_faults_lose_no_path_and_never_break_the_closure_invarian
     proxy.randomize(0x5eed_0008, 350, &Fault::ALL, None);
     let started = Instant::now();
 
-    // 80 leaves, a 20 MiB output streamed in three parts, and a top: 83 paths.
+    // 100 leaves, a 20 MiB output streamed in three parts, and a top: 102 paths.
     let (paths, build) = build_with_hook(
         &fixture("wide.nix"),
         &[
             ("nonce", &unique("faults")),
-            ("count", "80"),
+            ("count", "100"),
             ("bigMiB", "20"),
         ],
         &daemon.hook_env(),
@@ -199,4 +199,55 @@ fn unfinished_multipart_uploads_of_an_earlier_run_are_aborted_when_the_daemon_st
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(moto.boto3(list).trim(), format!("['{foreign}']"));
+}
+
+#[test]
+fn an_answer_held_past_request_timeout_ms_is_retried_without_waiting_for_it() {
+    let (top, closure) = build_closure("held", "1");
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let proxy = FaultProxy::start(s3.addr);
+    proxy.set_timeout_delay(Duration::from_secs(60));
+    proxy.script(Operation::PutObject, Fault::Timeout);
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "narpush-test-1");
+    let config = keys.path().join("narpush.toml");
+    std::fs::write(&config, "request_timeout_ms = 1000\n").unwrap();
+
+    let started = Instant::now();
+    let output =
+        run(upload(&s3, &proxy.url("cache"), &secret, &top).env("NARPUSH_CONFIG", &config));
+    let elapsed = started.elapsed();
+    assert!(output.status.success(), "upload: {}", stderr(&output));
+    assert_eq!(proxy.injected().get(&Fault::Timeout), Some(&1));
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "the held answer was waited for: {elapsed:?}"
+    );
+    assert_eq!(narinfos(&bucket).len(), closure.len());
+    assert_substitutes(&bucket, &public, &top);
+}
+
+#[test]
+fn lost_put_object_answers_are_retried_into_the_same_objects() {
+    let (top, closure) = build_closure("lost-put", "1");
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let proxy = FaultProxy::start(s3.addr);
+    // The first PUT (nix-cache-info) is written twice and its answer lost both times; the
+    // SDK's third attempt (of 3) gets through.
+    for _ in 0..2 {
+        proxy.script(Operation::PutObject, Fault::DropAfterCompletion);
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "narpush-test-1");
+
+    let output = run(&mut upload(&s3, &proxy.url("cache"), &secret, &top));
+    assert!(output.status.success(), "upload: {}", stderr(&output));
+    assert_eq!(proxy.injected().get(&Fault::DropAfterCompletion), Some(&2));
+    assert_eq!(narinfos(&bucket).len(), closure.len());
+    if let Err(violation) = check_cache(&bucket, &mut Default::default()) {
+        panic!("{violation}");
+    }
+    assert_substitutes(&bucket, &public, &top);
 }
