@@ -143,6 +143,49 @@ fn nix32(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const NAR_HASH: &str = "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s";
+
+    /// A cache with one NAR of `bytes` and a narinfo claiming `size`, `hash`, `references`.
+    fn cache(bytes: &[u8], size: usize, hash: &str, references: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("nar")).unwrap();
+        std::fs::write(dir.path().join("nar/x.nar"), bytes).unwrap();
+        let narinfo = format!(
+            "StorePath: /nix/store/{a}-x\nURL: nar/x.nar\nCompression: none\nFileHash: {hash}\n\
+             FileSize: {size}\nNarHash: {NAR_HASH}\nNarSize: {size}\nReferences: {references}\n",
+            a = "a".repeat(32)
+        );
+        std::fs::write(
+            dir.path().join(format!("{}.narinfo", "a".repeat(32))),
+            narinfo,
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_consistent_cache_passes_and_each_kind_of_break_is_caught() {
+        let bytes = b"nar bytes";
+        let hash = format!("sha256:{}", nix32(&Sha256::digest(bytes)));
+        let itself = format!("{}-x", "a".repeat(32));
+        let good = cache(bytes, bytes.len(), &hash, &itself);
+        assert_eq!(check_cache(good.path(), &mut HashMap::new()), Ok(1));
+
+        let wrong_size = cache(bytes, bytes.len() + 1, &hash, "");
+        let wrong_hash = cache(bytes, bytes.len(), NAR_HASH, "");
+        let missing_reference = cache(bytes, bytes.len(), &hash, &format!("{}-y", "b".repeat(32)));
+        for (broken, why) in [
+            (wrong_size, "FileSize"),
+            (wrong_hash, "FileHash"),
+            (missing_reference, "has no narinfo"),
+        ] {
+            let violation = check_cache(broken.path(), &mut HashMap::new()).unwrap_err();
+            assert!(violation.contains(why), "{violation}");
+        }
+    }
+
     #[test]
     fn nix32_matches_nix() {
         // `nix hash to-base32 sha256:` of the empty string's SHA-256.

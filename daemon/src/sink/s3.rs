@@ -81,7 +81,8 @@ impl S3Sink {
             Ok(_) => Ok(true),
             // Like Nix, 403 counts as absent: buckets without ListBucket answer 403 for
             // missing keys. Bad credentials are caught before any HEAD: every upload starts
-            // with `ensure_cache_info`, whose GET reports a 403 with its reason.
+            // with `ensure_cache_info`, whose GET (or the PUT after a 403 AccessDenied) reports
+            // them with their reason.
             Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 403 | 404) => {
                 Ok(false)
             }
