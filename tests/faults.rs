@@ -251,3 +251,46 @@ fn lost_put_object_answers_are_retried_into_the_same_objects() {
     }
     assert_substitutes(&bucket, &public, &top);
 }
+
+#[test]
+fn a_huge_retry_after_is_capped_at_retry_max_delay_ms() {
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let proxy = FaultProxy::start(s3.addr);
+    let daemon = Daemon::start(
+        &format!(
+            "target = \"{}\"\nmax_attempts = 100\nretry_initial_delay_ms = 50\n\
+             retry_max_delay_ms = 500\n",
+            proxy.url("cache")
+        ),
+        s3.env(),
+    );
+    // Every write is throttled, with the server asking for a day's pause.
+    proxy.set_retry_after("86400");
+    proxy.randomize(1, 1000, &[Fault::SlowDown], Some(&[Operation::PutObject]));
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &unique("retry-after"))],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "build: {}", stderr(&build));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.status_json()["retrying"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never throttled:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proxy.calm();
+
+    // The next attempt comes within retry_max_delay_ms, not a day later.
+    daemon.wait_ok(20);
+    assert!(proxy.injected()[&Fault::SlowDown] >= 1);
+    let narinfo = bucket.join(format!("{}.narinfo", hash_part(&paths[0])));
+    assert!(narinfo.exists(), "not uploaded");
+}

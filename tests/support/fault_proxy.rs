@@ -35,7 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Fault {
     /// 500 InternalError; the request never reaches the server.
     ServerError,
-    /// 503 SlowDown with `Retry-After: 1`; the request never reaches the server.
+    /// 503 SlowDown with `Retry-After` (1 s unless [`FaultProxy::set_retry_after`] says
+    /// otherwise); the request never reaches the server.
     SlowDown,
     /// The connection closes half way through a body: the request's when it has one (the
     /// server never sees the request), else the response's (after the server answered).
@@ -101,6 +102,7 @@ struct State {
     rng: u64,
     forbid_missing: bool,
     timeout_delay: Duration,
+    retry_after: String,
     injected: BTreeMap<Fault, u64>,
     forbidden: u64,
     requests: BTreeMap<Operation, u64>,
@@ -172,6 +174,7 @@ impl FaultProxy {
             rng: 0,
             forbid_missing: false,
             timeout_delay: Duration::from_secs(5),
+            retry_after: "1".to_owned(),
             injected: BTreeMap::new(),
             forbidden: 0,
             requests: BTreeMap::new(),
@@ -223,6 +226,11 @@ impl FaultProxy {
     /// How long a [`Fault::Timeout`] holds the answer back: more than the client's timeout.
     pub fn set_timeout_delay(&self, delay: Duration) {
         self.with(|s| s.timeout_delay = delay);
+    }
+
+    /// The `Retry-After` value of [`Fault::SlowDown`] answers (seconds or an HTTP-date).
+    pub fn set_retry_after(&self, value: &str) {
+        self.with(|s| s.retry_after = value.to_owned());
     }
 
     /// Faults injected so far, by kind.
@@ -287,9 +295,10 @@ async fn handle(
     state: Arc<Mutex<State>>,
 ) -> io::Result<Response<ProxyBody>> {
     let operation = Operation::of(request.method(), request.uri().query().unwrap_or(""));
-    let (fault, timeout_delay) = {
+    let (fault, timeout_delay, retry_after) = {
         let mut state = state.lock().expect("proxy state");
-        (state.choose(operation), state.timeout_delay)
+        let fault = state.choose(operation);
+        (fault, state.timeout_delay, state.retry_after.clone())
     };
     let (parts, body) = request.into_parts();
     match fault {
@@ -306,7 +315,7 @@ async fn handle(
             return Ok(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SlowDown",
-                Some(1),
+                Some(&retry_after),
             ));
         }
         Some(Fault::ResetMidBody) if has_body(&parts) => {
@@ -410,7 +419,7 @@ fn full(bytes: Bytes) -> ProxyBody {
 fn error_response(
     status: StatusCode,
     code: &str,
-    retry_after_secs: Option<u64>,
+    retry_after: Option<&str>,
 ) -> Response<ProxyBody> {
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
@@ -421,10 +430,8 @@ fn error_response(
     response
         .headers_mut()
         .insert("content-type", HeaderValue::from_static("application/xml"));
-    if let Some(secs) = retry_after_secs {
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from(secs));
+    if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
+        response.headers_mut().insert("retry-after", value);
     }
     response
 }
