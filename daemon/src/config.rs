@@ -42,6 +42,7 @@ struct RawConfig {
     max_attempts: Option<u32>,
     retry_initial_delay_ms: Option<u64>,
     retry_max_delay_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
     allowed_uids: Option<Vec<u32>>,
     upstream_caches: Option<Vec<String>>,
     upstream_public_keys: Option<Vec<String>>,
@@ -80,6 +81,8 @@ pub struct Config {
     pub max_attempts: u32,
     pub retry_initial_delay: Duration,
     pub retry_max_delay: Duration,
+    /// How long one request to the target may wait for its answer before it is retried.
+    pub request_timeout: Duration,
     /// Who may enqueue, besides the daemon's own uid.
     pub allowed_uids: Vec<u32>,
     /// Off by default: on a public bucket every build log would be published.
@@ -108,6 +111,7 @@ pub const DEFAULT_JOBS: usize = 2;
 pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 const MAX_CONCURRENCY: usize = 1024;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
 /// Below cache.nixos.org (40): clients ask it first for what it has.
 pub const DEFAULT_PRIORITY: u32 = 41;
@@ -132,6 +136,7 @@ impl Default for Config {
             max_attempts: 20,
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(15 * 60),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             allowed_uids: vec![0],
             upstream_caches: Vec::new(),
             upstream_public_keys: VerifyingKey::parse(NIXOS_PUBLIC_KEY).into_iter().collect(),
@@ -274,6 +279,16 @@ impl Config {
                 .map_err(|r| invalid("refresh_after", r))?,
             None => defaults.refresh_after,
         };
+        let request_timeout = match raw.request_timeout_ms {
+            Some(0) => {
+                return Err(invalid(
+                    "request_timeout_ms",
+                    "must be at least 1".to_owned(),
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => defaults.request_timeout,
+        };
         // Accepted so configurations written for the full design load; refused until built.
         if raw.write_nar_listing == Some(true) {
             return Err(invalid("write_nar_listing", NOT_YET.to_owned()));
@@ -316,6 +331,7 @@ impl Config {
             max_attempts,
             retry_initial_delay,
             retry_max_delay,
+            request_timeout,
             allowed_uids: raw.allowed_uids.unwrap_or(defaults.allowed_uids),
             upload_build_logs: raw.upload_build_logs.unwrap_or(defaults.upload_build_logs),
             upstream_caches,

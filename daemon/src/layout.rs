@@ -6,7 +6,7 @@
 //! | cache description | `nix-cache-info` | when missing or out of date |
 //! | path metadata | `<hash part>.narinfo` | last, after its NAR and its references |
 //! | NAR that fits in one part | `nar/<nix32 FileHash><ext>` | one PUT |
-//! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart |
+//! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart; unfinished uploads under such names are aborted when the daemon starts |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
 //!
 //! # The NAR naming rule: a NAR object is never overwritten with different bytes
@@ -97,6 +97,27 @@ pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression) -> String {
         nixbase32::encode(&nonce),
         compression.nar_extension()
     )
+}
+
+/// Where streamed NARs live: the prefix narpush lists to find its own unfinished uploads.
+pub const NAR_PREFIX: &str = "nar/";
+
+/// Whether `key` has the shape of [`nar_key_unique`]'s names, so an unfinished multipart
+/// upload under it is narpush's own (no one else completes it).
+pub fn is_streamed_nar_key(key: &str) -> bool {
+    let Some(name) = key.strip_prefix(NAR_PREFIX) else {
+        return false;
+    };
+    let stem = [Compression::Zstd, Compression::Xz, Compression::None]
+        .iter()
+        .find_map(|c| name.strip_suffix(c.nar_extension()));
+    let is_nix32 = |s: &str| s.chars().all(nixbase32::is_valid_char);
+    match stem.and_then(|s| s.split_once('-')) {
+        Some((hash, nonce)) => {
+            hash.len() == 52 && nonce.len() == 16 && is_nix32(hash) && is_nix32(nonce)
+        }
+        None => false,
+    }
 }
 
 /// The key of a derivation's build log, where `nix log` looks for it.
@@ -219,6 +240,27 @@ mod tests {
         );
         assert!(first.ends_with(".nar.xz"), "{first}");
         assert_eq!(first.len(), "nar/".len() + 52 + 1 + 16 + ".nar.xz".len());
+    }
+
+    #[test]
+    fn streamed_nar_names_are_recognised_and_nothing_else() {
+        let hash = Sha256::digest(b"x");
+        for compression in [Compression::Zstd, Compression::Xz, Compression::None] {
+            assert!(is_streamed_nar_key(&nar_key_unique(&hash, compression)));
+        }
+        let by_file_hash = nar_key_by_file_hash(&hash, Compression::Zstd);
+        let unique = nar_key_unique(&hash, Compression::Zstd);
+        for other in [
+            by_file_hash.as_str(),
+            &unique[1..],
+            &unique.replace("nar/", "log/"),
+            &unique.replace(".nar.zst", ".nar.gz"),
+            &unique.replace('-', "_"),
+            "nar/",
+            "nix-cache-info",
+        ] {
+            assert!(!is_streamed_nar_key(other), "{other}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! request  = "narpush 1 " command "\n" *( field "\n" ) "end\n"
 //! command  = "enqueue" | "status" | "retry"
 //! field    = name " " value
-//! response = ( "ok" [ " " text ] | "error " text ) "\n"
+//! response = ( "ok" [ " " text ] | "error" [ " " text ] ) "\n"
 //! ```
 //!
 //! Fields by command:
@@ -387,6 +387,7 @@ impl Response {
         }
         match line.split_once(' ') {
             None if line == "ok" => Some(Response::Ok(String::new())),
+            None if line == "error" => Some(Response::Error(String::new())),
             Some(("ok", rest)) => Some(Response::Ok(rest.to_owned())),
             Some(("error", rest)) => Some(Response::Error(rest.to_owned())),
             _ => None,
@@ -396,3 +397,6 @@ impl Response {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

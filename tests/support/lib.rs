@@ -5,7 +5,10 @@
 //!
 //! Nothing here mocks a part: a missing tool is a test failure that says what to install.
 
+pub mod cache_watch;
 pub mod daemon;
+pub mod fault_proxy;
+pub mod moto;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -90,7 +90,7 @@ pub fn run(args: GcArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> 
     let plan = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {
-            let sink = Sink::open(&target)
+            let sink = Sink::open(&target, config.request_timeout)
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
             let spinner = std::io::stderr()

@@ -131,6 +131,7 @@ struct Settings {
     upstream: Upstream,
     refresh_after: Duration,
     quiet: bool,
+    request_timeout: Duration,
 }
 
 impl Settings {
@@ -197,6 +198,7 @@ impl Settings {
             upstream,
             refresh_after: config.refresh_after,
             quiet: args.quiet,
+            request_timeout: config.request_timeout,
         })
     }
 }
@@ -223,7 +225,7 @@ fn config_name(config: &Config) -> String {
 
 async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
     let infos = store::query_path_infos(&settings.paths, settings.closure).await?;
-    let sink = Sink::open(&settings.target)
+    let sink = Sink::open(&settings.target, settings.request_timeout)
         .await
         .with_context(|| format!("cannot use target {}", settings.target))?;
     let config = EngineConfig::new(

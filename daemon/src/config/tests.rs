@@ -153,3 +153,12 @@ fn bad_target_names_the_key_and_the_reason() {
     let source = std::error::Error::source(&err).unwrap().to_string();
     assert!(source.contains("ftp"), "{source}");
 }
+
+#[test]
+fn request_timeout_is_read_and_zero_is_refused() {
+    let config = parse("request_timeout_ms = 1500\n").unwrap();
+    assert_eq!(config.request_timeout, Duration::from_millis(1500));
+    assert_eq!(parse("").unwrap().request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    let err = parse("request_timeout_ms = 0\n").unwrap_err();
+    assert!(err.to_string().contains("'request_timeout_ms'"), "{err}");
+}

@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::gcroots::GcRoots;
 use crate::queue::Queue;
+use crate::sink::Sink;
 use settings::Settings;
 use shared::Shared;
 
@@ -64,7 +65,9 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let queue = Queue::open(&config.state_dir.join("queue"))?;
     let roots = GcRoots::open(&config.gc_roots_dir)?;
+    let started = std::time::SystemTime::now();
     let settings = Settings::load(config.clone()).await?;
+    tokio::spawn(abort_stale_uploads(settings.engine.sink.clone(), started));
     for key in &settings.public_keys {
         tracing::warn!(public_key = %key, target = %settings.target_url, "narpush daemon starting");
     }
@@ -110,6 +113,20 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::warn!("stopped");
     Ok(())
+}
+
+/// Best effort, beside the normal work: multipart uploads an earlier run left unfinished
+/// (kill -9, power loss) hold storage until aborted. Servers without ListMultipartUploads, or
+/// credentials without s3:ListBucketMultipartUploads, leave them to the bucket's lifecycle rule.
+async fn abort_stale_uploads(sink: Arc<Sink>, started: std::time::SystemTime) {
+    match sink.abort_stale_uploads(started).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!("aborted {n} unfinished multipart upload(s) of an earlier run"),
+        Err(e) => tracing::warn!(
+            "cannot abort unfinished multipart uploads of earlier runs ({e}); the bucket's \
+             lifecycle rule (AbortIncompleteMultipartUpload) removes them"
+        ),
+    }
 }
 
 /// Uploads cut off by the shutdown go back to `pending`, and everything is flushed.

@@ -11,7 +11,8 @@
 //!   uploaded (best effort) when `upload_build_logs` is on;
 //! - transient failure (network, 5xx, throttling, the store not answering, a reference that
 //!   failed): back to `pending` after an exponential backoff with jitter, capped at
-//!   `retry_max_delay_ms`, never sooner than a `Retry-After` the server sent; after
+//!   `retry_max_delay_ms`, never sooner than a `Retry-After` the server sent (itself capped at
+//!   `retry_max_delay_ms`); after
 //!   `max_attempts` attempts: `failed`;
 //! - permanent failure (path gone from the store, NarHash mismatch, access denied): `failed`
 //!   at once, with the reason.
@@ -185,7 +186,12 @@ fn outcome_of_failure(settings: &Settings, attempts_before: u32, failure: &Failu
                 settings.config.retry_initial_delay,
                 settings.config.retry_max_delay,
             )
-            .max(failure.retry_after.unwrap_or_default());
+            .max(
+                failure
+                    .retry_after
+                    .unwrap_or_default()
+                    .min(settings.config.retry_max_delay),
+            );
             Outcome::RetryAt {
                 at_ms: now_ms()
                     .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),

@@ -37,7 +37,7 @@ impl Settings {
             Some((keys, _)) => keys,
             None => vec![default_key(&config.default_key_file())?],
         };
-        let sink = Sink::open(&target_url)
+        let sink = Sink::open(&target_url, config.request_timeout)
             .await
             .with_context(|| format!("cannot use target {target_url}"))?;
         let engine = EngineConfig::new(

@@ -401,3 +401,6 @@ pub fn fingerprint(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -11,10 +11,11 @@
 pub mod file;
 pub mod inventory;
 pub mod params;
+pub mod retry_after;
 pub mod s3;
 pub mod url;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -52,10 +53,13 @@ pub enum MultipartUpload {
 }
 
 impl Sink {
-    pub async fn open(url: &TargetUrl) -> Result<Sink, SinkError> {
+    /// Opens the target; `request_timeout` bounds the wait for each answer of a remote one.
+    pub async fn open(url: &TargetUrl, request_timeout: Duration) -> Result<Sink, SinkError> {
         match url {
             TargetUrl::File { dir, .. } => file::FileSink::open(dir).map(Sink::File),
-            TargetUrl::S3(location) => s3::S3Sink::open(location).await.map(Sink::S3),
+            TargetUrl::S3(location) => s3::S3Sink::open(location, request_timeout)
+                .await
+                .map(Sink::S3),
         }
     }
 
@@ -77,6 +81,23 @@ impl Sink {
         match self {
             Sink::File(t) => t.put(key, body).await,
             Sink::S3(t) => t.put(key, body, content_type).await,
+        }
+    }
+
+    /// Aborts narpush's own multipart uploads left unfinished by an earlier run (initiated
+    /// before `before`, under a streamed NAR's name); returns how many. A directory target
+    /// has none to abort.
+    pub async fn abort_stale_uploads(&self, before: SystemTime) -> Result<usize, SinkError> {
+        match self {
+            Sink::File(_) => Ok(0),
+            Sink::S3(t) => {
+                t.abort_stale_uploads(
+                    crate::layout::NAR_PREFIX,
+                    before,
+                    crate::layout::is_streamed_nar_key,
+                )
+                .await
+            }
         }
     }
 

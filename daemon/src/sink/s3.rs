@@ -14,7 +14,7 @@
 //! aborted with [`S3Upload::abort`], otherwise the bucket keeps its parts until a lifecycle rule
 //! removes them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::meta::credentials::CredentialsProviderChain;
@@ -39,7 +39,10 @@ pub struct S3Sink {
 }
 
 impl S3Sink {
-    pub async fn open(location: &S3Location) -> Result<S3Sink, SinkError> {
+    pub async fn open(
+        location: &S3Location,
+        request_timeout: Duration,
+    ) -> Result<S3Sink, SinkError> {
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(location.region.clone()))
@@ -49,7 +52,7 @@ impl S3Sink {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .read_timeout(request_timeout)
                     .build(),
             );
         config = if location.anonymous {
@@ -78,7 +81,8 @@ impl S3Sink {
             Ok(_) => Ok(true),
             // Like Nix, 403 counts as absent: buckets without ListBucket answer 403 for
             // missing keys. Bad credentials are caught before any HEAD: every upload starts
-            // with `ensure_cache_info`, whose GET reports a 403 with its reason.
+            // with `ensure_cache_info`, whose GET (or the PUT after a 403 AccessDenied) reports
+            // them with their reason.
             Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 403 | 404) => {
                 Ok(false)
             }
@@ -106,6 +110,20 @@ impl S3Sink {
                 Ok(Some(body.into_bytes()))
             }
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+            // As with HEAD: without s3:ListBucket, AWS answers 403 AccessDenied for a missing
+            // key. Credentials the server rejects have their own codes and stay errors.
+            Err(SdkError::ServiceError(e))
+                if e.raw().status().as_u16() == 403
+                    && matches!(e.err().code(), None | Some("AccessDenied")) =>
+            {
+                tracing::warn!(
+                    key,
+                    "GET answered 403 AccessDenied: taken as absent. The credentials lack \
+                     s3:ListBucket (then S3 answers 403 for a missing key) or, if the object \
+                     exists, s3:GetObject; grant both on the bucket"
+                );
+                Ok(None)
+            }
             Err(e) => Err(classify("GET", key, e)),
         }
     }
@@ -146,7 +164,63 @@ impl S3Sink {
             key: key.to_owned(),
             upload_id: upload_id.to_owned(),
             parts: Vec::new(),
+            size: 0,
         })
+    }
+}
+
+impl S3Sink {
+    /// Aborts the unfinished multipart uploads under `prefix` that were initiated before
+    /// `before` and whose key `is_ours`; returns how many. Uploads of other writers (other
+    /// key shapes) and uploads started since are left alone.
+    pub async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        before: SystemTime,
+        is_ours: fn(&str) -> bool,
+    ) -> Result<usize, SinkError> {
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_id_marker.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListMultipartUploads", prefix, e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let initiated = upload
+                    .initiated()
+                    .and_then(|at| SystemTime::try_from(*at).ok());
+                if !is_ours(key) || initiated.is_none_or(|at| at >= before) {
+                    continue;
+                }
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("AbortMultipartUpload", key, e))?;
+                aborted += 1;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                return Ok(aborted);
+            }
+        }
     }
 }
 
@@ -191,11 +265,14 @@ pub struct S3Upload {
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
+    /// Bytes sent in parts so far: the size of the completed object.
+    size: u64,
 }
 
 impl S3Upload {
     pub async fn put_part(&mut self, part: Bytes) -> Result<(), SinkError> {
         let part_number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        let part_size = part.len() as u64;
         let uploaded = self
             .client
             .upload_part()
@@ -213,6 +290,7 @@ impl S3Upload {
                 .part_number(part_number)
                 .build(),
         );
+        self.size += part_size;
         Ok(())
     }
 
@@ -230,12 +308,39 @@ impl S3Upload {
             )
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let error = classify("CompleteMultipartUpload", &self.key, e);
+        let error = match result {
+            Ok(_) => return Ok(()),
+            Err(e) => classify("CompleteMultipartUpload", &self.key, e),
+        };
+        // The server may have completed the upload and the answer been lost: then the SDK's
+        // retry meets NoSuchUpload, or the answer could not be read. The key is this upload's
+        // own (see crate::layout), so an object there with our size is our completed upload.
+        match self.completed_size().await {
+            Some(size) if size == self.size => {
+                tracing::info!(key = %self.key, "CompleteMultipartUpload failed ({error}), but the object is complete");
+                Ok(())
+            }
+            _ => {
                 self.abort().await;
                 Err(error)
+            }
+        }
+    }
+
+    /// The size of the object under the upload's key, if one is there.
+    async fn completed_size(&self) -> Option<u64> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await;
+        match head {
+            Ok(object) => object.content_length().and_then(|n| u64::try_from(n).ok()),
+            Err(e) => {
+                tracing::debug!(key = %self.key, error = %DisplayErrorContext(&e), "no completed object");
+                None
             }
         }
     }
@@ -276,11 +381,19 @@ where
                 _ if matches!(code, "SlowDown" | "RequestTimeout" | "InternalError") => {
                     ErrorClass::Transient
                 }
+                // The multipart upload went away (a lifecycle rule, a stale-upload cleanup):
+                // the next attempt starts a new one.
+                _ if code == "NoSuchUpload" => ErrorClass::Transient,
                 _ => ErrorClass::Permanent,
             };
             let explanation = match code {
-                "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied" => {
+                "SignatureDoesNotMatch" | "InvalidAccessKeyId" => {
                     " — the S3 server rejected the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
+                }
+                "AccessDenied" => {
+                    " — the credentials lack a permission on the bucket: narpush needs \
+                     s3:GetObject, s3:PutObject, s3:ListBucket, s3:AbortMultipartUpload and \
+                     s3:ListBucketMultipartUploads"
                 }
                 "NoSuchBucket" => " — the bucket does not exist; create it first",
                 _ if status == 403 => " — access denied; check the credentials and the bucket's permissions",
@@ -344,7 +457,6 @@ impl HttpStatus for aws_smithy_runtime_api::http::Response {
     fn retry_after(&self) -> Option<Duration> {
         self.headers()
             .get("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .and_then(|v| super::retry_after::parse(v, std::time::SystemTime::now()))
     }
 }

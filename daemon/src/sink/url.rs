@@ -301,3 +301,6 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,457 @@
+//! A fault-injecting HTTP proxy between narpush and the S3 server (s3s-fs), driven per test.
+//!
+//! Requests are forwarded byte for byte as far as SigV4 can tell (method, target, headers
+//! including `Host`, body), one fresh upstream connection per request. Before or after
+//! forwarding, the proxy may inject a [`Fault`]:
+//!
+//! - scripted: "the next CompleteMultipartUpload gets DropAfterCompletion" ([`FaultProxy::script`]);
+//! - random: each request gets a fault with a configured chance, drawn from a seeded generator,
+//!   so a run is reproducible up to the timing of concurrent requests ([`FaultProxy::randomize`]);
+//! - 404 turned into 403, as AWS answers for a missing key without `s3:ListBucket`
+//!   ([`FaultProxy::forbid_missing`]).
+//!
+//! Every injected fault is counted ([`FaultProxy::injected`]), so a test can prove how many it
+//! survived. The proxy runs on its own tokio runtime and stops when dropped.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::http::{request, response, HeaderValue, Method, StatusCode};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// What can go wrong with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// 500 InternalError; the request never reaches the server.
+    ServerError,
+    /// 503 SlowDown with `Retry-After` (1 s unless [`FaultProxy::set_retry_after`] says
+    /// otherwise); the request never reaches the server.
+    SlowDown,
+    /// The connection closes half way through a body: the request's when it has one (the
+    /// server never sees the request), else the response's (after the server answered).
+    ResetMidBody,
+    /// The server completes the request, but the answer comes only after the client's timeout
+    /// (the proxy's `timeout_delay`), and then the connection closes without it.
+    Timeout,
+    /// The server completes the request, then the connection closes without the answer.
+    DropAfterCompletion,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] = [
+        Fault::ServerError,
+        Fault::SlowDown,
+        Fault::ResetMidBody,
+        Fault::Timeout,
+        Fault::DropAfterCompletion,
+    ];
+}
+
+/// The S3 operation of a request, as far as the proxy needs to tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    Head,
+    Get,
+    PutObject,
+    CreateMultipartUpload,
+    UploadPart,
+    CompleteMultipartUpload,
+    AbortMultipartUpload,
+    ListMultipartUploads,
+    Other,
+}
+
+impl Operation {
+    fn of(method: &Method, query: &str) -> Operation {
+        let has = |name: &str| {
+            query
+                .split('&')
+                .any(|pair| pair == name || pair.starts_with(&format!("{name}=")))
+        };
+        match *method {
+            Method::HEAD => Operation::Head,
+            Method::GET if has("uploads") => Operation::ListMultipartUploads,
+            Method::GET => Operation::Get,
+            Method::PUT if has("partNumber") => Operation::UploadPart,
+            Method::PUT => Operation::PutObject,
+            Method::POST if has("uploads") => Operation::CreateMultipartUpload,
+            Method::POST if has("uploadId") => Operation::CompleteMultipartUpload,
+            Method::DELETE if has("uploadId") => Operation::AbortMultipartUpload,
+            _ => Operation::Other,
+        }
+    }
+}
+
+/// What the proxy does, changed by the test at any time.
+struct State {
+    scripted: VecDeque<(Operation, Fault)>,
+    rate_per_mille: u32,
+    random_kinds: Vec<Fault>,
+    random_operations: Option<Vec<Operation>>,
+    rng: u64,
+    forbid_missing: bool,
+    timeout_delay: Duration,
+    retry_after: String,
+    injected: BTreeMap<Fault, u64>,
+    forbidden: u64,
+    requests: BTreeMap<Operation, u64>,
+}
+
+impl State {
+    /// The fault for a request of `operation`, if any; counted as injected.
+    fn choose(&mut self, operation: Operation) -> Option<Fault> {
+        *self.requests.entry(operation).or_default() += 1;
+        let fault = match self.scripted.iter().position(|(op, _)| *op == operation) {
+            Some(index) => self.scripted.remove(index).map(|(_, fault)| fault),
+            None => self.random(operation),
+        }?;
+        *self.injected.entry(fault).or_default() += 1;
+        Some(fault)
+    }
+
+    fn random(&mut self, operation: Operation) -> Option<Fault> {
+        if self.random_kinds.is_empty()
+            || self
+                .random_operations
+                .as_ref()
+                .is_some_and(|ops| !ops.contains(&operation))
+        {
+            return None;
+        }
+        let roll = self.next_random();
+        if roll % 1000 >= u64::from(self.rate_per_mille) {
+            return None;
+        }
+        let index = (self.next_random() % self.random_kinds.len() as u64) as usize;
+        self.random_kinds.get(index).copied()
+    }
+
+    /// splitmix64: deterministic from the seed, good enough to spread faults.
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The proxy, listening on a loopback port until dropped.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FaultProxy {
+    /// A proxy to `upstream` that injects nothing until told to.
+    pub fn start(upstream: SocketAddr) -> FaultProxy {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let state = Arc::new(Mutex::new(State {
+            scripted: VecDeque::new(),
+            rate_per_mille: 0,
+            random_kinds: Vec::new(),
+            random_operations: None,
+            rng: 0,
+            forbid_missing: false,
+            timeout_delay: Duration::from_secs(5),
+            retry_after: "1".to_owned(),
+            injected: BTreeMap::new(),
+            forbidden: 0,
+            requests: BTreeMap::new(),
+        }));
+        runtime.spawn(accept(listener, upstream, state.clone()));
+        FaultProxy {
+            addr,
+            state,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn with<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
+        change(&mut self.state.lock().expect("proxy state"))
+    }
+
+    /// The next request of `operation` gets `fault` (scripted faults queue up in order).
+    pub fn script(&self, operation: Operation, fault: Fault) {
+        self.with(|s| s.scripted.push_back((operation, fault)));
+    }
+
+    /// Each request (of `operations`, or of any operation when `None`) gets one of `kinds`
+    /// with a chance of `rate_per_mille`/1000, drawn from a generator seeded with `seed`.
+    pub fn randomize(
+        &self,
+        seed: u64,
+        rate_per_mille: u32,
+        kinds: &[Fault],
+        operations: Option<&[Operation]>,
+    ) {
+        self.with(|s| {
+            s.rng = seed;
+            s.rate_per_mille = rate_per_mille;
+            s.random_kinds = kinds.to_vec();
+            s.random_operations = operations.map(<[Operation]>::to_vec);
+        });
+    }
+
+    /// Stops random faults (scripted ones still apply).
+    pub fn calm(&self) {
+        self.with(|s| s.random_kinds.clear());
+    }
+
+    /// Answer 403 AccessDenied where the server answers 404.
+    pub fn forbid_missing(&self, on: bool) {
+        self.with(|s| s.forbid_missing = on);
+    }
+
+    /// How long a [`Fault::Timeout`] holds the answer back: more than the client's timeout.
+    pub fn set_timeout_delay(&self, delay: Duration) {
+        self.with(|s| s.timeout_delay = delay);
+    }
+
+    /// The `Retry-After` value of [`Fault::SlowDown`] answers (seconds or an HTTP-date).
+    pub fn set_retry_after(&self, value: &str) {
+        self.with(|s| s.retry_after = value.to_owned());
+    }
+
+    /// Faults injected so far, by kind.
+    pub fn injected(&self) -> BTreeMap<Fault, u64> {
+        self.with(|s| s.injected.clone())
+    }
+
+    pub fn injected_total(&self) -> u64 {
+        self.with(|s| s.injected.values().sum())
+    }
+
+    /// How many 404 answers were turned into 403.
+    pub fn forbidden(&self) -> u64 {
+        self.with(|s| s.forbidden)
+    }
+
+    /// Requests seen so far, by operation.
+    pub fn requests(&self) -> BTreeMap<Operation, u64> {
+        self.with(|s| s.requests.clone())
+    }
+
+    /// The `s3://` target URL of a bucket, through this proxy.
+    pub fn url(&self, bucket: &str) -> String {
+        format!(
+            "s3://{bucket}?endpoint=http://{}&region=us-east-1",
+            self.addr
+        )
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+type ProxyBody = BoxBody<Bytes, io::Error>;
+
+async fn accept(listener: TcpListener, upstream: SocketAddr, state: Arc<Mutex<State>>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request| handle(request, upstream, state.clone()));
+            // An injected fault ends the connection with an error: that is the point.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, format!("injected: {what}"))
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    upstream: SocketAddr,
+    state: Arc<Mutex<State>>,
+) -> io::Result<Response<ProxyBody>> {
+    let operation = Operation::of(request.method(), request.uri().query().unwrap_or(""));
+    let (fault, timeout_delay, retry_after) = {
+        let mut state = state.lock().expect("proxy state");
+        let fault = state.choose(operation);
+        (fault, state.timeout_delay, state.retry_after.clone())
+    };
+    let (parts, body) = request.into_parts();
+    match fault {
+        Some(Fault::ServerError) => {
+            drain(body).await?;
+            return Ok(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                None,
+            ));
+        }
+        Some(Fault::SlowDown) => {
+            drain(body).await?;
+            return Ok(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SlowDown",
+                Some(&retry_after),
+            ));
+        }
+        Some(Fault::ResetMidBody) if has_body(&parts) => {
+            read_half(&parts, body).await?;
+            return Err(injected("connection reset in the request body"));
+        }
+        _ => {}
+    }
+    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    let (mut answer, answer_body) = forward(upstream, parts, body).await?;
+    match fault {
+        Some(Fault::DropAfterCompletion) => return Err(injected("answer dropped")),
+        Some(Fault::Timeout) => {
+            tokio::time::sleep(timeout_delay).await;
+            return Err(injected("answer held past the timeout"));
+        }
+        _ => {}
+    }
+    answer.headers.remove("transfer-encoding");
+    answer.headers.remove("connection");
+    if answer.status == StatusCode::NOT_FOUND && state.lock().expect("proxy state").forbid_missing {
+        state.lock().expect("proxy state").forbidden += 1;
+        return Ok(error_response(StatusCode::FORBIDDEN, "AccessDenied", None));
+    }
+    if fault == Some(Fault::ResetMidBody) && answer_body.len() > 1 {
+        let half = answer_body.slice(..answer_body.len() / 2);
+        return Ok(Response::from_parts(
+            answer,
+            Truncated { first: Some(half) }.boxed(),
+        ));
+    }
+    if fault == Some(Fault::ResetMidBody) {
+        return Err(injected("connection reset before an empty answer"));
+    }
+    Ok(Response::from_parts(answer, full(answer_body)))
+}
+
+fn has_body(parts: &request::Parts) -> bool {
+    parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 1)
+}
+
+async fn drain(mut body: Incoming) -> io::Result<()> {
+    while let Some(frame) = body.frame().await {
+        frame.map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// Reads about half the request body, so the client is cut off while still sending.
+async fn read_half(parts: &request::Parts, mut body: Incoming) -> io::Result<()> {
+    let length = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut read = 0;
+    while read < length / 2 {
+        match body.frame().await {
+            Some(frame) => {
+                if let Some(data) = frame.map_err(io::Error::other)?.data_ref() {
+                    read += data.len();
+                }
+            }
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// The request to the server, over a fresh connection; the whole answer.
+async fn forward(
+    upstream: SocketAddr,
+    parts: request::Parts,
+    body: Bytes,
+) -> io::Result<(response::Parts, Bytes)> {
+    let stream = TcpStream::connect(upstream).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(connection);
+    let answer = sender
+        .send_request(Request::from_parts(parts, Full::new(body)))
+        .await
+        .map_err(io::Error::other)?;
+    let (parts, body) = answer.into_parts();
+    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    Ok((parts, body))
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// An S3 error answer, as the server would send it.
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    retry_after: Option<&str>,
+) -> Response<ProxyBody> {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>injected by the test proxy</Message></Error>"
+    );
+    let mut response = Response::new(full(Bytes::from(xml)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/xml"));
+    if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
+/// A body that sends its first chunk and then fails, so the connection is cut mid-body.
+struct Truncated {
+    first: Option<Bytes>,
+}
+
+impl Body for Truncated {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Poll::Ready(Some(match self.first.take() {
+            Some(chunk) => Ok(Frame::data(chunk)),
+            None => Err(injected("connection reset in the answer body")),
+        }))
+    }
+}
