@@ -90,8 +90,10 @@ pub async fn enqueue(
             drv: drv.clone(),
         })
         .collect();
-    shared.queue.enqueue(&new).await?;
+    // On failure too: the pipeline is what reopens a failed queue.
+    let queued = shared.queue.enqueue(&new).await;
     shared.wake.notify_one();
+    queued?;
     Ok(new.len())
 }
 

@@ -57,6 +57,7 @@ pub async fn run(shared: Arc<Shared>, dir: PathBuf) {
                 while events.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(RESCAN_EVERY) => {}
+            () = shared.rescan_spool.notified() => {}
             () = shared.stop.cancelled() => return,
         }
     }
