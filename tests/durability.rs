@@ -258,3 +258,36 @@ fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+#[test]
+fn a_daemon_killed_the_moment_after_its_ack_still_uploads_what_it_acknowledged() {
+    let mut daemon = Daemon::start("", vec![]);
+    let run_id = unique("ackkill");
+    let paths: Vec<String> = (0..5)
+        .map(|n| {
+            nix_build(
+                &fixture("single.nix"),
+                &[("nonce", &format!("{run_id}-{n}"))],
+            )
+            .remove(0)
+        })
+        .collect();
+    // One request with every path, and SIGKILL as soon as the ack is read: no time for sled's
+    // background writer (every 500 ms) to save what the acknowledgement promised.
+    let mut args = vec!["push"];
+    args.extend(paths.iter().map(String::as_str));
+    let pushed = daemon.client(&args);
+    daemon.kill_9();
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+
+    daemon.spawn();
+    daemon.wait_ok(120);
+    let cache = daemon.state.join("cache");
+    for path in &paths {
+        assert!(
+            cache.join(format!("{}.narinfo", hash_part(path))).exists(),
+            "{path} was acknowledged but not uploaded\n{}",
+            daemon.log()
+        );
+    }
+}
