@@ -396,3 +396,34 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() 
     let wanted = format!("file://{}", elsewhere.display());
     assert_eq!(target_after(&wanted), wanted);
 }
+
+#[test]
+fn a_store_that_cannot_answer_is_retried_not_failed() {
+    // No `nix` on the daemon's PATH: `nix path-info` cannot run, which says nothing about the
+    // path itself.
+    let daemon = Daemon::start(
+        "retry_initial_delay_ms = 100\nretry_max_delay_ms = 200",
+        vec![("PATH", "/nonexistent".to_owned())],
+    );
+    let path = nix_build(&fixture("single.nix"), &[("nonce", &unique("nonix"))]).remove(0);
+    let pushed = daemon.client(&["push", &path]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = daemon.status_json();
+        let retried = status["retrying"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["attempts"].as_u64() >= Some(2)));
+        if retried || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["counts"]["failed"], 0, "{status}");
+    assert!(
+        status["retrying"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nix")),
+        "{status}"
+    );
+}
