@@ -226,9 +226,14 @@ fn finish(
                 (settings.config.upload_build_logs, entry.and_then(|e| e.drv))
             {
                 let sink = settings.engine.sink.clone();
-                shared
-                    .tasks
-                    .spawn(async move { super::logs::upload(&sink, &drv).await });
+                let slot = shared.log_upload.clone();
+                shared.tasks.spawn(async move {
+                    // One log in memory at a time (see `logs`).
+                    let Ok(_permit) = slot.acquire_owned().await else {
+                        return;
+                    };
+                    super::logs::upload(&sink, &drv).await;
+                });
             }
             tracing::info!(%path, "uploaded");
         }
