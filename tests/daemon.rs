@@ -427,3 +427,50 @@ fn a_store_that_cannot_answer_is_retried_not_failed() {
         "{status}"
     );
 }
+
+#[test]
+fn sigterm_lets_an_upload_in_flight_finish_before_the_daemon_exits() {
+    let s3 = S3Server::start();
+    let mut daemon = s3_daemon(&s3, "cache", "jobs = 1");
+    let bucket = s3.root.path().join("cache");
+    let (paths, build) = build_with_hook(
+        &fixture("closure.nix"),
+        &[("nonce", &unique("drain")), ("bigMiB", "120")],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut in_flight = None;
+    while in_flight.is_none() && Instant::now() < deadline {
+        let status = daemon.status_json();
+        let largest = status["uploads"]
+            .as_array()
+            .and_then(|u| u.first())
+            .cloned();
+        if let Some(largest) = largest {
+            let done = largest["nar_bytes_done"].as_u64().unwrap_or(0);
+            if done > 5 << 20 && done < 60 << 20 {
+                in_flight = largest["path"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    let big = in_flight.expect("never saw the big upload in progress");
+    let stopping = Instant::now();
+    let stopped = daemon.terminate();
+    let drained_for = stopping.elapsed();
+    assert!(stopped.success(), "{stopped}\n{}", daemon.log());
+    // The drain finished the upload instead of cutting it off.
+    assert!(
+        bucket.join(format!("{}.narinfo", hash_part(&big))).exists(),
+        "the upload in flight was not finished during the drain ({drained_for:?})\n{}",
+        daemon.log()
+    );
+    assert!(drained_for < Duration::from_secs(40), "{drained_for:?}");
+    eprintln!("drain took {drained_for:?}");
+    assert_closure_invariant(&bucket);
+
+    daemon.spawn();
+    daemon.wait_ok(120);
+    assert_eq!(narinfos(&bucket).len(), closure(&paths[..1]).len());
+    assert_closure_invariant(&bucket);
+}
