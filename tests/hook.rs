@@ -148,9 +148,21 @@ fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.wait_ok(60);
+    // The good request is uploaded; `wait` fails on the two rejected ones, naming them.
     let cache = daemon.state.join("cache");
-    assert!(cache.join(format!("{}.narinfo", hash_part(&out))).exists());
+    let narinfo = cache.join(format!("{}.narinfo", hash_part(&out)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !narinfo.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(narinfo.exists(), "{}", daemon.log());
+    let waited = daemon.wait(60);
+    assert_eq!(waited.status.code(), Some(1), "{}", stderr(&waited));
+    assert!(
+        stderr(&waited).contains("2-2.request") && stderr(&waited).contains("3-3.request"),
+        "{}",
+        stderr(&waited)
+    );
 
     let rejected = daemon.spool.join("rejected");
     let reason =
