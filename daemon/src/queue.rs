@@ -191,6 +191,9 @@ impl Queue {
             Handle::open_patiently(&self.inner.dir, REOPEN_PATIENCE).map_err(|e| self.failed(e))?;
         *write_lock(&self.inner.handle) = Some(Arc::new(handle));
         self.inner.broken.store(false, Ordering::SeqCst);
+        // Writes the failed handle took in but never flushed are gone, so an entry may read
+        // `uploading` though its outcome was recorded: take them all again. One still in the
+        // engine is then uploaded twice, which is harmless; one stuck would not be.
         self.requeue_uploading(Interrupted::Crash)
     }
 

@@ -26,7 +26,7 @@ impl Queue {
                 last_error: match why {
                     Interrupted::Shutdown => raw.entry.last_error.clone(),
                     Interrupted::Crash => {
-                        Some("the daemon stopped during the upload (crash or kill)".to_owned())
+                        Some("interrupted: the daemon stopped (crash or kill) or its queue database failed during the upload".to_owned())
                     }
                 },
                 updated_ms: now,
