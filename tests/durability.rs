@@ -291,3 +291,47 @@ fn a_daemon_killed_the_moment_after_its_ack_still_uploads_what_it_acknowledged()
         );
     }
 }
+
+#[test]
+fn a_path_whose_upload_kills_the_daemon_every_time_ends_failed_not_in_a_crash_loop() {
+    let mut daemon = Daemon::start("jobs = 1\nmax_attempts = 2", vec![]);
+    let (paths, build) = build_with_hook(
+        &fixture("closure.nix"),
+        &[("nonce", &unique("crashloop")), ("bigMiB", "120")],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    let top = &paths[0];
+    // The daemon dies during the upload each time, as if the path crashed it.
+    for crash in 1..=2 {
+        let in_flight = eventually(60, || {
+            daemon.status_json()["uploads"]
+                .as_array()
+                .and_then(|u| u.first())
+                .and_then(|largest| largest["nar_bytes_done"].as_u64())
+                .is_some_and(|done| done > 1 << 20)
+        });
+        assert!(in_flight, "crash {crash}: the upload never started");
+        daemon.kill_9();
+        daemon.spawn();
+    }
+    // Every entry that was uploading at both crashes (the top, and the big path the hook
+    // handed over for its own build) gave up; nothing is taken a third time.
+    let is_failed = |status: &serde_json::Value| {
+        status["failed"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["path"] == top.as_str()))
+    };
+    let failed = eventually(30, || is_failed(&daemon.status_json()));
+    let status = daemon.status_json();
+    assert!(failed, "{status}\n{}", daemon.log());
+    for entry in status["failed"].as_array().into_iter().flatten() {
+        let error = entry["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("gave up after 2 attempts") && error.contains("interrupted"),
+            "{error}"
+        );
+    }
+    assert_eq!(status["counts"]["pending"], 0, "{status}");
+    assert_eq!(status["counts"]["uploading"], 0, "{status}");
+}

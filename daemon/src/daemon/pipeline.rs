@@ -99,6 +99,12 @@ async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
         .queue
         .take_due(now, BATCH_LIMIT, shared.settings().config.max_attempts);
     if !taken.entries.is_empty() {
+        // The attempts just counted must survive a crash the upload may cause, or a path
+        // that kills the daemon would be retried forever.
+        if let Err(e) = shared.queue.flush().await {
+            tracing::error!("cannot save the attempts: {}", crate::error_chain(&e));
+            return pause;
+        }
         tracing::info!(paths = taken.entries.len(), "uploading");
         shared
             .engine
