@@ -38,8 +38,14 @@ fn events(log: &str) -> Vec<Event> {
             let Some(head) = unfinished.remove(pid) else {
                 continue;
             };
-            let result = rest.rsplit_once(") = ").map_or("", |(_, r)| r);
-            format!("{head}) = {result}")
+            // `<... name resumed>ARGS) = RESULT`: the arguments written on return (a read's
+            // data) come after the marker.
+            // strace pads the result to a column there: `resumed>)      = 20`.
+            let tail = rest.split_once("resumed>").map_or("", |(_, t)| t);
+            format!(
+                "{head}{}",
+                tail.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
         } else {
             rest.to_owned()
         };
