@@ -396,3 +396,81 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() 
     let wanted = format!("file://{}", elsewhere.display());
     assert_eq!(target_after(&wanted), wanted);
 }
+
+#[test]
+fn a_store_that_cannot_answer_is_retried_not_failed() {
+    // No `nix` on the daemon's PATH: `nix path-info` cannot run, which says nothing about the
+    // path itself.
+    let daemon = Daemon::start(
+        "retry_initial_delay_ms = 100\nretry_max_delay_ms = 200",
+        vec![("PATH", "/nonexistent".to_owned())],
+    );
+    let path = nix_build(&fixture("single.nix"), &[("nonce", &unique("nonix"))]).remove(0);
+    let pushed = daemon.client(&["push", &path]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = daemon.status_json();
+        let retried = status["retrying"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["attempts"].as_u64() >= Some(2)));
+        if retried || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["counts"]["failed"], 0, "{status}");
+    assert!(
+        status["retrying"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nix")),
+        "{status}"
+    );
+}
+
+#[test]
+fn sigterm_lets_an_upload_in_flight_finish_before_the_daemon_exits() {
+    let s3 = S3Server::start();
+    let mut daemon = s3_daemon(&s3, "cache", "jobs = 1");
+    let bucket = s3.root.path().join("cache");
+    let (paths, build) = build_with_hook(
+        &fixture("closure.nix"),
+        &[("nonce", &unique("drain")), ("bigMiB", "120")],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut in_flight = None;
+    while in_flight.is_none() && Instant::now() < deadline {
+        let status = daemon.status_json();
+        let largest = status["uploads"]
+            .as_array()
+            .and_then(|u| u.first())
+            .cloned();
+        if let Some(largest) = largest {
+            let done = largest["nar_bytes_done"].as_u64().unwrap_or(0);
+            if done > 5 << 20 && done < 60 << 20 {
+                in_flight = largest["path"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    let big = in_flight.expect("never saw the big upload in progress");
+    let stopping = Instant::now();
+    let stopped = daemon.terminate();
+    let drained_for = stopping.elapsed();
+    assert!(stopped.success(), "{stopped}\n{}", daemon.log());
+    // The drain finished the upload instead of cutting it off.
+    assert!(
+        bucket.join(format!("{}.narinfo", hash_part(&big))).exists(),
+        "the upload in flight was not finished during the drain ({drained_for:?})\n{}",
+        daemon.log()
+    );
+    assert!(drained_for < Duration::from_secs(40), "{drained_for:?}");
+    eprintln!("drain took {drained_for:?}");
+    assert_closure_invariant(&bucket);
+
+    daemon.spawn();
+    daemon.wait_ok(120);
+    assert_eq!(narinfos(&bucket).len(), closure(&paths[..1]).len());
+    assert_closure_invariant(&bucket);
+}

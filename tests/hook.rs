@@ -148,9 +148,21 @@ fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.wait_ok(60);
+    // The good request is uploaded; `wait` fails on the two rejected ones, naming them.
     let cache = daemon.state.join("cache");
-    assert!(cache.join(format!("{}.narinfo", hash_part(&out))).exists());
+    let narinfo = cache.join(format!("{}.narinfo", hash_part(&out)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !narinfo.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(narinfo.exists(), "{}", daemon.log());
+    let waited = daemon.wait(60);
+    assert_eq!(waited.status.code(), Some(1), "{}", stderr(&waited));
+    assert!(
+        stderr(&waited).contains("2-2.request") && stderr(&waited).contains("3-3.request"),
+        "{}",
+        stderr(&waited)
+    );
 
     let rejected = daemon.spool.join("rejected");
     let reason =
@@ -167,4 +179,80 @@ fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() 
         reason("3-3.request")
     );
     assert_eq!(daemon.status_json()["counts"]["done"], 1);
+}
+
+#[test]
+fn a_derivation_whose_drv_file_is_not_utf8_is_queued_and_uploaded() {
+    let daemon = Daemon::start("", vec![]);
+    let bytes = daemon.dir.path().join("latin1.bin");
+    std::fs::write(&bytes, b"caf\xe9 \xff\xfe").unwrap();
+    let (paths, build) = build_with_hook(
+        &fixture("latin1.nix"),
+        &[
+            ("nonce", &unique("latin1")),
+            ("bytesFile", &bytes.display().to_string()),
+        ],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    assert!(!stderr(&build).contains("spooled"), "{}", stderr(&build));
+    daemon.wait_ok(60);
+    let narinfo = daemon
+        .state
+        .join("cache")
+        .join(format!("{}.narinfo", hash_part(&paths[0])));
+    assert!(narinfo.exists(), "{}", daemon.log());
+}
+
+#[test]
+fn rejected_spool_files_are_listed_by_status_and_fail_wait() {
+    let mut daemon = Daemon::configure("", vec![]);
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &unique("rejected"))],
+        &daemon.hook_env(),
+    );
+    assert!(stderr(&build).contains("spooled to"), "{}", stderr(&build));
+    std::fs::write(daemon.spool.join("1-1.request"), "not a request\n").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", daemon.spool.join("1-2.request")).unwrap();
+    daemon.spawn();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = daemon.status_json();
+        if status["spool"]["rejected_total"] == 2 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["spool"]["rejected_total"], 2, "{status}");
+    let reasons = status["spool"]["rejected"].to_string();
+    assert!(reasons.contains("malformed request"), "{reasons}");
+    assert!(reasons.contains("a symbolic link"), "{reasons}");
+
+    let waited = daemon.wait(60);
+    assert_eq!(waited.status.code(), Some(1), "{}", stderr(&waited));
+    assert!(
+        stderr(&waited).contains("1-1.request"),
+        "{}",
+        stderr(&waited)
+    );
+    let narinfo = daemon
+        .state
+        .join("cache")
+        .join(format!("{}.narinfo", hash_part(&paths[0])));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !narinfo.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        narinfo.exists(),
+        "the valid spooled request was not uploaded"
+    );
+    let shown = daemon.client(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("REJECTED:"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
 }

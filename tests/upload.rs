@@ -438,3 +438,28 @@ fn a_nix_copy_url_with_cache_settings_works_and_nix_cache_info_follows_priority(
         stderr(&refused)
     );
 }
+
+#[test]
+fn the_closure_invariant_check_catches_a_nar_whose_bytes_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (secret, _) = keygen(dir.path(), "check");
+    let path = nix_build(&fixture("single.nix"), &[("nonce", &unique("check"))]).remove(0);
+    run_ok(&mut upload(
+        &format!("file://{}", cache.display()),
+        &secret,
+        &path,
+    ));
+    assert_closure_invariant(&cache);
+    // Same size, one byte different: only the hashes can tell.
+    let nar = snapshot(&cache.join("nar"))
+        .into_keys()
+        .next()
+        .expect("a NAR");
+    let mut bytes = std::fs::read(&nar).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&nar, bytes).unwrap();
+    let caught = std::panic::catch_unwind(|| assert_closure_invariant(&cache));
+    assert!(caught.is_err(), "a changed NAR passed the check");
+}

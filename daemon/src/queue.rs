@@ -3,72 +3,70 @@
 //!
 //! # Records
 //!
-//! Tree `paths`, key = absolute store path (UTF-8), value = JSON [`Entry`] (paths are stored as
-//! absolute path strings and parsed back into [`StorePath`]s when read):
+//! Tree `paths`, key = absolute store path (UTF-8), value = JSON [`Entry`] (see [`record`]):
 //! `state` (pending | uploading | done | failed), `attempts`, `next_attempt_ms` (Unix ms),
 //! `last_error`, `arrived_ms`, `source` (hook | spool | push), `drv`, `updated_ms`.
 //! Tree `stats`, key = counter name, value = u64 big-endian: `uploaded_paths`,
 //! `uploaded_bytes` (NAR bytes).
 //!
+//! A record that does not decode is skipped by every reader and reported
+//! ([`Scan::corrupt`], shown by `status` as a failure); it never stops the rest of the queue.
+//! `retry` replaces it with a fresh entry when its key is a store path, else removes it.
+//!
 //! # Durability and the ack rule
 //!
-//! [`Queue::enqueue`] returns only after sled has flushed the new records to disk, so the
-//! daemon acknowledges a request only once it survives a crash. Flushes are group-committed:
-//! concurrent enqueues wait on one flush instead of one each (see [`GroupCommit`]), and a lone
-//! enqueue flushes on its own task, without handing over to another thread. State changes
-//! made by the pipeline (pending → uploading → done) are not flushed one by one; losing them in
-//! a crash only means a path is uploaded again, which is harmless, never that one is lost.
+//! [`Queue::enqueue`] returns only after the new records are durable: sled's flush followed by
+//! `fdatasync` of its log file (see [`storage`]), so the daemon acknowledges a request only
+//! once it survives a crash or a power loss. Flushes are group-committed: concurrent enqueues
+//! wait on one flush instead of one each. State changes made by the pipeline (pending →
+//! uploading → done) are not flushed one by one; losing them in a crash only means a path is
+//! uploaded again, which is harmless, never that one is lost.
+//!
+//! # Attempts
+//!
+//! An attempt is counted when it starts ([`Queue::take_due`]), so a path whose upload crashes
+//! the daemon uses up its attempts too; [`Queue::take_due`] fails an entry that has none left
+//! instead of starting it. An upload cut off by a clean shutdown gives its attempt back.
 //!
 //! # Recovery
 //!
-//! [`Queue::open`] turns every `uploading` entry back into `pending`: an upload the previous
-//! process did not finish is started again. Nothing else changes on open.
+//! [`Queue::open`] turns every `uploading` entry back into `pending` (the previous process
+//! died during the upload; the attempt stays counted). After sled fails (a full disk),
+//! [`Queue::is_broken`] says so and [`Queue::reopen`] opens the database again; until then
+//! every call returns the error and nothing is acknowledged.
+//!
+//! # Concurrency
+//!
+//! Every change of one record is a compare-and-swap on the bytes read: a record changed by
+//! someone else in between (an entry re-queued and acknowledged while `prune` or `take_due`
+//! looked at an older copy) is left as the other writer made it.
 //!
 //! # Bounds
 //!
 //! `done` entries are kept for a day (they answer "already uploaded" without asking the
 //! target) and at most [`MAX_DONE`] of them; [`Queue::prune`] drops the rest.
 
-use std::path::Path;
-use std::sync::Arc;
+mod record;
+mod storage;
+mod transitions;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use serde::{Deserialize, Serialize};
 
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
+pub use record::{CorruptRecord, Entry, State};
+use storage::Handle;
 
 /// `done` entries kept at most.
 pub const MAX_DONE: usize = 10_000;
 /// How long a `done` entry is kept.
 pub const DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Pending,
-    Uploading,
-    Done,
-    Failed,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    #[serde(with = "text::store_path")]
-    pub path: StorePath,
-    pub state: State,
-    pub attempts: u32,
-    pub next_attempt_ms: u64,
-    pub last_error: Option<String>,
-    pub arrived_ms: u64,
-    #[serde(with = "text::source")]
-    pub source: Source,
-    #[serde(with = "text::optional_store_path")]
-    pub drv: Option<StorePath>,
-    pub updated_ms: u64,
-}
+/// How long [`Queue::reopen`] waits for the failed handle to let go of sled's file lock.
+const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
 
 /// A path to add, as a request names it.
 #[derive(Clone, Debug)]
@@ -86,6 +84,22 @@ pub enum Outcome {
     Failed { error: String },
 }
 
+/// Why `uploading` entries go back to `pending`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupted {
+    /// A clean shutdown cut the upload off: the attempt is given back.
+    Shutdown,
+    /// The previous process died during the upload: the attempt stays counted.
+    Crash,
+}
+
+/// Every readable entry, and the records that are not.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: Vec<Entry>,
+    pub corrupt: Vec<CorruptRecord>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue database {path}")]
@@ -96,6 +110,14 @@ pub enum QueueError {
     },
     #[error("queue database")]
     Sled(#[from] sled::Error),
+    #[error("cannot sync the queue database's file {file} to disk")]
+    Sync {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the queue database failed and is not open again yet: {reason}")]
+    Closed { reason: String },
     #[error("queue record for {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -108,356 +130,248 @@ pub fn now_ms() -> u64 {
 
 #[derive(Clone)]
 pub struct Queue {
-    db: sled::Db,
-    paths: sled::Tree,
-    stats: sled::Tree,
-    commit: Arc<GroupCommit>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// `None` after a failed reopen, until the next succeeds.
+    handle: RwLock<Option<Arc<Handle>>>,
+    /// Set by any failed sled call or sync; cleared by a successful reopen.
+    broken: AtomicBool,
+    /// Why the queue last failed, for `Closed` errors and `status`.
+    failure: Mutex<Option<String>>,
+    /// Corrupt keys already logged (each is logged once, not at every scan).
+    reported: Mutex<HashSet<String>>,
+}
+
+/// One record as read: its raw bytes (for compare-and-swap) and what they decode to.
+struct Raw {
+    key: String,
+    bytes: sled::IVec,
+    entry: Entry,
 }
 
 impl Queue {
-    /// Opens (or creates) the queue in `dir` and recovers interrupted uploads.
+    /// Opens (or creates) the queue in `dir` and recovers uploads a crash interrupted.
     pub fn open(dir: &Path) -> Result<Queue, QueueError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|source| QueueError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        let paths = db.open_tree("paths")?;
-        let stats = db.open_tree("stats")?;
+        let handle = Handle::open(dir)?;
         let queue = Queue {
-            db,
-            paths,
-            stats,
-            commit: Arc::new(GroupCommit::default()),
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                handle: RwLock::new(Some(Arc::new(handle))),
+                broken: AtomicBool::new(false),
+                failure: Mutex::new(None),
+                reported: Mutex::new(HashSet::new()),
+            }),
         };
-        queue.requeue_uploading()?;
+        queue.requeue_uploading(Interrupted::Crash)?;
         Ok(queue)
     }
 
-    /// Puts every `uploading` entry back to `pending`, attempts unchanged: an interrupted
-    /// upload (crash, shutdown) is not the path's fault.
-    pub fn requeue_uploading(&self) -> Result<(), QueueError> {
-        for entry in self.entries()? {
-            if entry.state == State::Uploading {
-                self.put(&Entry {
-                    state: State::Pending,
-                    updated_ms: now_ms(),
-                    ..entry
-                })?;
-            }
+    /// Whether sled failed and the queue needs [`Queue::reopen`].
+    pub fn is_broken(&self) -> bool {
+        self.inner.broken.load(Ordering::SeqCst)
+    }
+
+    /// Why the queue is broken, if it is.
+    pub fn failure(&self) -> Option<String> {
+        if !self.is_broken() {
+            return None;
         }
-        Ok(())
+        lock(&self.inner.failure).clone()
     }
 
-    /// Adds paths (a path already pending or uploading stays as it is; a done or failed one is
-    /// queued again) and returns once the records are on disk.
-    pub async fn enqueue(&self, new: &[NewPath]) -> Result<(), QueueError> {
-        let now = now_ms();
-        for item in new {
-            self.update(&item.path.to_absolute(), |old| match old {
-                Some(entry) if matches!(entry.state, State::Pending | State::Uploading) => {
-                    Some(entry)
-                }
-                _ => Some(Entry {
-                    path: item.path.clone(),
-                    state: State::Pending,
-                    attempts: 0,
-                    next_attempt_ms: now,
-                    last_error: None,
-                    arrived_ms: now,
-                    source: item.source,
-                    drv: item.drv.clone(),
-                    updated_ms: now,
-                }),
-            })?;
-        }
-        self.flush().await
+    /// Drops the failed database handle and opens the database again (blocking: run it off the
+    /// async workers). Uploads the failure interrupted go back to `pending`.
+    pub fn reopen(&self) -> Result<(), QueueError> {
+        let old = write_lock(&self.inner.handle).take();
+        drop(old);
+        let handle =
+            Handle::open_patiently(&self.inner.dir, REOPEN_PATIENCE).map_err(|e| self.failed(e))?;
+        *write_lock(&self.inner.handle) = Some(Arc::new(handle));
+        self.inner.broken.store(false, Ordering::SeqCst);
+        // Writes the failed handle took in but never flushed are gone, so an entry may read
+        // `uploading` though its outcome was recorded: take them all again. One still in the
+        // engine is then uploaded twice, which is harmless; one stuck would not be.
+        self.requeue_uploading(Interrupted::Crash)
     }
 
-    /// Waits until everything written so far is on disk.
-    pub async fn flush(&self) -> Result<(), QueueError> {
-        self.commit.flush(&self.db).await
-    }
-
-    /// Pending entries whose time has come, at most `limit`, oldest first, now `uploading`.
-    pub fn take_due(&self, now: u64, limit: usize) -> Result<Vec<Entry>, QueueError> {
-        let mut due: Vec<Entry> = self
-            .entries()?
-            .into_iter()
-            .filter(|e| e.state == State::Pending && e.next_attempt_ms <= now)
-            .collect();
-        due.sort_by_key(|e| e.arrived_ms);
-        due.truncate(limit);
-        for entry in &mut due {
-            entry.state = State::Uploading;
-            entry.updated_ms = now;
-            self.put(entry)?;
-        }
-        Ok(due)
-    }
-
-    /// When the next pending entry becomes due, if any is pending.
-    pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
-        Ok(self
-            .entries()?
-            .iter()
-            .filter(|e| e.state == State::Pending)
-            .map(|e| e.next_attempt_ms)
-            .min())
-    }
-
-    /// Records the end of an attempt.
-    pub fn finish(&self, path: &StorePath, outcome: &Outcome) -> Result<(), QueueError> {
-        let now = now_ms();
-        self.update(&path.to_absolute(), |old| {
-            let mut entry = old?;
-            entry.updated_ms = now;
-            match outcome {
-                Outcome::Done => {
-                    entry.state = State::Done;
-                    entry.last_error = None;
-                }
-                Outcome::RetryAt { at_ms, error } => {
-                    entry.state = State::Pending;
-                    entry.attempts += 1;
-                    entry.next_attempt_ms = *at_ms;
-                    entry.last_error = Some(error.clone());
-                }
-                Outcome::Failed { error } => {
-                    entry.state = State::Failed;
-                    entry.attempts += 1;
-                    entry.last_error = Some(error.clone());
-                }
-            }
-            Some(entry)
+    fn handle(&self) -> Result<Arc<Handle>, QueueError> {
+        let current = match self.inner.handle.read() {
+            Ok(handle) => handle.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        current.ok_or_else(|| QueueError::Closed {
+            reason: lock(&self.inner.failure)
+                .clone()
+                .unwrap_or_else(|| "reopening".to_owned()),
         })
     }
 
-    /// Puts failed entries (all of them, or those named) back in the queue; returns how many.
-    pub async fn retry(&self, all: bool, paths: &[StorePath]) -> Result<usize, QueueError> {
-        let now = now_ms();
-        let mut count = 0;
-        for entry in self.entries()? {
-            if entry.state == State::Failed && (all || paths.contains(&entry.path)) {
-                self.put(&Entry {
-                    state: State::Pending,
-                    attempts: 0,
-                    next_attempt_ms: now,
-                    last_error: None,
-                    updated_ms: now,
-                    ..entry
-                })?;
-                count += 1;
-            }
+    /// Marks the queue broken when `error` comes from the database or the disk.
+    fn failed(&self, error: QueueError) -> QueueError {
+        if matches!(
+            error,
+            QueueError::Open { .. } | QueueError::Sled(_) | QueueError::Sync { .. }
+        ) {
+            *lock(&self.inner.failure) = Some(crate::error_chain(&error));
+            self.inner.broken.store(true, Ordering::SeqCst);
         }
-        self.flush().await?;
-        Ok(count)
+        error
+    }
+
+    /// Runs `f` on the open database, marking the queue broken if it fails.
+    fn with<T>(&self, f: impl FnOnce(&Handle) -> Result<T, QueueError>) -> Result<T, QueueError> {
+        let handle = self.handle()?;
+        f(&handle).map_err(|e| self.failed(e))
     }
 
     pub fn get(&self, path: &StorePath) -> Result<Option<Entry>, QueueError> {
         let key = path.to_absolute();
-        self.paths
-            .get(key.as_bytes())?
-            .map(|bytes| decode(&key, &bytes))
+        self.with(|h| Ok(h.paths.get(key.as_bytes())?))?
+            .map(|bytes| record::decode(&key, &bytes))
             .transpose()
     }
 
-    /// Every entry, in key order.
+    /// Every readable entry, in key order (corrupt records are skipped; see [`Queue::scan`]).
     pub fn entries(&self) -> Result<Vec<Entry>, QueueError> {
-        self.paths
-            .iter()
-            .map(|item| {
-                let (key, value) = item?;
-                decode(&String::from_utf8_lossy(&key), &value)
-            })
-            .collect()
+        Ok(self.scan()?.entries)
     }
 
-    /// Drops `done` entries older than [`DONE_RETENTION`] and beyond [`MAX_DONE`].
-    pub fn prune(&self, now: u64) -> Result<usize, QueueError> {
-        let retention = u64::try_from(DONE_RETENTION.as_millis()).unwrap_or(u64::MAX);
-        let mut done: Vec<Entry> = self
-            .entries()?
-            .into_iter()
-            .filter(|e| e.state == State::Done)
-            .collect();
-        done.sort_by_key(|e| std::cmp::Reverse(e.updated_ms));
-        let mut removed = 0;
-        for (index, entry) in done.iter().enumerate() {
-            if index >= MAX_DONE || now.saturating_sub(entry.updated_ms) > retention {
-                self.paths.remove(entry.path.to_absolute().as_bytes())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+    /// Every entry, and the records that do not decode (each logged once).
+    pub fn scan(&self) -> Result<Scan, QueueError> {
+        let mut scan = Scan::default();
+        self.walk(|key, bytes| match record::decode(&key, &bytes) {
+            Ok(entry) => scan.entries.push(entry),
+            Err(e) => scan.corrupt.push(self.corrupt(key, e)),
+        })?;
+        Ok(scan)
     }
 
     pub fn add_uploaded(&self, paths: u64, bytes: u64) -> Result<(), QueueError> {
-        for (name, amount) in [("uploaded_paths", paths), ("uploaded_bytes", bytes)] {
-            self.stats.fetch_and_update(name, |old| {
-                let current = old
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_be_bytes);
-                Some((current + amount).to_be_bytes().to_vec())
-            })?;
-        }
-        Ok(())
+        self.with(|h| {
+            for (name, amount) in [("uploaded_paths", paths), ("uploaded_bytes", bytes)] {
+                h.stats.fetch_and_update(name, |old| {
+                    let current = old
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_be_bytes);
+                    Some(current.saturating_add(amount).to_be_bytes().to_vec())
+                })?;
+            }
+            Ok(())
+        })
     }
 
     /// (`uploaded_paths`, `uploaded_bytes`) since the queue was created.
     pub fn uploaded(&self) -> Result<(u64, u64), QueueError> {
-        let read = |name: &str| -> Result<u64, QueueError> {
-            Ok(self
-                .stats
-                .get(name)?
-                .and_then(|b| b.as_ref().try_into().ok())
-                .map_or(0, u64::from_be_bytes))
-        };
-        Ok((read("uploaded_paths")?, read("uploaded_bytes")?))
+        self.with(|h| {
+            let read = |name: &str| -> Result<u64, QueueError> {
+                Ok(h.stats
+                    .get(name)?
+                    .and_then(|b| b.as_ref().try_into().ok())
+                    .map_or(0, u64::from_be_bytes))
+            };
+            Ok((read("uploaded_paths")?, read("uploaded_bytes")?))
+        })
     }
 
-    fn put(&self, entry: &Entry) -> Result<(), QueueError> {
-        self.paths
-            .insert(entry.path.to_absolute().as_bytes(), encode(entry))?;
-        self.commit.wrote();
-        Ok(())
+    /// Flushes everything now, durably (used at shutdown).
+    pub fn flush_blocking(&self) -> Result<(), QueueError> {
+        self.with(|h| h.flush_blocking(&self.inner.dir))
+    }
+
+    /// Calls `each(key, value)` for every record.
+    fn walk(&self, mut each: impl FnMut(String, sled::IVec)) -> Result<(), QueueError> {
+        self.with(|h| {
+            for item in h.paths.iter() {
+                let (key, value) = item?;
+                each(String::from_utf8_lossy(&key).into_owned(), value);
+            }
+            Ok(())
+        })
+    }
+
+    /// Readable records with their raw bytes, for compare-and-swap.
+    fn raw_entries(&self) -> Result<Vec<Raw>, QueueError> {
+        let mut raws = Vec::new();
+        self.walk(|key, bytes| match record::decode(&key, &bytes) {
+            Ok(entry) => raws.push(Raw { key, bytes, entry }),
+            Err(e) => {
+                self.corrupt(key, e);
+            }
+        })?;
+        Ok(raws)
+    }
+
+    fn corrupt(&self, key: String, error: QueueError) -> CorruptRecord {
+        let reason = match error {
+            QueueError::Corrupt { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        if lock(&self.inner.reported).insert(key.clone()) {
+            tracing::error!(key, "skipping a queue record that cannot be read: {reason}");
+        }
+        CorruptRecord { key, reason }
+    }
+
+    /// Replaces (or with `None` removes) the record `raw` was read from, if it is still what
+    /// was read; returns whether it was.
+    fn swap(&self, raw: &Raw, new: Option<&Entry>) -> Result<bool, QueueError> {
+        self.with(|h| {
+            let swapped = h.paths.compare_and_swap(
+                raw.key.as_bytes(),
+                Some(&raw.bytes),
+                new.map(record::encode),
+            )?;
+            h.wrote();
+            Ok(swapped.is_ok())
+        })
     }
 
     /// Atomically replaces the entry of `path` by `change(old)`.
     fn update(
         &self,
+        handle: &Handle,
         path: &str,
         change: impl Fn(Option<Entry>) -> Option<Entry>,
     ) -> Result<(), QueueError> {
         let mut corrupt = None;
-        self.paths.fetch_and_update(path.as_bytes(), |old| {
-            let old = match old.map(|bytes| decode(path, bytes)).transpose() {
+        handle.paths.fetch_and_update(path.as_bytes(), |old| {
+            let old = match old.map(|bytes| record::decode(path, bytes)).transpose() {
                 Ok(old) => old,
                 Err(e) => {
                     corrupt = Some(e);
                     None
                 }
             };
-            change(old).map(|entry| encode(&entry))
+            change(old).map(|entry| record::encode(&entry))
         })?;
-        self.commit.wrote();
+        handle.wrote();
         if let Some(e) = corrupt {
             // The corrupt record was replaced by the new one; say so, since history was lost.
             tracing::warn!(error = %e, "replaced a corrupt queue record");
         }
         Ok(())
     }
-
-    /// Flushes everything now (used at shutdown).
-    pub fn flush_blocking(&self) -> Result<(), QueueError> {
-        self.db.flush()?;
-        Ok(())
-    }
 }
 
-fn encode(entry: &Entry) -> Vec<u8> {
-    serde_json::to_vec(entry).unwrap_or_default()
+/// What [`Queue::take_due`] marked `uploading`, and the error that stopped it early, if any.
+#[derive(Debug, Default)]
+pub struct TakeDue {
+    pub entries: Vec<Entry>,
+    pub error: Option<QueueError>,
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<Entry, QueueError> {
-    serde_json::from_slice(bytes).map_err(|e| QueueError::Corrupt {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Typed fields as the text they are stored as: store paths as absolute paths, sources by name.
-mod text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub mod store_path {
-        use super::*;
-        use crate::format::store_path::StorePath;
-
-        pub fn serialize<S: Serializer>(path: &StorePath, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&path.to_absolute())
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StorePath, D::Error> {
-            let text = String::deserialize(d)?;
-            StorePath::from_absolute_path(&text).map_err(serde::de::Error::custom)
-        }
-    }
-
-    pub mod optional_store_path {
-        use super::*;
-        use crate::format::store_path::StorePath;
-
-        pub fn serialize<S: Serializer>(path: &Option<StorePath>, s: S) -> Result<S::Ok, S::Error> {
-            match path {
-                Some(path) => s.serialize_some(&path.to_absolute()),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StorePath>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| StorePath::from_absolute_path(&text).map_err(serde::de::Error::custom))
-                .transpose()
-        }
-    }
-
-    pub mod source {
-        use super::*;
-        use narpush_protocol::Source;
-
-        pub fn serialize<S: Serializer>(source: &Source, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(source.as_str())
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
-            let text = String::deserialize(d)?;
-            Source::parse(&text)
-                .ok_or_else(|| serde::de::Error::custom(format!("unknown source '{text}'")))
-        }
-    }
-}
-
-/// Group commit. Every write bumps `written`; a flush covers every write made before it
-/// started. A caller waits for the flush lock; if a flush that started after its write has
-/// ended meanwhile, it is done, otherwise it flushes itself, covering everyone who wrote so
-/// far. N concurrent enqueues thus cost about two flushes, not N, and a lone one flushes on its
-/// own task instead of waking another thread.
-#[derive(Default)]
-struct GroupCommit {
-    /// Writes made so far (a sequence number).
-    written: AtomicU64,
-    /// Every write up to this number is on disk.
-    flushed: AtomicU64,
-    lock: tokio::sync::Mutex<()>,
-}
-
-impl GroupCommit {
-    fn wrote(&self) -> u64 {
-        self.written.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    async fn flush(&self, db: &sled::Db) -> Result<(), QueueError> {
-        let mine = self.written.load(Ordering::SeqCst);
-        let _turn = self.lock.lock().await;
-        if self.flushed.load(Ordering::SeqCst) >= mine {
-            return Ok(());
-        }
-        let covers = self.written.load(Ordering::SeqCst);
-        // sled's flush writes and syncs on the calling thread (a fraction of a millisecond);
-        // on a multi-threaded runtime the worker hands its other tasks away meanwhile.
-        let flushed = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| db.flush())
-            }
-            _ => db.flush(),
-        };
-        flushed?;
-        self.flushed.fetch_max(covers, Ordering::SeqCst);
-        Ok(())
-    }
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 //! - **Writing** ([`write`]): a hidden temporary file `.<name>.tmp` created with
 //!   `O_CREAT|O_EXCL` (it never follows a symlink planted at that name), fsynced, renamed into
 //!   place, and the directory fsynced: a reader sees a whole file or none.
+//! - **A missing directory** is created mode 0750 and given the owner and group of its parent
+//!   (the hook runs as root; the parent is normally the daemon's state directory, owned by
+//!   the `narpush` user), so the daemon can remove what it has queued. A root-owned spool
+//!   directory would leave the daemon unable to remove any file, taking each again forever.
 //! - **Reading**: a reader takes the names [`is_request_file_name`] accepts, and leaves names
 //!   starting with `.` (writes in progress) alone.
 
@@ -30,9 +34,12 @@ pub fn is_request_file_name(name: &str) -> bool {
     !name.starts_with('.') && name.ends_with(SUFFIX)
 }
 
-/// Writes `request` atomically into `dir` (created if missing) and returns the file's path.
+/// Writes `request` atomically into `dir` (created if missing, see the module doc) and
+/// returns the file's path.
 pub fn write(dir: &Path, request: &[u8]) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        create_dir(dir)?;
+    }
     let name = file_name();
     let temporary = dir.join(format!(".{name}.tmp"));
     let final_path = dir.join(&name);
@@ -50,6 +57,21 @@ pub fn write(dir: &Path, request: &[u8]) -> std::io::Result<PathBuf> {
     Ok(final_path)
 }
 
+/// Creates `dir` mode 0750, owned like its parent (created first if missing).
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent)?;
+    match std::fs::DirBuilder::new().mode(0o750).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        created => created?,
+    }
+    let owner = std::fs::metadata(parent)?;
+    // Fails unless we are root or already the owner; then the directory is ours, as before.
+    let _ = std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +87,22 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(entries.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_missing_directory_is_owned_like_its_parent() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        if std::os::unix::fs::chown(&state, Some(4242), Some(4243)).is_err() {
+            eprintln!("not root: ownership cannot be checked here");
+            return;
+        }
+        write(&state.join("spool"), b"narpush 1 status\nend\n").unwrap();
+        let meta = std::fs::metadata(state.join("spool")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4243));
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
     }
 
     #[test]

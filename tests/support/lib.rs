@@ -137,8 +137,10 @@ pub fn narinfos(cache: &Path) -> Vec<PathBuf> {
 }
 
 /// The closure invariant, checked on the files of a cache: every narinfo points at a NAR that
-/// exists, and every reference it names has a narinfo too. A narinfo that disappears while being
-/// read (another process is writing the cache) is skipped.
+/// exists with the FileSize and FileHash the narinfo states and which decompresses to NarSize
+/// bytes hashing to NarHash (checked by stock tools: `nix-hash`, `zstd`, `xz`), and every
+/// reference it names has a narinfo too. A narinfo that disappears while being read (another
+/// process is writing the cache) is skipped. Each NAR file is hashed once per size and mtime.
 pub fn assert_closure_invariant(cache: &Path) {
     for narinfo in narinfos(cache) {
         let Ok(text) = std::fs::read_to_string(&narinfo) else {
@@ -150,9 +152,23 @@ pub fn assert_closure_invariant(cache: &Path) {
                 .unwrap_or_else(|| panic!("{} has no {name} line", narinfo.display()))
         };
         let url = field("URL: ");
+        let nar = cache.join(url);
         assert!(
-            cache.join(url).exists(),
+            nar.exists(),
             "{} points at missing {url}",
+            narinfo.display()
+        );
+        let checked = checked_nar(&nar, field("Compression: "));
+        let stated = NarFacts {
+            file_size: field("FileSize: ").parse().expect("FileSize"),
+            file_hash: field("FileHash: ").to_owned(),
+            nar_size: field("NarSize: ").parse().expect("NarSize"),
+            nar_hash: field("NarHash: ").to_owned(),
+        };
+        assert_eq!(
+            checked,
+            stated,
+            "{} does not describe {url} (left: the file, right: the narinfo)",
             narinfo.display()
         );
         for reference in field("References: ").split(' ').filter(|r| !r.is_empty()) {
@@ -163,6 +179,58 @@ pub fn assert_closure_invariant(cache: &Path) {
             );
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NarFacts {
+    file_size: u64,
+    file_hash: String,
+    nar_size: u64,
+    nar_hash: String,
+}
+
+/// Size and hash of a NAR file and of the NAR inside it, as stock tools compute them.
+fn checked_nar(nar: &Path, compression: &str) -> NarFacts {
+    type Seen = std::sync::Mutex<std::collections::HashMap<(PathBuf, u64, SystemTime), NarFacts>>;
+    static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    let meta = std::fs::metadata(nar).expect("NAR metadata");
+    let key = (nar.to_owned(), meta.len(), meta.modified().expect("mtime"));
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(facts) = seen.lock().expect("lock").get(&key) {
+        return facts.clone();
+    }
+    let sha256 = |file: &Path| {
+        let hash = run_ok(
+            Command::new("nix-hash")
+                .args(["--type", "sha256", "--flat", "--base32"])
+                .arg(file),
+        );
+        format!("sha256:{}", hash.trim())
+    };
+    let plain = tempfile::NamedTempFile::new().expect("temporary file");
+    let decompressor = match compression {
+        "zstd" => Some("zstd"),
+        "xz" => Some("xz"),
+        "none" => None,
+        other => panic!("{}: unknown Compression {other}", nar.display()),
+    };
+    let plain_path = match decompressor {
+        Some(tool) => {
+            let output = run(Command::new(tool).arg("-dc").arg(nar));
+            assert!(output.status.success(), "{tool} -dc {}", nar.display());
+            std::fs::write(plain.path(), &output.stdout).expect("write NAR");
+            plain.path().to_owned()
+        }
+        None => nar.to_owned(),
+    };
+    let facts = NarFacts {
+        file_size: meta.len(),
+        file_hash: sha256(nar),
+        nar_size: std::fs::metadata(&plain_path).expect("NAR").len(),
+        nar_hash: sha256(&plain_path),
+    };
+    seen.lock().expect("lock").insert(key, facts.clone());
+    facts
 }
 
 /// The 32-character hash part of an absolute store path.

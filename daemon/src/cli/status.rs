@@ -114,5 +114,20 @@ pub fn render(report: &StatusReport) -> String {
             f.error
         ));
     }
+    if report.spool.waiting > 0 {
+        line(format!(
+            "spool:       {} request(s) not read yet",
+            report.spool.waiting
+        ));
+    }
+    for r in &report.spool.rejected {
+        line(format!("REJECTED:    {}: {}", r.file, r.reason));
+    }
+    if report.spool.rejected_total > report.spool.rejected.len() as u64 {
+        line(format!(
+            "             … {} rejected spool file(s) in all",
+            report.spool.rejected_total
+        ));
+    }
     out
 }

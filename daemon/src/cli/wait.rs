@@ -45,6 +45,17 @@ pub fn wait_idle(socket: &Path, timeout: Option<u64>) -> anyhow::Result<Outcome>
             eprintln!("(`narpush retry --all` puts them back in the queue)");
             return Ok(Outcome::PartialFailure);
         }
+        if status.spool.rejected_total > 0 {
+            eprintln!(
+                "narpush: {} spooled request(s) were rejected (their paths are not queued):",
+                status.spool.rejected_total
+            );
+            for rejected in &status.spool.rejected {
+                eprintln!("  {}: {}", rejected.file, rejected.reason);
+            }
+            eprintln!("(push the paths again if they should be uploaded, then remove the files)");
+            return Ok(Outcome::PartialFailure);
+        }
         if status.idle() {
             eprintln!(
                 "narpush: queue empty ({} path(s) uploaded since the queue was created)",
@@ -54,8 +65,9 @@ pub fn wait_idle(socket: &Path, timeout: Option<u64>) -> anyhow::Result<Outcome>
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             eprintln!(
-                "narpush: timed out with {} pending and {} uploading",
-                status.counts.pending, status.counts.uploading
+                "narpush: timed out with {} pending, {} uploading and {} spooled request(s) \
+                 not read yet",
+                status.counts.pending, status.counts.uploading, status.spool.waiting
             );
             for retrying in &status.retrying {
                 eprintln!(

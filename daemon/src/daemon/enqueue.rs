@@ -5,6 +5,7 @@
 //! flush. Only then may the caller acknowledge, and by then the paths are protected from
 //! garbage collection and survive a crash.
 
+use std::io::Read;
 use std::path::Path;
 
 use crate::format::derivation::{self, DerivationError};
@@ -90,8 +91,10 @@ pub async fn enqueue(
             drv: drv.clone(),
         })
         .collect();
-    shared.queue.enqueue(&new).await?;
+    // On failure too: the pipeline is what reopens a failed queue.
+    let queued = shared.queue.enqueue(&new).await;
     shared.wake.notify_one();
+    queued?;
     Ok(new.len())
 }
 
@@ -112,14 +115,22 @@ fn parse_drv(value: &str) -> Result<StorePath, EnqueueError> {
     Ok(drv)
 }
 
+/// How much of a `.drv` is read: its outputs list comes first, and the rest (the environment,
+/// which any user's derivation can make huge) is never needed.
+const DRV_PREFIX: u64 = 1 << 20;
+
 fn outputs_of(drv: &StorePath) -> Result<Vec<StorePath>, EnqueueError> {
     let file = drv.to_absolute();
-    let text = std::fs::read_to_string(Path::new(&file)).map_err(|source| {
-        EnqueueError::ReadDerivation {
+    let mut bytes = Vec::new();
+    std::fs::File::open(Path::new(&file))
+        .and_then(|f| f.take(DRV_PREFIX).read_to_end(&mut bytes))
+        .map_err(|source| EnqueueError::ReadDerivation {
             drv: file.clone(),
             source,
-        }
-    })?;
+        })?;
+    // Environment strings may hold any bytes; the outputs list is ASCII, and a replaced
+    // invalid sequence never contains the quotes or commas the parser looks for.
+    let text = String::from_utf8_lossy(&bytes);
     let outputs =
         derivation::output_paths(&text).map_err(|source| EnqueueError::ParseDerivation {
             drv: file.clone(),

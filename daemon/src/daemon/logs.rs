@@ -4,6 +4,11 @@
 //! The log is stored uncompressed in the cache (no `Content-Encoding`, which some Nix versions
 //! cannot decode). Best effort by design: a missing or unreadable log is logged and skipped,
 //! never a reason to retry or fail the path it belongs to.
+//!
+//! Memory: a log is held whole while it is uploaded, so one log is uploaded at a time (the
+//! caller holds a permit of a one-slot semaphore) and a log larger than [`MAX_LOG`] once
+//! decompressed is skipped, never truncated: at most [`MAX_LOG`] bytes, whatever any build
+//! writes.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -17,7 +22,7 @@ use crate::sink::Sink;
 /// Where Nix keeps build logs.
 const LOG_DIR: &str = "/nix/var/log/nix/drvs";
 /// A log larger than this (uncompressed) is not uploaded.
-const MAX_LOG: u64 = 256 << 20;
+pub const MAX_LOG: u64 = 64 << 20;
 
 /// The local log file of a derivation.
 pub fn log_file(drv: &StorePath) -> PathBuf {
@@ -38,7 +43,7 @@ pub async fn upload(sink: &Sink, drv: &StorePath) {
         }
     }
     let file = log_file(drv);
-    let text = match tokio::task::spawn_blocking(move || read_log(&file)).await {
+    let text = match tokio::task::spawn_blocking(move || read_log(&file, MAX_LOG)).await {
         Ok(Ok(text)) => text,
         Ok(Err(e)) => {
             tracing::info!(drv = %drv, "no build log uploaded: {e}");
@@ -55,18 +60,41 @@ pub async fn upload(sink: &Sink, drv: &StorePath) {
     }
 }
 
-fn read_log(file: &std::path::Path) -> std::io::Result<Vec<u8>> {
+/// The decompressed log, or an error if it is larger than `limit` bytes.
+fn read_log(file: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let compressed = std::fs::File::open(file)?;
     let mut text = Vec::new();
     bzip2::read::BzDecoder::new(compressed)
-        .take(MAX_LOG)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("larger than {limit} bytes uncompressed; skipped"),
+        ));
+    }
     Ok(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_over_the_limit_is_skipped_not_truncated() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("log.bz2");
+        let mut encoder = bzip2::write::BzEncoder::new(
+            std::fs::File::create(&file).unwrap(),
+            bzip2::Compression::fast(),
+        );
+        encoder.write_all(&[b'x'; 2000]).unwrap();
+        encoder.finish().unwrap();
+        assert_eq!(read_log(&file, 2000).unwrap().len(), 2000);
+        let error = read_log(&file, 1999).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::FileTooLarge);
+    }
 
     #[test]
     fn log_files_are_found_where_nix_writes_them() {

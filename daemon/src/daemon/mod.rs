@@ -29,6 +29,7 @@ pub mod settings;
 pub mod shared;
 pub mod spool;
 pub mod status;
+pub mod supervise;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::gcroots::GcRoots;
-use crate::queue::Queue;
+use crate::queue::{Interrupted, Queue};
 use crate::sink::Sink;
 use settings::Settings;
 use shared::Shared;
@@ -84,9 +85,22 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config_path,
     ));
 
-    let server = tokio::spawn(server::serve(listener, shared.clone()));
-    let spool = tokio::spawn(spool::run(shared.clone(), config.spool_dir.clone()));
-    let pipeline = tokio::spawn(pipeline::run(shared.clone(), reports));
+    let fatal = supervise::Fatal::default();
+    let watched =
+        |name, task| tokio::spawn(supervise::watch(name, task, stop.clone(), fatal.clone()));
+    let server = watched(
+        "server",
+        tokio::spawn(server::serve(listener, shared.clone())),
+    );
+    let spool = watched(
+        "spool",
+        tokio::spawn(spool::run(shared.clone(), config.spool_dir.clone())),
+    );
+    let pipeline = watched(
+        "pipeline",
+        tokio::spawn(pipeline::run(shared.clone(), reports)),
+    );
+    let engine_task = watched("engine", engine_task);
     notify_ready();
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -97,6 +111,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => shared.reload().await,
+            () = stop.cancelled() => break,
         }
     }
     tracing::warn!("stopping: no new requests; draining uploads for up to {DRAIN_TIMEOUT:?}");
@@ -110,6 +125,9 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     requeue_interrupted(&shared.queue);
     if let Some(path) = bound_path {
         let _ = std::fs::remove_file(path);
+    }
+    if let Some(reason) = fatal.reason() {
+        anyhow::bail!("{reason}; the queue is saved, and a restart resumes it");
     }
     tracing::warn!("stopped");
     Ok(())
@@ -131,7 +149,7 @@ async fn abort_stale_uploads(sink: Arc<Sink>, started: std::time::SystemTime) {
 
 /// Uploads cut off by the shutdown go back to `pending`, and everything is flushed.
 fn requeue_interrupted(queue: &Queue) {
-    if let Err(e) = queue.requeue_uploading() {
+    if let Err(e) = queue.requeue_uploading(Interrupted::Shutdown) {
         tracing::error!("cannot requeue interrupted uploads: {e}");
     }
     if let Err(e) = queue.flush_blocking() {

@@ -35,18 +35,28 @@ use crate::sleep_until;
 const BATCH_LIMIT: usize = 1000;
 /// How often `done` entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// How long to wait before reading the queue again after it failed.
-const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(5);
+/// How long to wait before using the queue again after it failed.
+pub const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(5);
+/// The furthest ahead a wake-up is scheduled (a later time is looked at again then).
+const LONGEST_SLEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// The pipeline's own books: outcomes the queue could not record yet (they are recorded
+/// again before anything new is taken, so an entry never stays `uploading` for good).
+#[derive(Default)]
+struct Books {
+    unrecorded: Vec<(StorePath, Outcome)>,
+}
 
 pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     let mut last_prune = Instant::now();
+    let mut books = Books::default();
     // When to take due entries next: `None` while nothing is pending.
     let mut take_at = Some(Instant::now());
     loop {
         tokio::select! {
             report = reports.recv() => match report {
                 Some(report) => {
-                    if let Some(retry_at) = record(&shared, report) {
+                    if let Some(retry_at) = record(&shared, &mut books, report) {
                         take_at = Some(take_at.map_or(retry_at, |at| at.min(retry_at)));
                     }
                 }
@@ -57,7 +67,7 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
                 take_at = Some(take_at.map_or(gather, |at| at.min(gather)));
             }
             () = sleep_until(take_at) => {
-                take_at = take_due(&shared);
+                take_at = take_due(&shared, &mut books).await;
                 if last_prune.elapsed() > PRUNE_EVERY {
                     last_prune = Instant::now();
                     if let Err(e) = shared.queue.prune(now_ms()) {
@@ -70,41 +80,102 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     }
     // The engine drains after the stop: record what it still finishes.
     while let Some(report) = reports.recv().await {
-        record(&shared, report);
+        record(&shared, &mut books, report);
+    }
+    record_again(&shared, &mut books);
+}
+
+/// Reopens a failed queue, records what could not be recorded, submits every due entry;
+/// returns when to look again.
+async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
+    let pause = Some(Instant::now() + QUEUE_ERROR_PAUSE);
+    if shared.queue.is_broken() && !reopen(shared).await {
+        return pause;
+    }
+    if !record_again(shared, books) {
+        return pause;
+    }
+    let now = now_ms();
+    let taken = shared
+        .queue
+        .take_due(now, BATCH_LIMIT, shared.settings().config.max_attempts);
+    if !taken.entries.is_empty() {
+        // The attempts just counted must survive a crash the upload may cause, or a path
+        // that kills the daemon would be retried forever.
+        if let Err(e) = shared.queue.flush().await {
+            tracing::error!("cannot save the attempts: {}", crate::error_chain(&e));
+            return pause;
+        }
+        tracing::info!(paths = taken.entries.len(), "uploading");
+        shared
+            .engine
+            .submit(taken.entries.into_iter().map(|entry| entry.path).collect());
+    }
+    if let Some(e) = taken.error {
+        tracing::error!("cannot read the queue: {}", crate::error_chain(&e));
+        return pause;
+    }
+    match shared.queue.next_due_ms() {
+        Ok(Some(at)) => Some(instant_in(at.saturating_sub(now))),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!("cannot read the queue: {}", crate::error_chain(&e));
+            pause
+        }
     }
 }
 
-/// Submits every due entry; returns when to look again.
-fn take_due(shared: &Shared) -> Option<Instant> {
-    let now = now_ms();
-    let due = match shared.queue.take_due(now, BATCH_LIMIT) {
-        Ok(due) => due,
-        Err(e) => {
-            tracing::error!("cannot read the queue: {e}");
-            return Some(Instant::now() + QUEUE_ERROR_PAUSE);
+/// Opens the failed queue database again; returns whether it is open. Spooled requests that
+/// could not be queued meanwhile are looked at again at once.
+async fn reopen(shared: &Arc<Shared>) -> bool {
+    let queue = shared.queue.clone();
+    let reopened = tokio::task::spawn_blocking(move || queue.reopen()).await;
+    match reopened {
+        Ok(Ok(())) => {
+            tracing::warn!("queue database open again; taking requests");
+            shared.rescan_spool.notify_one();
+            true
         }
-    };
-    if !due.is_empty() {
-        tracing::info!(paths = due.len(), "uploading");
-        shared
-            .engine
-            .submit(due.into_iter().map(|entry| entry.path).collect());
-    }
-    match shared.queue.next_due_ms() {
-        Ok(Some(at)) => Some(Instant::now() + Duration::from_millis(at.saturating_sub(now))),
-        Ok(None) => None,
+        Ok(Err(e)) => {
+            tracing::error!(
+                "the queue database failed and cannot be opened again yet (retrying every \
+                 {QUEUE_ERROR_PAUSE:?}; requests are refused and the hook spools them): {}",
+                crate::error_chain(&e)
+            );
+            false
+        }
         Err(e) => {
-            tracing::error!("cannot read the queue: {e}");
-            Some(Instant::now() + QUEUE_ERROR_PAUSE)
+            tracing::error!("reopening the queue database stopped: {e}");
+            false
         }
     }
+}
+
+/// Records the outcomes the queue refused before; returns whether none is left.
+fn record_again(shared: &Shared, books: &mut Books) -> bool {
+    let mut left = Vec::new();
+    for (path, outcome) in books.unrecorded.drain(..) {
+        if let Err(e) = shared.queue.finish(&path, &outcome) {
+            tracing::error!(%path, "still cannot record the outcome: {e}");
+            left.push((path, outcome));
+        }
+    }
+    books.unrecorded = left;
+    books.unrecorded.is_empty()
+}
+
+/// The instant `ms` milliseconds from now, at most [`LONGEST_SLEEP`] ahead.
+fn instant_in(ms: u64) -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_millis(ms).min(LONGEST_SLEEP))
+        .unwrap_or(now)
 }
 
 /// Books one report; returns when an entry that goes back to pending comes due.
-fn record(shared: &Shared, report: Report) -> Option<Instant> {
+fn record(shared: &Shared, books: &mut Books, report: Report) -> Option<Instant> {
     match report {
-        Report::TopDone(path) => finish(shared, &path, None),
-        Report::TopFailed { top, failure } => finish(shared, &top, Some(&failure)),
+        Report::TopDone(path) => finish(shared, books, &path, None),
+        Report::TopFailed { top, failure } => finish(shared, books, &top, Some(&failure)),
         Report::Uploaded { path, nar_size, .. } => {
             tracing::debug!(%path, nar_size, "published");
             if let Err(e) = shared.queue.add_uploaded(1, nar_size) {
@@ -128,51 +199,71 @@ fn record(shared: &Shared, report: Report) -> Option<Instant> {
 }
 
 /// Records the outcome of an entry: done (`failure` is `None`), retry later (returns when), or
-/// failed.
-fn finish(shared: &Shared, path: &StorePath, failure: Option<&Failure>) -> Option<Instant> {
+/// failed. An outcome the queue cannot take now is kept in `books` and recorded later.
+fn finish(
+    shared: &Shared,
+    books: &mut Books,
+    path: &StorePath,
+    failure: Option<&Failure>,
+) -> Option<Instant> {
     let settings = shared.settings();
     let entry = match shared.queue.get(path) {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return None,
+        Ok(Some(entry)) => Some(entry),
+        Ok(None) => None,
         Err(e) => {
             tracing::error!(%path, "cannot read the queue entry: {e}");
-            return None;
+            None
         }
     };
+    // The attempt was counted when it started.
+    let attempts = entry.as_ref().map_or(1, |e| e.attempts.max(1));
     let outcome = match failure {
         None => Outcome::Done,
-        Some(failure) => outcome_of_failure(&settings, entry.attempts, failure),
+        Some(failure) => outcome_of_failure(&settings, attempts, failure),
     };
+    if entry.is_none() {
+        // Pruned or never queued: nothing will look at the path again, so keep no root.
+        if let Err(e) = shared.roots.remove(path) {
+            tracing::warn!("{e}");
+        }
+    }
     let mut retry_at = None;
     match &outcome {
         Outcome::Done => {
             if let Err(e) = shared.roots.remove(path) {
                 tracing::warn!("{e}");
             }
-            if let (true, Some(drv)) = (settings.config.upload_build_logs, entry.drv) {
+            if let (true, Some(drv)) =
+                (settings.config.upload_build_logs, entry.and_then(|e| e.drv))
+            {
                 let sink = settings.engine.sink.clone();
-                shared
-                    .tasks
-                    .spawn(async move { super::logs::upload(&sink, &drv).await });
+                let slot = shared.log_upload.clone();
+                shared.tasks.spawn(async move {
+                    // One log in memory at a time (see `logs`).
+                    let Ok(_permit) = slot.acquire_owned().await else {
+                        return;
+                    };
+                    super::logs::upload(&sink, &drv).await;
+                });
             }
             tracing::info!(%path, "uploaded");
         }
         Outcome::RetryAt { at_ms, error } => {
-            tracing::warn!(%path, attempts = entry.attempts + 1, "will retry: {error}");
-            let delay = Duration::from_millis(at_ms.saturating_sub(now_ms()));
-            retry_at = Some(Instant::now() + delay);
+            tracing::warn!(%path, attempts, "will retry: {error}");
+            retry_at = Some(instant_in(at_ms.saturating_sub(now_ms())));
         }
         Outcome::Failed { error } => tracing::error!(%path, "failed: {error}"),
     }
     if let Err(e) = shared.queue.finish(path, &outcome) {
-        tracing::error!(%path, "cannot record the outcome: {e}");
+        tracing::error!(%path, "cannot record the outcome now, will again: {e}");
+        books.unrecorded.push((path.clone(), outcome));
+        retry_at = Some(Instant::now() + QUEUE_ERROR_PAUSE);
     }
     retry_at
 }
 
 /// Retry or give up, by class and attempts so far.
-fn outcome_of_failure(settings: &Settings, attempts_before: u32, failure: &Failure) -> Outcome {
-    let attempts = attempts_before + 1;
+fn outcome_of_failure(settings: &Settings, attempts: u32, failure: &Failure) -> Outcome {
     match failure.class {
         ErrorClass::Permanent => Outcome::Failed {
             error: failure.message.clone(),
@@ -215,6 +306,13 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_time_beyond_any_clock_is_capped_instead_of_overflowing() {
+        let before = Instant::now();
+        let at = instant_in(u64::MAX);
+        assert!(at >= before && at <= Instant::now() + LONGEST_SLEEP);
+    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_stops_at_the_cap() {

@@ -162,7 +162,13 @@ async fn dispatch(request: Request, uid: u32, shared: &Shared) -> Response {
     match request {
         Request::Status => match status::collect(shared) {
             Ok(report) => Response::Ok(serde_json::to_string(&report).unwrap_or_default()),
-            Err(e) => Response::Error(format!("cannot read the queue: {e}")),
+            Err(e) => Response::Error(match shared.queue.failure() {
+                Some(reason) => format!(
+                    "cannot read the queue: {reason}; requests are refused (the hook spools \
+                     them) until the daemon has opened it again"
+                ),
+                None => format!("cannot read the queue: {e}"),
+            }),
         },
         Request::Enqueue { .. } | Request::Retry { .. } if !may_write => Response::Error(format!(
             "uid {uid} may not change the queue (allowed_uids lists who may)"

@@ -24,6 +24,10 @@ pub struct Shared {
     pub engine: Engine,
     /// Signalled when new work was queued.
     pub wake: Notify,
+    /// One build log is uploaded at a time (each is held in memory whole).
+    pub log_upload: Arc<tokio::sync::Semaphore>,
+    /// Signalled when the spool should be read again at once (the queue is open again).
+    pub rescan_spool: Notify,
     /// Cancelled on SIGTERM/SIGINT; every task selects on it.
     pub stop: CancellationToken,
     /// Tasks spawned on the way (connections, build logs), waited for at shutdown.
@@ -48,6 +52,8 @@ impl Shared {
             settings: RwLock::new(Arc::new(settings)),
             engine,
             wake: Notify::new(),
+            rescan_spool: Notify::new(),
+            log_upload: Arc::new(tokio::sync::Semaphore::new(1)),
             stop,
             tasks: TaskTracker::new(),
             own_uid: nix::unistd::geteuid().as_raw(),

@@ -11,12 +11,19 @@
 //! - A spool file is removed only after its paths are durably queued, so a crash in between
 //!   leaves the file, and it is taken again (queueing twice is harmless).
 //! - A file that can never be queued (malformed, a path outside the store, written by a uid
-//!   not in `allowed_uids`) is moved to `rejected/` beside a `.reason` file and logged: never
-//!   retried forever, never silently dropped.
+//!   not in `allowed_uids`, a symlink or anything but a regular file) is moved to `rejected/`
+//!   beside a `.reason` file and logged: never retried forever, never silently dropped, and
+//!   listed by `status` (so `wait` fails) until someone removes it. A file that cannot be read
+//!   or queued *now* (an I/O error, too many open files, the queue's disk full) stays where it
+//!   is for the next scan.
+//! - A file is opened with `O_NOFOLLOW | O_NONBLOCK` and checked through the opened
+//!   descriptor (`fstat`), so a symlink or FIFO swapped in after the directory was listed is
+//!   neither followed nor waited on, and at most [`MAX_REQUEST`] + 1 bytes are read.
 //! - Names starting with `.` are the hook's temporary files and are left alone
 //!   ([`spool::is_request_file_name`]).
 
-use std::os::unix::fs::MetadataExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +38,8 @@ use super::shared::Shared;
 use crate::error_chain;
 
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// Where rejected files go, inside the spool directory.
+pub const REJECTED_DIR: &str = "rejected";
 
 pub async fn run(shared: Arc<Shared>, dir: PathBuf) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -57,6 +66,7 @@ pub async fn run(shared: Arc<Shared>, dir: PathBuf) {
                 while events.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(RESCAN_EVERY) => {}
+            () = shared.rescan_spool.notified() => {}
             () = shared.stop.cancelled() => return,
         }
     }
@@ -77,8 +87,32 @@ pub async fn ingest_all(shared: &Shared, dir: &Path) {
     };
     files.sort();
     for file in files {
-        ingest(shared, dir, &file).await;
+        if ingest(shared, dir, &file).await == Ingested::Later {
+            // The daemon's own trouble (the queue's disk): the rest would fail the same way.
+            return;
+        }
     }
+}
+
+/// What became of a spool file.
+#[derive(Debug, PartialEq, Eq)]
+enum Ingested {
+    Queued,
+    Rejected,
+    /// This file is left for a later scan (it could not be read now, or it is gone).
+    Kept,
+    /// Left for a later scan, like every file after it (the queue cannot take requests).
+    Later,
+}
+
+/// Why a spool file was not read.
+enum Unread {
+    /// For good: the file is rejected with this reason.
+    Reject(String),
+    /// For now: it stays for the next scan.
+    Later(String),
+    /// It was removed meanwhile.
+    Gone,
 }
 
 fn is_request_file(path: &Path) -> bool {
@@ -101,10 +135,15 @@ fn names_a_request(event: &notify::Event) -> bool {
     may_add && event.paths.iter().any(|p| is_request_file(p))
 }
 
-async fn ingest(shared: &Shared, dir: &Path, file: &Path) {
+async fn ingest(shared: &Shared, dir: &Path, file: &Path) -> Ingested {
     let request = match read(shared, file) {
         Ok(request) => request,
-        Err(reason) => return reject(dir, file, &reason),
+        Err(Unread::Reject(reason)) => return reject(dir, file, &reason),
+        Err(Unread::Later(reason)) => {
+            tracing::warn!(file = %file.display(), "cannot read now, will again: {reason}");
+            return Ingested::Kept;
+        }
+        Err(Unread::Gone) => return Ingested::Kept,
     };
     let Request::Enqueue { drv, outs, .. } = request else {
         return reject(dir, file, "a spool file must hold an enqueue request");
@@ -116,37 +155,64 @@ async fn ingest(shared: &Shared, dir: &Path, file: &Path) {
             } else {
                 tracing::info!(file = %file.display(), paths = count, "queued a spooled request");
             }
+            Ingested::Queued
         }
         Err(e) if e.is_bad_request() => reject(dir, file, &error_chain(&e)),
-        // The daemon's own trouble (disk, queue): keep the file for the next scan.
-        Err(e) => tracing::error!(file = %file.display(), "cannot queue yet: {}", error_chain(&e)),
+        Err(e) => {
+            tracing::error!(file = %file.display(), "cannot queue yet: {}", error_chain(&e));
+            Ingested::Later
+        }
     }
 }
 
-fn read(shared: &Shared, file: &Path) -> Result<Request, String> {
-    let meta = std::fs::symlink_metadata(file).map_err(|e| format!("cannot stat: {e}"))?;
+fn read(shared: &Shared, file: &Path) -> Result<Request, Unread> {
+    use nix::errno::Errno;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(file);
+    let handle = match opened {
+        Ok(handle) => handle,
+        Err(e) => {
+            return Err(match e.raw_os_error().map(Errno::from_raw) {
+                Some(Errno::ENOENT) => Unread::Gone,
+                Some(Errno::ELOOP) => Unread::Reject("a symbolic link".to_owned()),
+                Some(Errno::EACCES | Errno::EPERM) => {
+                    Unread::Reject(format!("cannot be opened: {e}"))
+                }
+                _ => Unread::Later(format!("cannot open: {e}")),
+            })
+        }
+    };
+    let meta = handle
+        .metadata()
+        .map_err(|e| Unread::Later(format!("cannot stat: {e}")))?;
     if !meta.is_file() {
-        return Err("not a regular file".to_owned());
+        return Err(Unread::Reject("not a regular file".to_owned()));
     }
     let uid = meta.uid();
     if uid != shared.own_uid && !shared.settings().config.allowed_uids.contains(&uid) {
-        return Err(format!(
+        return Err(Unread::Reject(format!(
             "written by uid {uid}, which is not in allowed_uids"
-        ));
+        )));
     }
-    if meta.len() > MAX_REQUEST as u64 {
-        return Err(format!("larger than {MAX_REQUEST} bytes"));
+    let mut bytes = Vec::new();
+    handle
+        .take(MAX_REQUEST as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Unread::Later(format!("cannot read: {e}")))?;
+    if bytes.len() > MAX_REQUEST {
+        return Err(Unread::Reject(format!("larger than {MAX_REQUEST} bytes")));
     }
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-    Request::parse(&bytes).map_err(|e| format!("malformed request: {e}"))
+    Request::parse(&bytes).map_err(|e| Unread::Reject(format!("malformed request: {e}")))
 }
 
 /// Moves a file that can never be queued out of the way, with the reason beside it.
-fn reject(dir: &Path, file: &Path, reason: &str) {
+fn reject(dir: &Path, file: &Path, reason: &str) -> Ingested {
     tracing::error!(file = %file.display(), "rejected spool file: {reason}");
-    let rejected = dir.join("rejected");
+    let rejected = dir.join(REJECTED_DIR);
     let Some(name) = file.file_name() else {
-        return;
+        return Ingested::Rejected;
     };
     let moved = std::fs::create_dir_all(&rejected)
         .and_then(|()| std::fs::rename(file, rejected.join(name)))
@@ -158,4 +224,46 @@ fn reject(dir: &Path, file: &Path, reason: &str) {
     if let Err(e) = moved {
         tracing::error!(file = %file.display(), "cannot move the rejected file aside: {e}");
     }
+    Ingested::Rejected
+}
+
+/// Request files waiting in `dir`, and the files rejected so far with their reasons, for
+/// `status` (at most `limit` rejected files are listed; `rejected_total` counts them all).
+pub fn survey(dir: &Path, limit: usize) -> SpoolSurvey {
+    let names = |dir: &Path| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| is_request_file(p));
+        files.sort();
+        files
+    };
+    let rejected = names(&dir.join(REJECTED_DIR));
+    SpoolSurvey {
+        waiting: names(dir).len() as u64,
+        rejected_total: rejected.len() as u64,
+        rejected: rejected
+            .into_iter()
+            .take(limit)
+            .map(|file| {
+                let mut reason_file = file.clone().into_os_string();
+                reason_file.push(".reason");
+                let reason = std::fs::File::open(reason_file)
+                    .and_then(|f| {
+                        let mut text = String::new();
+                        f.take(4096).read_to_string(&mut text)?;
+                        Ok(text.trim_end().to_owned())
+                    })
+                    .unwrap_or_else(|e| format!("(no reason recorded: {e})"));
+                (file.display().to_string(), reason)
+            })
+            .collect(),
+    }
+}
+
+/// See [`survey`].
+pub struct SpoolSurvey {
+    pub waiting: u64,
+    pub rejected_total: u64,
+    pub rejected: Vec<(String, String)>,
 }

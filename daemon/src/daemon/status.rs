@@ -12,6 +12,8 @@ use super::shared::Shared;
 /// Version 2: every NAR upload in flight (`uploads`) and the closure members by stage
 /// (`closure`) replace version 1's single `uploading` batch.
 pub const STATUS_VERSION: u32 = 2;
+/// Rejected spool files listed at most (all are counted).
+const MAX_REJECTED_LISTED: usize = 100;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -32,6 +34,25 @@ pub struct StatusReport {
     /// Paths not uploaded because an upstream cache serves them, since the daemon started.
     #[serde(default)]
     pub skipped_upstream: Uploaded,
+    /// Requests the hook left in the spool directory (added in version 2; absent from older
+    /// daemons).
+    #[serde(default)]
+    pub spool: Spool,
+}
+
+/// The spool directory: files not read yet, and files rejected for good (each with its
+/// reason; they stay until someone removes them, and `wait` fails while there are any).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Spool {
+    pub waiting: u64,
+    pub rejected_total: u64,
+    pub rejected: Vec<RejectedFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RejectedFile {
+    pub file: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,9 +103,9 @@ pub struct Uploaded {
 }
 
 impl StatusReport {
-    /// Nothing pending or uploading.
+    /// Nothing pending, uploading or waiting in the spool.
     pub fn idle(&self) -> bool {
-        self.counts.pending == 0 && self.counts.uploading == 0
+        self.counts.pending == 0 && self.counts.uploading == 0 && self.spool.waiting == 0
     }
 }
 
@@ -102,7 +123,20 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
         ..StatusReport::default()
     };
     let mut oldest_waiting = None::<u64>;
-    for entry in shared.queue.entries()? {
+    let scan = shared.queue.scan()?;
+    for corrupt in scan.corrupt {
+        report.counts.failed += 1;
+        report.failed.push(Failed {
+            path: corrupt.key,
+            attempts: 0,
+            error: format!(
+                "its queue record cannot be read ({}); `narpush retry --all` queues it afresh",
+                corrupt.reason
+            ),
+            failed_secs_ago: 0.0,
+        });
+    }
+    for entry in scan.entries {
         match entry.state {
             State::Pending => report.counts.pending += 1,
             State::Uploading => report.counts.uploading += 1,
@@ -149,6 +183,16 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
         storing: stages.storing,
         waiting_for_references: stages.waiting_for_references,
         publishing: stages.publishing,
+    };
+    let survey = super::spool::survey(&settings.config.spool_dir, MAX_REJECTED_LISTED);
+    report.spool = Spool {
+        waiting: survey.waiting,
+        rejected_total: survey.rejected_total,
+        rejected: survey
+            .rejected
+            .into_iter()
+            .map(|(file, reason)| RejectedFile { file, reason })
+            .collect(),
     };
     let (paths, nar_bytes) = shared.queue.uploaded()?;
     report.uploaded = Uploaded { paths, nar_bytes };

@@ -49,10 +49,15 @@ async fn uploading_entries_return_to_pending_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
-    let taken = queue.take_due(now_ms() + 1, 10).unwrap();
-    assert_eq!(taken[0].state, State::Uploading);
+    let taken = queue.take_due(now_ms() + 1, 10, 5).entries;
+    assert_eq!((taken[0].state, taken[0].attempts), (State::Uploading, 1));
     let queue = reopened(dir.path(), queue).await;
-    assert_eq!(queue.get(&sp(A)).unwrap().unwrap().state, State::Pending);
+    let entry = queue.get(&sp(A)).unwrap().unwrap();
+    assert_eq!(entry.state, State::Pending);
+    assert_eq!(
+        entry.attempts, 1,
+        "a crash during the upload counts the attempt"
+    );
 }
 
 #[tokio::test]
@@ -60,6 +65,7 @@ async fn enqueue_leaves_a_queued_path_alone_and_requeues_a_finished_one() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
+    queue.take_due(now_ms() + 1, 10, 5);
     queue
         .finish(
             &sp(A),
@@ -95,7 +101,7 @@ async fn only_due_entries_are_taken_oldest_first() {
             },
         )
         .unwrap();
-    let due = queue.take_due(now_ms(), 10).unwrap();
+    let due = queue.take_due(now_ms(), 10, 5).entries;
     assert_eq!(
         due.iter().map(|e| e.path.to_absolute()).collect::<Vec<_>>(),
         vec![A]
@@ -167,4 +173,120 @@ async fn concurrent_enqueues_share_flushes_and_all_land() {
         task.await.unwrap();
     }
     assert_eq!(queue.entries().unwrap().len(), 32);
+}
+
+fn path_n(n: usize) -> String {
+    format!("/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-p{n}")
+}
+
+#[tokio::test]
+async fn prune_keeps_the_newest_done_entries_up_to_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let extra = 25;
+    let all: Vec<NewPath> = (0..MAX_DONE + extra).map(|n| new(&path_n(n))).collect();
+    queue.enqueue(&all).await.unwrap();
+    // Finished one after another, so the first `extra` are the oldest.
+    for (n, item) in all.iter().enumerate() {
+        let handle = queue.handle().unwrap();
+        queue
+            .update(&handle, &item.path.to_absolute(), |old| {
+                old.map(|e| Entry {
+                    state: State::Done,
+                    updated_ms: 1_000 + n as u64,
+                    ..e
+                })
+            })
+            .unwrap();
+    }
+    queue.enqueue(&[new(A)]).await.unwrap();
+    assert_eq!(queue.prune(2_000).unwrap(), extra);
+    let left = queue.entries().unwrap();
+    assert_eq!(left.len(), MAX_DONE + 1, "the cap, and the pending entry");
+    assert!(queue.get(&sp(&path_n(extra - 1))).unwrap().is_none());
+    assert!(queue.get(&sp(&path_n(extra))).unwrap().is_some());
+    assert!(queue.get(&sp(A)).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn prune_leaves_an_entry_requeued_between_its_read_and_its_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.enqueue(&[new(A), new(B)]).await.unwrap();
+    queue.finish(&sp(A), &Outcome::Done).unwrap();
+    queue.finish(&sp(B), &Outcome::Done).unwrap();
+    let day_later = now_ms() + DONE_RETENTION.as_millis() as u64 + 1;
+    let expired = queue.expired(day_later).unwrap();
+    assert_eq!(expired.len(), 2);
+    // Another task re-queues A (and the daemon acknowledges it) while prune is between its
+    // two phases.
+    queue.enqueue(&[new(A)]).await.unwrap();
+    assert_eq!(queue.remove_unchanged(&expired).unwrap(), 1);
+    assert_eq!(queue.get(&sp(A)).unwrap().unwrap().state, State::Pending);
+    assert!(queue.get(&sp(B)).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_skipped_reported_and_replaced_by_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.enqueue(&[new(A), new(B)]).await.unwrap();
+    queue
+        .handle()
+        .unwrap()
+        .paths
+        .insert(A.as_bytes(), b"{not json".to_vec())
+        .unwrap();
+    let scan = queue.scan().unwrap();
+    assert_eq!(scan.entries.len(), 1);
+    assert_eq!(scan.corrupt.len(), 1);
+    assert_eq!(scan.corrupt[0].key, A);
+    let taken = queue.take_due(now_ms() + 1, 10, 5);
+    assert!(taken.error.is_none(), "{:?}", taken.error);
+    assert_eq!(taken.entries.len(), 1, "the readable entry still moves");
+    assert_eq!(queue.retry(true, &[]).await.unwrap(), 1);
+    assert_eq!(queue.get(&sp(A)).unwrap().unwrap().state, State::Pending);
+    assert!(queue.scan().unwrap().corrupt.is_empty());
+}
+
+#[tokio::test]
+async fn an_entry_out_of_attempts_is_failed_instead_of_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.enqueue(&[new(A)]).await.unwrap();
+    for attempt in 1..=2 {
+        let taken = queue.take_due(now_ms() + 1, 10, 2).entries;
+        assert_eq!(taken.len(), 1, "attempt {attempt}");
+        // A crash during the upload: the next process requeues it, the attempt counted.
+        queue.requeue_uploading(Interrupted::Crash).unwrap();
+    }
+    assert!(queue.take_due(now_ms() + 1, 10, 2).entries.is_empty());
+    let entry = queue.get(&sp(A)).unwrap().unwrap();
+    assert_eq!((entry.state, entry.attempts), (State::Failed, 2));
+    assert!(entry
+        .last_error
+        .unwrap()
+        .contains("gave up after 2 attempts"));
+}
+
+#[tokio::test]
+async fn a_shutdown_gives_the_attempt_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.enqueue(&[new(A)]).await.unwrap();
+    queue.take_due(now_ms() + 1, 10, 2);
+    queue.requeue_uploading(Interrupted::Shutdown).unwrap();
+    let entry = queue.get(&sp(A)).unwrap().unwrap();
+    assert_eq!((entry.state, entry.attempts), (State::Pending, 0));
+}
+
+#[tokio::test]
+async fn a_reopened_queue_keeps_what_was_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.enqueue(&[new(A)]).await.unwrap();
+    queue.reopen().unwrap();
+    assert!(!queue.is_broken());
+    queue.enqueue(&[new(B)]).await.unwrap();
+    assert_eq!(queue.entries().unwrap().len(), 2);
 }

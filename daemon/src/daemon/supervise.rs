@@ -1,0 +1,94 @@
+//! Supervision of the daemon's long-running tasks (server, spool, pipeline, engine).
+//!
+//! Invariant: the daemon never keeps acknowledging requests while nothing uploads them. Each
+//! task runs until the stop signal; one that ends before it (a panic, or a return nobody
+//! planned) records why and cancels the stop token, so the daemon shuts down like on SIGTERM
+//! and then exits non-zero, and the service manager (`Restart=on-failure`) starts a fresh one.
+//! The queue is on disk, so nothing acknowledged is lost on the way.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why the daemon stops on its own, if it does: the first task that ended early.
+#[derive(Clone, Default)]
+pub struct Fatal(Arc<Mutex<Option<String>>>);
+
+impl Fatal {
+    fn record(&self, reason: String) {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.get_or_insert(reason);
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Waits for the task `name`; if it ends before `stop` was cancelled, records why in `fatal`
+/// and cancels `stop`.
+pub async fn watch(
+    name: &'static str,
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+    fatal: Fatal,
+) {
+    let ended = task.await;
+    if stop.is_cancelled() {
+        return;
+    }
+    let reason = match ended {
+        Ok(()) => format!("the {name} task stopped unexpectedly"),
+        Err(e) if e.is_panic() => format!("the {name} task panicked: {}", panic_text(e)),
+        Err(e) => format!("the {name} task was cancelled: {e}"),
+    };
+    tracing::error!("{reason}; stopping so that the service manager starts a fresh daemon");
+    fatal.record(reason);
+    stop.cancel();
+}
+
+fn panic_text(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_stops_the_daemon_with_the_reason() {
+        let stop = CancellationToken::new();
+        let fatal = Fatal::default();
+        let task = tokio::spawn(async { panic!("queue exploded") });
+        watch("pipeline", task, stop.clone(), fatal.clone()).await;
+        assert!(stop.is_cancelled());
+        let reason = fatal.reason().unwrap();
+        assert!(
+            reason.contains("pipeline") && reason.contains("queue exploded"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_ending_after_the_stop_is_no_failure() {
+        let stop = CancellationToken::new();
+        let fatal = Fatal::default();
+        stop.cancel();
+        watch("spool", tokio::spawn(async {}), stop.clone(), fatal.clone()).await;
+        assert!(fatal.reason().is_none());
+    }
+}

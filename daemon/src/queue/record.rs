@@ -1,0 +1,104 @@
+//! The stored form of a queue [`Entry`]: JSON, with store paths as absolute path strings
+//! and sources by name, parsed back into typed values when read (a record that does not parse
+//! is a [`QueueError::Corrupt`] naming its key).
+
+use serde::{Deserialize, Serialize};
+
+use super::QueueError;
+use crate::format::store_path::StorePath;
+use narpush_protocol::Source;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Uploading,
+    Done,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(with = "text::store_path")]
+    pub path: StorePath,
+    pub state: State,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+    pub arrived_ms: u64,
+    #[serde(with = "text::source")]
+    pub source: Source,
+    #[serde(with = "text::optional_store_path")]
+    pub drv: Option<StorePath>,
+    pub updated_ms: u64,
+}
+
+/// A record that does not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptRecord {
+    pub key: String,
+    pub reason: String,
+}
+
+pub(super) fn encode(entry: &Entry) -> Vec<u8> {
+    serde_json::to_vec(entry).unwrap_or_default()
+}
+
+pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<Entry, QueueError> {
+    serde_json::from_slice(bytes).map_err(|e| QueueError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Typed fields as the text they are stored as: store paths as absolute paths, sources by name.
+pub(super) mod text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub mod store_path {
+        use super::*;
+        use crate::format::store_path::StorePath;
+
+        pub fn serialize<S: Serializer>(path: &StorePath, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&path.to_absolute())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StorePath, D::Error> {
+            let text = String::deserialize(d)?;
+            StorePath::from_absolute_path(&text).map_err(serde::de::Error::custom)
+        }
+    }
+
+    pub mod optional_store_path {
+        use super::*;
+        use crate::format::store_path::StorePath;
+
+        pub fn serialize<S: Serializer>(path: &Option<StorePath>, s: S) -> Result<S::Ok, S::Error> {
+            match path {
+                Some(path) => s.serialize_some(&path.to_absolute()),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StorePath>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| StorePath::from_absolute_path(&text).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+
+    pub mod source {
+        use super::*;
+        use narpush_protocol::Source;
+
+        pub fn serialize<S: Serializer>(source: &Source, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(source.as_str())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
+            let text = String::deserialize(d)?;
+            Source::parse(&text)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown source '{text}'")))
+        }
+    }
+}
