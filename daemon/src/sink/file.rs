@@ -26,11 +26,7 @@ impl FileSink {
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
-        match tokio::fs::metadata(self.root.join(key)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error("stat", key, &e)),
-        }
+        Ok(self.modified(key).await?.is_some())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {

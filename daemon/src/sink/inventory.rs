@@ -67,7 +67,7 @@ impl FileSink {
             .map_err(|e| join_error("(listing)", &e))?
     }
 
-    async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+    pub(super) async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
         match tokio::fs::metadata(self.root.join(key)).await {
             Ok(meta) => meta
                 .modified()
@@ -159,7 +159,7 @@ impl S3Sink {
         Ok(objects)
     }
 
-    async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+    pub(super) async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
         let result = self
             .client
             .head_object()
@@ -173,7 +173,7 @@ impl S3Sink {
                     .and_then(|t| SystemTime::try_from(*t).ok())
                     .unwrap_or(SystemTime::UNIX_EPOCH),
             )),
-            // As in `exists`: 403 is what a bucket without ListBucket answers for a missing key.
+            // 403 is what a bucket without s3:ListBucket answers for a missing key.
             Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 403 | 404) => {
                 Ok(None)
             }

@@ -69,25 +69,11 @@ impl S3Sink {
         })
     }
 
+    /// Like Nix, 403 counts as absent (see `modified`). Bad credentials are caught before any
+    /// HEAD: every upload starts with `ensure_cache_info`, whose GET (or the PUT after a 403
+    /// AccessDenied) reports them with their reason.
     pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
-        let result = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            // Like Nix, 403 counts as absent: buckets without ListBucket answer 403 for
-            // missing keys. Bad credentials are caught before any HEAD: every upload starts
-            // with `ensure_cache_info`, whose GET (or the PUT after a 403 AccessDenied) reports
-            // them with their reason.
-            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 403 | 404) => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("HEAD", key, e)),
-        }
+        Ok(self.modified(key).await?.is_some())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
