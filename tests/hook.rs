@@ -256,3 +256,41 @@ fn rejected_spool_files_are_listed_by_status_and_fail_wait() {
         String::from_utf8_lossy(&shown.stdout)
     );
 }
+
+#[test]
+fn a_build_log_over_the_configured_limit_is_skipped_and_the_path_still_uploads() {
+    let s3 = S3Server::start();
+    s3.bucket("cache");
+    // The build prints "built <nonce>", well over 16 bytes.
+    let daemon = Daemon::start(
+        &format!(
+            "target = \"{}\"\nupload_build_logs = true\nmax_build_log_bytes = 16",
+            s3.url("cache")
+        ),
+        s3.env(),
+    );
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &unique("biglog"))],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    daemon.wait_ok(120);
+    let bucket = s3.root.path().join("cache");
+    let narinfo = bucket.join(format!("{}.narinfo", hash_part(&paths[0])));
+    assert!(narinfo.exists(), "{} not uploaded", paths[0]);
+    // The log is handled after the path is done, so wait for the daemon to say it skipped it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.log().contains("no build log uploaded") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains("no build log uploaded") && log.contains("larger than 16 bytes"),
+        "no line about the skipped log:\n{log}"
+    );
+    assert!(
+        !bucket.join("log").exists() || snapshot(&bucket.join("log")).is_empty(),
+        "a log over the limit was uploaded"
+    );
+}

@@ -49,6 +49,7 @@ struct RawConfig {
     refresh_after: Option<String>,
     priority: Option<u32>,
     upload_build_logs: Option<bool>,
+    max_build_log_bytes: Option<u64>,
     write_nar_listing: Option<bool>,
     metrics_listen: Option<String>,
     public_url: Option<String>,
@@ -87,6 +88,8 @@ pub struct Config {
     pub allowed_uids: Vec<u32>,
     /// Off by default: on a public bucket every build log would be published.
     pub upload_build_logs: bool,
+    /// A build log larger than this uncompressed is skipped; one is held whole in memory.
+    pub max_build_log_bytes: u64,
     /// Caches asked whether they serve a path before it is uploaded.
     pub upstream_caches: Vec<UpstreamUrl>,
     /// Keys whose signature makes a path upstream's (on the path in the store, or on an
@@ -116,6 +119,7 @@ pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
 /// Below cache.nixos.org (40): clients ask it first for what it has.
 pub const DEFAULT_PRIORITY: u32 = 41;
 pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_MAX_BUILD_LOG_BYTES: u64 = 64 << 20;
 
 impl Default for Config {
     fn default() -> Config {
@@ -146,6 +150,7 @@ impl Default for Config {
             part_size: None,
             parallel_compression: true,
             upload_build_logs: false,
+            max_build_log_bytes: DEFAULT_MAX_BUILD_LOG_BYTES,
             public_url: None,
         }
     }
@@ -289,6 +294,16 @@ impl Config {
             Some(ms) => Duration::from_millis(ms),
             None => defaults.request_timeout,
         };
+        let max_build_log_bytes = match raw.max_build_log_bytes {
+            Some(0) => {
+                return Err(invalid(
+                    "max_build_log_bytes",
+                    "must be at least 1".to_owned(),
+                ))
+            }
+            Some(bytes) => bytes,
+            None => defaults.max_build_log_bytes,
+        };
         // Accepted so configurations written for the full design load; refused until built.
         if raw.write_nar_listing == Some(true) {
             return Err(invalid("write_nar_listing", NOT_YET.to_owned()));
@@ -334,6 +349,7 @@ impl Config {
             request_timeout,
             allowed_uids: raw.allowed_uids.unwrap_or(defaults.allowed_uids),
             upload_build_logs: raw.upload_build_logs.unwrap_or(defaults.upload_build_logs),
+            max_build_log_bytes,
             upstream_caches,
             upstream_public_keys,
             refresh_after,

@@ -165,8 +165,9 @@ pub async fn run_nix(program: &str, args: &[String]) -> Result<String, StoreErro
 /// (a hung nix-daemon must not hold the queue forever).
 pub const NIX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Runs `program` to completion within `timeout`. The child is killed when the future is
-/// dropped (the timeout, or a shutdown that stops waiting for it), never left behind.
+/// Runs `program` to completion within `timeout`. The child runs in a process group of its
+/// own, and the whole group is killed when the future is dropped before the child finished
+/// (the timeout, or a shutdown that stops waiting for it): nothing it started is left behind.
 async fn run_command(
     program: &str,
     args: &[String],
@@ -180,21 +181,33 @@ async fn run_command(
         .collect();
     let paths = args.len().saturating_sub(options.len() + 1);
     let command = format!("{program} {} ({paths} path(s))", options.join(" "));
-    let running = Command::new(program)
+    let spawn_error = |source| StoreError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let child = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(timeout, running)
+        .spawn()
+        .map_err(spawn_error)?;
+    let leader = child.id().and_then(|id| i32::try_from(id).ok());
+    let running = child.wait_with_output();
+    tokio::pin!(running);
+    // Declared after `running`, so dropped before it: the group is killed while its leader is
+    // not yet reaped, and so while its id cannot name another group.
+    let mut group = GroupKiller(leader.map(nix::unistd::Pid::from_raw));
+    let output = tokio::time::timeout(timeout, &mut running)
         .await
         .map_err(|_| StoreError::TimedOut {
             command: command.clone(),
             timeout,
         })?
-        .map_err(|source| StoreError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(spawn_error)?;
+    group.0 = None;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         return Err(StoreError::CommandFailed { command, stderr });
@@ -202,6 +215,18 @@ async fn run_command(
     String::from_utf8(output.stdout).map_err(|_| StoreError::UnexpectedJson {
         problem: format!("`{command}` printed invalid UTF-8"),
     })
+}
+
+/// Kills the process group it names (SIGKILL) when dropped; `None` once the leader finished.
+struct GroupKiller(Option<nix::unistd::Pid>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // ESRCH (the group is gone already) is the outcome wanted.
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// Parses `nix path-info --json` output of any Nix version (see the module doc).

@@ -162,3 +162,13 @@ fn request_timeout_is_read_and_zero_is_refused() {
     let err = parse("request_timeout_ms = 0\n").unwrap_err();
     assert!(err.to_string().contains("'request_timeout_ms'"), "{err}");
 }
+
+#[test]
+fn the_build_log_limit_is_configurable_and_not_zero() {
+    assert_eq!(parse("").unwrap().max_build_log_bytes, 64 << 20);
+    let config = parse("max_build_log_bytes = 4096\n").unwrap();
+    assert_eq!(config.max_build_log_bytes, 4096);
+    let err = parse("max_build_log_bytes = 0\n").unwrap_err().to_string();
+    assert!(err.contains("'max_build_log_bytes'"), "{err}");
+    assert!(err.contains("at least 1"), "{err}");
+}

@@ -6,9 +6,9 @@
 //! never a reason to retry or fail the path it belongs to.
 //!
 //! Memory: a log is held whole while it is uploaded, so one log is uploaded at a time (the
-//! caller holds a permit of a one-slot semaphore) and a log larger than [`MAX_LOG`] once
-//! decompressed is skipped, never truncated: at most [`MAX_LOG`] bytes, whatever any build
-//! writes.
+//! caller holds a permit of a one-slot semaphore) and a log larger than the configured limit
+//! (`max_build_log_bytes`) once decompressed is skipped, never truncated: at most that many
+//! bytes, whatever any build writes.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -21,8 +21,6 @@ use crate::sink::Sink;
 
 /// Where Nix keeps build logs.
 const LOG_DIR: &str = "/nix/var/log/nix/drvs";
-/// A log larger than this (uncompressed) is not uploaded.
-pub const MAX_LOG: u64 = 64 << 20;
 
 /// The local log file of a derivation.
 pub fn log_file(drv: &StorePath) -> PathBuf {
@@ -32,7 +30,8 @@ pub fn log_file(drv: &StorePath) -> PathBuf {
         .join(format!("{}.bz2", &basename[2..]))
 }
 
-pub async fn upload(sink: &Sink, drv: &StorePath) {
+/// Uploads the log of `drv` unless the cache has it or it is over `limit` bytes uncompressed.
+pub async fn upload(sink: &Sink, drv: &StorePath, limit: u64) {
     let key = layout::log_key(drv);
     match sink.exists(&key).await {
         Ok(true) => return,
@@ -43,7 +42,7 @@ pub async fn upload(sink: &Sink, drv: &StorePath) {
         }
     }
     let file = log_file(drv);
-    let text = match tokio::task::spawn_blocking(move || read_log(&file, MAX_LOG)).await {
+    let text = match tokio::task::spawn_blocking(move || read_log(&file, limit)).await {
         Ok(Ok(text)) => text,
         Ok(Err(e)) => {
             tracing::info!(drv = %drv, "no build log uploaded: {e}");

@@ -238,12 +238,13 @@ fn finish(
             {
                 let sink = settings.engine.sink.clone();
                 let slot = shared.log_upload.clone();
+                let limit = settings.config.max_build_log_bytes;
                 shared.tasks.spawn(async move {
                     // One log in memory at a time (see `logs`).
                     let Ok(_permit) = slot.acquire_owned().await else {
                         return;
                     };
-                    super::logs::upload(&sink, &drv).await;
+                    super::logs::upload(&sink, &drv, limit).await;
                 });
             }
             tracing::info!(%path, "uploaded");

@@ -150,3 +150,31 @@ async fn a_command_past_its_timeout_is_killed_and_reported() {
     });
     assert!(!alive, "the timed-out child is still running");
 }
+
+#[tokio::test]
+async fn a_timed_out_command_takes_the_processes_it_started_with_it() {
+    let marker = format!("{}", 4_000_000 + std::process::id());
+    // Like a `nix` that started a helper of its own and waits for it.
+    let script = format!("sleep {marker} & wait");
+    let result = run_command(
+        "/bin/sh",
+        &["-c".to_owned(), script],
+        std::time::Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(StoreError::TimedOut { .. })),
+        "{result:?}"
+    );
+    let grandchild_alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|cmdline| cmdline == format!("sleep\0{marker}\0").into_bytes())
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while grandchild_alive() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!grandchild_alive(), "the command's child outlived it");
+}
