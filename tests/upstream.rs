@@ -48,6 +48,26 @@ fn upload(target: &Path, secret: &Path, args: &[&str], path: &str) -> Output {
         .arg(path))
 }
 
+/// Uploads `top` into a fresh directory cache with `args`; the upload must succeed. Returns the
+/// cache and the command's stderr.
+fn upload_fresh(secret: &Path, args: &[&str], top: &str) -> (tempfile::TempDir, String) {
+    let target = tempfile::tempdir().unwrap();
+    let output = upload(target.path(), secret, args, top);
+    assert!(output.status.success(), "{}", stderr(&output));
+    (target, stderr(&output))
+}
+
+impl Closure {
+    /// The hash parts of the closure without leaf and mid (the part served upstream).
+    fn hashes_without_leaf_and_mid(&self) -> Vec<String> {
+        hashes_of(
+            self.paths
+                .iter()
+                .filter(|p| **p != self.leaf && **p != self.mid),
+        )
+    }
+}
+
 fn uploaded_hashes(cache: &Path) -> Vec<String> {
     let mut hashes: Vec<String> = narinfos(cache)
         .iter()
@@ -81,25 +101,14 @@ fn paths_the_store_holds_with_a_valid_upstream_signature_are_skipped_offline() {
             .args([&closure.leaf, &closure.mid]),
     );
 
-    let target = tempfile::tempdir().unwrap();
-    let output = upload(
-        target.path(),
-        &secret,
-        &["--upstream-key", &upstream_public],
-        &closure.top,
+    let (target, said) = upload_fresh(&secret, &["--upstream-key", &upstream_public], &closure.top);
+    assert_eq!(
+        uploaded_hashes(target.path()),
+        closure.hashes_without_leaf_and_mid()
     );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let expected = hashes_of(
-        closure
-            .paths
-            .iter()
-            .filter(|p| **p != closure.leaf && **p != closure.mid),
-    );
-    assert_eq!(uploaded_hashes(target.path()), expected);
     assert!(
-        stderr(&output).contains("; 2 (") && stderr(&output).contains("served upstream"),
-        "{}",
-        stderr(&output)
+        said.contains("; 2 (") && said.contains("served upstream"),
+        "{said}"
     );
 
     for args in [
@@ -121,9 +130,7 @@ fn paths_the_store_holds_with_a_valid_upstream_signature_are_skipped_offline() {
             "with {args:?}"
         );
     }
-    let target = tempfile::tempdir().unwrap();
-    let output = upload(target.path(), &secret, &["--no-upstream"], &closure.top);
-    assert!(output.status.success(), "{}", stderr(&output));
+    let (target, _) = upload_fresh(&secret, &["--no-upstream"], &closure.top);
     assert_eq!(uploaded_hashes(target.path()), hashes_of(&closure.paths));
 }
 
@@ -148,9 +155,7 @@ fn an_upstream_cache_serving_part_of_a_closure_gets_only_the_rest_uploaded() {
     assert!(filled.status.success(), "{}", stderr(&filled));
     let upstream_url = format!("http://{}/upstream", s3.addr);
 
-    let target = tempfile::tempdir().unwrap();
-    let output = upload(
-        target.path(),
+    let (target, _) = upload_fresh(
         &secret,
         &[
             "--upstream",
@@ -160,12 +165,10 @@ fn an_upstream_cache_serving_part_of_a_closure_gets_only_the_rest_uploaded() {
         ],
         &closure.top,
     );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let rest = closure
-        .paths
-        .iter()
-        .filter(|p| **p != closure.leaf && **p != closure.mid);
-    assert_eq!(uploaded_hashes(target.path()), hashes_of(rest));
+    assert_eq!(
+        uploaded_hashes(target.path()),
+        closure.hashes_without_leaf_and_mid()
+    );
 
     // Clients with both caches and both keys get everything, signatures required.
     let target_url = format!("file://{}", target.path().display());
@@ -184,14 +187,11 @@ fn an_upstream_cache_serving_part_of_a_closure_gets_only_the_rest_uploaded() {
 
     // The same upstream, trusted under another key: its narinfos do not verify, nothing is
     // skipped.
-    let target = tempfile::tempdir().unwrap();
-    let output = upload(
-        target.path(),
+    let (target, _) = upload_fresh(
         &secret,
         &["--upstream", &upstream_url, "--upstream-key", &other_public],
         &closure.top,
     );
-    assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(uploaded_hashes(target.path()), hashes_of(&closure.paths));
 }
 

@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::layout::{self, kind_of, ObjectKind};
-use crate::sink::inventory::{Object, DELETE_BATCH};
+use crate::sink::inventory::Object;
 use crate::sink::{Sink, SinkError};
 
 /// narinfos and realisations read (or looked at) at once.
@@ -169,7 +169,7 @@ pub async fn collect(
     'plans: for _ in 0..MAX_PLANS {
         progress("listing the cache");
         let objects = sink.list().await?;
-        requests.list += list_requests(sink, objects.len());
+        requests.list += sink.list_requests(objects.len());
         let mut plan = plan(sink, policy, objects, SystemTime::now(), progress).await?;
         requests.get += plan.summary.requests.get;
         plan.summary.dry_run = dry_run;
@@ -211,18 +211,8 @@ pub async fn collect(
 async fn delete(sink: &Sink, objects: &[Object], requests: &mut Requests) -> Result<(), GcError> {
     let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
     sink.delete(&keys).await?;
-    requests.delete += match sink {
-        Sink::S3(_) => keys.len().div_ceil(DELETE_BATCH) as u64,
-        Sink::File(_) => keys.len() as u64,
-    };
+    requests.delete += sink.delete_requests(keys.len());
     Ok(())
-}
-
-fn list_requests(sink: &Sink, objects: usize) -> u64 {
-    match sink {
-        Sink::S3(_) => (objects / 1000 + 1) as u64,
-        Sink::File(_) => 1,
-    }
 }
 
 /// Whether any of `narinfos` was written again since it was planned (one that is gone is not).

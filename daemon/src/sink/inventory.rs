@@ -45,6 +45,23 @@ impl Sink {
         }
     }
 
+    /// The requests a listing of `objects` objects takes (S3: a page per 1,000 keys).
+    pub fn list_requests(&self, objects: usize) -> u64 {
+        match self {
+            Sink::File(_) => 1,
+            Sink::S3(_) => (objects / 1000 + 1) as u64,
+        }
+    }
+
+    /// The requests deleting `keys` keys takes (S3: one per [`DELETE_BATCH`]; a directory:
+    /// one per file).
+    pub fn delete_requests(&self, keys: usize) -> u64 {
+        match self {
+            Sink::File(_) => keys as u64,
+            Sink::S3(_) => keys.div_ceil(DELETE_BATCH) as u64,
+        }
+    }
+
     /// Deletes `keys` (for S3: DeleteObjects, [`DELETE_BATCH`] keys per request).
     pub async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
         match self {
