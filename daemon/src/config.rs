@@ -113,7 +113,7 @@ pub struct Config {
 pub const DEFAULT_JOBS: usize = 2;
 pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
-const MAX_CONCURRENCY: usize = 1024;
+pub(crate) const MAX_CONCURRENCY: usize = 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
 /// Below cache.nixos.org (40): clients ask it first for what it has.
@@ -430,67 +430,9 @@ impl Config {
     }
 }
 
-const NOT_YET: &str = "not supported by this version of narpush yet (leave it unset)";
-
-/// A configured path, which must be absolute, or the default.
-fn absolute(key: &str, value: Option<PathBuf>, default: &Path) -> Result<PathBuf, String> {
-    match value {
-        None => Ok(default.to_owned()),
-        Some(path) if path.is_absolute() => Ok(path),
-        Some(path) => Err(format!(
-            "{key} must be an absolute path, got '{}'",
-            path.display()
-        )),
-    }
-}
-
-/// A consumer's URL must parse and have a scheme Nix substitutes from; empty means unset.
-fn check_public_url(value: Option<String>) -> Result<Option<String>, String> {
-    let Some(text) = value.filter(|t| !t.is_empty()) else {
-        return Ok(None);
-    };
-    let url = url::Url::parse(&text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
-    match url.scheme() {
-        "http" | "https" | "file" | "s3" => Ok(Some(text)),
-        other => Err(format!(
-            "'{text}' has scheme '{other}'; Nix substitutes from https://, http://, file:// or s3://"
-        )),
-    }
-}
-
-/// Checks a concurrency limit (`jobs`, `parallel_requests`).
-pub fn check_concurrency(value: usize) -> Result<usize, String> {
-    if (1..=MAX_CONCURRENCY).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!(
-            "must be between 1 and {MAX_CONCURRENCY}, got {value}"
-        ))
-    }
-}
-
-/// Checks a compression level against what the method accepts.
-pub fn check_level(compression: Compression, level: i32) -> Result<(), String> {
-    let range = compression.level_range();
-    if range.contains(&level) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{level} is outside {}..={} for {compression}",
-            range.start(),
-            range.end()
-        ))
-    }
-}
-
-/// " (line N)" for an error span, so a person can find the bad key.
-fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    span.map(|s| {
-        let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-        format!(" (line {line})")
-    })
-    .unwrap_or_default()
-}
+mod checks;
+use checks::{absolute, check_public_url, location, NOT_YET};
+pub use checks::{check_concurrency, check_level};
 
 #[cfg(test)]
 #[path = "config/tests.rs"]

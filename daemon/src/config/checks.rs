@@ -1,0 +1,74 @@
+//! Checks of single configuration values, shared by the file parser and the CLI flags.
+//!
+//! Invariant: each check either returns the value unchanged or a reason that names the value.
+
+use std::path::{Path, PathBuf};
+
+use super::MAX_CONCURRENCY;
+use crate::engine::compress::Compression;
+
+pub(super) const NOT_YET: &str = "not supported by this version of narpush yet (leave it unset)";
+
+/// A configured path, which must be absolute, or the default.
+pub(super) fn absolute(
+    key: &str,
+    value: Option<PathBuf>,
+    default: &Path,
+) -> Result<PathBuf, String> {
+    match value {
+        None => Ok(default.to_owned()),
+        Some(path) if path.is_absolute() => Ok(path),
+        Some(path) => Err(format!(
+            "{key} must be an absolute path, got '{}'",
+            path.display()
+        )),
+    }
+}
+
+/// A consumer's URL must parse and have a scheme Nix substitutes from; empty means unset.
+pub(super) fn check_public_url(value: Option<String>) -> Result<Option<String>, String> {
+    let Some(text) = value.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(&text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" | "file" | "s3" => Ok(Some(text)),
+        other => Err(format!(
+            "'{text}' has scheme '{other}'; Nix substitutes from https://, http://, file:// or s3://"
+        )),
+    }
+}
+
+/// Checks a concurrency limit (`jobs`, `parallel_requests`).
+pub fn check_concurrency(value: usize) -> Result<usize, String> {
+    if (1..=MAX_CONCURRENCY).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be between 1 and {MAX_CONCURRENCY}, got {value}"
+        ))
+    }
+}
+
+/// Checks a compression level against what the method accepts.
+pub fn check_level(compression: Compression, level: i32) -> Result<(), String> {
+    let range = compression.level_range();
+    if range.contains(&level) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{level} is outside {}..={} for {compression}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// " (line N)" for an error span, so a person can find the bad key.
+pub(super) fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|s| {
+        let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+        format!(" (line {line})")
+    })
+    .unwrap_or_default()
+}
