@@ -4,6 +4,9 @@
 //!
 //! - checksums only `WhenRequired` (R2 rejects the SDK's default CRC32 headers);
 //! - path-style addressing whenever a custom endpoint is given;
+//! - object bodies are signed (SHA-256 of the payload in the signature) only over plain HTTP;
+//!   over HTTPS, TLS already protects them, so `UNSIGNED-PAYLOAD` spares a hash of every
+//!   uploaded byte, as `aws s3` does;
 //! - credentials from the environment (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`), then the
 //!   shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, `profile`), as with Nix. The EC2
 //!   instance-metadata provider is deliberately left out: probing it costs seconds on every
@@ -36,6 +39,7 @@ use super::{ErrorClass, SinkError};
 pub struct S3Sink {
     pub(super) client: aws_sdk_s3::Client,
     pub(super) bucket: String,
+    sign_payload: bool,
 }
 
 impl S3Sink {
@@ -43,30 +47,21 @@ impl S3Sink {
         location: &S3Location,
         request_timeout: Duration,
     ) -> Result<S3Sink, SinkError> {
-        let mut config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(location.region.clone()))
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(request_timeout)
-                    .build(),
-            );
+        let mut config = sdk_config(location, request_timeout);
         config = if location.anonymous {
             config.allow_no_auth()
         } else {
             config.credentials_provider(credentials_chain(location).await?)
         };
-        if let Some(endpoint) = &location.endpoint {
-            config = config.endpoint_url(endpoint).force_path_style(true);
-        }
-        Ok(S3Sink {
-            client: aws_sdk_s3::Client::from_conf(config.build()),
+        Ok(S3Sink::with_config(location, config.build()))
+    }
+
+    fn with_config(location: &S3Location, config: aws_sdk_s3::Config) -> S3Sink {
+        S3Sink {
+            client: aws_sdk_s3::Client::from_conf(config),
             bucket: location.bucket.clone(),
-        })
+            sign_payload: signs_payload(location),
+        }
     }
 
     /// Like Nix, 403 counts as absent (see `modified`). Bad credentials are caught before any
@@ -115,15 +110,19 @@ impl S3Sink {
     }
 
     pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), SinkError> {
-        self.client
+        let request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
             .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| classify("PUT", key, e))?;
+            .customize();
+        let request = match self.sign_payload {
+            true => request,
+            false => request.disable_payload_signing(),
+        };
+        request.send().await.map_err(|e| classify("PUT", key, e))?;
         Ok(())
     }
 
@@ -145,6 +144,7 @@ impl S3Sink {
             retry_after: None,
         })?;
         Ok(S3Upload {
+            sign_payload: self.sign_payload,
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: key.to_owned(),
@@ -244,9 +244,39 @@ async fn credentials_chain(location: &S3Location) -> Result<CredentialsProviderC
     Ok(chain)
 }
 
+/// The client settings every S3 target gets, before credentials.
+fn sdk_config(location: &S3Location, request_timeout: Duration) -> aws_sdk_s3::config::Builder {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(location.region.clone()))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(request_timeout)
+                .build(),
+        );
+    match &location.endpoint {
+        Some(endpoint) => config.endpoint_url(endpoint).force_path_style(true),
+        None => config,
+    }
+}
+
+/// Whether object bodies are hashed into the signature: only where nothing else protects them
+/// (a plain-HTTP endpoint). AWS itself (no endpoint) is always HTTPS.
+fn signs_payload(location: &S3Location) -> bool {
+    location
+        .endpoint
+        .as_deref()
+        .is_some_and(|endpoint| !endpoint.to_ascii_lowercase().starts_with("https://"))
+}
+
 /// A multipart upload in progress.
 pub struct S3Upload {
     client: aws_sdk_s3::Client,
+    sign_payload: bool,
     bucket: String,
     key: String,
     upload_id: String,
@@ -259,7 +289,7 @@ impl S3Upload {
     pub async fn put_part(&mut self, part: Bytes) -> Result<(), SinkError> {
         let part_number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
         let part_size = part.len() as u64;
-        let uploaded = self
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -267,6 +297,12 @@ impl S3Upload {
             .upload_id(&self.upload_id)
             .part_number(part_number)
             .body(ByteStream::from(part))
+            .customize();
+        let request = match self.sign_payload {
+            true => request,
+            false => request.disable_payload_signing(),
+        };
+        let uploaded = request
             .send()
             .await
             .map_err(|e| classify("UploadPart", &self.key, e))?;
@@ -446,3 +482,7 @@ impl HttpStatus for aws_smithy_runtime_api::http::Response {
             .and_then(|v| super::retry_after::parse(v, std::time::SystemTime::now()))
     }
 }
+
+#[cfg(test)]
+#[path = "s3/tests.rs"]
+mod tests;
