@@ -114,12 +114,19 @@ impl S3Sink {
         }
     }
 
-    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), SinkError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        content_encoding: Option<&str>,
+    ) -> Result<(), SinkError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
+            .set_content_encoding(content_encoding.map(str::to_owned))
             .body(ByteStream::from(body))
             .send()
             .await
