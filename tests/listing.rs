@@ -180,6 +180,8 @@ fn daemon_writes_zstd_listings_to_s3_before_narinfos_and_gc_deletes_them_with_th
             "aws:amz:us-east-1:s3",
             "--user",
             &format!("{id}:{secret}"),
+            "-H",
+            "x-amz-content-sha256: UNSIGNED-PAYLOAD",
             &format!("http://{}/cache/{key}", s3.addr),
         ]))
         .to_ascii_lowercase();
