@@ -65,25 +65,37 @@ fn assert_same_listings(ours: &Path, nix: &Path, paths: &[String]) -> usize {
         let our_json = parse(&our_bytes, &format!("our listing of {path}"));
         match serde_json::from_slice::<serde_json::Value>(&nix_bytes) {
             Ok(nix_json) => {
-                assert_eq!(our_json, nix_json, "{path}");
-                assert_eq!(
-                    String::from_utf8_lossy(&our_bytes),
-                    String::from_utf8_lossy(&nix_bytes),
-                    "{path}: not byte-equal"
-                );
+                assert!(our_json == nix_json, "{path}: the listings differ as JSON");
+                assert_same_text(&our_bytes, &nix_bytes, path);
             }
             Err(_) => {
                 nix_invalid += 1;
                 assert!(std::str::from_utf8(&nix_bytes).is_err(), "{path}");
-                assert_eq!(
-                    String::from_utf8_lossy(&our_bytes),
-                    String::from_utf8_lossy(&nix_bytes),
-                    "{path}: not Nix's listing with U+FFFD for invalid UTF-8"
-                );
+                // Nix's with each invalid sequence replaced by U+FFFD.
+                let nix_replaced = String::from_utf8_lossy(&nix_bytes);
+                assert_same_text(&our_bytes, nix_replaced.as_bytes(), path);
             }
         }
     }
     nix_invalid
+}
+
+/// Fails at the first byte where `ours` and `nix` differ, showing a little around it (a
+/// listing of 2,000 entries is too long to print whole).
+fn assert_same_text(ours: &[u8], nix: &[u8], path: &str) {
+    let Some(at) = (0..ours.len().max(nix.len())).find(|&i| ours.get(i) != nix.get(i)) else {
+        return;
+    };
+    let around = |bytes: &[u8]| {
+        let start = at.saturating_sub(60);
+        String::from_utf8_lossy(&bytes[start.min(bytes.len())..(at + 60).min(bytes.len())])
+            .into_owned()
+    };
+    panic!(
+        "{path}: our listing differs from Nix's at byte {at}:\n ours: {:?}\n  nix: {:?}",
+        around(ours),
+        around(nix)
+    );
 }
 
 fn upload_with_listings(target: &str, secret: &Path, top: &str) -> Command {
