@@ -2,10 +2,13 @@
 //! (`nix copy --to 'file://…?write-nar-listing=true'`) writes its listings, and narpush writes
 //! its own, by `narpush upload` to a directory and by the daemon to a real S3 server (zstd,
 //! `Content-Encoding`). Ours must equal Nix's wherever Nix's is valid JSON, be valid JSON
-//! everywhere, be read by stock Nix, and go with its narinfo when `narpush gc` collects it.
+//! everywhere, be written before its narinfo, be read by stock Nix, and go with its narinfo
+//! when `narpush gc` collects it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use narpush_e2e::daemon::Daemon;
@@ -169,9 +172,12 @@ fn daemon_writes_zstd_listings_to_s3_before_narinfos_and_gc_deletes_them_with_th
         &format!("target = \"{target}\"\nwrite_nar_listing = true"),
         s3.env(),
     );
+    let watch = ListingWatch::start(bucket.clone());
     let pushed = daemon.client(&["push", &top]);
     assert!(pushed.status.success(), "{}", stderr(&pushed));
     daemon.wait_ok(120);
+    let rounds = watch.finish();
+    assert!(rounds > 1, "the watch looked {rounds} time(s)");
 
     // Stored zstd-compressed, served with the encoding Nix's HTTP client decodes by.
     let decoded = work.path().join("decoded");
@@ -202,9 +208,6 @@ fn daemon_writes_zstd_listings_to_s3_before_narinfos_and_gc_deletes_them_with_th
             head.contains("content-type: application/json"),
             "{key}: {head}"
         );
-        let listing_time = modified(&bucket.join(&key));
-        let narinfo_time = modified(&bucket.join(format!("{}.narinfo", hash_part(path))));
-        assert!(listing_time <= narinfo_time, "{key} came after its narinfo");
     }
     assert_eq!(assert_same_listings(&decoded, &nix_cache, &paths), 1);
 
@@ -245,10 +248,44 @@ fn daemon_writes_zstd_listings_to_s3_before_narinfos_and_gc_deletes_them_with_th
     }
 }
 
-fn modified(file: &Path) -> SystemTime {
-    std::fs::metadata(file)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+/// Looks at a bucket over and over while it is written: a narinfo seen without its `.ls`
+/// fails the test (the listing must be written first).
+struct ListingWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64, String>>,
+}
+
+impl ListingWatch {
+    fn start(bucket: PathBuf) -> ListingWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rounds = 0;
+            loop {
+                let last = stopped.load(Ordering::Relaxed);
+                for narinfo in narinfos(&bucket) {
+                    if !narinfo.with_extension("ls").exists() {
+                        return Err(format!("{} is there without its .ls", narinfo.display()));
+                    }
+                }
+                rounds += 1;
+                if last {
+                    return Ok(rounds);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        ListingWatch { stop, thread }
+    }
+
+    /// Stops watching after one more look; returns how many looks were taken.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join().expect("the watch thread") {
+            Ok(rounds) => rounds,
+            Err(violation) => panic!("{violation}"),
+        }
+    }
 }
 
 /// `nix store <args>` against `store_url`.
