@@ -24,7 +24,7 @@
 //! one directory that differ only in their invalid bytes then share a key; JSON readers keep
 //! the last of them.
 //!
-//! Memory: the document grows with the number of entries (about 60 bytes plus the name per
+//! Memory: the document grows with the number of entries (about 50 bytes plus the name per
 //! entry), independent of file sizes.
 
 use std::fmt::Write as _;
