@@ -12,7 +12,6 @@
 //!   ones the store recorded; on a mismatch or any error the multipart upload is aborted.
 //! - **Names follow [`crate::layout`]**: a one-part NAR is named by its FileHash, a streamed one
 //!   by a name no other upload uses, so no NAR object is ever overwritten with other bytes.
-//!
 //! - **One read of the tree**: the `.ls` listing, when asked for, is built by the same
 //!   serialization that produces the NAR; it is returned with the stored NAR and uploaded by
 //!   the caller before the narinfo.
