@@ -108,6 +108,10 @@ pub struct Config {
     pub parallel_compression: bool,
     /// The URL consumers substitute from (`client-config`); `None` when unset or empty.
     pub public_url: Option<String>,
+    /// Write `<hash>.ls` NAR listings (`write_nar_listing`, `?write-nar-listing=`).
+    pub write_nar_listing: bool,
+    /// How listings are compressed (target URL only: `ls-compression`).
+    pub ls_compression: Compression,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -152,6 +156,8 @@ impl Default for Config {
             upload_build_logs: false,
             max_build_log_bytes: DEFAULT_MAX_BUILD_LOG_BYTES,
             public_url: None,
+            write_nar_listing: false,
+            ls_compression: Compression::None,
         }
     }
 }
@@ -305,9 +311,6 @@ impl Config {
             None => defaults.max_build_log_bytes,
         };
         // Accepted so configurations written for the full design load; refused until built.
-        if raw.write_nar_listing == Some(true) {
-            return Err(invalid("write_nar_listing", NOT_YET.to_owned()));
-        }
         if raw.metrics_listen.is_some_and(|m| !m.is_empty()) {
             return Err(invalid("metrics_listen", NOT_YET.to_owned()));
         }
@@ -355,6 +358,7 @@ impl Config {
             refresh_after,
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
             priority: raw.priority.unwrap_or(defaults.priority),
+            write_nar_listing: raw.write_nar_listing.unwrap_or(defaults.write_nar_listing),
             ..defaults
         })
     }
@@ -402,6 +406,12 @@ impl Config {
         if let Some(part_size) = params.part_size {
             self.part_size = Some(part_size);
         }
+        if let Some(write) = params.write_nar_listing {
+            self.write_nar_listing = write;
+        }
+        if let Some(compression) = params.ls_compression {
+            self.ls_compression = compression;
+        }
     }
 
     /// How NARs are streamed with these settings.
@@ -413,6 +423,7 @@ impl Config {
         if !self.parallel_compression {
             stream.workers = 0;
         }
+        stream.listing = self.write_nar_listing.then_some(self.ls_compression);
         stream
     }
 

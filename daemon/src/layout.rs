@@ -7,6 +7,7 @@
 //! | path metadata | `<hash part>.narinfo` | last, after its NAR and its references |
 //! | NAR that fits in one part | `nar/<nix32 FileHash><ext>` | one PUT |
 //! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart; unfinished uploads under such names are aborted when the daemon starts |
+//! | NAR listing | `<hash part>.ls` | when asked for (`write_nar_listing`), after its NAR, before its narinfo; `Content-Encoding` names its compression (`ls-compression`, S3 only) |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
 //!
 //! # The NAR naming rule: a NAR object is never overwritten with different bytes
@@ -36,6 +37,21 @@ pub mod content_type {
     pub const NARINFO: &str = "text/x-nix-narinfo";
     pub const NAR: &str = "application/x-nix-nar";
     pub const LOG: &str = "text/plain; charset=utf-8";
+    pub const LISTING: &str = "application/json";
+}
+
+/// The key of a path's NAR listing (Nix's `write-nar-listing`).
+pub fn listing_key(path: &StorePath) -> String {
+    format!("{}.ls", path.hash_part())
+}
+
+/// The `Content-Encoding` of a listing compressed with `compression`, as Nix sets it
+/// (`None` when uncompressed).
+pub fn listing_content_encoding(compression: Compression) -> Option<&'static str> {
+    match compression {
+        Compression::None => None,
+        other => Some(other.narinfo_name()),
+    }
 }
 
 /// The key of the cache description.
@@ -216,6 +232,14 @@ mod tests {
             narinfo_key(&path()),
             "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6.narinfo"
         );
+        assert_eq!(listing_key(&path()), "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6.ls");
+        assert!(matches!(
+            kind_of(&listing_key(&path())),
+            ObjectKind::Listing { .. }
+        ));
+        assert_eq!(listing_content_encoding(Compression::Zstd), Some("zstd"));
+        assert_eq!(listing_content_encoding(Compression::Xz), Some("xz"));
+        assert_eq!(listing_content_encoding(Compression::None), None);
         let drv = StorePath::from_basename("lkb8q51gz5lbr6pf1q7yzyxnim1c6lca-top.drv").unwrap();
         assert_eq!(
             log_key(&drv),

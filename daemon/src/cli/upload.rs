@@ -48,7 +48,8 @@ pub struct UploadArgs {
 
     /// Where to upload: s3://BUCKET?endpoint=URL&region=R&profile=P (add &anonymous=true
     /// for servers that take unsigned writes), or file:///DIR. Default: `target` from the
-    /// config file.
+    /// config file. Nix's cache settings work in it too, e.g. &write-nar-listing=true (also
+    /// write <hash>.ls listings) and &ls-compression=zstd (S3); see docs/configuration.md.
     #[arg(long, value_name = "TARGET")]
     to: Option<String>,
 

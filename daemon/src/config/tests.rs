@@ -69,7 +69,7 @@ max_attempts = 3
 allowed_uids = [0, 1000]
 upload_build_logs = true
 upstream_caches = []
-write_nar_listing = false
+write_nar_listing = true
 metrics_listen = ""
 "#,
     )
@@ -82,12 +82,35 @@ metrics_listen = ""
     assert_eq!(config.max_attempts, 3);
     assert_eq!(config.allowed_uids, vec![0, 1000]);
     assert!(config.upload_build_logs);
+    assert!(config.write_nar_listing);
+    assert_eq!(
+        config.stream_settings(Compression::Zstd, 3).listing,
+        Some(Compression::None)
+    );
+}
+
+#[test]
+fn listing_settings_of_the_target_url_win_over_the_config_file() {
+    let mut config = parse("write_nar_listing = false\n").unwrap();
+    assert_eq!(config.stream_settings(Compression::Zstd, 3).listing, None);
+    let target = TargetUrl::parse(
+        "s3://cache?endpoint=http://127.0.0.1:1&region=x&write-nar-listing=true&ls-compression=zstd",
+    )
+    .unwrap();
+    config.apply_target_params(target.params());
+    assert_eq!(
+        config.stream_settings(Compression::Zstd, 3).listing,
+        Some(Compression::Zstd)
+    );
+    let mut config = parse("write_nar_listing = true\n").unwrap();
+    let target = TargetUrl::parse("file:///srv/cache?write-nar-listing=false").unwrap();
+    config.apply_target_params(target.params());
+    assert_eq!(config.stream_settings(Compression::Zstd, 3).listing, None);
 }
 
 #[test]
 fn features_not_built_yet_are_refused_by_name_when_turned_on() {
     for (text, key) in [
-        ("write_nar_listing = true\n", "write_nar_listing"),
         ("metrics_listen = \"127.0.0.1:9184\"\n", "metrics_listen"),
         ("state_dir = \"relative\"\n", "state_dir"),
     ] {

@@ -31,7 +31,9 @@
 //!   ([`SMALL_NAR_BUDGET`]). Wide closures of tiny paths are bound by latency, not by `jobs`.
 //!
 //! Memory is therefore bounded by configuration: `jobs` × two parts, one set of compression
-//! workers, and the small-NAR budget, whatever the NAR sizes.
+//! workers, and the small-NAR budget, whatever the NAR sizes. The one exception is opt-in:
+//! with `write_nar_listing`, each NAR in flight also holds its `.ls` listing until it is
+//! stored, which grows with the path's number of files (not their sizes).
 
 pub mod compress;
 mod coordinator;

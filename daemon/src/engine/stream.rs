@@ -12,6 +12,9 @@
 //!   ones the store recorded; on a mismatch or any error the multipart upload is aborted.
 //! - **Names follow [`crate::layout`]**: a one-part NAR is named by its FileHash, a streamed one
 //!   by a name no other upload uses, so no NAR object is ever overwritten with other bytes.
+//! - **One read of the tree**: the `.ls` listing, when asked for, is built by the same
+//!   serialization that produces the NAR; it is returned with the stored NAR and uploaded by
+//!   the caller before the narinfo.
 //!
 //! Cancellation: dropping the future drops the part receiver, so the producer thread stops at
 //! its next part; a multipart upload cut off that way stays open in the bucket until its
@@ -21,6 +24,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::compress::{Compression, Encoder};
@@ -54,6 +58,8 @@ pub struct StreamSettings {
     pub part_size: u64,
     /// zstd worker threads for one NAR of [`WORKERS_FROM`] or more.
     pub workers: u32,
+    /// Build the `.ls` listing while streaming, compressed with this (`None`: no listing).
+    pub listing: Option<Compression>,
 }
 
 impl StreamSettings {
@@ -65,6 +71,7 @@ impl StreamSettings {
             level,
             part_size: DEFAULT_PART_SIZE,
             workers: u32::try_from(cores).unwrap_or(1).min(MAX_WORKERS),
+            listing: None,
         }
     }
 }
@@ -76,15 +83,19 @@ pub struct StoredNar {
     pub compression: Compression,
     pub file_hash: Sha256,
     pub file_size: u64,
+    /// The `.ls` listing built from the same read, encoded with the settings' `listing`
+    /// compression; `None` unless a listing was asked for.
+    pub listing: Option<Bytes>,
 }
 
 /// What the producer measured.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Measured {
     nar_hash: Sha256,
     nar_size: u64,
     file_hash: Sha256,
     file_size: u64,
+    listing: Option<Bytes>,
 }
 
 /// The part size for a NAR of `nar_size` bytes: `base`, raised (in whole MiB) when the
@@ -173,6 +184,7 @@ fn stored(key: String, compression: Compression, measured: Measured) -> StoredNa
         compression,
         file_hash: measured.file_hash,
         file_size: measured.file_size,
+        listing: measured.listing,
     }
 }
 
@@ -237,10 +249,25 @@ fn produce(
         inner: encoder,
         progress,
     });
-    nar::dump(source, &mut nar_sink).map_err(|source| UploadError::Nar {
+    let nar_failed = |source| UploadError::Nar {
         path: path.clone(),
         source,
-    })?;
+    };
+    let listing = match settings.listing {
+        None => {
+            nar::dump(source, &mut nar_sink).map_err(nar_failed)?;
+            None
+        }
+        Some(listing_compression) => {
+            let (_, listing) = nar::dump_with_listing(source, &mut nar_sink).map_err(nar_failed)?;
+            Some(encode_listing(&listing, listing_compression).map_err(|e| {
+                UploadError::Internal {
+                    path: path.clone(),
+                    detail: format!("compressing the listing failed: {e}"),
+                }
+            })?)
+        }
+    };
     let (progress_writer, nar_hash, nar_size) = nar_sink.finish();
     let compressed = progress_writer.inner.finish().map_err(io_failed)?;
     let (mut splitter, file_hash, file_size) = compressed.finish();
@@ -250,7 +277,15 @@ fn produce(
         nar_size,
         file_hash,
         file_size,
+        listing,
     })
+}
+
+/// The listing as it is uploaded: compressed at the method's default level, on this thread.
+fn encode_listing(listing: &[u8], compression: Compression) -> io::Result<Bytes> {
+    let mut encoder = Encoder::new(compression, compression.default_level(), 0, Vec::new())?;
+    encoder.write_all(listing)?;
+    Ok(Bytes::from(encoder.finish()?))
 }
 
 /// Counts NAR bytes for progress reports as they pass.
@@ -274,6 +309,20 @@ impl<W: Write> Write for ProgressWriter<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_are_compressed_as_their_content_encoding_says() {
+        let listing = br#"{"version":1,"root":{"type":"regular","size":0,"narOffset":96}}"#;
+        let plain = encode_listing(listing, Compression::None).unwrap();
+        assert_eq!(&plain[..], &listing[..]);
+        let zstd = encode_listing(listing, Compression::Zstd).unwrap();
+        assert_eq!(zstd::decode_all(&zstd[..]).unwrap(), listing);
+        let xz = encode_listing(listing, Compression::Xz).unwrap();
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut liblzma::read::XzDecoder::new(&xz[..]), &mut decoded)
+            .unwrap();
+        assert_eq!(decoded, listing);
+    }
 
     #[test]
     fn part_size_stays_at_base_for_ordinary_nars() {

@@ -103,7 +103,8 @@ pub(super) async fn publish(config: &EngineConfig, path: StorePath, narinfo: Box
     Done::Published(path, narinfo, result)
 }
 
-/// Stores the NAR of `info`, or reuses one stored by an earlier attempt if it is still there.
+/// Stores the NAR of `info` (and its `.ls` listing when `settings` ask for one), or reuses one
+/// stored by an earlier attempt if it is still there.
 pub(super) async fn store_nar(
     config: &EngineConfig,
     info: &PathInfo,
@@ -119,8 +120,12 @@ pub(super) async fn store_nar(
                 .duration_since(modified)
                 .is_ok_and(|age| age < gc::MIN_GRACE / 2)
         };
+        // The attempt that stored it also wrote its listing, unless listings were turned on
+        // since: then the NAR is streamed again, to build one.
         if kept.nar_hash == info.nar_hash
             && config.sink.modified(&kept.url).await?.is_some_and(fresh)
+            && (settings.listing.is_none()
+                || config.sink.exists(&layout::listing_key(&info.path)).await?)
         {
             return Ok(kept);
         }
@@ -128,7 +133,20 @@ pub(super) async fn store_nar(
     let listed = view.start_stream(&info.path, info.nar_size);
     let stored = stream::store_nar(&config.sink, info, settings, listed.progress()).await;
     drop(listed);
-    Ok(Box::new(narinfo_for(info, &stored?)))
+    let stored = stored?;
+    if let (Some(listing), Some(compression)) = (&stored.listing, settings.listing) {
+        // Before the narinfo, which is published only once this task has returned.
+        config
+            .sink
+            .put_encoded(
+                &layout::listing_key(&info.path),
+                listing.clone(),
+                content_type::LISTING,
+                layout::listing_content_encoding(compression),
+            )
+            .await?;
+    }
+    Ok(Box::new(narinfo_for(info, &stored)))
 }
 
 /// The result a task would have given, for a task that panicked or was cancelled.

@@ -15,6 +15,7 @@
 //!   hashing writer that computes NarHash/NarSize or FileHash/FileSize while streaming.
 //! - [`store_path`]: the validated [`store_path::StorePath`] newtype.
 //! - [`nar`]: a streaming NAR serializer byte-identical to `nix-store --dump`.
+//! - [`listing`]: the `.ls` JSON listing of a NAR, as Nix's cache writer produces it.
 //! - [`narinfo`]: the `.narinfo` text format and the signature fingerprint.
 //! - [`signing`]: Ed25519 secret and public keys in Nix's `name:base64` format.
 //!
@@ -23,6 +24,7 @@
 
 pub mod derivation;
 pub mod hash;
+pub mod listing;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;

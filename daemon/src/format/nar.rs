@@ -40,6 +40,10 @@
 //! On error, whatever was already written to `out` is an incomplete archive: the caller must
 //! discard it (an uploader aborts the upload).
 //!
+//! With [`dump_with_listing`], the `.ls` listing is built from the same walk, recording each
+//! file's offset as its contents are written; it is held in memory until the end (its size
+//! grows with the number of entries, not with file sizes).
+//!
 //! macOS's `use-case-hack` renaming is not implemented: narpush targets Linux stores.
 
 use std::ffi::{OsStr, OsString};
@@ -50,6 +54,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+use super::listing::ListingWriter;
 
 /// Size of the buffer file contents are streamed through.
 pub const CONTENT_BUF_SIZE: usize = 64 * 1024;
@@ -99,17 +105,37 @@ pub enum NarError {
 
 /// Writes the NAR serialization of `path` to `out` and returns the number of bytes written.
 pub fn dump<W: Write>(path: &Path, out: &mut W) -> Result<u64, NarError> {
+    let (written, _) = dump_inner(path, out, None)?;
+    Ok(written)
+}
+
+/// Like [`dump`], and also returns the tree's `.ls` listing (see [`super::listing`]), built in
+/// the same pass: every file is read once.
+pub fn dump_with_listing<W: Write>(path: &Path, out: &mut W) -> Result<(u64, Vec<u8>), NarError> {
+    let (written, listing) = dump_inner(path, out, Some(ListingWriter::new()))?;
+    Ok((
+        written,
+        listing.map(ListingWriter::finish).unwrap_or_default(),
+    ))
+}
+
+fn dump_inner<W: Write>(
+    path: &Path,
+    out: &mut W,
+    listing: Option<ListingWriter>,
+) -> Result<(u64, Option<ListingWriter>), NarError> {
     let mut dumper = Dumper {
         out,
         root: path,
         pending: Vec::with_capacity(PENDING_FLUSH_AT + 512),
         content_buf: vec![0u8; CONTENT_BUF_SIZE],
         written: 0,
+        listing,
     };
     push_str(&mut dumper.pending, b"nix-archive-1");
     dumper.node(path)?;
     dumper.flush_pending()?;
-    Ok(dumper.written)
+    Ok((dumper.written, dumper.listing))
 }
 
 /// Number of zero bytes that pad a `len`-byte string to a multiple of 8.
@@ -198,6 +224,7 @@ struct Dumper<'a, W> {
     pending: Vec<u8>,
     content_buf: Vec<u8>,
     written: u64,
+    listing: Option<ListingWriter>,
 }
 
 impl<W: Write> Dumper<'_, W> {
@@ -237,6 +264,9 @@ impl<W: Write> Dumper<'_, W> {
             push_str(&mut self.pending, b"symlink");
             push_str(&mut self.pending, b"target");
             push_str(&mut self.pending, target.as_os_str().as_bytes());
+            if let Some(listing) = &mut self.listing {
+                listing.symlink(target.as_os_str().as_bytes());
+            }
         } else if file_type.is_file() {
             self.regular(path, &meta)?;
         } else if file_type.is_dir() {
@@ -265,13 +295,18 @@ impl<W: Write> Dumper<'_, W> {
         }
 
         push_str(&mut self.pending, b"regular");
-        if meta.mode() & 0o100 != 0 {
+        let executable = meta.mode() & 0o100 != 0;
+        if executable {
             push_str(&mut self.pending, b"executable");
             push_str(&mut self.pending, b"");
         }
         push_str(&mut self.pending, b"contents");
         push_u64(&mut self.pending, size);
         self.flush_pending()?;
+        if let Some(listing) = &mut self.listing {
+            // Everything before the contents is written now: `written` is their offset.
+            listing.regular(size, executable, self.written);
+        }
 
         let result = copy_exact(path, &mut file, size, &mut self.content_buf, self.out);
         match result {
@@ -302,7 +337,13 @@ impl<W: Write> Dumper<'_, W> {
             });
         }
 
+        if let Some(listing) = &mut self.listing {
+            listing.start_directory();
+        }
         for name in names {
+            if let Some(listing) = &mut self.listing {
+                listing.entry(name.as_bytes());
+            }
             push_str(&mut self.pending, b"entry");
             push_str(&mut self.pending, b"(");
             push_str(&mut self.pending, b"name");
@@ -310,6 +351,9 @@ impl<W: Write> Dumper<'_, W> {
             push_str(&mut self.pending, b"node");
             self.node(&path.join(&name))?;
             push_str(&mut self.pending, b")");
+        }
+        if let Some(listing) = &mut self.listing {
+            listing.end_directory();
         }
         Ok(())
     }

@@ -78,9 +78,22 @@ impl Sink {
     }
 
     pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), SinkError> {
+        self.put_encoded(key, body, content_type, None).await
+    }
+
+    /// Writes an object whose bytes are compressed with `content_encoding`, so HTTP clients
+    /// (Nix's included) decode it by that header. A directory has no headers: only
+    /// uncompressed objects belong there (the URL parameters refuse the rest).
+    pub async fn put_encoded(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        content_encoding: Option<&str>,
+    ) -> Result<(), SinkError> {
         match self {
             Sink::File(t) => t.put(key, body).await,
-            Sink::S3(t) => t.put(key, body, content_type).await,
+            Sink::S3(t) => t.put(key, body, content_type, content_encoding).await,
         }
     }
 

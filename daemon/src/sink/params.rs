@@ -25,6 +25,10 @@ pub struct CacheParams {
     pub want_mass_query: Option<bool>,
     /// `buffer-size`: the part size of multipart uploads (S3 only).
     pub part_size: Option<u64>,
+    /// `write-nar-listing`: write `<hash>.ls` beside each narinfo.
+    pub write_nar_listing: Option<bool>,
+    /// `ls-compression`: how listings are compressed (S3 only; `Content-Encoding` says so).
+    pub ls_compression: Option<Compression>,
 }
 
 /// S3 requires every part but the last to be at least this big.
@@ -56,19 +60,29 @@ impl CacheParams {
             }
             "priority" => self.priority = Some(number(value)?),
             "want-mass-query" => self.want_mass_query = Some(boolean(value)?),
-            "write-nar-listing" => {
-                if boolean(value)? {
-                    return Err("narpush does not write .ls listings yet".to_owned());
+            "write-nar-listing" => self.write_nar_listing = Some(boolean(value)?),
+            "ls-compression" => {
+                // Nix's default, the empty value, means uncompressed.
+                let compression = match value {
+                    "" => Compression::None,
+                    other => other.parse::<Compression>().map_err(|e| e.to_string())?,
+                };
+                if compression != Compression::None && !s3 {
+                    return Err(format!(
+                        "'{value}': only S3 targets compress listings (a directory cache has no \
+                         Content-Encoding to tell clients)"
+                    ));
                 }
+                self.ls_compression = Some(compression);
             }
-            "ls-compression" | "narinfo-compression" | "log-compression" => {
+            "narinfo-compression" | "log-compression" => {
                 if !value.is_empty() {
                     return Err(format!(
                         "narpush writes {} uncompressed (leave it empty)",
-                        match name {
-                            "ls-compression" => "listings",
-                            "narinfo-compression" => "narinfos",
-                            _ => "build logs",
+                        if name == "narinfo-compression" {
+                            "narinfos"
+                        } else {
+                            "build logs"
                         }
                     ));
                 }
@@ -134,8 +148,8 @@ mod tests {
             ("secret-key", "/etc/nix/key"),
             ("priority", "30"),
             ("want-mass-query", "false"),
-            ("write-nar-listing", "false"),
-            ("ls-compression", ""),
+            ("write-nar-listing", "true"),
+            ("ls-compression", "zstd"),
             ("index-debug-info", "false"),
             ("multipart-upload", "true"),
             ("buffer-size", "16777216"),
@@ -153,11 +167,24 @@ mod tests {
                 priority: Some(30),
                 want_mass_query: Some(false),
                 part_size: Some(16 << 20),
+                write_nar_listing: Some(true),
+                ls_compression: Some(Compression::Zstd),
             }
         );
+        for (value, s3, expected) in [
+            ("", false, Compression::None),
+            ("none", false, Compression::None),
+            ("xz", true, Compression::Xz),
+        ] {
+            let mut params = CacheParams::default();
+            assert_eq!(params.take("ls-compression", value, s3), Ok(true));
+            assert_eq!(params.ls_compression, Some(expected), "{value}");
+        }
         assert_eq!(params.take("endpoint", "x", true), Ok(false));
         for (name, value, s3, reason) in [
-            ("write-nar-listing", "true", true, ".ls"),
+            ("write-nar-listing", "yes", true, "true or false"),
+            ("ls-compression", "br", true, "unknown compression 'br'"),
+            ("ls-compression", "zstd", false, "only S3"),
             ("narinfo-compression", "xz", true, "narinfos"),
             ("log-compression", "br", false, "logs"),
             ("multipart-upload", "false", true, "in parts"),

@@ -109,13 +109,20 @@ impl S3Sink {
         }
     }
 
-    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), SinkError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        content_encoding: Option<&str>,
+    ) -> Result<(), SinkError> {
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
+            .set_content_encoding(content_encoding.map(str::to_owned))
             .body(ByteStream::from(body))
             .customize();
         let request = match self.sign_payload {

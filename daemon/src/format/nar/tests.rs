@@ -82,6 +82,66 @@ fn content_offsets_match_the_nix_listing_example() {
 }
 
 #[test]
+fn the_listing_comes_from_the_same_pass_and_matches_the_nix_example() {
+    // §1.4's tree again: Nix 2.8 listed it with exactly these offsets and this key order.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    write_file(&root.join("bin/hello"), b"#!/bin/sh\necho hi\n", 0o755);
+    write_file(&root.join("ref"), &[b'R'; 51], 0o644);
+    symlink("ref", root.join("link")).unwrap();
+    let mut nar = Vec::new();
+    let (written, listing) = dump_with_listing(&root, &mut nar).unwrap();
+    assert_eq!(
+        nar,
+        dump_to_vec(&root),
+        "the NAR is the same with a listing"
+    );
+    assert_eq!(written, nar.len() as u64);
+    assert_eq!(
+        String::from_utf8(listing).unwrap(),
+        concat!(
+            r#"{"version":1,"root":{"type":"directory","entries":{"#,
+            r#""bin":{"type":"directory","entries":{"hello":{"type":"regular","size":18,"executable":true,"narOffset":400}}},"#,
+            r#""link":{"type":"symlink","target":"ref"},"#,
+            r#""ref":{"type":"regular","size":51,"narOffset":832}}}}"#
+        )
+    );
+}
+
+#[test]
+fn listing_offsets_point_at_each_file_contents_in_the_nar() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("d/e")).unwrap();
+    for (i, name) in ["a", "d/b", "d/e/c", "d/e/empty", "z"].iter().enumerate() {
+        write_file(&root.join(name), &vec![b'0' + i as u8; i * 13], 0o644);
+    }
+    let mut nar = Vec::new();
+    let (_, listing) = dump_with_listing(&root, &mut nar).unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&listing).unwrap();
+    let mut seen = 0;
+    let mut stack = vec![&listing["root"]];
+    while let Some(node) = stack.pop() {
+        match node["type"].as_str().unwrap() {
+            "directory" => stack.extend(node["entries"].as_object().unwrap().values()),
+            "regular" => {
+                let offset = node["narOffset"].as_u64().unwrap() as usize;
+                let size = node["size"].as_u64().unwrap() as usize;
+                assert_eq!(&nar[offset - 8..offset], &(size as u64).to_le_bytes());
+                let contents = &nar[offset..offset + size];
+                assert!(contents
+                    .iter()
+                    .all(|&b| b == contents.first().copied().unwrap_or(0)));
+                seen += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(seen, 5);
+}
+
+#[test]
 fn tokens_have_the_sizes_in_the_reference() {
     let sizes = [
         (&b"nix-archive-1"[..], 24),

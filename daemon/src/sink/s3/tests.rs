@@ -79,7 +79,7 @@ async fn over_https_and_to_aws_object_bodies_are_not_hashed_into_the_signature()
         "s3://cache?region=eu-west-1",
     ] {
         let (sink, requests) = capturing_sink(url);
-        sink.put("x.narinfo", Bytes::from_static(BODY), "text/plain")
+        sink.put("x.narinfo", Bytes::from_static(BODY), "text/plain", None)
             .await
             .expect("the captured PUT succeeds");
         assert_eq!(payload_header(requests), "UNSIGNED-PAYLOAD", "{url}");
@@ -89,7 +89,7 @@ async fn over_https_and_to_aws_object_bodies_are_not_hashed_into_the_signature()
 #[tokio::test]
 async fn over_plain_http_object_bodies_are_signed() {
     let (sink, requests) = capturing_sink("s3://cache?endpoint=http://127.0.0.1:9000");
-    sink.put("x.narinfo", Bytes::from_static(BODY), "text/plain")
+    sink.put("x.narinfo", Bytes::from_static(BODY), "text/plain", None)
         .await
         .expect("the captured PUT succeeds");
     assert_eq!(payload_header(requests), hex_sha256(BODY));
