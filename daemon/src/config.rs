@@ -7,6 +7,7 @@
 //! Invariant: a [`Config`] holds only checked values. Unknown keys, wrong types and values out
 //! of range are errors that name the file and the key; nothing is silently ignored.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,6 +109,8 @@ pub struct Config {
     pub parallel_compression: bool,
     /// The URL consumers substitute from (`client-config`); `None` when unset or empty.
     pub public_url: Option<String>,
+    /// Where `/metrics` is served (Prometheus text format); `None` (the default) serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -152,6 +155,7 @@ impl Default for Config {
             upload_build_logs: false,
             max_build_log_bytes: DEFAULT_MAX_BUILD_LOG_BYTES,
             public_url: None,
+            metrics_listen: None,
         }
     }
 }
@@ -308,9 +312,6 @@ impl Config {
         if raw.write_nar_listing == Some(true) {
             return Err(invalid("write_nar_listing", NOT_YET.to_owned()));
         }
-        if raw.metrics_listen.is_some_and(|m| !m.is_empty()) {
-            return Err(invalid("metrics_listen", NOT_YET.to_owned()));
-        }
         let state_dir = match (env::path(env::STATE_DIR), raw.state_dir) {
             (Some(from_env), _) => from_env,
             (None, configured) => absolute("state_dir", configured, &defaults.state_dir)
@@ -354,6 +355,8 @@ impl Config {
             upstream_public_keys,
             refresh_after,
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
+            metrics_listen: check_listen_address(raw.metrics_listen)
+                .map_err(|r| invalid("metrics_listen", r))?,
             priority: raw.priority.unwrap_or(defaults.priority),
             ..defaults
         })
@@ -431,7 +434,7 @@ impl Config {
 }
 
 mod checks;
-use checks::{absolute, check_public_url, location, NOT_YET};
+use checks::{absolute, check_listen_address, check_public_url, location, NOT_YET};
 pub use checks::{check_concurrency, check_level};
 
 #[cfg(test)]

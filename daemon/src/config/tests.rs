@@ -88,7 +88,6 @@ metrics_listen = ""
 fn features_not_built_yet_are_refused_by_name_when_turned_on() {
     for (text, key) in [
         ("write_nar_listing = true\n", "write_nar_listing"),
-        ("metrics_listen = \"127.0.0.1:9184\"\n", "metrics_listen"),
         ("state_dir = \"relative\"\n", "state_dir"),
     ] {
         let err = parse(text).unwrap_err().to_string();
@@ -171,4 +170,28 @@ fn the_build_log_limit_is_configurable_and_not_zero() {
     let err = parse("max_build_log_bytes = 0\n").unwrap_err().to_string();
     assert!(err.contains("'max_build_log_bytes'"), "{err}");
     assert!(err.contains("at least 1"), "{err}");
+}
+
+#[test]
+fn metrics_listen_takes_an_ip_and_port_and_names_a_bad_value() {
+    assert_eq!(
+        parse("metrics_listen = \"\"\n").unwrap().metrics_listen,
+        None
+    );
+    let config = parse("metrics_listen = \"127.0.0.1:9184\"\n").unwrap();
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9184".parse().unwrap())
+    );
+    let config = parse("metrics_listen = \"[::1]:9184\"\n").unwrap();
+    assert_eq!(config.metrics_listen, Some("[::1]:9184".parse().unwrap()));
+    for bad in ["9184", "localhost:9184", "127.0.0.1:99999"] {
+        let err = parse(&format!("metrics_listen = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key 'metrics_listen'") && err.contains(&format!("'{bad}'")),
+            "{err}"
+        );
+    }
 }
