@@ -262,6 +262,12 @@ fn failed_attempts_and_retries_are_counted_by_class() {
         value(&samples, "narpush_last_upload_timestamp_seconds", &[]),
         0.0
     );
+    let text = String::from_utf8_lossy(&daemon.client(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("failures:    2 transient (1 retried), 0 permanent")
+            && text.lines().any(|l| l.starts_with("last transient: ")),
+        "{text}"
+    );
     assert!(
         status["failures"]["transient"]["last_error"]
             .as_str()

@@ -1,24 +1,37 @@
 //! `narpush status`: the queue at a glance, for a person (text) or a script (`--json`, the
-//! document described in docs/protocol.md).
+//! document described in docs/protocol.md); `--watch` redraws it until Ctrl-C ([`watch`]).
+
+mod watch;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use indicatif::{HumanBytes, HumanDuration};
 
 use super::Outcome;
 use narpush::control;
-use narpush::daemon::status::{ClosureStages, StatusReport};
+use narpush::daemon::activity::ClassFailures;
+use narpush::daemon::status::{ClosureStages, StatusReport, Upload};
 
 /// Uploads listed by the text output (largest first); `--json` has them all.
 const SHOWN_UPLOADS: usize = 10;
 
-/// Show the queue: counts per state, every upload in progress, retries and failures with their
-/// reasons, totals, and the public key(s) clients must trust.
+/// Show the queue: counts per state, every upload in progress with its rate and ETA, retries
+/// and failures with their reasons, totals, and the public key(s) clients must trust.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Print the status document as JSON (stable; see docs/protocol.md).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     json: bool,
+
+    /// Refresh until Ctrl-C (which exits 0): redrawn in place on a terminal, printed again
+    /// after a blank line otherwise.
+    #[arg(long)]
+    watch: bool,
+
+    /// How often --watch refreshes, e.g. "500ms", "2s" (at least 100ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "2s", requires = "watch")]
+    interval: Duration,
 
     /// The daemon's socket. Default: $NARPUSH_SOCKET, else `socket` from the config file,
     /// else /run/narpush/narpush.sock.
@@ -26,14 +39,64 @@ pub struct StatusArgs {
     socket: Option<PathBuf>,
 }
 
+/// The shortest `--interval`: each refresh scans the daemon's queue.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration like \"2s\" or \"500ms\": {e}"))?;
+    if interval < MIN_INTERVAL {
+        return Err(format!("'{text}' is below the shortest interval, 100ms"));
+    }
+    Ok(interval)
+}
+
 pub fn run(args: &StatusArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
-    let report = control::status(&control::socket_path(args.socket.as_deref(), config))?;
+    let socket = control::socket_path(args.socket.as_deref(), config);
+    if args.watch {
+        return watch::run(socket, args.interval);
+    }
+    let report = control::status(&socket)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));
     }
     Ok(Outcome::Success)
+}
+
+/// "40.0 MiB of 150.0 MiB NAR, 26%, 12.5 MiB/s, about 8 seconds left, for 3 seconds".
+fn progress(upload: &Upload) -> String {
+    let mut text = format!(
+        "{} of {} NAR",
+        HumanBytes(upload.nar_bytes_done),
+        HumanBytes(upload.nar_bytes_total)
+    );
+    if let Some(percent) = upload
+        .nar_bytes_done
+        .saturating_mul(100)
+        .checked_div(upload.nar_bytes_total)
+    {
+        text += &format!(", {percent}%");
+    }
+    if let Some(rate) = upload.bytes_per_sec {
+        // Whole bytes per second are precise enough to show.
+        text += &format!(", {}/s", HumanBytes(rate as u64));
+    }
+    if let Some(eta) = upload.eta_secs {
+        text += &format!(", about {} left", ago(eta));
+    }
+    text + &format!(", for {}", ago(upload.elapsed_secs))
+}
+
+/// "last transient: ERROR (5 seconds ago)", if that class failed since the start.
+fn last_error(class: &str, tally: &ClassFailures) -> Option<String> {
+    let error = tally.last_error.as_ref()?;
+    let when = tally
+        .last_error_secs_ago
+        .map(|secs| format!(" ({} ago)", ago(secs)))
+        .unwrap_or_default();
+    Some(format!("last {class}: {error}{when}"))
 }
 
 fn ago(secs: f64) -> HumanDuration {
@@ -71,11 +134,9 @@ pub fn render(report: &StatusReport) -> String {
     }
     for upload in report.uploads.iter().take(SHOWN_UPLOADS) {
         line(format!(
-            "uploading:   {} ({} of {} NAR, for {})",
+            "uploading:   {} ({})",
             upload.path,
-            HumanBytes(upload.nar_bytes_done),
-            HumanBytes(upload.nar_bytes_total),
-            ago(upload.elapsed_secs)
+            progress(upload)
         ));
     }
     if report.uploads.len() > SHOWN_UPLOADS {
@@ -84,17 +145,38 @@ pub fn render(report: &StatusReport) -> String {
             report.uploads.len() - SHOWN_UPLOADS
         ));
     }
+    let last = report
+        .last_upload_secs_ago
+        .map(|secs| format!("; the last {} ago", ago(secs)))
+        .unwrap_or_default();
     line(format!(
-        "uploaded:    {} path(s), {} NAR in total",
+        "uploaded:    {} path(s), {} NAR, {} stored in total{last}",
         report.uploaded.paths,
-        HumanBytes(report.uploaded.nar_bytes)
+        HumanBytes(report.uploaded.nar_bytes),
+        HumanBytes(report.uploaded.stored_bytes),
     ));
-    if report.skipped_upstream.paths > 0 {
+    if report.skipped_present > 0 || report.skipped_upstream.paths > 0 {
         line(format!(
-            "upstream:    {} path(s), {} NAR not uploaded since start: served upstream",
+            "skipped:     {} path(s) already in the cache, {} ({} NAR) served upstream, since start",
+            report.skipped_present,
             report.skipped_upstream.paths,
             HumanBytes(report.skipped_upstream.nar_bytes)
         ));
+    }
+    let failures = &report.failures;
+    if failures.transient.attempts > 0 || failures.permanent.attempts > 0 {
+        line(format!(
+            "failures:    {} transient ({} retried), {} permanent attempt(s) since start",
+            failures.transient.attempts, report.retries, failures.permanent.attempts
+        ));
+    }
+    for (class, tally) in [
+        ("transient", &failures.transient),
+        ("permanent", &failures.permanent),
+    ] {
+        if let Some(text) = last_error(class, tally) {
+            line(text);
+        }
     }
     for r in &report.retrying {
         line(format!(
