@@ -123,3 +123,27 @@ fn status_watch_refuses_json_and_a_too_short_interval() {
         );
     }
 }
+
+#[test]
+fn status_watch_redraws_in_place_on_a_terminal() {
+    let daemon = Daemon::start("", vec![]);
+    // `script` gives the command a pseudo-terminal; `timeout` sends the Ctrl-C (SIGINT).
+    let inner = format!(
+        "timeout --preserve-status -s INT 1.5 {} status --watch --interval 200ms",
+        bin("narpush").display()
+    );
+    let output = run(std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env("NARPUSH_SOCKET", &daemon.socket)
+        .env("NARPUSH_CONFIG", &daemon.config));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{:?}: {text:?}", output.status);
+    assert_eq!(text.matches("\x1b[2J").count(), 1, "{text:?}");
+    let frames = text.matches("\x1b[H").count();
+    assert!(frames >= 3, "{frames} redraws in 1.5 s: {text:?}");
+    assert!(
+        text.contains("0 done\x1b[K"),
+        "each line is cleared to its end: {text:?}"
+    );
+    assert_eq!(text.matches("\x1b[J").count(), frames, "{text:?}");
+}
