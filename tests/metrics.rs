@@ -294,3 +294,50 @@ fn a_metrics_address_in_use_stops_the_daemon_with_an_error_naming_it() {
     );
     drop(taken);
 }
+
+#[test]
+fn spooled_requests_are_counted_and_a_connected_scraper_does_not_hold_up_shutdown() {
+    let address = free_port();
+    let mut daemon = Daemon::configure(&format!("metrics_listen = \"{address}\""), vec![]);
+    // The daemon is not running: the hook spools the request, and the daemon reads it at start.
+    let (paths, built) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &unique("metrics-spool"))],
+        &daemon.hook_env(),
+    );
+    assert!(built.status.success(), "nix-build: {}", stderr(&built));
+    assert_eq!(daemon.spooled().len(), 1);
+    daemon.spawn();
+    daemon.wait_ok(60);
+
+    let samples = scrape(address);
+    assert_matches_status(&samples, &daemon.status_json());
+    assert_eq!(value(&samples, "narpush_spool_ingested_total", &[]), 1.0);
+    assert_eq!(
+        value(&samples, "narpush_requests_acknowledged_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(&samples, "narpush_uploaded_paths_total", &[]),
+        paths.len() as f64
+    );
+
+    // A scraper that keeps its connection open, as Prometheus does between scrapes.
+    let mut scraper = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(
+        &mut scraper,
+        format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(&mut scraper, &mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let stopping = std::time::Instant::now();
+    let stopped = daemon.terminate();
+    assert!(stopped.success(), "{stopped}\n{}", daemon.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+}
