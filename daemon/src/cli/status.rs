@@ -155,10 +155,15 @@ pub fn render(report: &StatusReport) -> String {
         HumanBytes(report.uploaded.nar_bytes),
         HumanBytes(report.uploaded.stored_bytes),
     ));
-    if report.skipped_present > 0 || report.skipped_upstream.paths > 0 {
+    if report.skipped_present > 0 {
         line(format!(
-            "skipped:     {} path(s) already in the cache, {} ({} NAR) served upstream, since start",
-            report.skipped_present,
+            "present:     {} path(s) not uploaded since start: already in the cache",
+            report.skipped_present
+        ));
+    }
+    if report.skipped_upstream.paths > 0 {
+        line(format!(
+            "upstream:    {} path(s), {} NAR not uploaded since start: served upstream",
             report.skipped_upstream.paths,
             HumanBytes(report.skipped_upstream.nar_bytes)
         ));
@@ -212,4 +217,45 @@ pub fn render(report: &StatusReport) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use narpush::daemon::activity::Failures;
+
+    #[test]
+    fn the_text_shows_rate_eta_skips_and_the_last_error_of_each_class() {
+        let report = StatusReport {
+            uploads: vec![Upload {
+                path: "/nix/store/aaaa-big".to_owned(),
+                nar_bytes_done: 50 << 20,
+                nar_bytes_total: 200 << 20,
+                elapsed_secs: 5.0,
+                bytes_per_sec: Some(10.0 * 1024.0 * 1024.0),
+                eta_secs: Some(15.0),
+            }],
+            skipped_present: 3,
+            failures: Failures {
+                transient: ClassFailures {
+                    attempts: 2,
+                    last_error: Some("PUT nar/x: 503 SlowDown".to_owned()),
+                    last_error_secs_ago: Some(4.0),
+                },
+                permanent: ClassFailures::default(),
+            },
+            retries: 2,
+            ..StatusReport::default()
+        };
+        let text = render(&report);
+        for expected in [
+            "uploading:   /nix/store/aaaa-big (50.00 MiB of 200.00 MiB NAR, 25%, 10.00 MiB/s, about 15 seconds left, for 5 seconds)",
+            "present:     3 path(s) not uploaded since start: already in the cache",
+            "failures:    2 transient (2 retried), 0 permanent attempt(s) since start",
+            "last transient: PUT nar/x: 503 SlowDown (4 seconds ago)",
+        ] {
+            assert!(text.lines().any(|l| l == expected), "{expected}\nnot in\n{text}");
+        }
+        assert!(!text.contains("last permanent"), "{text}");
+    }
 }

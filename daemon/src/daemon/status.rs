@@ -262,3 +262,34 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
     report.requests = shared.activity.requests();
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_has_a_rate_and_eta_once_bytes_flowed() {
+        let upload = Upload::new("/nix/store/x".to_owned(), 40, 100, 2.0);
+        assert_eq!(upload.bytes_per_sec, Some(20.0));
+        assert_eq!(upload.eta_secs, Some(3.0));
+        let starting = Upload::new("/nix/store/x".to_owned(), 0, 100, 0.5);
+        assert_eq!((starting.bytes_per_sec, starting.eta_secs), (None, None));
+        let instant = Upload::new("/nix/store/x".to_owned(), 10, 100, 0.0);
+        assert_eq!((instant.bytes_per_sec, instant.eta_secs), (None, None));
+    }
+
+    #[test]
+    fn a_version_2_document_reads_with_the_new_fields_absent() {
+        let old = r#"{"version":2,"target":"file:///c","public_keys":[],
+            "counts":{"pending":0,"uploading":0,"done":1,"failed":0},"oldest_waiting_secs":null,
+            "uploads":[{"path":"/nix/store/x","nar_bytes_done":1,"nar_bytes_total":2,
+            "elapsed_secs":1.0}],
+            "closure":{"resolving":0,"checking":0,"storing":0,"waiting_for_references":0,
+            "publishing":0},"retrying":[],"failed":[],"uploaded":{"paths":1,"nar_bytes":2}}"#;
+        let report: StatusReport = serde_json::from_str(old).unwrap();
+        assert_eq!(report.uploaded.stored_bytes, 0);
+        assert_eq!(report.uploads[0].bytes_per_sec, None);
+        assert_eq!(report.failures, Failures::default());
+        assert_eq!(report.last_upload_unix_secs, None);
+    }
+}
