@@ -29,6 +29,11 @@ let
   stateDir = cfg.settings.state_dir;
   spoolDir = if cfg.settings.spool_dir != null then cfg.settings.spool_dir else "${stateDir}/spool";
 
+  # `IP:PORT` or `[IPv6]:PORT`: the port, or null when metricsListen has none.
+  metricsPort =
+    let m = builtins.match ".*:([0-9]+)" (toString cfg.metricsListen);
+    in if cfg.metricsListen == null || m == null then null else lib.toInt (builtins.head m);
+
   inStore = path: lib.hasPrefix "${builtins.storeDir}/" (toString path);
 
   # What the daemon reads: the user's settings, minus unset optional keys (TOML has no null),
@@ -36,6 +41,7 @@ let
   daemonSettings =
     lib.filterAttrs (_: value: value != null) cfg.settings
     // lib.optionalAttrs (cfg.target != null) { target = cfg.target; }
+    // lib.optionalAttrs (cfg.metricsListen != null) { metrics_listen = cfg.metricsListen; }
     // lib.optionalAttrs (cfg.secretKeyFiles != [ ]) {
       secret_key_files = lib.imap0 (i: _: "${credentialsDir}/${keyCredential i}") cfg.secretKeyFiles;
     };
@@ -113,6 +119,27 @@ in
         start (as agenix or sops-nix write them): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
         or `NARPUSH_SIGNING_KEY` (a secret key's text, used when
         {option}`services.narpush.secretKeyFiles` is empty). Keep it outside the Nix store.
+      '';
+    };
+
+    metricsListen = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "127.0.0.1:9184";
+      description = ''
+        Serve Prometheus metrics at `http://ADDRESS/metrics` (the `metrics_listen` key:
+        `IP:PORT`, `[::1]:9184` for IPv6). `null`: no endpoint. The metrics name no store path,
+        URL or secret, but whoever can connect learns the queue's size and failure counts: keep
+        the address on loopback or a private network.
+      '';
+    };
+
+    openMetrics = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Open the TCP port of {option}`services.narpush.metricsListen` in the firewall, for a
+        Prometheus server on another machine.
       '';
     };
 
@@ -268,6 +295,18 @@ in
           message = "services.narpush.environmentFile: ${toString cfg.environmentFile} is in the Nix store, where it would be world-readable. Keep it outside the store and give its path as a string.";
         }
         {
+          assertion = !(cfg.settings ? metrics_listen);
+          message = "services.narpush.settings: set services.narpush.metricsListen instead of settings.metrics_listen.";
+        }
+        {
+          assertion = cfg.metricsListen == null || metricsPort != null;
+          message = "services.narpush.metricsListen: ${toString cfg.metricsListen} is not IP:PORT (e.g. 127.0.0.1:9184 or [::1]:9184).";
+        }
+        {
+          assertion = cfg.openMetrics -> cfg.metricsListen != null;
+          message = "services.narpush.openMetrics: set services.narpush.metricsListen too, or there is no port to open.";
+        }
+        {
           assertion = !(cfg.settings ? target);
           message = "services.narpush.settings: set services.narpush.target instead of settings.target.";
         }
@@ -283,6 +322,7 @@ in
         "services.narpush.target is an s3:// URL but neither services.narpush.credentialsFile nor services.narpush.environmentFile is set: the daemon will find no S3 credentials unless you pass AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to narpush.service yourself.";
 
     environment.systemPackages = [ cfg.package ];
+    networking.firewall.allowedTCPPorts = lib.mkIf (cfg.openMetrics && metricsPort != null) [ metricsPort ];
     # So that `narpush status`, `wait`, `push` and `retry` find a moved socket without --socket.
     environment.variables = lib.optionalAttrs (cfg.settings.socket != defaultSocket) {
       NARPUSH_SOCKET = cfg.settings.socket;

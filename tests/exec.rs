@@ -249,3 +249,24 @@ fn a_signal_while_waiting_for_uploads_stops_the_wait_and_reports_what_is_left() 
         stderr(&output)
     );
 }
+
+#[test]
+fn exec_ignores_metrics_listen_so_the_machines_daemon_keeps_its_port() {
+    // The machine's daemon holds the metrics address of the shared config file.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("narpush.toml");
+    std::fs::write(
+        &config,
+        format!("metrics_listen = \"{}\"\n", taken.local_addr().unwrap()),
+    )
+    .unwrap();
+    let output = run(exec(dir.path())
+        .env("NARPUSH_CONFIG", &config)
+        .args(["--", "sh", "-c"])
+        .arg(nix_build_line("single.nix", &unique("exec-metrics"), "")));
+    assert!(output.status.success(), "exec: {}", stderr(&output));
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let cache = dir.path().join("cache");
+    assert!(cache.join(format!("{}.narinfo", hash_part(&path))).exists());
+}

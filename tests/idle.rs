@@ -1,7 +1,9 @@
 //! What an operator sees when the daemon has nothing to do: it sleeps. Measured as the CPU time
 //! the kernel charged to the real `narpush daemon` process (`/proc/PID/stat`, user + system)
-//! over ten seconds, with an empty queue and with a path waiting out its retry delay.
+//! over ten seconds, with an empty queue (and the metrics endpoint on, a scraper connected) and
+//! with a path waiting out its retry delay.
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use narpush_e2e::daemon::Daemon;
@@ -39,10 +41,19 @@ fn assert_sleeps(daemon: &Daemon, what: &str) {
 
 #[test]
 fn an_idle_daemon_sleeps() {
-    let daemon = Daemon::start("", vec![]);
+    // With the metrics endpoint on, and scraped once (as Prometheus would, keeping its
+    // connection open): nothing may tick between scrapes.
+    let address = free_port();
+    let daemon = Daemon::start(&format!("metrics_listen = \"{address}\""), vec![]);
+    let mut scraper = std::net::TcpStream::connect(address).expect("metrics endpoint");
+    write!(scraper, "GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    scraper.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "{}", daemon.log());
     // Let start-up work (key generation, first spool scan) finish before measuring.
     std::thread::sleep(Duration::from_secs(1));
-    assert_sleeps(&daemon, "an idle daemon");
+    assert_sleeps(&daemon, "an idle daemon with metrics on");
+    drop(scraper);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! Invariant: a [`Config`] holds only checked values. Unknown keys, wrong types and values out
 //! of range are errors that name the file and the key; nothing is silently ignored.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,6 +113,8 @@ pub struct Config {
     pub write_nar_listing: bool,
     /// How listings are compressed (target URL only: `ls-compression`).
     pub ls_compression: Compression,
+    /// Where `/metrics` is served (Prometheus text format); `None` (the default) serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -158,6 +161,7 @@ impl Default for Config {
             public_url: None,
             write_nar_listing: false,
             ls_compression: Compression::None,
+            metrics_listen: None,
         }
     }
 }
@@ -310,10 +314,6 @@ impl Config {
             Some(bytes) => bytes,
             None => defaults.max_build_log_bytes,
         };
-        // Accepted so configurations written for the full design load; refused until built.
-        if raw.metrics_listen.is_some_and(|m| !m.is_empty()) {
-            return Err(invalid("metrics_listen", NOT_YET.to_owned()));
-        }
         let state_dir = match (env::path(env::STATE_DIR), raw.state_dir) {
             (Some(from_env), _) => from_env,
             (None, configured) => absolute("state_dir", configured, &defaults.state_dir)
@@ -357,6 +357,8 @@ impl Config {
             upstream_public_keys,
             refresh_after,
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
+            metrics_listen: check_listen_address(raw.metrics_listen)
+                .map_err(|r| invalid("metrics_listen", r))?,
             priority: raw.priority.unwrap_or(defaults.priority),
             write_nar_listing: raw.write_nar_listing.unwrap_or(defaults.write_nar_listing),
             ..defaults
@@ -442,7 +444,7 @@ impl Config {
 }
 
 mod checks;
-use checks::{absolute, check_public_url, location, NOT_YET};
+use checks::{absolute, check_listen_address, check_public_url, location};
 pub use checks::{check_concurrency, check_level};
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! `state` (pending | uploading | done | failed), `attempts`, `next_attempt_ms` (Unix ms),
 //! `last_error`, `arrived_ms`, `source` (hook | spool | push), `drv`, `updated_ms`.
 //! Tree `stats`, key = counter name, value = u64 big-endian: `uploaded_paths`,
-//! `uploaded_bytes` (NAR bytes).
+//! `uploaded_bytes` (NAR bytes), `uploaded_stored_bytes` (compressed bytes written),
+//! `last_upload_ms` (Unix ms of the last published path). They only ever grow, so the
+//! metrics built on them are true Prometheus counters across restarts.
 //!
 //! A record that does not decode is skipped by every reader and reported
 //! ([`Scan::corrupt`], shown by `status` as a failure); it never stops the rest of the queue.
@@ -67,6 +69,31 @@ pub const MAX_DONE: usize = 10_000;
 pub const DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How long [`Queue::reopen`] waits for the failed handle to let go of sled's file lock.
 const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Counter names in the `stats` tree.
+const STAT_PATHS: &str = "uploaded_paths";
+const STAT_NAR_BYTES: &str = "uploaded_bytes";
+const STAT_STORED_BYTES: &str = "uploaded_stored_bytes";
+const STAT_LAST_MS: &str = "last_upload_ms";
+
+/// Paths published since the queue was created (counters kept in the `stats` tree).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadTotals {
+    pub paths: u64,
+    /// Uncompressed NAR bytes.
+    pub nar_bytes: u64,
+    /// Bytes written to the cache (compressed NARs); 0 for uploads before it was counted.
+    pub stored_bytes: u64,
+    /// When the last path was published (Unix ms), if one ever was.
+    pub last_ms: Option<u64>,
+}
+
+/// A `stats` value: u64 big-endian; absent or malformed reads as 0.
+fn decode_stat(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
 
 /// A path to add, as a request names it.
 #[derive(Clone, Debug)]
@@ -249,30 +276,44 @@ impl Queue {
         Ok(scan)
     }
 
-    pub fn add_uploaded(&self, paths: u64, bytes: u64) -> Result<(), QueueError> {
+    /// Counts one published path: its NAR bytes, its stored (compressed) bytes, and now as
+    /// the time of the last successful upload.
+    pub fn add_uploaded(&self, nar_bytes: u64, stored_bytes: u64) -> Result<(), QueueError> {
+        let now = now_ms();
         self.with(|h| {
-            for (name, amount) in [("uploaded_paths", paths), ("uploaded_bytes", bytes)] {
+            for (name, amount) in [
+                (STAT_PATHS, 1),
+                (STAT_NAR_BYTES, nar_bytes),
+                (STAT_STORED_BYTES, stored_bytes),
+            ] {
                 h.stats.fetch_and_update(name, |old| {
-                    let current = old
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, u64::from_be_bytes);
-                    Some(current.saturating_add(amount).to_be_bytes().to_vec())
+                    Some(
+                        decode_stat(old)
+                            .saturating_add(amount)
+                            .to_be_bytes()
+                            .to_vec(),
+                    )
                 })?;
             }
+            h.stats.fetch_and_update(STAT_LAST_MS, |old| {
+                Some(decode_stat(old).max(now).to_be_bytes().to_vec())
+            })?;
             Ok(())
         })
     }
 
-    /// (`uploaded_paths`, `uploaded_bytes`) since the queue was created.
-    pub fn uploaded(&self) -> Result<(u64, u64), QueueError> {
+    /// What was published since the queue was created.
+    pub fn uploaded(&self) -> Result<UploadTotals, QueueError> {
         self.with(|h| {
             let read = |name: &str| -> Result<u64, QueueError> {
-                Ok(h.stats
-                    .get(name)?
-                    .and_then(|b| b.as_ref().try_into().ok())
-                    .map_or(0, u64::from_be_bytes))
+                Ok(decode_stat(h.stats.get(name)?.as_deref()))
             };
-            Ok((read("uploaded_paths")?, read("uploaded_bytes")?))
+            Ok(UploadTotals {
+                paths: read(STAT_PATHS)?,
+                nar_bytes: read(STAT_NAR_BYTES)?,
+                stored_bytes: read(STAT_STORED_BYTES)?,
+                last_ms: Some(read(STAT_LAST_MS)?).filter(|&ms| ms > 0),
+            })
         })
     }
 

@@ -131,6 +131,19 @@ let
       };
     };
   };
+  withMetrics = eval {
+    settings = {
+      enable = true;
+      metricsListen = "[::]:9184";
+      openMetrics = true;
+    };
+  };
+  metricsOnLoopback = eval {
+    settings = {
+      enable = true;
+      metricsListen = "127.0.0.1:9185";
+    };
+  };
   # Another module owns post-build-hook.
   hookElsewhere = eval {
     settings = {
@@ -290,6 +303,15 @@ let
       users = { };
     })
 
+    # Metrics: the key rendered, the port opened only when asked.
+    (expectEq "metrics: no failed assertions" withMetrics.failedAssertions [ ])
+    (expectEq "metrics: metricsListen renders metrics_listen" withMetrics.rendered.metrics_listen "[::]:9184")
+    (expectEq "metrics: openMetrics opens the port" withMetrics.config.networking.firewall.allowedTCPPorts [ 9184 ])
+    (expectEq "metrics: without openMetrics no port opens"
+      (metricsOnLoopback.config.networking.firewall.allowedTCPPorts or [ ])
+      [ ])
+    (expectEq "metrics: off by default" (minimal.rendered ? metrics_listen) false)
+
     # Every option set.
     (expectEq "full: no failed assertions" full.failedAssertions [ ])
     (expectEq "full: rendered target, keys and settings" {
@@ -398,12 +420,30 @@ let
         environmentFile = storeKey;
       };
     }) "environmentFile: ${storeKey} is in the Nix store")
-    (expectRefused "refused: options of unbuilt features do not exist" (refusal {
+    (expectRefused "refused: options the module does not have" (refusal {
       settings = {
         enable = true;
-        metricsListen = "127.0.0.1:9184";
+        noSuchOption = true;
       };
     }) "type error")
+    (expectRefused "refused: settings.metrics_listen instead of metricsListen" (refusal {
+      settings = {
+        enable = true;
+        settings.metrics_listen = "127.0.0.1:9184";
+      };
+    }) "instead of settings.metrics_listen")
+    (expectRefused "refused: openMetrics without metricsListen" (refusal {
+      settings = {
+        enable = true;
+        openMetrics = true;
+      };
+    }) "no port to open")
+    (expectRefused "refused: metricsListen without a port" (refusal {
+      settings = {
+        enable = true;
+        metricsListen = "127.0.0.1";
+      };
+    }) "is not IP:PORT")
     (expectRefused "refused: relative state_dir" (refusal {
       settings = {
         enable = true;

@@ -8,6 +8,7 @@
 pub mod cache_watch;
 pub mod daemon;
 pub mod fault_proxy;
+pub mod metrics;
 pub mod moto;
 
 use std::collections::BTreeMap;

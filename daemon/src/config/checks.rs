@@ -2,12 +2,11 @@
 //!
 //! Invariant: each check either returns the value unchanged or a reason that names the value.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::MAX_CONCURRENCY;
 use crate::engine::compress::Compression;
-
-pub(super) const NOT_YET: &str = "not supported by this version of narpush yet (leave it unset)";
 
 /// A configured path, which must be absolute, or the default.
 pub(super) fn absolute(
@@ -37,6 +36,16 @@ pub(super) fn check_public_url(value: Option<String>) -> Result<Option<String>, 
             "'{text}' has scheme '{other}'; Nix substitutes from https://, http://, file:// or s3://"
         )),
     }
+}
+
+/// An address to listen on, `IP:PORT` (`[::1]:9184` for IPv6); empty means off.
+pub(super) fn check_listen_address(value: Option<String>) -> Result<Option<SocketAddr>, String> {
+    let Some(text) = value.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    text.parse::<SocketAddr>().map(Some).map_err(|e| {
+        format!("'{text}' is not an address like \"127.0.0.1:9184\" or \"[::1]:9184\": {e}")
+    })
 }
 
 /// Checks a concurrency limit (`jobs`, `parallel_requests`).

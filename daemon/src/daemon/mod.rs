@@ -9,20 +9,23 @@
 //! - [`spool`]: requests the hook left on disk while the daemon was away;
 //! - [`pipeline`]: due queue entries into the upload engine, and its outcomes back into the
 //!   queue (retries, GC roots, build logs via [`logs`]);
-//! - [`status`]: what `narpush status` shows.
+//! - [`status`]: what `narpush status` shows, partly from [`activity`] (what happened since
+//!   the start); [`metrics`]: the same numbers for Prometheus (`metrics_listen`).
 //!
 //! # Shutdown protocol
 //!
 //! SIGTERM or SIGINT cancels the stop token, which every task selects on. The server stops
-//! accepting; the spool watcher stops; the pipeline takes no new entries; the engine gives the
+//! accepting; the spool watcher and the metrics endpoint stop; the pipeline takes no new entries; the engine gives the
 //! work in flight [`DRAIN_TIMEOUT`] to finish and aborts the rest, while the pipeline records
 //! every outcome that still arrives. Connection handlers and log uploads are waited for (they
 //! are bounded in time themselves). Whatever is still `uploading` then goes back to `pending`,
 //! the queue is flushed, and the process exits 0. Multipart uploads cut off this way are left
 //! for the bucket's lifecycle rule; their paths are uploaded again on start.
 
+pub mod activity;
 pub mod enqueue;
 pub mod logs;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod settings;
@@ -73,6 +76,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!(public_key = %key, target = %settings.target_url, "narpush daemon starting");
     }
     let (listener, bound_path) = server::listen(&config.socket)?;
+    let metrics_listener = config.metrics_listen.map(metrics::listen).transpose()?;
     let stop = CancellationToken::new();
     let (engine, reports, engine_task) =
         Engine::start(settings.engine.clone(), stop.clone(), DRAIN_TIMEOUT);
@@ -101,6 +105,12 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::spawn(pipeline::run(shared.clone(), reports)),
     );
     let engine_task = watched("engine", engine_task);
+    let metrics = metrics_listener.map(|listener| {
+        watched(
+            "metrics",
+            tokio::spawn(metrics::serve(listener, shared.clone())),
+        )
+    });
     notify_ready();
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -118,6 +128,9 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     stop.cancel();
     let _ = server.await;
     let _ = spool.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let _ = engine_task.await;
     let _ = pipeline.await;
     shared.tasks.close();

@@ -176,15 +176,20 @@ fn record(shared: &Shared, books: &mut Books, report: Report) -> Option<Instant>
     match report {
         Report::TopDone(path) => finish(shared, books, &path, None),
         Report::TopFailed { top, failure } => finish(shared, books, &top, Some(&failure)),
-        Report::Uploaded { path, nar_size, .. } => {
+        Report::Uploaded {
+            path,
+            nar_size,
+            file_size,
+        } => {
             tracing::debug!(%path, nar_size, "published");
-            if let Err(e) = shared.queue.add_uploaded(1, nar_size) {
+            if let Err(e) = shared.queue.add_uploaded(nar_size, file_size) {
                 tracing::warn!("cannot count uploads: {e}");
             }
             None
         }
         Report::Present(path) => {
             tracing::debug!(%path, "already in the cache");
+            shared.activity.present();
             None
         }
         Report::Upstream { path, .. } => {
@@ -219,7 +224,14 @@ fn finish(
     let attempts = entry.as_ref().map_or(1, |e| e.attempts.max(1));
     let outcome = match failure {
         None => Outcome::Done,
-        Some(failure) => outcome_of_failure(&settings, attempts, failure),
+        Some(failure) => {
+            let outcome = outcome_of_failure(&settings, attempts, failure);
+            let retried = matches!(outcome, Outcome::RetryAt { .. });
+            shared
+                .activity
+                .failed(failure.class, &failure.message, retried);
+            outcome
+        }
     };
     if entry.is_none() {
         // Pruned or never queued: nothing will look at the path again, so keep no root.

@@ -182,7 +182,10 @@ async fn dispatch(request: Request, uid: u32, shared: &Shared) -> Response {
                 source
             };
             match enqueue::enqueue(shared, source, drv.as_deref(), &outs).await {
-                Ok(count) => Response::Ok(format!("queued {count} path(s)")),
+                Ok(count) => {
+                    shared.activity.acknowledged();
+                    Response::Ok(format!("queued {count} path(s)"))
+                }
                 Err(e) => Response::Error(error_chain(&e)),
             }
         }

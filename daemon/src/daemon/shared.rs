@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::activity::Activity;
 use super::settings::Settings;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The daemon's own uid, which may always enqueue.
     pub own_uid: u32,
+    /// What happened since the start that the queue does not keep (for status and metrics).
+    pub activity: Activity,
     config_path: Option<PathBuf>,
 }
 
@@ -57,6 +60,7 @@ impl Shared {
             stop,
             tasks: TaskTracker::new(),
             own_uid: nix::unistd::geteuid().as_raw(),
+            activity: Activity::default(),
             config_path,
         }
     }
@@ -95,6 +99,9 @@ impl Shared {
             if before != after {
                 tracing::warn!("{what} changed; it takes effect at the next restart");
             }
+        }
+        if old.config.metrics_listen != new.config.metrics_listen {
+            tracing::warn!("metrics_listen changed; it takes effect at the next restart");
         }
         tracing::info!(target = %new.target_url, "configuration reloaded");
         self.engine.reconfigure(new.engine.clone());

@@ -150,6 +150,7 @@ async fn ingest(shared: &Shared, dir: &Path, file: &Path) -> Ingested {
     };
     match enqueue::enqueue(shared, Source::Spool, drv.as_deref(), &outs).await {
         Ok(count) => {
+            shared.activity.spool_ingested();
             if let Err(e) = std::fs::remove_file(file) {
                 tracing::warn!(file = %file.display(), "queued but cannot remove: {e}");
             } else {

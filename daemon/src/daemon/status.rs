@@ -7,11 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{now_ms, QueueError, State};
 
+use super::activity::{Failures, Requests};
 use super::shared::Shared;
 
 /// Version 2: every NAR upload in flight (`uploads`) and the closure members by stage
 /// (`closure`) replace version 1's single `uploading` batch.
-pub const STATUS_VERSION: u32 = 2;
+/// Version 3 adds each upload's rate and ETA, `uploaded.stored_bytes`, `last_upload_*`,
+/// `skipped_present`, `failures` by class, `retries` and `requests`; nothing changed meaning.
+pub const STATUS_VERSION: u32 = 3;
 /// Rejected spool files listed at most (all are counted).
 const MAX_REJECTED_LISTED: usize = 100;
 
@@ -30,10 +33,28 @@ pub struct StatusReport {
     /// Paths waiting for another attempt after a transient failure.
     pub retrying: Vec<Retrying>,
     pub failed: Vec<Failed>,
+    /// Paths published since the queue was created.
     pub uploaded: Uploaded,
+    /// When the last path was published (Unix seconds), and how long ago.
+    #[serde(default)]
+    pub last_upload_unix_secs: Option<f64>,
+    #[serde(default)]
+    pub last_upload_secs_ago: Option<f64>,
     /// Paths not uploaded because an upstream cache serves them, since the daemon started.
     #[serde(default)]
-    pub skipped_upstream: Uploaded,
+    pub skipped_upstream: Skipped,
+    /// Paths not uploaded because the cache already had them, since the daemon started.
+    #[serde(default)]
+    pub skipped_present: u64,
+    /// Failed upload attempts by class since the daemon started, each with its last error.
+    #[serde(default)]
+    pub failures: Failures,
+    /// Failed attempts followed by another (after a backoff), since the daemon started.
+    #[serde(default)]
+    pub retries: u64,
+    /// Requests taken since the daemon started.
+    #[serde(default)]
+    pub requests: Requests,
     /// Requests the hook left in the spool directory (added in version 2; absent from older
     /// daemons).
     #[serde(default)]
@@ -69,6 +90,26 @@ pub struct Upload {
     pub nar_bytes_done: u64,
     pub nar_bytes_total: u64,
     pub elapsed_secs: f64,
+    /// NAR bytes per second since the upload started (absent before the first byte).
+    #[serde(default)]
+    pub bytes_per_sec: Option<f64>,
+    /// Seconds left at that rate.
+    #[serde(default)]
+    pub eta_secs: Option<f64>,
+}
+
+impl Upload {
+    fn new(path: String, done: u64, total: u64, elapsed_secs: f64) -> Upload {
+        let rate = (done > 0 && elapsed_secs > 0.0).then(|| done as f64 / elapsed_secs);
+        Upload {
+            path,
+            nar_bytes_done: done,
+            nar_bytes_total: total,
+            elapsed_secs,
+            bytes_per_sec: rate,
+            eta_secs: rate.map(|rate| total.saturating_sub(done) as f64 / rate),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -98,6 +139,15 @@ pub struct Failed {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Uploaded {
+    pub paths: u64,
+    pub nar_bytes: u64,
+    /// Bytes written to the cache (compressed NARs); counted since version 3.
+    #[serde(default)]
+    pub stored_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Skipped {
     pub paths: u64,
     pub nar_bytes: u64,
 }
@@ -169,11 +219,13 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
     streams.sort_by_key(|s| std::cmp::Reverse(s.nar_size));
     report.uploads = streams
         .iter()
-        .map(|s| Upload {
-            path: s.path.to_absolute(),
-            nar_bytes_done: s.nar_bytes_done(),
-            nar_bytes_total: s.nar_size,
-            elapsed_secs: secs(u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        .map(|s| {
+            Upload::new(
+                s.path.to_absolute(),
+                s.nar_bytes_done(),
+                s.nar_size,
+                s.started.elapsed().as_secs_f64(),
+            )
         })
         .collect();
     let stages = view.stages();
@@ -194,9 +246,50 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
             .map(|(file, reason)| RejectedFile { file, reason })
             .collect(),
     };
-    let (paths, nar_bytes) = shared.queue.uploaded()?;
-    report.uploaded = Uploaded { paths, nar_bytes };
+    let totals = shared.queue.uploaded()?;
+    report.uploaded = Uploaded {
+        paths: totals.paths,
+        nar_bytes: totals.nar_bytes,
+        stored_bytes: totals.stored_bytes,
+    };
+    report.last_upload_unix_secs = totals.last_ms.map(secs);
+    report.last_upload_secs_ago = totals.last_ms.map(|at| secs(now.saturating_sub(at)));
     let (paths, nar_bytes) = view.upstream();
-    report.skipped_upstream = Uploaded { paths, nar_bytes };
+    report.skipped_upstream = Skipped { paths, nar_bytes };
+    report.skipped_present = shared.activity.present_paths();
+    report.failures = shared.activity.failures(now);
+    report.retries = shared.activity.retries();
+    report.requests = shared.activity.requests();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_has_a_rate_and_eta_once_bytes_flowed() {
+        let upload = Upload::new("/nix/store/x".to_owned(), 40, 100, 2.0);
+        assert_eq!(upload.bytes_per_sec, Some(20.0));
+        assert_eq!(upload.eta_secs, Some(3.0));
+        let starting = Upload::new("/nix/store/x".to_owned(), 0, 100, 0.5);
+        assert_eq!((starting.bytes_per_sec, starting.eta_secs), (None, None));
+        let instant = Upload::new("/nix/store/x".to_owned(), 10, 100, 0.0);
+        assert_eq!((instant.bytes_per_sec, instant.eta_secs), (None, None));
+    }
+
+    #[test]
+    fn a_version_2_document_reads_with_the_new_fields_absent() {
+        let old = r#"{"version":2,"target":"file:///c","public_keys":[],
+            "counts":{"pending":0,"uploading":0,"done":1,"failed":0},"oldest_waiting_secs":null,
+            "uploads":[{"path":"/nix/store/x","nar_bytes_done":1,"nar_bytes_total":2,
+            "elapsed_secs":1.0}],
+            "closure":{"resolving":0,"checking":0,"storing":0,"waiting_for_references":0,
+            "publishing":0},"retrying":[],"failed":[],"uploaded":{"paths":1,"nar_bytes":2}}"#;
+        let report: StatusReport = serde_json::from_str(old).unwrap();
+        assert_eq!(report.uploaded.stored_bytes, 0);
+        assert_eq!(report.uploads[0].bytes_per_sec, None);
+        assert_eq!(report.failures, Failures::default());
+        assert_eq!(report.last_upload_unix_secs, None);
+    }
 }

@@ -1,6 +1,7 @@
 //! What the engine is doing right now, readable from other tasks while it works: every NAR
 //! being streamed with its progress, how many paths wait at each stage, and the NAR bytes
-//! streamed in all. `narpush status` and `narpush upload`'s progress line read it.
+//! streamed in all, and how long finished NAR uploads took. `narpush status`, the metrics
+//! endpoint and `narpush upload`'s progress line read it.
 //!
 //! The byte counters are atomics, so the blocking NAR producer threads feed them directly;
 //! the lists sit behind a `std::sync::Mutex` that is never held across an `.await`.
@@ -10,7 +11,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::format::store_path::StorePath;
+
+/// Upper bounds of the duration buckets, in seconds: 50 ms to an hour.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+];
+/// Upper bounds of the size buckets, in bytes: 4 KiB to 64 GiB, by fours.
+const SIZE_BUCKETS: [f64; 13] = [
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+    268_435_456.0,
+    1_073_741_824.0,
+    4_294_967_296.0,
+    17_179_869_184.0,
+    68_719_476_736.0,
+];
+
+/// NAR uploads that finished (stored in the cache), as histograms in base units. The
+/// histograms are shared handles: the metrics endpoint registers clones of them.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// Seconds from the start of the NAR stream to the last part stored.
+    pub seconds: Histogram,
+    /// Uncompressed NAR size.
+    pub nar_bytes: Histogram,
+}
+
+impl Default for Finished {
+    fn default() -> Finished {
+        Finished {
+            seconds: Histogram::new(DURATION_BUCKETS),
+            nar_bytes: Histogram::new(SIZE_BUCKETS),
+        }
+    }
+}
 
 /// How far one NAR upload has got.
 #[derive(Debug)]
@@ -57,6 +100,7 @@ pub struct EngineView {
     nar_bytes: Arc<AtomicU64>,
     upstream_paths: AtomicU64,
     upstream_nar_bytes: AtomicU64,
+    finished: Finished,
 }
 
 impl EngineView {
@@ -93,6 +137,18 @@ impl EngineView {
     /// NAR bytes streamed since the engine started.
     pub fn nar_bytes(&self) -> u64 {
         self.nar_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records a NAR stored in the cache.
+    pub fn stream_finished(&self, nar_size: u64, elapsed: std::time::Duration) {
+        self.finished.seconds.observe(elapsed.as_secs_f64());
+        // f64 is exact up to 2^53 bytes, far beyond any NAR.
+        self.finished.nar_bytes.observe(nar_size as f64);
+    }
+
+    /// The histograms of finished NAR uploads.
+    pub fn finished(&self) -> &Finished {
+        &self.finished
     }
 
     /// Counts a path not uploaded because an upstream cache serves it.

@@ -131,8 +131,12 @@ pub(super) async fn store_nar(
         }
     }
     let listed = view.start_stream(&info.path, info.nar_size);
-    let stored = stream::store_nar(&config.sink, info, settings, listed.progress()).await;
+    let progress = listed.progress();
+    let stored = stream::store_nar(&config.sink, info, settings, progress.clone()).await;
     drop(listed);
+    if stored.is_ok() {
+        view.stream_finished(info.nar_size, progress.started.elapsed());
+    }
     let stored = stored?;
     if let (Some(listing), Some(compression)) = (&stored.listing, settings.listing) {
         // Before the narinfo, which is published only once this task has returned.

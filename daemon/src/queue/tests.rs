@@ -152,9 +152,18 @@ async fn prune_drops_old_done_entries_only() {
 async fn upload_counters_accumulate() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    queue.add_uploaded(2, 100).unwrap();
-    queue.add_uploaded(1, 50).unwrap();
-    assert_eq!(queue.uploaded().unwrap(), (3, 150));
+    assert_eq!(queue.uploaded().unwrap(), UploadTotals::default());
+    let before = now_ms();
+    queue.add_uploaded(100, 40).unwrap();
+    queue.add_uploaded(50, 20).unwrap();
+    let totals = queue.uploaded().unwrap();
+    assert_eq!(
+        (totals.paths, totals.nar_bytes, totals.stored_bytes),
+        (2, 150, 60)
+    );
+    assert!(totals
+        .last_ms
+        .is_some_and(|ms| ms >= before && ms <= now_ms()));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! and not the daemon, which `exec` stops itself once the uploads are done.
 //!
 //! Invariant: the private configuration is the user's configuration with only the keys below
-//! replaced or added, so every other setting (target URL text, compression, limits) is the
+//! replaced, added or (`metrics_listen`) removed, so every other setting (target URL text, compression, limits) is the
 //! one the user wrote and the daemon checks it the same way.
 
 use std::os::unix::fs::PermissionsExt;
@@ -69,6 +69,9 @@ impl PrivateDaemon {
         let gc_roots = narpush::default_paths::default_gc_roots_dir()
             .with_file_name(format!("narpush-exec-{}", std::process::id()));
         let mut table = user_table(config)?;
+        // The machine's daemon may serve metrics on that address; a run of exec has nothing
+        // to serve for longer than a scrape interval.
+        table.remove("metrics_listen");
         let mut set = |key: &str, value: toml::Value| {
             table.insert(key.to_owned(), value);
         };
