@@ -8,6 +8,7 @@
 //! | NAR that fits in one part | `nar/<nix32 FileHash><ext>` | one PUT |
 //! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart; unfinished uploads under such names are aborted when the daemon starts |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
+//! | realisation | `realisations/sha256:<base16>!<output>.doi` | after its output's narinfo and the realisations it depends on |
 //!
 //! # The NAR naming rule: a NAR object is never overwritten with different bytes
 //!
@@ -28,6 +29,7 @@ use rand::Rng;
 use crate::engine::compress::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nixbase32;
+use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::{StorePath, STORE_DIR};
 
 /// Content types Nix itself sets on the objects it uploads.
@@ -36,6 +38,7 @@ pub mod content_type {
     pub const NARINFO: &str = "text/x-nix-narinfo";
     pub const NAR: &str = "application/x-nix-nar";
     pub const LOG: &str = "text/plain; charset=utf-8";
+    pub const REALISATION: &str = "application/json";
 }
 
 /// The key of the cache description.
@@ -72,6 +75,11 @@ pub fn same_cache_info(current: &[u8], wanted: &str) -> bool {
         lines
     };
     std::str::from_utf8(current).is_ok_and(|current| fields(current) == fields(wanted))
+}
+
+/// The key of a realisation, where Nix looks for it by derivation output.
+pub fn realisation_key(id: &DrvOutputId) -> String {
+    format!("realisations/{id}.doi")
 }
 
 /// The key of a path's narinfo.
