@@ -155,6 +155,8 @@ fn a_ca_derivation_built_with_the_hook_is_substituted_by_a_fresh_store() {
     }
     let built = run(&mut build);
     assert!(built.status.success(), "{}", stderr(&built));
+    // The daemon answered each hook in time (finding the outputs took a `nix` process).
+    assert!(!stderr(&built).contains("spooled"), "{}", stderr(&built));
     daemon.wait_ok(120);
 
     let key = daemon.public_key();
@@ -209,6 +211,44 @@ fn upload_of_a_ca_drv_publishes_its_realisations_and_a_fresh_store_substitutes_i
     }
     assert_closure_invariant(&cache);
 
+    let cache_url = format!("file://{}", cache.display());
+    let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
+    assert_substituted(&output, store.path(), &top_drv, &top[0].1);
+}
+
+#[test]
+fn upload_of_a_ca_output_path_publishes_its_realisation_found_through_its_deriver() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public_key) = keygen(dir.path(), "ca-output-1");
+    let cache = dir.path().join("cache");
+    let fixture = Fixture::new("ca-output");
+    let mut build = nix_with_ca("nix-build", "");
+    build.arg("--no-out-link");
+    fixture.args(&mut build);
+    build.args(["-A", "top"]);
+    let out = run_ok(&mut build).trim().to_owned();
+    run_ok(
+        narpush()
+            .args(["upload", "--quiet", "--key"])
+            .arg(&key_file)
+            .arg("--to")
+            .arg(format!("file://{}", cache.display()))
+            .arg(&out),
+    );
+    // Nix 2.8 records the resolved derivation (inputs replaced by their outputs) as the
+    // deriver of an output with content-addressed inputs: its realisation is the one found.
+    let info = run_ok(nix_with_ca("nix", "").args(["path-info", "--json", &out]));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let resolved = info[0]["deriver"].as_str().unwrap().to_owned();
+    let top_drv = fixture.instantiate("top");
+    assert_ne!(resolved, top_drv);
+    let top = realisations(&resolved);
+    assert_eq!(format!("/nix/store/{}", top[0].1), out);
+    for local in top.iter().chain(&realisations(&fixture.instantiate("dep"))) {
+        assert_published(&cache, local, "ca-output-1");
+    }
+    // With those, a client substitutes the inputs by their realisations, resolves the
+    // derivation, and substitutes the resolved one.
     let cache_url = format!("file://{}", cache.display());
     let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
     assert_substituted(&output, store.path(), &top_drv, &top[0].1);

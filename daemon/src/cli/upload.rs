@@ -41,8 +41,8 @@ use narpush::upstream::{Upstream, UpstreamUrl};
 ///   narpush upload --key ./signing-key --to file:///var/cache/nix ./result
 ///
 /// Content-addressed derivations (ca-derivations): pass the `.drv` of a floating one to
-/// upload its outputs with their realisations; an output path given directly gets its
-/// realisation too while its deriver is still in the store.
+/// upload its outputs with their realisations; content-addressed paths given directly (or in
+/// a closure) get their realisations too while their derivers are still in the store.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct UploadArgs {
@@ -232,12 +232,7 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
     let (paths, mut realisations) = store::expand_derivations(settings.paths).await?;
     settings.paths = paths;
     let infos = store::query_path_infos(&settings.paths, settings.closure).await?;
-    let tops: Vec<_> = infos
-        .iter()
-        .filter(|info| settings.paths.contains(&info.path))
-        .cloned()
-        .collect();
-    realisations.extend(store::realisations_of_outputs(&tops).await);
+    realisations.extend(store::realisations_of_outputs(&infos).await);
     let sink = Sink::open(&settings.target, settings.request_timeout)
         .await
         .with_context(|| format!("cannot use target {}", settings.target))?;

@@ -178,8 +178,9 @@ pub async fn expand_derivations(
 }
 
 /// For `narpush upload`: the realisations of the content-addressed outputs among `infos`,
-/// found through their derivers. An output whose deriver is gone from the store, is not
-/// floating, or has no realisation of it is uploaded without one (said in a warning).
+/// found through their derivers (one `nix` process per such deriver). An output whose deriver
+/// is gone from the store or not floating gets none; one whose deriver has no realisation of
+/// it gets none either (said in a warning).
 pub async fn realisations_of_outputs(infos: &[super::PathInfo]) -> Vec<Realisation> {
     let mut found = Vec::new();
     let mut asked = std::collections::HashSet::new();
