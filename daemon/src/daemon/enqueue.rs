@@ -14,7 +14,7 @@ use crate::format::realisation::Realisation;
 use crate::format::store_path::{StorePath, StorePathError};
 use crate::gcroots::GcRootError;
 use crate::queue::{NewPath, QueueError};
-use crate::store::{self, RealisationQueryError};
+use crate::store::{self, RealisationQueryError, StoreError};
 use narpush_protocol::Source;
 
 use super::shared::Shared;
@@ -44,7 +44,15 @@ pub enum EnqueueError {
 impl EnqueueError {
     /// Whether the request itself is at fault (as opposed to the daemon's disk).
     pub fn is_bad_request(&self) -> bool {
-        !matches!(self, EnqueueError::GcRoot(_) | EnqueueError::Queue(_))
+        // Nix that could not be run, or did not answer in time, may answer a later attempt.
+        let nix_unavailable = matches!(
+            self,
+            EnqueueError::Derivation(RealisationQueryError::Store {
+                source: StoreError::Spawn { .. } | StoreError::TimedOut { .. },
+                ..
+            })
+        );
+        !nix_unavailable && !matches!(self, EnqueueError::GcRoot(_) | EnqueueError::Queue(_))
     }
 }
 
@@ -67,10 +75,7 @@ pub async fn enqueue(
         let head = match store::derivation_head(drv) {
             Ok(head) => head,
             Err(error) if paths.is_empty() => return Err(error.into()),
-            Err(_) => DerivationHead {
-                outputs: Vec::new(),
-                input_derivations: Vec::new(),
-            },
+            Err(_) => DerivationHead::default(),
         };
         if head.has_floating_outputs() {
             let found = store::realisations_of(drv, &head).await?;

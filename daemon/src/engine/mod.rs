@@ -19,7 +19,8 @@
 //!   futures of `tasks`;
 //! - [`stream`], [`parts`], [`compress`]: one NAR streamed through hashing and compression
 //!   into fixed-size parts; [`resolve`]: closures from the store; [`presence`]: paths known to
-//!   be in the cache; [`progress`]: what is in flight, for `status`; [`error`]: failures.
+//!   be in the cache; [`progress`]: what is in flight, for `status`; [`error`]: failures;
+//!   `realisations`: realisations of content-addressed outputs, published after them.
 //!
 //! # Concurrency
 //!

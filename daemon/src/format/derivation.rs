@@ -34,7 +34,7 @@ pub enum DerivationError {
 
 /// The start of a derivation: its outputs (with a path unless floating content-addressed) and
 /// its input derivations.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DerivationHead {
     pub outputs: Vec<(String, Option<StorePath>)>,
     pub input_derivations: Vec<StorePath>,
