@@ -31,6 +31,7 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::format::narinfo::NarInfo;
+use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use crate::layout::{self, kind_of, ObjectKind};
 use crate::sink::inventory::Object;
@@ -428,12 +429,9 @@ async fn read_realisations(
     let mut unused = HashSet::new();
     for (key, body) in read {
         let Some(body) = body? else { continue };
-        let out_path = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("outPath")?.as_str().map(str::to_owned))
-            .and_then(|p| StorePath::from_basename(p.rsplit('/').next()?).ok());
-        match out_path {
-            Some(path) if !live.contains(path.hash_part()) => {
+        // Its dependencies' outputs are in its output's closure: kept whenever it is.
+        match Realisation::from_json(&body) {
+            Ok(realisation) if !live.contains(realisation.out_path.hash_part()) => {
                 unused.insert(key);
             }
             _ => {}

@@ -9,6 +9,7 @@
 //! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart; unfinished uploads under such names are aborted when the daemon starts |
 //! | NAR listing | `<hash part>.ls` | when asked for (`write_nar_listing`), after its NAR, before its narinfo; `Content-Encoding` names its compression (`ls-compression`, S3 only) |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
+//! | realisation | `realisations/sha256:<base16>!<output>.doi` | after its output's narinfo and the realisations it depends on |
 //!
 //! # The NAR naming rule: a NAR object is never overwritten with different bytes
 //!
@@ -29,6 +30,7 @@ use rand::Rng;
 use crate::engine::compress::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nixbase32;
+use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::{StorePath, STORE_DIR};
 
 /// Content types Nix itself sets on the objects it uploads.
@@ -38,6 +40,7 @@ pub mod content_type {
     pub const NAR: &str = "application/x-nix-nar";
     pub const LOG: &str = "text/plain; charset=utf-8";
     pub const LISTING: &str = "application/json";
+    pub const REALISATION: &str = "application/json";
 }
 
 /// The key of a path's NAR listing (Nix's `write-nar-listing`).
@@ -88,6 +91,11 @@ pub fn same_cache_info(current: &[u8], wanted: &str) -> bool {
         lines
     };
     std::str::from_utf8(current).is_ok_and(|current| fields(current) == fields(wanted))
+}
+
+/// The key of a realisation, where Nix looks for it by derivation output.
+pub fn realisation_key(id: &DrvOutputId) -> String {
+    format!("realisations/{id}.doi")
 }
 
 /// The key of a path's narinfo.

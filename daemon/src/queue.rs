@@ -5,7 +5,10 @@
 //!
 //! Tree `paths`, key = absolute store path (UTF-8), value = JSON [`Entry`] (see [`record`]):
 //! `state` (pending | uploading | done | failed), `attempts`, `next_attempt_ms` (Unix ms),
-//! `last_error`, `arrived_ms`, `source` (hook | spool | push), `drv`, `updated_ms`.
+//! `last_error`, `arrived_ms`, `source` (hook | spool | push), `drv`, `updated_ms`, and
+//! `realisations` (omitted when empty, so older records decode): the realisations to publish
+//! once the path is in the cache, each as its `.doi` JSON. A request for a path already
+//! pending or uploading adds its realisations to the entry.
 //! Tree `stats`, key = counter name, value = u64 big-endian: `uploaded_paths`,
 //! `uploaded_bytes` (NAR bytes), `uploaded_stored_bytes` (compressed bytes written),
 //! `last_upload_ms` (Unix ms of the last published path). They only ever grow, so the
@@ -58,6 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
 pub use record::{CorruptRecord, Entry, State};
@@ -101,6 +105,7 @@ pub struct NewPath {
     pub path: StorePath,
     pub source: Source,
     pub drv: Option<StorePath>,
+    pub realisations: Vec<Realisation>,
 }
 
 /// How an upload attempt of one path ended.

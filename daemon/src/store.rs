@@ -376,6 +376,12 @@ fn render_structured_ca(value: &Value) -> Option<String> {
     }
 }
 
+mod realisations;
+pub use realisations::{
+    derivation_head, expand_derivations, realisations_of, realisations_of_outputs,
+    DerivationRealisations, RealisationQueryError,
+};
+
 #[cfg(test)]
 mod tests;
 

@@ -39,10 +39,15 @@ use narpush::upstream::{Upstream, UpstreamUrl};
 ///     --to 's3://nix-cache?endpoint=https://ACCOUNT.r2.cloudflarestorage.com&region=auto' \
 ///     ./result
 ///   narpush upload --key ./signing-key --to file:///var/cache/nix ./result
+///
+/// Content-addressed derivations (ca-derivations): pass the `.drv` of a floating one to
+/// upload its outputs with their realisations; content-addressed paths given directly (or in
+/// a closure) get their realisations too while their derivers are still in the store.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct UploadArgs {
-    /// Store paths, files inside them, or symlinks to them (like ./result).
+    /// Store paths, files inside them, or symlinks to them (like ./result). A floating
+    /// content-addressed `.drv` stands for its outputs and their realisations.
     #[arg(required_unless_present = "stdin", value_name = "PATH")]
     paths: Vec<String>,
 
@@ -224,8 +229,11 @@ fn config_name(config: &Config) -> String {
     }
 }
 
-async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
+async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
+    let (paths, mut realisations) = store::expand_derivations(settings.paths).await?;
+    settings.paths = paths;
     let infos = store::query_path_infos(&settings.paths, settings.closure).await?;
+    realisations.extend(store::realisations_of_outputs(&infos).await);
     let sink = Sink::open(&settings.target, settings.request_timeout)
         .await
         .with_context(|| format!("cannot use target {}", settings.target))?;
@@ -263,6 +271,8 @@ async fn upload(settings: Settings) -> anyhow::Result<Outcome> {
         engine.view().clone(),
         settings.quiet,
     );
+    // Before the paths: each is reported done only after its realisations are published.
+    engine.add_realisations(realisations);
     engine.submit_resolved(infos, settings.paths);
     // The engine ends, and closes the reports, once the work is done and no handle is left.
     drop(engine);

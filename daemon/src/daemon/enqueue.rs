@@ -4,14 +4,17 @@
 //! one bad path changes nothing), then take the GC roots, then write the queue and wait for the
 //! flush. Only then may the caller acknowledge, and by then the paths are protected from
 //! garbage collection and survive a crash.
+//!
+//! A floating content-addressed derivation names no output paths: its outputs, and the
+//! realisations to publish with them, come from `nix realisation info` (see
+//! [`store::realisations_of`]), which costs one `nix` process while the hook waits.
 
-use std::io::Read;
-use std::path::Path;
-
-use crate::format::derivation::{self, DerivationError};
+use crate::format::derivation::DerivationHead;
+use crate::format::realisation::Realisation;
 use crate::format::store_path::{StorePath, StorePathError};
 use crate::gcroots::GcRootError;
 use crate::queue::{NewPath, QueueError};
+use crate::store::{self, RealisationQueryError, StoreError};
 use narpush_protocol::Source;
 
 use super::shared::Shared;
@@ -28,18 +31,8 @@ pub enum EnqueueError {
     Absent { path: String },
     #[error("'{drv}' is not a derivation (.drv)")]
     NotDerivation { drv: String },
-    #[error("cannot read derivation {drv}")]
-    ReadDerivation {
-        drv: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot read the outputs of {drv}")]
-    ParseDerivation {
-        drv: String,
-        #[source]
-        source: DerivationError,
-    },
+    #[error(transparent)]
+    Derivation(#[from] RealisationQueryError),
     #[error("{drv} has no output with a known path")]
     NoOutputs { drv: String },
     #[error(transparent)]
@@ -51,7 +44,15 @@ pub enum EnqueueError {
 impl EnqueueError {
     /// Whether the request itself is at fault (as opposed to the daemon's disk).
     pub fn is_bad_request(&self) -> bool {
-        !matches!(self, EnqueueError::GcRoot(_) | EnqueueError::Queue(_))
+        // Nix that could not be run, or did not answer in time, may answer a later attempt.
+        let nix_unavailable = matches!(
+            self,
+            EnqueueError::Derivation(RealisationQueryError::Store {
+                source: StoreError::Spawn { .. } | StoreError::TimedOut { .. },
+                ..
+            })
+        );
+        !nix_unavailable && !matches!(self, EnqueueError::GcRoot(_) | EnqueueError::Queue(_))
     }
 }
 
@@ -67,10 +68,29 @@ pub async fn enqueue(
         .iter()
         .map(|value| store_path(value))
         .collect::<Result<Vec<_>, _>>()?;
-    if paths.is_empty() {
-        // Nix 2.8.0 leaves OUT_PATHS empty: the outputs come from the derivation.
-        if let Some(drv) = &drv {
-            paths = outputs_of(drv)?;
+    let mut realisations = Vec::new();
+    if let Some(drv) = &drv {
+        // Nix 2.8.0 leaves OUT_PATHS empty: the outputs come from the derivation. With
+        // OUT_PATHS given, the derivation only matters if it is content-addressed.
+        let head = match store::derivation_head(drv) {
+            Ok(head) => head,
+            Err(error) if paths.is_empty() => return Err(error.into()),
+            Err(_) => DerivationHead::default(),
+        };
+        if head.has_floating_outputs() {
+            let found = store::realisations_of(drv, &head).await?;
+            realisations = found.all();
+            if paths.is_empty() {
+                paths.extend(found.own.iter().map(|r| r.out_path.clone()));
+            }
+        }
+        if paths.is_empty() {
+            paths.extend(head.outputs.into_iter().filter_map(|(_, path)| path));
+        }
+        if paths.is_empty() {
+            return Err(EnqueueError::NoOutputs {
+                drv: drv.to_absolute(),
+            });
         }
     }
     for path in &paths {
@@ -86,6 +106,7 @@ pub async fn enqueue(
     let new: Vec<NewPath> = paths
         .into_iter()
         .map(|path| NewPath {
+            realisations: realisations_for(&realisations, &path),
             path,
             source,
             drv: drv.clone(),
@@ -95,6 +116,9 @@ pub async fn enqueue(
     let queued = shared.queue.enqueue(&new).await;
     shared.wake.notify_one();
     queued?;
+    // A path already uploading keeps its submission: the engine learns of the realisations
+    // this request adds here (a pending one hands them over again when submitted).
+    shared.engine.add_realisations(realisations);
     Ok(new.len())
 }
 
@@ -115,29 +139,12 @@ fn parse_drv(value: &str) -> Result<StorePath, EnqueueError> {
     Ok(drv)
 }
 
-/// How much of a `.drv` is read: its outputs list comes first, and the rest (the environment,
-/// which any user's derivation can make huge) is never needed.
-const DRV_PREFIX: u64 = 1 << 20;
-
-fn outputs_of(drv: &StorePath) -> Result<Vec<StorePath>, EnqueueError> {
-    let file = drv.to_absolute();
-    let mut bytes = Vec::new();
-    std::fs::File::open(Path::new(&file))
-        .and_then(|f| f.take(DRV_PREFIX).read_to_end(&mut bytes))
-        .map_err(|source| EnqueueError::ReadDerivation {
-            drv: file.clone(),
-            source,
-        })?;
-    // Environment strings may hold any bytes; the outputs list is ASCII, and a replaced
-    // invalid sequence never contains the quotes or commas the parser looks for.
-    let text = String::from_utf8_lossy(&bytes);
-    let outputs =
-        derivation::output_paths(&text).map_err(|source| EnqueueError::ParseDerivation {
-            drv: file.clone(),
-            source,
-        })?;
-    if outputs.is_empty() {
-        return Err(EnqueueError::NoOutputs { drv: file });
+/// The realisations to keep with `path`'s entry: those of `path`, and every other one of the
+/// request (the dependencies they may name; the engine publishes each once).
+fn realisations_for(realisations: &[Realisation], path: &StorePath) -> Vec<Realisation> {
+    if realisations.iter().any(|r| &r.out_path == path) {
+        realisations.to_vec()
+    } else {
+        Vec::new()
     }
-    Ok(outputs.into_iter().map(|(_, path)| path).collect())
 }

@@ -107,9 +107,13 @@ async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
             return pause;
         }
         tracing::info!(paths = taken.entries.len(), "uploading");
-        shared
-            .engine
-            .submit(taken.entries.into_iter().map(|entry| entry.path).collect());
+        let mut tops = Vec::with_capacity(taken.entries.len());
+        for entry in taken.entries {
+            // Before the paths: each is reported done only after its realisations.
+            shared.engine.add_realisations(entry.realisations);
+            tops.push(entry.path);
+        }
+        shared.engine.submit(tops);
     }
     if let Some(e) = taken.error {
         tracing::error!("cannot read the queue: {}", crate::error_chain(&e));

@@ -20,11 +20,13 @@ use tokio_util::sync::CancellationToken;
 use super::graph::{Action, Graph, Report};
 use super::presence::KnownPresent;
 use super::progress::{EngineView, Stages};
+use super::realisations::{self, Realisations};
 use super::resolve::{self, Resolution};
 use super::tasks::{self, Done, Purpose};
 use super::{stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
+use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
 use crate::sleep_until;
 use crate::store::PathInfo;
@@ -77,6 +79,7 @@ pub(super) struct Coordinator {
     small_bytes: Arc<Semaphore>,
     known: KnownPresent,
     kept: HashMap<StorePath, Box<NarInfo>>,
+    realisations: Realisations,
     accepting: bool,
     /// While lookups run, big NARs wait until this moment at most.
     big_gate: Option<Instant>,
@@ -106,6 +109,7 @@ impl Coordinator {
             storing: HashSet::new(),
             known: KnownPresent::default(),
             kept: HashMap::new(),
+            realisations: Realisations::default(),
             accepting: true,
             big_gate: None,
         }
@@ -169,7 +173,11 @@ impl Coordinator {
                 let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
                 self.act(actions);
             }
-            Command::Submit(_) | Command::SubmitResolved(..) => {}
+            Command::Realisations(list) if self.accepting => {
+                self.realisations.add(list);
+                self.release_realisations();
+            }
+            Command::Submit(_) | Command::SubmitResolved(..) | Command::Realisations(_) => {}
             Command::Reconfigure(config) => {
                 if config.sink_name != self.config.sink_name {
                     self.known.clear();
@@ -233,6 +241,10 @@ impl Coordinator {
                 self.graph.stored(&path, result)
             }
             Done::Published(path, narinfo, result) => self.graph.published(&path, &narinfo, result),
+            Done::RealisationsPublished(ids, result) => {
+                self.realisations_published(&ids, result);
+                Vec::new()
+            }
         };
         self.act(actions);
         // Only after the actions: a lookup that just ended may have queued the largest NAR.
@@ -311,8 +323,57 @@ impl Coordinator {
             }
             Report::Failed { .. } | Report::TopFailed { .. } => {}
         }
+        match &report {
+            Report::TopDone(top) if self.realisations.hold(top) => {
+                // Reported once its realisations are published.
+                self.release_realisations();
+                return;
+            }
+            Report::TopFailed { top, .. } => self.realisations.drop_output(top),
+            _ => self.release_realisations(),
+        }
         // The owner may have stopped listening (shutting down); the work stands.
         let _ = self.reports.send(report);
+    }
+
+    /// Starts publishing the realisations whose outputs (and dependencies) are in the cache.
+    fn release_realisations(&mut self) {
+        let known = &self.known;
+        let Some(release) = self.realisations.release(|path| known.contains(path)) else {
+            return;
+        };
+        let ids = release.ordered.iter().map(|r| r.id.clone()).collect();
+        let requests = self.requests.clone();
+        let config = self.config.clone();
+        self.spawn(Purpose::PublishRealisations(ids), async move {
+            let _permit = requests.acquire_owned().await;
+            realisations::publish(&config, release).await
+        });
+    }
+
+    fn realisations_published(&mut self, ids: &[DrvOutputId], result: Result<(), UploadError>) {
+        let error = result.err().map(Arc::new);
+        if let Some(error) = &error {
+            tracing::warn!(
+                "cannot publish {} realisation(s): {}",
+                ids.len(),
+                crate::error_chain(error.as_ref())
+            );
+        }
+        for (top, failed) in self.realisations.finished(ids, error.is_some()) {
+            match (&error, failed) {
+                (Some(error), true) => {
+                    let failure = Failure::of(error);
+                    self.report(Report::Failed {
+                        path: top.clone(),
+                        error: error.clone(),
+                    });
+                    self.report(Report::TopFailed { top, failure });
+                }
+                _ => self.report(Report::TopDone(top)),
+            }
+        }
+        self.release_realisations();
     }
 
     fn check(&mut self, path: StorePath) {

@@ -34,6 +34,11 @@ pub enum UploadError {
     },
     #[error("{path}: {detail}")]
     Internal { path: String, detail: String },
+    #[error(
+        "not publishing realisation {id}: the realisation it depends on, {dependency}, \
+         is not in the cache yet"
+    )]
+    RealisationDependencyMissing { id: String, dependency: String },
     #[error("not publishing {path}: its reference {reference} {why}")]
     ReferenceMissing {
         path: String,
@@ -57,7 +62,9 @@ impl UploadError {
             UploadError::Sink(e) => e.class,
             // `nix` missing, the nix-daemon restarting, "database is locked": the store is
             // there and will answer later.
-            UploadError::Store(_) | UploadError::ReferenceMissing { .. } => ErrorClass::Transient,
+            UploadError::Store(_)
+            | UploadError::ReferenceMissing { .. }
+            | UploadError::RealisationDependencyMissing { .. } => ErrorClass::Transient,
             UploadError::Invalid { .. }
             | UploadError::Nar { .. }
             | UploadError::NarMismatch { .. }

@@ -8,7 +8,10 @@
 //!                 (one nix process     (known set, upstream (stream.rs)       (once its references
 //!                  per batch)           signatures, the      are in the cache
 //!                                       sink, then upstream                    or served upstream)
-//!                                       caches)
+//!                                       caches)                                      │
+//!                                                         publish its realisations ◀─┘
+//!                                                         (content-addressed outputs, after
+//!                                                          the realisations they depend on)
 //! ```
 //!
 //! - [`graph`]: the state of every path in flight and the closure invariant, as a pure state
@@ -16,7 +19,8 @@
 //!   futures of `tasks`;
 //! - [`stream`], [`parts`], [`compress`]: one NAR streamed through hashing and compression
 //!   into fixed-size parts; [`resolve`]: closures from the store; [`presence`]: paths known to
-//!   be in the cache; [`progress`]: what is in flight, for `status`; [`error`]: failures.
+//!   be in the cache; [`progress`]: what is in flight, for `status`; [`error`]: failures;
+//!   `realisations`: realisations of content-addressed outputs, published after them.
 //!
 //! # Concurrency
 //!
@@ -42,6 +46,7 @@ pub mod graph;
 pub mod parts;
 pub mod presence;
 pub mod progress;
+mod realisations;
 pub mod resolve;
 pub mod stream;
 mod tasks;
@@ -60,6 +65,7 @@ use progress::EngineView;
 use stream::{StoredNar, StreamSettings};
 
 use crate::format::narinfo::NarInfo;
+use crate::format::realisation::Realisation;
 use crate::format::signing::SigningKey;
 use crate::format::store_path::StorePath;
 use crate::layout::{self, content_type, CacheInfo};
@@ -173,6 +179,8 @@ enum Command {
     Submit(Vec<StorePath>),
     /// Closures already read: every path's metadata, and the tops among them.
     SubmitResolved(Vec<PathInfo>, Vec<StorePath>),
+    /// Realisations to publish once their outputs are in the cache.
+    Realisations(Vec<Realisation>),
     Reconfigure(Arc<EngineConfig>),
 }
 
@@ -214,6 +222,15 @@ impl Engine {
     /// Uploads what `infos` describe; `tops` are reported on as submitted paths.
     pub fn submit_resolved(&self, infos: Vec<PathInfo>, tops: Vec<StorePath>) {
         let _ = self.commands.send(Command::SubmitResolved(infos, tops));
+    }
+
+    /// Publishes `realisations` once their output paths are in the cache (see
+    /// `realisations`). Hand them over before submitting those paths: a submitted path is
+    /// reported done only after the realisations of it known by then.
+    pub fn add_realisations(&self, realisations: Vec<Realisation>) {
+        if !realisations.is_empty() {
+            let _ = self.commands.send(Command::Realisations(realisations));
+        }
     }
 
     pub fn reconfigure(&self, config: Arc<EngineConfig>) {

@@ -1,5 +1,5 @@
 //! The work the coordinator hands out, one future per task: look a path up, store a NAR,
-//! publish a narinfo. Each ends in a [`Done`] that says what it was for, and a task that
+//! publish a narinfo (and realisations, in `realisations`). Each ends in a [`Done`] that says what it was for, and a task that
 //! panicked or was cancelled is turned into the [`Done`] its [`Purpose`] implies, so the
 //! coordinator's graph never waits for a result that will not come.
 //!
@@ -16,6 +16,7 @@ use super::resolve::Resolution;
 use super::stream::{self, StreamSettings};
 use super::{narinfo_for, sign, EngineConfig, UploadError};
 use crate::format::narinfo::NarInfo;
+use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
 use crate::gc;
 use crate::layout::{self, content_type};
@@ -36,6 +37,8 @@ pub(super) enum Done {
         result: Result<Box<NarInfo>, UploadError>,
     },
     Published(StorePath, Box<NarInfo>, Result<(), UploadError>),
+    /// Realisations written (see `realisations`), by id.
+    RealisationsPublished(Vec<DrvOutputId>, Result<(), UploadError>),
 }
 
 /// What a task was for, so that a task that panicked still yields a [`Done`].
@@ -44,6 +47,7 @@ pub(super) enum Purpose {
     Check(StorePath),
     Store(StorePath, bool),
     Publish(StorePath, Box<NarInfo>),
+    PublishRealisations(Vec<DrvOutputId>),
 }
 
 /// Looks `path` up: in the cache (its narinfo exists), else in the upstream caches.
@@ -175,6 +179,13 @@ pub(super) fn failed(purpose: Purpose, error: &JoinError) -> Done {
         },
         Purpose::Publish(path, narinfo) => {
             Done::Published(path.clone(), narinfo, Err(internal(&path)))
+        }
+        Purpose::PublishRealisations(ids) => {
+            let error = UploadError::Internal {
+                path: format!("{} realisation(s)", ids.len()),
+                detail: format!("publishing them failed: {error}"),
+            };
+            Done::RealisationsPublished(ids, Err(error))
         }
     }
 }

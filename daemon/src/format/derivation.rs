@@ -6,9 +6,12 @@
 //! Reading that list directly costs microseconds, where `nix-store -q --outputs` costs a
 //! process; the daemon does it while the hook waits for its acknowledgement.
 //!
-//! Invariant: only the outputs list is parsed, strictly (any deviation is an error naming the
-//! file), and every path it returns is a validated [`StorePath`]. Outputs without a path
-//! (content-addressed derivations) are skipped: their paths are only known after the build.
+//! The input derivations come next (`[("/nix/store/…-dep.drv",["out"]),…]`): a floating
+//! content-addressed derivation names no output paths (`("out","","r:sha256","")`), so its
+//! outputs and those of its inputs are found through their realisations, by derivation.
+//!
+//! Invariant: only these two lists are parsed, strictly (any deviation is an error naming the
+//! file), and every path returned is a validated [`StorePath`].
 
 use super::store_path::{StorePath, StorePathError};
 
@@ -29,8 +32,33 @@ pub enum DerivationError {
     },
 }
 
+/// The start of a derivation: its outputs (with a path unless floating content-addressed) and
+/// its input derivations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DerivationHead {
+    pub outputs: Vec<(String, Option<StorePath>)>,
+    pub input_derivations: Vec<StorePath>,
+}
+
+impl DerivationHead {
+    /// Whether some output's path is only known once built (a floating CA derivation).
+    pub fn has_floating_outputs(&self) -> bool {
+        self.outputs.iter().any(|(_, path)| path.is_none())
+    }
+}
+
 /// The `(output name, path)` pairs of a derivation's outputs that have a path.
 pub fn output_paths(drv_text: &str) -> Result<Vec<(String, StorePath)>, DerivationError> {
+    let head = parse_head(drv_text)?;
+    Ok(head
+        .outputs
+        .into_iter()
+        .filter_map(|(name, path)| Some((name, path?)))
+        .collect())
+}
+
+/// Parses the outputs and input derivations of a `.drv`.
+pub fn parse_head(drv_text: &str) -> Result<DerivationHead, DerivationError> {
     let mut reader = Reader {
         text: drv_text.as_bytes(),
         at: 0,
@@ -39,8 +67,51 @@ pub fn output_paths(drv_text: &str) -> Result<Vec<(String, StorePath)>, Derivati
         return Err(DerivationError::NotDerivation);
     }
     reader.at = "Derive([".len();
+    let outputs = read_outputs(&mut reader)?;
+    reader.expect(b',', "','")?;
+    reader.expect(b'[', "'['")?;
+    let mut input_derivations = Vec::new();
+    if reader.peek() == Some(b']') {
+        reader.next();
+    } else {
+        loop {
+            reader.expect(b'(', "'('")?;
+            let path = reader.string()?;
+            let parsed = StorePath::from_absolute_path(&path).map_err(|source| {
+                DerivationError::BadPath {
+                    name: path.clone(),
+                    source,
+                }
+            })?;
+            input_derivations.push(parsed);
+            reader.expect(b',', "','")?;
+            reader.expect(b'[', "'['")?;
+            if reader.peek() == Some(b']') {
+                reader.next();
+            } else {
+                loop {
+                    reader.string()?;
+                    if !reader.list_continues()? {
+                        break;
+                    }
+                }
+            }
+            reader.expect(b')', "')'")?;
+            if !reader.list_continues()? {
+                break;
+            }
+        }
+    }
+    Ok(DerivationHead {
+        outputs,
+        input_derivations,
+    })
+}
+
+fn read_outputs(reader: &mut Reader) -> Result<Vec<(String, Option<StorePath>)>, DerivationError> {
     let mut outputs = Vec::new();
     if reader.peek() == Some(b']') {
+        reader.next();
         return Ok(outputs);
     }
     loop {
@@ -53,24 +124,19 @@ pub fn output_paths(drv_text: &str) -> Result<Vec<(String, StorePath)>, Derivati
             reader.string()?;
         }
         reader.expect(b')', "')'")?;
-        if !path.is_empty() {
-            let parsed = StorePath::from_absolute_path(&path).map_err(|source| {
+        let parsed = if path.is_empty() {
+            None
+        } else {
+            Some(StorePath::from_absolute_path(&path).map_err(|source| {
                 DerivationError::BadPath {
                     name: name.clone(),
                     source,
                 }
-            })?;
-            outputs.push((name, parsed));
-        }
-        match reader.next() {
-            Some(b',') => continue,
-            Some(b']') => return Ok(outputs),
-            _ => {
-                return Err(DerivationError::Malformed {
-                    offset: reader.at,
-                    expected: "',' or ']'",
-                })
-            }
+            })?)
+        };
+        outputs.push((name, parsed));
+        if !reader.list_continues()? {
+            return Ok(outputs);
         }
     }
 }
@@ -89,6 +155,18 @@ impl Reader<'_> {
         let byte = self.peek()?;
         self.at += 1;
         Some(byte)
+    }
+
+    /// After a list element: `,` (another follows) or `]` (the list ended).
+    fn list_continues(&mut self) -> Result<bool, DerivationError> {
+        match self.next() {
+            Some(b',') => Ok(true),
+            Some(b']') => Ok(false),
+            _ => Err(DerivationError::Malformed {
+                offset: self.at,
+                expected: "',' or ']'",
+            }),
+        }
     }
 
     fn expect(&mut self, byte: u8, expected: &'static str) -> Result<(), DerivationError> {
@@ -152,6 +230,20 @@ mod tests {
     fn content_addressed_outputs_without_a_path_are_skipped() {
         let floating = r#"Derive([("out","","r:sha256","")],[],[],"x","/bin/sh",[],[])"#;
         assert!(output_paths(floating).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_floating_derivation_names_its_input_derivations() {
+        // The start of a real Nix 2.8 `.drv` of a CA derivation depending on another.
+        let text = r#"Derive([("out","","r:sha256","")],[("/nix/store/y16pz9xp69g8gywiv27wyzvf6baw3d5p-ca-a.drv",["out"]),("/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-x.drv",["dev","out"])],[],"x86_64-linux","/bin/sh",["-c","mkdir $out"],[("name","ca-b")])"#;
+        let head = parse_head(text).unwrap();
+        assert!(head.has_floating_outputs());
+        assert_eq!(head.outputs, vec![("out".to_owned(), None)]);
+        let inputs: Vec<_> = head.input_derivations.iter().map(|p| p.name()).collect();
+        assert_eq!(inputs, vec!["ca-a.drv", "x.drv"]);
+        let fixed = parse_head(TWO_OUTPUTS).unwrap();
+        assert!(!fixed.has_floating_outputs());
+        assert!(fixed.input_derivations.is_empty());
     }
 
     #[test]

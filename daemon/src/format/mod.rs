@@ -18,6 +18,9 @@
 //! - [`listing`]: the `.ls` JSON listing of a NAR, as Nix's cache writer produces it.
 //! - [`narinfo`]: the `.narinfo` text format and the signature fingerprint.
 //! - [`signing`]: Ed25519 secret and public keys in Nix's `name:base64` format.
+//! - [`realisation`]: the realisations of content-addressed derivation outputs and their
+//!   signature fingerprint.
+//! - [`derivation`]: the outputs and input derivations of a `.drv`.
 //!
 //! The reference for every rule enforced here is `reference/nix-binary-cache-format.md`
 //! (§1 NAR, §2 hashes and store paths, §3 narinfo, §4 signatures and keys).
@@ -28,5 +31,6 @@ pub mod listing;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod realisation;
 pub mod signing;
 pub mod store_path;

@@ -219,3 +219,42 @@ fn an_age_limit_below_refresh_after_plus_grace_is_refused() {
     assert!(error.contains("refresh_after"), "{error}");
     assert!(check_policy(&policy(2 * DAY), DAY).is_ok());
 }
+
+/// Writes the realisation of `name`'s output (depending on those of `deps`) as Nix would.
+fn add_realisation(cache: &Cache, n: u8, name: &str, deps: &[(u8, &str)], age: Duration) -> String {
+    use crate::format::realisation::{DrvOutputId, Realisation};
+    let id = |n: u8| DrvOutputId {
+        drv_hash: Sha256([n; 32]),
+        output: "out".to_owned(),
+    };
+    let realisation = Realisation {
+        id: id(n),
+        out_path: path(name),
+        signatures: Default::default(),
+        dependent_realisations: deps.iter().map(|(d, p)| (id(*d), path(p))).collect(),
+    };
+    let key = layout::realisation_key(&realisation.id);
+    cache.write(&key, &realisation.to_json(), age);
+    key
+}
+
+#[tokio::test]
+async fn realisations_go_with_their_outputs_and_stay_with_kept_ones() {
+    let cache = Cache::new();
+    cache.add("ca-dep", &[], 60 * DAY);
+    cache.add("ca-top", &["ca-dep"], DAY);
+    cache.add("ca-old", &[], 60 * DAY);
+    add_realisation(&cache, 1, "ca-dep", &[], 60 * DAY);
+    add_realisation(&cache, 2, "ca-top", &[(1, "ca-dep")], 60 * DAY);
+    let old = add_realisation(&cache, 3, "ca-old", &[], 60 * DAY);
+    // Written just now for a path whose narinfo is not there yet: within the grace period.
+    add_realisation(&cache, 4, "ca-in-flight", &[], Duration::from_secs(60));
+    cache.write("realisations/sha256:unreadable!out.doi", "{", 60 * DAY);
+
+    let plan = cache.plan(&policy(30 * DAY)).await;
+    let mut expected = keys_of(&cache, "ca-old");
+    expected.push(old);
+    expected.sort();
+    assert_eq!(deleted_names(&plan), expected);
+    assert_eq!(plan.summary.deleted_by_kind.realisations.objects, 1);
+}

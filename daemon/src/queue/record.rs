@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::QueueError;
+use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
 
@@ -31,6 +32,14 @@ pub struct Entry {
     #[serde(with = "text::optional_store_path")]
     pub drv: Option<StorePath>,
     pub updated_ms: u64,
+    /// Realisations to publish after the path (content-addressed derivations), each as its
+    /// `.doi` JSON; absent in records written before realisations were published.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "text::realisations"
+    )]
+    pub realisations: Vec<Realisation>,
 }
 
 /// A record that does not decode.
@@ -84,6 +93,29 @@ pub(super) mod text {
             Option::<String>::deserialize(d)?
                 .map(|text| StorePath::from_absolute_path(&text).map_err(serde::de::Error::custom))
                 .transpose()
+        }
+    }
+
+    pub mod realisations {
+        use super::*;
+        use crate::format::realisation::Realisation;
+        use serde::ser::SerializeSeq;
+
+        pub fn serialize<S: Serializer>(list: &[Realisation], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(list.len()))?;
+            for realisation in list {
+                seq.serialize_element(&realisation.to_json())?;
+            }
+            seq.end()
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Realisation>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|json| {
+                    Realisation::from_json(json.as_bytes()).map_err(serde::de::Error::custom)
+                })
+                .collect()
         }
     }
 

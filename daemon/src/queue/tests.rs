@@ -10,6 +10,7 @@ fn new(path: &str) -> NewPath {
         path: sp(path),
         source: Source::Hook,
         drv: None,
+        realisations: Vec::new(),
     }
 }
 
@@ -298,4 +299,49 @@ async fn a_reopened_queue_keeps_what_was_flushed() {
     assert!(!queue.is_broken());
     queue.enqueue(&[new(B)]).await.unwrap();
     assert_eq!(queue.entries().unwrap().len(), 2);
+}
+
+fn realisation(n: u8, out: &str) -> Realisation {
+    Realisation {
+        id: crate::format::realisation::DrvOutputId {
+            drv_hash: crate::format::hash::Sha256([n; 32]),
+            output: "out".to_owned(),
+        },
+        out_path: sp(out),
+        signatures: Default::default(),
+        dependent_realisations: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn realisations_survive_a_reopen_and_a_second_request_adds_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let mut first = new(B);
+    first.realisations = vec![realisation(1, B)];
+    queue.enqueue(&[first.clone()]).await.unwrap();
+    // The hook runs for the resolved and then the original derivation of one output.
+    let mut second = new(B);
+    second.realisations = vec![realisation(1, B), realisation(2, B)];
+    queue.enqueue(&[second]).await.unwrap();
+    let queue = reopened(dir.path(), queue).await;
+    let entry = queue.get(&sp(B)).unwrap().unwrap();
+    assert_eq!(
+        entry.realisations,
+        vec![realisation(1, B), realisation(2, B)]
+    );
+}
+
+#[test]
+fn a_record_written_before_realisations_existed_still_decodes() {
+    let old = format!(
+        r#"{{"path":"{A}","state":"pending","attempts":0,"next_attempt_ms":1,"last_error":null,"arrived_ms":1,"source":"hook","drv":null,"updated_ms":1}}"#
+    );
+    let entry = record::decode(A, old.as_bytes()).unwrap();
+    assert!(entry.realisations.is_empty());
+    let encoded = String::from_utf8(record::encode(&entry)).unwrap();
+    assert_eq!(
+        encoded, old,
+        "an entry without realisations is stored as before"
+    );
 }

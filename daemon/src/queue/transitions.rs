@@ -44,7 +44,12 @@ impl Queue {
         let handle = self.handle()?;
         for item in new {
             self.update(&handle, &item.path.to_absolute(), |old| match old {
-                Some(entry) if matches!(entry.state, State::Pending | State::Uploading) => {
+                Some(mut entry) if matches!(entry.state, State::Pending | State::Uploading) => {
+                    for realisation in &item.realisations {
+                        if !entry.realisations.iter().any(|r| r.id == realisation.id) {
+                            entry.realisations.push(realisation.clone());
+                        }
+                    }
                     Some(entry)
                 }
                 _ => Some(Entry {
@@ -57,6 +62,7 @@ impl Queue {
                     source: item.source,
                     drv: item.drv.clone(),
                     updated_ms: now,
+                    realisations: item.realisations.clone(),
                 }),
             })
             .map_err(|e| self.failed(e))?;
@@ -175,6 +181,7 @@ impl Queue {
             source: Source::Push,
             drv: None,
             updated_ms: now,
+            realisations: Vec::new(),
         };
         let scan = self.scan()?;
         let mut count = 0;

@@ -1,0 +1,189 @@
+//! Publishing realisations (`realisations/<id>.doi`) once what they name is in the cache.
+//!
+//! The owner hands realisations over before it submits their output paths. A realisation is
+//! released for publishing only when its output path is known to be in the cache (its narinfo
+//! was published or found) and each realisation it depends on is published, released with it,
+//! or (checked by the publishing task) already in the cache: the closure invariant, extended
+//! to realisations. Within one release, dependencies are written first.
+//!
+//! A submitted path that has realisations waiting is reported done only once they are
+//! published, so the owner never records as done a path whose realisation a crash could still
+//! lose; if publishing fails, the path is reported failed with the reason.
+//!
+//! Bounds: realisations whose output never arrives (its upload failed) are dropped with that
+//! path's failure; at most [`MAX_PENDING`] wait at once and [`MAX_PUBLISHED`] ids are
+//! remembered.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+
+use super::tasks::Done;
+use super::{EngineConfig, UploadError};
+use crate::format::realisation::{DrvOutputId, Realisation};
+use crate::format::store_path::StorePath;
+use crate::layout::{self, content_type};
+
+/// Realisations waiting for their outputs, at most (beyond, the oldest are forgotten: their
+/// owner hands them over again with the next attempt).
+const MAX_PENDING: usize = 10_000;
+/// Published ids remembered, at most (a forgotten one is looked up in the cache instead).
+const MAX_PUBLISHED: usize = 10_000;
+
+/// The realisations the engine holds, and which submitted paths wait for them.
+#[derive(Default)]
+pub(super) struct Realisations {
+    pending: HashMap<DrvOutputId, Realisation>,
+    publishing: HashMap<DrvOutputId, StorePath>,
+    published: HashSet<DrvOutputId>,
+    /// Submitted paths done but not yet reported, because their realisations are published.
+    held: HashSet<StorePath>,
+}
+
+/// Realisations ready to be written, dependencies first, and the dependencies outside them
+/// whose presence in the cache the task must check first.
+pub(super) struct Release {
+    pub ordered: Vec<Realisation>,
+    pub external: Vec<DrvOutputId>,
+}
+
+impl Realisations {
+    pub fn add(&mut self, realisations: Vec<Realisation>) {
+        if self.pending.len() + realisations.len() > MAX_PENDING {
+            self.pending.clear();
+        }
+        for realisation in realisations {
+            self.pending.insert(realisation.id.clone(), realisation);
+        }
+    }
+
+    /// Whether `top`, done, must wait for its realisations; if so it is held.
+    pub fn hold(&mut self, top: &StorePath) -> bool {
+        let waits = self.has_unpublished(top);
+        if waits {
+            self.held.insert(top.clone());
+        }
+        waits
+    }
+
+    /// Forgets the realisations of a path that failed.
+    pub fn drop_output(&mut self, path: &StorePath) {
+        self.pending.retain(|_, r| &r.out_path != path);
+    }
+
+    fn has_unpublished(&self, path: &StorePath) -> bool {
+        self.pending.values().any(|r| &r.out_path == path)
+            || self.publishing.values().any(|p| p == path)
+    }
+
+    /// Takes the realisations that may be published now (see the module doc).
+    pub fn release(&mut self, in_cache: impl Fn(&StorePath) -> bool) -> Option<Release> {
+        let mut ordered: Vec<Realisation> = Vec::new();
+        let mut external = Vec::new();
+        loop {
+            let taken: HashSet<DrvOutputId> = ordered.iter().map(|r| r.id.clone()).collect();
+            let ready: Vec<DrvOutputId> = self
+                .pending
+                .values()
+                .filter(|r| in_cache(&r.out_path))
+                .filter(|r| {
+                    // A dependency still being written by an earlier release is waited for.
+                    r.dependent_realisations.keys().all(|dep| {
+                        taken.contains(dep)
+                            || !(self.pending.contains_key(dep)
+                                || self.publishing.contains_key(dep))
+                    })
+                })
+                .map(|r| r.id.clone())
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for id in ready {
+                let realisation = self.pending.remove(&id).expect("listed from pending");
+                for dep in realisation.dependent_realisations.keys() {
+                    if !taken.contains(dep)
+                        && !self.published.contains(dep)
+                        && !external.contains(dep)
+                    {
+                        external.push(dep.clone());
+                    }
+                }
+                self.publishing
+                    .insert(id.clone(), realisation.out_path.clone());
+                ordered.push(realisation);
+            }
+        }
+        (!ordered.is_empty()).then_some(Release { ordered, external })
+    }
+
+    /// Records how publishing `ids` ended; returns the held paths now free to be reported
+    /// (with the error if theirs failed).
+    pub fn finished(&mut self, ids: &[DrvOutputId], failed: bool) -> Vec<(StorePath, bool)> {
+        let mut outputs = HashSet::new();
+        for id in ids {
+            if let Some(path) = self.publishing.remove(id) {
+                outputs.insert(path);
+            }
+            if !failed {
+                if self.published.len() >= MAX_PUBLISHED {
+                    self.published.clear();
+                }
+                self.published.insert(id.clone());
+            }
+        }
+        let mut free = Vec::new();
+        for path in outputs {
+            if failed {
+                self.drop_output(&path);
+            }
+            if self.held.contains(&path) && (failed || !self.has_unpublished(&path)) {
+                self.held.remove(&path);
+                free.push((path, failed));
+            }
+        }
+        free
+    }
+}
+
+/// Checks that the dependencies outside the release are in the cache, then signs and writes
+/// each realisation in order.
+pub(super) async fn publish(config: &EngineConfig, release: Release) -> Done {
+    let ids: Vec<DrvOutputId> = release.ordered.iter().map(|r| r.id.clone()).collect();
+    let result = async {
+        for dep in &release.external {
+            if !config.sink.exists(&layout::realisation_key(dep)).await? {
+                let dependent = release
+                    .ordered
+                    .iter()
+                    .find(|r| r.dependent_realisations.contains_key(dep))
+                    .map_or_else(String::new, |r| r.id.to_string());
+                return Err(UploadError::RealisationDependencyMissing {
+                    id: dependent,
+                    dependency: dep.to_string(),
+                });
+            }
+        }
+        for realisation in &release.ordered {
+            let mut signed = realisation.clone();
+            for key in config.keys.iter() {
+                signed.sign(key);
+            }
+            config
+                .sink
+                .put(
+                    &layout::realisation_key(&signed.id),
+                    Bytes::from(signed.to_json()),
+                    content_type::REALISATION,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    Done::RealisationsPublished(ids, result)
+}
+
+#[cfg(test)]
+#[path = "realisations/tests.rs"]
+mod tests;

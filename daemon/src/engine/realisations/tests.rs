@@ -1,0 +1,103 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::format::hash::Sha256;
+
+fn path(name: &str) -> StorePath {
+    StorePath::from_basename(&format!("{}-{name}", "0".repeat(32))).unwrap()
+}
+
+fn id(n: u8) -> DrvOutputId {
+    DrvOutputId {
+        drv_hash: Sha256([n; 32]),
+        output: "out".to_owned(),
+    }
+}
+
+fn realisation(n: u8, out: &str, deps: &[(u8, &str)]) -> Realisation {
+    Realisation {
+        id: id(n),
+        out_path: path(out),
+        signatures: BTreeSet::new(),
+        dependent_realisations: deps
+            .iter()
+            .map(|(d, p)| (id(*d), path(p)))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn ids(release: &Release) -> Vec<DrvOutputId> {
+    release.ordered.iter().map(|r| r.id.clone()).collect()
+}
+
+#[test]
+fn nothing_is_released_before_its_output_is_in_the_cache() {
+    let mut held = Realisations::default();
+    held.add(vec![realisation(1, "a", &[])]);
+    assert!(held.release(|_| false).is_none());
+    let release = held.release(|p| p == &path("a")).unwrap();
+    assert_eq!(ids(&release), vec![id(1)]);
+    assert!(release.external.is_empty());
+}
+
+#[test]
+fn dependencies_are_written_before_their_dependents() {
+    let mut held = Realisations::default();
+    // Handed over dependent first: the order comes from the dependencies, not the input.
+    held.add(vec![
+        realisation(2, "b", &[(1, "a")]),
+        realisation(1, "a", &[]),
+    ]);
+    let release = held.release(|_| true).unwrap();
+    assert_eq!(ids(&release), vec![id(1), id(2)]);
+    assert!(release.external.is_empty());
+}
+
+#[test]
+fn a_dependent_waits_for_a_dependency_whose_output_is_not_in_the_cache() {
+    let mut held = Realisations::default();
+    held.add(vec![
+        realisation(2, "b", &[(1, "a")]),
+        realisation(1, "a", &[]),
+    ]);
+    assert!(held.release(|p| p == &path("b")).is_none());
+}
+
+#[test]
+fn a_dependency_written_by_an_earlier_release_is_waited_for_then_not_checked_again() {
+    let mut held = Realisations::default();
+    held.add(vec![realisation(1, "a", &[])]);
+    let first = held.release(|_| true).unwrap();
+    held.add(vec![realisation(2, "b", &[(1, "a")])]);
+    assert!(held.release(|_| true).is_none(), "a is still being written");
+    assert!(held.finished(&ids(&first), false).is_empty());
+    let second = held.release(|_| true).unwrap();
+    assert_eq!(ids(&second), vec![id(2)]);
+    assert!(second.external.is_empty(), "a was published by this engine");
+}
+
+#[test]
+fn an_unknown_dependency_is_left_for_the_task_to_find_in_the_cache() {
+    let mut held = Realisations::default();
+    held.add(vec![realisation(2, "b", &[(1, "a")])]);
+    let release = held.release(|_| true).unwrap();
+    assert_eq!(release.external, vec![id(1)]);
+}
+
+#[test]
+fn a_done_path_is_held_until_its_realisations_are_published_or_failed() {
+    let mut held = Realisations::default();
+    held.add(vec![realisation(1, "a", &[]), realisation(2, "b", &[])]);
+    assert!(held.hold(&path("a")));
+    assert!(!held.hold(&path("c")), "no realisation: reported at once");
+    let release = held.release(|p| p == &path("a")).unwrap();
+    assert_eq!(
+        held.finished(&ids(&release), false),
+        vec![(path("a"), false)]
+    );
+
+    assert!(held.hold(&path("b")));
+    let release = held.release(|_| true).unwrap();
+    assert_eq!(held.finished(&ids(&release), true), vec![(path("b"), true)]);
+    assert!(!held.hold(&path("b")), "a failed realisation is forgotten");
+}

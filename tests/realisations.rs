@@ -1,0 +1,287 @@
+//! Content-addressed derivations end to end: realisations built with the hook (or given to
+//! `narpush upload`) land in the cache, signed, after their outputs, and a fresh store with
+//! ca-derivations and require-sigs substitutes the derivation from the cache alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use narpush_e2e::daemon::Daemon;
+use narpush_e2e::*;
+
+/// The suite's Nix settings with content-addressed derivations enabled.
+fn ca_nix_config(extra: &str) -> String {
+    format!("{NIX_CONFIG}experimental-features = nix-command ca-derivations\n{extra}")
+}
+
+fn nix_with_ca(program: &str, extra_config: &str) -> Command {
+    let mut command = command(program);
+    command.env("NIX_CONFIG", ca_nix_config(extra_config));
+    command
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    marker: PathBuf,
+    nonce: String,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("may-build");
+        std::fs::write(&marker, "").unwrap();
+        Fixture {
+            _dir: dir,
+            marker,
+            nonce: unique(name),
+        }
+    }
+
+    fn args(&self, command: &mut Command) {
+        command
+            .arg(fixture("ca.nix"))
+            .args(["--argstr", "nonce", &self.nonce])
+            .args(["--argstr", "marker"])
+            .arg(&self.marker);
+    }
+
+    fn instantiate(&self, attr: &str) -> String {
+        let mut instantiate = nix_with_ca("nix-instantiate", "");
+        self.args(&mut instantiate);
+        instantiate.args(["-A", attr]);
+        run_ok(&mut instantiate).trim().to_owned()
+    }
+}
+
+/// `nix realisation info --json` of `drv` in the local store: (id, outPath basename, JSON).
+fn realisations(drv: &str) -> Vec<(String, String, serde_json::Value)> {
+    let json = run_ok(nix_with_ca("nix", "").args(["realisation", "info", "--json", drv]));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    list.into_iter()
+        .map(|r| {
+            let id = r["id"].as_str().unwrap().to_owned();
+            let out = r["outPath"].as_str().unwrap().to_owned();
+            (id, out, r)
+        })
+        .collect()
+}
+
+/// Checks the cache's `.doi` of a local realisation: Nix's JSON with our signature added, and
+/// written after its output's narinfo.
+fn assert_published(cache: &Path, local: &(String, String, serde_json::Value), key_name: &str) {
+    let (id, out, json) = local;
+    let doi = cache.join("realisations").join(format!("{id}.doi"));
+    let text =
+        std::fs::read_to_string(&doi).unwrap_or_else(|e| panic!("{} missing: {e}", doi.display()));
+    let mut published: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let signatures = published["signatures"].as_array().unwrap().clone();
+    assert!(
+        signatures
+            .iter()
+            .any(|s| s.as_str().unwrap().starts_with(&format!("{key_name}:"))),
+        "{id} not signed by {key_name}: {text}"
+    );
+    published["signatures"] = json["signatures"].clone();
+    assert_eq!(&published, json, "{id} differs from the store's");
+    let narinfo = cache.join(format!("{}.narinfo", &out[..32]));
+    let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    assert!(narinfo.exists(), "{out} has no narinfo");
+    assert!(
+        modified(&narinfo) <= modified(&doi),
+        "the realisation of {out} was written before its narinfo"
+    );
+}
+
+/// Realises `attr` into a fresh store that substitutes from `cache_url` only, with
+/// ca-derivations, requiring signatures by `public_key`. The builders cannot run there.
+fn realise_in_fresh_store(
+    fixture: &Fixture,
+    attr: &str,
+    cache_url: &str,
+    public_key: &str,
+) -> (tempfile::TempDir, Output) {
+    std::fs::remove_file(&fixture.marker).ok();
+    let store = tempfile::tempdir().unwrap();
+    let mut build = nix_with_ca(
+        "nix-build",
+        &format!(
+            "substituters = {cache_url}\ntrusted-public-keys = {public_key}\nrequire-sigs = true\n\
+             narinfo-cache-negative-ttl = 0\n"
+        ),
+    );
+    build.arg("--store").arg(store.path()).arg("--no-out-link");
+    fixture.args(&mut build);
+    build.args(["-A", attr]);
+    (store, run(&mut build))
+}
+
+fn assert_substituted(output: &Output, store: &Path, drv: &str, out: &str) {
+    let log = stderr(output);
+    assert!(output.status.success(), "fresh store failed: {log}");
+    // Nix says so before running any builder (which could not run there anyway: no marker,
+    // and no /bin/sh under the fresh store's root).
+    assert!(!log.contains("building '"), "{log}");
+    assert!(
+        store.join("nix/store").join(out).exists(),
+        "{out} not in the fresh store: {log}"
+    );
+    // The fresh store learnt the realisation from the cache.
+    let info = run_ok(nix_with_ca("nix", "").arg("--store").arg(store).args([
+        "realisation",
+        "info",
+        "--json",
+        drv,
+    ]));
+    assert!(info.contains(out), "{info}");
+}
+
+#[test]
+fn a_ca_derivation_built_with_the_hook_is_substituted_by_a_fresh_store() {
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("ca-cache");
+    let daemon = Daemon::start(&format!("target = \"{}\"", s3.url("ca-cache")), s3.env());
+    let fixture = Fixture::new("ca-hook");
+
+    let mut build = nix_with_ca("nix-build", "");
+    build
+        .arg("--no-out-link")
+        .args(["--option", "post-build-hook"])
+        .arg(bin("narpush-hook"));
+    fixture.args(&mut build);
+    build.args(["-A", "top"]);
+    for (name, value) in daemon.hook_env() {
+        build.env(name, value);
+    }
+    let built = run(&mut build);
+    assert!(built.status.success(), "{}", stderr(&built));
+    // The daemon answered each hook in time (finding the outputs took a `nix` process).
+    assert!(!stderr(&built).contains("spooled"), "{}", stderr(&built));
+    daemon.wait_ok(120);
+
+    let key = daemon.public_key();
+    let key_name = key.split(':').next().unwrap();
+    let top_drv = fixture.instantiate("top");
+    let dep_drv = fixture.instantiate("dep");
+    let top = realisations(&top_drv);
+    let dep = realisations(&dep_drv);
+    assert_eq!((top.len(), dep.len()), (1, 1));
+    assert!(
+        top[0].2["dependentRealisations"].get(&dep[0].0).is_some(),
+        "the top's realisation names the dep's: {:?}",
+        top[0].2
+    );
+    for local in top.iter().chain(&dep) {
+        assert_published(&bucket, local, key_name);
+    }
+    assert_closure_invariant(&bucket);
+
+    let cache_url = format!("file://{}", bucket.display());
+    let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &key);
+    assert_substituted(&output, store.path(), &top_drv, &top[0].1);
+}
+
+#[test]
+fn upload_of_a_ca_drv_publishes_its_realisations_and_a_fresh_store_substitutes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public_key) = keygen(dir.path(), "ca-upload-1");
+    let cache = dir.path().join("cache");
+    let fixture = Fixture::new("ca-upload");
+    let mut build = nix_with_ca("nix-build", "");
+    build.arg("--no-out-link");
+    fixture.args(&mut build);
+    build.args(["-A", "top"]);
+    run_ok(&mut build);
+    let top_drv = fixture.instantiate("top");
+    let dep_drv = fixture.instantiate("dep");
+
+    let started = Instant::now();
+    run_ok(
+        narpush()
+            .args(["upload", "--quiet", "--key"])
+            .arg(&key_file)
+            .arg("--to")
+            .arg(format!("file://{}", cache.display()))
+            .arg(&top_drv),
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let top = realisations(&top_drv);
+    for local in top.iter().chain(&realisations(&dep_drv)) {
+        assert_published(&cache, local, "ca-upload-1");
+    }
+    assert_closure_invariant(&cache);
+
+    let cache_url = format!("file://{}", cache.display());
+    let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
+    assert_substituted(&output, store.path(), &top_drv, &top[0].1);
+}
+
+#[test]
+fn upload_of_a_ca_output_path_publishes_its_realisation_found_through_its_deriver() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public_key) = keygen(dir.path(), "ca-output-1");
+    let cache = dir.path().join("cache");
+    let fixture = Fixture::new("ca-output");
+    let mut build = nix_with_ca("nix-build", "");
+    build.arg("--no-out-link");
+    fixture.args(&mut build);
+    build.args(["-A", "top"]);
+    let out = run_ok(&mut build).trim().to_owned();
+    run_ok(
+        narpush()
+            .args(["upload", "--quiet", "--key"])
+            .arg(&key_file)
+            .arg("--to")
+            .arg(format!("file://{}", cache.display()))
+            .arg(&out),
+    );
+    // Nix 2.8 records the resolved derivation (inputs replaced by their outputs) as the
+    // deriver of an output with content-addressed inputs: its realisation is the one found.
+    let info = run_ok(nix_with_ca("nix", "").args(["path-info", "--json", &out]));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let resolved = info[0]["deriver"].as_str().unwrap().to_owned();
+    let top_drv = fixture.instantiate("top");
+    assert_ne!(resolved, top_drv);
+    let top = realisations(&resolved);
+    assert_eq!(format!("/nix/store/{}", top[0].1), out);
+    for local in top.iter().chain(&realisations(&fixture.instantiate("dep"))) {
+        assert_published(&cache, local, "ca-output-1");
+    }
+    // With those, a client substitutes the inputs by their realisations, resolves the
+    // derivation, and substitutes the resolved one.
+    let cache_url = format!("file://{}", cache.display());
+    let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
+    assert_substituted(&output, store.path(), &top_drv, &top[0].1);
+}
+
+#[test]
+fn without_the_realisations_the_fresh_store_cannot_substitute_and_must_build() {
+    // The check above is only meaningful if a fresh store really refuses to build: here the
+    // cache has the outputs' narinfos but no realisations.
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public_key) = keygen(dir.path(), "ca-control-1");
+    let cache = dir.path().join("cache");
+    let fixture = Fixture::new("ca-control");
+    let mut build = nix_with_ca("nix-build", "");
+    build.arg("--no-out-link");
+    fixture.args(&mut build);
+    build.args(["-A", "top"]);
+    let out = run_ok(&mut build).trim().to_owned();
+    run_ok(
+        narpush()
+            .args(["upload", "--quiet", "--key"])
+            .arg(&key_file)
+            .arg("--to")
+            .arg(format!("file://{}", cache.display()))
+            .arg(&out),
+    );
+    std::fs::remove_dir_all(cache.join("realisations")).ok();
+    let cache_url = format!("file://{}", cache.display());
+    let (_store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
+    assert!(!output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("building '"),
+        "it failed for another reason: {}",
+        stderr(&output)
+    );
+}
