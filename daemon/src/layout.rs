@@ -99,6 +99,15 @@ pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression) -> String {
     )
 }
 
+/// Whether `key` (a narinfo's `URL`) names an object under `nar/` of this cache: a relative
+/// key with no empty, `.` or `..` segment, so that looking it up never leaves the cache.
+pub fn is_nar_key(key: &str) -> bool {
+    key.strip_prefix(NAR_PREFIX).is_some_and(|rest| {
+        rest.split('/')
+            .all(|segment| !matches!(segment, "" | "." | ".."))
+    })
+}
+
 /// Where streamed NARs live: the prefix narpush lists to find its own unfinished uploads.
 pub const NAR_PREFIX: &str = "nar/";
 
@@ -260,6 +269,23 @@ mod tests {
             "nix-cache-info",
         ] {
             assert!(!is_streamed_nar_key(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn nar_keys_stay_under_nar() {
+        assert!(is_nar_key("nar/abc.nar.zst"));
+        assert!(is_nar_key("nar/sub/abc.nar"));
+        for other in [
+            "nar/",
+            "nar/../secret",
+            "nar/./x",
+            "nar//x",
+            "/nar/x",
+            "https://example.org/nar/x",
+            "log/x",
+        ] {
+            assert!(!is_nar_key(other), "{other}");
         }
     }
 

@@ -41,6 +41,13 @@ pub struct SinkError {
     pub retry_after: Option<Duration>,
 }
 
+/// An object read whole.
+pub struct Fetched {
+    pub body: Bytes,
+    /// When it was last written (S3 `Last-Modified`, a file's mtime).
+    pub modified: SystemTime,
+}
+
 pub enum Sink {
     File(file::FileSink),
     S3(s3::S3Sink),
@@ -71,9 +78,14 @@ impl Sink {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
+        Ok(self.fetch(key).await?.map(|fetched| fetched.body))
+    }
+
+    /// The object at `key` and when it was written, in one request; `None` if it is absent.
+    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
         match self {
-            Sink::File(t) => t.get(key).await,
-            Sink::S3(t) => t.get(key).await,
+            Sink::File(t) => t.fetch(key).await,
+            Sink::S3(t) => t.fetch(key).await,
         }
     }
 

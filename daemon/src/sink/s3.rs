@@ -31,7 +31,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
 use super::url::S3Location;
-use super::{ErrorClass, SinkError};
+use super::{ErrorClass, Fetched, SinkError};
 
 pub struct S3Sink {
     pub(super) client: aws_sdk_s3::Client,
@@ -76,7 +76,7 @@ impl S3Sink {
         Ok(self.modified(key).await?.is_some())
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
+    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
         let result = self
             .client
             .get_object()
@@ -86,6 +86,10 @@ impl S3Sink {
             .await;
         match result {
             Ok(output) => {
+                let modified = output
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
                 let body = output.body.collect().await.map_err(|e| SinkError {
                     operation: "GET",
                     key: key.to_owned(),
@@ -93,7 +97,10 @@ impl S3Sink {
                     detail: e.to_string(),
                     retry_after: None,
                 })?;
-                Ok(Some(body.into_bytes()))
+                Ok(Some(Fetched {
+                    body: body.into_bytes(),
+                    modified,
+                }))
             }
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
             // As with HEAD: without s3:ListBucket, AWS answers 403 AccessDenied for a missing
