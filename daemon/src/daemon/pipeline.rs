@@ -27,7 +27,7 @@ use super::settings::Settings;
 use super::shared::Shared;
 use crate::engine::{Failure, Report, Reports};
 use crate::format::store_path::StorePath;
-use crate::queue::{now_ms, Outcome};
+use crate::queue::{now_ms, Outcome, Queue};
 use crate::sink::ErrorClass;
 use crate::sleep_until;
 
@@ -45,6 +45,34 @@ const LONGEST_SLEEP: Duration = Duration::from_secs(24 * 3600);
 #[derive(Default)]
 struct Books {
     unrecorded: Vec<(StorePath, Outcome)>,
+}
+
+impl Books {
+    /// Records `outcome` for `path`, or keeps it to record again; returns whether the queue
+    /// took it.
+    fn record(&mut self, queue: &Queue, path: &StorePath, outcome: Outcome) -> bool {
+        match queue.finish(path, &outcome) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(%path, "cannot record the outcome now, will again: {e}");
+                self.unrecorded.push((path.clone(), outcome));
+                false
+            }
+        }
+    }
+
+    /// Records the outcomes the queue refused before; returns whether none is left.
+    fn record_again(&mut self, queue: &Queue) -> bool {
+        let mut left = Vec::new();
+        for (path, outcome) in self.unrecorded.drain(..) {
+            if let Err(e) = queue.finish(&path, &outcome) {
+                tracing::error!(%path, "still cannot record the outcome: {e}");
+                left.push((path, outcome));
+            }
+        }
+        self.unrecorded = left;
+        self.unrecorded.is_empty()
+    }
 }
 
 pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
@@ -82,7 +110,7 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     while let Some(report) = reports.recv().await {
         record(&shared, &mut books, report);
     }
-    record_again(&shared, &mut books);
+    books.record_again(&shared.queue);
 }
 
 /// Reopens a failed queue, records what could not be recorded, submits every due entry;
@@ -92,7 +120,7 @@ async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
     if shared.queue.is_broken() && !reopen(shared).await {
         return pause;
     }
-    if !record_again(shared, books) {
+    if !books.record_again(&shared.queue) {
         return pause;
     }
     let now = now_ms();
@@ -149,19 +177,6 @@ async fn reopen(shared: &Arc<Shared>) -> bool {
             false
         }
     }
-}
-
-/// Records the outcomes the queue refused before; returns whether none is left.
-fn record_again(shared: &Shared, books: &mut Books) -> bool {
-    let mut left = Vec::new();
-    for (path, outcome) in books.unrecorded.drain(..) {
-        if let Err(e) = shared.queue.finish(&path, &outcome) {
-            tracing::error!(%path, "still cannot record the outcome: {e}");
-            left.push((path, outcome));
-        }
-    }
-    books.unrecorded = left;
-    books.unrecorded.is_empty()
 }
 
 /// The instant `ms` milliseconds from now, at most [`LONGEST_SLEEP`] ahead.
@@ -255,9 +270,7 @@ fn finish(
         }
         Outcome::Failed { error } => tracing::error!(%path, "failed: {error}"),
     }
-    if let Err(e) = shared.queue.finish(path, &outcome) {
-        tracing::error!(%path, "cannot record the outcome now, will again: {e}");
-        books.unrecorded.push((path.clone(), outcome));
+    if !books.record(&shared.queue, path, outcome) {
         retry_at = Some(Instant::now() + QUEUE_ERROR_PAUSE);
     }
     retry_at
@@ -307,6 +320,40 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::{NewPath, State};
+    use narpush_protocol::Source;
+
+    #[tokio::test]
+    async fn an_outcome_the_queue_refused_is_recorded_once_it_is_open_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let path = StorePath::from_basename("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-refused").unwrap();
+        queue
+            .enqueue(&[NewPath {
+                path: path.clone(),
+                source: Source::Push,
+                drv: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(queue.take_due(now_ms() + 1, 10, 20).entries.len(), 1);
+
+        // The database fails just as the upload ends: the outcome cannot be written.
+        queue.fail_for_test("disk full");
+        let mut books = Books::default();
+        let outcome = Outcome::Failed {
+            error: "gone from the store".to_owned(),
+        };
+        assert!(!books.record(&queue, &path, outcome));
+
+        // As `take_due` does: reopen (which puts `uploading` entries back to pending), then
+        // record what was refused, before anything is taken.
+        queue.reopen().unwrap();
+        assert!(books.record_again(&queue));
+        let entry = queue.get(&path).unwrap().unwrap();
+        assert_eq!(entry.state, State::Failed);
+        assert_eq!(entry.last_error.as_deref(), Some("gone from the store"));
+    }
 
     #[test]
     fn a_retry_time_beyond_any_clock_is_capped_instead_of_overflowing() {
