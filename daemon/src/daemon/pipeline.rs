@@ -23,8 +23,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::settings::Settings;
 use super::shared::Shared;
+use crate::config::Config;
 use crate::engine::{Failure, Report, Reports};
 use crate::format::store_path::StorePath;
 use crate::queue::{now_ms, Outcome, Queue};
@@ -234,7 +234,7 @@ fn finish(
     let attempts = entry.as_ref().map_or(1, |e| e.attempts.max(1));
     let outcome = match failure {
         None => Outcome::Done,
-        Some(failure) => outcome_of_failure(&settings, attempts, failure),
+        Some(failure) => outcome_of_failure(&settings.config, attempts, failure),
     };
     if entry.is_none() {
         // Pruned or never queued: nothing will look at the path again, so keep no root.
@@ -277,25 +277,20 @@ fn finish(
 }
 
 /// Retry or give up, by class and attempts so far.
-fn outcome_of_failure(settings: &Settings, attempts: u32, failure: &Failure) -> Outcome {
+fn outcome_of_failure(config: &Config, attempts: u32, failure: &Failure) -> Outcome {
     match failure.class {
         ErrorClass::Permanent => Outcome::Failed {
             error: failure.message.clone(),
         },
-        ErrorClass::Transient if attempts >= settings.config.max_attempts => Outcome::Failed {
+        ErrorClass::Transient if attempts >= config.max_attempts => Outcome::Failed {
             error: format!("gave up after {attempts} attempts: {}", failure.message),
         },
         ErrorClass::Transient => {
-            let delay = backoff(
-                attempts,
-                settings.config.retry_initial_delay,
-                settings.config.retry_max_delay,
-            )
-            .max(
+            let delay = backoff(attempts, config.retry_initial_delay, config.retry_max_delay).max(
                 failure
                     .retry_after
                     .unwrap_or_default()
-                    .min(settings.config.retry_max_delay),
+                    .min(config.retry_max_delay),
             );
             Outcome::RetryAt {
                 at_ms: now_ms()
@@ -320,6 +315,8 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
+
     use crate::queue::{NewPath, State};
     use narpush_protocol::Source;
 
@@ -353,6 +350,71 @@ mod tests {
         let entry = queue.get(&path).unwrap().unwrap();
         assert_eq!(entry.state, State::Failed);
         assert_eq!(entry.last_error.as_deref(), Some("gone from the store"));
+    }
+
+    fn throttled(retry_after: Option<Duration>) -> Failure {
+        Failure {
+            class: ErrorClass::Transient,
+            message: "503 SlowDown".to_owned(),
+            retry_after,
+        }
+    }
+
+    /// The wait an outcome asks for, from `before` (ms since the epoch).
+    fn wait_of(outcome: &Outcome, before: u64) -> Duration {
+        match outcome {
+            Outcome::RetryAt { at_ms, .. } => Duration::from_millis(at_ms.saturating_sub(before)),
+            other => panic!("not a retry: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_configured_maximum_and_never_overflows() {
+        let config = Config {
+            retry_initial_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(600),
+            ..Config::default()
+        };
+        let before = now_ms();
+        let asked = throttled(Some(Duration::from_secs(120)));
+        let wait = wait_of(&outcome_of_failure(&config, 1, &asked), before);
+        assert!(wait >= Duration::from_secs(120), "{wait:?}");
+        assert!(wait < Duration::from_secs(121), "{wait:?}");
+
+        // A huge Retry-After (the parser caps it at an hour; the pipeline at retry_max_delay).
+        let huge = crate::sink::retry_after::parse("99999999999999999999", SystemTime::now());
+        let wait = wait_of(&outcome_of_failure(&config, 1, &throttled(huge)), before);
+        assert!(
+            wait <= config.retry_max_delay + Duration::from_secs(1),
+            "{wait:?}"
+        );
+        let wait = wait_of(
+            &outcome_of_failure(&config, 1, &throttled(Some(Duration::MAX))),
+            before,
+        );
+        assert!(
+            wait <= config.retry_max_delay + Duration::from_secs(1),
+            "{wait:?}"
+        );
+
+        // An HTTP-date in the past asks for no wait: the backoff alone decides (0.5–1 s).
+        let past =
+            crate::sink::retry_after::parse("Sun, 06 Nov 1994 08:49:37 GMT", SystemTime::now());
+        assert_eq!(past, Some(Duration::ZERO));
+        let wait = wait_of(&outcome_of_failure(&config, 1, &throttled(past)), before);
+        assert!(wait >= Duration::from_millis(500), "{wait:?}");
+        assert!(wait <= Duration::from_secs(2), "{wait:?}");
+
+        // The largest settings neither panic nor wrap around to an earlier time.
+        let unbounded = Config {
+            retry_max_delay: Duration::MAX,
+            max_attempts: u32::MAX,
+            ..config
+        };
+        let outcome = outcome_of_failure(&unbounded, 40, &throttled(Some(Duration::MAX)));
+        assert!(matches!(outcome, Outcome::RetryAt { at_ms, .. } if at_ms >= before));
+        let at = instant_in(u64::MAX);
+        assert!(at <= Instant::now() + LONGEST_SLEEP);
     }
 
     #[test]
