@@ -54,6 +54,8 @@ pub struct StreamSettings {
     pub part_size: u64,
     /// zstd worker threads for one NAR of [`WORKERS_FROM`] or more.
     pub workers: u32,
+    /// Named in the NARs streamed in parts (see [`layout::WriterId`]).
+    pub writer: layout::WriterId,
 }
 
 impl StreamSettings {
@@ -65,6 +67,7 @@ impl StreamSettings {
             level,
             part_size: DEFAULT_PART_SIZE,
             workers: u32::try_from(cores).unwrap_or(1).min(MAX_WORKERS),
+            writer: layout::WriterId::random(),
         }
     }
 }
@@ -142,7 +145,7 @@ pub async fn store_nar(
         return Ok(stored(key, settings.compression, measured));
     }
 
-    let key = layout::nar_key_unique(&info.nar_hash, settings.compression);
+    let key = layout::nar_key_unique(&info.nar_hash, settings.compression, settings.writer);
     let mut upload = match sink.start_upload(&key, content_type::NAR).await {
         Ok(upload) => upload,
         Err(error) => {

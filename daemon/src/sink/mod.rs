@@ -96,18 +96,21 @@ impl Sink {
         }
     }
 
-    /// Aborts narpush's own multipart uploads left unfinished by an earlier run (initiated
-    /// before `before`, under a streamed NAR's name); returns how many. A directory target
-    /// has none to abort.
-    pub async fn abort_stale_uploads(&self, before: SystemTime) -> Result<usize, SinkError> {
+    /// Aborts the multipart uploads `writer` left unfinished in an earlier run (initiated
+    /// before `before`, under a name of a NAR it streamed); returns how many. Other writers'
+    /// uploads, and those under names without a writer id, are left to the bucket's lifecycle
+    /// rule. A directory target has none to abort.
+    pub async fn abort_stale_uploads(
+        &self,
+        before: SystemTime,
+        writer: crate::layout::WriterId,
+    ) -> Result<usize, SinkError> {
         match self {
             Sink::File(_) => Ok(0),
             Sink::S3(t) => {
-                t.abort_stale_uploads(
-                    crate::layout::NAR_PREFIX,
-                    before,
-                    crate::layout::is_streamed_nar_key,
-                )
+                t.abort_stale_uploads(crate::layout::NAR_PREFIX, before, &|key| {
+                    crate::layout::is_streamed_by(key, writer)
+                })
                 .await
             }
         }

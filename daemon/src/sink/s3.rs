@@ -170,7 +170,7 @@ impl S3Sink {
         &self,
         prefix: &str,
         before: SystemTime,
-        is_ours: fn(&str) -> bool,
+        is_ours: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<usize, SinkError> {
         let mut aborted = 0;
         let (mut key_marker, mut upload_id_marker) = (None, None);
