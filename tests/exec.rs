@@ -270,3 +270,65 @@ fn exec_ignores_metrics_listen_so_the_machines_daemon_keeps_its_port() {
     let cache = dir.path().join("cache");
     assert!(cache.join(format!("{}.narinfo", hash_part(&path))).exists());
 }
+
+/// Whether process `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn sigterm_reaches_the_processes_command_started_and_its_status_is_passed_through() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // COMMAND starts a grandchild in the background and waits for it, as a build tool's
+    // worker would; signalled directly, only the shell would hear.
+    // (Its output goes elsewhere: it must not hold exec's pipes open.)
+    let script = "sleep 300 > /dev/null 2>&1 & echo $! > grandchild; wait";
+    let child = exec(state.path())
+        .current_dir(work.path())
+        .args(["--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("narpush exec");
+    let pid_file = work.path().join("grandchild");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let grandchild = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|p| p.ends_with('\n'))
+        {
+            break pid.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "COMMAND never started its child");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(running(&grandchild));
+
+    let signalled = Instant::now();
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(30),
+        "exec kept running"
+    );
+    assert_eq!(output.status.code(), Some(128 + 15), "{}", stderr(&output));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(&grandchild) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = running(&grandchild);
+    if survived {
+        let _ = Command::new("kill").args(["-KILL", &grandchild]).status();
+    }
+    assert!(
+        !survived,
+        "COMMAND's child {grandchild} outlived the SIGTERM"
+    );
+}

@@ -172,33 +172,61 @@ fn hundreds_of_injected_faults_lose_no_path_and_never_break_the_closure_invarian
 }
 
 #[test]
-fn unfinished_multipart_uploads_of_an_earlier_run_are_aborted_when_the_daemon_starts() {
+fn a_daemon_aborts_only_its_own_unfinished_multipart_uploads_when_it_starts() {
     // s3s-fs has no ListMultipartUploads; moto has.
     let moto = MotoServer::start();
-    let ours = format!("nar/{}-{}.nar.zst", "1".repeat(52), "2".repeat(16));
-    let foreign = "nar/someone-elses-upload.nar.zst";
+    moto.boto3("s3.create_bucket(Bucket='cache')\n");
+    let config = format!("target = \"{}\"", moto.url("cache"));
+    // Two daemons of one bucket; each keeps its writer id in its state directory.
+    let mut first = Daemon::start(&config, moto.env());
+    let second = Daemon::start(&config, moto.env());
+    let writer_id = |daemon: &Daemon| {
+        std::fs::read_to_string(daemon.state.join("writer-id"))
+            .expect("writer-id")
+            .trim()
+            .to_owned()
+    };
+    let (own_id, other_id) = (writer_id(&first), writer_id(&second));
+    assert_ne!(own_id, other_id);
+    first.terminate();
+
+    let hash = "1".repeat(52);
+    let nonce = "2".repeat(16);
+    let own = format!("nar/{hash}-{own_id}-{nonce}.nar.zst");
+    // The second daemon's upload in progress, and one from before writer ids (owner unknown).
+    let others = [
+        format!("nar/{hash}-{other_id}-{nonce}.nar.zst"),
+        format!("nar/{hash}-{nonce}.nar.zst"),
+        "nar/someone-elses-upload.nar.zst".to_owned(),
+    ];
     moto.boto3(&format!(
-        "s3.create_bucket(Bucket='cache')\n\
-         for key in ['{ours}', '{foreign}']:\n    s3.create_multipart_upload(Bucket='cache', Key=key)\n"
+        "for key in {:?}:\n    s3.create_multipart_upload(Bucket='cache', Key=key)\n",
+        [&own, &others[0], &others[1], &others[2]]
     ));
     let list = "print(sorted(u['Key'] for u in s3.list_multipart_uploads(Bucket='cache').get('Uploads', [])))";
     // moto's timestamps have a resolution of a second: start strictly after the uploads.
     std::thread::sleep(Duration::from_millis(1100));
 
-    let daemon = Daemon::start(&format!("target = \"{}\"", moto.url("cache")), moto.env());
+    first.spawn();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !daemon
+    while !first
         .log()
         .contains("aborted 1 unfinished multipart upload")
     {
         assert!(
             Instant::now() < deadline,
             "nothing aborted:\n{}",
-            daemon.log()
+            first.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(moto.boto3(list).trim(), format!("['{foreign}']"));
+    let mut left = others.to_vec();
+    left.sort();
+    assert_eq!(
+        moto.boto3(list).trim(),
+        format!("{left:?}").replace('"', "'")
+    );
+    drop(second);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! | cache description | `nix-cache-info` | when missing or out of date |
 //! | path metadata | `<hash part>.narinfo` | last, after its NAR and its references |
 //! | NAR that fits in one part | `nar/<nix32 FileHash><ext>` | one PUT |
-//! | NAR streamed in parts | `nar/<nix32 NarHash>-<16 random nix32 chars><ext>` | multipart; unfinished uploads under such names are aborted when the daemon starts |
+//! | NAR streamed in parts | `nar/<nix32 NarHash>-<8 chars writer id>-<16 random nix32 chars><ext>` | multipart; a daemon aborts its own unfinished ones (its writer id) when it starts |
 //! | NAR listing | `<hash part>.ls` | when asked for (`write_nar_listing`), after its NAR, before its narinfo; `Content-Encoding` names its compression (`ls-compression`, S3 only) |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
 //! | realisation | `realisations/sha256:<base16>!<output>.doi` | after its output's narinfo and the realisations it depends on |
@@ -112,36 +112,85 @@ pub fn nar_key_by_file_hash(file_hash: &Sha256, compression: Compression) -> Str
     )
 }
 
-/// A key no other upload uses, for a NAR streamed before its FileHash is known.
-pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression) -> String {
+/// Who streamed a NAR: 40 random bits, 8 nix32 characters in the NAR's name. A daemon keeps
+/// its own for good (in its state directory), so that on start it can tell its own unfinished
+/// multipart uploads from those of other writers of the bucket; other runs draw one each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterId([u8; 5]);
+
+impl WriterId {
+    pub fn random() -> WriterId {
+        WriterId(rand::thread_rng().gen())
+    }
+
+    /// The 8 characters [`WriterId`]'s `Display` writes; `None` for anything else.
+    pub fn parse(text: &str) -> Option<WriterId> {
+        if text.len() != 8 {
+            return None;
+        }
+        let bytes = nixbase32::decode(text).ok()?;
+        Some(WriterId(bytes.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Display for WriterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&nixbase32::encode(&self.0))
+    }
+}
+
+/// A key no other upload uses, for a NAR streamed by `writer` before its FileHash is known.
+pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression, writer: WriterId) -> String {
     let nonce: [u8; 10] = rand::thread_rng().gen();
     format!(
-        "nar/{}-{}{}",
+        "nar/{}-{writer}-{}{}",
         nar_hash.to_nix32(),
         nixbase32::encode(&nonce),
         compression.nar_extension()
     )
 }
 
+/// Whether `key` (a narinfo's `URL`) names an object under `nar/` of this cache: a relative
+/// key with no empty, `.` or `..` segment, so that looking it up never leaves the cache.
+pub fn is_nar_key(key: &str) -> bool {
+    key.strip_prefix(NAR_PREFIX).is_some_and(|rest| {
+        rest.split('/')
+            .all(|segment| !matches!(segment, "" | "." | ".."))
+    })
+}
+
 /// Where streamed NARs live: the prefix narpush lists to find its own unfinished uploads.
 pub const NAR_PREFIX: &str = "nar/";
 
-/// Whether `key` has the shape of [`nar_key_unique`]'s names, so an unfinished multipart
-/// upload under it is narpush's own (no one else completes it).
+/// Whether `key` has the shape of a streamed NAR's name: [`nar_key_unique`]'s, or the one of
+/// narpush before writer ids (`nar/<NarHash>-<16 characters><ext>`).
 pub fn is_streamed_nar_key(key: &str) -> bool {
-    let Some(name) = key.strip_prefix(NAR_PREFIX) else {
-        return false;
-    };
+    streamed_nar_parts(key).is_some()
+}
+
+/// Whether `key` is the name of a NAR streamed by `writer`, so an unfinished multipart upload
+/// under it is certainly `writer`'s own. Names without a writer id are no one's for certain.
+pub fn is_streamed_by(key: &str, writer: WriterId) -> bool {
+    streamed_nar_parts(key).is_some_and(|found| found == Some(writer))
+}
+
+/// The writer id of a streamed NAR's name (`None` in names from before writer ids), or `None`
+/// when `key` is not such a name.
+fn streamed_nar_parts(key: &str) -> Option<Option<WriterId>> {
+    let name = key.strip_prefix(NAR_PREFIX)?;
     let stem = [Compression::Zstd, Compression::Xz, Compression::None]
         .iter()
-        .find_map(|c| name.strip_suffix(c.nar_extension()));
+        .find_map(|c| name.strip_suffix(c.nar_extension()))?;
     let is_nix32 = |s: &str| s.chars().all(nixbase32::is_valid_char);
-    match stem.and_then(|s| s.split_once('-')) {
-        Some((hash, nonce)) => {
-            hash.len() == 52 && nonce.len() == 16 && is_nix32(hash) && is_nix32(nonce)
-        }
-        None => false,
+    let (hash, rest) = stem.split_once('-')?;
+    if hash.len() != 52 || !is_nix32(hash) {
+        return None;
     }
+    let (writer, nonce) = match rest.split_once('-') {
+        Some((writer, nonce)) => (Some(WriterId::parse(writer)?), nonce),
+        None => (None, rest),
+    };
+    (nonce.len() == 16 && is_nix32(nonce)).then_some(writer)
 }
 
 /// The key of a derivation's build log, where `nix log` looks for it.
@@ -263,25 +312,37 @@ mod tests {
     #[test]
     fn streamed_nars_never_share_a_name() {
         let hash = Sha256::digest(b"x");
-        let first = nar_key_unique(&hash, Compression::Xz);
-        let second = nar_key_unique(&hash, Compression::Xz);
+        let writer = WriterId::random();
+        let first = nar_key_unique(&hash, Compression::Xz, writer);
+        let second = nar_key_unique(&hash, Compression::Xz, writer);
         assert_ne!(first, second);
         assert!(
             first.starts_with(&format!("nar/{}-", hash.to_nix32())),
             "{first}"
         );
         assert!(first.ends_with(".nar.xz"), "{first}");
-        assert_eq!(first.len(), "nar/".len() + 52 + 1 + 16 + ".nar.xz".len());
+        assert!(first.contains(&format!("-{writer}-")), "{first}");
+        assert_eq!(
+            first.len(),
+            "nar/".len() + 52 + 1 + 8 + 1 + 16 + ".nar.xz".len()
+        );
     }
 
     #[test]
     fn streamed_nar_names_are_recognised_and_nothing_else() {
         let hash = Sha256::digest(b"x");
+        let writer = WriterId::random();
         for compression in [Compression::Zstd, Compression::Xz, Compression::None] {
-            assert!(is_streamed_nar_key(&nar_key_unique(&hash, compression)));
+            assert!(is_streamed_nar_key(&nar_key_unique(
+                &hash,
+                compression,
+                writer
+            )));
         }
+        let before_writer_ids = format!("nar/{}-{}.nar.zst", hash.to_nix32(), "2".repeat(16));
+        assert!(is_streamed_nar_key(&before_writer_ids));
         let by_file_hash = nar_key_by_file_hash(&hash, Compression::Zstd);
-        let unique = nar_key_unique(&hash, Compression::Zstd);
+        let unique = nar_key_unique(&hash, Compression::Zstd, writer);
         for other in [
             by_file_hash.as_str(),
             &unique[1..],
@@ -292,6 +353,47 @@ mod tests {
             "nix-cache-info",
         ] {
             assert!(!is_streamed_nar_key(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn only_a_writers_own_streamed_nars_are_its_own() {
+        let hash = Sha256::digest(b"x");
+        let ours = WriterId::random();
+        let theirs = WriterId::random();
+        assert_ne!(ours, theirs);
+        let own = nar_key_unique(&hash, Compression::Zstd, ours);
+        assert!(is_streamed_by(&own, ours));
+        assert!(!is_streamed_by(
+            &nar_key_unique(&hash, Compression::Zstd, theirs),
+            ours
+        ));
+        let before_writer_ids = format!("nar/{}-{}.nar.zst", hash.to_nix32(), "2".repeat(16));
+        assert!(!is_streamed_by(&before_writer_ids, ours));
+        assert!(!is_streamed_by(
+            &nar_key_by_file_hash(&hash, Compression::Zstd),
+            ours
+        ));
+        assert_eq!(WriterId::parse(&ours.to_string()), Some(ours));
+        for bad in ["", "1234567", "123456789", "eeeeeeee", "0000000!"] {
+            assert_eq!(WriterId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn nar_keys_stay_under_nar() {
+        assert!(is_nar_key("nar/abc.nar.zst"));
+        assert!(is_nar_key("nar/sub/abc.nar"));
+        for other in [
+            "nar/",
+            "nar/../secret",
+            "nar/./x",
+            "nar//x",
+            "/nar/x",
+            "https://example.org/nar/x",
+            "log/x",
+        ] {
+            assert!(!is_nar_key(other), "{other}");
         }
     }
 

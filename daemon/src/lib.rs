@@ -9,6 +9,8 @@
 //! - [`layout`]: the cache's object keys and content types, and the NAR naming rule.
 //! - [`sink`]: where objects go (`s3://…` through aws-sdk-s3, `file:///…`), and the one place
 //!   that decides whether a failure is worth retrying.
+//! - [`trust`]: when a narinfo read from a cache is believed (parses, names the path, signed
+//!   by a trusted key), for the target and upstream caches alike.
 //! - [`engine`]: the one upload engine, used by `narpush upload` and the daemon alike: closures,
 //!   lookups, NAR streams (hash check, parallel compression, fixed-size parts), signed
 //!   narinfos, and the ordering that keeps the closure invariant.
@@ -35,6 +37,7 @@ pub mod layout;
 pub mod queue;
 pub mod sink;
 pub mod store;
+pub mod trust;
 pub mod upstream;
 
 /// Sleeps until `at`, or forever without it: a `select!` branch for an optional deadline.

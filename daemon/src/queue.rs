@@ -229,6 +229,15 @@ impl Queue {
         self.requeue_uploading(Interrupted::Crash)
     }
 
+    /// Closes the database as a failed sled call followed by a failed reopen leaves it, so
+    /// that tests of the queue's users see every call refused until [`Queue::reopen`].
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self, reason: &str) {
+        *write_lock(&self.inner.handle) = None;
+        *lock(&self.inner.failure) = Some(reason.to_owned());
+        self.inner.broken.store(true, Ordering::SeqCst);
+    }
+
     fn handle(&self) -> Result<Arc<Handle>, QueueError> {
         let current = match self.inner.handle.read() {
             Ok(handle) => handle.clone(),

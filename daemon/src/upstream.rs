@@ -19,10 +19,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::format::narinfo::{fingerprint, NarInfo};
+use crate::format::narinfo::fingerprint;
 use crate::format::signing::VerifyingKey;
 use crate::format::store_path::StorePath;
 use crate::store::PathInfo;
+use crate::trust::trusted_narinfo;
 
 /// cache.nixos.org's key, the default of `upstream_public_keys`.
 pub const NIXOS_PUBLIC_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
@@ -263,22 +264,17 @@ impl Upstream {
 
     /// The NarSize of a narinfo for `path` that verifies with an upstream key.
     fn verified(&self, text: &str, path: &StorePath, from: &UpstreamUrl) -> Option<u64> {
-        let narinfo = match NarInfo::parse(text) {
-            Ok(narinfo) => narinfo,
-            Err(e) => {
-                tracing::debug!(%path, "upstream {from} has a narinfo we cannot read: {e}");
-                return None;
+        match trusted_narinfo(text.as_bytes(), path, &self.keys) {
+            Ok(narinfo) => Some(narinfo.nar_size),
+            Err(why) => {
+                tracing::debug!(
+                    %path,
+                    "upstream {from} has a narinfo for it, not trusted: {}",
+                    crate::error_chain(&why)
+                );
+                None
             }
-        };
-        if narinfo.store_path != *path {
-            tracing::debug!(%path, "upstream {from} answered with a narinfo of another path");
-            return None;
         }
-        if !self.keys.iter().any(|key| narinfo.verify_signature(key)) {
-            tracing::debug!(%path, "upstream {from} serves it unsigned by any upstream key");
-            return None;
-        }
-        Some(narinfo.nar_size)
     }
 
     fn remembered(&self, path: &StorePath) -> Option<Option<u64>> {

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::gcroots::GcRoots;
+use crate::layout::WriterId;
 use crate::queue::{Interrupted, Queue};
 use crate::sink::Sink;
 use settings::Settings;
@@ -71,7 +72,11 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let roots = GcRoots::open(&config.gc_roots_dir)?;
     let started = std::time::SystemTime::now();
     let settings = Settings::load(config.clone()).await?;
-    tokio::spawn(abort_stale_uploads(settings.engine.sink.clone(), started));
+    tokio::spawn(abort_stale_uploads(
+        settings.engine.sink.clone(),
+        started,
+        settings.engine.stream.writer,
+    ));
     for key in &settings.public_keys {
         tracing::warn!(public_key = %key, target = %settings.target_url, "narpush daemon starting");
     }
@@ -146,11 +151,12 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Best effort, beside the normal work: multipart uploads an earlier run left unfinished
-/// (kill -9, power loss) hold storage until aborted. Servers without ListMultipartUploads, or
+/// Best effort, beside the normal work: multipart uploads an earlier run of this daemon left
+/// unfinished (kill -9, power loss) hold storage until aborted. Only its own (its writer id in
+/// the name): another daemon on the same bucket may be completing its own right now. Servers without ListMultipartUploads, or
 /// credentials without s3:ListBucketMultipartUploads, leave them to the bucket's lifecycle rule.
-async fn abort_stale_uploads(sink: Arc<Sink>, started: std::time::SystemTime) {
-    match sink.abort_stale_uploads(started).await {
+async fn abort_stale_uploads(sink: Arc<Sink>, started: std::time::SystemTime, writer: WriterId) {
+    match sink.abort_stale_uploads(started, writer).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!("aborted {n} unfinished multipart upload(s) of an earlier run"),
         Err(e) => tracing::warn!(

@@ -23,11 +23,11 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::settings::Settings;
 use super::shared::Shared;
+use crate::config::Config;
 use crate::engine::{Failure, Report, Reports};
 use crate::format::store_path::StorePath;
-use crate::queue::{now_ms, Outcome};
+use crate::queue::{now_ms, Outcome, Queue};
 use crate::sink::ErrorClass;
 use crate::sleep_until;
 
@@ -45,6 +45,34 @@ const LONGEST_SLEEP: Duration = Duration::from_secs(24 * 3600);
 #[derive(Default)]
 struct Books {
     unrecorded: Vec<(StorePath, Outcome)>,
+}
+
+impl Books {
+    /// Records `outcome` for `path`, or keeps it to record again; returns whether the queue
+    /// took it.
+    fn record(&mut self, queue: &Queue, path: &StorePath, outcome: Outcome) -> bool {
+        match queue.finish(path, &outcome) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(%path, "cannot record the outcome now, will again: {e}");
+                self.unrecorded.push((path.clone(), outcome));
+                false
+            }
+        }
+    }
+
+    /// Records the outcomes the queue refused before; returns whether none is left.
+    fn record_again(&mut self, queue: &Queue) -> bool {
+        let mut left = Vec::new();
+        for (path, outcome) in self.unrecorded.drain(..) {
+            if let Err(e) = queue.finish(&path, &outcome) {
+                tracing::error!(%path, "still cannot record the outcome: {e}");
+                left.push((path, outcome));
+            }
+        }
+        self.unrecorded = left;
+        self.unrecorded.is_empty()
+    }
 }
 
 pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
@@ -82,7 +110,7 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     while let Some(report) = reports.recv().await {
         record(&shared, &mut books, report);
     }
-    record_again(&shared, &mut books);
+    books.record_again(&shared.queue);
 }
 
 /// Reopens a failed queue, records what could not be recorded, submits every due entry;
@@ -92,7 +120,7 @@ async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
     if shared.queue.is_broken() && !reopen(shared).await {
         return pause;
     }
-    if !record_again(shared, books) {
+    if !books.record_again(&shared.queue) {
         return pause;
     }
     let now = now_ms();
@@ -153,19 +181,6 @@ async fn reopen(shared: &Arc<Shared>) -> bool {
             false
         }
     }
-}
-
-/// Records the outcomes the queue refused before; returns whether none is left.
-fn record_again(shared: &Shared, books: &mut Books) -> bool {
-    let mut left = Vec::new();
-    for (path, outcome) in books.unrecorded.drain(..) {
-        if let Err(e) = shared.queue.finish(&path, &outcome) {
-            tracing::error!(%path, "still cannot record the outcome: {e}");
-            left.push((path, outcome));
-        }
-    }
-    books.unrecorded = left;
-    books.unrecorded.is_empty()
 }
 
 /// The instant `ms` milliseconds from now, at most [`LONGEST_SLEEP`] ahead.
@@ -229,7 +244,7 @@ fn finish(
     let outcome = match failure {
         None => Outcome::Done,
         Some(failure) => {
-            let outcome = outcome_of_failure(&settings, attempts, failure);
+            let outcome = outcome_of_failure(&settings.config, attempts, failure);
             let retried = matches!(outcome, Outcome::RetryAt { .. });
             shared
                 .activity
@@ -271,34 +286,27 @@ fn finish(
         }
         Outcome::Failed { error } => tracing::error!(%path, "failed: {error}"),
     }
-    if let Err(e) = shared.queue.finish(path, &outcome) {
-        tracing::error!(%path, "cannot record the outcome now, will again: {e}");
-        books.unrecorded.push((path.clone(), outcome));
+    if !books.record(&shared.queue, path, outcome) {
         retry_at = Some(Instant::now() + QUEUE_ERROR_PAUSE);
     }
     retry_at
 }
 
 /// Retry or give up, by class and attempts so far.
-fn outcome_of_failure(settings: &Settings, attempts: u32, failure: &Failure) -> Outcome {
+fn outcome_of_failure(config: &Config, attempts: u32, failure: &Failure) -> Outcome {
     match failure.class {
         ErrorClass::Permanent => Outcome::Failed {
             error: failure.message.clone(),
         },
-        ErrorClass::Transient if attempts >= settings.config.max_attempts => Outcome::Failed {
+        ErrorClass::Transient if attempts >= config.max_attempts => Outcome::Failed {
             error: format!("gave up after {attempts} attempts: {}", failure.message),
         },
         ErrorClass::Transient => {
-            let delay = backoff(
-                attempts,
-                settings.config.retry_initial_delay,
-                settings.config.retry_max_delay,
-            )
-            .max(
+            let delay = backoff(attempts, config.retry_initial_delay, config.retry_max_delay).max(
                 failure
                     .retry_after
                     .unwrap_or_default()
-                    .min(settings.config.retry_max_delay),
+                    .min(config.retry_max_delay),
             );
             Outcome::RetryAt {
                 at_ms: now_ms()
@@ -323,6 +331,108 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
+
+    use crate::queue::{NewPath, State};
+    use narpush_protocol::Source;
+
+    #[tokio::test]
+    async fn an_outcome_the_queue_refused_is_recorded_once_it_is_open_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let path = StorePath::from_basename("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-refused").unwrap();
+        queue
+            .enqueue(&[NewPath {
+                path: path.clone(),
+                source: Source::Push,
+                drv: None,
+                realisations: Vec::new(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(queue.take_due(now_ms() + 1, 10, 20).entries.len(), 1);
+
+        // The database fails just as the upload ends: the outcome cannot be written.
+        queue.fail_for_test("disk full");
+        let mut books = Books::default();
+        let outcome = Outcome::Failed {
+            error: "gone from the store".to_owned(),
+        };
+        assert!(!books.record(&queue, &path, outcome));
+
+        // As `take_due` does: reopen (which puts `uploading` entries back to pending), then
+        // record what was refused, before anything is taken.
+        queue.reopen().unwrap();
+        assert!(books.record_again(&queue));
+        let entry = queue.get(&path).unwrap().unwrap();
+        assert_eq!(entry.state, State::Failed);
+        assert_eq!(entry.last_error.as_deref(), Some("gone from the store"));
+    }
+
+    fn throttled(retry_after: Option<Duration>) -> Failure {
+        Failure {
+            class: ErrorClass::Transient,
+            message: "503 SlowDown".to_owned(),
+            retry_after,
+        }
+    }
+
+    /// The wait an outcome asks for, from `before` (ms since the epoch).
+    fn wait_of(outcome: &Outcome, before: u64) -> Duration {
+        match outcome {
+            Outcome::RetryAt { at_ms, .. } => Duration::from_millis(at_ms.saturating_sub(before)),
+            other => panic!("not a retry: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_configured_maximum_and_never_overflows() {
+        let config = Config {
+            retry_initial_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(600),
+            ..Config::default()
+        };
+        let before = now_ms();
+        let asked = throttled(Some(Duration::from_secs(120)));
+        let wait = wait_of(&outcome_of_failure(&config, 1, &asked), before);
+        assert!(wait >= Duration::from_secs(120), "{wait:?}");
+        assert!(wait < Duration::from_secs(121), "{wait:?}");
+
+        // A huge Retry-After (the parser caps it at an hour; the pipeline at retry_max_delay).
+        let huge = crate::sink::retry_after::parse("99999999999999999999", SystemTime::now());
+        let wait = wait_of(&outcome_of_failure(&config, 1, &throttled(huge)), before);
+        assert!(
+            wait <= config.retry_max_delay + Duration::from_secs(1),
+            "{wait:?}"
+        );
+        let wait = wait_of(
+            &outcome_of_failure(&config, 1, &throttled(Some(Duration::MAX))),
+            before,
+        );
+        assert!(
+            wait <= config.retry_max_delay + Duration::from_secs(1),
+            "{wait:?}"
+        );
+
+        // An HTTP-date in the past asks for no wait: the backoff alone decides (0.5–1 s).
+        let past =
+            crate::sink::retry_after::parse("Sun, 06 Nov 1994 08:49:37 GMT", SystemTime::now());
+        assert_eq!(past, Some(Duration::ZERO));
+        let wait = wait_of(&outcome_of_failure(&config, 1, &throttled(past)), before);
+        assert!(wait >= Duration::from_millis(500), "{wait:?}");
+        assert!(wait <= Duration::from_secs(2), "{wait:?}");
+
+        // The largest settings neither panic nor wrap around to an earlier time.
+        let unbounded = Config {
+            retry_max_delay: Duration::MAX,
+            max_attempts: u32::MAX,
+            ..config
+        };
+        let outcome = outcome_of_failure(&unbounded, 40, &throttled(Some(Duration::MAX)));
+        assert!(matches!(outcome, Outcome::RetryAt { at_ms, .. } if at_ms >= before));
+        let at = instant_in(u64::MAX);
+        assert!(at <= Instant::now() + LONGEST_SLEEP);
+    }
 
     #[test]
     fn a_retry_time_beyond_any_clock_is_capped_instead_of_overflowing() {

@@ -17,6 +17,7 @@ use crate::config::{check_level, Config};
 use crate::engine::EngineConfig;
 use crate::format::signing::SigningKey;
 use crate::keys::configured_keys;
+use crate::layout::WriterId;
 use crate::sink::{Sink, TargetUrl};
 
 pub struct Settings {
@@ -40,11 +41,13 @@ impl Settings {
         let sink = Sink::open(&target_url, config.request_timeout)
             .await
             .with_context(|| format!("cannot use target {target_url}"))?;
+        let mut stream = config.stream_settings(config.compression, config.compression_level);
+        stream.writer = writer_id(&config.state_dir.join(WRITER_ID_FILE))?;
         let engine = EngineConfig::new(
             Arc::new(sink),
             target_url.to_string(),
             Arc::new(keys),
-            config.stream_settings(config.compression, config.compression_level),
+            stream,
             config.jobs,
             config.parallel_requests,
             true,
@@ -62,6 +65,33 @@ impl Settings {
             target_url,
             config,
         })
+    }
+}
+
+/// Where the daemon keeps its writer id, in its state directory.
+pub const WRITER_ID_FILE: &str = "writer-id";
+
+/// The daemon's writer id (see [`WriterId`]), made on first use and kept in `file`, so that
+/// after a restart it still knows which unfinished multipart uploads are its own.
+pub fn writer_id(file: &Path) -> anyhow::Result<WriterId> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => WriterId::parse(text.trim()).with_context(|| {
+            format!(
+                "{} does not hold a writer id (8 nix32 characters); delete it to make a new one",
+                file.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = WriterId::random();
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(file, format!("{id}\n"))
+                .with_context(|| format!("cannot write the writer id {}", file.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the writer id {}", file.display())),
     }
 }
 
@@ -94,4 +124,21 @@ fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty() && !h.contains(':') && !h.contains(char::is_whitespace))
         .unwrap_or_else(|| "narpush".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state").join(WRITER_ID_FILE);
+        let made = writer_id(&file).unwrap();
+        assert_eq!(writer_id(&file).unwrap(), made);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{made}\n"));
+        std::fs::write(&file, "not an id\n").unwrap();
+        let error = format!("{:#}", writer_id(&file).unwrap_err());
+        assert!(error.contains(&file.display().to_string()), "{error}");
+    }
 }

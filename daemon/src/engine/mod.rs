@@ -14,6 +14,11 @@
 //!                                                          the realisations they depend on)
 //! ```
 //!
+//! A path is in the cache only when its narinfo there is trusted: it parses, names the path,
+//! is signed by one of our own keys, and its NAR exists (see `tasks::check`). A narinfo
+//! that fails any of these is treated as absent: the path is uploaded again and the narinfo
+//! overwritten (a NAR object is never overwritten with other bytes, see [`crate::layout`]).
+//!
 //! - [`graph`]: the state of every path in flight and the closure invariant, as a pure state
 //!   machine; `coordinator`: the task that owns the graph and performs its actions, as the
 //!   futures of `tasks`;
@@ -66,7 +71,7 @@ use stream::{StoredNar, StreamSettings};
 
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::Realisation;
-use crate::format::signing::SigningKey;
+use crate::format::signing::{SigningKey, VerifyingKey};
 use crate::format::store_path::StorePath;
 use crate::layout::{self, content_type, CacheInfo};
 use crate::sink::{Sink, SinkError};
@@ -86,6 +91,9 @@ pub struct EngineConfig {
     /// The sink's URL, for people; a change of it empties the known-present set.
     pub sink_name: String,
     pub keys: Arc<Vec<SigningKey>>,
+    /// The public halves of `keys`: a narinfo in the cache counts only when one of them
+    /// verifies it.
+    pub own_keys: Vec<VerifyingKey>,
     pub stream: StreamSettings,
     /// NARs above [`SMALL_NAR`] streamed at once.
     pub jobs: usize,
@@ -118,6 +126,7 @@ impl EngineConfig {
         EngineConfig {
             sink,
             sink_name,
+            own_keys: keys.iter().map(SigningKey::public_key).collect(),
             keys,
             stream,
             jobs: jobs.max(1),

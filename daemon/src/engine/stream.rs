@@ -60,6 +60,8 @@ pub struct StreamSettings {
     pub workers: u32,
     /// Build the `.ls` listing while streaming, compressed with this (`None`: no listing).
     pub listing: Option<Compression>,
+    /// Named in the NARs streamed in parts (see [`layout::WriterId`]).
+    pub writer: layout::WriterId,
 }
 
 impl StreamSettings {
@@ -72,6 +74,7 @@ impl StreamSettings {
             part_size: DEFAULT_PART_SIZE,
             workers: u32::try_from(cores).unwrap_or(1).min(MAX_WORKERS),
             listing: None,
+            writer: layout::WriterId::random(),
         }
     }
 }
@@ -153,7 +156,7 @@ pub async fn store_nar(
         return Ok(stored(key, settings.compression, measured));
     }
 
-    let key = layout::nar_key_unique(&info.nar_hash, settings.compression);
+    let key = layout::nar_key_unique(&info.nar_hash, settings.compression, settings.writer);
     let mut upload = match sink.start_upload(&key, content_type::NAR).await {
         Ok(upload) => upload,
         Err(error) => {

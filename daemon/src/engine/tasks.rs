@@ -22,6 +22,7 @@ use crate::gc;
 use crate::layout::{self, content_type};
 use crate::sink::Sink;
 use crate::store::PathInfo;
+use crate::trust::trusted_narinfo;
 
 /// How long a refreshed narinfo is watched for a collection that planned its deletion before
 /// the refresh: longer than such a collection may take to delete it.
@@ -50,44 +51,101 @@ pub(super) enum Purpose {
     PublishRealisations(Vec<DrvOutputId>),
 }
 
-/// Looks `path` up: in the cache (its narinfo exists), else in the upstream caches.
+/// Looks `path` up: in the cache, else in the upstream caches.
+///
+/// The cache has it only when its narinfo there is trusted (see [`in_cache`]); any other
+/// narinfo is as good as none, and the path is uploaded again, overwriting it.
 ///
 /// A narinfo found older than `refresh_after` is rewritten so that retention GC sees that the
 /// path is built upon again. A collection that listed it just before may still delete it: such
 /// a deletion comes within [`gc::DELETE_WINDOW`] of that listing, so after waiting longer than
-/// that the narinfo is looked for once more, and uploaded again if it is gone.
+/// that the narinfo and its NAR are looked for once more, and the path uploaded again if
+/// either is gone.
 pub(super) async fn check(config: &EngineConfig, path: StorePath) -> Done {
-    let key = layout::narinfo_key(&path);
-    let result = match config.sink.modified(&key).await {
-        Ok(Some(modified)) => {
-            let age = SystemTime::now()
-                .duration_since(modified)
-                .unwrap_or_default();
-            if age > config.refresh_after {
-                refresh(&config.sink, &key).await
-            } else {
-                Ok(Lookup::Present)
-            }
-        }
-        Ok(None) => Ok(match config.upstream.serves(&path).await {
-            Some(nar_size) => Lookup::Upstream { nar_size },
-            None => Lookup::Absent,
-        }),
-        Err(e) => Err(UploadError::from(e)),
-    };
+    let result = lookup(config, &path).await;
     Done::Checked(path, result)
 }
 
-/// Writes the narinfo at `key` again, unchanged, then makes sure no collection deleted it.
-async fn refresh(sink: &Sink, key: &str) -> Result<Lookup, UploadError> {
-    let Some(body) = sink.get(key).await? else {
-        return Ok(Lookup::Absent);
-    };
-    sink.put(key, body, content_type::NARINFO).await?;
-    tokio::time::sleep(REFRESH_SETTLE).await;
-    Ok(match sink.modified(key).await? {
-        Some(_) => Lookup::Present,
+async fn lookup(config: &EngineConfig, path: &StorePath) -> Result<Lookup, UploadError> {
+    let key = layout::narinfo_key(path);
+    if let Some(found) = in_cache(config, path, &key).await? {
+        let age = SystemTime::now()
+            .duration_since(found.modified)
+            .unwrap_or_default();
+        if age <= config.refresh_after {
+            return Ok(Lookup::Present);
+        }
+        return refresh(&config.sink, &key, found).await;
+    }
+    Ok(match config.upstream.serves(path).await {
+        Some(nar_size) => Lookup::Upstream { nar_size },
         None => Lookup::Absent,
+    })
+}
+
+/// A narinfo of the cache that can be built upon, as read.
+struct Found {
+    body: Bytes,
+    modified: SystemTime,
+    nar_key: String,
+}
+
+/// The narinfo of `path` at `key`, if the cache has it and it can be trusted: it parses, is
+/// `path`'s, carries a valid signature by one of our own keys, and its NAR exists. Two
+/// requests for a path that is there (GET the narinfo, then HEAD its NAR), one for a path that
+/// is not.
+async fn in_cache(
+    config: &EngineConfig,
+    path: &StorePath,
+    key: &str,
+) -> Result<Option<Found>, UploadError> {
+    let Some(fetched) = config.sink.fetch(key).await? else {
+        return Ok(None);
+    };
+    let narinfo = match trusted_narinfo(&fetched.body, path, &config.own_keys) {
+        Ok(narinfo) => narinfo,
+        Err(why) => {
+            tracing::info!(
+                %path,
+                "the cache's narinfo is not ours to trust ({}); uploading the path again",
+                crate::error_chain(&why)
+            );
+            return Ok(None);
+        }
+    };
+    if !layout::is_nar_key(&narinfo.url) {
+        tracing::info!(
+            %path,
+            url = narinfo.url,
+            "the cache's narinfo points outside nar/; uploading the path again"
+        );
+        return Ok(None);
+    }
+    if !config.sink.exists(&narinfo.url).await? {
+        tracing::info!(
+            %path,
+            url = narinfo.url,
+            "the cache's narinfo points at a NAR that is gone; uploading the path again"
+        );
+        return Ok(None);
+    }
+    Ok(Some(Found {
+        body: fetched.body,
+        modified: fetched.modified,
+        nar_key: narinfo.url,
+    }))
+}
+
+/// Writes the narinfo `found` at `key` again, unchanged, then makes sure no collection
+/// deleted it or its NAR.
+async fn refresh(sink: &Sink, key: &str, found: Found) -> Result<Lookup, UploadError> {
+    sink.put(key, found.body, content_type::NARINFO).await?;
+    tokio::time::sleep(REFRESH_SETTLE).await;
+    let (narinfo, nar) = tokio::try_join!(sink.exists(key), sink.exists(&found.nar_key))?;
+    Ok(if narinfo && nar {
+        Lookup::Present
+    } else {
+        Lookup::Absent
     })
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::{ErrorClass, SinkError};
+use super::{ErrorClass, Fetched, SinkError};
 
 pub struct FileSink {
     pub(super) root: PathBuf,
@@ -29,12 +29,18 @@ impl FileSink {
         Ok(self.modified(key).await?.is_some())
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
-        match tokio::fs::read(self.root.join(key)).await {
-            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error("read", key, &e)),
-        }
+    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
+        let file = self.root.join(key);
+        let (body, modified) =
+            match tokio::try_join!(tokio::fs::read(&file), tokio::fs::metadata(&file)) {
+                Ok((bytes, meta)) => (bytes, meta.modified()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_error("read", key, &e)),
+            };
+        Ok(Some(Fetched {
+            body: Bytes::from(body),
+            modified: modified.map_err(|e| io_error("stat", key, &e))?,
+        }))
     }
 
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {

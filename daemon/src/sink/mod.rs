@@ -41,6 +41,13 @@ pub struct SinkError {
     pub retry_after: Option<Duration>,
 }
 
+/// An object read whole.
+pub struct Fetched {
+    pub body: Bytes,
+    /// When it was last written (S3 `Last-Modified`, a file's mtime).
+    pub modified: SystemTime,
+}
+
 pub enum Sink {
     File(file::FileSink),
     S3(s3::S3Sink),
@@ -71,9 +78,14 @@ impl Sink {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
+        Ok(self.fetch(key).await?.map(|fetched| fetched.body))
+    }
+
+    /// The object at `key` and when it was written, in one request; `None` if it is absent.
+    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
         match self {
-            Sink::File(t) => t.get(key).await,
-            Sink::S3(t) => t.get(key).await,
+            Sink::File(t) => t.fetch(key).await,
+            Sink::S3(t) => t.fetch(key).await,
         }
     }
 
@@ -97,18 +109,21 @@ impl Sink {
         }
     }
 
-    /// Aborts narpush's own multipart uploads left unfinished by an earlier run (initiated
-    /// before `before`, under a streamed NAR's name); returns how many. A directory target
-    /// has none to abort.
-    pub async fn abort_stale_uploads(&self, before: SystemTime) -> Result<usize, SinkError> {
+    /// Aborts the multipart uploads `writer` left unfinished in an earlier run (initiated
+    /// before `before`, under a name of a NAR it streamed); returns how many. Other writers'
+    /// uploads, and those under names without a writer id, are left to the bucket's lifecycle
+    /// rule. A directory target has none to abort.
+    pub async fn abort_stale_uploads(
+        &self,
+        before: SystemTime,
+        writer: crate::layout::WriterId,
+    ) -> Result<usize, SinkError> {
         match self {
             Sink::File(_) => Ok(0),
             Sink::S3(t) => {
-                t.abort_stale_uploads(
-                    crate::layout::NAR_PREFIX,
-                    before,
-                    crate::layout::is_streamed_nar_key,
-                )
+                t.abort_stale_uploads(crate::layout::NAR_PREFIX, before, &|key| {
+                    crate::layout::is_streamed_by(key, writer)
+                })
                 .await
             }
         }

@@ -19,22 +19,17 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
-use aws_config::meta::credentials::CredentialsProviderChain;
-use aws_config::profile::ProfileFileCredentialsProvider;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_types::error::display::DisplayErrorContext;
-use aws_smithy_types::retry::RetryConfig;
-use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
 use super::url::S3Location;
-use super::{ErrorClass, SinkError};
+use super::{ErrorClass, Fetched, SinkError};
+
+mod client;
+use client::{credentials_chain, sdk_config, signs_payload};
 
 pub struct S3Sink {
     pub(super) client: aws_sdk_s3::Client,
@@ -71,7 +66,7 @@ impl S3Sink {
         Ok(self.modified(key).await?.is_some())
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
+    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
         let result = self
             .client
             .get_object()
@@ -81,6 +76,10 @@ impl S3Sink {
             .await;
         match result {
             Ok(output) => {
+                let modified = output
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
                 let body = output.body.collect().await.map_err(|e| SinkError {
                     operation: "GET",
                     key: key.to_owned(),
@@ -88,7 +87,10 @@ impl S3Sink {
                     detail: e.to_string(),
                     retry_after: None,
                 })?;
-                Ok(Some(body.into_bytes()))
+                Ok(Some(Fetched {
+                    body: body.into_bytes(),
+                    modified,
+                }))
             }
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
             // As with HEAD: without s3:ListBucket, AWS answers 403 AccessDenied for a missing
@@ -170,7 +172,7 @@ impl S3Sink {
         &self,
         prefix: &str,
         before: SystemTime,
-        is_ours: fn(&str) -> bool,
+        is_ours: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<usize, SinkError> {
         let mut aborted = 0;
         let (mut key_marker, mut upload_id_marker) = (None, None);
@@ -215,69 +217,6 @@ impl S3Sink {
             }
         }
     }
-}
-
-/// Environment first, then the shared credentials file. Fails early, with a sentence a person
-/// can act on, when neither has credentials.
-async fn credentials_chain(location: &S3Location) -> Result<CredentialsProviderChain, SinkError> {
-    use aws_credential_types::provider::ProvideCredentials;
-    let mut profile = ProfileFileCredentialsProvider::builder();
-    if let Some(name) = &location.profile {
-        profile = profile.profile_name(name);
-    }
-    let chain = CredentialsProviderChain::first_try(
-        "environment",
-        EnvironmentVariableCredentialsProvider::new(),
-    )
-    .or_else("profile", profile.build());
-    chain.provide_credentials().await.map_err(|e| {
-        tracing::debug!(error = %DisplayErrorContext(&e), "no credentials");
-        SinkError {
-            operation: "load credentials for",
-            key: format!("s3://{}", location.bucket),
-            class: ErrorClass::Permanent,
-            detail: format!(
-                "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
-                     AWS_SHARED_CREDENTIALS_FILE{}",
-                location
-                    .profile
-                    .as_deref()
-                    .map(|p| format!(" with a [{p}] profile"))
-                    .unwrap_or_default(),
-            ),
-            retry_after: None,
-        }
-    })?;
-    Ok(chain)
-}
-
-/// The client settings every S3 target gets, before credentials.
-fn sdk_config(location: &S3Location, request_timeout: Duration) -> aws_sdk_s3::config::Builder {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(location.region.clone()))
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(request_timeout)
-                .build(),
-        );
-    match &location.endpoint {
-        Some(endpoint) => config.endpoint_url(endpoint).force_path_style(true),
-        None => config,
-    }
-}
-
-/// Whether object bodies are hashed into the signature: only where nothing else protects them
-/// (a plain-HTTP endpoint). AWS itself (no endpoint) is always HTTPS.
-fn signs_payload(location: &S3Location) -> bool {
-    location
-        .endpoint
-        .as_deref()
-        .is_some_and(|endpoint| !endpoint.to_ascii_lowercase().starts_with("https://"))
 }
 
 /// A multipart upload in progress.

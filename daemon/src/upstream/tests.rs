@@ -1,5 +1,6 @@
 use super::*;
 use crate::format::hash::Sha256;
+use crate::format::narinfo::NarInfo;
 use crate::format::signing::SigningKey;
 
 fn path(name: &str) -> StorePath {

@@ -3,9 +3,11 @@
 //!
 //! The order of a run: check the settings (target, keys) → start a private daemon
 //! ([`private_daemon`]) → write a hook wrapper that points `narpush-hook` at it and register it
-//! as `post-build-hook` for COMMAND through `NIX_CONFIG` → run COMMAND (a first SIGTERM or
-//! SIGINT is passed on to it) → wait until the daemon is idle ([`drain`]; a signal now stops
-//! the wait) → report, stop the daemon.
+//! as `post-build-hook` for COMMAND through `NIX_CONFIG` → run COMMAND in a process group of
+//! its own (SIGTERM and SIGINT are passed on to the whole group, so the processes COMMAND
+//! started get them too; on a terminal the group is in the foreground while it runs, see
+//! [`foreground`]) → wait until the daemon is idle ([`drain`]; a signal now stops the wait) →
+//! report, stop the daemon.
 //!
 //! Exit status: COMMAND's (128+N when a signal N ended it); when COMMAND succeeded but uploads
 //! failed or were cut short, 1, unless `--allow-upload-failures`; 2 when nothing was run
@@ -13,6 +15,7 @@
 
 mod builds;
 mod drain;
+mod foreground;
 mod private_daemon;
 
 use std::os::unix::fs::PermissionsExt;
@@ -45,8 +48,9 @@ use private_daemon::{Overrides, PrivateDaemon};
 /// `narpush client-config` then prints for consumers.
 ///
 /// Exit status: COMMAND's; 1 if COMMAND succeeded but uploads failed (0 with
-/// --allow-upload-failures); 2 if nothing was run (bad settings). SIGINT/SIGTERM while COMMAND
-/// runs go to COMMAND, and the uploads of what it built still finish; a signal while exec waits
+/// --allow-upload-failures); 2 if nothing was run (bad settings). COMMAND runs in a process
+/// group of its own: SIGINT/SIGTERM while it runs go to that whole group (COMMAND and the
+/// processes it started; Ctrl-C on a terminal reaches it directly), and the uploads of what it built still finish; a signal while exec waits
 /// for the uploads stops the wait and reports what is left.
 ///
 /// Example: narpush exec --to 's3://cache?endpoint=…&region=auto' -- nix build .#default
@@ -191,15 +195,22 @@ async fn supervise(
     let mut child = tokio::process::Command::new(program)
         .args(&args.command[1..])
         .env("NIX_CONFIG", nix_config_with_hook(wrapper))
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot run {}", Path::new(program).display()))?;
+    let group = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(nix::unistd::Pid::from_raw);
+    let terminal = group.and_then(foreground::hand_over);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("cannot wait for COMMAND")?,
-            _ = terminate.recv() => pass_on(&child, nix::sys::signal::Signal::SIGTERM),
-            _ = interrupt.recv() => pass_on(&child, nix::sys::signal::Signal::SIGINT),
+            _ = terminate.recv() => pass_on(group, nix::sys::signal::Signal::SIGTERM),
+            _ = interrupt.recv() => pass_on(group, nix::sys::signal::Signal::SIGINT),
         }
     };
+    drop(terminal);
     let command_code = match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(signal)) => 128 + signal,
@@ -214,9 +225,11 @@ async fn supervise(
     Ok(Outcome::Code(u8::try_from(code).unwrap_or(1)))
 }
 
-fn pass_on(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
-    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+/// Sends `signal` to every process of COMMAND's group (COMMAND and what it started).
+fn pass_on(group: Option<nix::unistd::Pid>, signal: nix::sys::signal::Signal) {
+    if let Some(group) = group {
+        // The group may be gone already (COMMAND just exited): nothing to signal.
+        let _ = nix::sys::signal::killpg(group, signal);
     }
 }
 

@@ -1,0 +1,47 @@
+//! COMMAND's process group and the terminal: when `narpush exec` runs in the foreground of a
+//! terminal, COMMAND's group (a group of its own, so that signals reach everything it started)
+//! takes the terminal's foreground while it runs, so that it can read the terminal (a prompt)
+//! and Ctrl-C reaches it directly; exec takes the foreground back when COMMAND has ended.
+//!
+//! Invariant: the terminal is handed back exactly when it was handed over (by [`Terminal`]'s
+//! `Drop`), and never touched when exec was not in its foreground (CI, a pipe, a background job).
+
+use std::io::IsTerminal;
+
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
+
+/// The terminal lent to COMMAND's group; given back to exec's group when dropped.
+pub struct Terminal {
+    own_group: Pid,
+}
+
+/// Puts `group` in the foreground of the terminal on stdin, if exec is in its foreground now.
+pub fn hand_over(group: Pid) -> Option<Terminal> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return None;
+    }
+    let own_group = getpgrp();
+    if tcgetpgrp(&stdin).ok()? != own_group {
+        return None;
+    }
+    tcsetpgrp(&stdin, group).ok()?;
+    // COMMAND may have read the terminal before it was its own, and been stopped for it.
+    let _ = signal::killpg(group, Signal::SIGCONT);
+    Some(Terminal { own_group })
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // exec is in the background now: taking the terminal back would stop it with SIGTTOU,
+        // unless that signal is blocked (POSIX then lets tcsetpgrp through).
+        let mut ttou = SigSet::empty();
+        ttou.add(Signal::SIGTTOU);
+        let blocked = ttou.thread_block().is_ok();
+        let _ = tcsetpgrp(std::io::stdin(), self.own_group);
+        if blocked {
+            let _ = ttou.thread_unblock();
+        }
+    }
+}
