@@ -117,11 +117,16 @@ fn assert_matches_status(samples: &[Sample], status: &serde_json::Value) {
 fn metrics_after_hooked_builds_parse_and_equal_the_status_counters() {
     let s3 = S3Server::start();
     s3.bucket("metrics");
-    let (daemon, address) = daemon_with_metrics(&s3.url("metrics"), "", s3.env());
-    // A path some other writer already put in the cache: the daemon finds it there.
-    let elsewhere = nix_build(&fixture("single.nix"), &[("nonce", &unique("present"))]).remove(0);
+    // The cache's key, shared by every machine that writes to it.
     let keys = tempfile::tempdir().unwrap();
-    let (secret, _) = keygen(keys.path(), "other-writer-1");
+    let (secret, _) = keygen(keys.path(), "metrics-cache-1");
+    let (daemon, address) = daemon_with_metrics(
+        &s3.url("metrics"),
+        &format!("secret_key_files = [\"{}\"]\n", secret.display()),
+        s3.env(),
+    );
+    // A path another machine already put in the cache: the daemon finds it there.
+    let elsewhere = nix_build(&fixture("single.nix"), &[("nonce", &unique("present"))]).remove(0);
     run_ok(
         narpush()
             .args(["upload", "--to", &s3.url("metrics"), "--key"])
