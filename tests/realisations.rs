@@ -46,12 +46,33 @@ impl Fixture {
             .arg(&self.marker);
     }
 
+    /// Builds `attr` in the local store (with ca-derivations) and returns its output path.
+    fn build(&self, attr: &str) -> String {
+        let mut build = nix_with_ca("nix-build", "");
+        build.arg("--no-out-link");
+        self.args(&mut build);
+        build.args(["-A", attr]);
+        run_ok(&mut build).trim().to_owned()
+    }
+
     fn instantiate(&self, attr: &str) -> String {
         let mut instantiate = nix_with_ca("nix-instantiate", "");
         self.args(&mut instantiate);
         instantiate.args(["-A", attr]);
         run_ok(&mut instantiate).trim().to_owned()
     }
+}
+
+/// `narpush upload --key KEY --to file://CACHE PATH`, which must succeed.
+fn upload(key_file: &Path, cache: &Path, path: &str) {
+    run_ok(
+        narpush()
+            .args(["upload", "--quiet", "--key"])
+            .arg(key_file)
+            .arg("--to")
+            .arg(format!("file://{}", cache.display()))
+            .arg(path),
+    );
 }
 
 /// `nix realisation info --json` of `drv` in the local store: (id, outPath basename, JSON).
@@ -187,23 +208,12 @@ fn upload_of_a_ca_drv_publishes_its_realisations_and_a_fresh_store_substitutes_i
     let (key_file, public_key) = keygen(dir.path(), "ca-upload-1");
     let cache = dir.path().join("cache");
     let fixture = Fixture::new("ca-upload");
-    let mut build = nix_with_ca("nix-build", "");
-    build.arg("--no-out-link");
-    fixture.args(&mut build);
-    build.args(["-A", "top"]);
-    run_ok(&mut build);
+    fixture.build("top");
     let top_drv = fixture.instantiate("top");
     let dep_drv = fixture.instantiate("dep");
 
     let started = Instant::now();
-    run_ok(
-        narpush()
-            .args(["upload", "--quiet", "--key"])
-            .arg(&key_file)
-            .arg("--to")
-            .arg(format!("file://{}", cache.display()))
-            .arg(&top_drv),
-    );
+    upload(&key_file, &cache, &top_drv);
     assert!(started.elapsed() < Duration::from_secs(60));
     let top = realisations(&top_drv);
     for local in top.iter().chain(&realisations(&dep_drv)) {
@@ -222,19 +232,8 @@ fn upload_of_a_ca_output_path_publishes_its_realisation_found_through_its_derive
     let (key_file, public_key) = keygen(dir.path(), "ca-output-1");
     let cache = dir.path().join("cache");
     let fixture = Fixture::new("ca-output");
-    let mut build = nix_with_ca("nix-build", "");
-    build.arg("--no-out-link");
-    fixture.args(&mut build);
-    build.args(["-A", "top"]);
-    let out = run_ok(&mut build).trim().to_owned();
-    run_ok(
-        narpush()
-            .args(["upload", "--quiet", "--key"])
-            .arg(&key_file)
-            .arg("--to")
-            .arg(format!("file://{}", cache.display()))
-            .arg(&out),
-    );
+    let out = fixture.build("top");
+    upload(&key_file, &cache, &out);
     // Nix 2.8 records the resolved derivation (inputs replaced by their outputs) as the
     // deriver of an output with content-addressed inputs: its realisation is the one found.
     let info = run_ok(nix_with_ca("nix", "").args(["path-info", "--json", &out]));
@@ -262,19 +261,8 @@ fn without_the_realisations_the_fresh_store_cannot_substitute_and_must_build() {
     let (key_file, public_key) = keygen(dir.path(), "ca-control-1");
     let cache = dir.path().join("cache");
     let fixture = Fixture::new("ca-control");
-    let mut build = nix_with_ca("nix-build", "");
-    build.arg("--no-out-link");
-    fixture.args(&mut build);
-    build.args(["-A", "top"]);
-    let out = run_ok(&mut build).trim().to_owned();
-    run_ok(
-        narpush()
-            .args(["upload", "--quiet", "--key"])
-            .arg(&key_file)
-            .arg("--to")
-            .arg(format!("file://{}", cache.display()))
-            .arg(&out),
-    );
+    let out = fixture.build("top");
+    upload(&key_file, &cache, &out);
     std::fs::remove_dir_all(cache.join("realisations")).ok();
     let cache_url = format!("file://{}", cache.display());
     let (_store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
