@@ -32,8 +32,6 @@ use super::status;
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The pause after a failed accept (out of file descriptors), so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve metrics on {address} (config key 'metrics_listen')")]
@@ -56,21 +54,13 @@ pub fn listen(address: SocketAddr) -> Result<TcpListener, ListenError> {
 /// Serves scrapes until the stop signal.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.stop.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!("metrics: cannot accept a connection: {e}");
-                tokio::select! {
-                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
-                    () = shared.stop.cancelled() => return,
-                }
-            }
-        };
+    let listener = &listener;
+    while let Some(stream) = shared
+        .next_connection("metrics", move || async move {
+            listener.accept().await.map(|(stream, _)| stream)
+        })
+        .await
+    {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(
                 "metrics: {MAX_CONNECTIONS} connections already open; closing a new one"

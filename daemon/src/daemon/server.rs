@@ -72,19 +72,13 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.stop.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let listener = &listener;
+    while let Some(stream) = shared
+        .next_connection("socket", move || async move {
+            listener.accept().await.map(|(stream, _)| stream)
+        })
+        .await
+    {
         let tracked = shared.clone();
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {

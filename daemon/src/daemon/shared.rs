@@ -4,8 +4,11 @@
 //! Settings are swapped whole (an `Arc` behind a lock held only to clone or replace it), so a
 //! task always works with one consistent configuration.
 
+use std::future::Future;
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +43,39 @@ pub struct Shared {
     config_path: Option<PathBuf>,
 }
 
+/// How long a listener rests after a failed accept (EMFILE and the like) before the next one.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
 impl Shared {
+    /// The next connection `accept` yields, or `None` at the stop signal. A failed accept is
+    /// logged (under `listener`'s name) and tried again after a pause, so it cannot spin.
+    pub async fn next_connection<S, Accept, Accepted>(
+        &self,
+        listener: &str,
+        mut accept: Accept,
+    ) -> Option<S>
+    where
+        Accept: FnMut() -> Accepted,
+        Accepted: Future<Output = io::Result<S>>,
+    {
+        loop {
+            let accepted = tokio::select! {
+                accepted = accept() => accepted,
+                () = self.stop.cancelled() => return None,
+            };
+            match accepted {
+                Ok(stream) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!("{listener}: cannot accept a connection: {e}");
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                        () = self.stop.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
     pub fn new(
         queue: Queue,
         roots: GcRoots,
