@@ -193,7 +193,7 @@ in
           jobs = lib.mkOption {
             type = lib.types.ints.between 1 1024;
             default = 2;
-            description = "NARs over 1 MiB streamed at once (each holds at most two 8 MiB parts in memory).";
+            description = "NARs over 1 MiB compressed and uploaded at once (each holds at most 8 MiB in memory, two 8 MiB parts when streamed in parts; see `single_put_max_bytes`).";
           };
           parallel_requests = lib.mkOption {
             type = lib.types.ints.between 1 1024;

@@ -74,7 +74,7 @@ fn hook_built_closure_reaches_s3_and_stock_nix_substitutes_it() {
 #[test]
 fn kill_9_during_a_multipart_upload_loses_nothing_and_never_publishes_a_dangling_narinfo() {
     let s3 = S3Server::start();
-    let mut daemon = s3_daemon(&s3, "cache", "jobs = 1");
+    let mut daemon = s3_daemon(&s3, "cache", "jobs = 1\nsingle_put_max_bytes = 0");
     let bucket = s3.root.path().join("cache");
     let (paths, build) = build_with_hook(
         &fixture("closure.nix"),

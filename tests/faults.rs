@@ -64,7 +64,8 @@ fn the_proxy_without_faults_forwards_signed_requests_unchanged() {
 
 #[test]
 fn a_lost_complete_multipart_upload_answer_is_not_a_failure() {
-    // 9 MiB of random bytes: more than one 8 MiB part, so the big NAR is a multipart upload.
+    // 9 MiB of random bytes: more than one 8 MiB part, so with `multipart-upload=true` the big
+    // NAR is a multipart upload.
     let (top, closure) = build_closure("lost-complete", "9");
     let s3 = S3Server::start();
     let bucket = s3.bucket("cache");
@@ -78,7 +79,8 @@ fn a_lost_complete_multipart_upload_answer_is_not_a_failure() {
         Fault::DropAfterCompletion,
     );
 
-    let output = run(&mut upload(&s3, &proxy.url("cache"), &secret, &top));
+    let target = format!("{}&multipart-upload=true", proxy.url("cache"));
+    let output = run(&mut upload(&s3, &target, &secret, &top));
     assert_eq!(proxy.injected().get(&Fault::DropAfterCompletion), Some(&1));
     assert!(output.status.success(), "upload: {}", stderr(&output));
     assert_eq!(narinfos(&bucket).len(), closure.len());
@@ -120,7 +122,7 @@ fn hundreds_of_injected_faults_lose_no_path_and_never_break_the_closure_invarian
     let daemon = Daemon::start(
         &format!(
             "target = \"{}\"\njobs = 4\nmax_attempts = 1000\nretry_initial_delay_ms = 20\n\
-             retry_max_delay_ms = 200\nrequest_timeout_ms = 1000\n",
+             retry_max_delay_ms = 200\nrequest_timeout_ms = 1000\nsingle_put_max_bytes = 0\n",
             proxy.url("cache")
         ),
         s3.env(),

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::default_paths::{default_gc_roots_dir, default_state_dir};
 use crate::engine::compress::Compression;
-use crate::engine::stream::StreamSettings;
+use crate::engine::stream::{StreamSettings, DEFAULT_SINGLE_PUT_MAX};
 use crate::format::signing::VerifyingKey;
 use crate::layout::CacheInfo;
 use crate::sink::params::CacheParams;
@@ -52,6 +52,7 @@ struct RawConfig {
     upload_build_logs: Option<bool>,
     max_build_log_bytes: Option<u64>,
     write_nar_listing: Option<bool>,
+    single_put_max_bytes: Option<u64>,
     metrics_listen: Option<String>,
     public_url: Option<String>,
 }
@@ -105,6 +106,9 @@ pub struct Config {
     pub want_mass_query: bool,
     /// Multipart part size (target URL only: `buffer-size`); `None` is the default.
     pub part_size: Option<u64>,
+    /// NARs up to this size go up with one PUT, bigger ones in parts (`single_put_max_bytes`,
+    /// `?multipart-upload=`).
+    pub single_put_max: u64,
     /// Compress big NARs on several threads (target URL only: `parallel-compression`).
     pub parallel_compression: bool,
     /// The URL consumers substitute from (`client-config`); `None` when unset or empty.
@@ -155,6 +159,7 @@ impl Default for Config {
             priority: DEFAULT_PRIORITY,
             want_mass_query: true,
             part_size: None,
+            single_put_max: DEFAULT_SINGLE_PUT_MAX,
             parallel_compression: true,
             upload_build_logs: false,
             max_build_log_bytes: DEFAULT_MAX_BUILD_LOG_BYTES,
@@ -361,6 +366,10 @@ impl Config {
                 .map_err(|r| invalid("metrics_listen", r))?,
             priority: raw.priority.unwrap_or(defaults.priority),
             write_nar_listing: raw.write_nar_listing.unwrap_or(defaults.write_nar_listing),
+            single_put_max: check_single_put_max(
+                raw.single_put_max_bytes.unwrap_or(defaults.single_put_max),
+            )
+            .map_err(|r| invalid("single_put_max_bytes", r))?,
             ..defaults
         })
     }
@@ -408,6 +417,9 @@ impl Config {
         if let Some(part_size) = params.part_size {
             self.part_size = Some(part_size);
         }
+        if let Some(max) = params.single_put_max {
+            self.single_put_max = max;
+        }
         if let Some(write) = params.write_nar_listing {
             self.write_nar_listing = write;
         }
@@ -426,6 +438,7 @@ impl Config {
             stream.workers = 0;
         }
         stream.listing = self.write_nar_listing.then_some(self.ls_compression);
+        stream.single_put_max = self.single_put_max;
         stream
     }
 
@@ -444,7 +457,7 @@ impl Config {
 }
 
 mod checks;
-use checks::{absolute, check_listen_address, check_public_url, location};
+use checks::{absolute, check_listen_address, check_public_url, check_single_put_max, location};
 pub use checks::{check_concurrency, check_level};
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::MAX_CONCURRENCY;
 use crate::engine::compress::Compression;
+use crate::engine::stream::SINGLE_PUT_MAX_LIMIT;
 
 /// A configured path, which must be absolute, or the default.
 pub(super) fn absolute(
@@ -55,6 +56,18 @@ pub fn check_concurrency(value: usize) -> Result<usize, String> {
     } else {
         Err(format!(
             "must be between 1 and {MAX_CONCURRENCY}, got {value}"
+        ))
+    }
+}
+
+/// The largest NAR written with one PUT: at most [`SINGLE_PUT_MAX_LIMIT`] (a PUT carries at
+/// most 5 GiB); 0 streams every NAR over one part in parts.
+pub(super) fn check_single_put_max(value: u64) -> Result<u64, String> {
+    if value <= SINGLE_PUT_MAX_LIMIT {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be at most {SINGLE_PUT_MAX_LIMIT} (4 GiB: one PUT carries at most 5 GiB), got {value}"
         ))
     }
 }

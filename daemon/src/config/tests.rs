@@ -214,3 +214,36 @@ fn metrics_listen_takes_an_ip_and_port_and_names_a_bad_value() {
         );
     }
 }
+
+#[test]
+fn single_put_max_bytes_is_read_checked_and_overridden_by_multipart_upload() {
+    let config = parse("").unwrap();
+    assert_eq!(
+        config.stream_settings(Compression::Zstd, 3).single_put_max,
+        1 << 30
+    );
+    let mut config = parse("single_put_max_bytes = 0\n").unwrap();
+    assert_eq!(
+        config.stream_settings(Compression::Zstd, 3).single_put_max,
+        0
+    );
+    let err = parse("single_put_max_bytes = 8589934592\n").unwrap_err();
+    assert!(err.to_string().contains("'single_put_max_bytes'"), "{err}");
+    assert!(err.to_string().contains("8589934592"), "{err}");
+    let target =
+        TargetUrl::parse("s3://cache?endpoint=http://127.0.0.1:1&region=x&multipart-upload=false")
+            .unwrap();
+    config.apply_target_params(target.params());
+    assert_eq!(
+        config.stream_settings(Compression::Zstd, 3).single_put_max,
+        4 << 30
+    );
+    let target =
+        TargetUrl::parse("s3://cache?endpoint=http://127.0.0.1:1&region=x&multipart-upload=true")
+            .unwrap();
+    config.apply_target_params(target.params());
+    assert_eq!(
+        config.stream_settings(Compression::Zstd, 3).single_put_max,
+        0
+    );
+}

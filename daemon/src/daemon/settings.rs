@@ -7,8 +7,8 @@
 //! generated on first start (0600).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -43,6 +43,7 @@ impl Settings {
             .with_context(|| format!("cannot use target {target_url}"))?;
         let mut stream = config.stream_settings(config.compression, config.compression_level);
         stream.writer = writer_id(&config.state_dir.join(WRITER_ID_FILE))?;
+        stream.spill_dir = spill_dir(&config.state_dir.join(SPILL_DIR))?;
         let engine = EngineConfig::new(
             Arc::new(sink),
             target_url.to_string(),
@@ -93,6 +94,25 @@ pub fn writer_id(file: &Path) -> anyhow::Result<WriterId> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read the writer id {}", file.display())),
     }
+}
+
+/// Where NARs written with one PUT wait for their upload, in the state directory (not `/tmp`,
+/// which may be memory); their files have no names there (see [`crate::engine::spill`]).
+pub const SPILL_DIR: &str = "tmp";
+
+/// Makes `dir` (readable by the daemon's user only) if it does not exist yet.
+fn spill_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "cannot create the directory for NARs on their way {}",
+                dir.display()
+            )
+        })?;
+    Ok(dir.to_owned())
 }
 
 /// Loads the embedded default key, generating it on first use.

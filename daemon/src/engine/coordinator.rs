@@ -7,7 +7,7 @@
 //! aborted, and a task that panics is turned into a failure of its path, so the graph never
 //! waits for a result that will not come.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::big_nars::{BigNars, Queued, Start};
 use super::graph::{Action, Graph, Report};
 use super::presence::KnownPresent;
 use super::progress::{EngineView, Stages};
@@ -33,32 +34,6 @@ use crate::store::PathInfo;
 
 /// Stored NARs kept for a later attempt at most (their narinfos wait in memory).
 const KEPT_NARS: usize = 10_000;
-/// The longest big NARs wait for lookups still running before they start.
-const BIG_GATE: Duration = Duration::from_millis(200);
-
-/// A big NAR waiting for a `jobs` slot; the largest goes first.
-struct Queued {
-    info: PathInfo,
-    kept: Option<Box<NarInfo>>,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.info.nar_size, &self.info.path).cmp(&(other.info.nar_size, &other.info.path))
-    }
-}
-
 pub(super) struct Coordinator {
     config: Arc<EngineConfig>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -71,8 +46,7 @@ pub(super) struct Coordinator {
     waiting: Vec<StorePath>,
     /// Tops being resolved.
     resolving: usize,
-    big: BinaryHeap<Queued>,
-    big_running: usize,
+    big: BigNars,
     /// Paths whose NAR task runs (at most one each).
     storing: HashSet<StorePath>,
     requests: Arc<Semaphore>,
@@ -81,8 +55,6 @@ pub(super) struct Coordinator {
     kept: HashMap<StorePath, Box<NarInfo>>,
     realisations: Realisations,
     accepting: bool,
-    /// While lookups run, big NARs wait until this moment at most.
-    big_gate: Option<Instant>,
 }
 
 impl Coordinator {
@@ -95,6 +67,7 @@ impl Coordinator {
         Coordinator {
             requests: Arc::new(Semaphore::new(config.parallel_requests)),
             small_bytes: Arc::new(Semaphore::new(SMALL_NAR_BUDGET as usize)),
+            big: BigNars::new(config.jobs),
             config,
             commands,
             reports,
@@ -104,14 +77,11 @@ impl Coordinator {
             purposes: HashMap::new(),
             waiting: Vec::new(),
             resolving: 0,
-            big: BinaryHeap::new(),
-            big_running: 0,
             storing: HashSet::new(),
             known: KnownPresent::default(),
             kept: HashMap::new(),
             realisations: Realisations::default(),
             accepting: true,
-            big_gate: None,
         }
     }
 
@@ -137,7 +107,11 @@ impl Coordinator {
                     tracing::warn!("uploads still running after {drain:?}; they resume at the next start");
                     break;
                 }
-                () = sleep_until(self.big_gate) => self.start_big(),
+                () = sleep_until(self.big.gate()) => self.start_big(),
+                path = self.big.released() => {
+                    self.big.free(&path);
+                    self.start_big();
+                }
             }
             self.publish_stages();
         }
@@ -185,6 +159,9 @@ impl Coordinator {
                 }
                 if config.parallel_requests != self.config.parallel_requests {
                     self.requests = Arc::new(Semaphore::new(config.parallel_requests));
+                }
+                if config.jobs != self.config.jobs {
+                    self.big.set_jobs(config.jobs);
                 }
                 self.config = config;
                 self.start_big();
@@ -236,7 +213,7 @@ impl Coordinator {
             Done::Stored { path, big, result } => {
                 self.storing.remove(&path);
                 if big {
-                    self.big_running -= 1;
+                    self.big.free(&path);
                 }
                 self.graph.stored(&path, result)
             }
@@ -411,7 +388,7 @@ impl Coordinator {
         let kept = self.kept.remove(&info.path);
         if info.nar_size > SMALL_NAR {
             // Started by `start_big`, once every action of this result is applied.
-            self.big.push(Queued { info, kept });
+            self.big.push(info, kept);
             return;
         }
         let requests = self.requests.clone();
@@ -427,7 +404,8 @@ impl Coordinator {
                 .acquire_many_owned(u32::try_from(bound).unwrap_or(SMALL_NAR_BUDGET))
                 .await;
             let _request = requests.acquire_owned().await;
-            let result = tasks::store_nar(&config, &info, config.stream, kept, &view).await;
+            let stream = config.stream.clone();
+            let result = tasks::store_nar(&config, &info, stream, kept, &view, None).await;
             Done::Stored {
                 path,
                 big: false,
@@ -438,35 +416,28 @@ impl Coordinator {
 
     /// Starts the largest waiting big NARs while `jobs` allows.
     fn start_big(&mut self) {
-        // Paths still being looked up may hold a bigger NAR than those queued: waiting for the
-        // lookups (briefly, see BIG_GATE) lets the largest start first, alone, with the
-        // compression workers, instead of whichever lookup happened to answer first.
-        if self.graph.stages().checking > 0 && !self.big.is_empty() {
-            let opened = *self
-                .big_gate
-                .get_or_insert_with(|| Instant::now() + BIG_GATE);
-            if Instant::now() < opened {
-                return;
-            }
-        }
-        self.big_gate = None;
-        while self.big_running < self.config.jobs {
-            let Some(Queued { info, kept }) = self.big.pop() else {
-                return;
-            };
-            self.big_running += 1;
+        let lookups_running = self.graph.stages().checking > 0;
+        while let Some(Start {
+            queued: Queued { info, kept },
+            alone,
+            slot,
+        }) = self.big.next(self.config.jobs, lookups_running)
+        {
             // A NAR that starts alone gets a compression worker per core; one that starts
             // beside others is compressed on its own thread, since the others already keep
-            // the cores busy (and each set of workers needs its own buffers).
-            let mut stream = self.config.stream;
-            if self.big_running > 1 {
+            // the cores busy (and each set of workers needs its own buffers), at a lower
+            // priority: the first, the largest, is what the upload waits for longest.
+            let mut stream = self.config.stream.clone();
+            if !alone {
                 stream.workers = 0;
+                stream.background = true;
             }
             let config = self.config.clone();
             let view = self.view.clone();
             let path = info.path.clone();
             self.spawn(Purpose::Store(path.clone(), true), async move {
-                let result = tasks::store_nar(&config, &info, stream, kept, &view).await;
+                let result =
+                    tasks::store_nar(&config, &info, stream, kept, &view, Some(slot)).await;
                 Done::Stored {
                     path,
                     big: true,

@@ -44,15 +44,18 @@
 //! with `write_nar_listing`, each NAR in flight also holds its `.ls` listing until it is
 //! stored, which grows with the path's number of files (not their sizes).
 
+mod big_nars;
 pub mod compress;
 mod coordinator;
 pub mod error;
 pub mod graph;
 pub mod parts;
 pub mod presence;
+mod producer;
 pub mod progress;
 mod realisations;
 pub mod resolve;
+pub mod spill;
 pub mod stream;
 mod tasks;
 

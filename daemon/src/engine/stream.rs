@@ -1,24 +1,28 @@
-//! One NAR from the store to the sink, streamed: the NAR is serialized, hashed, compressed
-//! (on zstd's worker threads when it is big) and cut into fixed-size parts on a blocking
-//! thread, while the async side uploads each part as it arrives, overlapping the two.
+//! One NAR from the store to the sink, streamed: the NAR is serialized, hashed and compressed
+//! (on zstd's worker threads when it is big) on a blocking thread, while the async side uploads
+//! what comes out. A NAR up to the settings' `single_put_max` is kept whole (in memory, or in
+//! an unnamed temporary file once it outgrows one part; see [`super::spill`]) and written with
+//! one PUT; a bigger one is cut into fixed-size parts, each uploaded as it arrives.
 //!
 //! Invariants:
-//! - **Bounded memory**: at most [`PARTS_IN_FLIGHT`] parts of one upload exist at once, whatever
-//!   the NAR's size (see [`super::parts`]), plus the compressor's own buffers.
+//! - **Bounded memory**: a NAR kept whole holds at most one part's worth in memory; a NAR
+//!   streamed in parts at most [`PARTS_IN_FLIGHT`] parts (see [`super::parts`]), whatever its
+//!   size; plus the compressor's own buffers.
 //! - **Fixed part size**: every part but the last is exactly the part size, as R2 demands;
 //!   the part size is raised for huge NARs so that no upload needs more than 10,000 parts.
-//! - **Nothing unverified becomes visible**: the object is completed (or, when it fits in one
-//!   part, written at all) only after the NarHash and NarSize computed from the stream equal the
-//!   ones the store recorded; on a mismatch or any error the multipart upload is aborted.
-//! - **Names follow [`crate::layout`]**: a one-part NAR is named by its FileHash, a streamed one
-//!   by a name no other upload uses, so no NAR object is ever overwritten with other bytes.
+//! - **Nothing unverified becomes visible**: an object is written (one PUT) or completed
+//!   (multipart) only after the NarHash and NarSize computed from the stream equal the ones the
+//!   store recorded; on a mismatch or any error a multipart upload is aborted.
+//! - **Names follow [`crate::layout`]**: a NAR written with one PUT is named by its FileHash, a
+//!   streamed one by a name no other upload uses, so no NAR object is ever overwritten with
+//!   other bytes.
 //! - **One read of the tree**: the `.ls` listing, when asked for, is built by the same
 //!   serialization that produces the NAR; it is returned with the stored NAR and uploaded by
 //!   the caller before the narinfo.
 //!
 //! Cancellation: dropping the future drops the part receiver, so the producer thread stops at
 //! its next part; a multipart upload cut off that way stays open in the bucket until its
-//! lifecycle rule removes it.
+//! lifecycle rule removes it. A temporary file disappears with its last descriptor.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -29,7 +33,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::compress::{Compression, Encoder};
 use super::parts::{Part, PartSplitter, Recycler, PARTS_IN_FLIGHT};
+use super::producer::{Producer, Stop};
 use super::progress::StreamProgress;
+use super::spill::{SpillWriter, Spilled};
 use super::UploadError;
 use crate::format::hash::{HashingWriter, Sha256};
 use crate::format::nar;
@@ -48,9 +54,14 @@ const MAX_PARTS: u64 = 10_000;
 pub const WORKERS_FROM: u64 = 16 << 20;
 /// Compression workers of one NAR at most: each holds its own jobs' buffers (a few MiB).
 pub const MAX_WORKERS: u32 = 4;
+/// The largest NAR written with one PUT unless configured otherwise (`single_put_max_bytes`).
+pub const DEFAULT_SINGLE_PUT_MAX: u64 = 1 << 30;
+/// The largest `single_put_max_bytes`: a PUT carries at most 5 GiB, and a NAR of 4 GiB stays
+/// below that compressed, incompressible data included.
+pub const SINGLE_PUT_MAX_LIMIT: u64 = 4 << 30;
 
 /// How NARs are encoded and cut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamSettings {
     pub compression: Compression,
     pub level: i32,
@@ -62,6 +73,14 @@ pub struct StreamSettings {
     pub listing: Option<Compression>,
     /// Named in the NARs streamed in parts (see [`layout::WriterId`]).
     pub writer: layout::WriterId,
+    /// NARs up to this size are written with one PUT (S3 only; a directory target writes
+    /// every NAR straight into place); bigger ones are streamed in parts.
+    pub single_put_max: u64,
+    /// Where a NAR written with one PUT goes once it outgrows one part (an unnamed file).
+    pub spill_dir: PathBuf,
+    /// Compressed beside a NAR that has the workers: its thread runs at a lower priority (see
+    /// [`super::producer`]).
+    pub background: bool,
 }
 
 impl StreamSettings {
@@ -75,6 +94,9 @@ impl StreamSettings {
             workers: u32::try_from(cores).unwrap_or(1).min(MAX_WORKERS),
             listing: None,
             writer: layout::WriterId::random(),
+            single_put_max: DEFAULT_SINGLE_PUT_MAX,
+            spill_dir: std::env::temp_dir(),
+            background: false,
         }
     }
 }
@@ -114,19 +136,85 @@ pub fn compressed_bound(nar_size: u64) -> u64 {
     nar_size + nar_size / 128 + (1 << 16)
 }
 
-/// Streams `info`'s NAR into `sink` and returns where it went.
+/// How a NAR kept whole gives its `jobs` slot back once it is compressed, before its PUT (see
+/// [`super::big_nars`]): it first takes one of `put_slots`, then calls `release`.
+pub struct SlotRelease {
+    pub put_slots: Arc<Semaphore>,
+    pub release: Box<dyn FnOnce() + Send>,
+}
+
+/// Streams `info`'s NAR into `sink` and returns where it went. With a `slot`, a NAR kept whole
+/// gives its `jobs` slot back as soon as it is compressed.
 pub async fn store_nar(
+    sink: &Sink,
+    info: &PathInfo,
+    settings: StreamSettings,
+    progress: Arc<StreamProgress>,
+    slot: Option<SlotRelease>,
+) -> Result<StoredNar, UploadError> {
+    if sink.writes_whole_objects() && info.nar_size <= settings.single_put_max {
+        store_whole(sink, info, settings, progress, slot).await
+    } else {
+        store_in_parts(sink, info, settings, progress).await
+    }
+}
+
+/// The compression workers for `info`'s NAR: none for a small one.
+fn workers_for(info: &PathInfo, settings: &StreamSettings) -> u32 {
+    if info.nar_size >= WORKERS_FROM {
+        settings.workers
+    } else {
+        0
+    }
+}
+
+/// Compresses the whole NAR first, checks it, then writes it with one PUT under its FileHash.
+async fn store_whole(
+    sink: &Sink,
+    info: &PathInfo,
+    settings: StreamSettings,
+    progress: Arc<StreamProgress>,
+    slot: Option<SlotRelease>,
+) -> Result<StoredNar, UploadError> {
+    let workers = workers_for(info, &settings);
+    let memory_limit = usize::try_from(settings.part_size.min(compressed_bound(info.nar_size)))
+        .unwrap_or(usize::MAX);
+    let spill = SpillWriter::new(&settings.spill_dir, memory_limit);
+    let source = PathBuf::from(info.path.to_absolute());
+    let compression = settings.compression;
+    let producer = Producer::spawn(&info.path.to_absolute(), settings.background, move |stop| {
+        let (measured, spill) = produce(&source, &settings, workers, spill, &progress, stop)?;
+        let spilled = spill
+            .finish()
+            .map_err(|e| compressing_failed(&source, &e))?;
+        Ok((measured, spilled))
+    })?;
+    let (measured, spilled) = finish_producer(producer, info).await?;
+    let _put_slot = match slot {
+        Some(SlotRelease { put_slots, release }) => {
+            let permit = put_slots.acquire_owned().await.ok();
+            release();
+            permit
+        }
+        None => None,
+    };
+    let key = layout::nar_key_by_file_hash(&measured.file_hash, compression);
+    match spilled {
+        Spilled::Memory(bytes) => sink.put(&key, bytes, content_type::NAR).await?,
+        Spilled::File(file) => sink.put_file(&key, &file, content_type::NAR).await?,
+    }
+    Ok(stored(key, compression, measured))
+}
+
+/// Uploads the NAR part by part while it is being compressed.
+async fn store_in_parts(
     sink: &Sink,
     info: &PathInfo,
     settings: StreamSettings,
     progress: Arc<StreamProgress>,
 ) -> Result<StoredNar, UploadError> {
     let part_size = part_size_for(info.nar_size, settings.part_size);
-    let workers = if info.nar_size >= WORKERS_FROM {
-        settings.workers
-    } else {
-        0
-    };
+    let workers = workers_for(info, &settings);
     let (parts_tx, mut parts_rx) = mpsc::channel::<Part>(1);
     let source = PathBuf::from(info.path.to_absolute());
     let (splitter, recycler) = PartSplitter::new(
@@ -136,9 +224,15 @@ pub async fn store_nar(
         Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
         tokio::runtime::Handle::current(),
     );
-    let producer = tokio::task::spawn_blocking(move || {
-        produce(&source, settings, workers, splitter, &progress)
-    });
+    let (compression, writer) = (settings.compression, settings.writer);
+    let producer = Producer::spawn(&info.path.to_absolute(), settings.background, move |stop| {
+        let (measured, mut splitter) =
+            produce(&source, &settings, workers, splitter, &progress, stop)?;
+        splitter
+            .send(true)
+            .map_err(|e| compressing_failed(&source, &e))?;
+        Ok((measured, ()))
+    })?;
 
     let Some(first) = parts_rx.recv().await else {
         // The producer stopped before its first part: its error says why.
@@ -150,18 +244,18 @@ pub async fn store_nar(
     };
     if first.last {
         // The whole object fits in one part: check it, then write it under its FileHash.
-        let measured = finish_producer(producer, info).await?;
-        let key = layout::nar_key_by_file_hash(&measured.file_hash, settings.compression);
+        let (measured, ()) = finish_producer(producer, info).await?;
+        let key = layout::nar_key_by_file_hash(&measured.file_hash, compression);
         sink.put(&key, first.bytes, content_type::NAR).await?;
-        return Ok(stored(key, settings.compression, measured));
+        return Ok(stored(key, compression, measured));
     }
 
-    let key = layout::nar_key_unique(&info.nar_hash, settings.compression, settings.writer);
+    let key = layout::nar_key_unique(&info.nar_hash, compression, writer);
     let mut upload = match sink.start_upload(&key, content_type::NAR).await {
         Ok(upload) => upload,
         Err(error) => {
             drop(parts_rx);
-            let _ = producer.await;
+            let _ = producer.join().await;
             return Err(error.into());
         }
     };
@@ -170,14 +264,21 @@ pub async fn store_nar(
     drop(parts_rx);
     let measured = finish_producer(producer, info).await;
     match (sent, measured) {
-        (Ok(()), Ok(measured)) => {
+        (Ok(()), Ok((measured, ()))) => {
             upload.complete().await?;
-            Ok(stored(key, settings.compression, measured))
+            Ok(stored(key, compression, measured))
         }
         (Err(error), _) | (Ok(()), Err(error)) => {
             upload.abort().await;
             Err(error)
         }
+    }
+}
+
+fn compressing_failed(source: &std::path::Path, error: &io::Error) -> UploadError {
+    UploadError::Internal {
+        path: source.display().to_string(),
+        detail: format!("compressing the NAR failed: {error}"),
     }
 }
 
@@ -212,14 +313,11 @@ async fn send_parts(
 }
 
 /// Waits for the producer and checks what it measured against the store's record.
-async fn finish_producer(
-    producer: tokio::task::JoinHandle<Result<Measured, UploadError>>,
+async fn finish_producer<T: Send + 'static>(
+    producer: Producer<(Measured, T)>,
     info: &PathInfo,
-) -> Result<Measured, UploadError> {
-    let measured = producer.await.map_err(|e| UploadError::Internal {
-        path: info.path.to_absolute(),
-        detail: format!("NAR writer thread failed: {e}"),
-    })??;
+) -> Result<(Measured, T), UploadError> {
+    let (measured, output) = producer.join().await?;
     if measured.nar_hash != info.nar_hash || measured.nar_size != info.nar_size {
         return Err(UploadError::NarMismatch {
             path: info.path.to_absolute(),
@@ -229,28 +327,27 @@ async fn finish_producer(
             actual_size: measured.nar_size,
         });
     }
-    Ok(measured)
+    Ok((measured, output))
 }
 
-/// The blocking side: NAR → hash → compress → hash → fixed-size parts → channel.
-fn produce(
+/// The blocking side: NAR → hash → compress → hash → `output` (parts, or a whole object).
+fn produce<W: Write>(
     source: &std::path::Path,
-    settings: StreamSettings,
+    settings: &StreamSettings,
     workers: u32,
-    splitter: PartSplitter,
+    output: W,
     progress: &StreamProgress,
-) -> Result<Measured, UploadError> {
+    stop: &Stop,
+) -> Result<(Measured, W), UploadError> {
     let path = source.display().to_string();
-    let io_failed = |e: io::Error| UploadError::Internal {
-        path: path.clone(),
-        detail: format!("compressing the NAR failed: {e}"),
-    };
-    let compressed = HashingWriter::new(splitter);
+    let io_failed = |e: io::Error| compressing_failed(source, &e);
+    let compressed = HashingWriter::new(output);
     let encoder = Encoder::new(settings.compression, settings.level, workers, compressed)
         .map_err(io_failed)?;
     let mut nar_sink = HashingWriter::new(ProgressWriter {
         inner: encoder,
         progress,
+        stop,
     });
     let nar_failed = |source| UploadError::Nar {
         path: path.clone(),
@@ -273,15 +370,15 @@ fn produce(
     };
     let (progress_writer, nar_hash, nar_size) = nar_sink.finish();
     let compressed = progress_writer.inner.finish().map_err(io_failed)?;
-    let (mut splitter, file_hash, file_size) = compressed.finish();
-    splitter.send(true).map_err(io_failed)?;
-    Ok(Measured {
+    let (output, file_hash, file_size) = compressed.finish();
+    let measured = Measured {
         nar_hash,
         nar_size,
         file_hash,
         file_size,
         listing,
-    })
+    };
+    Ok((measured, output))
 }
 
 /// The listing as it is uploaded: compressed at the method's default level, on this thread.
@@ -291,14 +388,17 @@ fn encode_listing(listing: &[u8], compression: Compression) -> io::Result<Bytes>
     Ok(Bytes::from(encoder.finish()?))
 }
 
-/// Counts NAR bytes for progress reports as they pass.
+/// Counts NAR bytes for progress reports as they pass, and stops the stream once the upload
+/// was cancelled.
 struct ProgressWriter<'a, W> {
     inner: W,
     progress: &'a StreamProgress,
+    stop: &'a Stop,
 }
 
 impl<W: Write> Write for ProgressWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stop.check()?;
         let written = self.inner.write(buf)?;
         self.progress.add(written as u64);
         Ok(written)

@@ -13,7 +13,7 @@ use tokio::task::JoinError;
 use super::graph::Lookup;
 use super::progress::EngineView;
 use super::resolve::Resolution;
-use super::stream::{self, StreamSettings};
+use super::stream::{self, SlotRelease, StreamSettings};
 use super::{narinfo_for, sign, EngineConfig, UploadError};
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
@@ -173,6 +173,7 @@ pub(super) async fn store_nar(
     settings: StreamSettings,
     kept: Option<Box<NarInfo>>,
     view: &EngineView,
+    slot: Option<SlotRelease>,
 ) -> Result<Box<NarInfo>, UploadError> {
     if let Some(kept) = kept {
         // Only a NAR well inside retention GC's grace period: an older one, which no narinfo
@@ -192,15 +193,16 @@ pub(super) async fn store_nar(
             return Ok(kept);
         }
     }
+    let listing_compression = settings.listing;
     let listed = view.start_stream(&info.path, info.nar_size);
     let progress = listed.progress();
-    let stored = stream::store_nar(&config.sink, info, settings, progress.clone()).await;
+    let stored = stream::store_nar(&config.sink, info, settings, progress.clone(), slot).await;
     drop(listed);
     if stored.is_ok() {
         view.stream_finished(info.nar_size, progress.started.elapsed());
     }
     let stored = stored?;
-    if let (Some(listing), Some(compression)) = (&stored.listing, settings.listing) {
+    if let (Some(listing), Some(compression)) = (&stored.listing, listing_compression) {
         // Before the narinfo, which is published only once this task has returned.
         config
             .sink

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::{ErrorClass, Fetched, SinkError};
+use crate::engine::spill::SpillFile;
 
 pub struct FileSink {
     pub(super) root: PathBuf,
@@ -46,6 +47,24 @@ impl FileSink {
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
         let mut upload = self.start_upload(key).await?;
         upload.put_part(body).await?;
+        upload.complete().await
+    }
+
+    pub async fn put_file(&self, key: &str, source: &SpillFile) -> Result<(), SinkError> {
+        let mut upload = self.start_upload(key).await?;
+        let Some(mut file) = upload.file.take() else {
+            unreachable!("a new upload has its file");
+        };
+        let (source, key_owned) = (source.reopen_path(), key.to_owned());
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&source)
+                .and_then(|mut source| std::io::copy(&mut source, &mut file))
+                .map(|_| file)
+                .map_err(|e| io_error("write", &key_owned, &e))
+        })
+        .await
+        .map_err(|e| join_error(key, &e))??;
+        upload.file = Some(file);
         upload.complete().await
     }
 

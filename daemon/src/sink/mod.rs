@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::engine::spill::SpillFile;
 pub use url::TargetUrl;
 
 /// Whether a failed operation is worth trying again.
@@ -106,6 +107,27 @@ impl Sink {
         match self {
             Sink::File(t) => t.put(key, body).await,
             Sink::S3(t) => t.put(key, body, content_type, content_encoding).await,
+        }
+    }
+
+    /// Whether a big object is best written with one request from a complete copy
+    /// ([`Sink::put_file`]): true for S3, where that spares the requests and the server work of
+    /// a multipart upload; false for a directory, where a streamed object is written straight
+    /// into place anyway.
+    pub fn writes_whole_objects(&self) -> bool {
+        matches!(self, Sink::S3(_))
+    }
+
+    /// Writes the object at `key` from a complete temporary file, in one request.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        file: &SpillFile,
+        content_type: &str,
+    ) -> Result<(), SinkError> {
+        match self {
+            Sink::File(t) => t.put_file(key, file).await,
+            Sink::S3(t) => t.put_file(key, file, content_type).await,
         }
     }
 

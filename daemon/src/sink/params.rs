@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::engine::compress::Compression;
+use crate::engine::stream::SINGLE_PUT_MAX_LIMIT;
 
 /// Settings a target URL gives; `None` leaves the config's (or the default) in force.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct CacheParams {
     pub write_nar_listing: Option<bool>,
     /// `ls-compression`: how listings are compressed (S3 only; `Content-Encoding` says so).
     pub ls_compression: Option<Compression>,
+    /// `multipart-upload`: `true` streams every NAR over one part in parts, `false` writes
+    /// every NAR up to the largest `single_put_max_bytes` with one PUT (S3 only).
+    pub single_put_max: Option<u64>,
 }
 
 /// S3 requires every part but the last to be at least this big.
@@ -93,13 +97,10 @@ impl CacheParams {
                 }
             }
             "multipart-upload" if s3 => {
-                if !boolean(value)? {
-                    return Err(
-                        "narpush streams every NAR larger than one part in parts, so \
-                                memory stays bounded; it cannot upload them in one request"
-                            .to_owned(),
-                    );
-                }
+                self.single_put_max = Some(match boolean(value)? {
+                    true => 0,
+                    false => SINGLE_PUT_MAX_LIMIT,
+                });
             }
             "buffer-size" if s3 => {
                 let size: u64 = number(value)?;
@@ -169,8 +170,12 @@ mod tests {
                 part_size: Some(16 << 20),
                 write_nar_listing: Some(true),
                 ls_compression: Some(Compression::Zstd),
+                single_put_max: Some(0),
             }
         );
+        let mut params = CacheParams::default();
+        assert_eq!(params.take("multipart-upload", "false", true), Ok(true));
+        assert_eq!(params.single_put_max, Some(SINGLE_PUT_MAX_LIMIT));
         for (value, s3, expected) in [
             ("", false, Compression::None),
             ("none", false, Compression::None),
@@ -187,7 +192,7 @@ mod tests {
             ("ls-compression", "zstd", false, "only S3"),
             ("narinfo-compression", "xz", true, "narinfos"),
             ("log-compression", "br", false, "logs"),
-            ("multipart-upload", "false", true, "in parts"),
+            ("multipart-upload", "maybe", true, "true or false"),
             ("buffer-size", "1024", true, "5 MiB"),
             ("buffer-size", "16777216", false, "only S3"),
             ("compression", "br", true, "br"),

@@ -27,6 +27,11 @@ use bytes::Bytes;
 
 use super::url::S3Location;
 use super::{ErrorClass, Fetched, SinkError};
+use crate::engine::spill::SpillFile;
+use aws_smithy_types::byte_stream::Length;
+
+/// The chunk size of a body read from a file: few reads, little memory.
+const FILE_READ_BUFFER: usize = 256 << 10;
 
 mod client;
 use client::{credentials_chain, sdk_config, signs_payload};
@@ -126,6 +131,46 @@ impl S3Sink {
             .content_type(content_type)
             .set_content_encoding(content_encoding.map(str::to_owned))
             .body(ByteStream::from(body))
+            .customize();
+        let request = match self.sign_payload {
+            true => request,
+            false => request.disable_payload_signing(),
+        };
+        request.send().await.map_err(|e| classify("PUT", key, e))?;
+        Ok(())
+    }
+
+    /// One PUT whose body is read from `file` (again on each attempt the SDK makes).
+    pub async fn put_file(
+        &self,
+        key: &str,
+        file: &SpillFile,
+        content_type: &str,
+    ) -> Result<(), SinkError> {
+        let body = ByteStream::read_from()
+            .path(file.reopen_path())
+            .buffer_size(FILE_READ_BUFFER)
+            .length(Length::Exact(file.len()))
+            .build()
+            .await
+            .map_err(|e| SinkError {
+                operation: "PUT",
+                key: key.to_owned(),
+                class: ErrorClass::Transient,
+                detail: format!(
+                    "cannot read the temporary file: {}",
+                    DisplayErrorContext(&e)
+                ),
+                retry_after: None,
+            })?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(i64::try_from(file.len()).unwrap_or(i64::MAX))
+            .body(body)
             .customize();
         let request = match self.sign_payload {
             true => request,
