@@ -197,7 +197,7 @@ in
           };
           parallel_requests = lib.mkOption {
             type = lib.types.ints.between 1 1024;
-            default = 64;
+            default = 128;
             description = "Small requests in flight at once: cache lookups, narinfos and NARs up to 1 MiB.";
           };
           batch_window_ms = lib.mkOption {

@@ -350,49 +350,62 @@ fn no_closure_does_not_publish_a_path_whose_references_are_missing() {
 
 #[test]
 fn a_nar_that_does_not_match_the_store_record_is_aborted_and_never_published() {
-    let top = nix_build(
-        &fixture("single.nix"),
-        &[
-            ("nonce", &format!("tampered-{}", std::process::id())),
-            ("size", "20000"),
-        ],
-    )
-    .remove(0);
-    // Corrupt the store copy behind Nix's back (same size, other bytes): the NAR narpush
-    // streams no longer hashes to the NarHash the store recorded.
-    let data = Path::new(&top).join("data");
-    let mut bytes = std::fs::read(&data).unwrap();
-    bytes[0] ^= 0xff;
-    set_mode(Path::new(&top), 0o755);
-    set_mode(&data, 0o644);
-    std::fs::write(&data, &bytes).unwrap();
-
     let s3 = S3Server::start();
     let keys = tempfile::tempdir().unwrap();
     let (secret, _) = keygen(keys.path(), "narpush-test-1");
-    // The 20 MB NAR is checked before its one PUT (by default), or goes up in parts that are
-    // then aborted (`multipart-upload=true`): either way no object is left.
-    for (bucket_name, parameters) in [("whole", ""), ("parts", "&multipart-upload=true")] {
-        let bucket = s3.bucket(bucket_name);
-        let target = format!("{}{parameters}", s3.url(bucket_name));
-        let output = run(upload(&target, &secret, &top).envs(s3.env()));
-        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-        assert!(
-            stderr(&output).contains("does not match the store's record"),
-            "{}",
-            stderr(&output)
-        );
-        assert!(narinfos(&bucket).is_empty(), "a narinfo was published");
-        let nars: Vec<_> = snapshot(&bucket)
-            .into_keys()
-            .filter(|p| p.to_string_lossy().contains(".nar"))
-            .collect();
-        assert!(
-            nars.is_empty(),
-            "NAR objects left in {bucket_name}: {nars:?}"
-        );
+    // The store copy is changed behind Nix's back: other bytes of the same size (20 MB: in
+    // parts with `multipart-upload=true`), or a file that grew or shrank (2 MB: compressed on
+    // one thread, where zstd holds the stream to the size it was told and would fail first),
+    // so the NAR narpush reads no longer matches the store's record.
+    let tampers: [(&str, &str, fn(&mut Vec<u8>)); 3] = [
+        ("flipped", "20000", |bytes| bytes[0] ^= 0xff),
+        ("grown", "2000", |bytes| bytes.extend_from_slice(&[7; 1000])),
+        ("shrunk", "2000", |bytes| bytes.truncate(bytes.len() - 1)),
+    ];
+    for (tamper, size_kib, change) in tampers {
+        let top = nix_build(
+            &fixture("single.nix"),
+            &[
+                ("nonce", &format!("{tamper}-{}", std::process::id())),
+                ("size", size_kib),
+            ],
+        )
+        .remove(0);
+        let data = Path::new(&top).join("data");
+        let mut bytes = std::fs::read(&data).unwrap();
+        change(&mut bytes);
+        set_mode(Path::new(&top), 0o755);
+        set_mode(&data, 0o644);
+        std::fs::write(&data, &bytes).unwrap();
+
+        // Checked before its one PUT (by default), or sent in parts that are then aborted
+        // (`multipart-upload=true`): either way no object is left.
+        for (mode, parameters) in [("whole", ""), ("parts", "&multipart-upload=true")] {
+            let bucket_name = format!("{tamper}-{mode}");
+            let bucket = s3.bucket(&bucket_name);
+            let target = format!("{}{parameters}", s3.url(&bucket_name));
+            let output = run(upload(&target, &secret, &top).envs(s3.env()));
+            let message = stderr(&output);
+            assert_eq!(output.status.code(), Some(1), "{bucket_name}: {message}");
+            assert!(
+                message.contains("does not match the store's record"),
+                "{bucket_name}: {message}"
+            );
+            assert!(
+                narinfos(&bucket).is_empty(),
+                "{bucket_name}: a narinfo was published"
+            );
+            let nars: Vec<_> = snapshot(&bucket)
+                .into_keys()
+                .filter(|p| p.to_string_lossy().contains(".nar"))
+                .collect();
+            assert!(
+                nars.is_empty(),
+                "NAR objects left in {bucket_name}: {nars:?}"
+            );
+        }
+        let _ = run(command("nix-store").args(["--delete", &top]));
     }
-    let _ = run(command("nix-store").args(["--delete", &top]));
 }
 
 #[test]

@@ -122,7 +122,7 @@ pub struct Config {
 }
 
 pub const DEFAULT_JOBS: usize = 2;
-pub const DEFAULT_PARALLEL_REQUESTS: usize = 64;
+pub const DEFAULT_PARALLEL_REQUESTS: usize = 128;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 pub(crate) const MAX_CONCURRENCY: usize = 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);

@@ -203,7 +203,7 @@ let
       state_dir = "/var/lib/narpush";
       compression = "zstd";
       jobs = 2;
-      parallel_requests = 64;
+      parallel_requests = 128;
       batch_window_ms = 500;
       max_attempts = 20;
       allowed_uids = [ 0 ];

@@ -75,7 +75,7 @@ pub struct UploadArgs {
     jobs: Option<usize>,
 
     /// Small requests in flight at once: lookups, narinfos and NARs up to 1 MiB. Raise it for
-    /// wide closures on a high-latency link. Default: `parallel_requests`, else 64.
+    /// wide closures on a high-latency link. Default: `parallel_requests`, else 128.
     #[arg(long, value_name = "N")]
     parallel_requests: Option<usize>,
 

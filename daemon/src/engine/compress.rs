@@ -106,11 +106,20 @@ const ZSTD_NO_OVERLAP: u32 = 1;
 impl<W: Write> Encoder<W> {
     /// An encoder for `method` at `level`. With `workers` > 0 (zstd only), compression runs on
     /// that many threads of zstd's own, in jobs, while the caller's thread goes on producing
-    /// input; with 0 it runs on the caller's thread.
-    pub fn new(method: Compression, level: i32, workers: u32, inner: W) -> io::Result<Self> {
+    /// input; with 0 it runs on the caller's thread. `size`, when known, is exactly how many
+    /// bytes will be written: zstd then sizes its tables to the input (a tiny NAR needs a few
+    /// KiB instead of a MiB allocated and cleared) and refuses any other amount.
+    pub fn new(
+        method: Compression,
+        level: i32,
+        workers: u32,
+        size: Option<u64>,
+        inner: W,
+    ) -> io::Result<Self> {
         Ok(match method {
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(inner, level)?;
+                encoder.set_pledged_src_size(size)?;
                 if workers > 0 {
                     encoder.multithread(workers)?;
                     encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))?;
@@ -164,7 +173,14 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let mut encoder = Encoder::new(method, method.default_level(), 0, Vec::new()).unwrap();
+        let mut encoder = Encoder::new(
+            method,
+            method.default_level(),
+            0,
+            Some(data.len() as u64),
+            Vec::new(),
+        )
+        .unwrap();
         encoder.write_all(&data).unwrap();
         let compressed = encoder.finish().unwrap();
         let mut decoded = Vec::new();
@@ -198,7 +214,7 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32)
             .flat_map(|i| (i % 1000).to_le_bytes())
             .collect();
-        let mut encoder = Encoder::new(Compression::Zstd, 3, 2, Vec::new()).unwrap();
+        let mut encoder = Encoder::new(Compression::Zstd, 3, 2, None, Vec::new()).unwrap();
         encoder.write_all(&data).unwrap();
         let compressed = encoder.finish().unwrap();
         let mut decoded = Vec::new();

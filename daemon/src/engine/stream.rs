@@ -113,6 +113,33 @@ pub struct StoredNar {
     pub listing: Option<Bytes>,
 }
 
+/// What the store recorded of the NAR being produced.
+struct Expected {
+    path: String,
+    nar_hash: Sha256,
+    nar_size: u64,
+}
+
+impl Expected {
+    fn of(info: &PathInfo) -> Expected {
+        Expected {
+            path: info.path.to_absolute(),
+            nar_hash: info.nar_hash.clone(),
+            nar_size: info.nar_size,
+        }
+    }
+
+    fn mismatch(&self, actual_hash: &Sha256, actual_size: u64) -> UploadError {
+        UploadError::NarMismatch {
+            path: self.path.clone(),
+            expected_hash: self.nar_hash.to_string(),
+            expected_size: self.nar_size,
+            actual_hash: actual_hash.to_string(),
+            actual_size,
+        }
+    }
+}
+
 /// What the producer measured.
 #[derive(Clone, Debug)]
 struct Measured {
@@ -182,8 +209,11 @@ async fn store_whole(
     let spill = SpillWriter::new(&settings.spill_dir, memory_limit);
     let source = PathBuf::from(info.path.to_absolute());
     let compression = settings.compression;
+    let expected = Expected::of(info);
     let producer = Producer::spawn(&info.path.to_absolute(), settings.background, move |stop| {
-        let (measured, spill) = produce(&source, &settings, workers, spill, &progress, stop)?;
+        let (measured, spill) = produce(
+            &source, &expected, &settings, workers, spill, &progress, stop,
+        )?;
         let spilled = spill
             .finish()
             .map_err(|e| compressing_failed(&source, &e))?;
@@ -225,9 +255,11 @@ async fn store_in_parts(
         tokio::runtime::Handle::current(),
     );
     let (compression, writer) = (settings.compression, settings.writer);
+    let expected = Expected::of(info);
     let producer = Producer::spawn(&info.path.to_absolute(), settings.background, move |stop| {
-        let (measured, mut splitter) =
-            produce(&source, &settings, workers, splitter, &progress, stop)?;
+        let (measured, mut splitter) = produce(
+            &source, &expected, &settings, workers, splitter, &progress, stop,
+        )?;
         splitter
             .send(true)
             .map_err(|e| compressing_failed(&source, &e))?;
@@ -319,20 +351,19 @@ async fn finish_producer<T: Send + 'static>(
 ) -> Result<(Measured, T), UploadError> {
     let (measured, output) = producer.join().await?;
     if measured.nar_hash != info.nar_hash || measured.nar_size != info.nar_size {
-        return Err(UploadError::NarMismatch {
-            path: info.path.to_absolute(),
-            expected_hash: info.nar_hash.to_string(),
-            expected_size: info.nar_size,
-            actual_hash: measured.nar_hash.to_string(),
-            actual_size: measured.nar_size,
-        });
+        return Err(Expected::of(info).mismatch(&measured.nar_hash, measured.nar_size));
     }
     Ok((measured, output))
 }
 
 /// The blocking side: NAR → hash → compress → hash → `output` (parts, or a whole object).
+///
+/// The compressor is told the NAR's size from the store's record. A NAR that turns out to have
+/// another size is not compressed past that size (the compressor would refuse it): it is read to
+/// the end for its hash, and reported as not matching the record.
 fn produce<W: Write>(
     source: &std::path::Path,
+    expected: &Expected,
     settings: &StreamSettings,
     workers: u32,
     output: W,
@@ -342,12 +373,19 @@ fn produce<W: Write>(
     let path = source.display().to_string();
     let io_failed = |e: io::Error| compressing_failed(source, &e);
     let compressed = HashingWriter::new(output);
-    let encoder = Encoder::new(settings.compression, settings.level, workers, compressed)
-        .map_err(io_failed)?;
+    let encoder = Encoder::new(
+        settings.compression,
+        settings.level,
+        workers,
+        Some(expected.nar_size),
+        compressed,
+    )
+    .map_err(io_failed)?;
     let mut nar_sink = HashingWriter::new(ProgressWriter {
         inner: encoder,
         progress,
         stop,
+        room: expected.nar_size,
     });
     let nar_failed = |source| UploadError::Nar {
         path: path.clone(),
@@ -369,6 +407,9 @@ fn produce<W: Write>(
         }
     };
     let (progress_writer, nar_hash, nar_size) = nar_sink.finish();
+    if nar_size != expected.nar_size {
+        return Err(expected.mismatch(&nar_hash, nar_size));
+    }
     let compressed = progress_writer.inner.finish().map_err(io_failed)?;
     let (output, file_hash, file_size) = compressed.finish();
     let measured = Measured {
@@ -383,23 +424,37 @@ fn produce<W: Write>(
 
 /// The listing as it is uploaded: compressed at the method's default level, on this thread.
 fn encode_listing(listing: &[u8], compression: Compression) -> io::Result<Bytes> {
-    let mut encoder = Encoder::new(compression, compression.default_level(), 0, Vec::new())?;
+    let size = Some(listing.len() as u64);
+    let mut encoder = Encoder::new(
+        compression,
+        compression.default_level(),
+        0,
+        size,
+        Vec::new(),
+    )?;
     encoder.write_all(listing)?;
     Ok(Bytes::from(encoder.finish()?))
 }
 
-/// Counts NAR bytes for progress reports as they pass, and stops the stream once the upload
-/// was cancelled.
+/// Counts NAR bytes for progress reports as they pass, stops the stream once the upload was
+/// cancelled, and passes on no more than `room` bytes (the size the compressor was promised):
+/// the rest is only counted and hashed, and then reported as a mismatch.
 struct ProgressWriter<'a, W> {
     inner: W,
     progress: &'a StreamProgress,
     stop: &'a Stop,
+    room: u64,
 }
 
 impl<W: Write> Write for ProgressWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stop.check()?;
+        if buf.len() as u64 > self.room {
+            self.room = 0;
+            return Ok(buf.len());
+        }
         let written = self.inner.write(buf)?;
+        self.room -= written as u64;
         self.progress.add(written as u64);
         Ok(written)
     }
