@@ -124,7 +124,7 @@ impl Expected {
     fn of(info: &PathInfo) -> Expected {
         Expected {
             path: info.path.to_absolute(),
-            nar_hash: info.nar_hash.clone(),
+            nar_hash: info.nar_hash,
             nar_size: info.nar_size,
         }
     }
