@@ -357,7 +357,8 @@ fn a_nar_that_does_not_match_the_store_record_is_aborted_and_never_published() {
     // parts with `multipart-upload=true`), or a file that grew or shrank (2 MB: compressed on
     // one thread, where zstd holds the stream to the size it was told and would fail first),
     // so the NAR narpush reads no longer matches the store's record.
-    let tampers: [(&str, &str, fn(&mut Vec<u8>)); 3] = [
+    type Tamper = fn(&mut Vec<u8>);
+    let tampers: [(&str, &str, Tamper); 3] = [
         ("flipped", "20000", |bytes| bytes[0] ^= 0xff),
         ("grown", "2000", |bytes| bytes.extend_from_slice(&[7; 1000])),
         ("shrunk", "2000", |bytes| bytes.truncate(bytes.len() - 1)),
