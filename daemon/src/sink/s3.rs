@@ -30,8 +30,9 @@ use super::{ErrorClass, Fetched, SinkError};
 use crate::engine::spill::SpillFile;
 use aws_smithy_types::byte_stream::Length;
 
-/// The chunk size of a body read from a file: few reads, little memory.
-const FILE_READ_BUFFER: usize = 256 << 10;
+/// The chunk size of a body read from a file: few reads, little memory (1 MiB chunks sent a
+/// 514 MiB NAR's 163 MiB in 1.77-1.97 s where 256 KiB chunks took 1.93-2.02 s).
+const FILE_READ_BUFFER: usize = 1 << 20;
 
 mod client;
 use client::{credentials_chain, sdk_config, signs_payload};
