@@ -45,7 +45,9 @@
   LockPersonality = true;
   MemoryDenyWriteExecute = true;
   SystemCallArchitectures = "native";
-  SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+  # setpriority (in @resources) only ever lowers the priority of a thread compressing a smaller
+  # NAR beside the largest; the kernel lets no unprivileged process raise it back.
+  SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" "setpriority" ];
   # `nix` raises its stack limit with setrlimit (in @resources) and copes with a refusal; a
   # filtered call therefore fails with EPERM instead of killing the process.
   SystemCallErrorNumber = "EPERM";
