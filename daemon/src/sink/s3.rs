@@ -124,21 +124,8 @@ impl S3Sink {
         content_type: &str,
         content_encoding: Option<&str>,
     ) -> Result<(), SinkError> {
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .set_content_encoding(content_encoding.map(str::to_owned))
-            .body(ByteStream::from(body))
-            .customize();
-        let request = match self.sign_payload {
-            true => request,
-            false => request.disable_payload_signing(),
-        };
-        request.send().await.map_err(|e| classify("PUT", key, e))?;
-        Ok(())
+        self.put_object(key, ByteStream::from(body), content_type, content_encoding)
+            .await
     }
 
     /// One PUT whose body is read from `file` (again on each attempt the SDK makes).
@@ -164,13 +151,23 @@ impl S3Sink {
                 ),
                 retry_after: None,
             })?;
+        self.put_object(key, body, content_type, None).await
+    }
+
+    async fn put_object(
+        &self,
+        key: &str,
+        body: ByteStream,
+        content_type: &str,
+        content_encoding: Option<&str>,
+    ) -> Result<(), SinkError> {
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
-            .content_length(i64::try_from(file.len()).unwrap_or(i64::MAX))
+            .set_content_encoding(content_encoding.map(str::to_owned))
             .body(body)
             .customize();
         let request = match self.sign_payload {
