@@ -14,15 +14,22 @@
 //! `last_upload_ms` (Unix ms of the last published path). They only ever grow, so the
 //! metrics built on them are true Prometheus counters across restarts.
 //!
+//! Tree `intake`, key `moved`, value = the intake journal's [`journal::Mark`] (generation
+//! and end offset, each u64 big-endian): how far the journal was moved into this queue.
+//!
 //! A record that does not decode is skipped by every reader and reported
 //! ([`Scan::corrupt`], shown by `status` as a failure); it never stops the rest of the queue.
 //! `retry` replaces it with a fresh entry when its key is a store path, else removes it.
 //!
 //! # Durability and the ack rule
 //!
-//! [`Queue::enqueue`] returns only after the new records are durable: sled's flush followed by
-//! `fdatasync` of its log file (see [`storage`]), so the daemon acknowledges a request only
-//! once it survives a crash or a power loss. Flushes are group-committed: concurrent enqueues
+//! The daemon acknowledges a request once it is durable in the intake [`journal`] (one small
+//! write and one `fdatasync`), and moves it into this queue right after (see
+//! `daemon::intake`). [`Queue::enqueue_journaled`] writes the moved records with the journal's
+//! mark and returns once both are durable; [`Queue::enqueue`], used when the journal cannot
+//! take a request, returns only after the new records are durable. Durable means sled's
+//! flush followed by `fdatasync` of its log file (see [`storage`]), so that it survives a
+//! crash or a power loss. Flushes are group-committed: concurrent enqueues
 //! wait on one flush instead of one each. State changes made by the pipeline (pending →
 //! uploading → done) are not flushed one by one; losing them in a crash only means a path is
 //! uploaded again, which is harmless, never that one is lost.
@@ -51,6 +58,8 @@
 //! `done` entries are kept for a day (they answer "already uploaded" without asking the
 //! target) and at most [`MAX_DONE`] of them; [`Queue::prune`] drops the rest.
 
+mod group_commit;
+pub mod journal;
 mod record;
 mod storage;
 mod transitions;
@@ -73,6 +82,9 @@ pub const MAX_DONE: usize = 10_000;
 pub const DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How long [`Queue::reopen`] waits for the failed handle to let go of sled's file lock.
 const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The key of the intake journal's mark in the `intake` tree.
+const JOURNAL_MARK: &str = "moved";
 
 /// Counter names in the `stats` tree.
 const STAT_PATHS: &str = "uploaded_paths";
