@@ -25,9 +25,10 @@
 //!
 //! The daemon acknowledges a request once it is durable in the intake [`journal`] (one small
 //! write and one `fdatasync`), and moves it into this queue right after (see
-//! `daemon::intake`). [`Queue::enqueue_journaled`] writes the moved records with the journal's
-//! mark and returns once both are durable; [`Queue::enqueue`], used when the journal cannot
-//! take a request, returns only after the new records are durable. Durable means sled's
+//! `daemon::intake`). [`Queue::record_journaled`] writes the moved records with the journal's
+//! mark; the journal keeps them until a later [`Queue::flush`] made both durable (in the same
+//! [`Queue::epoch`]). [`Queue::enqueue`], used when the journal cannot take a request,
+//! returns only after the new records are durable. Durable means sled's
 //! flush followed by `fdatasync` of its log file (see [`storage`]), so that it survives a
 //! crash or a power loss. Flushes are group-committed: concurrent enqueues
 //! wait on one flush instead of one each. State changes made by the pipeline (pending →
@@ -66,7 +67,7 @@ mod transitions;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,6 +188,8 @@ struct Inner {
     failure: Mutex<Option<String>>,
     /// Corrupt keys already logged (each is logged once, not at every scan).
     reported: Mutex<HashSet<String>>,
+    /// How many times the database was opened again (see [`Queue::epoch`]).
+    epoch: AtomicU64,
 }
 
 /// One record as read: its raw bytes (for compare-and-swap) and what they decode to.
@@ -207,10 +210,17 @@ impl Queue {
                 broken: AtomicBool::new(false),
                 failure: Mutex::new(None),
                 reported: Mutex::new(HashSet::new()),
+                epoch: AtomicU64::new(0),
             }),
         };
         queue.requeue_uploading(Interrupted::Crash)?;
         Ok(queue)
+    }
+
+    /// Changes whenever the database is opened again: writes made in an earlier epoch and not
+    /// flushed then are lost, and a flush in a later one does not cover them.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
     }
 
     /// Whether sled failed and the queue needs [`Queue::reopen`].
@@ -230,6 +240,7 @@ impl Queue {
     /// async workers). Uploads the failure interrupted go back to `pending`.
     pub fn reopen(&self) -> Result<(), QueueError> {
         let old = write_lock(&self.inner.handle).take();
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         drop(old);
         let handle =
             Handle::open_patiently(&self.inner.dir, REOPEN_PATIENCE).map_err(|e| self.failed(e))?;

@@ -1,15 +1,20 @@
 //! Where a validated enqueue request goes on its way to the queue: first the intake journal
-//! (one small write and one `fdatasync` — what the hook's acknowledgement waits for), then,
-//! right after the ack, the mover writes it into the queue (sled) and flushes that.
+//! (one small write and one `fdatasync` — all the hook's acknowledgement waits for), then,
+//! right after the ack, the mover writes it into the queue (sled), and a checkpoint later
+//! flushes the queue so that the journal may reuse its space.
 //!
 //! Invariants:
 //! - **Ack after durability.** [`Intake::accept`] returns only once the request is on disk,
 //!   in the journal or, when the journal cannot take it (no room, failed, absent), in the
 //!   queue by its own durable flush. A queue that failed refuses requests, as before.
 //! - **Moved exactly once.** The mover writes what the journal holds into the queue together
-//!   with the journal's mark, and lets the journal reuse its space only after that flush (see
-//!   [`crate::queue::journal`]), so a crash at any point neither loses nor repeats a request.
-//!   Moves run one at a time, in the order the records were written.
+//!   with the journal's mark, and the journal frees it only after a durable flush of the
+//!   queue in the same epoch (see [`crate::queue::journal`]); if the queue fails first, the
+//!   records are moved again. So a crash at any point neither loses nor repeats a request.
+//!   Moves and checkpoints run one at a time, in the order the records were written.
+//! - **One sync per acknowledgement.** The mover does not flush: the queue's flush (sled's
+//!   and an `fdatasync` of its log) happens at the checkpoint, [`CHECKPOINT_AFTER`] after a
+//!   move, when the journal is half full, or at shutdown — not once per request.
 //! - **Seen at once.** The mover runs when woken by an accepted request (no polling: an idle
 //!   daemon stays asleep), and [`Intake::caught_up`] lets `status` (and so `wait`) wait for
 //!   the moves of everything acknowledged before it asked.
@@ -19,19 +24,41 @@
 //! requests are in the journal alone.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 use super::shared::Shared;
 use crate::error_chain;
 use crate::queue::journal::{self, Appended, Journal};
 use crate::queue::{NewPath, Queue, QueueError};
+use crate::sleep_until;
 
 /// The test-only switch that holds the mover (see the module doc).
 pub const HOLD_ENV: &str = "NARPUSH_TEST_HOLD_INTAKE";
+/// How long after a move the queue is flushed, so that the journal may reuse its space (the
+/// pipeline's own flushes usually cover the moved records before, and this one is free).
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 /// How long `status` waits for the mover before answering from the queue as it is.
 const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The queue epoch of the records moved since the last checkpoint.
+#[derive(Default)]
+struct Mover {
+    epoch: Option<u64>,
+    /// Records of different epochs were written (the queue was opened again in between).
+    mixed: bool,
+}
+
+impl Mover {
+    fn written_in(&mut self, epoch: u64) {
+        if *self.epoch.get_or_insert(epoch) != epoch {
+            self.mixed = true;
+        }
+    }
+}
 
 pub struct Intake {
     /// `None` when the journal could not be opened: every request goes to the queue directly.
@@ -40,8 +67,8 @@ pub struct Intake {
     wake: Notify,
     /// The sequence number of the last journal record moved into the queue.
     moved: watch::Sender<u64>,
-    /// One move at a time, so the queue's mark only grows.
-    moving: tokio::sync::Mutex<()>,
+    /// One move or checkpoint at a time, so the queue's mark only grows.
+    mover: tokio::sync::Mutex<Mover>,
     hold: bool,
 }
 
@@ -82,7 +109,7 @@ impl Intake {
             journal,
             wake: Notify::new(),
             moved: watch::Sender::new(0),
-            moving: tokio::sync::Mutex::new(()),
+            mover: tokio::sync::Mutex::new(Mover::default()),
             hold,
         })
     }
@@ -118,28 +145,64 @@ impl Intake {
         self.wake.notify_one();
     }
 
-    /// Moves what the journal holds into the queue and flushes it; returns how many paths.
-    /// What cannot be moved stays for the next move.
+    /// Moves what the journal holds into the queue (a checkpoint too when the journal is
+    /// half full); returns how many paths. What cannot be moved stays for the next move.
     pub async fn move_now(&self, queue: &Queue, pipeline: &Notify) -> Result<usize, QueueError> {
         let Some(journal) = self.journal.as_ref().filter(|_| !self.hold) else {
             return Ok(0);
         };
-        let _turn = self.moving.lock().await;
+        let mut mover = self.mover.lock().await;
         let Some(taken) = journal.take() else {
             return Ok(0);
         };
-        match queue.enqueue_journaled(&taken.paths, taken.mark).await {
-            Ok(()) => {
-                journal.moved(taken.mark);
-                self.moved.send_replace(taken.seq);
-                pipeline.notify_one();
-                Ok(taken.paths.len())
-            }
-            Err(e) => {
-                journal.put_back(taken);
-                Err(e)
-            }
+        let epoch = queue.epoch();
+        if let Err(e) = queue.record_journaled(&taken.paths, taken.mark) {
+            journal.put_back(taken);
+            return Err(e);
         }
+        let count = taken.paths.len();
+        self.moved.send_replace(taken.seq);
+        journal.written(taken);
+        mover.written_in(epoch);
+        pipeline.notify_one();
+        if journal.past_half() {
+            self.checkpoint_locked(journal, &mut mover, queue).await?;
+        }
+        Ok(count)
+    }
+
+    /// Flushes the queue durably, so that the journal may reuse the space of what was moved.
+    pub async fn checkpoint(&self, queue: &Queue) -> Result<(), QueueError> {
+        let Some(journal) = self.journal.as_ref() else {
+            return Ok(());
+        };
+        let mut mover = self.mover.lock().await;
+        self.checkpoint_locked(journal, &mut mover, queue).await
+    }
+
+    async fn checkpoint_locked(
+        &self,
+        journal: &Journal,
+        mover: &mut Mover,
+        queue: &Queue,
+    ) -> Result<(), QueueError> {
+        if !journal.has_unchecked() {
+            return Ok(());
+        }
+        let flushed = queue.flush().await;
+        // A flush of a database opened again since the writes does not cover them.
+        let same_epoch = mover.epoch.take() == Some(queue.epoch()) && !mover.mixed;
+        mover.mixed = false;
+        match flushed {
+            Ok(()) if same_epoch => journal.checkpointed(),
+            _ => journal.rewind(),
+        }
+        flushed
+    }
+
+    /// Whether moved records wait for a checkpoint.
+    pub fn has_unchecked(&self) -> bool {
+        self.journal.as_ref().is_some_and(Journal::has_unchecked)
     }
 
     /// Waits (at most [`CATCH_UP_PATIENCE`]) until every request acknowledged so far is in
@@ -157,21 +220,37 @@ impl Intake {
     }
 }
 
-/// The mover: moves the journal into the queue whenever woken, until the stop signal.
-pub async fn run(shared: std::sync::Arc<Shared>) {
+/// The mover: moves the journal into the queue whenever woken, and checkpoints
+/// [`CHECKPOINT_AFTER`] after the first move since the last checkpoint; asleep otherwise.
+pub async fn run(shared: Arc<Shared>) {
+    let mut checkpoint_at: Option<Instant> = None;
     loop {
         tokio::select! {
-            () = shared.intake.wake.notified() => {}
+            () = shared.intake.wake.notified() => {
+                if let Err(e) = shared.intake.move_now(&shared.queue, &shared.wake).await {
+                    failed(&shared, "move acknowledged requests from the intake journal into the queue", &e);
+                }
+            }
+            () = sleep_until(checkpoint_at) => {
+                checkpoint_at = None;
+                if let Err(e) = shared.intake.checkpoint(&shared.queue).await {
+                    failed(&shared, "flush the requests moved from the intake journal", &e);
+                }
+            }
             () = shared.stop.cancelled() => return,
         }
-        if let Err(e) = shared.intake.move_now(&shared.queue, &shared.wake).await {
-            // The pipeline is what reopens a failed queue; it wakes the mover once it did.
-            shared.wake.notify_one();
-            tracing::error!(
-                "cannot move acknowledged requests from the intake journal into the queue \
-                 yet (they stay in the journal; moved once the queue works again): {}",
-                error_chain(&e)
-            );
+        if checkpoint_at.is_none() && shared.intake.has_unchecked() {
+            checkpoint_at = Some(Instant::now() + CHECKPOINT_AFTER);
         }
     }
+}
+
+fn failed(shared: &Shared, what: &str, error: &QueueError) {
+    // The pipeline is what reopens a failed queue; it wakes the mover once it did.
+    shared.wake.notify_one();
+    tracing::error!(
+        "cannot {what} yet (they stay in the journal, and are moved once the queue works \
+         again): {}",
+        error_chain(error)
+    );
 }

@@ -24,12 +24,19 @@
 //!
 //! Appended records wait in memory until the mover takes them ([`Journal::take`]). The mover
 //! writes them into the queue together with the [`Mark`] of the last one (its generation and
-//! end offset, kept in the queue's `intake` tree) and flushes the queue durably; then it
-//! reports [`Journal::moved`]. When that mark is the journal's head (nothing was appended
+//! end offset, kept in the queue's `intake` tree), without waiting for the queue's flush: the
+//! journal still holds them. Later (a checkpoint: after a quiet second, when the journal is
+//! half full, or at shutdown) the queue is flushed durably; then [`Journal::checkpointed`]
+//! frees what was written before. When the mark is the journal's head (nothing was appended
 //! meanwhile), the journal starts over: the next record goes to offset 0 with the next
 //! generation. Nothing is synced for that: the mark in the queue already says that every
 //! record of the old generation is moved, and the terminator behind each new record keeps
-//! the old ones from being read as current.
+//! the old ones from being read as current. (A zero length is written at offset 0 at once,
+//! unsynced, only so that the next start does not read the old records again.) If the queue
+//! fails before the checkpoint, [`Journal::rewind`] gives the records back to be moved again.
+//!
+//! The queue's flush keeps sled's order: a mark that reached the disk comes with every entry
+//! written before it, so the mark never claims more than the queue holds.
 //!
 //! # Recovery
 //!
@@ -146,6 +153,8 @@ struct Writer {
     /// Sequence number of the last record appended (replayed ones count too).
     seq: u64,
     pending: Vec<Pending>,
+    /// Taken and written into the queue, not yet flushed there (oldest first).
+    unchecked: Vec<Journaled>,
 }
 
 pub struct Journal {
@@ -191,6 +200,7 @@ impl Journal {
             head: scanned.end,
             seq: 0,
             pending: Vec::new(),
+            unchecked: Vec::new(),
         };
         for found in scanned.records {
             let mark = Mark {
@@ -326,10 +336,32 @@ impl Journal {
         );
     }
 
-    /// Records that everything up to `mark` is durably in the queue; when nothing was
-    /// appended since, the journal starts over at offset 0 with the next generation.
-    pub fn moved(&self, mark: Mark) {
+    /// Notes that `taken` is written into the queue, not yet durably: it is kept until
+    /// [`Journal::checkpointed`], to be moved again ([`Journal::rewind`]) if the queue loses
+    /// it first.
+    pub fn written(&self, taken: Journaled) {
+        lock(&self.writer).unchecked.push(taken);
+    }
+
+    /// Whether records written into the queue wait for a durable flush of it.
+    pub fn has_unchecked(&self) -> bool {
+        !lock(&self.writer).unchecked.is_empty()
+    }
+
+    /// Whether more than half of the journal is in use (time for a checkpoint).
+    pub fn past_half(&self) -> bool {
+        lock(&self.writer).head > self.size / 2
+    }
+
+    /// Call after a durable flush of the queue that began after every [`Journal::written`]
+    /// so far: those records are safe in the queue. When nothing was appended since, the
+    /// journal starts over at offset 0 with the next generation.
+    pub fn checkpointed(&self) {
         let mut writer = lock(&self.writer);
+        let Some(mark) = writer.unchecked.last().map(|taken| taken.mark) else {
+            return;
+        };
+        writer.unchecked.clear();
         if writer.pending.is_empty()
             && writer.generation == mark.generation
             && writer.head == mark.end
@@ -342,6 +374,22 @@ impl Journal {
                 tracing::debug!("cannot clear the start of the intake journal: {e}");
             }
         }
+    }
+
+    /// The queue lost what was written into it since the last checkpoint (it failed before
+    /// flushing): those records are moved again, ahead of newer ones.
+    pub fn rewind(&self) {
+        let mut writer = lock(&self.writer);
+        let unchecked = std::mem::take(&mut writer.unchecked);
+        let again: Vec<Pending> = unchecked
+            .into_iter()
+            .map(|taken| Pending {
+                paths: taken.paths,
+                mark: taken.mark,
+                seq: taken.seq,
+            })
+            .collect();
+        writer.pending.splice(0..0, again);
     }
 
     /// The sequence number of the last record appended.

@@ -360,18 +360,18 @@ async fn journaled_paths_are_queued_with_the_mark_so_a_restart_does_not_replay_t
         Appended::Durable(_)
     ));
     let taken = journal.take().unwrap();
-    queue
-        .enqueue_journaled(&taken.paths, taken.mark)
-        .await
-        .unwrap();
-    journal.moved(taken.mark);
+    let mark = taken.mark;
+    queue.record_journaled(&taken.paths, mark).unwrap();
+    journal.written(taken);
+    queue.flush().await.unwrap();
+    journal.checkpointed();
     // The path is uploaded before the daemon dies; the journal still holds its record.
     let started = queue.take_due(now_ms() + 1, 10, 5).entries;
     assert_eq!(started.len(), 1);
     queue.finish(&sp(A), &Outcome::Done).unwrap();
     drop(journal);
     let queue = reopened(&queue_dir, queue).await;
-    assert_eq!(queue.journal_mark().unwrap(), Some(taken.mark));
+    assert_eq!(queue.journal_mark().unwrap(), Some(mark));
     let (journal, recovered) = Journal::open(&journal_path, queue.journal_mark().unwrap()).unwrap();
     assert_eq!(recovered.records, 0);
     assert!(journal.take().is_none());

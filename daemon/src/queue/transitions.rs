@@ -50,10 +50,10 @@ impl Queue {
             .map_err(|e| self.failed(e))
     }
 
-    /// [`Queue::enqueue`] of requests the intake journal holds, up to and including the record
-    /// that ends at `mark`: the mark is written with them, so that once this returns the
-    /// journal never gives them again (see [`super::journal`]).
-    pub async fn enqueue_journaled(&self, new: &[NewPath], mark: Mark) -> Result<(), QueueError> {
+    /// The entries of [`Queue::enqueue`] for requests the intake journal holds, up to and
+    /// including the record that ends at `mark`, and the mark after them; not flushed (the
+    /// journal keeps them until a flush: see [`super::journal`]).
+    pub fn record_journaled(&self, new: &[NewPath], mark: Mark) -> Result<(), QueueError> {
         let handle = self.handle()?;
         self.add(&handle, new)?;
         handle
@@ -61,10 +61,7 @@ impl Queue {
             .insert(JOURNAL_MARK, &mark.to_bytes())
             .map_err(|e| self.failed(e.into()))?;
         handle.wrote();
-        handle
-            .flush(&self.inner.dir)
-            .await
-            .map_err(|e| self.failed(e))
+        Ok(())
     }
 
     /// How far the intake journal was moved into the queue, if it ever was.

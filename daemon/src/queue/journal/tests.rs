@@ -206,12 +206,14 @@ async fn once_everything_is_moved_the_space_is_reused_and_old_records_never_retu
         durable(journal.append(&[new(path)]).await.unwrap());
     }
     let old = journal.take().unwrap();
-    journal.moved(old.mark);
+    let old_mark = old.mark;
+    journal.written(old);
+    journal.checkpointed();
     let restarted = journal.head();
     assert_eq!(
         restarted,
         Mark {
-            generation: old.mark.generation + 1,
+            generation: old_mark.generation + 1,
             end: 0
         }
     );
@@ -222,7 +224,7 @@ async fn once_everything_is_moved_the_space_is_reused_and_old_records_never_retu
     durable(journal.append(&[new(B)]).await.unwrap());
     drop(journal);
     // The daemon died before moving it: the queue's mark is still the old generation's.
-    let (journal, recovered) = reopen(dir.path(), Some(old.mark));
+    let (journal, recovered) = reopen(dir.path(), Some(old_mark));
     assert_eq!(recovered.records, 1);
     assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
     let taken = journal.take().unwrap();
@@ -237,11 +239,14 @@ async fn a_move_that_raced_with_an_append_does_not_reset_the_journal() {
     durable(journal.append(&[new(A)]).await.unwrap());
     let taken = journal.take().unwrap();
     durable(journal.append(&[new(B)]).await.unwrap());
-    journal.moved(taken.mark);
+    journal.written(taken);
+    journal.checkpointed();
     assert_ne!(journal.head().end, 0, "B is not moved yet");
     let rest = journal.take().unwrap();
     assert_eq!(names(&rest.paths), [B]);
-    journal.moved(rest.mark);
+    journal.written(rest);
+    assert_ne!(journal.head().end, 0, "B is not flushed in the queue yet");
+    journal.checkpointed();
     assert_eq!(journal.head().end, 0);
 }
 
@@ -271,9 +276,12 @@ async fn a_full_journal_refuses_without_writing_until_it_is_moved() {
     let head = journal.head();
     assert_eq!(journal.append(&many).await.unwrap(), Appended::NoRoom);
     assert_eq!(journal.head(), head, "a refused record writes nothing");
+    assert!(journal.past_half());
     let taken = journal.take().unwrap();
     assert_eq!(taken.paths.len(), appended * many.len());
-    journal.moved(taken.mark);
+    journal.written(taken);
+    journal.checkpointed();
+    assert!(!journal.past_half());
     durable(journal.append(&many).await.unwrap());
 }
 
@@ -303,4 +311,21 @@ async fn a_torn_record_on_disk_is_reported_with_its_offset_and_the_rest_is_repla
     assert_eq!(names(&journal.take().unwrap().paths), [A]);
     // The next write goes where the torn one was.
     assert_eq!(journal.head().end, torn_at);
+}
+
+#[tokio::test]
+async fn what_the_queue_lost_before_its_checkpoint_is_moved_again_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = reopen(dir.path(), None);
+    durable(journal.append(&[new(A)]).await.unwrap());
+    journal.written(journal.take().unwrap());
+    durable(journal.append(&[new(B)]).await.unwrap());
+    journal.written(journal.take().unwrap());
+    durable(journal.append(&[new(C)]).await.unwrap());
+    assert!(journal.has_unchecked());
+    journal.rewind();
+    assert!(!journal.has_unchecked());
+    let again = journal.take().unwrap();
+    assert_eq!(names(&again.paths), [A, B, C]);
+    assert_eq!(again.seq, 3);
 }
