@@ -233,7 +233,7 @@ impl Journal {
             file,
             size,
             writer: Mutex::new(writer),
-            commit: GroupCommit::default(),
+            commit: GroupCommit::short(),
             failed: AtomicBool::new(false),
         };
         Ok((journal, recovered))
