@@ -1,11 +1,15 @@
 //! The queue's durability promises, checked on the real daemon: an enqueue is acknowledged only
-//! after the queue's file was synced to disk (seen from outside with strace), and an ack is
-//! worth something even when the daemon dies the moment after sending it.
+//! after the intake journal was synced to disk (seen from outside with strace), and an ack is
+//! worth something even when the daemon dies the moment after sending it, before the request
+//! left the journal for the queue; a damaged journal is reported, record by record.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "durability/journal.rs"]
+mod journal;
 
 use narpush_e2e::daemon::{build_with_hook, spooled, Daemon};
 use narpush_e2e::{
@@ -19,8 +23,8 @@ enum Event {
     RequestRead(String),
     /// An `ok` response was written to a socket (fd number).
     AckWritten(String),
-    /// fsync/fdatasync of the queue's database file returned 0.
-    QueueSynced,
+    /// fsync/fdatasync of the intake journal returned 0.
+    JournalSynced,
 }
 
 /// The events of an strace log, in the order strace saw them complete. A syscall split into
@@ -58,10 +62,10 @@ fn events(log: &str) -> Vec<Event> {
             .rsplit_once(") = ")
             .is_some_and(|(_, r)| !r.starts_with('-'));
         if (call.starts_with("fsync(") || call.starts_with("fdatasync("))
-            && call.contains("/queue/db>")
+            && call.contains("/intake.journal>")
             && ok
         {
-            events.push(Event::QueueSynced);
+            events.push(Event::JournalSynced);
         } else if (call.starts_with("read(") || call.starts_with("recvfrom("))
             && call.contains("\"narpush 1 enqueue")
             && ok
@@ -78,7 +82,7 @@ fn events(log: &str) -> Vec<Event> {
 }
 
 #[test]
-fn an_enqueue_is_acknowledged_only_after_the_queue_file_is_synced() {
+fn an_enqueue_is_acknowledged_only_after_the_intake_journal_is_synced() {
     let mut daemon = Daemon::start("", vec![]);
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("strace.log");
@@ -132,9 +136,9 @@ fn an_enqueue_is_acknowledged_only_after_the_queue_file_is_synced() {
             .rposition(|e| *e == Event::RequestRead(fd.clone()))
             .unwrap_or_else(|| panic!("ack on fd {fd} without a request read; events {events:?}"));
         assert!(
-            events[read_at..index].contains(&Event::QueueSynced),
-            "ack on fd {fd} was written before any sync of the queue file since its request \
-             was read; events {events:?}"
+            events[read_at..index].contains(&Event::JournalSynced),
+            "ack on fd {fd} was written before any sync of the intake journal since its \
+             request was read; events {events:?}"
         );
         acks += 1;
     }

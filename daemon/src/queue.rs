@@ -14,15 +14,23 @@
 //! `last_upload_ms` (Unix ms of the last published path). They only ever grow, so the
 //! metrics built on them are true Prometheus counters across restarts.
 //!
+//! Tree `intake`, key `moved`, value = the intake journal's [`journal::Mark`] (generation
+//! and end offset, each u64 big-endian): how far the journal was moved into this queue.
+//!
 //! A record that does not decode is skipped by every reader and reported
 //! ([`Scan::corrupt`], shown by `status` as a failure); it never stops the rest of the queue.
 //! `retry` replaces it with a fresh entry when its key is a store path, else removes it.
 //!
 //! # Durability and the ack rule
 //!
-//! [`Queue::enqueue`] returns only after the new records are durable: sled's flush followed by
-//! `fdatasync` of its log file (see [`storage`]), so the daemon acknowledges a request only
-//! once it survives a crash or a power loss. Flushes are group-committed: concurrent enqueues
+//! The daemon acknowledges a request once it is durable in the intake [`journal`] (one small
+//! write and one `fdatasync`), and moves it into this queue right after (see
+//! `daemon::intake`). [`Queue::record_journaled`] writes the moved records with the journal's
+//! mark; the journal keeps them until a later [`Queue::flush`] made both durable (in the same
+//! [`Queue::epoch`]). [`Queue::enqueue`], used when the journal cannot take a request,
+//! returns only after the new records are durable. Durable means sled's
+//! flush followed by `fdatasync` of its log file (see [`storage`]), so that it survives a
+//! crash or a power loss. Flushes are group-committed: concurrent enqueues
 //! wait on one flush instead of one each. State changes made by the pipeline (pending →
 //! uploading → done) are not flushed one by one; losing them in a crash only means a path is
 //! uploaded again, which is harmless, never that one is lost.
@@ -51,13 +59,15 @@
 //! `done` entries are kept for a day (they answer "already uploaded" without asking the
 //! target) and at most [`MAX_DONE`] of them; [`Queue::prune`] drops the rest.
 
+mod group_commit;
+pub mod journal;
 mod record;
 mod storage;
 mod transitions;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -73,6 +83,9 @@ pub const MAX_DONE: usize = 10_000;
 pub const DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How long [`Queue::reopen`] waits for the failed handle to let go of sled's file lock.
 const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The key of the intake journal's mark in the `intake` tree.
+const JOURNAL_MARK: &str = "moved";
 
 /// Counter names in the `stats` tree.
 const STAT_PATHS: &str = "uploaded_paths";
@@ -175,6 +188,8 @@ struct Inner {
     failure: Mutex<Option<String>>,
     /// Corrupt keys already logged (each is logged once, not at every scan).
     reported: Mutex<HashSet<String>>,
+    /// How many times the database was opened again (see [`Queue::epoch`]).
+    epoch: AtomicU64,
 }
 
 /// One record as read: its raw bytes (for compare-and-swap) and what they decode to.
@@ -195,10 +210,17 @@ impl Queue {
                 broken: AtomicBool::new(false),
                 failure: Mutex::new(None),
                 reported: Mutex::new(HashSet::new()),
+                epoch: AtomicU64::new(0),
             }),
         };
         queue.requeue_uploading(Interrupted::Crash)?;
         Ok(queue)
+    }
+
+    /// Changes whenever the database is opened again: writes made in an earlier epoch and not
+    /// flushed then are lost, and a flush in a later one does not cover them.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
     }
 
     /// Whether sled failed and the queue needs [`Queue::reopen`].
@@ -218,6 +240,7 @@ impl Queue {
     /// async workers). Uploads the failure interrupted go back to `pending`.
     pub fn reopen(&self) -> Result<(), QueueError> {
         let old = write_lock(&self.inner.handle).take();
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         drop(old);
         let handle =
             Handle::open_patiently(&self.inner.dir, REOPEN_PATIENCE).map_err(|e| self.failed(e))?;

@@ -91,6 +91,11 @@ impl Daemon {
         }
     }
 
+    /// Leaves `name` out of the environment of the next [`Daemon::spawn`].
+    pub fn remove_env(&mut self, name: &str) {
+        self.env.retain(|(key, _)| key != name);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -1,9 +1,10 @@
 //! Turning an `enqueue` request (from the socket or a spool file) into durable queue entries.
 //!
 //! Order matters and is the point of this module: validate everything first (a request with
-//! one bad path changes nothing), then take the GC roots, then write the queue and wait for the
-//! flush. Only then may the caller acknowledge, and by then the paths are protected from
-//! garbage collection and survive a crash.
+//! one bad path changes nothing), then take the GC roots, then make the request durable (the
+//! intake journal, or the queue and its flush; see [`super::intake`]). Only then may the
+//! caller acknowledge, and by then the paths are protected from garbage collection and
+//! survive a crash.
 //!
 //! A floating content-addressed derivation names no output paths: its outputs, and the
 //! realisations to publish with them, come from `nix realisation info` (see
@@ -112,10 +113,7 @@ pub async fn enqueue(
             drv: drv.clone(),
         })
         .collect();
-    // On failure too: the pipeline is what reopens a failed queue.
-    let queued = shared.queue.enqueue(&new).await;
-    shared.wake.notify_one();
-    queued?;
+    shared.intake.accept(shared, &new).await?;
     // A path already uploading keeps its submission: the engine learns of the realisations
     // this request adds here (a pending one hands them over again when submitted).
     shared.engine.add_realisations(realisations);

@@ -4,7 +4,8 @@
 //! - [`shared`]: what every task shares; [`settings`]: the live configuration (sink, keys,
 //!   limits), reloadable on SIGHUP;
 //! - [`enqueue`]: turning a request into durable queue entries and GC roots (shared by the
-//!   socket and the spool);
+//!   socket and the spool), made durable first in the intake journal by [`intake`], whose
+//!   mover then writes them into the queue;
 //! - [`server`]: the Unix socket, peer credentials, request limits;
 //! - [`spool`]: requests the hook left on disk while the daemon was away;
 //! - [`pipeline`]: due queue entries into the upload engine, and its outcomes back into the
@@ -18,12 +19,14 @@
 //! accepting; the spool watcher and the metrics endpoint stop; the pipeline takes no new entries; the engine gives the
 //! work in flight [`DRAIN_TIMEOUT`] to finish and aborts the rest, while the pipeline records
 //! every outcome that still arrives. Connection handlers and log uploads are waited for (they
-//! are bounded in time themselves). Whatever is still `uploading` then goes back to `pending`,
-//! the queue is flushed, and the process exits 0. Multipart uploads cut off this way are left
+//! are bounded in time themselves). Requests still in the intake journal are moved into the
+//! queue, whatever is still `uploading` goes back to `pending`, the queue is flushed, and the
+//! process exits 0. Multipart uploads cut off this way are left
 //! for the bucket's lifecycle rule; their paths are uploaded again on start.
 
 pub mod activity;
 pub mod enqueue;
+pub mod intake;
 pub mod logs;
 pub mod metrics;
 pub mod pipeline;
@@ -48,6 +51,7 @@ use crate::gcroots::GcRoots;
 use crate::layout::WriterId;
 use crate::queue::{Interrupted, Queue};
 use crate::sink::Sink;
+use intake::Intake;
 use settings::Settings;
 use shared::Shared;
 
@@ -69,6 +73,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let queue = Queue::open(&config.state_dir.join("queue"))?;
+    let intake = Intake::open(&config.state_dir, &queue)?;
     let roots = GcRoots::open(&config.gc_roots_dir)?;
     let started = std::time::SystemTime::now();
     let settings = Settings::load(config.clone()).await?;
@@ -87,6 +92,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         Engine::start(settings.engine.clone(), stop.clone(), DRAIN_TIMEOUT);
     let shared = Arc::new(Shared::new(
         queue,
+        intake,
         roots,
         settings,
         engine,
@@ -105,6 +111,9 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         "spool",
         tokio::spawn(spool::run(shared.clone(), config.spool_dir.clone())),
     );
+    let mover = watched("intake", tokio::spawn(intake::run(shared.clone())));
+    // What the journal held at the start is moved first.
+    shared.intake.wake();
     let pipeline = watched(
         "pipeline",
         tokio::spawn(pipeline::run(shared.clone(), reports)),
@@ -140,6 +149,15 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let _ = pipeline.await;
     shared.tasks.close();
     shared.tasks.wait().await;
+    let _ = mover.await;
+    // No request is acknowledged any more: move the last ones, or leave them to the next start.
+    if let Err(e) = shared.intake.move_now(&shared.queue, &shared.wake).await {
+        tracing::error!(
+            "cannot move the last acknowledged requests into the queue; they stay in the intake \
+             journal for the next start: {}",
+            crate::error_chain(&e)
+        );
+    }
     requeue_interrupted(&shared.queue);
     if let Some(path) = bound_path {
         let _ = std::fs::remove_file(path);

@@ -158,7 +158,8 @@ async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
 }
 
 /// Opens the failed queue database again; returns whether it is open. Spooled requests that
-/// could not be queued meanwhile are looked at again at once.
+/// could not be queued meanwhile, and journaled ones that could not be moved, are looked at
+/// again at once.
 async fn reopen(shared: &Arc<Shared>) -> bool {
     let queue = shared.queue.clone();
     let reopened = tokio::task::spawn_blocking(move || queue.reopen()).await;
@@ -166,6 +167,7 @@ async fn reopen(shared: &Arc<Shared>) -> bool {
         Ok(Ok(())) => {
             tracing::warn!("queue database open again; taking requests");
             shared.rescan_spool.notify_one();
+            shared.intake.wake();
             true
         }
         Ok(Err(e)) => {

@@ -8,7 +8,8 @@
 //! - **No client stalls another.** Each connection is its own task; a request must arrive whole
 //!   within [`REQUEST_TIMEOUT`] and within the protocol's size limit, and at most
 //!   [`MAX_CONNECTIONS`] are served at once (the next one gets "busy" at once).
-//! - **Ack after durability.** `ok` for an enqueue is written only after the queue flushed.
+//! - **Ack after durability.** `ok` for an enqueue is written only once the request is on
+//!   disk (the intake journal synced, or the queue flushed).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -26,6 +27,7 @@ use narpush_protocol::{Request, Response, Source, MAX_REQUEST};
 use super::shared::Shared;
 use super::{enqueue, status};
 use crate::error_chain;
+use crate::queue::QueueError;
 
 /// The longest a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,10 +153,17 @@ async fn read_request(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
     }
 }
 
+/// The status report, once everything acknowledged before the request is in the queue it is
+/// read from.
+async fn status_after_intake(shared: &Shared) -> Result<status::StatusReport, QueueError> {
+    shared.intake.caught_up(&shared.queue).await;
+    status::collect(shared)
+}
+
 async fn dispatch(request: Request, uid: u32, shared: &Shared) -> Response {
     let may_write = uid == shared.own_uid || shared.settings().config.allowed_uids.contains(&uid);
     match request {
-        Request::Status => match status::collect(shared) {
+        Request::Status => match status_after_intake(shared).await {
             Ok(report) => Response::Ok(serde_json::to_string(&report).unwrap_or_default()),
             Err(e) => Response::Error(match shared.queue.failure() {
                 Some(reason) => format!(

@@ -1,4 +1,4 @@
-//! What every task of the daemon shares: the queue, the GC roots, the live settings, the
+//! What every task of the daemon shares: the queue and its intake journal, the GC roots, the live settings, the
 //! engine's handle, the stop signal and the tracker of every task spawned along the way.
 //!
 //! Settings are swapped whole (an `Arc` behind a lock held only to clone or replace it), so a
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::Activity;
+use super::intake::Intake;
 use super::settings::Settings;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -23,6 +24,8 @@ use crate::queue::Queue;
 
 pub struct Shared {
     pub queue: Queue,
+    /// The intake journal and its mover: where requests become durable before the ack.
+    pub intake: Intake,
     pub roots: GcRoots,
     settings: RwLock<Arc<Settings>>,
     pub engine: Engine,
@@ -78,6 +81,7 @@ impl Shared {
 
     pub fn new(
         queue: Queue,
+        intake: Intake,
         roots: GcRoots,
         settings: Settings,
         engine: Engine,
@@ -86,6 +90,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             queue,
+            intake,
             roots,
             settings: RwLock::new(Arc::new(settings)),
             engine,

@@ -3,7 +3,7 @@
 //!
 //! - **Durable flush.** sled 0.34's `flush` writes its log with `sync_file_range`, which
 //!   persists neither file metadata nor the disk's write cache (its real `fsync` runs from a
-//!   background thread every 500 ms). [`GroupCommit::flush`] therefore follows sled's flush with
+//!   background thread every 500 ms). [`Handle::flush`] therefore follows sled's flush with
 //!   `fdatasync` of sled's log file (`<dir>/db`, where every record lives; values this small
 //!   never go to `blobs/`), and [`Handle::open`] syncs the directory once, so the file itself
 //!   survives a power loss.
@@ -13,16 +13,17 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::group_commit::GroupCommit;
 use super::QueueError;
 
-/// An open database: sled, its two trees, and its log file for syncing.
+/// An open database: sled, its three trees, and its log file for syncing.
 pub(super) struct Handle {
     pub db: sled::Db,
     pub paths: sled::Tree,
     pub stats: sled::Tree,
+    pub intake: sled::Tree,
     log: File,
     /// Per handle: a write made to a failed handle is never covered by a flush of its successor.
     commit: GroupCommit,
@@ -37,6 +38,7 @@ impl Handle {
         let db = sled::Config::new().path(dir).open().map_err(open_error)?;
         let paths = db.open_tree("paths")?;
         let stats = db.open_tree("stats")?;
+        let intake = db.open_tree("intake")?;
         let sync_error = |file: PathBuf| {
             move |source| QueueError::Sync {
                 file: file.display().to_string(),
@@ -53,6 +55,7 @@ impl Handle {
             db,
             paths,
             stats,
+            intake,
             log,
             commit: GroupCommit::default(),
         })
@@ -73,12 +76,12 @@ impl Handle {
 
     /// Waits until every write made to this handle so far is durable.
     pub async fn flush(&self, dir: &Path) -> Result<(), QueueError> {
-        self.commit.flush(self, dir).await
+        self.commit.commit(|| self.flush_durably(dir)).await
     }
 
     /// [`Handle::flush`] on the calling thread, outside any runtime (shutdown).
     pub fn flush_blocking(&self, dir: &Path) -> Result<(), QueueError> {
-        self.commit.flush_blocking(self, dir)
+        self.commit.commit_blocking(|| self.flush_durably(dir))
     }
 
     /// Counts a write for the group commit.
@@ -93,52 +96,5 @@ impl Handle {
             file: dir.join("db").display().to_string(),
             source,
         })
-    }
-}
-
-/// Group commit. Every write bumps `written`; a flush covers every write made before it
-/// started. A caller waits for the flush lock; if a flush that started after its write has
-/// ended meanwhile, it is done, otherwise it flushes itself, covering everyone who wrote so
-/// far. N concurrent enqueues thus cost about two flushes, not N, and a lone one flushes on its
-/// own task instead of waking another thread.
-#[derive(Default)]
-struct GroupCommit {
-    /// Writes made so far (a sequence number).
-    written: AtomicU64,
-    /// Every write up to this number is on disk.
-    flushed: AtomicU64,
-    lock: tokio::sync::Mutex<()>,
-}
-
-impl GroupCommit {
-    fn wrote(&self) {
-        self.written.fetch_add(1, Ordering::SeqCst);
-    }
-
-    async fn flush(&self, handle: &Handle, dir: &Path) -> Result<(), QueueError> {
-        let mine = self.written.load(Ordering::SeqCst);
-        let _turn = self.lock.lock().await;
-        if self.flushed.load(Ordering::SeqCst) >= mine {
-            return Ok(());
-        }
-        let covers = self.written.load(Ordering::SeqCst);
-        // sled's flush and the fdatasync block the calling thread (about a millisecond on an
-        // SSD); on a multi-threaded runtime the worker hands its other tasks away meanwhile.
-        match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| handle.flush_durably(dir))
-            }
-            _ => handle.flush_durably(dir),
-        }?;
-        self.flushed.fetch_max(covers, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Flushes on the calling thread, outside any runtime (shutdown).
-    fn flush_blocking(&self, handle: &Handle, dir: &Path) -> Result<(), QueueError> {
-        let covers = self.written.load(Ordering::SeqCst);
-        handle.flush_durably(dir)?;
-        self.flushed.fetch_max(covers, Ordering::SeqCst);
-        Ok(())
     }
 }

@@ -345,3 +345,35 @@ fn a_record_written_before_realisations_existed_still_decodes() {
         "an entry without realisations is stored as before"
     );
 }
+
+#[tokio::test]
+async fn journaled_paths_are_queued_with_the_mark_so_a_restart_does_not_replay_them() {
+    use super::journal::{Appended, Journal, FILE_NAME};
+    let dir = tempfile::tempdir().unwrap();
+    let queue_dir = dir.path().join("queue");
+    let journal_path = dir.path().join(FILE_NAME);
+    let queue = Queue::open(&queue_dir).unwrap();
+    assert_eq!(queue.journal_mark().unwrap(), None);
+    let (journal, _) = Journal::open(&journal_path, None).unwrap();
+    assert!(matches!(
+        journal.append(&[new(A)]).await.unwrap(),
+        Appended::Durable(_)
+    ));
+    let taken = journal.take().unwrap();
+    let mark = taken.mark;
+    queue.record_journaled(&taken.paths, mark).unwrap();
+    journal.written(taken);
+    queue.flush().await.unwrap();
+    journal.checkpointed();
+    // The path is uploaded before the daemon dies; the journal still holds its record.
+    let started = queue.take_due(now_ms() + 1, 10, 5).entries;
+    assert_eq!(started.len(), 1);
+    queue.finish(&sp(A), &Outcome::Done).unwrap();
+    drop(journal);
+    let queue = reopened(&queue_dir, queue).await;
+    assert_eq!(queue.journal_mark().unwrap(), Some(mark));
+    let (journal, recovered) = Journal::open(&journal_path, queue.journal_mark().unwrap()).unwrap();
+    assert_eq!(recovered.records, 0);
+    assert!(journal.take().is_none());
+    assert_eq!(queue.get(&sp(A)).unwrap().unwrap().state, State::Done);
+}

@@ -2,9 +2,11 @@
 //! written so that a concurrent change of the same record is never overwritten with an older
 //! copy (see the queue's module doc).
 
+use super::journal::Mark;
+use super::storage::Handle;
 use super::{
     lock, now_ms, record, Entry, Interrupted, NewPath, Outcome, Queue, QueueError, Raw, State,
-    TakeDue, DONE_RETENTION, MAX_DONE,
+    TakeDue, DONE_RETENTION, JOURNAL_MARK, MAX_DONE,
 };
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
@@ -40,10 +42,47 @@ impl Queue {
     /// Adds paths (a path already pending or uploading stays as it is; a done or failed one is
     /// queued again) and returns once the records are durable.
     pub async fn enqueue(&self, new: &[NewPath]) -> Result<(), QueueError> {
-        let now = now_ms();
         let handle = self.handle()?;
+        self.add(&handle, new)?;
+        handle
+            .flush(&self.inner.dir)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// The entries of [`Queue::enqueue`] for requests the intake journal holds, up to and
+    /// including the record that ends at `mark`, and the mark after them; not flushed (the
+    /// journal keeps them until a flush: see [`super::journal`]).
+    pub fn record_journaled(&self, new: &[NewPath], mark: Mark) -> Result<(), QueueError> {
+        let handle = self.handle()?;
+        self.add(&handle, new)?;
+        handle
+            .intake
+            .insert(JOURNAL_MARK, &mark.to_bytes())
+            .map_err(|e| self.failed(e.into()))?;
+        handle.wrote();
+        Ok(())
+    }
+
+    /// How far the intake journal was moved into the queue, if it ever was.
+    pub fn journal_mark(&self) -> Result<Option<Mark>, QueueError> {
+        let bytes = self.with(|h| Ok(h.intake.get(JOURNAL_MARK)?))?;
+        match bytes {
+            None => Ok(None),
+            Some(bytes) => Mark::from_bytes(&bytes)
+                .map(Some)
+                .ok_or_else(|| QueueError::Corrupt {
+                    key: JOURNAL_MARK.to_owned(),
+                    reason: format!("the intake journal's mark is {} bytes, not 16", bytes.len()),
+                }),
+        }
+    }
+
+    /// Writes the entries of [`Queue::enqueue`], without waiting for the flush.
+    fn add(&self, handle: &Handle, new: &[NewPath]) -> Result<(), QueueError> {
+        let now = now_ms();
         for item in new {
-            self.update(&handle, &item.path.to_absolute(), |old| match old {
+            self.update(handle, &item.path.to_absolute(), |old| match old {
                 Some(mut entry) if matches!(entry.state, State::Pending | State::Uploading) => {
                     for realisation in &item.realisations {
                         if !entry.realisations.iter().any(|r| r.id == realisation.id) {
@@ -67,10 +106,7 @@ impl Queue {
             })
             .map_err(|e| self.failed(e))?;
         }
-        handle
-            .flush(&self.inner.dir)
-            .await
-            .map_err(|e| self.failed(e))
+        Ok(())
     }
 
     /// Waits until everything written so far is durable.

@@ -1,0 +1,256 @@
+//! Where a validated enqueue request goes on its way to the queue: first the intake journal
+//! (one small write and one `fdatasync` — all the hook's acknowledgement waits for), then,
+//! right after the ack, the mover writes it into the queue (sled), and a checkpoint later
+//! flushes the queue so that the journal may reuse its space.
+//!
+//! Invariants:
+//! - **Ack after durability.** [`Intake::accept`] returns only once the request is on disk,
+//!   in the journal or, when the journal cannot take it (no room, failed, absent), in the
+//!   queue by its own durable flush. A queue that failed refuses requests, as before.
+//! - **Moved exactly once.** The mover writes what the journal holds into the queue together
+//!   with the journal's mark, and the journal frees it only after a durable flush of the
+//!   queue in the same epoch (see [`crate::queue::journal`]); if the queue fails first, the
+//!   records are moved again. So a crash at any point neither loses nor repeats a request.
+//!   Moves and checkpoints run one at a time, in the order the records were written.
+//! - **One sync per acknowledgement.** The mover does not flush: the queue's flush (sled's
+//!   and an `fdatasync` of its log) happens at the checkpoint, [`CHECKPOINT_AFTER`] after a
+//!   move, when the journal is half full, or at shutdown — not once per request.
+//! - **Seen at once.** The mover runs when woken by an accepted request (no polling: an idle
+//!   daemon stays asleep), and [`Intake::caught_up`] lets `status` (and so `wait`) wait for
+//!   the moves of everything acknowledged before it asked.
+//!
+//! For tests only, `NARPUSH_TEST_HOLD_INTAKE=1` stops the mover from moving anything (and
+//! `status` from waiting for it), so that a test can kill the daemon while acknowledged
+//! requests are in the journal alone.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::shared::Shared;
+use crate::error_chain;
+use crate::queue::journal::{self, Appended, Journal};
+use crate::queue::{NewPath, Queue, QueueError};
+use crate::sleep_until;
+
+/// The test-only switch that holds the mover (see the module doc).
+pub const HOLD_ENV: &str = "NARPUSH_TEST_HOLD_INTAKE";
+/// How long after a move the queue is flushed, so that the journal may reuse its space (the
+/// pipeline's own flushes usually cover the moved records before, and this one is free).
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+/// How long `status` waits for the mover before answering from the queue as it is.
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The queue epoch of the records moved since the last checkpoint.
+#[derive(Default)]
+struct Mover {
+    epoch: Option<u64>,
+    /// Records of different epochs were written (the queue was opened again in between).
+    mixed: bool,
+}
+
+impl Mover {
+    fn written_in(&mut self, epoch: u64) {
+        if *self.epoch.get_or_insert(epoch) != epoch {
+            self.mixed = true;
+        }
+    }
+}
+
+pub struct Intake {
+    /// `None` when the journal could not be opened: every request goes to the queue directly.
+    journal: Option<Journal>,
+    /// Wakes the mover.
+    wake: Notify,
+    /// The sequence number of the last journal record moved into the queue.
+    moved: watch::Sender<u64>,
+    /// One move or checkpoint at a time, so the queue's mark only grows.
+    mover: tokio::sync::Mutex<Mover>,
+    hold: bool,
+}
+
+impl Intake {
+    /// Opens the journal in `state_dir`. Records it holds that the queue does not yet have
+    /// are moved by the mover as soon as it runs; a journal that cannot be opened is logged,
+    /// and requests are then queued directly (slower acknowledgements, same guarantees).
+    pub fn open(state_dir: &Path, queue: &Queue) -> Result<Intake, QueueError> {
+        let moved = queue.journal_mark()?;
+        let path = state_dir.join(journal::FILE_NAME);
+        let journal = match Journal::open(&path, moved) {
+            Ok((journal, recovered)) => {
+                if recovered.records > 0 {
+                    tracing::warn!(
+                        journal = %path.display(),
+                        "the intake journal holds {} acknowledged request(s) not yet in the \
+                         queue; moving them into it",
+                        recovered.records
+                    );
+                }
+                Some(journal)
+            }
+            Err(e) => {
+                tracing::error!(
+                    "{}; requests are queued directly, which makes each acknowledgement slower",
+                    error_chain(&e)
+                );
+                None
+            }
+        };
+        let hold = std::env::var_os(HOLD_ENV).is_some_and(|value| value == "1");
+        if hold {
+            tracing::warn!(
+                "{HOLD_ENV}=1: the intake journal is not moved into the queue (tests only)"
+            );
+        }
+        Ok(Intake {
+            journal,
+            wake: Notify::new(),
+            moved: watch::Sender::new(0),
+            mover: tokio::sync::Mutex::new(Mover::default()),
+            hold,
+        })
+    }
+
+    /// Makes `new` durable; once this returns, the request may be acknowledged.
+    pub async fn accept(&self, shared: &Shared, new: &[NewPath]) -> Result<(), QueueError> {
+        if let Some(reason) = shared.queue.failure() {
+            // The pipeline is what reopens a failed queue.
+            shared.wake.notify_one();
+            return Err(QueueError::Closed { reason });
+        }
+        if let Some(journal) = self.journal.as_ref().filter(|j| !j.has_failed()) {
+            let appended = journal.append(new).await;
+            // Also after a failed write: what the journal took before is still to be moved.
+            self.wake.notify_one();
+            match appended {
+                Ok(Appended::Durable(_)) => return Ok(()),
+                Ok(Appended::NoRoom) => {}
+                Err(e) => tracing::error!(
+                    "{}; requests are queued directly from now on",
+                    error_chain(&e)
+                ),
+            }
+        }
+        // On failure too: the pipeline is what reopens a failed queue.
+        let queued = shared.queue.enqueue(new).await;
+        shared.wake.notify_one();
+        queued
+    }
+
+    /// Wakes the mover (after the queue was opened again, for what it could not move).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Moves what the journal holds into the queue (a checkpoint too when the journal is
+    /// half full); returns how many paths. What cannot be moved stays for the next move.
+    pub async fn move_now(&self, queue: &Queue, pipeline: &Notify) -> Result<usize, QueueError> {
+        let Some(journal) = self.journal.as_ref().filter(|_| !self.hold) else {
+            return Ok(0);
+        };
+        let mut mover = self.mover.lock().await;
+        let Some(taken) = journal.take() else {
+            return Ok(0);
+        };
+        let epoch = queue.epoch();
+        if let Err(e) = queue.record_journaled(&taken.paths, taken.mark) {
+            journal.put_back(taken);
+            return Err(e);
+        }
+        let count = taken.paths.len();
+        self.moved.send_replace(taken.seq);
+        journal.written(taken);
+        mover.written_in(epoch);
+        pipeline.notify_one();
+        if journal.past_half() {
+            self.checkpoint_locked(journal, &mut mover, queue).await?;
+        }
+        Ok(count)
+    }
+
+    /// Flushes the queue durably, so that the journal may reuse the space of what was moved.
+    pub async fn checkpoint(&self, queue: &Queue) -> Result<(), QueueError> {
+        let Some(journal) = self.journal.as_ref() else {
+            return Ok(());
+        };
+        let mut mover = self.mover.lock().await;
+        self.checkpoint_locked(journal, &mut mover, queue).await
+    }
+
+    async fn checkpoint_locked(
+        &self,
+        journal: &Journal,
+        mover: &mut Mover,
+        queue: &Queue,
+    ) -> Result<(), QueueError> {
+        if !journal.has_unchecked() {
+            return Ok(());
+        }
+        let flushed = queue.flush().await;
+        // A flush of a database opened again since the writes does not cover them.
+        let same_epoch = mover.epoch.take() == Some(queue.epoch()) && !mover.mixed;
+        mover.mixed = false;
+        match flushed {
+            Ok(()) if same_epoch => journal.checkpointed(),
+            _ => journal.rewind(),
+        }
+        flushed
+    }
+
+    /// Whether moved records wait for a checkpoint.
+    pub fn has_unchecked(&self) -> bool {
+        self.journal.as_ref().is_some_and(Journal::has_unchecked)
+    }
+
+    /// Waits (at most [`CATCH_UP_PATIENCE`]) until every request acknowledged so far is in
+    /// the queue; not at all while the queue has failed (nothing can be moved then).
+    pub async fn caught_up(&self, queue: &Queue) {
+        let Some(journal) = self.journal.as_ref().filter(|_| !self.hold) else {
+            return;
+        };
+        if queue.is_broken() {
+            return;
+        }
+        let target = journal.appended();
+        let mut moved = self.moved.subscribe();
+        let _ = tokio::time::timeout(CATCH_UP_PATIENCE, moved.wait_for(|&seq| seq >= target)).await;
+    }
+}
+
+/// The mover: moves the journal into the queue whenever woken, and checkpoints
+/// [`CHECKPOINT_AFTER`] after the first move since the last checkpoint; asleep otherwise.
+pub async fn run(shared: Arc<Shared>) {
+    let mut checkpoint_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = shared.intake.wake.notified() => {
+                if let Err(e) = shared.intake.move_now(&shared.queue, &shared.wake).await {
+                    failed(&shared, "move acknowledged requests from the intake journal into the queue", &e);
+                }
+            }
+            () = sleep_until(checkpoint_at) => {
+                checkpoint_at = None;
+                if let Err(e) = shared.intake.checkpoint(&shared.queue).await {
+                    failed(&shared, "flush the requests moved from the intake journal", &e);
+                }
+            }
+            () = shared.stop.cancelled() => return,
+        }
+        if checkpoint_at.is_none() && shared.intake.has_unchecked() {
+            checkpoint_at = Some(Instant::now() + CHECKPOINT_AFTER);
+        }
+    }
+}
+
+fn failed(shared: &Shared, what: &str, error: &QueueError) {
+    // The pipeline is what reopens a failed queue; it wakes the mover once it did.
+    shared.wake.notify_one();
+    tracing::error!(
+        "cannot {what} yet (they stay in the journal, and are moved once the queue works \
+         again): {}",
+        error_chain(error)
+    );
+}
