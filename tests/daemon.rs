@@ -179,8 +179,17 @@ fn an_s3_outage_is_retried_and_shown_in_status_until_the_server_returns() {
             .contains("nix-cache-info"),
         "{retrying:?}"
     );
-    let text = daemon.client(&["status"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("retrying:"));
+    // Between two retries the path is being attempted again (and is listed as uploading), so
+    // the text is read until it shows the path waiting, as the JSON did.
+    loop {
+        let text = daemon.client(&["status"]);
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        if text.contains("retrying:") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retries shown: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     s3.restart();
     assert_uploaded_after_wait(&daemon, &s3, &path);
