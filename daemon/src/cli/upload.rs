@@ -30,15 +30,19 @@ use narpush::upstream::{Upstream, UpstreamUrl};
 /// Upload store paths (and their closures) to a binary cache, then exit.
 ///
 /// Paths already in the cache are skipped, and so are paths an upstream cache serves (by
-/// default, those the store holds with a valid cache.nixos.org signature). Each narinfo is written only after its NAR and the
-/// narinfos of all its references, so the cache is consistent at every moment. Settings come
-/// from the config file; flags win.
+/// default, those the store holds with a valid cache.nixos.org signature). Each narinfo is
+/// written only after its NAR and the narinfos of all its references, so the cache is
+/// consistent at every moment. Settings come from the config file; flags win.
 ///
 /// Examples:
 ///   narpush upload --key ./signing-key \
 ///     --to 's3://nix-cache?endpoint=https://ACCOUNT.r2.cloudflarestorage.com&region=auto' \
 ///     ./result
 ///   narpush upload --key ./signing-key --to file:///var/cache/nix ./result
+///
+/// On S3, a NAR up to `single_put_max_bytes` (1 GiB) is compressed whole, beyond 8 MiB into
+/// an unnamed temporary file in $TMPDIR (default /tmp), and sent with one PUT; add
+/// &multipart-upload=true to the target to stream every NAR in parts instead.
 ///
 /// Content-addressed derivations (ca-derivations): pass the `.drv` of a floating one to
 /// upload its outputs with their realisations; content-addressed paths given directly (or in
@@ -69,8 +73,8 @@ pub struct UploadArgs {
     #[arg(long)]
     no_closure: bool,
 
-    /// NARs over 1 MiB streamed at once (each holds up to two 8 MiB parts in memory).
-    /// Default: `jobs` from the config file, else 2.
+    /// NARs over 1 MiB compressed at once, and as many PUTs of compressed ones (each holds up
+    /// to 8 MiB in memory). Default: `jobs` from the config file, else 2.
     #[arg(short, long, value_name = "N")]
     jobs: Option<usize>,
 
