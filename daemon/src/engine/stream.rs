@@ -20,9 +20,10 @@
 //!   serialization that produces the NAR; it is returned with the stored NAR and uploaded by
 //!   the caller before the narinfo.
 //!
-//! Cancellation: dropping the future drops the part receiver, so the producer thread stops at
-//! its next part; a multipart upload cut off that way stays open in the bucket until its
-//! lifecycle rule removes it. A temporary file disappears with its last descriptor.
+//! Cancellation: dropping the future drops the producer's handle, so the producer stops at its
+//! next write (see [`super::producer`]); a multipart upload cut off that way stays open in the
+//! bucket until its lifecycle rule removes it. A temporary file disappears with its last
+//! descriptor.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
