@@ -177,3 +177,56 @@ fn kill_9_while_a_nar_waits_in_its_temporary_file_leaves_nothing_and_loses_nothi
     );
     assert!(substituted.status.success(), "{}", stderr(&substituted));
 }
+
+#[test]
+fn a_temporary_directory_that_cannot_be_written_is_retried_not_failed() {
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let config = format!(
+        "target = \"{}\"\nretry_initial_delay_ms = 200\nretry_max_delay_ms = 500\n",
+        s3.url("cache")
+    );
+    let daemon = Daemon::start(&config, s3.env());
+    // What a full disk would do: the temporary file cannot be made (here: `tmp` is a file).
+    let spill_dir = daemon.state.join("tmp");
+    std::fs::remove_dir(&spill_dir).unwrap();
+    std::fs::write(&spill_dir, "not a directory").unwrap();
+    let (paths, build) = build_with_hook(
+        &fixture("single.nix"),
+        &[("nonce", &unique("no-spill")), ("size", "20480")],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status = daemon.status_json();
+        let retrying = status["retrying"].as_array().cloned().unwrap_or_default();
+        if retrying.iter().any(|r| r["attempts"].as_u64() >= Some(2)) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not retried: {status}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["counts"]["failed"], 0, "{status}");
+    assert!(
+        status
+            .to_string()
+            .contains("cannot keep the compressed NAR"),
+        "{status}"
+    );
+
+    std::fs::remove_file(&spill_dir).unwrap();
+    daemon.wait_ok(120);
+    assert!(spill_dir.is_dir(), "the directory was not made again");
+    let (_, substituted) = substitute(
+        &format!("file://{}", bucket.display()),
+        &daemon.public_key(),
+        &paths,
+    );
+    assert!(substituted.status.success(), "{}", stderr(&substituted));
+}

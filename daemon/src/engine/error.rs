@@ -34,6 +34,8 @@ pub enum UploadError {
     },
     #[error("{path}: {detail}")]
     Internal { path: String, detail: String },
+    #[error("cannot keep the compressed NAR of {path} until its upload: {detail}")]
+    Spill { path: String, detail: String },
     #[error(
         "not publishing realisation {id}: the realisation it depends on, {dependency}, \
          is not in the cache yet"
@@ -62,7 +64,9 @@ impl UploadError {
             UploadError::Sink(e) => e.class,
             // `nix` missing, the nix-daemon restarting, "database is locked": the store is
             // there and will answer later.
+            // A full disk under the temporary files: space comes back.
             UploadError::Store(_)
+            | UploadError::Spill { .. }
             | UploadError::ReferenceMissing { .. }
             | UploadError::RealisationDependencyMissing { .. } => ErrorClass::Transient,
             UploadError::Invalid { .. }

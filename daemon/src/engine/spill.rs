@@ -9,11 +9,15 @@
 //! - **Bounded memory**: at most `memory_limit` bytes are held; the rest goes to the file.
 //! - **Nothing left behind**: the file is created with `O_TMPFILE` (no name in the directory),
 //!   so it disappears when the last descriptor closes, whether the process ends or crashes.
+//! - **A failing disk is told apart from a failing NAR**: a write the temporary file refused
+//!   (a full disk) is recorded in [`SpillFailure`], so the upload is retried later instead of
+//!   failing the path.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -24,6 +28,17 @@ pub struct SpillWriter {
     buffer: Vec<u8>,
     file: Option<File>,
     len: u64,
+    failure: SpillFailure,
+}
+
+/// Why the temporary file failed, once it did (shared with whoever waits for the writer).
+#[derive(Clone, Debug, Default)]
+pub struct SpillFailure(Arc<OnceLock<String>>);
+
+impl SpillFailure {
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
 }
 
 /// What a [`SpillWriter`] holds once the stream is complete.
@@ -67,7 +82,13 @@ impl SpillWriter {
             buffer: Vec::with_capacity(memory_limit),
             file: None,
             len: 0,
+            failure: SpillFailure::default(),
         }
+    }
+
+    /// Set once a write to the temporary file (or its creation) failed.
+    pub fn failure(&self) -> SpillFailure {
+        self.failure.clone()
     }
 
     /// The stream as written; a file is flushed to the kernel (not synced: it is read back,
@@ -82,32 +103,42 @@ impl SpillWriter {
         }
     }
 
+    /// Moves what is in memory to a new temporary file (making the directory again if it was
+    /// removed since the start).
     fn spill(&mut self) -> io::Result<&mut File> {
-        let mut file = tempfile::tempfile_in(&self.dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot create a temporary file in {}: {e}",
-                    self.dir.display()
-                ),
-            )
-        })?;
+        let mut file = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| tempfile::tempfile_in(&self.dir))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create a temporary file in {}: {e}",
+                        self.dir.display()
+                    ),
+                )
+            })?;
         file.write_all(&self.buffer)?;
         self.buffer = Vec::new();
         Ok(self.file.insert(file))
+    }
+
+    fn write_inner(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.file {
+            Some(file) => file.write(buf),
+            None if self.buffer.len() + buf.len() <= self.memory_limit => {
+                self.buffer.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            None => self.spill()?.write(buf),
+        }
     }
 }
 
 impl Write for SpillWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = match &mut self.file {
-            Some(file) => file.write(buf)?,
-            None if self.buffer.len() + buf.len() <= self.memory_limit => {
-                self.buffer.extend_from_slice(buf);
-                buf.len()
-            }
-            None => self.spill()?.write(buf)?,
-        };
+        let written = self.write_inner(buf).inspect_err(|e| {
+            let _ = self.failure.0.set(e.to_string());
+        })?;
         self.len += written as u64;
         Ok(written)
     }
@@ -155,12 +186,27 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_that_cannot_hold_the_file_is_named_in_the_error() {
-        let mut writer = SpillWriter::new(Path::new("/nonexistent/narpush-spill"), 1);
+    fn a_directory_that_cannot_hold_the_file_is_named_in_the_error_and_recorded() {
+        let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+        let dir = not_a_dir.path().join("spill");
+        let mut writer = SpillWriter::new(&dir, 1);
+        let failure = writer.failure();
+        assert_eq!(failure.get(), None);
         let error = writer.write_all(b"too long").unwrap_err();
         assert!(
-            error.to_string().contains("/nonexistent/narpush-spill"),
+            error.to_string().contains(&*dir.to_string_lossy()),
             "{error}"
         );
+        assert_eq!(failure.get(), Some(error.to_string().as_str()));
+    }
+
+    #[test]
+    fn a_directory_removed_since_the_start_is_made_again() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("tmp");
+        let mut writer = SpillWriter::new(&dir, 1);
+        writer.write_all(b"more than one byte").unwrap();
+        assert!(matches!(writer.finish().unwrap(), Spilled::File(_)));
+        assert!(dir.is_dir());
     }
 }

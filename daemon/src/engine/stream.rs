@@ -208,6 +208,7 @@ async fn store_whole(
     let memory_limit = usize::try_from(settings.part_size.min(compressed_bound(info.nar_size)))
         .unwrap_or(usize::MAX);
     let spill = SpillWriter::new(&settings.spill_dir, memory_limit);
+    let spill_failure = spill.failure();
     let source = PathBuf::from(info.path.to_absolute());
     let compression = settings.compression;
     let expected = Expected::of(info);
@@ -220,7 +221,15 @@ async fn store_whole(
             .map_err(|e| compressing_failed(&source, &e))?;
         Ok((measured, spilled))
     })?;
-    let (measured, spilled) = finish_producer(producer, info).await?;
+    let (measured, spilled) = match finish_producer(producer, info).await {
+        Err(_) if spill_failure.get().is_some() => {
+            return Err(UploadError::Spill {
+                path: info.path.to_absolute(),
+                detail: spill_failure.get().unwrap_or_default().to_owned(),
+            })
+        }
+        result => result?,
+    };
     let _put_slot = match slot {
         Some(SlotRelease { put_slots, release }) => {
             let permit = put_slots.acquire_owned().await.ok();
