@@ -13,7 +13,8 @@ mod journal;
 
 use narpush_e2e::daemon::{build_with_hook, spooled, Daemon};
 use narpush_e2e::{
-    assert_closure_invariant, fixture, hash_part, nix_build, run, stderr, substitute, unique,
+    assert_closure_invariant, fixture, hash_part, nix_build, run, single_paths, stderr, substitute,
+    unique,
 };
 
 /// One line of `strace -f -yy` output reduced to what the check needs.
@@ -272,16 +273,7 @@ fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
 #[test]
 fn a_daemon_killed_the_moment_after_its_ack_still_uploads_what_it_acknowledged() {
     let mut daemon = Daemon::start("", vec![]);
-    let run_id = unique("ackkill");
-    let paths: Vec<String> = (0..5)
-        .map(|n| {
-            nix_build(
-                &fixture("single.nix"),
-                &[("nonce", &format!("{run_id}-{n}"))],
-            )
-            .remove(0)
-        })
-        .collect();
+    let paths = single_paths("ackkill", 5);
     // One request with every path, and SIGKILL as soon as the ack is read: no time for sled's
     // background writer (every 500 ms) to save what the acknowledgement promised.
     let mut args = vec!["push"];

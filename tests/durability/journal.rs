@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 
 use narpush_e2e::daemon::{build_with_hook, Daemon};
 use narpush_e2e::{
-    assert_closure_invariant, fixture, hash_part, nix_build, stderr, substitute, unique,
+    assert_closure_invariant, fixture, hash_part, single_paths, stderr, substitute, unique,
 };
 
 const HOLD: &str = "NARPUSH_TEST_HOLD_INTAKE";
@@ -101,16 +101,7 @@ fn record_offsets(journal: &[u8]) -> Vec<usize> {
 #[test]
 fn a_damaged_journal_is_reported_with_file_and_offset_and_its_readable_records_are_kept() {
     let mut daemon = held_daemon();
-    let run_id = unique("journal-damage");
-    let paths: Vec<String> = (0..4)
-        .map(|n| {
-            nix_build(
-                &fixture("single.nix"),
-                &[("nonce", &format!("{run_id}-{n}"))],
-            )
-            .remove(0)
-        })
-        .collect();
+    let paths = single_paths("journal-damage", 4);
     for path in &paths {
         let pushed = daemon.client(&["push", path]);
         assert!(pushed.status.success(), "{}", stderr(&pushed));

@@ -82,6 +82,20 @@ pub fn nix_build(expression_file: &Path, args: &[(&str, &str)]) -> Vec<String> {
     run_ok(&mut build).lines().map(str::to_owned).collect()
 }
 
+/// `count` fresh, distinct paths of `single.nix` (built without the hook), named after `name`.
+pub fn single_paths(name: &str, count: usize) -> Vec<String> {
+    let run_id = unique(name);
+    (0..count)
+        .map(|n| {
+            nix_build(
+                &fixture("single.nix"),
+                &[("nonce", &format!("{run_id}-{n}"))],
+            )
+            .remove(0)
+        })
+        .collect()
+}
+
 /// The closure of `paths`, as Nix computes it.
 pub fn closure(paths: &[String]) -> Vec<String> {
     let mut query = command("nix-store");
