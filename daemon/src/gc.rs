@@ -25,7 +25,9 @@
 //! stops the run before anything is deleted, since its references are unknown.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
@@ -171,7 +173,7 @@ pub async fn collect(
         progress("listing the cache");
         let objects = sink.list().await?;
         requests.list += sink.list_requests(objects.len());
-        let mut plan = plan(sink, policy, objects, SystemTime::now(), progress).await?;
+        let mut plan = plan(sink, policy, objects, crate::clock::now(), progress).await?;
         requests.get += plan.summary.requests.get;
         plan.summary.dry_run = dry_run;
         if dry_run || plan.delete.is_empty() {

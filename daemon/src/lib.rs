@@ -23,6 +23,7 @@
 //!
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod control;

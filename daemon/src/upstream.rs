@@ -17,7 +17,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::format::narinfo::fingerprint;
 use crate::format::signing::VerifyingKey;

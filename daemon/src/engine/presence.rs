@@ -8,7 +8,9 @@
 //! that a path deleted from the cache by hand or by retention GC is looked up again soon.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::format::store_path::StorePath;
 

@@ -468,7 +468,7 @@ impl HttpStatus for aws_smithy_runtime_api::http::Response {
     fn retry_after(&self) -> Option<Duration> {
         self.headers()
             .get("retry-after")
-            .and_then(|v| super::retry_after::parse(v, std::time::SystemTime::now()))
+            .and_then(|v| super::retry_after::parse(v, crate::clock::now()))
     }
 }
 

@@ -1,0 +1,36 @@
+//! The wall clock, read through one function so that the deterministic simulation (feature
+//! `sim`) can run the engine, the queue and retention GC on virtual time.
+//!
+//! Rules for the modules the simulation drives (engine, queue, pipeline, gc, sink, upstream):
+//! - the time of day (object ages, `Retry-After` dates, queue timestamps) comes from [`now`],
+//!   never from `SystemTime::now()`;
+//! - elapsed time and deadlines use `tokio::time::Instant`, which is virtual on a runtime whose
+//!   time is paused, never `std::time::Instant`.
+//!
+//! Production reads the system clock; nothing here changes its behaviour.
+
+use std::time::SystemTime;
+
+#[cfg(feature = "sim")]
+thread_local! {
+    /// The virtual wall clock's reading at a virtual instant, while a simulation runs on this
+    /// thread.
+    static VIRTUAL: std::cell::Cell<Option<(SystemTime, tokio::time::Instant)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The time of day.
+pub fn now() -> SystemTime {
+    #[cfg(feature = "sim")]
+    if let Some((epoch, start)) = VIRTUAL.with(std::cell::Cell::get) {
+        return epoch + tokio::time::Instant::now().saturating_duration_since(start);
+    }
+    SystemTime::now()
+}
+
+/// Makes [`now`] on this thread read `epoch` at this (virtual) instant and advance with
+/// tokio's clock from there; `None` returns to the system clock.
+#[cfg(feature = "sim")]
+pub fn set_virtual(epoch: Option<SystemTime>) {
+    VIRTUAL.with(|v| v.set(epoch.map(|e| (e, tokio::time::Instant::now()))));
+}
