@@ -10,6 +10,12 @@
 //! - **Recovery.** After an I/O error (a full disk) sled stays failed: every later call returns
 //!   the error. [`Queue::reopen`](super::Queue::reopen) drops the failed handle and opens the
 //!   database again, as a restart would (sled recovers its log up to the last complete write).
+//! - **Unfinished snapshots.** sled writes a snapshot to `snap.<lsn>.generating` and renames it
+//!   once complete; a full disk can leave that file empty, and sled 0.34 then refuses to open
+//!   the database at all ("Read corrupted data"), at every start. Such a file is never
+//!   complete, so when sled reports corruption [`Handle::open`] deletes it and opens again:
+//!   sled then recovers from its previous snapshot and its log, which hold every flushed
+//!   write. (Only then: while sled runs, a `.generating` file may be one being written.)
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -35,7 +41,13 @@ impl Handle {
             path: dir.display().to_string(),
             source,
         };
-        let db = sled::Config::new().path(dir).open().map_err(open_error)?;
+        let db = match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(dir)? > 0 => {
+                sled::Config::new().path(dir).open()
+            }
+            opened => opened,
+        }
+        .map_err(open_error)?;
         let paths = db.open_tree("paths")?;
         let stats = db.open_tree("stats")?;
         let intake = db.open_tree("intake")?;
@@ -97,4 +109,23 @@ impl Handle {
             source,
         })
     }
+}
+
+/// Deletes the snapshots sled began and never finished (see the module doc); returns how many.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, QueueError> {
+    let failed = |source: std::io::Error| QueueError::Open {
+        path: dir.display().to_string(),
+        source: source.into(),
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(failed)? {
+        let name = entry.map_err(failed)?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "deleting an unfinished sled snapshot (left by a full disk?)");
+            std::fs::remove_file(dir.join(name.as_ref())).map_err(failed)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
