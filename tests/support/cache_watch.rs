@@ -73,54 +73,67 @@ pub fn check_cache(
     for narinfo in &narinfos {
         let text = std::fs::read_to_string(narinfo)
             .map_err(|e| format!("cannot read {}: {e}", narinfo.display()))?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .ok_or_else(|| format!("{} has no {name} line", narinfo.display()))
-        };
-        let nar = cache.join(field("URL: ")?);
-        let size = std::fs::metadata(&nar)
-            .map_err(|e| format!("{} points at {}: {e}", narinfo.display(), nar.display()))?
-            .len();
-        let file_size: u64 = field("FileSize: ")?
-            .parse()
-            .map_err(|e| format!("{}: FileSize: {e}", narinfo.display()))?;
-        if size != file_size {
-            return Err(format!(
-                "{}: FileSize {file_size}, but {} has {size} bytes",
-                narinfo.display(),
-                nar.display()
-            ));
-        }
-        let file_hash = field("FileHash: ")?;
-        let actual = match hashed.get(&nar) {
-            Some((hashed_size, hash)) if *hashed_size == size => hash.clone(),
-            _ => {
-                let bytes = std::fs::read(&nar)
-                    .map_err(|e| format!("cannot read {}: {e}", nar.display()))?;
-                let hash = format!("sha256:{}", nix32(&Sha256::digest(&bytes)));
-                hashed.insert(nar.clone(), (size, hash.clone()));
-                hash
-            }
-        };
-        if actual != file_hash {
-            return Err(format!(
-                "{}: FileHash {file_hash}, but {} hashes to {actual}",
-                narinfo.display(),
-                nar.display()
-            ));
-        }
-        for reference in field("References: ")?.split(' ').filter(|r| !r.is_empty()) {
-            let hash_part = reference.get(..32).unwrap_or(reference);
-            if !cache.join(format!("{hash_part}.narinfo")).exists() {
-                return Err(format!(
-                    "{} references {reference}, which has no narinfo",
-                    narinfo.display()
-                ));
-            }
-        }
+        check_narinfo(cache, narinfo, &text, hashed)?;
     }
     Ok(narinfos.len())
+}
+
+/// One narinfo's share of the invariant: `text`, read from `narinfo` in `cache`, names a NAR
+/// that exists with its `FileSize` and `FileHash`, and references that have narinfos.
+/// `hashed` remembers each NAR's hash by size, so a NAR is read once.
+pub fn check_narinfo(
+    cache: &Path,
+    narinfo: &Path,
+    text: &str,
+    hashed: &mut HashMap<PathBuf, (u64, String)>,
+) -> Result<(), String> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .ok_or_else(|| format!("{} has no {name} line", narinfo.display()))
+    };
+    let nar = cache.join(field("URL: ")?);
+    let size = std::fs::metadata(&nar)
+        .map_err(|e| format!("{} points at {}: {e}", narinfo.display(), nar.display()))?
+        .len();
+    let file_size: u64 = field("FileSize: ")?
+        .parse()
+        .map_err(|e| format!("{}: FileSize: {e}", narinfo.display()))?;
+    if size != file_size {
+        return Err(format!(
+            "{}: FileSize {file_size}, but {} has {size} bytes",
+            narinfo.display(),
+            nar.display()
+        ));
+    }
+    let file_hash = field("FileHash: ")?;
+    let actual = match hashed.get(&nar) {
+        Some((hashed_size, hash)) if *hashed_size == size => hash.clone(),
+        _ => {
+            let bytes =
+                std::fs::read(&nar).map_err(|e| format!("cannot read {}: {e}", nar.display()))?;
+            let hash = format!("sha256:{}", nix32(&Sha256::digest(&bytes)));
+            hashed.insert(nar.clone(), (size, hash.clone()));
+            hash
+        }
+    };
+    if actual != file_hash {
+        return Err(format!(
+            "{}: FileHash {file_hash}, but {} hashes to {actual}",
+            narinfo.display(),
+            nar.display()
+        ));
+    }
+    for reference in field("References: ")?.split(' ').filter(|r| !r.is_empty()) {
+        let hash_part = reference.get(..32).unwrap_or(reference);
+        if !cache.join(format!("{hash_part}.narinfo")).exists() {
+            return Err(format!(
+                "{} references {reference}, which has no narinfo",
+                narinfo.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Nix's base-32 (its alphabet, least significant 5 bits last).

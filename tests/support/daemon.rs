@@ -63,6 +63,14 @@ impl Daemon {
 
     /// Starts the process and waits until it answers `status`.
     pub fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn(Duration::from_secs(20)) {
+            panic!("{why}");
+        }
+    }
+
+    /// Starts the process and waits up to `within` until it answers `status`; a daemon that
+    /// does not is killed, and the error carries its log.
+    pub fn try_spawn(&mut self, within: Duration) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -80,15 +88,26 @@ impl Daemon {
             .spawn()
             .expect("start narpush daemon");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + within;
         while !self.client(&["status"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start; log:\n{}",
-                self.log()
-            );
+            if !self.is_running() {
+                self.child = None;
+                return Err(format!("daemon exited at start; log:\n{}", self.log()));
+            }
+            if Instant::now() >= deadline {
+                self.kill_9();
+                return Err(format!("daemon did not start; log:\n{}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
+    }
+
+    /// Whether the process runs (it may have exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// Leaves `name` out of the environment of the next [`Daemon::spawn`].
@@ -98,6 +117,11 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The process id, if the process was started and not killed since.
+    pub fn try_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, as a crash or an OOM kill would.

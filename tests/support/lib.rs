@@ -22,13 +22,18 @@ use std::time::{Duration, Instant, SystemTime};
 pub const NIX_CONFIG: &str = "build-users-group =\nsandbox = false\nsubstituters =\n\
 experimental-features = nix-command\nwarn-dirty = false\n";
 
-/// A binary of this workspace, from the same target directory as the running test.
+/// A binary of this workspace, from the same target directory as the running test (or the
+/// running soak, which sits beside the binaries instead of in `deps/`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
+    let parent = exe.parent().expect("a binary lives in a directory");
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent
+            .parent()
+            .expect("tests run from target/<profile>/deps")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
