@@ -89,6 +89,42 @@ fn a_lost_complete_multipart_upload_answer_is_not_a_failure() {
 }
 
 #[test]
+fn a_multipart_upload_gone_at_its_completion_is_retried_not_failed() {
+    // Under load a client can time out on CompleteMultipartUpload while the server is still
+    // assembling the object: the retry then finds the upload gone (s3s-fs answers 403, AWS
+    // NoSuchUpload) and the object not there yet. The credentials did start the upload and
+    // write its parts, so the 403 says the upload is gone, not that a permission is missing:
+    // the daemon tries again instead of failing the path for good.
+    let s3 = S3Server::start();
+    let bucket = s3.bucket("cache");
+    let proxy = FaultProxy::start(s3.addr);
+    let daemon = Daemon::start(
+        &format!(
+            "target = \"{}\"\nretry_initial_delay_ms = 20\nretry_max_delay_ms = 200\n\
+             single_put_max_bytes = 0\n",
+            proxy.url("cache")
+        ),
+        s3.env(),
+    );
+    proxy.script(Operation::CompleteMultipartUpload, Fault::Forbidden);
+
+    let (paths, build) = build_with_hook(
+        &fixture("wide.nix"),
+        &[("nonce", &unique("gone")), ("count", "1"), ("bigMiB", "9")],
+        &daemon.hook_env(),
+    );
+    assert!(build.status.success(), "build: {}", stderr(&build));
+    daemon.wait_ok(120);
+    assert_eq!(proxy.injected().get(&Fault::Forbidden), Some(&1));
+    let status = daemon.status_json();
+    assert_eq!(status["counts"]["failed"], 0, "failed paths: {status}");
+    assert_closure_invariant(&bucket);
+    for path in &paths {
+        assert_substitutes(&bucket, &daemon.public_key(), path);
+    }
+}
+
+#[test]
 fn a_bucket_that_answers_403_for_missing_keys_is_written_to() {
     let (top, closure) = build_closure("forbidden", "1");
     let s3 = S3Server::start();

@@ -46,6 +46,10 @@ pub enum Fault {
     Timeout,
     /// The server completes the request, then the connection closes without the answer.
     DropAfterCompletion,
+    /// 403 AccessDenied; the request never reaches the server. s3s-fs answers so for a
+    /// multipart upload that is gone (where AWS answers NoSuchUpload); not among
+    /// [`Fault::ALL`], only scripted.
+    Forbidden,
 }
 
 impl Fault {
@@ -317,6 +321,10 @@ async fn handle(
                 "SlowDown",
                 Some(&retry_after),
             ));
+        }
+        Some(Fault::Forbidden) => {
+            drain(body).await?;
+            return Ok(error_response(StatusCode::FORBIDDEN, "AccessDenied", None));
         }
         Some(Fault::ResetMidBody) if has_body(&parts) => {
             read_half(&parts, body).await?;

@@ -321,7 +321,21 @@ impl S3Upload {
             .await;
         let error = match result {
             Ok(_) => return Ok(()),
-            Err(e) => classify("CompleteMultipartUpload", &self.key, e),
+            Err(e) => {
+                let refused = e.raw_response().is_some_and(|r| r.status().as_u16() == 403);
+                let mut error = classify("CompleteMultipartUpload", &self.key, e);
+                // These credentials started the upload and wrote its parts: a 403 now means
+                // the upload is gone (s3s-fs answers so where AWS says NoSuchUpload), e.g.
+                // completed by an earlier request whose answer the client gave up on while the
+                // server was still assembling the object. The next attempt uploads again.
+                if refused {
+                    error.class = ErrorClass::Transient;
+                    error.detail = "HTTP 403: the multipart upload was gone at its completion \
+                                    (an earlier try may still be completing it)"
+                        .to_owned();
+                }
+                error
+            }
         };
         // The server may have completed the upload and the answer been lost: then the SDK's
         // retry meets NoSuchUpload, or the answer could not be read. The key is this upload's
