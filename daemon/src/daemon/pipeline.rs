@@ -88,7 +88,12 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
                         take_at = Some(take_at.map_or(retry_at, |at| at.min(retry_at)));
                     }
                 }
-                None => return,
+                None => {
+                    // The engine ended (a panic): its supervisor stops the daemon and records
+                    // why, which decides what becomes of the entries in flight.
+                    shared.stop.cancelled().await;
+                    return;
+                }
             },
             () = shared.wake.notified() => {
                 let gather = Instant::now() + shared.settings().config.batch_window;

@@ -133,6 +133,7 @@ impl Coordinator {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Submit(tops) if self.accepting => {
+                panic_if_asked(&tops);
                 for top in tops {
                     if self.known.contains(&top) {
                         self.report(Report::TopDone(top));
@@ -143,6 +144,7 @@ impl Coordinator {
                 self.resolve_waiting();
             }
             Command::SubmitResolved(infos, tops) if self.accepting => {
+                panic_if_asked(&tops);
                 let infos = self.skip_signed_upstream(infos);
                 let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
                 self.act(actions);
@@ -463,4 +465,20 @@ impl Coordinator {
         let handle = self.tasks.spawn(task);
         self.purposes.insert(handle.id(), purpose);
     }
+}
+
+/// Debug builds only, for tests: a submitted path whose basename contains the value of this
+/// variable makes the coordinator panic, as a bug would (see `daemon::supervise`).
+#[cfg(debug_assertions)]
+pub const PANIC_ENV: &str = "NARPUSH_TEST_PANIC_ON";
+
+fn panic_if_asked(tops: &[StorePath]) {
+    #[cfg(debug_assertions)]
+    if let Some(needle) = std::env::var(PANIC_ENV).ok().filter(|n| !n.is_empty()) {
+        if let Some(top) = tops.iter().find(|top| top.basename().contains(&needle)) {
+            panic!("{PANIC_ENV}: a test asked the engine to panic on {top}");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = tops;
 }
