@@ -273,3 +273,49 @@ fn without_the_realisations_the_fresh_store_cannot_substitute_and_must_build() {
         stderr(&output)
     );
 }
+
+#[test]
+fn upload_without_the_closure_looks_a_realisations_dependency_up_instead_of_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public_key) = keygen(dir.path(), "ca-no-closure-1");
+    let cache = dir.path().join("cache");
+    let fixture = Fixture::new("ca-no-closure");
+    fixture.build("top");
+    let top_drv = fixture.instantiate("top");
+    let dep_drv = fixture.instantiate("dep");
+    let dep = realisations(&dep_drv);
+    // The dependency's output is in the cache, its realisation is not (uploaded before
+    // realisations were, or by another tool).
+    upload(&key_file, &cache, &format!("/nix/store/{}", dep[0].1));
+    std::fs::remove_dir_all(cache.join("realisations")).unwrap();
+
+    // Without --no-closure's dependency in the upload, the engine never looks its output up
+    // on its own: it must not wait for it.
+    let mut upload = narpush();
+    upload
+        .args(["upload", "--quiet", "--no-closure", "--key"])
+        .arg(&key_file)
+        .arg("--to")
+        .arg(format!("file://{}", cache.display()))
+        .arg(&top_drv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = upload.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("upload --no-closure still running after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let top = realisations(&top_drv);
+    for local in top.iter().chain(&dep) {
+        assert_published(&cache, local, "ca-no-closure-1");
+    }
+    let cache_url = format!("file://{}", cache.display());
+    let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
+    assert_substituted(&output, store.path(), &top_drv, &top[0].1);
+}

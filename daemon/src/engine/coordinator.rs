@@ -308,7 +308,11 @@ impl Coordinator {
                 self.release_realisations();
                 return;
             }
-            Report::TopFailed { top, .. } => self.realisations.drop_output(top),
+            Report::TopFailed { top: path, .. } | Report::Failed { path, .. } => {
+                // Dependents of its realisations no longer wait for it, but look them up.
+                self.realisations.drop_output(path);
+                self.release_realisations();
+            }
             _ => self.release_realisations(),
         }
         // The owner may have stopped listening (shutting down); the work stands.
@@ -317,8 +321,11 @@ impl Coordinator {
 
     /// Starts publishing the realisations whose outputs (and dependencies) are in the cache.
     fn release_realisations(&mut self) {
-        let known = &self.known;
-        let Some(release) = self.realisations.release(|path| known.contains(path)) else {
+        let (known, graph) = (&self.known, &self.graph);
+        let Some(release) = self
+            .realisations
+            .release(|path| known.contains(path), |path| graph.uploading(path))
+        else {
             return;
         };
         let ids = release.ordered.iter().map(|r| r.id.clone()).collect();

@@ -56,6 +56,11 @@ pub enum UploadError {
          is not in the cache yet"
     )]
     RealisationDependencyMissing { id: String, dependency: String },
+    #[error(
+        "not publishing realisation {id} (which another one depends on): its output {output} \
+         is not in the cache, and not part of this upload (upload its closure)"
+    )]
+    RealisationOutputMissing { id: String, output: String },
     #[error("not publishing {path}: its reference {reference} {why}")]
     ReferenceMissing {
         path: String,
@@ -83,7 +88,8 @@ impl UploadError {
             UploadError::Store(_)
             | UploadError::Spill { .. }
             | UploadError::ReferenceMissing { .. }
-            | UploadError::RealisationDependencyMissing { .. } => ErrorClass::Transient,
+            | UploadError::RealisationDependencyMissing { .. }
+            | UploadError::RealisationOutputMissing { .. } => ErrorClass::Transient,
             UploadError::Nar { source, .. } => nar_class(source),
             UploadError::Resource { source, .. } => io_class(source),
             UploadError::Invalid { .. }
