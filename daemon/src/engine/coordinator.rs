@@ -24,7 +24,7 @@ use super::progress::{EngineView, Stages};
 use super::realisations::{self, Realisations};
 use super::resolve::{self, Resolution};
 use super::tasks::{self, Done, Purpose};
-use super::{stream, Command, EngineConfig, Failure, UploadError};
+use super::{compress, stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
@@ -404,7 +404,11 @@ impl Coordinator {
         let small_bytes = self.small_bytes.clone();
         let config = self.config.clone();
         let view = self.view.clone();
-        let bound = stream::compressed_bound(info.nar_size).min(u64::from(SMALL_NAR_BUDGET));
+        // The compressed NAR and the encoder's own state (an xz dictionary) share the budget.
+        let settings = &self.config.stream;
+        let bound = (stream::compressed_bound(info.nar_size)
+            + compress::encoder_memory(settings.compression, settings.level, info.nar_size))
+        .min(u64::from(SMALL_NAR_BUDGET));
         let path = info.path.clone();
         self.spawn(Purpose::Store(path.clone(), false), async move {
             // The buffer first: a task waiting for memory must not hold a request slot that
