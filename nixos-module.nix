@@ -201,7 +201,7 @@ in
             description = "Small requests in flight at once: cache lookups, narinfos and NARs up to 1 MiB.";
           };
           batch_window_ms = lib.mkOption {
-            type = lib.types.ints.unsigned;
+            type = lib.types.ints.between 0 60000;
             default = 500;
             description = "How long the daemon collects requests before resolving closures, in milliseconds.";
           };

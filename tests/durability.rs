@@ -295,6 +295,65 @@ fn a_daemon_killed_the_moment_after_its_ack_still_uploads_what_it_acknowledged()
 }
 
 #[test]
+fn a_path_that_makes_the_engine_panic_ends_failed_with_the_panic_not_in_a_crash_loop() {
+    let path = single_paths("panics", 1).remove(0);
+    // Debug builds only: the engine panics when this path is submitted, as a bug would.
+    let mut daemon = Daemon::start(
+        "max_attempts = 2",
+        vec![("NARPUSH_TEST_PANIC_ON", hash_part(&path).to_owned())],
+    );
+    let pushed = daemon.client(&["push", &path]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let is_failed = |daemon: &Daemon| {
+        let output = daemon.client(&["status", "--json"]);
+        output.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&output.stdout).is_ok_and(|status| {
+                status["failed"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f["path"] == path.as_str()))
+            })
+    };
+    // Each start takes the path and panics; the service manager would start it again.
+    let mut starts = 1;
+    let failed = loop {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon.is_running() && !is_failed(&daemon) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if daemon.is_running() {
+            break is_failed(&daemon);
+        }
+        if starts == 5 {
+            break false;
+        }
+        // Reaps the exited process.
+        daemon.kill_9();
+        starts += 1;
+        let _ = daemon.try_spawn(Duration::from_secs(20));
+    };
+    assert!(
+        failed,
+        "still crash-looping after {starts} starts\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        starts,
+        3,
+        "two panics use up two attempts\n{}",
+        daemon.log()
+    );
+    let status = daemon.status_json();
+    let error = status["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("gave up after 2 attempts")
+            && error.contains("the engine task panicked")
+            && error.contains("NARPUSH_TEST_PANIC_ON"),
+        "{error}"
+    );
+    assert_eq!(status["counts"]["uploading"], 0, "{status}");
+}
+
+#[test]
 fn a_path_whose_upload_kills_the_daemon_every_time_ends_failed_not_in_a_crash_loop() {
     let mut daemon = Daemon::start("jobs = 1\nmax_attempts = 2", vec![]);
     let (paths, build) = build_with_hook(

@@ -182,6 +182,40 @@ fn spool_files_written_while_the_daemon_runs_are_taken_and_bad_ones_set_aside() 
 }
 
 #[test]
+fn a_spooled_request_naming_a_vanished_path_queues_its_other_paths() {
+    let daemon = Daemon::start("", vec![]);
+    let out = nix_build(&fixture("single.nix"), &[("nonce", &unique("vanished"))]).remove(0);
+    // A valid store path that is not in the store, as one a GC removed while the daemon was
+    // away.
+    let vanished = format!("/nix/store/{}-narpush-vanished", "1".repeat(32));
+    let temporary = daemon.spool.join(".1-1.request.tmp");
+    std::fs::write(
+        &temporary,
+        format!("narpush 1 enqueue\nsource hook\nout {vanished}\nout {out}\nend\n"),
+    )
+    .unwrap();
+    std::fs::rename(&temporary, daemon.spool.join("1-1.request")).unwrap();
+
+    let narinfo = daemon
+        .state
+        .join("cache")
+        .join(format!("{}.narinfo", hash_part(&out)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !narinfo.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(narinfo.exists(), "{}", daemon.log());
+    daemon.wait_ok(60);
+    assert!(daemon.spooled().is_empty(), "{:?}", daemon.spooled());
+    assert!(!daemon.spool.join("rejected").join("1-1.request").exists());
+    assert!(
+        daemon.log().contains(&vanished) && daemon.log().contains("no longer in the store"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
 fn a_derivation_whose_drv_file_is_not_utf8_is_queued_and_uploaded() {
     let daemon = Daemon::start("", vec![]);
     let bytes = daemon.dir.path().join("latin1.bin");

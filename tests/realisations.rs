@@ -273,3 +273,118 @@ fn without_the_realisations_the_fresh_store_cannot_substitute_and_must_build() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_spooled_ca_request_waits_while_nix_cannot_answer_and_is_queued_once_it_can() {
+    let fixture = Fixture::new("ca-spool-retry");
+    let out = fixture.build("dep");
+    let drv = fixture.instantiate("dep");
+    // A `nix` that fails `nix realisation info` as while the nix-daemon restarts, as long as
+    // `down` exists.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let down = bin_dir.path().join("down");
+    std::fs::write(&down, "").unwrap();
+    let real_nix = run_ok(Command::new("sh").args(["-c", "command -v nix"]));
+    let wrapper = bin_dir.path().join("nix");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then for arg; do if [ \"$arg\" = realisation ]; then \
+             echo \"error: cannot connect to socket at '/nix/var/nix/daemon-socket/socket': \
+             Connection refused\" >&2; exit 1; fi; done; fi\nexec '{}' \"$@\"\n",
+            down.display(),
+            real_nix.trim()
+        ),
+    )
+    .unwrap();
+    set_mode(&wrapper, 0o755);
+    let path = format!(
+        "{}:{}",
+        bin_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = Daemon::start(
+        "retry_initial_delay_ms = 100\nretry_max_delay_ms = 400\nmax_attempts = 1000",
+        vec![("PATH", path), ("NIX_CONFIG", ca_nix_config(""))],
+    );
+    let temporary = daemon.spool.join(".1-1.request.tmp");
+    std::fs::write(
+        &temporary,
+        format!("narpush 1 enqueue\nsource hook\ndrv {drv}\nend\n"),
+    )
+    .unwrap();
+    std::fs::rename(&temporary, daemon.spool.join("1-1.request")).unwrap();
+
+    // Tried, failed, and tried again: the file stays, nothing is rejected.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.log().matches("will try again").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(daemon.spooled().len(), 1, "{}", daemon.log());
+    assert!(!daemon.spool.join("rejected").exists(), "{}", daemon.log());
+
+    std::fs::remove_file(&down).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.spooled().is_empty() {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.wait_ok(60);
+    let cache = daemon.state.join("cache");
+    assert!(
+        cache.join(format!("{}.narinfo", hash_part(&out))).exists(),
+        "{}",
+        daemon.log()
+    );
+    let key = daemon.public_key();
+    for local in realisations(&drv) {
+        assert_published(&cache, &local, key.split(':').next().unwrap());
+    }
+}
+
+#[test]
+fn upload_without_the_closure_looks_a_realisations_dependency_up_instead_of_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public_key) = keygen(dir.path(), "ca-no-closure-1");
+    let cache = dir.path().join("cache");
+    let fixture = Fixture::new("ca-no-closure");
+    fixture.build("top");
+    let top_drv = fixture.instantiate("top");
+    let dep_drv = fixture.instantiate("dep");
+    let dep = realisations(&dep_drv);
+    // The dependency's output is in the cache, its realisation is not (uploaded before
+    // realisations were, or by another tool).
+    upload(&key_file, &cache, &format!("/nix/store/{}", dep[0].1));
+    std::fs::remove_dir_all(cache.join("realisations")).unwrap();
+
+    // Without --no-closure's dependency in the upload, the engine never looks its output up
+    // on its own: it must not wait for it.
+    let mut upload = narpush();
+    upload
+        .args(["upload", "--quiet", "--no-closure", "--key"])
+        .arg(&key_file)
+        .arg("--to")
+        .arg(format!("file://{}", cache.display()))
+        .arg(&top_drv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = upload.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("upload --no-closure still running after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let top = realisations(&top_drv);
+    for local in top.iter().chain(&dep) {
+        assert_published(&cache, local, "ca-no-closure-1");
+    }
+    let cache_url = format!("file://{}", cache.display());
+    let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
+    assert_substituted(&output, store.path(), &top_drv, &top[0].1);
+}

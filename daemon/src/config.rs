@@ -252,13 +252,22 @@ impl Config {
         let parallel_requests =
             check_concurrency(raw.parallel_requests.unwrap_or(defaults.parallel_requests))
                 .map_err(|r| invalid("parallel_requests", r))?;
+        let batch_window = raw
+            .batch_window_ms
+            .map(check_batch_window)
+            .transpose()
+            .map_err(|r| invalid("batch_window_ms", r))?
+            .unwrap_or(defaults.batch_window);
         let max_attempts = raw.max_attempts.unwrap_or(defaults.max_attempts);
         if max_attempts == 0 {
             return Err(invalid("max_attempts", "must be at least 1".to_owned()));
         }
         let retry_initial_delay = raw
             .retry_initial_delay_ms
-            .map_or(defaults.retry_initial_delay, Duration::from_millis);
+            .map(check_retry_initial_delay)
+            .transpose()
+            .map_err(|r| invalid("retry_initial_delay_ms", r))?
+            .unwrap_or(defaults.retry_initial_delay);
         let retry_max_delay = raw
             .retry_max_delay_ms
             .map_or(defaults.retry_max_delay, Duration::from_millis);
@@ -348,9 +357,7 @@ impl Config {
             gc_roots_dir: absolute("gc_roots_dir", raw.gc_roots_dir, &defaults.gc_roots_dir)
                 .map_err(|r| invalid("gc_roots_dir", r))?,
             state_dir,
-            batch_window: raw
-                .batch_window_ms
-                .map_or(defaults.batch_window, Duration::from_millis),
+            batch_window,
             max_attempts,
             retry_initial_delay,
             retry_max_delay,
@@ -457,7 +464,10 @@ impl Config {
 }
 
 mod checks;
-use checks::{absolute, check_listen_address, check_public_url, check_single_put_max, location};
+use checks::{
+    absolute, check_batch_window, check_listen_address, check_public_url,
+    check_retry_initial_delay, check_single_put_max, location,
+};
 pub use checks::{check_concurrency, check_level};
 
 #[cfg(test)]

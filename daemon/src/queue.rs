@@ -130,12 +130,16 @@ pub enum Outcome {
 }
 
 /// Why `uploading` entries go back to `pending`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Interrupted {
     /// A clean shutdown cut the upload off: the attempt is given back.
     Shutdown,
     /// The previous process died during the upload: the attempt stays counted.
     Crash,
+    /// The daemon stopped because one of its tasks failed (a panic), with this reason: the
+    /// attempt stays counted, so a path that makes it panic ends `failed` after
+    /// `max_attempts` instead of crash-looping the service.
+    Fatal(String),
 }
 
 /// Every readable entry, and the records that are not.

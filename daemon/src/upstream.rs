@@ -27,12 +27,37 @@ use crate::format::store_path::StorePath;
 use crate::store::PathInfo;
 use crate::trust::trusted_narinfo;
 
+/// A narinfo of a `file://` upstream, at most [`MAX_NARINFO`] bytes of it.
+async fn read_file(file: &std::path::Path) -> Answer {
+    use tokio::io::AsyncReadExt;
+    let opened = match tokio::fs::File::open(file).await {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Answer::Absent,
+        Err(e) => return Answer::Unreachable(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = opened
+        .take(MAX_NARINFO as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+    {
+        return Answer::Unreachable(e.to_string());
+    }
+    if bytes.len() > MAX_NARINFO {
+        return Answer::TooLarge(file.display().to_string());
+    }
+    Answer::Found(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// cache.nixos.org's key, the default of `upstream_public_keys`.
 pub const NIXOS_PUBLIC_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 /// The longest wait for a connection to an upstream cache.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest wait for a whole answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest narinfo read from an upstream cache (real ones are a few hundred bytes; one
+/// with thousands of references a few hundred KiB): a bigger answer is not read further.
+pub const MAX_NARINFO: usize = 1 << 20;
 /// How long a cache that did not answer is not asked.
 pub const DOWN_FOR: Duration = Duration::from_secs(300);
 /// How long a path found upstream is trusted to stay there.
@@ -106,6 +131,8 @@ enum Answer {
     Found(String),
     Absent,
     Unreachable(String),
+    /// More than [`MAX_NARINFO`] bytes, at this address.
+    TooLarge(String),
 }
 
 struct Cache {
@@ -205,11 +232,7 @@ impl Upstream {
         }
         let name = format!("{}.narinfo", path.hash_part());
         let answer = match &cache.url {
-            UpstreamUrl::File(dir) => match tokio::fs::read_to_string(dir.join(&name)).await {
-                Ok(text) => Answer::Found(text),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Answer::Absent,
-                Err(e) => Answer::Unreachable(e.to_string()),
-            },
+            UpstreamUrl::File(dir) => read_file(&dir.join(&name)).await,
             UpstreamUrl::Http(base) => self.fetch(base, &name).await,
         };
         match answer {
@@ -219,6 +242,15 @@ impl Upstream {
             }
             Answer::Absent => {
                 *lock(&cache.down_until) = None;
+                None
+            }
+            Answer::TooLarge(location) => {
+                *lock(&cache.down_until) = None;
+                tracing::warn!(
+                    "upstream cache {} answered {location} with more than {MAX_NARINFO} bytes, \
+                     which no narinfo is; not reading it, {path} is uploaded",
+                    cache.url
+                );
                 None
             }
             Answer::Unreachable(reason) => {
@@ -246,7 +278,7 @@ impl Upstream {
             Ok(url) => url,
             Err(e) => return Answer::Unreachable(e.to_string()),
         };
-        let response = match client.get(url).send().await {
+        let mut response = match client.get(url.clone()).send().await {
             Ok(response) => response,
             Err(e) => return Answer::Unreachable(crate::error_chain(&e)),
         };
@@ -258,10 +290,24 @@ impl Upstream {
         if !status.is_success() {
             return Answer::Unreachable(format!("HTTP {status}"));
         }
-        match response.text().await {
-            Ok(text) => Answer::Found(text),
-            Err(e) => Answer::Unreachable(crate::error_chain(&e)),
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_NARINFO as u64)
+        {
+            return Answer::TooLarge(url.to_string());
         }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_NARINFO => {
+                    return Answer::TooLarge(url.to_string())
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return Answer::Unreachable(crate::error_chain(&e)),
+            }
+        }
+        Answer::Found(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// The NarSize of a narinfo for `path` that verifies with an upstream key.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::MAX_CONCURRENCY;
 use crate::engine::compress::Compression;
@@ -56,6 +57,36 @@ pub fn check_concurrency(value: usize) -> Result<usize, String> {
     } else {
         Err(format!(
             "must be between 1 and {MAX_CONCURRENCY}, got {value}"
+        ))
+    }
+}
+
+/// The longest `batch_window_ms`: gathering requests for longer only delays every upload (a
+/// typo of a day would hold each one back for a day).
+pub const MAX_BATCH_WINDOW_MS: u64 = 60_000;
+/// The shortest `retry_initial_delay_ms`: below it, retries of a failing path follow each
+/// other in a tight loop that uses up `max_attempts` at once.
+pub const MIN_RETRY_DELAY_MS: u64 = 10;
+
+/// `batch_window_ms`: 0 (no gathering) to [`MAX_BATCH_WINDOW_MS`].
+pub(super) fn check_batch_window(ms: u64) -> Result<Duration, String> {
+    if ms <= MAX_BATCH_WINDOW_MS {
+        Ok(Duration::from_millis(ms))
+    } else {
+        Err(format!(
+            "must be between 0 and {MAX_BATCH_WINDOW_MS} (ms), got {ms}"
+        ))
+    }
+}
+
+/// `retry_initial_delay_ms`: at least [`MIN_RETRY_DELAY_MS`].
+pub(super) fn check_retry_initial_delay(ms: u64) -> Result<Duration, String> {
+    if ms >= MIN_RETRY_DELAY_MS {
+        Ok(Duration::from_millis(ms))
+    } else {
+        Err(format!(
+            "must be at least {MIN_RETRY_DELAY_MS} (ms), got {ms}: retries would follow each \
+             other in a tight loop"
         ))
     }
 }

@@ -247,3 +247,37 @@ fn single_put_max_bytes_is_read_checked_and_overridden_by_multipart_upload() {
         0
     );
 }
+
+#[test]
+fn a_batch_window_beyond_a_minute_is_refused_naming_key_value_and_range() {
+    // A typo (86400000 for 864) would hold every upload back for a day.
+    let err = parse("batch_window_ms = 86400000\n")
+        .unwrap_err()
+        .to_string();
+    for part in ["batch_window_ms", "86400000", "0", "60000"] {
+        assert!(err.contains(part), "{part} missing: {err}");
+    }
+    assert_eq!(
+        parse("batch_window_ms = 60000\n").unwrap().batch_window,
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        parse("batch_window_ms = 0\n").unwrap().batch_window,
+        Duration::ZERO
+    );
+}
+
+#[test]
+fn a_retry_delay_too_short_to_be_a_backoff_is_refused_naming_key_value_and_range() {
+    // Zero would retry in a tight loop until every attempt is used up.
+    for value in [0, 9] {
+        let err = parse(&format!("retry_initial_delay_ms = {value}\n"))
+            .unwrap_err()
+            .to_string();
+        for part in ["retry_initial_delay_ms", &value.to_string(), "10"] {
+            assert!(err.contains(part), "{part} missing: {err}");
+        }
+    }
+    let config = parse("retry_initial_delay_ms = 10\nretry_max_delay_ms = 10\n").unwrap();
+    assert_eq!(config.retry_initial_delay, Duration::from_millis(10));
+}

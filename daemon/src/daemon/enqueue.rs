@@ -9,12 +9,19 @@
 //! A floating content-addressed derivation names no output paths: its outputs, and the
 //! realisations to publish with them, come from `nix realisation info` (see
 //! [`store::realisations_of`]), which costs one `nix` process while the hook waits.
+//!
+//! A spooled request may name a path that vanished while the daemon was away (a store GC):
+//! the other paths are queued, and the vanished one named in the log. Failures are of three
+//! kinds (see [`EnqueueError::is_bad_request`]): the request's fault (refused for good), the
+//! store's (Nix not answering, an I/O error: ask again later), and the daemon's own disk.
 
+use crate::engine::error::io_class;
 use crate::format::derivation::DerivationHead;
 use crate::format::realisation::Realisation;
 use crate::format::store_path::{StorePath, StorePathError};
 use crate::gcroots::GcRootError;
 use crate::queue::{NewPath, QueueError};
+use crate::sink::ErrorClass;
 use crate::store::{self, RealisationQueryError, StoreError};
 use narpush_protocol::Source;
 
@@ -30,6 +37,12 @@ pub enum EnqueueError {
     },
     #[error("'{path}' is not in the store (was it garbage-collected?)")]
     Absent { path: String },
+    #[error("cannot look at '{path}'")]
+    Stat {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("'{drv}' is not a derivation (.drv)")]
     NotDerivation { drv: String },
     #[error(transparent)]
@@ -43,18 +56,41 @@ pub enum EnqueueError {
 }
 
 impl EnqueueError {
-    /// Whether the request itself is at fault (as opposed to the daemon's disk).
+    /// Whether the request itself is at fault, so that asking again cannot help (as opposed
+    /// to the store not answering now, or the daemon's own disk).
     pub fn is_bad_request(&self) -> bool {
-        // Nix that could not be run, or did not answer in time, may answer a later attempt.
-        let nix_unavailable = matches!(
-            self,
-            EnqueueError::Derivation(RealisationQueryError::Store {
-                source: StoreError::Spawn { .. } | StoreError::TimedOut { .. },
-                ..
-            })
-        );
-        !nix_unavailable && !matches!(self, EnqueueError::GcRoot(_) | EnqueueError::Queue(_))
+        !self.is_transient() && !self.is_own_trouble()
     }
+
+    /// Whether the daemon's own state (its queue, its GC roots) failed: every other request
+    /// would fail the same way now.
+    pub fn is_own_trouble(&self) -> bool {
+        matches!(self, EnqueueError::GcRoot(_) | EnqueueError::Queue(_))
+    }
+
+    /// Whether the store failed to answer for this request, and may answer later: Nix could
+    /// not be run, did not answer in time or failed (the nix-daemon restarting, "database is
+    /// locked"), or reading the store failed for lack of a resource or an I/O error.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EnqueueError::Derivation(RealisationQueryError::Store { source, .. }) => {
+                store_may_answer_later(source)
+            }
+            EnqueueError::Derivation(RealisationQueryError::Read { source, .. })
+            | EnqueueError::Stat { source, .. } => io_class(source) == ErrorClass::Transient,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a failed `nix` command may succeed later: it ran, read the derivation (the
+/// daemon parsed it already), and failed on the way, which is the store's condition, not the
+/// request's; only output Nix printed that we cannot read is for good.
+fn store_may_answer_later(error: &StoreError) -> bool {
+    !matches!(
+        error,
+        StoreError::UnexpectedJson { .. } | StoreError::BadField { .. }
+    )
 }
 
 /// Queues the paths of a request durably; returns how many paths were queued.
@@ -94,13 +130,7 @@ pub async fn enqueue(
             });
         }
     }
-    for path in &paths {
-        if std::fs::symlink_metadata(path.to_absolute()).is_err() {
-            return Err(EnqueueError::Absent {
-                path: path.to_absolute(),
-            });
-        }
-    }
+    let paths = present_paths(paths, source)?;
     for path in &paths {
         shared.roots.add(path)?;
     }
@@ -118,6 +148,44 @@ pub async fn enqueue(
     // this request adds here (a pending one hands them over again when submitted).
     shared.engine.add_realisations(realisations);
     Ok(new.len())
+}
+
+/// The paths still in the store. A vanished one fails the request, except in a spooled
+/// request that names others: those are queued, the vanished one is named in the log (a
+/// store GC while the daemon was away removed it; nothing could upload it any more).
+fn present_paths(paths: Vec<StorePath>, source: Source) -> Result<Vec<StorePath>, EnqueueError> {
+    let mut present = Vec::with_capacity(paths.len());
+    let mut vanished = Vec::new();
+    for path in paths {
+        match std::fs::symlink_metadata(path.to_absolute()) {
+            Ok(_) => present.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vanished.push(path),
+            Err(source) => {
+                return Err(EnqueueError::Stat {
+                    path: path.to_absolute(),
+                    source,
+                })
+            }
+        }
+    }
+    match vanished.first() {
+        None => Ok(present),
+        Some(path) if source != Source::Spool || present.is_empty() => Err(EnqueueError::Absent {
+            path: path.to_absolute(),
+        }),
+        Some(_) => {
+            for path in &vanished {
+                tracing::error!(
+                    %path,
+                    "a spooled request names a path that is no longer in the store (garbage-\
+                     collected while the daemon was away?); it cannot be uploaded, queueing the \
+                     request's other {} path(s)",
+                    present.len()
+                );
+            }
+            Ok(present)
+        }
+    }
 }
 
 pub fn store_path(value: &str) -> Result<StorePath, EnqueueError> {

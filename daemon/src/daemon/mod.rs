@@ -20,8 +20,9 @@
 //! work in flight [`DRAIN_TIMEOUT`] to finish and aborts the rest, while the pipeline records
 //! every outcome that still arrives. Connection handlers and log uploads are waited for (they
 //! are bounded in time themselves). Requests still in the intake journal are moved into the
-//! queue, whatever is still `uploading` goes back to `pending`, the queue is flushed, and the
-//! process exits 0. Multipart uploads cut off this way are left
+//! queue, whatever is still `uploading` goes back to `pending` (its attempt given back, unless a
+//! task failed: see [`supervise`]), the queue is flushed, and the process exits 0 (2 after a
+//! task failed). Multipart uploads cut off this way are left
 //! for the bucket's lifecycle rule; their paths are uploaded again on start.
 
 pub mod activity;
@@ -158,7 +159,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             crate::error_chain(&e)
         );
     }
-    requeue_interrupted(&shared.queue);
+    requeue_interrupted(&shared.queue, fatal.reason());
     if let Some(path) = bound_path {
         let _ = std::fs::remove_file(path);
     }
@@ -184,9 +185,12 @@ async fn abort_stale_uploads(sink: Arc<Sink>, started: std::time::SystemTime, wr
     }
 }
 
-/// Uploads cut off by the shutdown go back to `pending`, and everything is flushed.
-fn requeue_interrupted(queue: &Queue) {
-    if let Err(e) = queue.requeue_uploading(Interrupted::Shutdown) {
+/// Uploads cut off by the shutdown go back to `pending`, and everything is flushed. A clean
+/// shutdown gives their attempts back; one forced by a failed task (`fatal`, a panic) does
+/// not: a path in flight may have caused it, and must end `failed` after `max_attempts`.
+fn requeue_interrupted(queue: &Queue, fatal: Option<String>) {
+    let why = fatal.map_or(Interrupted::Shutdown, Interrupted::Fatal);
+    if let Err(e) = queue.requeue_uploading(why) {
         tracing::error!("cannot requeue interrupted uploads: {e}");
     }
     if let Err(e) = queue.flush_blocking() {

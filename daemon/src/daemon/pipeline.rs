@@ -4,7 +4,8 @@
 //! Loop: whenever work is queued (a wake-up) or a retry comes due, wait `batch_window` so that
 //! requests arriving together are resolved together, mark every due entry `uploading`, and
 //! submit it. Entries already with the engine keep uploading meanwhile: a big upload never
-//! holds back what arrives after it.
+//! holds back what arrives after it. The engine holds at most [`admission::IN_ENGINE`]
+//! submitted entries; a larger backlog stays `pending` in the queue until outcomes make room.
 //!
 //! Outcomes of an entry:
 //! - in the cache (uploaded now, or found there): `done`, its GC root released, its build log
@@ -30,6 +31,9 @@ use crate::format::store_path::StorePath;
 use crate::queue::{now_ms, Outcome, Queue};
 use crate::sink::ErrorClass;
 use crate::sleep_until;
+use admission::Admission;
+
+mod admission;
 
 /// Entries taken at once at most.
 const BATCH_LIMIT: usize = 1000;
@@ -78,24 +82,35 @@ impl Books {
 pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     let mut last_prune = Instant::now();
     let mut books = Books::default();
+    let mut admission = Admission::default();
     // When to take due entries next: `None` while nothing is pending.
     let mut take_at = Some(Instant::now());
     loop {
         tokio::select! {
             report = reports.recv() => match report {
                 Some(report) => {
-                    if let Some(retry_at) = record(&shared, &mut books, report) {
-                        take_at = Some(take_at.map_or(retry_at, |at| at.min(retry_at)));
+                    let ends_entry = matches!(report, Report::TopDone(_) | Report::TopFailed { .. });
+                    let mut next = record(&shared, &mut books, report);
+                    if ends_entry && admission.finished() {
+                        next = Some(Instant::now());
+                    }
+                    if let Some(at) = next {
+                        take_at = Some(take_at.map_or(at, |taken| taken.min(at)));
                     }
                 }
-                None => return,
+                None => {
+                    // The engine ended (a panic): its supervisor stops the daemon and records
+                    // why, which decides what becomes of the entries in flight.
+                    shared.stop.cancelled().await;
+                    return;
+                }
             },
             () = shared.wake.notified() => {
                 let gather = Instant::now() + shared.settings().config.batch_window;
                 take_at = Some(take_at.map_or(gather, |at| at.min(gather)));
             }
             () = sleep_until(take_at) => {
-                take_at = take_due(&shared, &mut books).await;
+                take_at = take_due(&shared, &mut books, &mut admission).await;
                 if last_prune.elapsed() > PRUNE_EVERY {
                     last_prune = Instant::now();
                     if let Err(e) = shared.queue.prune(now_ms()) {
@@ -115,7 +130,11 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
 
 /// Reopens a failed queue, records what could not be recorded, submits every due entry;
 /// returns when to look again.
-async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
+async fn take_due(
+    shared: &Arc<Shared>,
+    books: &mut Books,
+    admission: &mut Admission,
+) -> Option<Instant> {
     let pause = Some(Instant::now() + QUEUE_ERROR_PAUSE);
     if shared.queue.is_broken() && !reopen(shared).await {
         return pause;
@@ -123,10 +142,15 @@ async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
     if !books.record_again(&shared.queue) {
         return pause;
     }
+    let room = admission.room().min(BATCH_LIMIT);
+    if room == 0 {
+        // Taken again once the engine reports on what it holds.
+        return None;
+    }
     let now = now_ms();
     let taken = shared
         .queue
-        .take_due(now, BATCH_LIMIT, shared.settings().config.max_attempts);
+        .take_due(now, room, shared.settings().config.max_attempts);
     if !taken.entries.is_empty() {
         // The attempts just counted must survive a crash the upload may cause, or a path
         // that kills the daemon would be retried forever.
@@ -141,6 +165,7 @@ async fn take_due(shared: &Arc<Shared>, books: &mut Books) -> Option<Instant> {
             shared.engine.add_realisations(entry.realisations);
             tops.push(entry.path);
         }
+        admission.submitted(tops.len());
         shared.engine.submit(tops);
     }
     if let Some(e) = taken.error {

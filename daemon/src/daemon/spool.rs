@@ -16,12 +16,18 @@
 //!   listed by `status` (so `wait` fails) until someone removes it. A file that cannot be read
 //!   or queued *now* (an I/O error, too many open files, the queue's disk full) stays where it
 //!   is for the next scan.
+//! - A request the store cannot answer now (`nix realisation info` failing while the
+//!   nix-daemon restarts) stays too, and is tried again after a backoff like an upload's
+//!   (`retry_initial_delay_ms` doubling up to `retry_max_delay_ms`); after `max_attempts` such
+//!   failures it is rejected with the last one. A request naming a path that vanished from
+//!   the store meanwhile queues its other paths (see [`enqueue`]).
 //! - A file is opened with `O_NOFOLLOW | O_NONBLOCK` and checked through the opened
 //!   descriptor (`fstat`), so a symlink or FIFO swapped in after the directory was listed is
 //!   neither followed nor waited on, and at most [`MAX_REQUEST`] + 1 bytes are read.
 //! - Names starting with `.` are the hook's temporary files and are left alone
 //!   ([`spool::is_request_file_name`]).
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -30,12 +36,15 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use narpush_protocol::{spool, Request, Source, MAX_REQUEST};
 
 use super::enqueue;
+use super::pipeline::backoff;
 use super::shared::Shared;
 use crate::error_chain;
+use crate::sleep_until;
 
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
 /// Where rejected files go, inside the spool directory.
@@ -58,22 +67,57 @@ pub async fn run(shared: Arc<Shared>, dir: PathBuf) {
     if let Err(e) = &watcher {
         tracing::warn!(dir = %dir.display(), "cannot watch the spool directory ({e}); rescanning every {RESCAN_EVERY:?}");
     }
+    let mut retries = Retries::default();
     loop {
-        ingest_all(&shared, &dir).await;
+        ingest_all(&shared, &dir, &mut retries).await;
         tokio::select! {
             _ = events.recv() => {
                 // Coalesce a burst of events into one scan.
                 while events.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(RESCAN_EVERY) => {}
+            () = sleep_until(retries.next_due()) => {}
             () = shared.rescan_spool.notified() => {}
             () = shared.stop.cancelled() => return,
         }
     }
 }
 
-/// Takes every finished request file in `dir`, oldest name first.
-pub async fn ingest_all(shared: &Shared, dir: &Path) {
+/// Spool files whose request the store could not answer, with their failures so far and when
+/// to try each again.
+#[derive(Default)]
+struct Retries {
+    files: HashMap<PathBuf, (u32, Instant)>,
+}
+
+impl Retries {
+    fn due(&self, file: &Path) -> bool {
+        self.files
+            .get(file)
+            .is_none_or(|(_, at)| *at <= Instant::now())
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.files.values().map(|(_, at)| *at).min()
+    }
+
+    /// Counts a failure of `file`; returns how many it had, and schedules the next try.
+    fn failed(&mut self, file: &Path, initial: Duration, max: Duration) -> u32 {
+        let failures = self.files.get(file).map_or(0, |(n, _)| *n) + 1;
+        let at = Instant::now() + backoff(failures, initial, max);
+        self.files.insert(file.to_owned(), (failures, at));
+        failures
+    }
+
+    /// Forgets the files no longer waiting.
+    fn keep_only(&mut self, files: &[PathBuf]) {
+        self.files.retain(|file, _| files.contains(file));
+    }
+}
+
+/// Takes every finished request file in `dir`, oldest name first, except those waiting for a
+/// retry.
+async fn ingest_all(shared: &Shared, dir: &Path, retries: &mut Retries) {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
@@ -86,10 +130,37 @@ pub async fn ingest_all(shared: &Shared, dir: &Path) {
         }
     };
     files.sort();
-    for file in files {
-        if ingest(shared, dir, &file).await == Ingested::Later {
+    retries.keep_only(&files);
+    for file in &files {
+        if !retries.due(file) {
+            continue;
+        }
+        match ingest(shared, dir, file).await {
             // The daemon's own trouble (the queue's disk): the rest would fail the same way.
-            return;
+            Ingested::Later => return,
+            Ingested::Retry(reason) => {
+                let config = &shared.settings().config;
+                let (initial, max, attempts) = (
+                    config.retry_initial_delay,
+                    config.retry_max_delay,
+                    config.max_attempts,
+                );
+                let failures = retries.failed(file, initial, max);
+                if failures >= attempts {
+                    reject(
+                        dir,
+                        file,
+                        &format!("gave up after {failures} attempts: {reason}"),
+                    );
+                } else {
+                    tracing::warn!(
+                        file = %file.display(),
+                        failures,
+                        "cannot queue the spooled request now, will try again: {reason}"
+                    );
+                }
+            }
+            Ingested::Queued | Ingested::Rejected | Ingested::Kept => {}
         }
     }
 }
@@ -103,6 +174,8 @@ enum Ingested {
     Kept,
     /// Left for a later scan, like every file after it (the queue cannot take requests).
     Later,
+    /// Left for a retry after a backoff: the store could not answer for it now.
+    Retry(String),
 }
 
 /// Why a spool file was not read.
@@ -159,6 +232,7 @@ async fn ingest(shared: &Shared, dir: &Path, file: &Path) -> Ingested {
             Ingested::Queued
         }
         Err(e) if e.is_bad_request() => reject(dir, file, &error_chain(&e)),
+        Err(e) if !e.is_own_trouble() => Ingested::Retry(error_chain(&e)),
         Err(e) => {
             tracing::error!(file = %file.display(), "cannot queue yet: {}", error_chain(&e));
             Ingested::Later

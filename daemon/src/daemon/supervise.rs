@@ -2,9 +2,12 @@
 //!
 //! Invariant: the daemon never keeps acknowledging requests while nothing uploads them. Each
 //! task runs until the stop signal; one that ends before it (a panic, or a return nobody
-//! planned) records why and cancels the stop token, so the daemon shuts down like on SIGTERM
-//! and then exits non-zero, and the service manager (`Restart=on-failure`) starts a fresh one.
-//! The queue is on disk, so nothing acknowledged is lost on the way.
+//! planned), or panics at any time, records why and cancels the stop token, so the daemon
+//! shuts down like on SIGTERM and then exits non-zero, and the service manager
+//! (`Restart=on-failure`) starts a fresh one. The queue is on disk, so nothing acknowledged is
+//! lost on the way. Unlike a clean shutdown, such a stop keeps the attempts of the uploads in
+//! flight counted (with the reason as their error): a path that makes the daemon panic ends
+//! `failed` after `max_attempts` instead of crash-looping the service.
 
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +44,8 @@ pub async fn watch(
     fatal: Fatal,
 ) {
     let ended = task.await;
-    if stop.is_cancelled() {
+    // A task that ends after the stop is done; one that panics is never done cleanly.
+    if stop.is_cancelled() && !ended.as_ref().is_err_and(tokio::task::JoinError::is_panic) {
         return;
     }
     let reason = match ended {
@@ -81,6 +85,16 @@ mod tests {
             reason.contains("pipeline") && reason.contains("queue exploded"),
             "{reason}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_panic_after_the_stop_is_still_recorded() {
+        let stop = CancellationToken::new();
+        let fatal = Fatal::default();
+        stop.cancel();
+        let task = tokio::spawn(async { panic!("drain exploded") });
+        watch("pipeline", task, stop.clone(), fatal.clone()).await;
+        assert!(fatal.reason().unwrap().contains("drain exploded"));
     }
 
     #[tokio::test]

@@ -8,6 +8,13 @@
 //! caller's thread: its multithreaded encoder needs hundreds of MiB at the levels people
 //! choose xz for.
 //!
+//! Memory: both encoders are sized to the input when its size is known. An xz encoder holds
+//! its dictionary and match finder (about eleven times the dictionary at levels 7-9, 64 MiB of
+//! dictionary at level 9) whatever the input, so its dictionary is cut to the input rounded up
+//! to a power of two ([`xz_dict_size`]): a small NAR costs about as much to compress as it is
+//! big, and the small-NAR budget bounds them all together. The output is the same (a
+//! dictionary larger than the input is never used), and any xz decoder reads it.
+//!
 //! Only methods that every Nix from 2.8 to today decodes by the label alone are offered
 //! (`zstd`, `xz`, `none`): Nix ≥ 2.22 applies only the filter the narinfo names, so the label
 //! and the bytes must agree, and [`Compression::narinfo_name`] is the one source of both.
@@ -131,7 +138,10 @@ impl<W: Write> Encoder<W> {
             }
             Compression::Xz => {
                 let preset = u32::try_from(level).unwrap_or(6);
-                Encoder::Xz(liblzma::write::XzEncoder::new(inner, preset))
+                Encoder::Xz(liblzma::write::XzEncoder::new_stream(
+                    inner,
+                    xz_stream(preset, size)?,
+                ))
             }
             Compression::None => Encoder::None(inner),
         })
@@ -144,6 +154,56 @@ impl<W: Write> Encoder<W> {
             Encoder::None(w) => Ok(w),
         }
     }
+}
+
+/// The smallest dictionary liblzma accepts (`LZMA_DICT_SIZE_MIN`).
+const XZ_MIN_DICT: u32 = 4096;
+
+/// The dictionary of xz `preset` (0-9), as `xz --list` shows them.
+fn xz_preset_dict_size(preset: u32) -> u32 {
+    const MIB: u32 = 1 << 20;
+    match preset {
+        0 => MIB / 4,
+        1 => MIB,
+        2 => 2 * MIB,
+        3 | 4 => 4 * MIB,
+        5 | 6 => 8 * MIB,
+        7 => 16 * MIB,
+        8 => 32 * MIB,
+        _ => 64 * MIB,
+    }
+}
+
+/// The dictionary for `size` input bytes at `preset`: the preset's, or the input rounded up to
+/// a power of two when that is smaller.
+pub fn xz_dict_size(preset: u32, size: Option<u64>) -> u32 {
+    let preset_dict = xz_preset_dict_size(preset);
+    size.and_then(|size| u32::try_from(size.max(u64::from(XZ_MIN_DICT))).ok())
+        .and_then(u32::checked_next_power_of_two)
+        .map_or(preset_dict, |fitted| fitted.min(preset_dict))
+}
+
+/// About what an encoder for `size` input bytes holds besides its output, for the small-NAR
+/// budget: for xz, its match finder (at most about twelve times the dictionary) and its fixed
+/// state (half a MiB); zstd sizes its tables to the pledged input, and none holds nothing.
+pub fn encoder_memory(method: Compression, level: i32, size: u64) -> u64 {
+    match method {
+        Compression::Xz => {
+            let preset = u32::try_from(level).unwrap_or(6);
+            12 * u64::from(xz_dict_size(preset, Some(size))) + (512 << 10)
+        }
+        Compression::Zstd | Compression::None => 0,
+    }
+}
+
+/// An xz stream encoder (CRC64, as `xz` writes) at `preset`, its dictionary fitted to `size`.
+fn xz_stream(preset: u32, size: Option<u64>) -> io::Result<liblzma::stream::Stream> {
+    use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
+    let mut options = LzmaOptions::new_preset(preset).map_err(io::Error::other)?;
+    options.dict_size(xz_dict_size(preset, size));
+    let mut filters = Filters::new();
+    filters.lzma2(&options);
+    Stream::new_stream_encoder(&filters, Check::Crc64).map_err(io::Error::other)
 }
 
 impl<W: Write> Write for Encoder<W> {
@@ -207,6 +267,56 @@ mod tests {
         for method in [Compression::Zstd, Compression::Xz, Compression::None] {
             round_trip(method);
         }
+    }
+
+    /// Compresses `data` with xz at `level`, then decodes it within `memlimit` bytes.
+    fn xz_within(data: &[u8], level: i32, memlimit: u64) -> Result<Vec<u8>, String> {
+        let mut encoder = Encoder::new(
+            Compression::Xz,
+            level,
+            0,
+            Some(data.len() as u64),
+            Vec::new(),
+        )
+        .unwrap();
+        encoder.write_all(data).unwrap();
+        let compressed = encoder.finish().unwrap();
+        let stream = liblzma::stream::Stream::new_stream_decoder(memlimit, 0).unwrap();
+        let mut decoded = Vec::new();
+        liblzma::read::XzDecoder::new_stream(&compressed[..], stream)
+            .read_to_end(&mut decoded)
+            .map_err(|e| e.to_string())?;
+        Ok(decoded)
+    }
+
+    #[test]
+    fn a_small_input_is_compressed_with_a_dictionary_its_own_size() {
+        // The dictionary the stream declares is what its decoder (and, about eleven times
+        // over, its encoder) allocates: at level 9, 64 MiB for a 1 KiB NAR.
+        let data = vec![7u8; 1024];
+        assert_eq!(xz_within(&data, 9, 1 << 20), Ok(data.clone()));
+        assert_eq!(xz_dict_size(9, Some(1024)), 4096);
+        assert_eq!(xz_dict_size(9, Some(700_000)), 1 << 20);
+        assert_eq!(
+            xz_dict_size(6, Some(1 << 30)),
+            8 << 20,
+            "never above the preset's"
+        );
+        assert_eq!(xz_dict_size(9, None), 64 << 20);
+        // A big input keeps the preset's dictionary (level 0: 256 KiB).
+        let big: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+        assert!(xz_within(&big, 0, 400 << 10).is_ok());
+        assert!(xz_within(&big, 1, 400 << 10).is_err(), "level 1 uses 1 MiB");
+    }
+
+    #[test]
+    fn an_xz_encoder_counts_its_dictionary_against_the_small_nar_budget() {
+        assert_eq!(encoder_memory(Compression::Zstd, 19, 1 << 20), 0);
+        // 200 KB at level 9: a 256 KiB dictionary, not 64 MiB.
+        assert_eq!(
+            encoder_memory(Compression::Xz, 9, 200_000),
+            12 * (256 << 10) + (512 << 10)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::progress::{EngineView, Stages};
 use super::realisations::{self, Realisations};
 use super::resolve::{self, Resolution};
 use super::tasks::{self, Done, Purpose};
-use super::{stream, Command, EngineConfig, Failure, UploadError};
+use super::{compress, stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
@@ -133,6 +133,7 @@ impl Coordinator {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Submit(tops) if self.accepting => {
+                panic_if_asked(&tops);
                 for top in tops {
                     if self.known.contains(&top) {
                         self.report(Report::TopDone(top));
@@ -143,6 +144,7 @@ impl Coordinator {
                 self.resolve_waiting();
             }
             Command::SubmitResolved(infos, tops) if self.accepting => {
+                panic_if_asked(&tops);
                 let infos = self.skip_signed_upstream(infos);
                 let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
                 self.act(actions);
@@ -306,7 +308,11 @@ impl Coordinator {
                 self.release_realisations();
                 return;
             }
-            Report::TopFailed { top, .. } => self.realisations.drop_output(top),
+            Report::TopFailed { top: path, .. } | Report::Failed { path, .. } => {
+                // Dependents of its realisations no longer wait for it, but look them up.
+                self.realisations.drop_output(path);
+                self.release_realisations();
+            }
             _ => self.release_realisations(),
         }
         // The owner may have stopped listening (shutting down); the work stands.
@@ -315,8 +321,11 @@ impl Coordinator {
 
     /// Starts publishing the realisations whose outputs (and dependencies) are in the cache.
     fn release_realisations(&mut self) {
-        let known = &self.known;
-        let Some(release) = self.realisations.release(|path| known.contains(path)) else {
+        let (known, graph) = (&self.known, &self.graph);
+        let Some(release) = self
+            .realisations
+            .release(|path| known.contains(path), |path| graph.uploading(path))
+        else {
             return;
         };
         let ids = release.ordered.iter().map(|r| r.id.clone()).collect();
@@ -395,7 +404,11 @@ impl Coordinator {
         let small_bytes = self.small_bytes.clone();
         let config = self.config.clone();
         let view = self.view.clone();
-        let bound = stream::compressed_bound(info.nar_size).min(u64::from(SMALL_NAR_BUDGET));
+        // The compressed NAR and the encoder's own state (an xz dictionary) share the budget.
+        let settings = &self.config.stream;
+        let bound = (stream::compressed_bound(info.nar_size)
+            + compress::encoder_memory(settings.compression, settings.level, info.nar_size))
+        .min(u64::from(SMALL_NAR_BUDGET));
         let path = info.path.clone();
         self.spawn(Purpose::Store(path.clone(), false), async move {
             // The buffer first: a task waiting for memory must not hold a request slot that
@@ -463,4 +476,20 @@ impl Coordinator {
         let handle = self.tasks.spawn(task);
         self.purposes.insert(handle.id(), purpose);
     }
+}
+
+/// Debug builds only, for tests: a submitted path whose basename contains the value of this
+/// variable makes the coordinator panic, as a bug would (see `daemon::supervise`).
+#[cfg(debug_assertions)]
+pub const PANIC_ENV: &str = "NARPUSH_TEST_PANIC_ON";
+
+fn panic_if_asked(tops: &[StorePath]) {
+    #[cfg(debug_assertions)]
+    if let Some(needle) = std::env::var(PANIC_ENV).ok().filter(|n| !n.is_empty()) {
+        if let Some(top) = tops.iter().find(|top| top.basename().contains(&needle)) {
+            panic!("{PANIC_ENV}: a test asked the engine to panic on {top}");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = tops;
 }

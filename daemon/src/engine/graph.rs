@@ -130,6 +130,12 @@ impl Graph {
         self.nodes.contains_key(path)
     }
 
+    /// Whether `path` is being uploaded (or looked up to be), so that it will be reported on;
+    /// an external reference is only looked up, and not reported when found.
+    pub fn uploading(&self, path: &StorePath) -> bool {
+        self.nodes.get(path).is_some_and(|node| node.info.is_some())
+    }
+
     /// How many paths are at each stage.
     pub fn stages(&self) -> Stages {
         self.stages

@@ -40,9 +40,11 @@
 //!   ([`SMALL_NAR_BUDGET`]). Wide closures of tiny paths are bound by latency, not by `jobs`.
 //!
 //! Memory is therefore bounded by configuration: `jobs` × two parts, one set of compression
-//! workers, and the small-NAR budget, whatever the NAR sizes. The one exception is opt-in:
-//! with `write_nar_listing`, each NAR in flight also holds its `.ls` listing until it is
-//! stored, which grows with the path's number of files (not their sizes).
+//! workers, and the small-NAR budget (which also counts the xz encoders of small NARs, their
+//! dictionaries cut to the input: see [`compress`]), whatever the NAR sizes. Beyond it: the xz
+//! encoder of each big NAR holds its level's dictionary (`jobs` of them), and, opt-in, with
+//! `write_nar_listing` each NAR in flight also holds its `.ls` listing until it is stored,
+//! which grows with the path's number of files (not their sizes).
 
 mod big_nars;
 pub mod compress;

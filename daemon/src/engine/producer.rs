@@ -64,9 +64,10 @@ impl<T: Send + 'static> Producer<T> {
             std::thread::Builder::new()
                 .name("narpush-nar".to_owned())
                 .spawn(run)
-                .map_err(|e| UploadError::Internal {
+                .map_err(|source| UploadError::Resource {
                     path: path.to_owned(),
-                    detail: format!("cannot start a thread for the NAR: {e}"),
+                    what: "cannot start a thread for the NAR",
+                    source,
                 })?;
         } else {
             tokio::task::spawn_blocking(run);

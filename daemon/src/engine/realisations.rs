@@ -6,6 +6,13 @@
 //! or (checked by the publishing task) already in the cache: the closure invariant, extended
 //! to realisations. Within one release, dependencies are written first.
 //!
+//! A dependency is waited for only while its output path is being uploaded by this engine
+//! (it will be reported). One whose output the engine never looks up (a path outside the
+//! submitted closures, as with `--no-closure`, or one whose lookup it already forgot) is
+//! looked up instead: released with its dependent, its output path listed in
+//! [`Release::outputs`], which the publishing task must find in the cache before it writes
+//! anything. So a submitted path never waits for a report that will not come.
+//!
 //! A submitted path that has realisations waiting is reported done only once they are
 //! published, so the owner never records as done a path whose realisation a crash could still
 //! lose; if publishing fails, the path is reported failed with the reason.
@@ -40,11 +47,13 @@ pub(super) struct Realisations {
     held: HashSet<StorePath>,
 }
 
-/// Realisations ready to be written, dependencies first, and the dependencies outside them
-/// whose presence in the cache the task must check first.
+/// Realisations ready to be written, dependencies first, the dependencies outside them whose
+/// presence in the cache the task must check first, and the output paths of released
+/// dependencies that the engine did not see reach the cache (the task checks them too).
 pub(super) struct Release {
     pub ordered: Vec<Realisation>,
     pub external: Vec<DrvOutputId>,
+    pub outputs: Vec<StorePath>,
 }
 
 impl Realisations {
@@ -76,16 +85,54 @@ impl Realisations {
             || self.publishing.values().any(|p| p == path)
     }
 
-    /// Takes the realisations that may be published now (see the module doc).
-    pub fn release(&mut self, in_cache: impl Fn(&StorePath) -> bool) -> Option<Release> {
+    /// Dependencies (pending, transitively) of the realisations whose outputs are in the
+    /// cache, whose own outputs are neither in the cache nor being uploaded: they are looked
+    /// up rather than waited for.
+    fn to_look_up(
+        &self,
+        in_cache: &impl Fn(&StorePath) -> bool,
+        uploading: &impl Fn(&StorePath) -> bool,
+    ) -> HashSet<DrvOutputId> {
+        let mut needed = HashSet::new();
+        let mut stack: Vec<&Realisation> = self
+            .pending
+            .values()
+            .filter(|r| in_cache(&r.out_path))
+            .collect();
+        while let Some(realisation) = stack.pop() {
+            for dep in realisation.dependent_realisations.keys() {
+                let Some(dependency) = self.pending.get(dep) else {
+                    continue;
+                };
+                if in_cache(&dependency.out_path)
+                    || uploading(&dependency.out_path)
+                    || !needed.insert(dep.clone())
+                {
+                    continue;
+                }
+                stack.push(dependency);
+            }
+        }
+        needed
+    }
+
+    /// Takes the realisations that may be published now (see the module doc). `uploading`
+    /// says which paths this engine is uploading, and so will report on.
+    pub fn release(
+        &mut self,
+        in_cache: impl Fn(&StorePath) -> bool,
+        uploading: impl Fn(&StorePath) -> bool,
+    ) -> Option<Release> {
+        let look_up = self.to_look_up(&in_cache, &uploading);
         let mut ordered: Vec<Realisation> = Vec::new();
         let mut external = Vec::new();
+        let mut outputs = Vec::new();
         loop {
             let taken: HashSet<DrvOutputId> = ordered.iter().map(|r| r.id.clone()).collect();
             let ready: Vec<DrvOutputId> = self
                 .pending
                 .values()
-                .filter(|r| in_cache(&r.out_path))
+                .filter(|r| in_cache(&r.out_path) || look_up.contains(&r.id))
                 .filter(|r| {
                     // A dependency still being written by an earlier release is waited for.
                     r.dependent_realisations.keys().all(|dep| {
@@ -101,6 +148,9 @@ impl Realisations {
             }
             for id in ready {
                 let realisation = self.pending.remove(&id).expect("listed from pending");
+                if !in_cache(&realisation.out_path) && !outputs.contains(&realisation.out_path) {
+                    outputs.push(realisation.out_path.clone());
+                }
                 for dep in realisation.dependent_realisations.keys() {
                     if !taken.contains(dep)
                         && !self.published.contains(dep)
@@ -114,7 +164,11 @@ impl Realisations {
                 ordered.push(realisation);
             }
         }
-        (!ordered.is_empty()).then_some(Release { ordered, external })
+        (!ordered.is_empty()).then_some(Release {
+            ordered,
+            external,
+            outputs,
+        })
     }
 
     /// Records how publishing `ids` ended; returns the held paths now free to be reported
@@ -151,6 +205,19 @@ impl Realisations {
 pub(super) async fn publish(config: &EngineConfig, release: Release) -> Done {
     let ids: Vec<DrvOutputId> = release.ordered.iter().map(|r| r.id.clone()).collect();
     let result = async {
+        for output in &release.outputs {
+            if !config.sink.exists(&layout::narinfo_key(output)).await? {
+                let id = release
+                    .ordered
+                    .iter()
+                    .find(|r| &r.out_path == output)
+                    .map_or_else(String::new, |r| r.id.to_string());
+                return Err(UploadError::RealisationOutputMissing {
+                    id,
+                    output: output.to_absolute(),
+                });
+            }
+        }
         for dep in &release.external {
             if !config.sink.exists(&layout::realisation_key(dep)).await? {
                 let dependent = release

@@ -216,9 +216,7 @@ async fn store_whole(
         let (measured, spill) = produce(
             &source, &expected, &settings, workers, spill, &progress, stop,
         )?;
-        let spilled = spill
-            .finish()
-            .map_err(|e| compressing_failed(&source, &e))?;
+        let spilled = spill.finish().map_err(|e| compressing_failed(&source, e))?;
         Ok((measured, spilled))
     })?;
     let (measured, spilled) = match finish_producer(producer, info).await {
@@ -272,7 +270,7 @@ async fn store_in_parts(
         )?;
         splitter
             .send(true)
-            .map_err(|e| compressing_failed(&source, &e))?;
+            .map_err(|e| compressing_failed(&source, e))?;
         Ok((measured, ()))
     })?;
 
@@ -317,10 +315,11 @@ async fn store_in_parts(
     }
 }
 
-fn compressing_failed(source: &std::path::Path, error: &io::Error) -> UploadError {
-    UploadError::Internal {
+fn compressing_failed(source: &std::path::Path, error: io::Error) -> UploadError {
+    UploadError::Resource {
         path: source.display().to_string(),
-        detail: format!("compressing the NAR failed: {error}"),
+        what: "compressing the NAR failed",
+        source: error,
     }
 }
 
@@ -381,7 +380,7 @@ fn produce<W: Write>(
     stop: &Stop,
 ) -> Result<(Measured, W), UploadError> {
     let path = source.display().to_string();
-    let io_failed = |e: io::Error| compressing_failed(source, &e);
+    let io_failed = |e: io::Error| compressing_failed(source, e);
     let compressed = HashingWriter::new(output);
     let encoder = Encoder::new(
         settings.compression,

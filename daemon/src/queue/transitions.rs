@@ -21,14 +21,17 @@ impl Queue {
             }
             let entry = Entry {
                 state: State::Pending,
-                attempts: match why {
+                attempts: match &why {
                     Interrupted::Shutdown => raw.entry.attempts.saturating_sub(1),
-                    Interrupted::Crash => raw.entry.attempts,
+                    Interrupted::Crash | Interrupted::Fatal(_) => raw.entry.attempts,
                 },
-                last_error: match why {
+                last_error: match &why {
                     Interrupted::Shutdown => raw.entry.last_error.clone(),
                     Interrupted::Crash => {
                         Some("interrupted: the daemon stopped (crash or kill) or its queue database failed during the upload".to_owned())
+                    }
+                    Interrupted::Fatal(reason) => {
+                        Some(format!("interrupted: the daemon stopped during the upload: {reason}"))
                     }
                 },
                 updated_ms: now,

@@ -139,3 +139,58 @@ async fn a_cache_that_does_not_answer_is_asked_once_per_outage() {
         "a cache marked down was asked: {accepted:?}"
     );
 }
+
+#[tokio::test]
+async fn an_endless_answer_is_cut_off_at_the_narinfo_limit_not_read_until_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // A server that sends more than any narinfo, then holds the connection open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/x-nix-narinfo\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..(2 * MAX_NARINFO / chunk.len()) {
+            if socket.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(REQUEST_TIMEOUT * 2).await;
+    });
+    let key = SigningKey::generate("upstream-1").unwrap();
+    let url = UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let upstream = Upstream::new(vec![url], vec![key.public_key()]);
+    let started = Instant::now();
+    assert_eq!(upstream.serves(&path("a")).await, None);
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        lock(&upstream.caches[0].down_until).is_none(),
+        "it answered (too much): not down"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_file_cache_answer_beyond_the_limit_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate("upstream-1").unwrap();
+    let served = path("a");
+    let mut text = narinfo_text(Some(&key), &served);
+    text.push_str(&"x".repeat(MAX_NARINFO));
+    std::fs::write(
+        dir.path().join(format!("{}.narinfo", served.hash_part())),
+        text,
+    )
+    .unwrap();
+    let file = dir.path().join(format!("{}.narinfo", served.hash_part()));
+    assert!(matches!(read_file(&file).await, Answer::TooLarge(at) if at.contains(".narinfo")));
+}

@@ -34,8 +34,8 @@ fn ids(release: &Release) -> Vec<DrvOutputId> {
 fn nothing_is_released_before_its_output_is_in_the_cache() {
     let mut held = Realisations::default();
     held.add(vec![realisation(1, "a", &[])]);
-    assert!(held.release(|_| false).is_none());
-    let release = held.release(|p| p == &path("a")).unwrap();
+    assert!(held.release(|_| false, |_| false).is_none());
+    let release = held.release(|p| p == &path("a"), |_| false).unwrap();
     assert_eq!(ids(&release), vec![id(1)]);
     assert!(release.external.is_empty());
 }
@@ -48,30 +48,51 @@ fn dependencies_are_written_before_their_dependents() {
         realisation(2, "b", &[(1, "a")]),
         realisation(1, "a", &[]),
     ]);
-    let release = held.release(|_| true).unwrap();
+    let release = held.release(|_| true, |_| false).unwrap();
     assert_eq!(ids(&release), vec![id(1), id(2)]);
     assert!(release.external.is_empty());
 }
 
 #[test]
-fn a_dependent_waits_for_a_dependency_whose_output_is_not_in_the_cache() {
+fn a_dependent_waits_for_a_dependency_whose_output_is_being_uploaded() {
     let mut held = Realisations::default();
     held.add(vec![
         realisation(2, "b", &[(1, "a")]),
         realisation(1, "a", &[]),
     ]);
-    assert!(held.release(|p| p == &path("b")).is_none());
+    assert!(held
+        .release(|p| p == &path("b"), |p| p == &path("a"))
+        .is_none());
+}
+
+#[test]
+fn a_dependency_whose_output_nobody_uploads_is_looked_up_not_waited_for() {
+    let mut held = Realisations::default();
+    held.add(vec![
+        realisation(3, "c", &[(2, "b")]),
+        realisation(2, "b", &[(1, "a")]),
+        realisation(1, "a", &[]),
+        // Not a dependency of anything in the cache: left alone.
+        realisation(4, "d", &[]),
+    ]);
+    let release = held.release(|p| p == &path("c"), |_| false).unwrap();
+    assert_eq!(ids(&release), vec![id(1), id(2), id(3)]);
+    assert_eq!(release.outputs, vec![path("a"), path("b")]);
+    assert!(held.hold(&path("d")), "d's realisation still waits for d");
 }
 
 #[test]
 fn a_dependency_written_by_an_earlier_release_is_waited_for_then_not_checked_again() {
     let mut held = Realisations::default();
     held.add(vec![realisation(1, "a", &[])]);
-    let first = held.release(|_| true).unwrap();
+    let first = held.release(|_| true, |_| false).unwrap();
     held.add(vec![realisation(2, "b", &[(1, "a")])]);
-    assert!(held.release(|_| true).is_none(), "a is still being written");
+    assert!(
+        held.release(|_| true, |_| false).is_none(),
+        "a is still being written"
+    );
     assert!(held.finished(&ids(&first), false).is_empty());
-    let second = held.release(|_| true).unwrap();
+    let second = held.release(|_| true, |_| false).unwrap();
     assert_eq!(ids(&second), vec![id(2)]);
     assert!(second.external.is_empty(), "a was published by this engine");
 }
@@ -80,7 +101,7 @@ fn a_dependency_written_by_an_earlier_release_is_waited_for_then_not_checked_aga
 fn an_unknown_dependency_is_left_for_the_task_to_find_in_the_cache() {
     let mut held = Realisations::default();
     held.add(vec![realisation(2, "b", &[(1, "a")])]);
-    let release = held.release(|_| true).unwrap();
+    let release = held.release(|_| true, |_| false).unwrap();
     assert_eq!(release.external, vec![id(1)]);
 }
 
@@ -90,14 +111,14 @@ fn a_done_path_is_held_until_its_realisations_are_published_or_failed() {
     held.add(vec![realisation(1, "a", &[]), realisation(2, "b", &[])]);
     assert!(held.hold(&path("a")));
     assert!(!held.hold(&path("c")), "no realisation: reported at once");
-    let release = held.release(|p| p == &path("a")).unwrap();
+    let release = held.release(|p| p == &path("a"), |_| false).unwrap();
     assert_eq!(
         held.finished(&ids(&release), false),
         vec![(path("a"), false)]
     );
 
     assert!(held.hold(&path("b")));
-    let release = held.release(|_| true).unwrap();
+    let release = held.release(|_| true, |_| false).unwrap();
     assert_eq!(held.finished(&ids(&release), true), vec![(path("b"), true)]);
     assert!(!held.hold(&path("b")), "a failed realisation is forgotten");
 }
