@@ -52,7 +52,11 @@
 //!
 //! Every change of one record is a compare-and-swap on the bytes read: a record changed by
 //! someone else in between (an entry re-queued and acknowledged while `prune` or `take_due`
-//! looked at an older copy) is left as the other writer made it.
+//! looked at an older copy) is left as the other writer made it. A transition that no longer
+//! applies to the record as it now is ([`transitions::Change::Keep`]: `retry` of an entry
+//! that another `retry` or an enqueue already made pending, `finish` of a record that does
+//! not decode) leaves it exactly as it is; only `prune` (and `retry` of a corrupt record
+//! whose key is no store path) ever removes a record.
 //!
 //! # Bounds
 //!
@@ -165,6 +169,12 @@ pub enum QueueError {
     Closed { reason: String },
     #[error("queue record for {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("cannot encode the queue record for {key}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 pub fn now_ms() -> u64 {
@@ -397,40 +407,13 @@ impl Queue {
     /// was read; returns whether it was.
     fn swap(&self, raw: &Raw, new: Option<&Entry>) -> Result<bool, QueueError> {
         self.with(|h| {
-            let swapped = h.paths.compare_and_swap(
-                raw.key.as_bytes(),
-                Some(&raw.bytes),
-                new.map(record::encode),
-            )?;
+            let new = new.map(record::encode).transpose()?;
+            let swapped = h
+                .paths
+                .compare_and_swap(raw.key.as_bytes(), Some(&raw.bytes), new)?;
             h.wrote();
             Ok(swapped.is_ok())
         })
-    }
-
-    /// Atomically replaces the entry of `path` by `change(old)`.
-    fn update(
-        &self,
-        handle: &Handle,
-        path: &str,
-        change: impl Fn(Option<Entry>) -> Option<Entry>,
-    ) -> Result<(), QueueError> {
-        let mut corrupt = None;
-        handle.paths.fetch_and_update(path.as_bytes(), |old| {
-            let old = match old.map(|bytes| record::decode(path, bytes)).transpose() {
-                Ok(old) => old,
-                Err(e) => {
-                    corrupt = Some(e);
-                    None
-                }
-            };
-            change(old).map(|entry| record::encode(&entry))
-        })?;
-        handle.wrote();
-        if let Some(e) = corrupt {
-            // The corrupt record was replaced by the new one; say so, since history was lost.
-            tracing::warn!(error = %e, "replaced a corrupt queue record");
-        }
-        Ok(())
     }
 }
 
