@@ -31,9 +31,11 @@
 //! returns only after the new records are durable. Durable means sled's
 //! flush followed by `fdatasync` of its log file (see [`storage`]), so that it survives a
 //! crash or a power loss. Flushes are group-committed: concurrent enqueues
-//! wait on one flush instead of one each. State changes made by the pipeline (pending →
-//! uploading → done) are not flushed one by one; losing them in a crash only means a path is
-//! uploaded again, which is harmless, never that one is lost.
+//! wait on one flush instead of one each. A failed sync fails every flush that waited on it
+//! and every later one ([`QueueError::Unsynced`]) until [`Queue::reopen`]: a second sync that
+//! succeeds does not bring back writes the first lost. State changes made by the pipeline
+//! (pending → uploading → done) are not flushed one by one; losing them in a crash only means
+//! a path is uploaded again, which is harmless, never that one is lost.
 //!
 //! # Attempts
 //!
@@ -175,6 +177,11 @@ pub enum QueueError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "an earlier sync of the queue database's file {file} failed, so this write is not known \
+         to be on disk (nothing is acknowledged until the database is opened again)"
+    )]
+    Unsynced { file: String },
 }
 
 pub fn now_ms() -> u64 {
@@ -271,6 +278,14 @@ impl Queue {
         self.inner.broken.store(true, Ordering::SeqCst);
     }
 
+    /// Replaces the `fdatasync` of the open database's log (the queue must be just opened).
+    #[cfg(test)]
+    pub(crate) fn set_sync_for_test(&self, sync_data: group_commit::SyncData) {
+        let mut handle = write_lock(&self.inner.handle);
+        let handle = handle.as_mut().and_then(Arc::get_mut);
+        handle.expect("no other user of the handle yet").sync_data = sync_data;
+    }
+
     fn handle(&self) -> Result<Arc<Handle>, QueueError> {
         let current = match self.inner.handle.read() {
             Ok(handle) => handle.clone(),
@@ -287,7 +302,10 @@ impl Queue {
     fn failed(&self, error: QueueError) -> QueueError {
         if matches!(
             error,
-            QueueError::Open { .. } | QueueError::Sled(_) | QueueError::Sync { .. }
+            QueueError::Open { .. }
+                | QueueError::Sled(_)
+                | QueueError::Sync { .. }
+                | QueueError::Unsynced { .. }
         ) {
             *lock(&self.inner.failure) = Some(crate::error_chain(&error));
             self.inner.broken.store(true, Ordering::SeqCst);

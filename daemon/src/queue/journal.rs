@@ -48,8 +48,11 @@
 //! corrupt record with readable ones after it is logged as an error with its offset, and the
 //! records after it are kept. If a write or a sync fails, the journal is not used again
 //! until the daemon restarts (after a failed `fdatasync` the file's contents are unknown);
-//! requests then go to the queue directly.
+//! requests then go to the queue directly. That includes every append waiting on the failed
+//! sync or written before it: none of them is acknowledged from the journal
+//! ([`JournalError::Unsynced`]; see [`super::group_commit`]).
 
+mod mark;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -61,38 +64,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, SyncData};
 use super::NewPath;
+pub use mark::Mark;
 pub use record::Problem;
 
 /// The journal's size: room for thousands of requests between two moves.
 pub const JOURNAL_SIZE: u64 = 4 << 20;
 /// The journal's file name in the state directory.
 pub const FILE_NAME: &str = "intake.journal";
-
-/// How far the journal has been moved into the queue: every record of an earlier generation,
-/// and those of `generation` that end at or before `end`. Ordered by generation, then end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Mark {
-    pub generation: u64,
-    pub end: u64,
-}
-
-impl Mark {
-    pub fn to_bytes(self) -> [u8; 16] {
-        let mut bytes = [0; 16];
-        bytes[..8].copy_from_slice(&self.generation.to_be_bytes());
-        bytes[8..].copy_from_slice(&self.end.to_be_bytes());
-        bytes
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Option<Mark> {
-        Some(Mark {
-            generation: u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?),
-            end: u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?),
-        })
-    }
-}
 
 /// Records appended and not yet moved, in the order they were written.
 #[derive(Debug)]
@@ -135,6 +115,11 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "an earlier sync of the intake journal {path} failed, so this record is not known to \
+         be on disk"
+    )]
+    Unsynced { path: String },
     #[error("the intake journal {path} failed earlier; it is not used until the daemon restarts")]
     Failed { path: String },
 }
@@ -163,6 +148,8 @@ pub struct Journal {
     size: u64,
     writer: Mutex<Writer>,
     commit: GroupCommit,
+    /// `fdatasync` of the file (a failing one in tests).
+    sync_data: SyncData,
     failed: AtomicBool,
 }
 
@@ -234,6 +221,7 @@ impl Journal {
             size,
             writer: Mutex::new(writer),
             commit: GroupCommit::short(),
+            sync_data: File::sync_data,
             failed: AtomicBool::new(false),
         };
         Ok((journal, recovered))
@@ -249,17 +237,25 @@ impl Journal {
             Some(seq) => seq,
             None => return Ok(Appended::NoRoom),
         };
-        self.commit
-            .commit(|| self.file.sync_data())
-            .await
-            .map_err(|source| {
-                self.failed.store(true, Ordering::SeqCst);
-                JournalError::Sync {
-                    path: self.path.display().to_string(),
-                    source,
-                }
-            })?;
+        self.sync().await?;
         Ok(Appended::Durable(seq))
+    }
+
+    /// Waits until every record written so far is on disk; once a sync failed, never again.
+    async fn sync(&self) -> Result<(), JournalError> {
+        let path = || self.path.display().to_string();
+        let synced = self.commit.commit(
+            || {
+                (self.sync_data)(&self.file).map_err(|source| JournalError::Sync {
+                    path: path(),
+                    source,
+                })
+            },
+            || JournalError::Unsynced { path: path() },
+        );
+        synced
+            .await
+            .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))
     }
 
     /// The write half of [`Journal::append`]: the record's sequence number, or `None` when it

@@ -329,3 +329,36 @@ async fn what_the_queue_lost_before_its_checkpoint_is_moved_again_in_order() {
     assert_eq!(names(&again.paths), [A, B, C]);
     assert_eq!(again.seq, 3);
 }
+
+fn fails_first_sync(file: &File) -> io::Result<()> {
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    if FAILED.swap(true, Ordering::SeqCst) {
+        file.sync_data()
+    } else {
+        Err(io::Error::from_raw_os_error(5))
+    }
+}
+
+#[tokio::test]
+async fn no_record_written_before_a_failed_sync_or_after_it_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, _) = reopen(dir.path(), None);
+    journal.sync_data = fails_first_sync;
+    // Two appends wrote their records; the first to sync covers both, and its sync fails.
+    journal.write(&[new(A)]).unwrap().unwrap();
+    journal.write(&[new(B)]).unwrap().unwrap();
+    assert!(matches!(
+        journal.sync().await,
+        Err(JournalError::Sync { source, .. }) if source.raw_os_error() == Some(5)
+    ));
+    // The second append's sync would return 0 now (Linux reports the error once).
+    assert!(matches!(
+        journal.sync().await,
+        Err(JournalError::Unsynced { .. })
+    ));
+    assert!(journal.has_failed());
+    assert!(matches!(
+        journal.append(&[new(C)]).await,
+        Err(JournalError::Failed { .. })
+    ));
+}
