@@ -31,7 +31,7 @@
 //! meanwhile), the journal starts over: the next record goes to offset 0 with the next
 //! generation. Nothing is synced for that: the mark in the queue already says that every
 //! record of the old generation is moved, and the terminator behind each new record keeps
-//! the old ones from being read as current. (A zero length is written at offset 0 at once,
+//! the old ones from being read as current. (A terminator is written at offset 0 at once,
 //! unsynced, only so that the next start does not read the old records again.) If the queue
 //! fails before the checkpoint, [`Journal::rewind`] gives the records back to be moved again.
 //!
@@ -52,6 +52,7 @@
 //! sync or written before it: none of them is acknowledged from the journal
 //! ([`JournalError::Unsynced`]; see [`super::group_commit`]).
 
+mod legacy;
 mod mark;
 mod record;
 #[cfg(test)]
@@ -122,6 +123,13 @@ pub enum JournalError {
     Unsynced { path: String },
     #[error("the intake journal {path} failed earlier; it is not used until the daemon restarts")]
     Failed { path: String },
+    #[error("cannot encode a journal record of {count} path(s), the first {first}")]
+    Encode {
+        count: usize,
+        first: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// One record waiting for the mover.
@@ -272,7 +280,15 @@ impl Journal {
         if self.failed.load(Ordering::SeqCst) {
             return Err(failed());
         }
-        let bytes = record::encode(writer.generation, paths);
+        let bytes =
+            record::encode(writer.generation, paths).map_err(|source| JournalError::Encode {
+                count: paths.len(),
+                first: paths
+                    .first()
+                    .map(|p| p.path.to_absolute())
+                    .unwrap_or_default(),
+                source,
+            })?;
         let record_len = (bytes.len() - record::TERMINATOR) as u64;
         if bytes.len() - record::HEADER - record::TERMINATOR > record::MAX_PAYLOAD
             || writer.head + bytes.len() as u64 > self.size
