@@ -23,6 +23,9 @@
 //! - A record whose header holds but whose body checksum fails has a trustworthy length.
 //! - Four zero bytes with a readable record of the current generation behind them are a
 //!   zeroed marker (damage), not the end.
+//! - Only a header that holds vouches for a generation: when the first record's header is
+//!   garbled, the first readable record after it sets the current generation (records the
+//!   queue already holds are then skipped by their mark, as at every start).
 //! - A damaged record with no readable record of the same generation after it is a torn tail
 //!   (a crash during a write that was never acknowledged); one followed by a readable record,
 //!   or one whose checksums hold but whose payload does not decode, is corruption in the
