@@ -31,9 +31,11 @@
 //! returns only after the new records are durable. Durable means sled's
 //! flush followed by `fdatasync` of its log file (see [`storage`]), so that it survives a
 //! crash or a power loss. Flushes are group-committed: concurrent enqueues
-//! wait on one flush instead of one each. State changes made by the pipeline (pending →
-//! uploading → done) are not flushed one by one; losing them in a crash only means a path is
-//! uploaded again, which is harmless, never that one is lost.
+//! wait on one flush instead of one each. A failed sync fails every flush that waited on it
+//! and every later one ([`QueueError::Unsynced`]) until [`Queue::reopen`]: a second sync that
+//! succeeds does not bring back writes the first lost. State changes made by the pipeline
+//! (pending → uploading → done) are not flushed one by one; losing them in a crash only means
+//! a path is uploaded again, which is harmless, never that one is lost.
 //!
 //! # Attempts
 //!
@@ -52,7 +54,11 @@
 //!
 //! Every change of one record is a compare-and-swap on the bytes read: a record changed by
 //! someone else in between (an entry re-queued and acknowledged while `prune` or `take_due`
-//! looked at an older copy) is left as the other writer made it.
+//! looked at an older copy) is left as the other writer made it. A transition that no longer
+//! applies to the record as it now is ([`transitions::Change::Keep`]: `retry` of an entry
+//! that another `retry` or an enqueue already made pending, `finish` of a record that does
+//! not decode) leaves it exactly as it is; only `prune` (and `retry` of a corrupt record
+//! whose key is no store path) ever removes a record.
 //!
 //! # Bounds
 //!
@@ -169,6 +175,17 @@ pub enum QueueError {
     Closed { reason: String },
     #[error("queue record for {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("cannot encode the queue record for {key}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "an earlier sync of the queue database's file {file} failed, so this write is not known \
+         to be on disk (nothing is acknowledged until the database is opened again)"
+    )]
+    Unsynced { file: String },
 }
 
 pub fn now_ms() -> u64 {
@@ -265,6 +282,14 @@ impl Queue {
         self.inner.broken.store(true, Ordering::SeqCst);
     }
 
+    /// Replaces the `fdatasync` of the open database's log (the queue must be just opened).
+    #[cfg(test)]
+    pub(crate) fn set_sync_for_test(&self, sync_data: group_commit::SyncData) {
+        let mut handle = write_lock(&self.inner.handle);
+        let handle = handle.as_mut().and_then(Arc::get_mut);
+        handle.expect("no other user of the handle yet").sync_data = sync_data;
+    }
+
     fn handle(&self) -> Result<Arc<Handle>, QueueError> {
         let current = match self.inner.handle.read() {
             Ok(handle) => handle.clone(),
@@ -281,7 +306,10 @@ impl Queue {
     fn failed(&self, error: QueueError) -> QueueError {
         if matches!(
             error,
-            QueueError::Open { .. } | QueueError::Sled(_) | QueueError::Sync { .. }
+            QueueError::Open { .. }
+                | QueueError::Sled(_)
+                | QueueError::Sync { .. }
+                | QueueError::Unsynced { .. }
         ) {
             *lock(&self.inner.failure) = Some(crate::error_chain(&error));
             self.inner.broken.store(true, Ordering::SeqCst);
@@ -401,40 +429,13 @@ impl Queue {
     /// was read; returns whether it was.
     fn swap(&self, raw: &Raw, new: Option<&Entry>) -> Result<bool, QueueError> {
         self.with(|h| {
-            let swapped = h.paths.compare_and_swap(
-                raw.key.as_bytes(),
-                Some(&raw.bytes),
-                new.map(record::encode),
-            )?;
+            let new = new.map(record::encode).transpose()?;
+            let swapped = h
+                .paths
+                .compare_and_swap(raw.key.as_bytes(), Some(&raw.bytes), new)?;
             h.wrote();
             Ok(swapped.is_ok())
         })
-    }
-
-    /// Atomically replaces the entry of `path` by `change(old)`.
-    fn update(
-        &self,
-        handle: &Handle,
-        path: &str,
-        change: impl Fn(Option<Entry>) -> Option<Entry>,
-    ) -> Result<(), QueueError> {
-        let mut corrupt = None;
-        handle.paths.fetch_and_update(path.as_bytes(), |old| {
-            let old = match old.map(|bytes| record::decode(path, bytes)).transpose() {
-                Ok(old) => old,
-                Err(e) => {
-                    corrupt = Some(e);
-                    None
-                }
-            };
-            change(old).map(|entry| record::encode(&entry))
-        })?;
-        handle.wrote();
-        if let Some(e) = corrupt {
-            // The corrupt record was replaced by the new one; say so, since history was lost.
-            tracing::warn!(error = %e, "replaced a corrupt queue record");
-        }
-        Ok(())
     }
 }
 

@@ -83,19 +83,19 @@ fn requests_acknowledged_into_the_journal_alone_are_uploaded_after_a_kill() {
     assert_eq!(log.matches("the intake journal holds").count(), 1, "{log}");
 }
 
-/// Offsets of the records in a journal file (each: u32 length, u32 crc, u64 generation,
-/// payload; a zero length ends them).
+/// Bytes before a journal record's payload: marker, header checksum, length (at 8), generation,
+/// payload checksum.
+const HEADER: usize = 24;
+
+/// Offsets of the records in a journal file (four zero bytes end them).
 fn record_offsets(journal: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut at = 0;
-    loop {
-        let length = u32::from_le_bytes(journal[at..at + 4].try_into().unwrap()) as usize;
-        if length == 0 {
-            return offsets;
-        }
+    while journal[at..at + 4] != [0; 4] {
         offsets.push(at);
-        at += 16 + length;
+        at += HEADER + u32::from_le_bytes(journal[at + 8..at + 12].try_into().unwrap()) as usize;
     }
+    offsets
 }
 
 #[test]
@@ -108,17 +108,17 @@ fn a_damaged_journal_is_reported_with_file_and_offset_and_its_readable_records_a
     }
     daemon.kill_9();
 
-    // The second record rots on disk; the fourth was cut short by the crash.
+    // The second record's length rots on disk; the fourth was cut short by the crash.
     let file = daemon.state.join("intake.journal");
     let bytes = std::fs::read(&file).unwrap();
     let offsets = record_offsets(&bytes);
     assert_eq!(offsets.len(), 4, "one record per push");
     let journal = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     journal
-        .write_all_at(b"#", (offsets[1] + 16 + 10) as u64)
+        .write_all_at(&[bytes[offsets[1] + 8] ^ 0x40], (offsets[1] + 8) as u64)
         .unwrap();
     journal
-        .write_all_at(&[0; 8], (offsets[3] + 16 + 4) as u64)
+        .write_all_at(&[0; 8], (offsets[3] + HEADER + 4) as u64)
         .unwrap();
 
     daemon.remove_env(HOLD);

@@ -31,7 +31,7 @@
 //! meanwhile), the journal starts over: the next record goes to offset 0 with the next
 //! generation. Nothing is synced for that: the mark in the queue already says that every
 //! record of the old generation is moved, and the terminator behind each new record keeps
-//! the old ones from being read as current. (A zero length is written at offset 0 at once,
+//! the old ones from being read as current. (A terminator is written at offset 0 at once,
 //! unsynced, only so that the next start does not read the old records again.) If the queue
 //! fails before the checkpoint, [`Journal::rewind`] gives the records back to be moved again.
 //!
@@ -48,8 +48,12 @@
 //! corrupt record with readable ones after it is logged as an error with its offset, and the
 //! records after it are kept. If a write or a sync fails, the journal is not used again
 //! until the daemon restarts (after a failed `fdatasync` the file's contents are unknown);
-//! requests then go to the queue directly.
+//! requests then go to the queue directly. That includes every append waiting on the failed
+//! sync or written before it: none of them is acknowledged from the journal
+//! ([`JournalError::Unsynced`]; see [`super::group_commit`]).
 
+mod legacy;
+mod mark;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -61,38 +65,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, SyncData};
 use super::NewPath;
+pub use mark::Mark;
 pub use record::Problem;
 
 /// The journal's size: room for thousands of requests between two moves.
 pub const JOURNAL_SIZE: u64 = 4 << 20;
 /// The journal's file name in the state directory.
 pub const FILE_NAME: &str = "intake.journal";
-
-/// How far the journal has been moved into the queue: every record of an earlier generation,
-/// and those of `generation` that end at or before `end`. Ordered by generation, then end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Mark {
-    pub generation: u64,
-    pub end: u64,
-}
-
-impl Mark {
-    pub fn to_bytes(self) -> [u8; 16] {
-        let mut bytes = [0; 16];
-        bytes[..8].copy_from_slice(&self.generation.to_be_bytes());
-        bytes[8..].copy_from_slice(&self.end.to_be_bytes());
-        bytes
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Option<Mark> {
-        Some(Mark {
-            generation: u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?),
-            end: u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?),
-        })
-    }
-}
 
 /// Records appended and not yet moved, in the order they were written.
 #[derive(Debug)]
@@ -135,8 +116,20 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "an earlier sync of the intake journal {path} failed, so this record is not known to \
+         be on disk"
+    )]
+    Unsynced { path: String },
     #[error("the intake journal {path} failed earlier; it is not used until the daemon restarts")]
     Failed { path: String },
+    #[error("cannot encode a journal record of {count} path(s), the first {first}")]
+    Encode {
+        count: usize,
+        first: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// One record waiting for the mover.
@@ -163,6 +156,8 @@ pub struct Journal {
     size: u64,
     writer: Mutex<Writer>,
     commit: GroupCommit,
+    /// `fdatasync` of the file (a failing one in tests).
+    sync_data: SyncData,
     failed: AtomicBool,
 }
 
@@ -234,6 +229,7 @@ impl Journal {
             size,
             writer: Mutex::new(writer),
             commit: GroupCommit::short(),
+            sync_data: File::sync_data,
             failed: AtomicBool::new(false),
         };
         Ok((journal, recovered))
@@ -249,17 +245,25 @@ impl Journal {
             Some(seq) => seq,
             None => return Ok(Appended::NoRoom),
         };
-        self.commit
-            .commit(|| self.file.sync_data())
-            .await
-            .map_err(|source| {
-                self.failed.store(true, Ordering::SeqCst);
-                JournalError::Sync {
-                    path: self.path.display().to_string(),
-                    source,
-                }
-            })?;
+        self.sync().await?;
         Ok(Appended::Durable(seq))
+    }
+
+    /// Waits until every record written so far is on disk; once a sync failed, never again.
+    async fn sync(&self) -> Result<(), JournalError> {
+        let path = || self.path.display().to_string();
+        let synced = self.commit.commit(
+            || {
+                (self.sync_data)(&self.file).map_err(|source| JournalError::Sync {
+                    path: path(),
+                    source,
+                })
+            },
+            || JournalError::Unsynced { path: path() },
+        );
+        synced
+            .await
+            .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))
     }
 
     /// The write half of [`Journal::append`]: the record's sequence number, or `None` when it
@@ -276,7 +280,15 @@ impl Journal {
         if self.failed.load(Ordering::SeqCst) {
             return Err(failed());
         }
-        let bytes = record::encode(writer.generation, paths);
+        let bytes =
+            record::encode(writer.generation, paths).map_err(|source| JournalError::Encode {
+                count: paths.len(),
+                first: paths
+                    .first()
+                    .map(|p| p.path.to_absolute())
+                    .unwrap_or_default(),
+                source,
+            })?;
         let record_len = (bytes.len() - record::TERMINATOR) as u64;
         if bytes.len() - record::HEADER - record::TERMINATOR > record::MAX_PAYLOAD
             || writer.head + bytes.len() as u64 > self.size

@@ -49,8 +49,12 @@ pub struct CorruptRecord {
     pub reason: String,
 }
 
-pub(super) fn encode(entry: &Entry) -> Vec<u8> {
-    serde_json::to_vec(entry).unwrap_or_default()
+/// The record's bytes; an entry that cannot be encoded is an error, never an empty record.
+pub(super) fn encode(entry: &Entry) -> Result<Vec<u8>, QueueError> {
+    serde_json::to_vec(entry).map_err(|source| QueueError::Encode {
+        key: entry.path.to_absolute(),
+        source,
+    })
 }
 
 pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<Entry, QueueError> {

@@ -7,6 +7,9 @@
 //!   `fdatasync` of sled's log file (`<dir>/db`, where every record lives; values this small
 //!   never go to `blobs/`), and [`Handle::open`] syncs the directory once, so the file itself
 //!   survives a power loss.
+//! - **A failed sync.** After a failed `fdatasync` of the log, nothing written to this handle
+//!   and not synced before counts as durable: every later flush fails
+//!   ([`QueueError::Unsynced`]; see [`super::group_commit`]) until the database is reopened.
 //! - **Recovery.** After an I/O error (a full disk) sled stays failed: every later call returns
 //!   the error. [`Queue::reopen`](super::Queue::reopen) drops the failed handle and opens the
 //!   database again, as a restart would (sled recovers its log up to the last complete write).
@@ -21,7 +24,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, SyncData};
 use super::QueueError;
 
 /// An open database: sled, its three trees, and its log file for syncing.
@@ -33,6 +36,8 @@ pub(super) struct Handle {
     log: File,
     /// Per handle: a write made to a failed handle is never covered by a flush of its successor.
     commit: GroupCommit,
+    /// `fdatasync` of the log (a failing one in tests).
+    pub sync_data: SyncData,
 }
 
 impl Handle {
@@ -70,6 +75,7 @@ impl Handle {
             intake,
             log,
             commit: GroupCommit::default(),
+            sync_data: File::sync_data,
         })
     }
 
@@ -88,12 +94,15 @@ impl Handle {
 
     /// Waits until every write made to this handle so far is durable.
     pub async fn flush(&self, dir: &Path) -> Result<(), QueueError> {
-        self.commit.commit(|| self.flush_durably(dir)).await
+        self.commit
+            .commit(|| self.flush_durably(dir), || unsynced(dir))
+            .await
     }
 
     /// [`Handle::flush`] on the calling thread, outside any runtime (shutdown).
     pub fn flush_blocking(&self, dir: &Path) -> Result<(), QueueError> {
-        self.commit.commit_blocking(|| self.flush_durably(dir))
+        self.commit
+            .commit_blocking(|| self.flush_durably(dir), || unsynced(dir))
     }
 
     /// Counts a write for the group commit.
@@ -104,10 +113,17 @@ impl Handle {
     /// sled's flush, then fdatasync of its log: on return, every write made before is durable.
     fn flush_durably(&self, dir: &Path) -> Result<(), QueueError> {
         self.db.flush()?;
-        self.log.sync_data().map_err(|source| QueueError::Sync {
+        (self.sync_data)(&self.log).map_err(|source| QueueError::Sync {
             file: dir.join("db").display().to_string(),
             source,
         })
+    }
+}
+
+/// The error of a flush after a failed sync (see [`GroupCommit`]).
+fn unsynced(dir: &Path) -> QueueError {
+    QueueError::Unsynced {
+        file: dir.join("db").display().to_string(),
     }
 }
 
@@ -129,3 +145,6 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, QueueError> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests;

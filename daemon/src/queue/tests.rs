@@ -1,5 +1,6 @@
 //! The queue's contract: what survives a reopen, and how states move.
 
+use super::transitions::{Change, Current};
 use super::*;
 
 const A: &str = "/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep";
@@ -200,12 +201,13 @@ async fn prune_keeps_the_newest_done_entries_up_to_the_cap() {
     for (n, item) in all.iter().enumerate() {
         let handle = queue.handle().unwrap();
         queue
-            .update(&handle, &item.path.to_absolute(), |old| {
-                old.map(|e| Entry {
+            .update(&handle, &item.path.to_absolute(), |current| match current {
+                Current::Entry(e) => Change::Put(Entry {
                     state: State::Done,
                     updated_ms: 1_000 + n as u64,
                     ..e
-                })
+                }),
+                _ => Change::Keep,
             })
             .unwrap();
     }
@@ -339,7 +341,7 @@ fn a_record_written_before_realisations_existed_still_decodes() {
     );
     let entry = record::decode(A, old.as_bytes()).unwrap();
     assert!(entry.realisations.is_empty());
-    let encoded = String::from_utf8(record::encode(&entry)).unwrap();
+    let encoded = String::from_utf8(record::encode(&entry).unwrap()).unwrap();
     assert_eq!(
         encoded, old,
         "an entry without realisations is stored as before"

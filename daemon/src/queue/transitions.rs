@@ -1,6 +1,8 @@
 //! How entries move between states: enqueue, take, finish, retry, requeue and prune, each
 //! written so that a concurrent change of the same record is never overwritten with an older
-//! copy (see the queue's module doc).
+//! copy, and a transition that no longer applies leaves the record as it is (see the queue's
+//! module doc). The read-modify-write transitions are pure functions from the record as it is
+//! now to a [`Change`], so each "does not apply" case is stated (and tested) once.
 
 use super::journal::Mark;
 use super::storage::Handle;
@@ -11,7 +13,60 @@ use super::{
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
 
+/// A record as [`Queue::update`] finds it.
+#[derive(Debug)]
+pub(super) enum Current {
+    Absent,
+    /// Bytes that do not decode (see [`super::CorruptRecord`]).
+    Corrupt,
+    Entry(Entry),
+}
+
+/// What [`Queue::update`] does to a record: a transition either applies or leaves the record
+/// exactly as it is (it never removes one).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Change {
+    /// The transition does not apply to the record as it is now.
+    Keep,
+    Put(Entry),
+}
+
 impl Queue {
+    /// Atomically replaces the record of `path` by what `change` makes of it, reading again
+    /// and asking `change` again whenever another writer changed the record in between;
+    /// returns whether the record was changed ([`Change::Keep`] writes nothing).
+    pub(super) fn update(
+        &self,
+        handle: &Handle,
+        path: &str,
+        change: impl Fn(Current) -> Change,
+    ) -> Result<bool, QueueError> {
+        loop {
+            let old = handle.paths.get(path.as_bytes())?;
+            let current = match &old {
+                None => Current::Absent,
+                Some(bytes) => record::decode(path, bytes).map_or(Current::Corrupt, Current::Entry),
+            };
+            let was_corrupt = matches!(current, Current::Corrupt);
+            let Change::Put(entry) = change(current) else {
+                return Ok(false);
+            };
+            let new = record::encode(&entry)?;
+            if handle
+                .paths
+                .compare_and_swap(path.as_bytes(), old.as_ref(), Some(new))?
+                .is_ok()
+            {
+                handle.wrote();
+                if was_corrupt {
+                    // History was lost with the corrupt record; say so.
+                    tracing::warn!(key = path, "replaced a corrupt queue record");
+                }
+                return Ok(true);
+            }
+        }
+    }
+
     /// Puts every `uploading` entry back to `pending`.
     pub fn requeue_uploading(&self, why: Interrupted) -> Result<(), QueueError> {
         let now = now_ms();
@@ -85,27 +140,8 @@ impl Queue {
     fn add(&self, handle: &Handle, new: &[NewPath]) -> Result<(), QueueError> {
         let now = now_ms();
         for item in new {
-            self.update(handle, &item.path.to_absolute(), |old| match old {
-                Some(mut entry) if matches!(entry.state, State::Pending | State::Uploading) => {
-                    for realisation in &item.realisations {
-                        if !entry.realisations.iter().any(|r| r.id == realisation.id) {
-                            entry.realisations.push(realisation.clone());
-                        }
-                    }
-                    Some(entry)
-                }
-                _ => Some(Entry {
-                    path: item.path.clone(),
-                    state: State::Pending,
-                    attempts: 0,
-                    next_attempt_ms: now,
-                    last_error: None,
-                    arrived_ms: now,
-                    source: item.source,
-                    drv: item.drv.clone(),
-                    updated_ms: now,
-                    realisations: item.realisations.clone(),
-                }),
+            self.update(handle, &item.path.to_absolute(), |current| {
+                added(current, item, now)
             })
             .map_err(|e| self.failed(e))?;
         }
@@ -177,68 +213,34 @@ impl Queue {
             .min())
     }
 
-    /// Records the end of an attempt (counted when it started).
+    /// Records the end of an attempt (counted when it started). A record that is gone or does
+    /// not decode is left as it is.
     pub fn finish(&self, path: &StorePath, outcome: &Outcome) -> Result<(), QueueError> {
         let now = now_ms();
         let handle = self.handle()?;
-        self.update(&handle, &path.to_absolute(), |old| {
-            let mut entry = old?;
-            entry.updated_ms = now;
-            match outcome {
-                Outcome::Done => {
-                    entry.state = State::Done;
-                    entry.last_error = None;
-                }
-                Outcome::RetryAt { at_ms, error } => {
-                    entry.state = State::Pending;
-                    entry.next_attempt_ms = *at_ms;
-                    entry.last_error = Some(error.clone());
-                }
-                Outcome::Failed { error } => {
-                    entry.state = State::Failed;
-                    entry.last_error = Some(error.clone());
-                }
-            }
-            Some(entry)
+        self.update(&handle, &path.to_absolute(), |current| {
+            finished(current, outcome, now)
         })
+        .map(drop)
         .map_err(|e| self.failed(e))
     }
 
-    /// Puts failed entries (all of them, or those named) back in the queue; returns how many.
-    /// With `all`, corrupt records are replaced by fresh entries (or removed when their key is
-    /// not a store path).
+    /// Puts failed entries (all of them, or those named) back in the queue; returns how many
+    /// this call changed (an entry made pending meanwhile by another retry or an enqueue is
+    /// left as it is, and not counted). With `all`, corrupt records are replaced by fresh
+    /// entries (or removed when their key is not a store path).
     pub async fn retry(&self, all: bool, paths: &[StorePath]) -> Result<usize, QueueError> {
         let now = now_ms();
         let handle = self.handle()?;
-        let fresh = |path: StorePath| Entry {
-            path,
-            state: State::Pending,
-            attempts: 0,
-            next_attempt_ms: now,
-            last_error: None,
-            arrived_ms: now,
-            source: Source::Push,
-            drv: None,
-            updated_ms: now,
-            realisations: Vec::new(),
-        };
         let scan = self.scan()?;
         let mut count = 0;
         for entry in scan.entries {
             if entry.state == State::Failed && (all || paths.contains(&entry.path)) {
                 let key = entry.path.to_absolute();
-                self.update(&handle, &key, |old| {
-                    old.filter(|e| e.state == State::Failed).map(|e| Entry {
-                        state: State::Pending,
-                        attempts: 0,
-                        next_attempt_ms: now,
-                        last_error: None,
-                        updated_ms: now,
-                        ..e
-                    })
-                })
-                .map_err(|e| self.failed(e))?;
-                count += 1;
+                let changed = self
+                    .update(&handle, &key, |current| retried(current, now))
+                    .map_err(|e| self.failed(e))?;
+                count += usize::from(changed);
             }
         }
         for corrupt in scan.corrupt {
@@ -246,16 +248,23 @@ impl Queue {
             if !(all || path.as_ref().is_some_and(|p| paths.contains(p))) {
                 continue;
             }
-            let written = match path {
-                Some(path) => handle
+            let changed = match path {
+                Some(path) => self.update(&handle, &corrupt.key, |current| {
+                    renewed(current, &path, now)
+                }),
+                // No request writes such a key: nobody else changes it meanwhile.
+                None => handle
                     .paths
-                    .insert(corrupt.key.as_bytes(), record::encode(&fresh(path))),
-                None => handle.paths.remove(corrupt.key.as_bytes()),
-            };
-            written.map_err(|e| self.failed(e.into()))?;
-            handle.wrote();
+                    .remove(corrupt.key.as_bytes())
+                    .map(|removed| {
+                        handle.wrote();
+                        removed.is_some()
+                    })
+                    .map_err(QueueError::from),
+            }
+            .map_err(|e| self.failed(e))?;
             lock(&self.inner.reported).remove(&corrupt.key);
-            count += 1;
+            count += usize::from(changed);
         }
         handle
             .flush(&self.inner.dir)
@@ -302,3 +311,98 @@ impl Queue {
         Ok(removed)
     }
 }
+
+/// [`Queue::enqueue`] of `item`: a path already pending or uploading stays as it is and gains
+/// the request's realisations; any other record (none, done, failed, corrupt) becomes a fresh
+/// pending entry.
+pub(super) fn added(current: Current, item: &NewPath, now: u64) -> Change {
+    match current {
+        Current::Entry(mut entry) if matches!(entry.state, State::Pending | State::Uploading) => {
+            let before = entry.realisations.len();
+            for realisation in &item.realisations {
+                if !entry.realisations.iter().any(|r| r.id == realisation.id) {
+                    entry.realisations.push(realisation.clone());
+                }
+            }
+            if entry.realisations.len() == before {
+                Change::Keep
+            } else {
+                Change::Put(entry)
+            }
+        }
+        _ => Change::Put(Entry {
+            path: item.path.clone(),
+            state: State::Pending,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_error: None,
+            arrived_ms: now,
+            source: item.source,
+            drv: item.drv.clone(),
+            updated_ms: now,
+            realisations: item.realisations.clone(),
+        }),
+    }
+}
+
+/// [`Queue::finish`]: the outcome applies to a readable entry only.
+pub(super) fn finished(current: Current, outcome: &Outcome, now: u64) -> Change {
+    let Current::Entry(mut entry) = current else {
+        return Change::Keep;
+    };
+    entry.updated_ms = now;
+    match outcome {
+        Outcome::Done => {
+            entry.state = State::Done;
+            entry.last_error = None;
+        }
+        Outcome::RetryAt { at_ms, error } => {
+            entry.state = State::Pending;
+            entry.next_attempt_ms = *at_ms;
+            entry.last_error = Some(error.clone());
+        }
+        Outcome::Failed { error } => {
+            entry.state = State::Failed;
+            entry.last_error = Some(error.clone());
+        }
+    }
+    Change::Put(entry)
+}
+
+/// [`Queue::retry`] of a readable entry: applies only while it is `failed`.
+pub(super) fn retried(current: Current, now: u64) -> Change {
+    match current {
+        Current::Entry(entry) if entry.state == State::Failed => Change::Put(Entry {
+            state: State::Pending,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_error: None,
+            updated_ms: now,
+            ..entry
+        }),
+        _ => Change::Keep,
+    }
+}
+
+/// [`Queue::retry`] of a record that did not decode: a fresh pending entry for `path`, only
+/// while the record is still corrupt (an enqueue may have replaced it meanwhile).
+pub(super) fn renewed(current: Current, path: &StorePath, now: u64) -> Change {
+    match current {
+        Current::Corrupt => Change::Put(Entry {
+            path: path.clone(),
+            state: State::Pending,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_error: None,
+            arrived_ms: now,
+            source: Source::Push,
+            drv: None,
+            updated_ms: now,
+            realisations: Vec::new(),
+        }),
+        _ => Change::Keep,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -52,7 +52,7 @@ fn a_record_round_trips_with_every_field() {
         },
         new(A),
     ];
-    let bytes = record::encode(7, &paths);
+    let bytes = record::encode(7, &paths).unwrap();
     assert_eq!(&bytes[bytes.len() - TERMINATOR..], &[0; TERMINATOR]);
     let scanned = record::scan(&bytes);
     assert!(scanned.problems.is_empty(), "{:?}", scanned.problems);
@@ -75,7 +75,7 @@ fn three_records() -> (Vec<u8>, Vec<usize>) {
     let mut offsets = Vec::new();
     let mut at = 0;
     for path in [A, B, C] {
-        let record = record::encode(1, &[new(path)]);
+        let record = record::encode(1, &[new(path)]).unwrap();
         bytes[at..at + record.len()].copy_from_slice(&record);
         offsets.push(at);
         at += record.len() - TERMINATOR;
@@ -136,15 +136,9 @@ fn a_corrupt_record_in_the_middle_is_reported_and_the_ones_after_it_are_kept() {
 
 #[test]
 fn an_intact_record_whose_paths_do_not_decode_is_reported_as_corrupt() {
-    let mut bytes = vec![0u8; 256];
     let payload = br#"[{"path":"/tmp/not-in-the-store","source":"hook","drv":null}]"#;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&1u64.to_le_bytes());
-    hasher.update(payload);
-    bytes[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    bytes[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
-    bytes[8..16].copy_from_slice(&1u64.to_le_bytes());
-    bytes[16..16 + payload.len()].copy_from_slice(payload);
+    let mut bytes = record::frame(1, payload);
+    bytes.resize(256, 0);
     let scanned = record::scan(&bytes);
     assert!(scanned.records.is_empty());
     assert!(
@@ -305,7 +299,7 @@ async fn a_torn_record_on_disk_is_reported_with_its_offset_and_the_rest_is_repla
         recovered.problems,
         [Problem::TornTail {
             offset: torn_at,
-            reason: "its checksum does not match".to_owned()
+            reason: "its payload checksum does not match".to_owned()
         }]
     );
     assert_eq!(names(&journal.take().unwrap().paths), [A]);
@@ -328,4 +322,74 @@ async fn what_the_queue_lost_before_its_checkpoint_is_moved_again_in_order() {
     let again = journal.take().unwrap();
     assert_eq!(names(&again.paths), [A, B, C]);
     assert_eq!(again.seq, 3);
+}
+
+fn fails_first_sync(file: &File) -> io::Result<()> {
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    if FAILED.swap(true, Ordering::SeqCst) {
+        file.sync_data()
+    } else {
+        Err(io::Error::from_raw_os_error(5))
+    }
+}
+
+#[tokio::test]
+async fn no_record_written_before_a_failed_sync_or_after_it_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, _) = reopen(dir.path(), None);
+    journal.sync_data = fails_first_sync;
+    // Two appends wrote their records; the first to sync covers both, and its sync fails.
+    journal.write(&[new(A)]).unwrap().unwrap();
+    journal.write(&[new(B)]).unwrap().unwrap();
+    assert!(matches!(
+        journal.sync().await,
+        Err(JournalError::Sync { source, .. }) if source.raw_os_error() == Some(5)
+    ));
+    // The second append's sync would return 0 now (Linux reports the error once).
+    assert!(matches!(
+        journal.sync().await,
+        Err(JournalError::Unsynced { .. })
+    ));
+    assert!(journal.has_failed());
+    assert!(matches!(
+        journal.append(&[new(C)]).await,
+        Err(JournalError::Failed { .. })
+    ));
+}
+
+/// A record as narpush wrote it before the header checksum (see `legacy`).
+fn legacy_record(generation: u64, path: &str) -> Vec<u8> {
+    let payload = format!(r#"[{{"path":"{path}","source":"hook","drv":null}}]"#);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&generation.to_le_bytes());
+    crc.update(payload.as_bytes());
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc.finalize().to_le_bytes());
+    bytes.extend_from_slice(&generation.to_le_bytes());
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
+}
+
+#[tokio::test]
+async fn a_journal_written_before_the_upgrade_is_replayed_and_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = [legacy_record(4, A), legacy_record(4, B)].concat();
+    let first_end = legacy_record(4, A).len() as u64;
+    bytes.resize(JOURNAL_SIZE as usize, 0);
+    std::fs::write(dir.path().join(FILE_NAME), &bytes).unwrap();
+    // The queue holds the first record already.
+    let moved = Mark {
+        generation: 4,
+        end: first_end,
+    };
+    let (journal, recovered) = reopen(dir.path(), Some(moved));
+    assert_eq!((recovered.records, &recovered.problems[..]), (1, &[][..]));
+    assert_eq!(names(&journal.take().unwrap().paths), [B]);
+    // Appended behind the legacy records, in the current layout, and read back after them.
+    durable(journal.append(&[new(C)]).await.unwrap());
+    drop(journal);
+    let (journal, recovered) = reopen(dir.path(), Some(moved));
+    assert_eq!((recovered.records, &recovered.problems[..]), (2, &[][..]));
+    assert_eq!(names(&journal.take().unwrap().paths), [B, C]);
 }
