@@ -1,13 +1,18 @@
 //! The queue's durability promises, checked on the real daemon: an enqueue is acknowledged only
 //! after the intake journal was synced to disk (seen from outside with strace), and an ack is
 //! worth something even when the daemon dies the moment after sending it, before the request
-//! left the journal for the queue; a damaged journal is reported, record by record.
+//! left the journal for the queue; a damaged journal is reported, record by record; a daemon
+//! started on a full state disk serves and recovers; GC roots lost before an upload come back.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "durability/full_disk.rs"]
+mod full_disk;
+#[path = "durability/gc_roots.rs"]
+mod gc_roots;
 #[path = "durability/journal.rs"]
 mod journal;
 
