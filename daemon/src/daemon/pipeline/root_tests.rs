@@ -71,6 +71,12 @@ async fn a_queue_that_cannot_be_read_keeps_the_gc_root_of_a_failed_attempt() {
         std::fs::symlink_metadata(&root).is_ok(),
         "the root was removed on a read error"
     );
+    // Nor does a release that cannot read the queue remove it.
+    release_root(&shared.queue, &shared.roots, &path);
+    assert!(
+        std::fs::symlink_metadata(&root).is_ok(),
+        "the root was released on a read error"
+    );
 
     // Open again, the outcome is recorded (pending, to retry): the root still stays.
     shared.queue.reopen().unwrap();
