@@ -195,21 +195,9 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 /// when the journal exists but could not be read (it may name them); nothing is changed when
 /// the queue cannot be read.
 async fn reconcile_roots(queue: &Queue, intake: &Intake, roots: &GcRoots, state_dir: &Path) {
-    let entries = match queue.entries() {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::error!(
-                "cannot read the queue to re-create the GC roots of queued paths now: {}",
-                crate::error_chain(&e)
-            );
-            return;
-        }
+    let Some(mut owed) = owed_paths(queue) else {
+        return;
     };
-    let mut owed: HashSet<StorePath> = entries
-        .into_iter()
-        .filter(|entry| entry.state != State::Done)
-        .map(|entry| entry.path)
-        .collect();
     owed.extend(intake.journaled_paths().await);
     let journal_unread =
         !intake.has_journal() && state_dir.join(crate::queue::journal::FILE_NAME).exists();
@@ -228,6 +216,43 @@ async fn reconcile_roots(queue: &Queue, intake: &Intake, roots: &GcRoots, state_
                 );
             }
         }
+        Err(e) => tracing::error!(
+            "cannot re-create the GC roots of queued paths: {}",
+            crate::error_chain(&e)
+        ),
+    }
+}
+
+/// The paths of every queue entry not `done`, or `None` (logged) when the queue cannot be read.
+fn owed_paths(queue: &Queue) -> Option<HashSet<StorePath>> {
+    match queue.entries() {
+        Ok(entries) => Some(
+            entries
+                .into_iter()
+                .filter(|entry| entry.state != State::Done)
+                .map(|entry| entry.path)
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::error!(
+                "cannot read the queue to re-create the GC roots of queued paths now: {}",
+                crate::error_chain(&e)
+            );
+            None
+        }
+    }
+}
+
+/// Makes the missing GC roots of queue entries not `done` (after the queue was opened again:
+/// the start could not read it), removing none (requests may be on their way meanwhile).
+pub async fn remake_roots(queue: &Queue, roots: &GcRoots) {
+    let Some(owed) = owed_paths(queue) else {
+        return;
+    };
+    let owed: Vec<StorePath> = owed.into_iter().collect();
+    match roots.ensure(&owed).await {
+        Ok(0) => {}
+        Ok(made) => tracing::warn!("re-created {made} missing GC root(s) of queued paths"),
         Err(e) => tracing::error!(
             "cannot re-create the GC roots of queued paths: {}",
             crate::error_chain(&e)

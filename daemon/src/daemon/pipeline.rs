@@ -179,6 +179,7 @@ async fn reopen(shared: &Arc<Shared>) -> bool {
     match reopened {
         Ok(Ok(())) => {
             tracing::warn!("queue database open again; taking requests");
+            super::remake_roots(&shared.queue, &shared.roots).await;
             shared.rescan_spool.notify_one();
             shared.intake.wake();
             true
