@@ -1,13 +1,19 @@
 //! The queue's durability promises, checked on the real daemon: an enqueue is acknowledged only
-//! after the intake journal was synced to disk (seen from outside with strace), and an ack is
+//! after the intake journal and the GC roots' directory were synced to disk (seen from outside
+//! with strace), and an ack is
 //! worth something even when the daemon dies the moment after sending it, before the request
-//! left the journal for the queue; a damaged journal is reported, record by record.
+//! left the journal for the queue; a damaged journal is reported, record by record; a daemon
+//! started on a full state disk serves and recovers; GC roots lost before an upload come back.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "durability/full_disk.rs"]
+mod full_disk;
+#[path = "durability/gc_roots.rs"]
+mod gc_roots;
 #[path = "durability/journal.rs"]
 mod journal;
 
@@ -26,6 +32,8 @@ enum Event {
     AckWritten(String),
     /// fsync/fdatasync of the intake journal returned 0.
     JournalSynced,
+    /// fsync of the GC roots' directory returned 0.
+    RootsSynced,
 }
 
 /// The events of an strace log, in the order strace saw them complete. A syscall split into
@@ -67,6 +75,8 @@ fn events(log: &str) -> Vec<Event> {
             && ok
         {
             events.push(Event::JournalSynced);
+        } else if call.starts_with("fsync(") && call.contains("</nix/var/nix/gcroots/") && ok {
+            events.push(Event::RootsSynced);
         } else if (call.starts_with("read(") || call.starts_with("recvfrom("))
             && call.contains("\"narpush 1 enqueue")
             && ok
@@ -83,7 +93,7 @@ fn events(log: &str) -> Vec<Event> {
 }
 
 #[test]
-fn an_enqueue_is_acknowledged_only_after_the_intake_journal_is_synced() {
+fn an_enqueue_is_acknowledged_only_after_the_intake_journal_and_the_gc_roots_are_synced() {
     let mut daemon = Daemon::start("", vec![]);
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("strace.log");
@@ -139,6 +149,11 @@ fn an_enqueue_is_acknowledged_only_after_the_intake_journal_is_synced() {
         assert!(
             events[read_at..index].contains(&Event::JournalSynced),
             "ack on fd {fd} was written before any sync of the intake journal since its \
+             request was read; events {events:?}"
+        );
+        assert!(
+            events[read_at..index].contains(&Event::RootsSynced),
+            "ack on fd {fd} was written before any sync of the GC roots' directory since its \
              request was read; events {events:?}"
         );
         acks += 1;

@@ -3,17 +3,90 @@
 //! from deleting it (and, with it, its closure). Nix scans every symlink under
 //! `/nix/var/nix/gcroots/` that points into the store, so the directory must live there.
 //!
-//! Invariant: a root is added before the request that names its path is acknowledged, and
-//! removed only after the path's narinfo is in the cache. Adding and removing are idempotent.
+//! Invariants:
+//! - **Durable before the ack.** [`GcRoots::protect`] makes the links and returns only after
+//!   an `fsync` of the directory that began after they were made, so a root outlives a power
+//!   loss right after the acknowledgement. Concurrent calls share one sync (group commit: a
+//!   burst of requests costs about two syncs, not one each), and a failed sync fails every
+//!   call it covered (after a failed `fsync` Linux reports success to the next one, though
+//!   the entries may never have reached the disk).
+//! - **Whole again at start.** [`GcRoots::reconcile`] re-creates the root of every path the
+//!   daemon still owes an upload (a root lost with the disk's cache, or deleted by hand) and
+//!   removes the roots of paths it no longer owes. The directory belongs to one daemon.
+//! - **Removed only after the upload.** The caller removes a root once the queue says the
+//!   entry is done or gone (see `daemon::pipeline`), never because the queue could not be
+//!   read, and decides under a lock ([`GcRoots::release_if`]) that orders it against
+//!   [`GcRoots::ensure`], which the daemon calls after writing requests into the queue: a
+//!   request for a path whose root is being released keeps it or makes it again. Removals are
+//!   not synced: a root that comes back after a power loss is removed by the next start's
+//!   reconcile.
+//!
+//! Making and removing links is idempotent. Every file-system call goes through [`RootFs`],
+//! so tests can see the order of operations.
 
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::format::store_path::StorePath;
 
-#[derive(Clone, Debug)]
+/// The file-system calls roots are made of (the real ones in production).
+pub trait RootFs: Send + Sync {
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    fn remove(&self, link: &Path) -> io::Result<()>;
+    /// Makes the directory's entries durable (`fsync` of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The names in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+}
+
+/// The real file system.
+pub struct RealFs;
+
+impl RootFs for RealFs {
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn remove(&self, link: &Path) -> io::Result<()> {
+        std::fs::remove_file(link)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+}
+
+#[derive(Clone)]
 pub struct GcRoots {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     dir: PathBuf,
+    fs: Box<dyn RootFs>,
+    /// Link batches made so far (a sequence number).
+    written: AtomicU64,
+    /// Every batch up to this number is durable.
+    synced: AtomicU64,
+    /// Every batch up to this number was covered by a failed sync (and so failed).
+    failed: AtomicU64,
+    /// One directory sync at a time.
+    sync_turn: tokio::sync::Mutex<()>,
+    /// Orders releases against roots made again for paths just queued (see
+    /// [`GcRoots::release_if`]).
+    gate: Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,27 +98,50 @@ pub struct GcRootError {
     source: io::Error,
 }
 
+/// What [`GcRoots::reconcile`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Roots of owed paths that were missing and are made again.
+    pub created: usize,
+    /// Roots of paths no longer owed, removed.
+    pub removed: usize,
+}
+
 impl GcRoots {
     pub fn open(dir: &Path) -> Result<GcRoots, GcRootError> {
+        GcRoots::open_with(dir, Box::new(RealFs))
+    }
+
+    /// [`GcRoots::open`] over another file system (tests).
+    pub fn open_with(dir: &Path, fs: Box<dyn RootFs>) -> Result<GcRoots, GcRootError> {
         std::fs::create_dir_all(dir).map_err(|source| GcRootError {
             action: "create the directory for",
             link: dir.to_owned(),
             source,
         })?;
         Ok(GcRoots {
-            dir: dir.to_owned(),
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                fs,
+                written: AtomicU64::new(0),
+                synced: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                sync_turn: tokio::sync::Mutex::new(()),
+                gate: Mutex::new(()),
+            }),
         })
     }
 
     fn link(&self, path: &StorePath) -> PathBuf {
-        self.dir.join(path.basename())
+        self.inner.dir.join(path.basename())
     }
 
-    pub fn add(&self, path: &StorePath) -> Result<(), GcRootError> {
+    /// Makes the root of `path` unless it exists; returns whether it made one.
+    fn create(&self, path: &StorePath) -> Result<bool, GcRootError> {
         let link = self.link(path);
-        match std::os::unix::fs::symlink(path.to_absolute(), &link) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        match self.inner.fs.symlink(Path::new(&path.to_absolute()), &link) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(source) => Err(GcRootError {
                 action: "create",
                 link,
@@ -54,9 +150,90 @@ impl GcRoots {
         }
     }
 
+    /// Makes the roots of `paths` and returns once they are durable (see the module doc).
+    /// A root that exists already is synced too: it may be one whose sync failed.
+    pub async fn protect(&self, paths: &[StorePath]) -> Result<(), GcRootError> {
+        for path in paths {
+            self.create(path)?;
+        }
+        let mine = self.inner.written.fetch_add(1, Ordering::SeqCst) + 1;
+        self.sync_through(mine).await
+    }
+
+    /// Waits until batch `mine` is durable, syncing the directory unless a sync that began
+    /// after it has succeeded meanwhile.
+    async fn sync_through(&self, mine: u64) -> Result<(), GcRootError> {
+        let inner = &self.inner;
+        let _turn = inner.sync_turn.lock().await;
+        let failed = |source| GcRootError {
+            action: "sync the directory of",
+            link: inner.dir.clone(),
+            source,
+        };
+        if inner.failed.load(Ordering::SeqCst) >= mine {
+            return Err(failed(io::Error::other(
+                "a sync that covered this root failed",
+            )));
+        }
+        if inner.synced.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        let covers = inner.written.load(Ordering::SeqCst);
+        match blocking(|| inner.fs.sync_dir(&inner.dir)) {
+            Ok(()) => {
+                inner.synced.fetch_max(covers, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(source) => {
+                inner.failed.fetch_max(covers, Ordering::SeqCst);
+                Err(failed(source))
+            }
+        }
+    }
+
     pub fn remove(&self, path: &StorePath) -> Result<(), GcRootError> {
-        let link = self.link(path);
-        match std::fs::remove_file(&link) {
+        self.remove_link(self.link(path))
+    }
+
+    /// Removes the root of `path` if `unowed()` says that nothing is owed for it any more;
+    /// returns whether it did. The decision and the removal happen under the lock that
+    /// [`GcRoots::ensure`] takes, so a request for the path written into the queue meanwhile
+    /// either makes `unowed` keep the root, or finds it removed and makes it again.
+    pub fn release_if(
+        &self,
+        path: &StorePath,
+        unowed: impl FnOnce() -> bool,
+    ) -> Result<bool, GcRootError> {
+        let _gate = lock(&self.inner.gate);
+        if !unowed() {
+            return Ok(false);
+        }
+        self.remove(path)?;
+        Ok(true)
+    }
+
+    /// Makes again the roots of `paths`, just written into the queue, that a
+    /// [`GcRoots::release_if`] removed after their request took them; returns once those it
+    /// made are durable, with how many.
+    pub async fn ensure(&self, paths: &[StorePath]) -> Result<usize, GcRootError> {
+        let mut made = 0;
+        {
+            let _gate = lock(&self.inner.gate);
+            for path in paths {
+                if self.create(path)? {
+                    made += 1;
+                }
+            }
+        }
+        if made > 0 {
+            let mine = self.inner.written.fetch_add(1, Ordering::SeqCst) + 1;
+            self.sync_through(mine).await?;
+        }
+        Ok(made)
+    }
+
+    fn remove_link(&self, link: PathBuf) -> Result<(), GcRootError> {
+        match self.inner.fs.remove(&link) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(GcRootError {
@@ -66,28 +243,62 @@ impl GcRoots {
             }),
         }
     }
+
+    /// Makes the directory hold exactly the roots of `owed` (the paths whose upload is still
+    /// owed): missing ones are made (and synced), and with `remove_others`, roots of other
+    /// store paths removed. Entries not named like a store path are left alone. Call only
+    /// while no request is being taken, or a root just made for one could be removed.
+    pub async fn reconcile(
+        &self,
+        owed: &HashSet<StorePath>,
+        remove_others: bool,
+    ) -> Result<Reconciled, GcRootError> {
+        let mut done = Reconciled::default();
+        for path in owed {
+            if self.create(path)? {
+                done.created += 1;
+            }
+        }
+        if done.created > 0 {
+            let mine = self.inner.written.fetch_add(1, Ordering::SeqCst) + 1;
+            self.sync_through(mine).await?;
+        }
+        if !remove_others {
+            return Ok(done);
+        }
+        let names = self
+            .inner
+            .fs
+            .list(&self.inner.dir)
+            .map_err(|source| GcRootError {
+                action: "list the directory of",
+                link: self.inner.dir.clone(),
+                source,
+            })?;
+        for name in names {
+            let Ok(path) = StorePath::from_basename(&name) else {
+                continue;
+            };
+            if !owed.contains(&path) {
+                self.remove_link(self.inner.dir.join(&name))?;
+                done.removed += 1;
+            }
+        }
+        Ok(done)
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
-    #[test]
-    fn roots_are_symlinks_into_the_store_and_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let roots = GcRoots::open(&dir.path().join("narpush")).unwrap();
-        let path = StorePath::from_basename("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep").unwrap();
-        roots.add(&path).unwrap();
-        roots.add(&path).unwrap();
-        let link = dir
-            .path()
-            .join("narpush/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep");
-        assert_eq!(
-            std::fs::read_link(&link).unwrap(),
-            PathBuf::from(path.to_absolute())
-        );
-        roots.remove(&path).unwrap();
-        roots.remove(&path).unwrap();
-        assert!(std::fs::symlink_metadata(&link).is_err());
+/// Runs a blocking file-system call from async code: on a multi-threaded runtime the worker
+/// hands its other tasks away meanwhile.
+fn blocking<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        _ => call(),
     }
 }

@@ -48,7 +48,8 @@
 //! [`Queue::open`] turns every `uploading` entry back into `pending` (the previous process
 //! died during the upload; the attempt stays counted). After sled fails (a full disk),
 //! [`Queue::is_broken`] says so and [`Queue::reopen`] opens the database again; until then
-//! every call returns the error and nothing is acknowledged.
+//! every call returns the error and nothing is acknowledged. A database that a full disk keeps
+//! from opening at all gives the same state from the start ([`Queue::open_or_closed`]).
 //!
 //! # Concurrency
 //!
@@ -224,18 +225,37 @@ impl Queue {
     /// Opens (or creates) the queue in `dir` and recovers uploads a crash interrupted.
     pub fn open(dir: &Path) -> Result<Queue, QueueError> {
         let handle = Handle::open(dir)?;
-        let queue = Queue {
+        let queue = Queue::with_handle(dir, Some(Arc::new(handle)));
+        queue.requeue_uploading(Interrupted::Crash)?;
+        Ok(queue)
+    }
+
+    /// [`Queue::open`], except when the disk has no room to open the database (full, or over
+    /// quota): then the queue comes back closed, refusing every call with that reason (so
+    /// requests are refused and hooks spool them) until [`Queue::reopen`] succeeds, which the
+    /// daemon's pipeline tries every few seconds. Any other failure is an error, as before.
+    pub fn open_or_closed(dir: &Path) -> Result<Queue, QueueError> {
+        match Queue::open(dir) {
+            Err(error) if is_out_of_space(&error) => {
+                let queue = Queue::with_handle(dir, None);
+                queue.failed(error);
+                Ok(queue)
+            }
+            opened => opened,
+        }
+    }
+
+    fn with_handle(dir: &Path, handle: Option<Arc<Handle>>) -> Queue {
+        Queue {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
-                handle: RwLock::new(Some(Arc::new(handle))),
+                handle: RwLock::new(handle),
                 broken: AtomicBool::new(false),
                 failure: Mutex::new(None),
                 reported: Mutex::new(HashSet::new()),
                 epoch: AtomicU64::new(0),
             }),
-        };
-        queue.requeue_uploading(Interrupted::Crash)?;
-        Ok(queue)
+        }
     }
 
     /// Changes whenever the database is opened again: writes made in an earlier epoch and not
@@ -444,6 +464,24 @@ impl Queue {
 pub struct TakeDue {
     pub entries: Vec<Entry>,
     pub error: Option<QueueError>,
+}
+
+/// Whether `error` says the disk has no room (sled keeps only the kind of the I/O errors it
+/// reports, not their number).
+fn is_out_of_space(error: &QueueError) -> bool {
+    let io = match error {
+        QueueError::Open {
+            source: sled::Error::Io(io),
+            ..
+        }
+        | QueueError::Sled(sled::Error::Io(io))
+        | QueueError::Sync { source: io, .. } => io,
+        _ => return false,
+    };
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -71,6 +71,25 @@ impl Daemon {
     /// Starts the process and waits up to `within` until it answers `status`; a daemon that
     /// does not is killed, and the error carries its log.
     pub fn try_spawn(&mut self, within: Duration) -> Result<(), String> {
+        self.spawn_process();
+        let deadline = Instant::now() + within;
+        while !self.client(&["status"]).status.success() {
+            if !self.is_running() {
+                self.child = None;
+                return Err(format!("daemon exited at start; log:\n{}", self.log()));
+            }
+            if Instant::now() >= deadline {
+                self.kill_9();
+                return Err(format!("daemon did not start; log:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts the process without waiting for anything (it may not serve, or may refuse
+    /// `status`).
+    pub fn spawn_process(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -88,19 +107,6 @@ impl Daemon {
             .spawn()
             .expect("start narpush daemon");
         self.child = Some(child);
-        let deadline = Instant::now() + within;
-        while !self.client(&["status"]).status.success() {
-            if !self.is_running() {
-                self.child = None;
-                return Err(format!("daemon exited at start; log:\n{}", self.log()));
-            }
-            if Instant::now() >= deadline {
-                self.kill_9();
-                return Err(format!("daemon did not start; log:\n{}", self.log()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
     }
 
     /// Whether the process runs (it may have exited by itself).

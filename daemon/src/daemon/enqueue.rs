@@ -1,8 +1,9 @@
 //! Turning an `enqueue` request (from the socket or a spool file) into durable queue entries.
 //!
 //! Order matters and is the point of this module: validate everything first (a request with
-//! one bad path changes nothing), then take the GC roots, then make the request durable (the
-//! intake journal, or the queue and its flush; see [`super::intake`]). Only then may the
+//! one bad path changes nothing), then take the GC roots and sync their directory, then make
+//! the request durable (the intake journal, or the queue and its flush; see
+//! [`super::intake`]). Only then may the
 //! caller acknowledge, and by then the paths are protected from garbage collection and
 //! survive a crash.
 //!
@@ -131,9 +132,9 @@ pub async fn enqueue(
         }
     }
     let paths = present_paths(paths, source)?;
-    for path in &paths {
-        shared.roots.add(path)?;
-    }
+    // Durable before the request is: a root lost with a power loss after the ack would
+    // leave the path to the next garbage collection.
+    shared.roots.protect(&paths).await?;
     let new: Vec<NewPath> = paths
         .into_iter()
         .map(|path| NewPath {

@@ -19,12 +19,19 @@
 //!   daemon stays asleep), and [`Intake::caught_up`] lets `status` (and so `wait`) wait for
 //!   the moves of everything acknowledged before it asked.
 //!
+//! - **Never half made.** The journal is created only with room to spare (twice its size
+//!   free), and a creation that fails anyway removes what it wrote; a file shorter than a
+//!   journal (a creation cut off, which never held a record) is removed at the next attempt.
+//!   Without a journal, requests go to the queue directly, and [`super::state_files`] tries
+//!   again with a backoff until the journal exists.
+//!
 //! For tests only, `NARPUSH_TEST_HOLD_INTAKE=1` stops the mover from moving anything (and
 //! `status` from waiting for it), so that a test can kill the daemon while acknowledged
 //! requests are in the journal alone.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
@@ -32,7 +39,9 @@ use tokio::time::Instant;
 
 use super::shared::Shared;
 use crate::error_chain;
-use crate::queue::journal::{self, Appended, Journal};
+use crate::format::store_path::StorePath;
+use crate::gcroots::GcRoots;
+use crate::queue::journal::{self, Appended, Journal, JournalError, JOURNAL_SIZE};
 use crate::queue::{NewPath, Queue, QueueError};
 use crate::sleep_until;
 
@@ -60,9 +69,35 @@ impl Mover {
     }
 }
 
+/// Why the intake journal is not open.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalStartError {
+    #[error("cannot read how far the intake journal was moved into the queue")]
+    Mark(#[source] QueueError),
+    #[error(
+        "not creating the intake journal {path}: {free} bytes free on its disk, fewer than the \
+         {needed} that leave room to spare"
+    )]
+    NoRoom {
+        path: String,
+        free: u64,
+        needed: u64,
+    },
+    #[error("cannot remove the unfinished intake journal {path}")]
+    RemoveUnfinished {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
 pub struct Intake {
-    /// `None` when the journal could not be opened: every request goes to the queue directly.
-    journal: Option<Journal>,
+    /// Where the journal lives (or will, once it can be made).
+    path: PathBuf,
+    /// Unset while the journal cannot be opened: every request goes to the queue directly.
+    journal: OnceLock<Journal>,
     /// Wakes the mover.
     wake: Notify,
     /// The sequence number of the last journal record moved into the queue.
@@ -75,43 +110,111 @@ pub struct Intake {
 impl Intake {
     /// Opens the journal in `state_dir`. Records it holds that the queue does not yet have
     /// are moved by the mover as soon as it runs; a journal that cannot be opened is logged,
-    /// and requests are then queued directly (slower acknowledgements, same guarantees).
-    pub fn open(state_dir: &Path, queue: &Queue) -> Result<Intake, QueueError> {
-        let moved = queue.journal_mark()?;
-        let path = state_dir.join(journal::FILE_NAME);
-        let journal = match Journal::open(&path, moved) {
-            Ok((journal, recovered)) => {
-                if recovered.records > 0 {
-                    tracing::warn!(
-                        journal = %path.display(),
-                        "the intake journal holds {} acknowledged request(s) not yet in the \
-                         queue; moving them into it",
-                        recovered.records
-                    );
-                }
-                Some(journal)
-            }
-            Err(e) => {
-                tracing::error!(
-                    "{}; requests are queued directly, which makes each acknowledgement slower",
-                    error_chain(&e)
-                );
-                None
-            }
-        };
+    /// and requests are then queued directly (slower acknowledgements, same guarantees) until
+    /// [`Intake::open_journal`] succeeds.
+    pub fn open(state_dir: &Path, queue: &Queue) -> Intake {
         let hold = std::env::var_os(HOLD_ENV).is_some_and(|value| value == "1");
         if hold {
             tracing::warn!(
                 "{HOLD_ENV}=1: the intake journal is not moved into the queue (tests only)"
             );
         }
-        Ok(Intake {
-            journal,
+        let intake = Intake {
+            path: state_dir.join(journal::FILE_NAME),
+            journal: OnceLock::new(),
             wake: Notify::new(),
             moved: watch::Sender::new(0),
             mover: tokio::sync::Mutex::new(Mover::default()),
             hold,
-        })
+        };
+        if let Err(e) = intake.open_journal(queue) {
+            tracing::error!(
+                "{}; requests are queued directly, which makes each acknowledgement slower, \
+                 until it can be opened (tried again in a while)",
+                error_chain(&e)
+            );
+        }
+        intake
+    }
+
+    /// Whether the journal is open (requests take the fast path).
+    pub fn has_journal(&self) -> bool {
+        self.journal.get().is_some()
+    }
+
+    /// Opens the journal, creating it if needed (see the module doc on what a failed creation
+    /// leaves); does nothing when it is open already. Records it holds are left to the mover.
+    pub fn open_journal(&self, queue: &Queue) -> Result<(), JournalStartError> {
+        if self.has_journal() {
+            return Ok(());
+        }
+        let path = &self.path;
+        let shown = || path.display().to_string();
+        let creating = match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.len() >= JOURNAL_SIZE => false,
+            Ok(meta) => {
+                // A record is written only into a whole journal: this one never held any.
+                std::fs::remove_file(path).map_err(|source| {
+                    JournalStartError::RemoveUnfinished {
+                        path: shown(),
+                        source,
+                    }
+                })?;
+                tracing::warn!(
+                    journal = %path.display(),
+                    "removed an unfinished intake journal ({} bytes) that a failed creation left",
+                    meta.len()
+                );
+                true
+            }
+            Err(_) => true,
+        };
+        let moved = queue.journal_mark().map_err(JournalStartError::Mark)?;
+        if creating {
+            let needed = 2 * JOURNAL_SIZE;
+            if let Some(free) = free_space(path).filter(|&free| free < needed) {
+                return Err(JournalStartError::NoRoom {
+                    path: shown(),
+                    free,
+                    needed,
+                });
+            }
+        }
+        let (journal, recovered) = match Journal::open(path, moved) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if creating {
+                    // Whatever the failed creation wrote is ours: give the space back.
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e.into());
+            }
+        };
+        if recovered.records > 0 {
+            tracing::warn!(
+                journal = %path.display(),
+                "the intake journal holds {} acknowledged request(s) not yet in the \
+                 queue; moving them into it",
+                recovered.records
+            );
+        }
+        let _ = self.journal.set(journal);
+        Ok(())
+    }
+
+    /// The paths of the requests the journal holds and the queue may not (yet); for the start,
+    /// before the mover runs.
+    pub async fn journaled_paths(&self) -> Vec<StorePath> {
+        let Some(journal) = self.journal.get() else {
+            return Vec::new();
+        };
+        let _mover = self.mover.lock().await;
+        let Some(taken) = journal.take() else {
+            return Vec::new();
+        };
+        let paths = taken.paths.iter().map(|new| new.path.clone()).collect();
+        journal.put_back(taken);
+        paths
     }
 
     /// Makes `new` durable; once this returns, the request may be acknowledged.
@@ -121,7 +224,7 @@ impl Intake {
             shared.wake.notify_one();
             return Err(QueueError::Closed { reason });
         }
-        if let Some(journal) = self.journal.as_ref().filter(|j| !j.has_failed()) {
+        if let Some(journal) = self.journal.get().filter(|j| !j.has_failed()) {
             let appended = journal.append(new).await;
             // Also after a failed write: what the journal took before is still to be moved.
             self.wake.notify_one();
@@ -137,7 +240,9 @@ impl Intake {
         // On failure too: the pipeline is what reopens a failed queue.
         let queued = shared.queue.enqueue(new).await;
         shared.wake.notify_one();
-        queued
+        queued?;
+        ensure_roots(&shared.roots, new).await;
+        Ok(())
     }
 
     /// Wakes the mover (after the queue was opened again, for what it could not move).
@@ -147,8 +252,13 @@ impl Intake {
 
     /// Moves what the journal holds into the queue (a checkpoint too when the journal is
     /// half full); returns how many paths. What cannot be moved stays for the next move.
-    pub async fn move_now(&self, queue: &Queue, pipeline: &Notify) -> Result<usize, QueueError> {
-        let Some(journal) = self.journal.as_ref().filter(|_| !self.hold) else {
+    pub async fn move_now(
+        &self,
+        queue: &Queue,
+        roots: &GcRoots,
+        pipeline: &Notify,
+    ) -> Result<usize, QueueError> {
+        let Some(journal) = self.journal.get().filter(|_| !self.hold) else {
             return Ok(0);
         };
         let mut mover = self.mover.lock().await;
@@ -161,6 +271,7 @@ impl Intake {
             return Err(e);
         }
         let count = taken.paths.len();
+        ensure_roots(roots, &taken.paths).await;
         self.moved.send_replace(taken.seq);
         journal.written(taken);
         mover.written_in(epoch);
@@ -173,7 +284,7 @@ impl Intake {
 
     /// Flushes the queue durably, so that the journal may reuse the space of what was moved.
     pub async fn checkpoint(&self, queue: &Queue) -> Result<(), QueueError> {
-        let Some(journal) = self.journal.as_ref() else {
+        let Some(journal) = self.journal.get() else {
             return Ok(());
         };
         let mut mover = self.mover.lock().await;
@@ -202,13 +313,13 @@ impl Intake {
 
     /// Whether moved records wait for a checkpoint.
     pub fn has_unchecked(&self) -> bool {
-        self.journal.as_ref().is_some_and(Journal::has_unchecked)
+        self.journal.get().is_some_and(Journal::has_unchecked)
     }
 
     /// Waits (at most [`CATCH_UP_PATIENCE`]) until every request acknowledged so far is in
     /// the queue; not at all while the queue has failed (nothing can be moved then).
     pub async fn caught_up(&self, queue: &Queue) {
-        let Some(journal) = self.journal.as_ref().filter(|_| !self.hold) else {
+        let Some(journal) = self.journal.get().filter(|_| !self.hold) else {
             return;
         };
         if queue.is_broken() {
@@ -227,7 +338,7 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             () = shared.intake.wake.notified() => {
-                if let Err(e) = shared.intake.move_now(&shared.queue, &shared.wake).await {
+                if let Err(e) = shared.intake.move_now(&shared.queue, &shared.roots, &shared.wake).await {
                     failed(&shared, "move acknowledged requests from the intake journal into the queue", &e);
                 }
             }
@@ -243,6 +354,24 @@ pub async fn run(shared: Arc<Shared>) {
             checkpoint_at = Some(Instant::now() + CHECKPOINT_AFTER);
         }
     }
+}
+
+/// Makes again the GC roots of paths just written into the queue that the pipeline released
+/// meanwhile (see [`GcRoots::release_if`]). A root that cannot be made is logged: the
+/// request is durable already, and the next start makes the root again.
+async fn ensure_roots(roots: &GcRoots, new: &[NewPath]) {
+    let paths: Vec<StorePath> = new.iter().map(|n| n.path.clone()).collect();
+    match roots.ensure(&paths).await {
+        Ok(0) => {}
+        Ok(made) => tracing::info!("made {made} GC root(s) again that an upload just released"),
+        Err(e) => tracing::error!("{}", error_chain(&e)),
+    }
+}
+
+/// The bytes free for an unprivileged writer on the disk of `path`'s directory, if known.
+fn free_space(path: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path.parent()?).ok()?;
+    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 
 fn failed(shared: &Shared, what: &str, error: &QueueError) {

@@ -5,7 +5,8 @@
 //!   limits), reloadable on SIGHUP;
 //! - [`enqueue`]: turning a request into durable queue entries and GC roots (shared by the
 //!   socket and the spool), made durable first in the intake journal by [`intake`], whose
-//!   mover then writes them into the queue;
+//!   mover then writes them into the queue; [`state_files`]: the journal and `writer-id`
+//!   made again when a full disk refused them at the start;
 //! - [`server`]: the Unix socket, peer credentials, request limits;
 //! - [`spool`]: requests the hook left on disk while the daemon was away;
 //! - [`pipeline`]: due queue entries into the upload engine, and its outcomes back into the
@@ -35,10 +36,12 @@ pub mod server;
 pub mod settings;
 pub mod shared;
 pub mod spool;
+pub mod state_files;
 pub mod status;
 pub mod supervise;
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,9 +51,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::format::store_path::StorePath;
 use crate::gcroots::GcRoots;
 use crate::layout::WriterId;
-use crate::queue::{Interrupted, Queue};
+use crate::queue::{Interrupted, Queue, State};
 use crate::sink::Sink;
 use intake::Intake;
 use settings::Settings;
@@ -73,11 +77,21 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     for dir in [&config.state_dir, &config.spool_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let queue = Queue::open(&config.state_dir.join("queue"))?;
-    let intake = Intake::open(&config.state_dir, &queue)?;
+    // A full disk does not stop the start: the queue then refuses requests with the reason
+    // (the hook spools them) until the pipeline opens it again.
+    let queue = Queue::open_or_closed(&config.state_dir.join("queue"))?;
+    if let Some(reason) = queue.failure() {
+        tracing::error!(
+            "the queue database cannot be opened now ({reason}); requests are refused (the hook \
+             spools them) until it can, tried every {:?}",
+            pipeline::QUEUE_ERROR_PAUSE
+        );
+    }
+    let intake = Intake::open(&config.state_dir, &queue);
     let roots = GcRoots::open(&config.gc_roots_dir)?;
+    reconcile_roots(&queue, &intake, &roots, &config.state_dir).await;
     let started = std::time::SystemTime::now();
-    let settings = Settings::load(config.clone()).await?;
+    let settings = Settings::load(config.clone(), None).await?;
     tokio::spawn(abort_stale_uploads(
         settings.engine.sink.clone(),
         started,
@@ -113,6 +127,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::spawn(spool::run(shared.clone(), config.spool_dir.clone())),
     );
     let mover = watched("intake", tokio::spawn(intake::run(shared.clone())));
+    let state_files = tokio::spawn(state_files::run(shared.clone()));
     // What the journal held at the start is moved first.
     shared.intake.wake();
     let pipeline = watched(
@@ -151,8 +166,13 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     shared.tasks.close();
     shared.tasks.wait().await;
     let _ = mover.await;
+    let _ = state_files.await;
     // No request is acknowledged any more: move the last ones, or leave them to the next start.
-    if let Err(e) = shared.intake.move_now(&shared.queue, &shared.wake).await {
+    if let Err(e) = shared
+        .intake
+        .move_now(&shared.queue, &shared.roots, &shared.wake)
+        .await
+    {
         tracing::error!(
             "cannot move the last acknowledged requests into the queue; they stay in the intake \
              journal for the next start: {}",
@@ -168,6 +188,77 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::warn!("stopped");
     Ok(())
+}
+
+/// Makes the GC roots directory hold the roots of exactly the paths still owed an upload:
+/// every queue entry not `done`, and what the intake journal holds (see
+/// [`GcRoots::reconcile`]). Runs before any request is taken. Roots of other paths are kept
+/// when the journal exists but could not be read (it may name them); nothing is changed when
+/// the queue cannot be read.
+async fn reconcile_roots(queue: &Queue, intake: &Intake, roots: &GcRoots, state_dir: &Path) {
+    let Some(mut owed) = owed_paths(queue) else {
+        return;
+    };
+    owed.extend(intake.journaled_paths().await);
+    let journal_unread =
+        !intake.has_journal() && state_dir.join(crate::queue::journal::FILE_NAME).exists();
+    match roots.reconcile(&owed, !journal_unread).await {
+        Ok(done) => {
+            if done.created > 0 {
+                tracing::warn!(
+                    "re-created {} missing GC root(s) of queued paths",
+                    done.created
+                );
+            }
+            if done.removed > 0 {
+                tracing::info!(
+                    "removed {} GC root(s) of paths no longer queued",
+                    done.removed
+                );
+            }
+        }
+        Err(e) => tracing::error!(
+            "cannot re-create the GC roots of queued paths: {}",
+            crate::error_chain(&e)
+        ),
+    }
+}
+
+/// The paths of every queue entry not `done`, or `None` (logged) when the queue cannot be read.
+fn owed_paths(queue: &Queue) -> Option<HashSet<StorePath>> {
+    match queue.entries() {
+        Ok(entries) => Some(
+            entries
+                .into_iter()
+                .filter(|entry| entry.state != State::Done)
+                .map(|entry| entry.path)
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::error!(
+                "cannot read the queue to re-create the GC roots of queued paths now: {}",
+                crate::error_chain(&e)
+            );
+            None
+        }
+    }
+}
+
+/// Makes the missing GC roots of queue entries not `done` (after the queue was opened again:
+/// the start could not read it), removing none (requests may be on their way meanwhile).
+pub async fn remake_roots(queue: &Queue, roots: &GcRoots) {
+    let Some(owed) = owed_paths(queue) else {
+        return;
+    };
+    let owed: Vec<StorePath> = owed.into_iter().collect();
+    match roots.ensure(&owed).await {
+        Ok(0) => {}
+        Ok(made) => tracing::warn!("re-created {made} missing GC root(s) of queued paths"),
+        Err(e) => tracing::error!(
+            "cannot re-create the GC roots of queued paths: {}",
+            crate::error_chain(&e)
+        ),
+    }
 }
 
 /// Best effort, beside the normal work: multipart uploads an earlier run of this daemon left

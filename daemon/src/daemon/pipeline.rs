@@ -8,8 +8,8 @@
 //! submitted entries; a larger backlog stays `pending` in the queue until outcomes make room.
 //!
 //! Outcomes of an entry:
-//! - in the cache (uploaded now, or found there): `done`, its GC root released, its build log
-//!   uploaded (best effort) when `upload_build_logs` is on;
+//! - in the cache (uploaded now, or found there): `done`, its build log uploaded (best
+//!   effort) when `upload_build_logs` is on;
 //! - transient failure (network, 5xx, throttling, the store not answering, a reference that
 //!   failed): back to `pending` after an exponential backoff with jitter, capped at
 //!   `retry_max_delay_ms`, never sooner than a `Retry-After` the server sent (itself capped at
@@ -17,6 +17,9 @@
 //!   `max_attempts` attempts: `failed`;
 //! - permanent failure (path gone from the store, NarHash mismatch, access denied): `failed`
 //!   at once, with the reason.
+//!
+//! A GC root is released only once the queue, read after the outcome was recorded, says the
+//! entry is `done` or gone; never because the queue could not be read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +31,8 @@ use super::shared::Shared;
 use crate::config::Config;
 use crate::engine::{Failure, Report, Reports};
 use crate::format::store_path::StorePath;
-use crate::queue::{now_ms, Outcome, Queue};
+use crate::gcroots::GcRoots;
+use crate::queue::{now_ms, Outcome, Queue, State};
 use crate::sink::ErrorClass;
 use crate::sleep_until;
 use admission::Admission;
@@ -65,13 +69,17 @@ impl Books {
         }
     }
 
-    /// Records the outcomes the queue refused before; returns whether none is left.
-    fn record_again(&mut self, queue: &Queue) -> bool {
+    /// Records the outcomes the queue refused before, calling `recorded` for each path the
+    /// queue took; returns whether none is left.
+    fn record_again(&mut self, queue: &Queue, mut recorded: impl FnMut(&StorePath)) -> bool {
         let mut left = Vec::new();
         for (path, outcome) in self.unrecorded.drain(..) {
-            if let Err(e) = queue.finish(&path, &outcome) {
-                tracing::error!(%path, "still cannot record the outcome: {e}");
-                left.push((path, outcome));
+            match queue.finish(&path, &outcome) {
+                Ok(()) => recorded(&path),
+                Err(e) => {
+                    tracing::error!(%path, "still cannot record the outcome: {e}");
+                    left.push((path, outcome));
+                }
             }
         }
         self.unrecorded = left;
@@ -125,7 +133,9 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     while let Some(report) = reports.recv().await {
         record(&shared, &mut books, report);
     }
-    books.record_again(&shared.queue);
+    books.record_again(&shared.queue, |path| {
+        release_root(&shared.queue, &shared.roots, path);
+    });
 }
 
 /// Reopens a failed queue, records what could not be recorded, submits every due entry;
@@ -139,7 +149,10 @@ async fn take_due(
     if shared.queue.is_broken() && !reopen(shared).await {
         return pause;
     }
-    if !books.record_again(&shared.queue) {
+    let recorded_again = books.record_again(&shared.queue, |path| {
+        release_root(&shared.queue, &shared.roots, path);
+    });
+    if !recorded_again {
         return pause;
     }
     let room = admission.room().min(BATCH_LIMIT);
@@ -191,6 +204,7 @@ async fn reopen(shared: &Arc<Shared>) -> bool {
     match reopened {
         Ok(Ok(())) => {
             tracing::warn!("queue database open again; taking requests");
+            super::remake_roots(&shared.queue, &shared.roots).await;
             shared.rescan_spool.notify_one();
             shared.intake.wake();
             true
@@ -259,8 +273,7 @@ fn finish(
 ) -> Option<Instant> {
     let settings = shared.settings();
     let entry = match shared.queue.get(path) {
-        Ok(Some(entry)) => Some(entry),
-        Ok(None) => None,
+        Ok(entry) => entry,
         Err(e) => {
             tracing::error!(%path, "cannot read the queue entry: {e}");
             None
@@ -279,18 +292,9 @@ fn finish(
             outcome
         }
     };
-    if entry.is_none() {
-        // Pruned or never queued: nothing will look at the path again, so keep no root.
-        if let Err(e) = shared.roots.remove(path) {
-            tracing::warn!("{e}");
-        }
-    }
     let mut retry_at = None;
     match &outcome {
         Outcome::Done => {
-            if let Err(e) = shared.roots.remove(path) {
-                tracing::warn!("{e}");
-            }
             if let (true, Some(drv)) =
                 (settings.config.upload_build_logs, entry.and_then(|e| e.drv))
             {
@@ -313,10 +317,31 @@ fn finish(
         }
         Outcome::Failed { error } => tracing::error!(%path, "failed: {error}"),
     }
-    if !books.record(&shared.queue, path, outcome) {
+    if books.record(&shared.queue, path, outcome) {
+        release_root(&shared.queue, &shared.roots, path);
+    } else {
         retry_at = Some(Instant::now() + QUEUE_ERROR_PAUSE);
     }
     retry_at
+}
+
+/// Removes the GC root of `path` once the queue positively says that nothing is owed for it
+/// any more: its entry is `done`, or gone (pruned, or never queued). Any other entry keeps
+/// its root, and so does a queue that cannot be read now: a root kept too long is removed by
+/// the next start (see [`GcRoots::reconcile`]), a root removed too early loses the path to
+/// the next garbage collection.
+fn release_root(queue: &Queue, roots: &GcRoots, path: &StorePath) {
+    let unowed = || match queue.get(path) {
+        Ok(None) => true,
+        Ok(Some(entry)) => entry.state == State::Done,
+        Err(e) => {
+            tracing::warn!(%path, "keeping the GC root: cannot read the queue entry: {e}");
+            false
+        }
+    };
+    if let Err(e) = roots.release_if(path, unowed) {
+        tracing::warn!("{e}");
+    }
 }
 
 /// Retry or give up, by class and attempts so far.
@@ -356,11 +381,14 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 }
 
 #[cfg(test)]
+mod root_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    use crate::queue::{NewPath, State};
+    use crate::queue::NewPath;
     use narpush_protocol::Source;
 
     #[tokio::test]
@@ -390,7 +418,7 @@ mod tests {
         // As `take_due` does: reopen (which puts `uploading` entries back to pending), then
         // record what was refused, before anything is taken.
         queue.reopen().unwrap();
-        assert!(books.record_again(&queue));
+        assert!(books.record_again(&queue, |_| {}));
         let entry = queue.get(&path).unwrap().unwrap();
         assert_eq!(entry.state, State::Failed);
         assert_eq!(entry.last_error.as_deref(), Some("gone from the store"));

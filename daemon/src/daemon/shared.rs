@@ -115,7 +115,7 @@ impl Shared {
     /// Re-reads the config file; on any error the old settings stay and the error is logged.
     pub async fn reload(&self) {
         let loaded = match Config::load(self.config_path.as_deref()) {
-            Ok(config) => Settings::load(config).await,
+            Ok(config) => Settings::load(config, Some(self.settings().engine.stream.writer)).await,
             Err(e) => Err(anyhow::Error::new(e)),
         };
         let new = match loaded {

@@ -80,13 +80,17 @@ impl Handle {
     }
 
     /// Opens the database at `dir`, giving a handle just dropped up to `patience` to release
-    /// sled's file lock (its flusher thread lets go a moment after the last handle).
+    /// sled's file lock (its flusher thread lets go a moment after the last handle); a full disk
+    /// is reported at once.
     pub fn open_patiently(dir: &Path, patience: Duration) -> Result<Handle, QueueError> {
         let deadline = std::time::Instant::now() + patience;
         loop {
             match Handle::open(dir) {
                 Ok(handle) => return Ok(handle),
-                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                // Waiting does not make room on a full disk.
+                Err(e) if std::time::Instant::now() >= deadline || super::is_out_of_space(&e) => {
+                    return Err(e)
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
