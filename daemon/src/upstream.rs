@@ -66,7 +66,7 @@ pub enum UpstreamUrlError {
 impl UpstreamUrl {
     pub fn parse(text: &str) -> Result<UpstreamUrl, UpstreamUrlError> {
         let mut url = url::Url::parse(text).map_err(|reason| UpstreamUrlError::Syntax {
-            url: text.to_owned(),
+            url: crate::redact::url(text),
             reason,
         })?;
         match url.scheme() {
@@ -81,11 +81,11 @@ impl UpstreamUrl {
                 url.to_file_path()
                     .map(UpstreamUrl::File)
                     .map_err(|()| UpstreamUrlError::FilePath {
-                        url: text.to_owned(),
+                        url: crate::redact::url(text),
                     })
             }
             scheme => Err(UpstreamUrlError::Scheme {
-                url: text.to_owned(),
+                url: crate::redact::url(text),
                 scheme: scheme.to_owned(),
             }),
         }
@@ -93,9 +93,10 @@ impl UpstreamUrl {
 }
 
 impl std::fmt::Display for UpstreamUrl {
+    /// The URL with its credentials masked (`https://user:***@host/`): it is logged.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamUrl::Http(url) => write!(f, "{url}"),
+            UpstreamUrl::Http(url) => write!(f, "{}", crate::redact::url(url.as_str())),
             UpstreamUrl::File(dir) => write!(f, "file://{}", dir.display()),
         }
     }
@@ -246,9 +247,10 @@ impl Upstream {
             Ok(url) => url,
             Err(e) => return Answer::Unreachable(e.to_string()),
         };
+        // reqwest's errors name the URL, credentials and all: the caller names the cache.
         let response = match client.get(url).send().await {
             Ok(response) => response,
-            Err(e) => return Answer::Unreachable(crate::error_chain(&e)),
+            Err(e) => return Answer::Unreachable(crate::error_chain(&e.without_url())),
         };
         let status = response.status();
         // 403: S3-style buckets answer it for a key that is not there.
@@ -260,7 +262,7 @@ impl Upstream {
         }
         match response.text().await {
             Ok(text) => Answer::Found(text),
-            Err(e) => Answer::Unreachable(crate::error_chain(&e)),
+            Err(e) => Answer::Unreachable(crate::error_chain(&e.without_url())),
         }
     }
 
