@@ -555,3 +555,44 @@ fn ctrl_z_on_a_terminal_stops_exec_with_command_and_fg_continues_both() {
         stderr(&output)
     );
 }
+
+#[test]
+fn processes_of_the_same_user_cannot_read_the_environment_or_memory_of_exec_or_its_daemon() {
+    // Root reads any process's /proc files: exec must run as another user for this check.
+    if run_ok(Command::new("id").arg("-u")).trim() != "0" {
+        eprintln!("not root: exec cannot be run as another user here; skipped");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(home.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    // Where exec's daemon keeps its GC roots when it runs as that user.
+    let roots = Path::new("/nix/var/nix/gcroots/per-user/nobody");
+    std::fs::create_dir_all(roots).unwrap();
+    std::os::unix::fs::chown(roots, Some(NOBODY), Some(NOBODY)).unwrap();
+    // COMMAND runs as the same user as exec and its daemon.
+    let script = "for p in $PPID $(pgrep -P $PPID); do [ \"$p\" = $$ ] && continue; \
+                  if cat /proc/$p/environ > /dev/null 2>&1; then echo readable; else echo denied; fi; done";
+    let output = run(Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "env",
+            "-i",
+        ])
+        .arg("PATH=/usr/bin:/bin")
+        .arg(format!("HOME={}", home.path().display()))
+        .arg(format!("NARPUSH_STATE_DIR={}/state", home.path().display()))
+        .arg("NARPUSH_CONFIG=/dev/null")
+        .arg(bin("narpush"))
+        .args(["exec", "--", "sh", "-c", script]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let answers = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        answers.lines().collect::<Vec<_>>(),
+        ["denied", "denied"],
+        "exec, then its daemon: {}",
+        stderr(&output)
+    );
+}
