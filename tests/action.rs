@@ -1,7 +1,8 @@
 //! The GitHub Action (`action.yml`): it must parse as YAML with the inputs the docs promise,
 //! every `run:` step must be shell that `shellcheck` accepts, with inputs reaching it only
-//! through the environment, and its last two steps, run here with bash as the runner would
-//! run them, must upload a real build and hand the job the consumer's `NIX_CONFIG`.
+//! through the environment, and its last steps, run here with bash as the runner would
+//! run them, must upload a real build and hand the job the consumer's `NIX_CONFIG`, while the
+//! command finds the secrets in no environment of its process tree.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -99,6 +100,14 @@ fn run_step(
     run(&mut bash)
 }
 
+/// Shell lines for COMMAND: the environment blocks of COMMAND, of every process above it and
+/// of its parent's other children (exec's private daemon), one variable a line, into the file
+/// `environments` of the current directory.
+const DUMP_ENVIRONMENTS: &str =
+    "{ env; p=$$; while [ \"$p\" -gt 1 ]; do tr '\\0' '\\n' < /proc/$p/environ; \
+     p=$(ps -o ppid= -p \"$p\" | tr -d ' '); done; for c in $(pgrep -P $PPID); do \
+     tr '\\0' '\\n' < /proc/$c/environ; done; } > environments";
+
 #[test]
 fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter() {
     let action = action();
@@ -111,6 +120,7 @@ fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter()
     }
     let key = run(Command::new(bin("narpush")).args(["keygen", "action-1"]));
     let secret = String::from_utf8(key.stdout).unwrap();
+    let secret = secret.trim().to_owned();
     let cache = work.path().join("cache");
     let github_env = work.path().join("github_env");
     let github_path = work.path().join("github_path");
@@ -118,7 +128,7 @@ fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter()
         ("PREFIX", prefix.display().to_string()),
         ("GITHUB_ENV", github_env.display().to_string()),
         ("GITHUB_PATH", github_path.display().to_string()),
-        ("NARPUSH_SIGNING_KEY", secret),
+        ("NARPUSH_SIGNING_KEY", secret.clone()),
         ("NARPUSH_CONFIG", "/dev/null".to_owned()),
         (
             "NARPUSH_STATE_DIR",
@@ -142,7 +152,28 @@ fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter()
         cache.display()
     )));
 
-    let mut env = common;
+    // The secrets step, then the command's step without them, as the runner runs them.
+    let github_output = work.path().join("github_output");
+    let mut env = common.clone();
+    env.extend([
+        ("GITHUB_OUTPUT", github_output.display().to_string()),
+        ("RUNNER_TEMP", work.path().display().to_string()),
+        ("AWS_ACCESS_KEY_ID", "action-key-id".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "action-s3-SECRET".to_owned()),
+    ]);
+    let output = run_step(&action, "Hand the secrets to narpush exec", &env);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let outputs = std::fs::read_to_string(&github_output).unwrap();
+    let secrets_file = outputs
+        .lines()
+        .find_map(|line| line.strip_prefix("file="))
+        .unwrap_or_else(|| panic!("GITHUB_OUTPUT: {outputs}"))
+        .to_owned();
+
+    let mut env: Vec<(&str, String)> = common
+        .into_iter()
+        .filter(|(name, _)| *name != "NARPUSH_SIGNING_KEY")
+        .collect();
     let nonce = unique("action");
     env.extend([
         (
@@ -155,17 +186,34 @@ fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter()
         ),
         ("TARGET", format!("file://{}", cache.display())),
         ("ALLOW_UPLOAD_FAILURES", "false".to_owned()),
+        ("SECRETS_FILE", secrets_file.clone()),
         (
             "COMMAND",
             format!(
-                "nix-build '{}' --no-out-link --argstr nonce '{nonce}' > '{}/out'",
+                "cd '{work}'; {DUMP_ENVIRONMENTS}; test -e '{secrets_file}' && touch secrets-left; \
+                 nix-build '{}' --no-out-link --argstr nonce '{nonce}' > out",
                 fixture("single.nix").display(),
-                work.path().display()
+                work = work.path().display(),
             ),
         ),
     ]);
     let output = run_step(&action, "Run the command under narpush exec", &env);
     assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        !work.path().join("secrets-left").exists(),
+        "COMMAND found the secrets file"
+    );
+    let seen = std::fs::read_to_string(work.path().join("environments")).unwrap();
+    assert!(
+        seen.contains("SECRETS_FILE="),
+        "the step's shell was not read: {seen}"
+    );
+    let key_text = secret.trim().split_once(':').unwrap().1;
+    assert!(!seen.contains(key_text), "COMMAND can read the signing key");
+    assert!(
+        !seen.contains("action-s3-SECRET"),
+        "COMMAND can read the S3 secret"
+    );
     let built = std::fs::read_to_string(work.path().join("out")).unwrap();
     let (_, substituted) = substitute_with_client_config(nix_config, &[built.trim().to_owned()]);
     assert!(substituted.status.success(), "{}", stderr(&substituted));

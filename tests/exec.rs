@@ -332,3 +332,8 @@ fn sigterm_reaches_the_processes_command_started_and_its_status_is_passed_throug
         "COMMAND's child {grandchild} outlived the SIGTERM"
     );
 }
+
+#[path = "exec/secrets.rs"]
+mod secrets;
+#[path = "exec/signals.rs"]
+mod signals;

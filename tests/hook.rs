@@ -328,3 +328,68 @@ fn a_build_log_over_the_configured_limit_is_skipped_and_the_path_still_uploads()
         "a log over the limit was uploaded"
     );
 }
+
+#[test]
+fn the_hook_refuses_a_symlinked_spool_directory_writes_nothing_through_it_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let spool = dir.path().join("spool");
+    std::os::unix::fs::symlink(&elsewhere, &spool).unwrap();
+    let output = run(command(bin("narpush-hook"))
+        .env("NARPUSH_SOCKET", dir.path().join("absent.sock"))
+        .env("NARPUSH_SPOOL_DIR", &spool)
+        .env(
+            "OUT_PATHS",
+            "/nix/store/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-hello",
+        )
+        .env_remove("DRV_PATH"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("symbolic link"),
+        "{}",
+        stderr(&output)
+    );
+    let written: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(written.is_empty(), "written through the link: {written:?}");
+}
+
+#[test]
+fn stale_temporary_files_vanish_when_the_daemon_starts_and_fresh_ones_stay() {
+    let mut daemon = Daemon::configure("", vec![]);
+    let nar_dir = daemon.state.join("cache").join("nar");
+    std::fs::create_dir_all(&daemon.spool).unwrap();
+    std::fs::create_dir_all(&nar_dir).unwrap();
+    let stale = [
+        daemon.spool.join(".1-2.request.tmp"),
+        nar_dir.join(".narpush-stale.tmp"),
+    ];
+    let fresh = [
+        daemon.spool.join(".3-4.request.tmp"),
+        nar_dir.join(".narpush-fresh.tmp"),
+    ];
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for file in stale.iter().chain(&fresh) {
+        std::fs::write(file, "partial").unwrap();
+    }
+    for file in &stale {
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
+    daemon.spawn();
+    // The spool is scanned right after the start, the cache opened before it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stale.iter().any(|f| f.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for file in &stale {
+        assert!(!file.exists(), "{} is still there", file.display());
+    }
+    for file in &fresh {
+        assert!(file.exists(), "{} was removed", file.display());
+    }
+}

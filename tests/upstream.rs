@@ -278,3 +278,58 @@ fn the_daemon_skips_upstream_signed_paths_and_status_counts_them() {
         String::from_utf8_lossy(&text.stdout)
     );
 }
+
+#[test]
+fn credentials_in_urls_never_reach_the_log_status_or_metrics() {
+    let path = nix_build(
+        &fixture("single.nix"),
+        &[("nonce", &unique("upstream-secret"))],
+    )
+    .remove(0);
+    let keys = tempfile::tempdir().unwrap();
+    let (_, upstream_public) = keygen(keys.path(), "upstream-test-1");
+    // Nothing listens there: the daemon warns that the cache did not answer, naming it.
+    let closed = free_port();
+    let metrics = free_port();
+    let daemon = narpush_e2e::daemon::Daemon::start(
+        &format!(
+            "upstream_caches = [\"http://user:SECRETtoken@{closed}/\"]\n\
+             upstream_public_keys = [\"{upstream_public}\"]\nmetrics_listen = \"{metrics}\""
+        ),
+        vec![],
+    );
+    let pushed = daemon.client(&["push", "--wait", "--timeout", "60", &path]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let log = daemon.log();
+    let status_text = daemon.client(&["status"]);
+    for (what, text) in [
+        ("log", log.clone()),
+        ("status --json", daemon.status_json().to_string()),
+        (
+            "status",
+            String::from_utf8_lossy(&status_text.stdout).into_owned(),
+        ),
+        (
+            "metrics",
+            narpush_e2e::metrics::get(metrics, "/metrics").body,
+        ),
+    ] {
+        assert!(
+            !text.contains("SECRETtoken"),
+            "{what} shows the token: {text}"
+        );
+    }
+    assert!(
+        log.contains("user:***@"),
+        "no warning naming the cache: {log}"
+    );
+
+    // A target with credentials in its endpoint does not start, and says so without them.
+    let mut refused = narpush_e2e::daemon::Daemon::configure(
+        &format!("target = \"s3://cache?endpoint=http://key:SECRETvalue@{closed}\""),
+        vec![],
+    );
+    let why = refused.try_spawn(Duration::from_secs(20)).unwrap_err();
+    assert!(why.contains("AWS_SECRET_ACCESS_KEY"), "{why}");
+    assert!(!why.contains("SECRETvalue"), "{why}");
+}

@@ -46,12 +46,13 @@ pub fn configured_keys(
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(Some((keys, KeySource::Files(files.to_vec()))));
     }
-    match std::env::var(env::SIGNING_KEY) {
-        Ok(text) if !text.trim().is_empty() => {
+    // Handed over by `narpush exec` (see `secrets`), else the environment's.
+    match crate::secrets::var(env::SIGNING_KEY) {
+        Some(text) => {
             let key = SigningKey::parse(&text).map_err(KeySourceError::Environment)?;
             Ok(Some((vec![key], KeySource::Environment)))
         }
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 

@@ -19,7 +19,9 @@
 //! - [`config`]: the TOML config file, checked in one pass, with [`default_paths`] for what it
 //!   does not say; [`keys`]: where the signing keys come from (flags, config,
 //!   `$NARPUSH_SIGNING_KEY`); [`consumer`]: what a consumer of the cache puts in its nix.conf
-//!   (`client-config`).
+//!   (`client-config`); [`redact`]: URLs as they may be printed (credentials masked);
+//!   [`secrets`]: the key and credentials handed from `exec` to its daemon, out of reach of
+//!   same-user processes.
 //!
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
@@ -36,6 +38,8 @@ pub mod gcroots;
 pub mod keys;
 pub mod layout;
 pub mod queue;
+pub mod redact;
+pub mod secrets;
 pub mod sink;
 pub mod store;
 pub mod trust;

@@ -10,6 +10,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before anything reads a key or credentials (see narpush::secrets).
+    if let Err(e) = narpush::secrets::make_non_dumpable() {
+        eprintln!("narpush: warning: cannot make this process non-dumpable: {e}");
+    }
     keep_big_allocations_out_of_the_heap();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);

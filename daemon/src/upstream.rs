@@ -91,7 +91,7 @@ pub enum UpstreamUrlError {
 impl UpstreamUrl {
     pub fn parse(text: &str) -> Result<UpstreamUrl, UpstreamUrlError> {
         let mut url = url::Url::parse(text).map_err(|reason| UpstreamUrlError::Syntax {
-            url: text.to_owned(),
+            url: crate::redact::url(text),
             reason,
         })?;
         match url.scheme() {
@@ -106,11 +106,11 @@ impl UpstreamUrl {
                 url.to_file_path()
                     .map(UpstreamUrl::File)
                     .map_err(|()| UpstreamUrlError::FilePath {
-                        url: text.to_owned(),
+                        url: crate::redact::url(text),
                     })
             }
             scheme => Err(UpstreamUrlError::Scheme {
-                url: text.to_owned(),
+                url: crate::redact::url(text),
                 scheme: scheme.to_owned(),
             }),
         }
@@ -118,9 +118,10 @@ impl UpstreamUrl {
 }
 
 impl std::fmt::Display for UpstreamUrl {
+    /// The URL with its credentials masked (`https://user:***@host/`): it is logged.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamUrl::Http(url) => write!(f, "{url}"),
+            UpstreamUrl::Http(url) => write!(f, "{}", crate::redact::url(url.as_str())),
             UpstreamUrl::File(dir) => write!(f, "file://{}", dir.display()),
         }
     }
@@ -278,9 +279,10 @@ impl Upstream {
             Ok(url) => url,
             Err(e) => return Answer::Unreachable(e.to_string()),
         };
+        // reqwest's errors name the URL, credentials and all: the caller names the cache.
         let mut response = match client.get(url.clone()).send().await {
             Ok(response) => response,
-            Err(e) => return Answer::Unreachable(crate::error_chain(&e)),
+            Err(e) => return Answer::Unreachable(crate::error_chain(&e.without_url())),
         };
         let status = response.status();
         // 403: S3-style buckets answer it for a key that is not there.
@@ -294,17 +296,17 @@ impl Upstream {
             .content_length()
             .is_some_and(|length| length > MAX_NARINFO as u64)
         {
-            return Answer::TooLarge(url.to_string());
+            return Answer::TooLarge(crate::redact::url(url.as_str()));
         }
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) if body.len() + chunk.len() > MAX_NARINFO => {
-                    return Answer::TooLarge(url.to_string())
+                    return Answer::TooLarge(crate::redact::url(url.as_str()))
                 }
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => break,
-                Err(e) => return Answer::Unreachable(crate::error_chain(&e)),
+                Err(e) => return Answer::Unreachable(crate::error_chain(&e.without_url())),
             }
         }
         Answer::Found(String::from_utf8_lossy(&body).into_owned())

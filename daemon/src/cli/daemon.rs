@@ -14,9 +14,17 @@ use super::Outcome;
 /// Signals: SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the config file.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
-pub struct DaemonArgs {}
+pub struct DaemonArgs {
+    /// Read the signing key and S3 credentials from stdin (NAME=VALUE lines) instead of the
+    /// environment: how `narpush exec` hands them to its private daemon.
+    #[arg(long, hide = true)]
+    secrets_from_stdin: bool,
+}
 
-pub fn run(_args: &DaemonArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
+pub fn run(args: &DaemonArgs, config: Option<&Path>) -> anyhow::Result<Outcome> {
+    if args.secrets_from_stdin {
+        narpush::secrets::install(narpush::secrets::Secrets::read_stdin()?);
+    }
     narpush::daemon::run(config.map(Path::to_owned))?;
     Ok(Outcome::Success)
 }

@@ -31,11 +31,12 @@ pub(super) fn check_public_url(value: Option<String>) -> Result<Option<String>, 
     let Some(text) = value.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    let url = url::Url::parse(&text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    let shown = crate::redact::url(&text);
+    let url = url::Url::parse(&text).map_err(|e| format!("'{shown}' is not a URL: {e}"))?;
     match url.scheme() {
         "http" | "https" | "file" | "s3" => Ok(Some(text)),
         other => Err(format!(
-            "'{text}' has scheme '{other}'; Nix substitutes from https://, http://, file:// or s3://"
+            "'{shown}' has scheme '{other}'; Nix substitutes from https://, http://, file:// or s3://"
         )),
     }
 }

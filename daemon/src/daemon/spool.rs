@@ -25,7 +25,9 @@
 //!   descriptor (`fstat`), so a symlink or FIFO swapped in after the directory was listed is
 //!   neither followed nor waited on, and at most [`MAX_REQUEST`] + 1 bytes are read.
 //! - Names starting with `.` are the hook's temporary files and are left alone
-//!   ([`spool::is_request_file_name`]).
+//!   ([`spool::is_request_file_name`]), until they are older than [`spool::STALE_AFTER`]:
+//!   then their writer was killed before its rename, and every scan (the first at start)
+//!   removes them.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -116,19 +118,20 @@ impl Retries {
 }
 
 /// Takes every finished request file in `dir`, oldest name first, except those waiting for a
-/// retry.
+/// retry, and removes stale temporary files.
 async fn ingest_all(shared: &Shared, dir: &Path, retries: &mut Retries) {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+    let (mut files, temporaries): (Vec<PathBuf>, Vec<PathBuf>) = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| is_request_file(p))
-            .collect(),
+            .filter(|p| is_request_file(p) || is_temporary_file(p))
+            .partition(|p| is_request_file(p)),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), "cannot read the spool directory: {e}");
             return;
         }
     };
+    remove_stale(&temporaries, spool::STALE_AFTER);
     files.sort();
     retries.keep_only(&files);
     for file in &files {
@@ -192,6 +195,32 @@ fn is_request_file(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(spool::is_request_file_name)
+}
+
+fn is_temporary_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(spool::is_temporary_file_name)
+}
+
+/// Removes those of `files` not modified for `age` (a hook killed before its rename).
+fn remove_stale(files: &[PathBuf], age: Duration) {
+    let now = std::time::SystemTime::now();
+    for file in files {
+        let stale = std::fs::symlink_metadata(file)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|since| since > age));
+        if stale {
+            match std::fs::remove_file(file) {
+                Ok(()) => {
+                    tracing::info!(file = %file.display(), "removed a stale temporary spool file")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "cannot remove a stale temporary spool file: {e}")
+                }
+            }
+        }
+    }
 }
 
 /// Whether an event may mean a new request file: one was created or renamed into place.
@@ -341,4 +370,39 @@ pub struct SpoolSurvey {
     pub waiting: u64,
     pub rejected_total: u64,
     pub rejected: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporary_files_are_removed_and_fresh_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".1-2.request.tmp");
+        let fresh = dir.path().join(".3-4.request.tmp");
+        for file in [&stale, &fresh] {
+            std::fs::write(file, "narpush 1").unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        let found: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| is_temporary_file(p))
+            .collect();
+        assert_eq!(found.len(), 2);
+        remove_stale(&found, spool::STALE_AFTER);
+        assert!(!stale.exists(), "the stale temporary file is still there");
+        assert!(
+            fresh.exists(),
+            "a fresh temporary file (a hook writing) was removed"
+        );
+    }
 }

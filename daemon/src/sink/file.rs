@@ -4,14 +4,24 @@
 //! Invariant: an object appears under its final name only when it is complete. Every write goes
 //! to a temporary file in the same directory, is flushed to disk, and is then renamed into
 //! place, so a reader (or a crash) never sees half an object.
+//!
+//! Temporary files are `.narpush-*.tmp` in the object's directory; one a killed writer left
+//! behind is removed when a sink opens the directory and the file is older than
+//! [`STALE_AFTER`] (an upload in progress keeps touching its file, so it stays).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 use super::{ErrorClass, Fetched, SinkError};
 use crate::engine::spill::SpillFile;
+
+/// A temporary file untouched for this long was left by a writer that died.
+pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+const TEMPORARY_PREFIX: &str = ".narpush-";
+const TEMPORARY_SUFFIX: &str = ".tmp";
 
 pub struct FileSink {
     pub(super) root: PathBuf,
@@ -21,6 +31,7 @@ impl FileSink {
     pub fn open(root: &Path) -> Result<FileSink, SinkError> {
         std::fs::create_dir_all(root)
             .map_err(|e| io_error("create", &root.display().to_string(), &e))?;
+        remove_stale_temporaries(root, STALE_AFTER);
         Ok(FileSink {
             root: root.to_owned(),
         })
@@ -76,8 +87,8 @@ impl FileSink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| io_error("create directory for", &key_owned, &e))?;
             let file = tempfile::Builder::new()
-                .prefix(".narpush-")
-                .suffix(".tmp")
+                .prefix(TEMPORARY_PREFIX)
+                .suffix(TEMPORARY_SUFFIX)
                 .tempfile_in(dir)
                 .map_err(|e| io_error("create temporary file for", &key_owned, &e))?;
             Ok(FileUpload {
@@ -148,6 +159,43 @@ impl FileUpload {
     }
 }
 
+/// Removes temporary files not modified for `age` from `root` and its subdirectories (`nar/`,
+/// `log/`, `realisations/`: where objects are written). Best effort: a file that cannot be
+/// removed is logged and left.
+fn remove_stale_temporaries(root: &Path, age: Duration) {
+    let now = SystemTime::now();
+    let entries = |dir: &Path| -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().collect())
+            .unwrap_or_default()
+    };
+    let top = entries(root);
+    let below = top
+        .iter()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .flat_map(|e| entries(&e.path()));
+    for entry in top.iter().chain(below.collect::<Vec<_>>().iter()) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(TEMPORARY_PREFIX) && name.ends_with(TEMPORARY_SUFFIX)) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|since| since > age));
+        if stale {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), "removed a stale temporary file"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "cannot remove a stale temporary file: {e}")
+                }
+            }
+        }
+    }
+}
+
 /// A cache directory is meant to be served; tempfile creates files 0600.
 fn set_world_readable(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -176,5 +224,39 @@ pub(super) fn join_error(key: &str, error: &tokio::task::JoinError) -> SinkError
         class: ErrorClass::Permanent,
         detail: format!("writer task failed: {error}"),
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_removes_stale_temporary_files_and_keeps_fresh_ones_and_objects() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("nar")).unwrap();
+        let stale_top = root.path().join(".narpush-a1.tmp");
+        let stale_nar = root.path().join("nar/.narpush-b2.tmp");
+        let fresh = root.path().join("nar/.narpush-c3.tmp");
+        let object = root.path().join("nar/old.nar.zst");
+        for file in [&stale_top, &stale_nar, &fresh, &object] {
+            std::fs::write(file, "x").unwrap();
+        }
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for file in [&stale_top, &stale_nar, &object] {
+            std::fs::File::options()
+                .write(true)
+                .open(file)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        FileSink::open(root.path()).unwrap();
+        assert!(
+            !stale_top.exists() && !stale_nar.exists(),
+            "stale files left"
+        );
+        assert!(fresh.exists(), "a file being written was removed");
+        assert!(object.exists(), "an object was removed");
     }
 }

@@ -6,12 +6,15 @@
 //!
 //! Invariant: a [`TargetUrl`] names a bucket or an absolute directory, and every query
 //! parameter it was given was understood; an unknown parameter is an error naming it rather
-//! than a setting silently ignored.
+//! than a setting silently ignored. It holds no credentials: userinfo in an `s3://` URL or in
+//! its `endpoint` is refused (S3 credentials come from the AWS chain), and every error and
+//! [`Display`](fmt::Display) shows the URL through [`redact::url`].
 
 use std::fmt;
 use std::path::PathBuf;
 
 use super::params::CacheParams;
+use crate::redact;
 
 /// Where the cache lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,12 +75,18 @@ pub enum TargetUrlError {
     },
     #[error("target '{url}': the directory must be an absolute path (file:///DIR)")]
     RelativeDirectory { url: String },
+    #[error(
+        "target '{url}': credentials do not belong in the URL (it is shown in logs and status); \
+         give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or in the shared credentials \
+         file (~/.aws/credentials, AWS_SHARED_CREDENTIALS_FILE; `profile=` picks a section)"
+    )]
+    Credentials { url: String },
 }
 
 impl TargetUrl {
     pub fn parse(input: &str) -> Result<TargetUrl, TargetUrlError> {
         let syntax = |reason: String| TargetUrlError::Syntax {
-            url: input.to_owned(),
+            url: redact::url(input),
             reason,
         };
         let url = url::Url::parse(input).map_err(|e| syntax(e.to_string()))?;
@@ -87,7 +96,7 @@ impl TargetUrl {
                 for (name, value) in url.query_pairs() {
                     if !take_param(&mut params, input, &name, &value, false)? {
                         return Err(TargetUrlError::UnknownParameter {
-                            url: input.to_owned(),
+                            url: redact::url(input),
                             name: name.into_owned(),
                         });
                     }
@@ -97,13 +106,13 @@ impl TargetUrl {
                 let dir = path
                     .to_file_path()
                     .map_err(|()| TargetUrlError::RelativeDirectory {
-                        url: input.to_owned(),
+                        url: redact::url(input),
                     })?;
                 Ok(TargetUrl::File { dir, params })
             }
             "s3" => parse_s3(input, &url).map(TargetUrl::S3),
             other => Err(TargetUrlError::UnsupportedScheme {
-                url: input.to_owned(),
+                url: redact::url(input),
                 scheme: other.to_owned(),
             }),
         }
@@ -111,15 +120,20 @@ impl TargetUrl {
 }
 
 fn parse_s3(input: &str, url: &url::Url) -> Result<S3Location, TargetUrlError> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(TargetUrlError::Credentials {
+            url: redact::url(input),
+        });
+    }
     let bucket = url.host_str().unwrap_or_default().to_owned();
     if bucket.is_empty() {
         return Err(TargetUrlError::NoBucket {
-            url: input.to_owned(),
+            url: redact::url(input),
         });
     }
     if !matches!(url.path(), "" | "/") {
         return Err(TargetUrlError::BucketPrefix {
-            url: input.to_owned(),
+            url: redact::url(input),
         });
     }
     let mut endpoint = None;
@@ -144,7 +158,7 @@ fn parse_s3(input: &str, url: &url::Url) -> Result<S3Location, TargetUrlError> {
                     "false" | "0" => false,
                     _ => {
                         return Err(TargetUrlError::NotABoolean {
-                            url: input.to_owned(),
+                            url: redact::url(input),
                             name: name.into_owned(),
                             value,
                         })
@@ -153,13 +167,18 @@ fn parse_s3(input: &str, url: &url::Url) -> Result<S3Location, TargetUrlError> {
             }
             _ => {
                 return Err(TargetUrlError::UnknownParameter {
-                    url: input.to_owned(),
+                    url: redact::url(input),
                     name: name.into_owned(),
                 })
             }
         }
     }
     // Nix 2.8 takes `endpoint=host:port` plus `scheme=http`; later versions a full URL.
+    if endpoint.as_deref().is_some_and(redact::has_userinfo) {
+        return Err(TargetUrlError::Credentials {
+            url: redact::url(input),
+        });
+    }
     let endpoint = endpoint.filter(|e| !e.is_empty()).map(|e| {
         if e.contains("://") {
             e
@@ -189,7 +208,7 @@ fn take_param(
     params
         .take(name, value, s3)
         .map_err(|reason| TargetUrlError::BadParameter {
-            url: input.to_owned(),
+            url: redact::url(input),
             name: name.to_owned(),
             reason,
         })
@@ -206,14 +225,15 @@ impl TargetUrl {
 }
 
 impl fmt::Display for TargetUrl {
-    /// A description safe to log: no credentials are ever part of a target URL.
+    /// A description safe to log: a target URL holds no credentials, and the endpoint is
+    /// shown through [`redact::url`] all the same.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TargetUrl::File { dir, .. } => write!(f, "file://{}", dir.display()),
             TargetUrl::S3(s3) => {
                 write!(f, "s3://{}", s3.bucket)?;
                 if let Some(endpoint) = &s3.endpoint {
-                    write!(f, " at {endpoint}")?;
+                    write!(f, " at {}", redact::url(endpoint))?;
                 }
                 Ok(())
             }
@@ -277,6 +297,39 @@ mod tests {
         assert_eq!(url.params().want_mass_query, Some(false));
         let err = TargetUrl::parse("s3://b?narinfo-compression=xz").unwrap_err();
         assert!(err.to_string().contains("'narinfo-compression'"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_an_s3_url_are_refused_without_echoing_the_secret() {
+        for input in [
+            "s3://AKIAKEY:SECRETvalue@bucket?region=auto",
+            "s3://SECRETvalue@bucket",
+            "s3://bucket?endpoint=https://user:SECRETvalue@h.example&region=auto",
+            "s3://bucket?endpoint=http://SECRETvalue@127.0.0.1:9000",
+        ] {
+            let error = TargetUrl::parse(input).unwrap_err();
+            assert!(
+                matches!(error, TargetUrlError::Credentials { .. }),
+                "{input}: {error}"
+            );
+            let message = error.to_string();
+            assert!(!message.contains("SECRETvalue"), "{message}");
+            assert!(message.contains("AWS_SECRET_ACCESS_KEY"), "{message}");
+        }
+    }
+
+    #[test]
+    fn no_error_about_a_url_echoes_its_password() {
+        for input in [
+            "s3://u:SECRETvalue@bucket?compresion=zstd",
+            "ftp://u:SECRETvalue@host/",
+            "s3://u:SECRETvalue@bucket/prefix",
+            "s3://bucket?endpoint=https://u:SECRETvalue@h&anonymous=maybe",
+            "file://u:SECRETvalue@host/dir",
+        ] {
+            let message = TargetUrl::parse(input).unwrap_err().to_string();
+            assert!(!message.contains("SECRETvalue"), "{message}");
+        }
     }
 
     #[test]

@@ -194,3 +194,19 @@ async fn a_file_cache_answer_beyond_the_limit_is_not_read() {
     let file = dir.path().join(format!("{}.narinfo", served.hash_part()));
     assert!(matches!(read_file(&file).await, Answer::TooLarge(at) if at.contains(".narinfo")));
 }
+
+#[tokio::test]
+async fn a_cache_url_with_credentials_is_shown_and_reported_without_them() {
+    let url = UpstreamUrl::parse("http://user:SECRETtoken@127.0.0.1:1/").unwrap();
+    assert_eq!(url.to_string(), "http://user:***@127.0.0.1:1/");
+    let UpstreamUrl::Http(base) = &url else {
+        panic!("expected an http cache")
+    };
+    let upstream = Upstream::new(vec![url.clone()], Vec::new());
+    match upstream.fetch(base, "x.narinfo").await {
+        Answer::Unreachable(reason) => assert!(!reason.contains("SECRETtoken"), "{reason}"),
+        _ => panic!("nothing listens on port 1"),
+    }
+    let error = UpstreamUrl::parse("gopher://user:SECRETtoken@host/").unwrap_err();
+    assert!(!error.to_string().contains("SECRETtoken"), "{error}");
+}

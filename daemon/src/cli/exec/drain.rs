@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::Signal;
-
 use super::private_daemon::PrivateDaemon;
+use super::signals::StopSignals;
 use narpush::daemon::status::StatusReport;
 
 const POLL: Duration = Duration::from_millis(200);
@@ -21,8 +20,7 @@ pub enum Drained {
 
 pub async fn wait_until_idle(
     daemon: &PrivateDaemon,
-    terminate: &mut Signal,
-    interrupt: &mut Signal,
+    signals: &mut StopSignals,
 ) -> anyhow::Result<Drained> {
     let mut last_line = String::new();
     let mut last_shown = Instant::now();
@@ -34,14 +32,13 @@ pub async fn wait_until_idle(
         }
         let line = progress_line(&status, spooled);
         if line != last_line && last_shown.elapsed() >= PROGRESS_EVERY {
-            eprintln!("narpush: {line}");
+            say!("narpush: {line}");
             last_line = line;
             last_shown = Instant::now();
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = terminate.recv() => return Ok(Drained::Interrupted(status)),
-            _ = interrupt.recv() => return Ok(Drained::Interrupted(status)),
+            _ = signals.recv() => return Ok(Drained::Interrupted(status)),
         }
     }
 }

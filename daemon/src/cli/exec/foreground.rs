@@ -3,6 +3,10 @@
 //! takes the terminal's foreground while it runs, so that it can read the terminal (a prompt)
 //! and Ctrl-C reaches it directly; exec takes the foreground back when COMMAND has ended.
 //!
+//! Ctrl-Z stops COMMAND's group, not exec: exec then takes the terminal back and stops itself
+//! ([`stop_self`]) so that the shell sees the job stopped; once continued it hands the
+//! terminal over again (see [`super::command`]).
+//!
 //! Invariant: the terminal is handed back exactly when it was handed over (by [`Terminal`]'s
 //! `Drop`), and never touched when exec was not in its foreground (CI, a pipe, a background job).
 
@@ -44,4 +48,11 @@ impl Drop for Terminal {
             let _ = ttou.thread_unblock();
         }
     }
+}
+
+/// Stops exec as Ctrl-Z would (SIGTSTP); returns once something continues it (`fg`, `bg`).
+/// In an orphaned process group, where nobody could continue it, the kernel discards the
+/// signal and this returns at once.
+pub fn stop_self() {
+    let _ = signal::raise(Signal::SIGTSTP);
 }

@@ -1,30 +1,53 @@
 //! `narpush exec -- COMMAND…`: run COMMAND with every path it builds uploaded, then wait for
 //! the uploads, like `cachix watch-exec`: one line in a CI job.
 //!
-//! The order of a run: check the settings (target, keys) → start a private daemon
-//! ([`private_daemon`]) → write a hook wrapper that points `narpush-hook` at it and register it
-//! as `post-build-hook` for COMMAND through `NIX_CONFIG` → run COMMAND in a process group of
-//! its own (SIGTERM and SIGINT are passed on to the whole group, so the processes COMMAND
-//! started get them too; on a terminal the group is in the foreground while it runs, see
-//! [`foreground`]) → wait until the daemon is idle ([`drain`]; a signal now stops the wait) →
-//! report, stop the daemon.
+//! The order of a run: take the secrets out of the environment ([`narpush::secrets`]) → check
+//! the settings (target, keys) → catch SIGTERM, SIGINT and SIGHUP ([`signals`]) → start a
+//! private daemon ([`private_daemon`]; the secrets go to it over a pipe) → write a hook wrapper
+//! that points `narpush-hook` at it and register it as `post-build-hook` for COMMAND through
+//! `NIX_CONFIG` → run COMMAND in a process group of its own ([`command`]: the signals are passed
+//! on to the whole group, so the processes COMMAND started get them too; on a terminal the
+//! group is in the foreground while it runs and Ctrl-Z stops exec with it, see [`foreground`])
+//! → wait until the daemon is idle ([`drain`]; a signal now stops the wait) → report, stop the
+//! daemon.
+//!
+//! Invariant: the private daemon and its GC roots never outlive exec, whatever signal comes
+//! when (short of SIGKILL): before COMMAND starts, a signal stops the daemon and exec exits
+//! with 128+N; later, the daemon is stopped once the wait ends.
 //!
 //! Exit status: COMMAND's (128+N when a signal N ended it); when COMMAND succeeded but uploads
 //! failed or were cut short, 1, unless `--allow-upload-failures`; 2 when nothing was run
 //! because the settings are unusable.
 
+/// `eprintln!` that never panics: after a hangup stderr may be a terminal that is gone, and
+/// exec must still stop its daemon.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod builds;
+mod command;
 mod drain;
 mod foreground;
 mod private_daemon;
+mod signals;
 
+use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use command::Event;
+use signals::StopSignals;
 
 use super::Outcome;
 use drain::Drained;
@@ -33,6 +56,7 @@ use narpush::daemon::settings::default_key;
 use narpush::daemon::status::StatusReport;
 use narpush::format::signing::SigningKey;
 use narpush::keys::configured_keys;
+use narpush::secrets::{self, Secrets};
 use narpush::sink::TargetUrl;
 use private_daemon::{Overrides, PrivateDaemon};
 
@@ -47,11 +71,17 @@ use private_daemon::{Overrides, PrivateDaemon};
 /// state_dir is /var/lib/narpush for root, ~/.local/share/narpush for others), which
 /// `narpush client-config` then prints for consumers.
 ///
+/// Secrets: $NARPUSH_SIGNING_KEY and the AWS credentials (or --secrets-file) are taken out of
+/// the environment before COMMAND starts and handed to the private daemon over a pipe, so
+/// COMMAND finds them neither in its environment nor in /proc/PID/environ of exec or the daemon.
+///
 /// Exit status: COMMAND's; 1 if COMMAND succeeded but uploads failed (0 with
 /// --allow-upload-failures); 2 if nothing was run (bad settings). COMMAND runs in a process
-/// group of its own: SIGINT/SIGTERM while it runs go to that whole group (COMMAND and the
-/// processes it started; Ctrl-C on a terminal reaches it directly), and the uploads of what it built still finish; a signal while exec waits
-/// for the uploads stops the wait and reports what is left.
+/// group of its own: SIGINT/SIGTERM/SIGHUP while it runs go to that whole group (COMMAND and
+/// the processes it started; Ctrl-C on a terminal reaches it directly, Ctrl-Z stops exec
+/// too, `fg` continues both), and the uploads of what it built still finish; a signal while
+/// exec waits for the uploads stops the wait and reports what is left; one before COMMAND
+/// starts stops exec (128+N).
 ///
 /// Example: narpush exec --to 's3://cache?endpoint=…&region=auto' -- nix build .#default
 #[derive(Debug, clap::Args)]
@@ -71,24 +101,73 @@ pub struct ExecArgs {
     #[arg(long)]
     allow_upload_failures: bool,
 
+    /// Read NARPUSH_SIGNING_KEY, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_SESSION_TOKEN from FILE (NAME=VALUE lines; mode 0600, yours), then delete it: for CI,
+    /// where COMMAND runs as the same user and must not find them. Values in FILE win over
+    /// the environment's.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
+
     /// The command to run, after `--`.
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<std::ffi::OsString>,
 }
 
 pub fn run(args: ExecArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
+    // First, while this process has one thread: see narpush::secrets.
+    let mut secrets = Secrets::take_from_environment();
+    if let Some(file) = &args.secrets_file {
+        secrets.merge(Secrets::take_from_file(file)?);
+    }
+    narpush::secrets::install(secrets.clone());
     let config = Config::load(config_path)?;
     let overrides = overrides(&args, &config)?;
     let hook = find_hook()?;
-    let daemon = PrivateDaemon::start(&config, overrides)?;
-    let wrapper = write_hook_wrapper(&daemon, &hook)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(supervise(&args, &daemon, &wrapper));
-    daemon.stop();
+    runtime.block_on(run_with_daemon(args, config, overrides, secrets, hook))
+}
+
+/// Starts the private daemon, runs COMMAND, waits for the uploads, stops the daemon. A
+/// signal at any moment stops the daemon and removes its roots (see [`signals`]).
+async fn run_with_daemon(
+    args: ExecArgs,
+    config: Config,
+    overrides: Overrides,
+    secrets: Secrets,
+    hook: PathBuf,
+) -> anyhow::Result<Outcome> {
+    let mut signals = StopSignals::new().context("cannot catch signals")?;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let mut starting = tokio::task::spawn_blocking({
+        let cancelled = cancelled.clone();
+        move || PrivateDaemon::start(&config, overrides, &secrets, &cancelled)
+    });
+    let daemon = tokio::select! {
+        started = &mut starting => started.context("the private daemon's start failed")??,
+        signal = signals.recv() => {
+            // The start gives up at its next look and drops (kills) the daemon it started.
+            cancelled.store(true, Ordering::SeqCst);
+            let _ = starting.await;
+            say!("narpush: {signal} before COMMAND started: stopped");
+            return Ok(Outcome::Code(signal_code(signal)));
+        }
+    };
+    let result = match write_hook_wrapper(&daemon, &hook) {
+        Ok(wrapper) => supervise(&args, &daemon, &wrapper, &mut signals).await,
+        Err(e) => Err(e),
+    };
+    tokio::task::spawn_blocking(move || daemon.stop())
+        .await
+        .context("cannot stop the private daemon")?;
     result
+}
+
+/// The exit status of a process ended by `signal`.
+fn signal_code(signal: Signal) -> u8 {
+    u8::try_from(128 + signal as i32).unwrap_or(1)
 }
 
 /// What the private daemon must be told besides the user's configuration.
@@ -187,36 +266,41 @@ async fn supervise(
     args: &ExecArgs,
     daemon: &PrivateDaemon,
     wrapper: &Path,
+    signals: &mut StopSignals,
 ) -> anyhow::Result<Outcome> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     let started = SystemTime::now();
     let program = &args.command[0];
-    let mut child = tokio::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    command
         .args(&args.command[1..])
-        .env("NIX_CONFIG", nix_config_with_hook(wrapper))
-        .process_group(0)
-        .spawn()
+        .env("NIX_CONFIG", nix_config_with_hook(wrapper));
+    for name in secrets::NAMES {
+        command.env_remove(name);
+    }
+    let mut running = command::spawn(&mut command)
         .with_context(|| format!("cannot run {}", Path::new(program).display()))?;
-    let group = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(nix::unistd::Pid::from_raw);
-    let terminal = group.and_then(foreground::hand_over);
-    let status = loop {
+    let group = running.pid;
+    let interactive = std::io::stdin().is_terminal();
+    let mut terminal = foreground::hand_over(group);
+    let command_code = loop {
         tokio::select! {
-            status = child.wait() => break status.context("cannot wait for COMMAND")?,
-            _ = terminate.recv() => pass_on(group, nix::sys::signal::Signal::SIGTERM),
-            _ = interrupt.recv() => pass_on(group, nix::sys::signal::Signal::SIGINT),
+            event = running.next() => match event {
+                Event::Ended(code) => break code,
+                // Ctrl-Z (see `command`); a stop undone meanwhile (COMMAND read the terminal
+                // before it was lent and was continued then) is not one.
+                Event::Stopped if interactive && running.is_stopped() => {
+                    drop(terminal.take());
+                    foreground::stop_self();
+                    terminal = foreground::hand_over(group);
+                    pass_on(group, Signal::SIGCONT);
+                }
+                Event::Stopped => {}
+            },
+            signal = signals.recv() => pass_on(group, signal),
         }
     };
     drop(terminal);
-    let command_code = match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
-        (None, None) => 1,
-    };
-    let drained = drain::wait_until_idle(daemon, &mut terminate, &mut interrupt).await?;
+    let drained = drain::wait_until_idle(daemon, signals).await?;
     let uploads_ok = report(&drained, daemon, started);
     let code = match (command_code, uploads_ok || args.allow_upload_failures) {
         (0, false) => 1,
@@ -226,11 +310,9 @@ async fn supervise(
 }
 
 /// Sends `signal` to every process of COMMAND's group (COMMAND and what it started).
-fn pass_on(group: Option<nix::unistd::Pid>, signal: nix::sys::signal::Signal) {
-    if let Some(group) = group {
-        // The group may be gone already (COMMAND just exited): nothing to signal.
-        let _ = nix::sys::signal::killpg(group, signal);
-    }
+fn pass_on(group: Pid, signal: Signal) {
+    // The group may be gone already (COMMAND just exited): nothing to signal.
+    let _ = nix::sys::signal::killpg(group, signal);
 }
 
 /// Prints what happened to the uploads; true when everything that arrived was uploaded.
@@ -240,10 +322,10 @@ fn report(drained: &Drained, daemon: &PrivateDaemon, started: SystemTime) -> boo
         Drained::Interrupted(status) => (status, true),
     };
     for failed in &status.failed {
-        eprintln!("narpush: FAILED {}: {}", failed.path, failed.error);
+        say!("narpush: FAILED {}: {}", failed.path, failed.error);
     }
     if interrupted {
-        eprintln!(
+        say!(
             "narpush: interrupted: {} path(s) not uploaded ({} pending, {} uploading)",
             status.counts.pending + status.counts.uploading,
             status.counts.pending,
@@ -253,14 +335,14 @@ fn report(drained: &Drained, daemon: &PrivateDaemon, started: SystemTime) -> boo
     let arrived = arrived(status) || daemon.spooled_requests() > 0;
     let built = builds::logs_written_since(Path::new(builds::LOG_DIR), started);
     if !arrived && built > 0 {
-        eprintln!(
+        say!(
             "narpush: warning: {built} derivation(s) were built while COMMAND ran, but Nix \
              handed narpush nothing: it did not run the post-build-hook. With nix-daemon, a \
              post-build-hook set in NIX_CONFIG counts only for users in `trusted-users` \
              (nix.conf), or register narpush-hook system-wide."
         );
     }
-    eprintln!(
+    say!(
         "narpush: {} path(s) uploaded to {} ({} failed)",
         status.uploaded.paths,
         status.target,

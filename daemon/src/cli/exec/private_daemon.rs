@@ -8,14 +8,19 @@
 //! COMMAND. The child runs in its own process group, so Ctrl-C at a terminal reaches COMMAND
 //! and not the daemon, which `exec` stops itself once the uploads are done.
 //!
+//! The signing key's text and S3 credentials reach the daemon on its stdin, never in its
+//! environment (see [`narpush::secrets`]).
+//!
 //! Invariant: the private configuration is the user's configuration with only the keys below
 //! replaced, added or (`metrics_listen`) removed, so every other setting (target URL text, compression, limits) is the
 //! one the user wrote and the daemon checks it the same way.
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -23,6 +28,7 @@ use anyhow::{bail, Context};
 use narpush::config::Config;
 use narpush::control;
 use narpush::daemon::status::StatusReport;
+use narpush::secrets::{self, Secrets};
 use narpush_protocol::env;
 
 /// Without a `max_attempts` of its own, a transient failure is retried this often: a CI job
@@ -32,6 +38,8 @@ pub const EXEC_MAX_ATTEMPTS: i64 = 5;
 pub const EXEC_RETRY_MAX_DELAY_MS: i64 = 30_000;
 /// How long the daemon gets to answer its first `status`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one readiness `status` may take; a fresh daemon answers in milliseconds.
+const READY_DEADLINE: Duration = Duration::from_secs(1);
 /// SIGTERM drains for up to the daemon's own drain timeout; after that and this margin it is
 /// killed.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
@@ -54,8 +62,15 @@ pub struct PrivateDaemon {
 }
 
 impl PrivateDaemon {
-    /// Writes the configuration, starts the daemon and waits until it answers.
-    pub fn start(config: &Config, overrides: Overrides) -> anyhow::Result<PrivateDaemon> {
+    /// Writes the configuration, starts the daemon, hands it `secrets` (on its stdin, see
+    /// [`narpush::secrets`]) and waits until it answers.
+    /// Gives up, stopping the daemon, once `cancelled` is set (a signal came).
+    pub fn start(
+        config: &Config,
+        overrides: Overrides,
+        secrets: &Secrets,
+        cancelled: &AtomicBool,
+    ) -> anyhow::Result<PrivateDaemon> {
         let dir = tempfile::Builder::new()
             .prefix("narpush-exec-")
             .tempdir()
@@ -101,18 +116,32 @@ impl PrivateDaemon {
         let log = std::fs::File::create(dir.path().join("daemon.log"))
             .context("cannot create the private daemon's log")?;
         let exe = std::env::current_exe().context("cannot find the narpush binary")?;
-        let child = Command::new(&exe)
-            .arg("daemon")
+        let (secrets_out, mut secrets_in) =
+            std::io::pipe().context("cannot make a pipe for the private daemon")?;
+        let mut command = Command::new(&exe);
+        command
+            .args(["daemon", "--secrets-from-stdin"])
             .env(env::CONFIG, &config_file)
             .env_remove(env::SOCKET)
             .env_remove(env::SPOOL_DIR)
             .env_remove(env::STATE_DIR)
-            .stdin(Stdio::null())
+            .stdin(secrets_out)
             .stdout(Stdio::null())
             .stderr(log)
-            .process_group(0)
+            .process_group(0);
+        for name in secrets::NAMES {
+            command.env_remove(name);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {} daemon", exe.display()))?;
+        // The pipe's read end is the daemon's alone now; it sees the end of its stdin once
+        // the text is written and `secrets_in` dropped.
+        drop(command);
+        let handed = secrets_in
+            .write_all(secrets.encode().as_bytes())
+            .context("cannot hand the secrets to the private daemon");
+        drop(secrets_in);
         let mut daemon = PrivateDaemon {
             child,
             dir,
@@ -120,20 +149,24 @@ impl PrivateDaemon {
             spool,
             gc_roots,
         };
-        daemon.wait_until_serving()?;
+        handed?;
+        daemon.wait_until_serving(cancelled)?;
         Ok(daemon)
     }
 
-    fn wait_until_serving(&mut self) -> anyhow::Result<()> {
+    fn wait_until_serving(&mut self, cancelled: &AtomicBool) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
+            if cancelled.load(Ordering::SeqCst) {
+                bail!("interrupted before the private narpush daemon answered");
+            }
             if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "the private narpush daemon stopped at once ({status}):\n{}",
                     self.log()
                 );
             }
-            if control::status(&self.socket).is_ok() {
+            if self.answers() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -144,6 +177,17 @@ impl PrivateDaemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the daemon answers `status` within [`READY_DEADLINE`]: a daemon that binds its
+    /// socket but does not answer (stopped, hung) must not hold exec past a signal for long.
+    fn answers(&self) -> bool {
+        let limits = narpush_protocol::client::Limits {
+            deadline: READY_DEADLINE,
+            max_response: 64 << 20,
+        };
+        narpush_protocol::client::exchange(&self.socket, &narpush_protocol::Request::Status, limits)
+            .is_ok()
     }
 
     pub fn dir(&self) -> &Path {
@@ -187,6 +231,16 @@ impl PrivateDaemon {
 impl Drop for PrivateDaemon {
     /// Whatever happened, the daemon does not outlive `exec`, nor do its GC roots.
     fn drop(&mut self) {
+        // Not reaped yet, so its pid is still its group's: the group (the daemon and the
+        // processes it started) is killed whole.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.gc_roots);

@@ -17,7 +17,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use crate::sink::url::S3Location;
 use crate::sink::{ErrorClass, SinkError};
 
-/// Environment first, then the shared credentials file. Fails early, with a sentence a person
+/// Environment first (or what `narpush exec` handed over), then the shared credentials file. Fails early, with a sentence a person
 /// can act on, when neither has credentials.
 pub(super) async fn credentials_chain(
     location: &S3Location,
@@ -27,10 +27,13 @@ pub(super) async fn credentials_chain(
     if let Some(name) = &location.profile {
         profile = profile.profile_name(name);
     }
-    let chain = CredentialsProviderChain::first_try(
-        "environment",
-        EnvironmentVariableCredentialsProvider::new(),
-    )
+    let chain = match handed_credentials() {
+        Some(handed) => CredentialsProviderChain::first_try("handed by narpush exec", handed),
+        None => CredentialsProviderChain::first_try(
+            "environment",
+            EnvironmentVariableCredentialsProvider::new(),
+        ),
+    }
     .or_else("profile", profile.build());
     chain.provide_credentials().await.map_err(|e| {
         tracing::debug!(error = %DisplayErrorContext(&e), "no credentials");
@@ -51,6 +54,22 @@ pub(super) async fn credentials_chain(
         }
     })?;
     Ok(chain)
+}
+
+/// The credentials `narpush exec` handed this process (see [`crate::secrets`]), which then
+/// stand where the environment's would.
+fn handed_credentials() -> Option<aws_credential_types::Credentials> {
+    let handed = crate::secrets::handed()?;
+    let id = handed.get(crate::secrets::AWS_ACCESS_KEY_ID)?;
+    let secret = handed.get(crate::secrets::AWS_SECRET_ACCESS_KEY)?;
+    let token = handed.get(crate::secrets::AWS_SESSION_TOKEN);
+    Some(aws_credential_types::Credentials::new(
+        id,
+        secret,
+        token.map(str::to_owned),
+        None,
+        "narpush-exec",
+    ))
 }
 
 /// The client settings every S3 target gets, before credentials.
