@@ -12,7 +12,7 @@ use crate::engine::stream::StreamSettings;
 use crate::engine::{Engine, EngineConfig, Report, Reports};
 use crate::format::hash::Sha256;
 use crate::format::narinfo::NarInfo;
-use crate::format::signing::SigningKey;
+use crate::format::signing::{SigningKey, VerifyingKey};
 use crate::layout;
 use crate::sink::{Sink, TargetUrl};
 use crate::store::PathInfo;
@@ -198,4 +198,37 @@ async fn a_new_signing_key_forgets_what_the_old_key_made_trusted() {
     ));
     let rekeyed = push(&engine, &mut reports, &info).await;
     assert!(!done(&rekeyed), "{rekeyed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_upstream_trust_forgets_what_the_old_upstreams_served() {
+    let target = tempfile::tempdir().unwrap();
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let ours = SigningKey::generate("ours-1").unwrap();
+    let theirs = SigningKey::generate("upstream-1").unwrap();
+    let info = cache_with(upstream_dir.path(), &path("upstream"), &[&theirs]);
+    let refresh_after = Duration::from_secs(3600);
+    let with_upstream = |keys: Vec<VerifyingKey>| {
+        let caches =
+            vec![crate::upstream::UpstreamUrl::File(upstream_dir.path().to_owned()).into()];
+        crate::upstream::Upstream::new(caches, keys)
+    };
+    let config = engine_config(target.path(), ours.clone(), refresh_after)
+        .await
+        .with_upstream(with_upstream(vec![theirs.public_key()]));
+    let (engine, mut reports, _task) =
+        Engine::start(Arc::new(config), CancellationToken::new(), Duration::ZERO);
+    let first = push(&engine, &mut reports, &info).await;
+    assert!(
+        first.iter().any(|r| matches!(r, Report::Upstream { .. })) && done(&first),
+        "{first:?}"
+    );
+
+    // The upstream's key is no longer trusted: what it served no longer counts.
+    let config = engine_config(target.path(), ours, refresh_after)
+        .await
+        .with_upstream(with_upstream(Vec::new()));
+    engine.reconfigure(Arc::new(config));
+    let after = push(&engine, &mut reports, &info).await;
+    assert!(!done(&after), "{after:?}");
 }
