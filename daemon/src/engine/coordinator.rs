@@ -161,6 +161,10 @@ impl Coordinator {
                     || !config.upstream.same_trust(&self.config.upstream)
                 {
                     // What was trusted may not verify with the new keys (presence rule 4).
+                    tracing::info!(
+                        "signing keys or upstream trust changed: paths found before are looked \
+                         up again"
+                    );
                     self.known.clear();
                     self.realisations.forget_published();
                 }
