@@ -233,10 +233,36 @@ in
             '';
           };
           upstream_caches = lib.mkOption {
-            type = lib.types.listOf lib.types.str;
+            type = lib.types.listOf (
+              lib.types.either lib.types.str (
+                lib.types.submodule {
+                  options = {
+                    url = lib.mkOption {
+                      type = lib.types.str;
+                      description = "The cache's URL.";
+                    };
+                    keys = lib.mkOption {
+                      type = lib.types.nonEmptyListOf lib.types.str;
+                      description = "The only keys that count for this cache's narinfos.";
+                    };
+                  };
+                }
+              )
+            );
             default = [ ];
-            example = [ "https://cache.nixos.org" ];
-            description = "Caches asked for each path before it is uploaded (https://, http:// or file://).";
+            example = [
+              "https://cache.nixos.org"
+              {
+                url = "https://cache.example.com";
+                keys = [ "company-1:..." ];
+              }
+            ];
+            description = ''
+              Caches asked for each path before it is uploaded (https://, http:// or file://): a
+              URL (any `upstream_public_keys` key counts for it), or `{ url; keys; }` (only these
+              keys count, and only for this cache). A path counts as served only if the cache
+              also has the NAR its narinfo names.
+            '';
           };
           refresh_after = lib.mkOption {
             type = lib.types.str;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use narpush_e2e::daemon::Daemon;
 use narpush_e2e::fault_proxy::{FaultProxy, Operation};
 use narpush_e2e::*;
 
@@ -163,4 +164,46 @@ fn a_narinfo_signed_by_another_key_is_replaced_by_one_signed_by_ours() {
         "the reason is not logged: {}",
         stderr(&output)
     );
+}
+
+/// Issue 17, defect 16: a reload with a new signing key forgets what the daemon trusted, so a
+/// dependent is never published on a reference that only the old key signed.
+#[test]
+fn a_reload_with_a_new_key_uploads_again_what_only_the_old_key_signed() {
+    let (top, closure) = build_closure("presence-rekey");
+    let mid = closure
+        .iter()
+        .find(|p| p.ends_with("-narpush-mid"))
+        .expect("mid in the closure")
+        .clone();
+    let keys = tempfile::tempdir().unwrap();
+    let (old_secret, old_public) = keygen(keys.path(), "narpush-old-1");
+    let (new_secret, new_public) = keygen(keys.path(), "narpush-new-1");
+    let key_line = |secret: &Path| format!("secret_key_files = [\"{}\"]", secret.display());
+    let daemon = Daemon::start(&key_line(&old_secret), vec![]);
+    assert_eq!(daemon.public_key(), old_public);
+
+    // mid and its reference go up under the old key.
+    let pushed = daemon.client(&["push", &mid]);
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+    daemon.wait_ok(60);
+
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let rekeyed = config.replace(&key_line(&old_secret), &key_line(&new_secret));
+    assert_ne!(config, rekeyed);
+    std::fs::write(&daemon.config, rekeyed).unwrap();
+    run(std::process::Command::new("kill").args(["-HUP", &daemon.pid().to_string()]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while daemon.public_key() != new_public {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // The top, whose closure holds mid: clients that trust only the new key get all of it.
+    let pushed = daemon.client(&["push", &top]);
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+    daemon.wait_ok(60);
+    let cache = daemon.state.join("cache");
+    assert_closure_invariant(&cache);
+    assert_substitutes(&cache, &new_public, &top);
 }

@@ -195,6 +195,57 @@ fn an_upstream_cache_serving_part_of_a_closure_gets_only_the_rest_uploaded() {
     assert_eq!(uploaded_hashes(target.path()), hashes_of(&closure.paths));
 }
 
+/// Issue 18, defect 5: an upstream's signed narinfo counts only if the upstream also has the
+/// NAR it names (a HEAD of it answers).
+#[test]
+fn an_upstream_narinfo_whose_nar_is_gone_does_not_count() {
+    let closure = build("upstream-nar-gone");
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "narpush-test-1");
+    let (upstream_secret, upstream_public) = keygen(keys.path(), "upstream-test-1");
+    let s3 = S3Server::start_anonymous();
+    let bucket = s3.bucket("upstream");
+    let filled = run(narpush()
+        .args(["upload", "--no-upstream", "--to"])
+        .arg(format!("{}&anonymous=true", s3.url("upstream")))
+        .arg("--key")
+        .arg(&upstream_secret)
+        .arg(&closure.mid)
+        .envs(s3.env()));
+    assert!(filled.status.success(), "{}", stderr(&filled));
+    // The upstream loses mid's NAR; its narinfo, validly signed, stays.
+    let narinfo =
+        std::fs::read_to_string(bucket.join(format!("{}.narinfo", hash_part(&closure.mid))))
+            .unwrap();
+    let nar = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("URL line");
+    std::fs::remove_file(bucket.join(nar)).unwrap();
+    let upstream_url = format!("http://{}/upstream", s3.addr);
+
+    let (target, _) = upload_fresh(
+        &secret,
+        &[
+            "--upstream",
+            &upstream_url,
+            "--upstream-key",
+            &upstream_public,
+        ],
+        &closure.top,
+    );
+    // Only the leaf is still served upstream; mid is uploaded.
+    let expected = hashes_of(closure.paths.iter().filter(|p| **p != closure.leaf));
+    assert_eq!(uploaded_hashes(target.path()), expected);
+    let target_url = format!("file://{}", target.path().display());
+    let (_, substituted) = substitute(
+        &format!("{target_url} {upstream_url}"),
+        &format!("{public} {upstream_public}"),
+        std::slice::from_ref(&closure.top),
+    );
+    assert!(substituted.status.success(), "{}", stderr(&substituted));
+}
+
 #[test]
 fn an_upstream_that_never_answers_costs_one_timeout_not_one_per_path() {
     let closure = build("upstream-silent");

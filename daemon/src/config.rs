@@ -20,7 +20,7 @@ use crate::format::signing::VerifyingKey;
 use crate::layout::CacheInfo;
 use crate::sink::params::CacheParams;
 use crate::sink::url::{TargetUrl, TargetUrlError};
-use crate::upstream::{Upstream, UpstreamUrl, NIXOS_PUBLIC_KEY};
+use crate::upstream::{Upstream, UpstreamCache, NIXOS_PUBLIC_KEY};
 
 pub use narpush_protocol::defaults::CONFIG as DEFAULT_CONFIG_PATH;
 use narpush_protocol::{defaults, env};
@@ -45,7 +45,7 @@ struct RawConfig {
     retry_max_delay_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     allowed_uids: Option<Vec<u32>>,
-    upstream_caches: Option<Vec<String>>,
+    upstream_caches: Option<Vec<toml::Value>>,
     upstream_public_keys: Option<Vec<String>>,
     refresh_after: Option<String>,
     priority: Option<u32>,
@@ -92,8 +92,9 @@ pub struct Config {
     pub upload_build_logs: bool,
     /// A build log larger than this uncompressed is skipped; one is held whole in memory.
     pub max_build_log_bytes: u64,
-    /// Caches asked whether they serve a path before it is uploaded.
-    pub upstream_caches: Vec<UpstreamUrl>,
+    /// Caches asked whether they serve a path before it is uploaded, each with the keys that
+    /// count for it.
+    pub upstream_caches: Vec<UpstreamCache>,
     /// Keys whose signature makes a path upstream's (on the path in the store, or on an
     /// upstream cache's narinfo).
     pub upstream_public_keys: Vec<VerifyingKey>,
@@ -281,9 +282,9 @@ impl Config {
             .upstream_caches
             .unwrap_or_default()
             .iter()
-            .map(|url| UpstreamUrl::parse(url))
+            .map(upstream_caches::upstream_cache)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("upstream_caches", e.to_string()))?;
+            .map_err(|r| invalid("upstream_caches", r))?;
         let upstream_public_keys = match raw.upstream_public_keys {
             Some(keys) => keys
                 .iter()
@@ -464,6 +465,7 @@ impl Config {
 }
 
 mod checks;
+mod upstream_caches;
 use checks::{
     absolute, check_batch_window, check_listen_address, check_public_url,
     check_retry_initial_delay, check_single_put_max, location,

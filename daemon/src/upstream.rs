@@ -2,52 +2,43 @@
 //! so that what they serve is not uploaded again. Two layers, both cheap:
 //!
 //! - **by signature**, offline: a path whose store signatures include a valid signature by one
-//!   of the upstream keys was substituted from that cache;
-//! - **by asking**: the path's narinfo is fetched from each upstream cache in turn, and counts
-//!   only if it names the same path and verifies with an upstream key.
+//!   of the upstream keys (`upstream_public_keys`) was substituted from that cache;
+//! - **by asking**: the path's narinfo is fetched from each upstream cache in turn.
 //!
-//! Invariant: a path is upstream's only on a verified signature. Anything else (no answer, a
-//! malformed or unsigned narinfo, an unreachable cache) means "not upstream's": the worst an
-//! upstream can cost is an upload, never a path missing for clients.
+//! # What an uploader may trust from an upstream cache
 //!
-//! Answers are remembered (positive ones for long, negative ones briefly), and a cache that does
-//! not answer is left alone for [`DOWN_FOR`] after one failed request, so it costs at most one
-//! timeout per few minutes.
+//! The upstream side of the rules in [`crate::engine::presence`]:
+//!
+//! 1. A cache serves a path only if its narinfo names that path, verifies with a key that
+//!    counts **for that cache** (the cache's own `keys` when it has a table entry, else any
+//!    upstream key), and the NAR the narinfo names is there: a HEAD of it (a file's existence
+//!    for `file://`) answers 200. A cache that replays a trusted narinfo without the NAR, or
+//!    another cache's narinfo, serves nothing.
+//! 2. A NAR named outside the cache's root (an absolute URL, `..`) does not count.
+//! 3. A positive answer is remembered for [`POSITIVE_FOR`], a negative one for
+//!    [`NEGATIVE_FOR`], at most [`ANSWERS_CAPACITY`] of them; a cache that did not answer is
+//!    left alone for [`DOWN_FOR`], so it costs at most one timeout per few minutes.
+//!
+//! Invariant: a path is upstream's only on a verified signature and a NAR seen. Anything else
+//! (no answer, a malformed or unsigned narinfo, a missing NAR, an unreachable cache) means
+//! "not upstream's": the worst an upstream can cost is an upload, never a path missing for
+//! clients.
+
+mod address;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+pub use address::{UpstreamCache, UpstreamUrl, UpstreamUrlError};
 
 use crate::format::narinfo::fingerprint;
 use crate::format::signing::VerifyingKey;
 use crate::format::store_path::StorePath;
 use crate::store::PathInfo;
 use crate::trust::trusted_narinfo;
-
-/// A narinfo of a `file://` upstream, at most [`MAX_NARINFO`] bytes of it.
-async fn read_file(file: &std::path::Path) -> Answer {
-    use tokio::io::AsyncReadExt;
-    let opened = match tokio::fs::File::open(file).await {
-        Ok(opened) => opened,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Answer::Absent,
-        Err(e) => return Answer::Unreachable(e.to_string()),
-    };
-    let mut bytes = Vec::new();
-    if let Err(e) = opened
-        .take(MAX_NARINFO as u64 + 1)
-        .read_to_end(&mut bytes)
-        .await
-    {
-        return Answer::Unreachable(e.to_string());
-    }
-    if bytes.len() > MAX_NARINFO {
-        return Answer::TooLarge(file.display().to_string());
-    }
-    Answer::Found(String::from_utf8_lossy(&bytes).into_owned())
-}
 
 /// cache.nixos.org's key, the default of `upstream_public_keys`.
 pub const NIXOS_PUBLIC_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
@@ -60,76 +51,17 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_NARINFO: usize = 1 << 20;
 /// How long a cache that did not answer is not asked.
 pub const DOWN_FOR: Duration = Duration::from_secs(300);
-/// How long a path found upstream is trusted to stay there.
-const POSITIVE_FOR: Duration = Duration::from_secs(24 * 3600);
+/// How long a path found upstream (narinfo and NAR) is trusted to stay there: an upstream may
+/// collect its garbage too.
+pub const POSITIVE_FOR: Duration = Duration::from_secs(3600);
 /// How long "not upstream" is remembered: briefly, since an upstream may build it later.
-const NEGATIVE_FOR: Duration = Duration::from_secs(300);
+pub const NEGATIVE_FOR: Duration = Duration::from_secs(300);
 /// Answers remembered at most.
-const ANSWERS_CAPACITY: usize = 100_000;
+pub const ANSWERS_CAPACITY: usize = 100_000;
 
-/// An upstream cache's address, checked: `https://`, `http://` or `file://`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum UpstreamUrl {
-    /// The base URL, ending in `/`.
-    Http(url::Url),
-    File(PathBuf),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamUrlError {
-    #[error("'{url}' is not a URL: {reason}")]
-    Syntax {
-        url: String,
-        reason: url::ParseError,
-    },
-    #[error("'{url}': upstream caches are https://, http:// or file:// URLs, not {scheme}://")]
-    Scheme { url: String, scheme: String },
-    #[error("'{url}': a file:// URL needs an absolute directory")]
-    FilePath { url: String },
-}
-
-impl UpstreamUrl {
-    pub fn parse(text: &str) -> Result<UpstreamUrl, UpstreamUrlError> {
-        let mut url = url::Url::parse(text).map_err(|reason| UpstreamUrlError::Syntax {
-            url: crate::redact::url(text),
-            reason,
-        })?;
-        match url.scheme() {
-            "http" | "https" => {
-                if !url.path().ends_with('/') {
-                    let path = format!("{}/", url.path());
-                    url.set_path(&path);
-                }
-                Ok(UpstreamUrl::Http(url))
-            }
-            "file" => {
-                url.to_file_path()
-                    .map(UpstreamUrl::File)
-                    .map_err(|()| UpstreamUrlError::FilePath {
-                        url: crate::redact::url(text),
-                    })
-            }
-            scheme => Err(UpstreamUrlError::Scheme {
-                url: crate::redact::url(text),
-                scheme: scheme.to_owned(),
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for UpstreamUrl {
-    /// The URL with its credentials masked (`https://user:***@host/`): it is logged.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamUrl::Http(url) => write!(f, "{}", crate::redact::url(url.as_str())),
-            UpstreamUrl::File(dir) => write!(f, "file://{}", dir.display()),
-        }
-    }
-}
-
-/// What a narinfo request to one cache gave.
-enum Answer {
-    Found(String),
+/// What one request to a cache gave.
+enum Reply<T> {
+    Got(T),
     Absent,
     Unreachable(String),
     /// More than [`MAX_NARINFO`] bytes, at this address.
@@ -138,12 +70,15 @@ enum Answer {
 
 struct Cache {
     url: UpstreamUrl,
+    /// The keys that count on its narinfos.
+    keys: Vec<VerifyingKey>,
     /// Not asked until then, after a request that got no answer.
     down_until: Mutex<Option<Instant>>,
 }
 
 /// The upstream filter, shared by every lookup of an engine configuration.
 pub struct Upstream {
+    /// The upstream keys: for signatures in the store, and for caches without keys of their own.
     keys: Vec<VerifyingKey>,
     caches: Vec<Cache>,
     client: Option<reqwest::Client>,
@@ -157,8 +92,8 @@ impl Upstream {
         Upstream::new(Vec::new(), Vec::new())
     }
 
-    pub fn new(caches: Vec<UpstreamUrl>, keys: Vec<VerifyingKey>) -> Upstream {
-        let needs_http = caches.iter().any(|c| matches!(c, UpstreamUrl::Http(_)));
+    pub fn new(caches: Vec<UpstreamCache>, keys: Vec<VerifyingKey>) -> Upstream {
+        let needs_http = caches.iter().any(|c| matches!(c.url, UpstreamUrl::Http(_)));
         let client = needs_http.then(|| {
             reqwest::Client::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
@@ -175,22 +110,35 @@ impl Upstream {
             }
         };
         Upstream {
-            keys,
             caches: caches
                 .into_iter()
-                .map(|url| Cache {
-                    url,
+                .map(|cache| Cache {
+                    keys: cache.keys.unwrap_or_else(|| keys.clone()),
+                    url: cache.url,
                     down_until: Mutex::new(None),
                 })
                 .collect(),
+            keys,
             client,
             answers: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether any check can skip a path (keys configured; without keys nothing verifies).
+    /// Whether any check can skip a path (some key configured; without keys nothing verifies).
     pub fn is_on(&self) -> bool {
-        !self.keys.is_empty()
+        !self.keys.is_empty() || self.caches.iter().any(|cache| !cache.keys.is_empty())
+    }
+
+    /// Whether `other` trusts exactly what this filter trusts (the same keys, the same caches
+    /// with the same keys each).
+    pub fn same_trust(&self, other: &Upstream) -> bool {
+        self.keys == other.keys
+            && self.caches.len() == other.caches.len()
+            && self
+                .caches
+                .iter()
+                .zip(&other.caches)
+                .all(|(a, b)| a.url == b.url && a.keys == b.keys)
     }
 
     /// Whether the store's own signatures of `info` include a valid one by an upstream key.
@@ -206,17 +154,17 @@ impl Upstream {
         })
     }
 
-    /// Whether an upstream cache serves `path`, with a narinfo signed by an upstream key; its
-    /// NarSize if so. Never fails: a cache that cannot answer does not serve it.
+    /// Whether an upstream cache serves `path` (see the module doc); its NarSize if so. Never
+    /// fails: a cache that cannot answer does not serve it.
     pub async fn serves(&self, path: &StorePath) -> Option<u64> {
-        if !self.is_on() || self.caches.is_empty() {
+        if self.caches.iter().all(|cache| cache.keys.is_empty()) {
             return None;
         }
         if let Some(known) = self.remembered(path) {
             return known;
         }
         let mut found = None;
-        for cache in &self.caches {
+        for cache in self.caches.iter().filter(|cache| !cache.keys.is_empty()) {
             if let Some(nar_size) = self.ask(cache, path).await {
                 found = Some(nar_size);
                 break;
@@ -226,35 +174,68 @@ impl Upstream {
         found
     }
 
+    /// The NarSize of `path` if `cache` has a trusted narinfo of it and its NAR.
     async fn ask(&self, cache: &Cache, path: &StorePath) -> Option<u64> {
         let down_until = *lock(&cache.down_until);
         if down_until.is_some_and(|until| Instant::now() < until) {
             return None;
         }
         let name = format!("{}.narinfo", path.hash_part());
-        let answer = match &cache.url {
-            UpstreamUrl::File(dir) => read_file(&dir.join(&name)).await,
-            UpstreamUrl::Http(base) => self.fetch(base, &name).await,
-        };
-        match answer {
-            Answer::Found(text) => {
-                *lock(&cache.down_until) = None;
-                self.verified(&text, path, &cache.url)
+        let text = self.answered(cache, self.read(cache, &name).await)?;
+        let narinfo = match trusted_narinfo(text.as_bytes(), path, &cache.keys) {
+            Ok(narinfo) => narinfo,
+            Err(why) => {
+                tracing::debug!(
+                    %path,
+                    "upstream {} has a narinfo for it, not trusted: {}",
+                    cache.url,
+                    crate::error_chain(&why)
+                );
+                return None;
             }
-            Answer::Absent => {
+        };
+        let Some(nar) = address::nar_location(&narinfo.url) else {
+            tracing::debug!(
+                %path,
+                url = narinfo.url,
+                "upstream {} names a NAR outside the cache; not counted",
+                cache.url
+            );
+            return None;
+        };
+        let has_nar = self.answered(cache, self.head(cache, nar).await);
+        if has_nar.is_none() {
+            tracing::debug!(
+                %path,
+                url = narinfo.url,
+                "upstream {} has a trusted narinfo but not its NAR; not counted",
+                cache.url
+            );
+        }
+        has_nar.map(|()| narinfo.nar_size)
+    }
+
+    /// What `reply` says, noting whether `cache` answered.
+    fn answered<T>(&self, cache: &Cache, reply: Reply<T>) -> Option<T> {
+        match reply {
+            Reply::Got(value) => {
+                *lock(&cache.down_until) = None;
+                Some(value)
+            }
+            Reply::Absent => {
                 *lock(&cache.down_until) = None;
                 None
             }
-            Answer::TooLarge(location) => {
+            Reply::TooLarge(location) => {
                 *lock(&cache.down_until) = None;
                 tracing::warn!(
                     "upstream cache {} answered {location} with more than {MAX_NARINFO} bytes, \
-                     which no narinfo is; not reading it, {path} is uploaded",
+                     which no narinfo is; not reading it, the path is uploaded",
                     cache.url
                 );
                 None
             }
-            Answer::Unreachable(reason) => {
+            Reply::Unreachable(reason) => {
                 let mut down_until = lock(&cache.down_until);
                 // Concurrent lookups fail together; one warning per outage.
                 if !down_until.is_some_and(|until| Instant::now() < until) {
@@ -271,79 +252,137 @@ impl Upstream {
         }
     }
 
-    async fn fetch(&self, base: &url::Url, name: &str) -> Answer {
+    /// The object `name` of `cache`, as text, at most [`MAX_NARINFO`] bytes of it.
+    async fn read(&self, cache: &Cache, name: &str) -> Reply<String> {
+        match &cache.url {
+            UpstreamUrl::File(dir) => read_file(&dir.join(name)).await,
+            UpstreamUrl::Http(base) => match self.request(reqwest::Method::GET, base, name).await {
+                Reply::Got(response) => read_body(response).await,
+                Reply::Absent => Reply::Absent,
+                Reply::TooLarge(location) => Reply::TooLarge(location),
+                Reply::Unreachable(reason) => Reply::Unreachable(reason),
+            },
+        }
+    }
+
+    /// Whether `cache` has the object `name`.
+    async fn head(&self, cache: &Cache, name: &str) -> Reply<()> {
+        match &cache.url {
+            UpstreamUrl::File(dir) => match tokio::fs::metadata(dir.join(name)).await {
+                Ok(meta) if meta.is_file() => Reply::Got(()),
+                Ok(_) => Reply::Absent,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Reply::Absent,
+                Err(e) => Reply::Unreachable(e.to_string()),
+            },
+            UpstreamUrl::Http(base) => {
+                match self.request(reqwest::Method::HEAD, base, name).await {
+                    Reply::Got(_) => Reply::Got(()),
+                    Reply::Absent => Reply::Absent,
+                    Reply::TooLarge(location) => Reply::TooLarge(location),
+                    Reply::Unreachable(reason) => Reply::Unreachable(reason),
+                }
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        base: &url::Url,
+        name: &str,
+    ) -> Reply<reqwest::Response> {
         let Some(client) = &self.client else {
-            return Answer::Unreachable("no HTTP client".to_owned());
+            return Reply::Unreachable("no HTTP client".to_owned());
         };
         let url = match base.join(name) {
             Ok(url) => url,
-            Err(e) => return Answer::Unreachable(e.to_string()),
+            Err(e) => return Reply::Unreachable(e.to_string()),
         };
         // reqwest's errors name the URL, credentials and all: the caller names the cache.
-        let mut response = match client.get(url.clone()).send().await {
+        let response = match client.request(method, url).send().await {
             Ok(response) => response,
-            Err(e) => return Answer::Unreachable(crate::error_chain(&e.without_url())),
+            Err(e) => return Reply::Unreachable(crate::error_chain(&e.without_url())),
         };
         let status = response.status();
         // 403: S3-style buckets answer it for a key that is not there.
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
-            return Answer::Absent;
+            return Reply::Absent;
         }
         if !status.is_success() {
-            return Answer::Unreachable(format!("HTTP {status}"));
+            return Reply::Unreachable(format!("HTTP {status}"));
         }
-        if response
-            .content_length()
-            .is_some_and(|length| length > MAX_NARINFO as u64)
-        {
-            return Answer::TooLarge(crate::redact::url(url.as_str()));
-        }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_NARINFO => {
-                    return Answer::TooLarge(crate::redact::url(url.as_str()))
-                }
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(e) => return Answer::Unreachable(crate::error_chain(&e.without_url())),
-            }
-        }
-        Answer::Found(String::from_utf8_lossy(&body).into_owned())
-    }
-
-    /// The NarSize of a narinfo for `path` that verifies with an upstream key.
-    fn verified(&self, text: &str, path: &StorePath, from: &UpstreamUrl) -> Option<u64> {
-        match trusted_narinfo(text.as_bytes(), path, &self.keys) {
-            Ok(narinfo) => Some(narinfo.nar_size),
-            Err(why) => {
-                tracing::debug!(
-                    %path,
-                    "upstream {from} has a narinfo for it, not trusted: {}",
-                    crate::error_chain(&why)
-                );
-                None
-            }
-        }
+        Reply::Got(response)
     }
 
     fn remembered(&self, path: &StorePath) -> Option<Option<u64>> {
         let answers = lock(&self.answers);
         let (found, since) = answers.get(path)?;
-        let valid_for = if found.is_some() {
-            POSITIVE_FOR
-        } else {
-            NEGATIVE_FOR
-        };
-        (since.elapsed() < valid_for).then_some(*found)
+        (since.elapsed() < valid_for(*found)).then_some(*found)
     }
 
     fn remember(&self, path: &StorePath, found: Option<u64>) {
         let mut answers = lock(&self.answers);
         if answers.len() >= ANSWERS_CAPACITY {
-            answers.clear();
+            answers.retain(|_, (found, since)| since.elapsed() < valid_for(*found));
+            if answers.len() >= ANSWERS_CAPACITY {
+                answers.clear();
+            }
         }
         answers.insert(path.clone(), (found, Instant::now()));
+    }
+}
+
+/// A narinfo of a `file://` upstream, at most [`MAX_NARINFO`] bytes of it.
+async fn read_file(file: &std::path::Path) -> Reply<String> {
+    use tokio::io::AsyncReadExt;
+    let opened = match tokio::fs::File::open(file).await {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Reply::Absent,
+        Err(e) => return Reply::Unreachable(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = opened
+        .take(MAX_NARINFO as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+    {
+        return Reply::Unreachable(e.to_string());
+    }
+    if bytes.len() > MAX_NARINFO {
+        return Reply::TooLarge(file.display().to_string());
+    }
+    Reply::Got(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// An HTTP answer's body, at most [`MAX_NARINFO`] bytes of it.
+async fn read_body(mut response: reqwest::Response) -> Reply<String> {
+    let location = crate::redact::url(response.url().as_str());
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_NARINFO as u64)
+    {
+        return Reply::TooLarge(location);
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > MAX_NARINFO => {
+                return Reply::TooLarge(location)
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => return Reply::Unreachable(crate::error_chain(&e.without_url())),
+        }
+    }
+    Reply::Got(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// How long an answer is remembered.
+fn valid_for(found: Option<u64>) -> Duration {
+    if found.is_some() {
+        POSITIVE_FOR
+    } else {
+        NEGATIVE_FOR
     }
 }
 

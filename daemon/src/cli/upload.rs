@@ -185,7 +185,7 @@ impl Settings {
         } else {
             let mut caches = config.upstream_caches.clone();
             for url in &args.upstream_caches {
-                caches.push(UpstreamUrl::parse(url).context("--upstream")?);
+                caches.push(UpstreamUrl::parse(url).context("--upstream")?.into());
             }
             let mut upstream_keys = config.upstream_public_keys.clone();
             for key in &args.upstream_keys {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::upstream::UpstreamUrl;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("/etc/narpush/narpush.toml"))
@@ -137,6 +138,55 @@ fn upstream_defaults_to_cache_nixos_org_key_alone_and_lists_are_checked() {
     assert!(err.to_string().contains("'upstream_caches'"), "{err}");
     let err = parse("upstream_public_keys = [\"cache.nixos.org-1\"]\n").unwrap_err();
     assert!(err.to_string().contains("'upstream_public_keys'"), "{err}");
+}
+
+#[test]
+fn an_upstream_cache_may_be_a_table_whose_keys_count_for_it_alone() {
+    let company = "company-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+    let config = parse(&format!(
+        "upstream_caches = [\"https://cache.nixos.org\", \
+         {{ url = \"https://cache.example.com\", keys = [\"{company}\"] }}]\n"
+    ))
+    .unwrap();
+    assert_eq!(config.upstream_caches[0].keys, None);
+    assert_eq!(
+        config.upstream_caches[1].url,
+        UpstreamUrl::parse("https://cache.example.com").unwrap()
+    );
+    let keys: Vec<String> = config.upstream_caches[1]
+        .keys
+        .iter()
+        .flatten()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(keys, [company]);
+    // Without keys, a table is a plain URL.
+    let config = parse("upstream_caches = [{ url = \"file:///srv/c\" }]\n").unwrap();
+    assert_eq!(config.upstream_caches[0].keys, None);
+    for (bad, says) in [
+        ("[{ keys = [] }]", "needs 'url'"),
+        ("[{ url = \"file:///c\", keys = [] }]", "'keys' is empty"),
+        (
+            "[{ url = \"file:///c\", keys = [\"nope\"] }]",
+            "'nope' is not a public key",
+        ),
+        ("[{ url = \"file:///c\", key = [] }]", "unknown key 'key'"),
+        ("[{ url = \"s3://b\" }]", "s3://"),
+        ("[{ url = 1 }]", "'url' must be a string"),
+        (
+            "[{ url = \"file:///c\", keys = \"k\" }]",
+            "list of public keys",
+        ),
+        ("[1]", "not integer"),
+    ] {
+        let err = parse(&format!("upstream_caches = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'upstream_caches'") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::big_nars::{BigNars, Queued, Start};
 use super::graph::{Action, Graph, Report};
-use super::presence::KnownPresent;
+use super::presence::{self, KnownPresent};
 use super::progress::{EngineView, Stages};
 use super::realisations::{self, Realisations};
 use super::resolve::{self, Resolution};
@@ -159,6 +159,17 @@ impl Coordinator {
                     self.known.clear();
                     self.kept.clear();
                 }
+                if config.own_keys != self.config.own_keys
+                    || !config.upstream.same_trust(&self.config.upstream)
+                {
+                    // What was trusted may not verify with the new keys (presence rule 4).
+                    tracing::info!(
+                        "signing keys or upstream trust changed: paths found before are looked \
+                         up again"
+                    );
+                    self.known.clear();
+                    self.realisations.forget_published();
+                }
                 if config.parallel_requests != self.config.parallel_requests {
                     self.requests = Arc::new(Semaphore::new(config.parallel_requests));
                 }
@@ -289,34 +300,48 @@ impl Coordinator {
         }
     }
 
+    /// Records what `report` proves, starts publishing the realisations that frees, then
+    /// tells the owner, unless the report is a top held for its realisations.
     fn report(&mut self, report: Report) {
         if let Report::Upstream { nar_size, .. } = &report {
             self.view.count_upstream(*nar_size);
         }
-        match &report {
+        self.remember_presence(&report);
+        let held = self.hold_top(&report);
+        self.release_realisations();
+        if !held {
+            // The owner may have stopped listening (shutting down); the work stands.
+            let _ = self.reports.send(report);
+        }
+    }
+
+    /// Known-present bookkeeping (see [`super::presence`]): only a lookup, an upstream answer
+    /// or an upload starts a path's trust; a top reported done because it was known does not
+    /// renew it.
+    fn remember_presence(&mut self, report: &Report) {
+        match report {
             Report::Present(path)
             | Report::Upstream { path, .. }
-            | Report::Uploaded { path, .. }
-            | Report::TopDone(path) => {
-                self.known.insert(path.clone());
+            | Report::Uploaded { path, .. } => {
+                let trust_for = presence::trust_for(self.config.refresh_after);
+                self.known.found(path.clone(), trust_for);
             }
-            Report::Failed { .. } | Report::TopFailed { .. } => {}
+            Report::TopDone(_) | Report::Failed { .. } | Report::TopFailed { .. } => {}
         }
-        match &report {
-            Report::TopDone(top) if self.realisations.hold(top) => {
-                // Reported once its realisations are published.
-                self.release_realisations();
-                return;
-            }
+    }
+
+    /// Held tops: whether `report` is a top done whose realisations are not published yet (it
+    /// is reported once they are). A failed top's realisations are dropped.
+    fn hold_top(&mut self, report: &Report) -> bool {
+        match report {
+            Report::TopDone(top) => self.realisations.hold(top),
+            // Dependents of its realisations no longer wait for it, but look them up.
             Report::TopFailed { top: path, .. } | Report::Failed { path, .. } => {
-                // Dependents of its realisations no longer wait for it, but look them up.
                 self.realisations.drop_output(path);
-                self.release_realisations();
+                false
             }
-            _ => self.release_realisations(),
+            _ => false,
         }
-        // The owner may have stopped listening (shutting down); the work stands.
-        let _ = self.reports.send(report);
     }
 
     /// Starts publishing the realisations whose outputs (and dependencies) are in the cache.

@@ -75,6 +75,12 @@ impl Realisations {
         waits
     }
 
+    /// Forgets which ids were published (the signing keys changed): a dependency on one is
+    /// checked in the cache again.
+    pub fn forget_published(&mut self) {
+        self.published.clear();
+    }
+
     /// Forgets the realisations of a path that failed.
     pub fn drop_output(&mut self, path: &StorePath) {
         self.pending.retain(|_, r| &r.out_path != path);

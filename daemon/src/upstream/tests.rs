@@ -1,3 +1,8 @@
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use super::*;
 use crate::format::hash::Sha256;
 use crate::format::narinfo::NarInfo;
@@ -31,10 +36,17 @@ fn signed_info(key: &SigningKey) -> PathInfo {
     info
 }
 
+/// The NAR every narinfo of [`narinfo_text`] names.
+const NAR: &str = "nar/x.nar.zst";
+
 fn narinfo_text(key: Option<&SigningKey>, of: &StorePath) -> String {
+    narinfo_at(key, of, NAR)
+}
+
+fn narinfo_at(key: Option<&SigningKey>, of: &StorePath, nar_url: &str) -> String {
     let mut narinfo = NarInfo {
         store_path: of.clone(),
-        url: "nar/x.nar.zst".to_owned(),
+        url: nar_url.to_owned(),
         compression: "zstd".to_owned(),
         file_hash: None,
         file_size: None,
@@ -97,7 +109,9 @@ async fn a_file_cache_serves_only_narinfos_of_the_path_signed_by_an_upstream_key
     let write = |of: &StorePath, text: String| {
         std::fs::write(dir.path().join(format!("{}.narinfo", of.hash_part())), text).unwrap()
     };
-    let caches = || vec![UpstreamUrl::File(dir.path().to_owned())];
+    let caches = || vec![UpstreamUrl::File(dir.path().to_owned()).into()];
+    std::fs::create_dir_all(dir.path().join("nar")).unwrap();
+    std::fs::write(dir.path().join(NAR), b"nar").unwrap();
 
     let served = path("served");
     write(&served, narinfo_text(Some(&key), &served));
@@ -126,7 +140,7 @@ async fn a_cache_that_does_not_answer_is_asked_once_per_outage() {
         .port();
     let key = SigningKey::generate("upstream-1").unwrap();
     let url = UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-    let upstream = Upstream::new(vec![url], vec![key.public_key()]);
+    let upstream = Upstream::new(vec![url.into()], vec![key.public_key()]);
     assert_eq!(upstream.serves(&path("a")).await, None);
     assert!(lock(&upstream.caches[0].down_until).is_some());
     // Listening now, but down: the second lookup must not connect.
@@ -164,7 +178,7 @@ async fn an_endless_answer_is_cut_off_at_the_narinfo_limit_not_read_until_the_ti
     });
     let key = SigningKey::generate("upstream-1").unwrap();
     let url = UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-    let upstream = Upstream::new(vec![url], vec![key.public_key()]);
+    let upstream = Upstream::new(vec![url.into()], vec![key.public_key()]);
     let started = Instant::now();
     assert_eq!(upstream.serves(&path("a")).await, None);
     assert!(
@@ -192,7 +206,7 @@ async fn a_file_cache_answer_beyond_the_limit_is_not_read() {
     )
     .unwrap();
     let file = dir.path().join(format!("{}.narinfo", served.hash_part()));
-    assert!(matches!(read_file(&file).await, Answer::TooLarge(at) if at.contains(".narinfo")));
+    assert!(matches!(read_file(&file).await, Reply::TooLarge(at) if at.contains(".narinfo")));
 }
 
 #[tokio::test]
@@ -202,11 +216,239 @@ async fn a_cache_url_with_credentials_is_shown_and_reported_without_them() {
     let UpstreamUrl::Http(base) = &url else {
         panic!("expected an http cache")
     };
-    let upstream = Upstream::new(vec![url.clone()], Vec::new());
-    match upstream.fetch(base, "x.narinfo").await {
-        Answer::Unreachable(reason) => assert!(!reason.contains("SECRETtoken"), "{reason}"),
+    let upstream = Upstream::new(vec![url.clone().into()], Vec::new());
+    match upstream.request(reqwest::Method::GET, base, "x.narinfo").await {
+        Reply::Unreachable(reason) => assert!(!reason.contains("SECRETtoken"), "{reason}"),
         _ => panic!("nothing listens on port 1"),
     }
     let error = UpstreamUrl::parse("gopher://user:SECRETtoken@host/").unwrap_err();
     assert!(!error.to_string().contains("SECRETtoken"), "{error}");
+}
+
+/// A directory cache: `narinfos` written as given, and the NARs named in `nars`.
+fn file_cache(narinfos: &[(&StorePath, String)], nars: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (of, text) in narinfos {
+        std::fs::write(dir.path().join(format!("{}.narinfo", of.hash_part())), text).unwrap();
+    }
+    for nar in nars {
+        let file = dir.path().join(nar);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, b"nar").unwrap();
+    }
+    dir
+}
+
+fn file_url(dir: &tempfile::TempDir) -> UpstreamUrl {
+    UpstreamUrl::File(dir.path().to_owned())
+}
+
+#[tokio::test]
+async fn a_trusted_narinfo_without_its_nar_serves_nothing() {
+    let key = SigningKey::generate("upstream-1").unwrap();
+    let with_nar = path("with-nar");
+    let without = StorePath::from_basename("0jm1vj6j3ixsz2x5s77jxchbljjfn6s6-without-nar").unwrap();
+    let dir = file_cache(
+        &[
+            (
+                &with_nar,
+                narinfo_at(Some(&key), &with_nar, "nar/with.nar.zst"),
+            ),
+            (
+                &without,
+                narinfo_at(Some(&key), &without, "nar/gone.nar.zst"),
+            ),
+        ],
+        &["nar/with.nar.zst"],
+    );
+    let upstream = Upstream::new(vec![file_url(&dir).into()], vec![key.public_key()]);
+    assert_eq!(upstream.serves(&with_nar).await, Some(120));
+    assert_eq!(upstream.serves(&without).await, None);
+}
+
+#[tokio::test]
+async fn a_narinfo_naming_a_nar_outside_its_cache_serves_nothing() {
+    let key = SigningKey::generate("upstream-1").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("x.nar"), b"nar").unwrap();
+    let escaping = format!(
+        "../{}/x.nar",
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
+    for (i, url) in [
+        escaping.as_str(),
+        "/etc/hostname",
+        "https://elsewhere.example/nar/x.nar",
+        "nar//x.nar",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let of =
+            StorePath::from_basename(&format!("{i}jm1vj6j3ixsz2x5s77jxchbljjfn6s6-out")).unwrap();
+        let dir = file_cache(&[(&of, narinfo_at(Some(&key), &of, url))], &[]);
+        let upstream = Upstream::new(vec![file_url(&dir).into()], vec![key.public_key()]);
+        assert_eq!(upstream.serves(&of).await, None, "{url}");
+    }
+    assert_eq!(
+        address::nar_location("nar/1abc.nar.xz"),
+        Some("nar/1abc.nar.xz")
+    );
+}
+
+#[tokio::test]
+async fn a_key_tied_to_a_cache_counts_only_for_that_cache() {
+    let ours = SigningKey::generate("company-1").unwrap();
+    let theirs = SigningKey::generate("other-1").unwrap();
+    let a = path("a");
+    let b = StorePath::from_basename("1jm1vj6j3ixsz2x5s77jxchbljjfn6s6-b").unwrap();
+    // The company cache holds `a` signed by its key; the other cache replays that narinfo
+    // and holds `b` signed by the company key too.
+    let company = file_cache(&[(&a, narinfo_text(Some(&ours), &a))], &[NAR]);
+    let other = file_cache(
+        &[
+            (&a, narinfo_text(Some(&ours), &a)),
+            (&b, narinfo_text(Some(&ours), &b)),
+        ],
+        &[NAR],
+    );
+    let caches = vec![
+        UpstreamCache {
+            url: file_url(&other),
+            keys: Some(vec![theirs.public_key()]),
+        },
+        UpstreamCache {
+            url: file_url(&company),
+            keys: Some(vec![ours.public_key()]),
+        },
+    ];
+    // No general upstream key: only the tables' keys count, each for its own cache.
+    let upstream = Upstream::new(caches.clone(), Vec::new());
+    assert!(upstream.is_on());
+    assert_eq!(upstream.serves(&a).await, Some(120));
+    assert_eq!(upstream.serves(&b).await, None);
+    // A plain entry takes the general keys, as before.
+    let plain = Upstream::new(vec![file_url(&other).into()], vec![ours.public_key()]);
+    assert_eq!(plain.serves(&b).await, Some(120));
+    // Tied keys are not store-signature keys.
+    assert!(!upstream.signed_by_upstream(&signed_info(&ours)));
+}
+
+#[test]
+fn trust_is_the_same_only_with_the_same_caches_and_keys() {
+    let key = SigningKey::generate("upstream-1").unwrap().public_key();
+    let other = SigningKey::generate("upstream-2").unwrap().public_key();
+    let url = UpstreamUrl::parse("https://cache.example.org").unwrap();
+    let plain = || Upstream::new(vec![url.clone().into()], vec![key.clone()]);
+    assert!(plain().same_trust(&plain()));
+    assert!(Upstream::off().same_trust(&Upstream::off()));
+    assert!(!plain().same_trust(&Upstream::off()));
+    assert!(!plain().same_trust(&Upstream::new(
+        vec![url.clone().into()],
+        vec![other.clone()]
+    )));
+    let tied = Upstream::new(
+        vec![UpstreamCache {
+            url: url.clone(),
+            keys: Some(vec![other]),
+        }],
+        vec![key.clone()],
+    );
+    assert!(!plain().same_trust(&tied));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_path_found_upstream_is_believed_for_positive_for_at_most() {
+    let key = SigningKey::generate("upstream-1").unwrap();
+    let served = path("served");
+    let dir = file_cache(&[(&served, narinfo_text(Some(&key), &served))], &[NAR]);
+    let upstream = Upstream::new(vec![file_url(&dir).into()], vec![key.public_key()]);
+    assert_eq!(upstream.serves(&served).await, Some(120));
+    // The upstream collects it; the answer stands until POSITIVE_FOR has passed.
+    std::fs::remove_file(dir.path().join(NAR)).unwrap();
+    tokio::time::advance(POSITIVE_FOR - Duration::from_secs(1)).await;
+    assert_eq!(upstream.serves(&served).await, Some(120));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(upstream.serves(&served).await, None);
+    assert!(POSITIVE_FOR <= Duration::from_secs(3600));
+}
+
+#[test]
+fn remembered_answers_stay_within_their_capacity() {
+    let upstream = Upstream::off();
+    for i in 0..=ANSWERS_CAPACITY {
+        let of = StorePath::from_basename(&format!("{:0>32}-p{i}", "")).unwrap();
+        upstream.remember(&of, Some(1));
+    }
+    assert!(lock(&upstream.answers).len() <= ANSWERS_CAPACITY);
+}
+
+/// An HTTP cache on 127.0.0.1 serving `objects` (GET and HEAD; anything else is a 404), and
+/// the requests it got, as "METHOD /path".
+fn http_cache(objects: HashMap<String, String>) -> (UpstreamUrl, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url =
+        UpstreamUrl::parse(&format!("http://{}/cache", listener.local_addr().unwrap())).unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let request = String::from_utf8_lossy(&request);
+            let mut words = request.split_whitespace();
+            let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            lock(&seen).push(format!("{method} {target}"));
+            let body = target
+                .strip_prefix("/cache/")
+                .and_then(|name| objects.get(name));
+            let response = match body {
+                Some(body) => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                    body.len(),
+                    if method == "HEAD" { "" } else { body }
+                ),
+                None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_owned(),
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (url, log)
+}
+
+#[tokio::test]
+async fn an_http_cache_serves_a_path_only_once_a_head_finds_its_nar() {
+    let key = SigningKey::generate("upstream-1").unwrap();
+    let (with_nar, without) = (
+        path("with-nar"),
+        StorePath::from_basename("0jm1vj6j3ixsz2x5s77jxchbljjfn6s6-without").unwrap(),
+    );
+    let objects = HashMap::from([
+        (
+            format!("{}.narinfo", with_nar.hash_part()),
+            narinfo_at(Some(&key), &with_nar, "nar/with.nar.zst"),
+        ),
+        (
+            format!("{}.narinfo", without.hash_part()),
+            narinfo_at(Some(&key), &without, "nar/gone.nar.zst"),
+        ),
+        ("nar/with.nar.zst".to_owned(), "nar".to_owned()),
+    ]);
+    let (url, log) = http_cache(objects);
+    let upstream = Upstream::new(vec![url.into()], vec![key.public_key()]);
+    assert_eq!(upstream.serves(&with_nar).await, Some(120));
+    assert_eq!(upstream.serves(&without).await, None);
+    let requests = lock(&log).clone();
+    assert!(
+        requests.contains(&"HEAD /cache/nar/with.nar.zst".to_owned())
+            && requests.contains(&"HEAD /cache/nar/gone.nar.zst".to_owned()),
+        "{requests:?}"
+    );
+    // A missing NAR is an answer, not an outage.
+    assert!(lock(&upstream.caches[0].down_until).is_none());
 }
