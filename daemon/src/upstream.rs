@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::coexist::{Reader, WhenRefused};
 use crate::format::narinfo::fingerprint;
 use crate::format::signing::VerifyingKey;
 use crate::format::store_path::StorePath;
@@ -251,8 +252,12 @@ impl Upstream {
             Err(e) => return Answer::Unreachable(crate::error_chain(&e)),
         };
         let status = response.status();
-        // 403: S3-style buckets answer it for a key that is not there.
-        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
+        // 403: S3-style buckets answer it for a key that is not there; the protocol's rule for
+        // an upstream (crate::coexist::Reader) makes it "not served".
+        let refused_is_absent = Reader::Upstream.when_refused() == WhenRefused::Absent;
+        if status == reqwest::StatusCode::NOT_FOUND
+            || (status == reqwest::StatusCode::FORBIDDEN && refused_is_absent)
+        {
             return Answer::Absent;
         }
         if !status.is_success() {
