@@ -174,6 +174,11 @@ impl Check {
         }
     }
 
+    /// A check that began at `began` (a simulation's or a test's instant).
+    pub fn began_at(began: Instant) -> Check {
+        Check { began }
+    }
+
     /// When a delete this check allowed must have been answered, or given up.
     pub fn deadline(&self) -> Instant {
         self.began + DELETE_WINDOW
@@ -254,9 +259,7 @@ mod tests {
     fn a_check_allows_deletes_only_within_the_window() {
         let fresh = Check::begin();
         assert!(fresh.time_left().is_some_and(|left| left <= DELETE_WINDOW));
-        let began = |ago: Duration| Check {
-            began: Instant::now() - ago,
-        };
+        let began = |ago: Duration| Check::began_at(Instant::now() - ago);
         let nearly_over = began(DELETE_WINDOW - MIN_TIME_LEFT * 2);
         assert!(nearly_over
             .time_left()

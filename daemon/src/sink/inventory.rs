@@ -335,3 +335,22 @@ impl S3Sink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delete_whose_check_is_over_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.narinfo"), "x").unwrap();
+        let sink = Sink::File(FileSink::open(dir.path()).unwrap());
+        let keys = vec!["a.narinfo".to_owned()];
+        let over = Check::began_at(tokio::time::Instant::now() - crate::coexist::DELETE_WINDOW);
+        let error = sink.delete_within(&keys, &over).await.unwrap_err();
+        assert!(error.detail.contains("not sent"), "{error}");
+        assert!(dir.path().join("a.narinfo").exists());
+        sink.delete_within(&keys, &Check::begin()).await.unwrap();
+        assert!(!dir.path().join("a.narinfo").exists());
+    }
+}
