@@ -44,8 +44,8 @@
 //! - **G5, a look before each delete.** A narinfo is deleted only if a HEAD shows it unchanged
 //!   since the listing (a rewritten one is a root: the plan is made again). Every other object
 //!   is deleted only if a HEAD shows it unchanged since the listing (an uploader wrote it again:
-//!   kept) and every narinfo this run deleted that named it is still absent (a refresh wrote
-//!   one back: kept).
+//!   kept) and every narinfo it belongs to (that names it; for a realisation, its output's) is
+//!   still absent (a refresh wrote one back: kept).
 //! - **G6, the bound.** A delete request is sent only while less than `W` has passed since its
 //!   check began ([`Check`]), and it is given only the time that is left, retries included
 //!   ([`Check::time_left`]); one that does not answer by then ends the run. A check that took

@@ -190,8 +190,9 @@ pub struct Plan {
     pub delete: Vec<Object>,
     /// How many of the first objects of `delete` each layer of narinfos holds.
     pub narinfo_layers: Vec<usize>,
-    /// For an object after the narinfos (a NAR, listing or log): the keys of the narinfos in
-    /// `delete` that name it. It stays if one of them is back by the time it would go.
+    /// For an object after the narinfos (a NAR, listing, log or realisation): the keys of the
+    /// narinfos it belongs to (for a realisation, its output's). It stays if one of them is
+    /// there by the time it would go.
     pub named_by: HashMap<String, Vec<String>>,
 }
 

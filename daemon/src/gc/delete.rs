@@ -5,8 +5,8 @@
 //! - A narinfo goes only if it is unchanged since the listing; one rewritten since means an
 //!   uploader builds upon it, and the plan is made again.
 //! - Any other object goes only if it is unchanged since the listing (an uploader that stores
-//!   the same NAR again rewrites it) and none of the narinfos this run deleted that named it is
-//!   back (a refresh writes one back).
+//!   the same NAR again rewrites it) and none of the narinfos it belongs to is back (a refresh
+//!   writes one back).
 //! - A look that took too long is made again for half as many keys; when one key's look and
 //!   delete do not fit in the window, the run stops.
 

@@ -122,7 +122,7 @@ pub async fn plan(
                 Some(&mut plan.summary.deleted_by_kind.logs),
             ),
             ObjectKind::Realisation => (
-                young || !realisations.unused.contains(&object.key),
+                young || !realisations.unused.contains_key(&object.key),
                 Some(&mut plan.summary.deleted_by_kind.realisations),
             ),
         };
@@ -140,6 +140,9 @@ pub async fn plan(
         }
     }
     plan.named_by = doomed.named_by;
+    for (key, narinfo) in realisations.unused {
+        plan.named_by.entry(key).or_default().push(narinfo);
+    }
     for layer in layers::layers(doomed_narinfos, &doomed.references) {
         plan.narinfo_layers.push(layer.len());
         plan.delete.extend(layer);
@@ -211,8 +214,9 @@ struct Uses {
 }
 
 struct Realisations {
-    /// Realisations older than the grace period whose output is not kept.
-    unused: HashSet<String>,
+    /// Realisations older than the grace period whose output is not kept, with the key of
+    /// their output's narinfo.
+    unused: HashMap<String, String>,
     gets: u64,
 }
 
@@ -235,13 +239,13 @@ async fn read_realisations(
         .buffer_unordered(READ_CONCURRENCY)
         .collect()
         .await;
-    let mut unused = HashSet::new();
+    let mut unused = HashMap::new();
     for (key, body) in read {
         let Some(body) = body? else { continue };
         // Its dependencies' outputs are in its output's closure: kept whenever it is.
         match Realisation::from_json(&body) {
             Ok(realisation) if !live.contains(realisation.out_path.hash_part()) => {
-                unused.insert(key);
+                unused.insert(key, layout::narinfo_key(&realisation.out_path));
             }
             _ => {}
         }

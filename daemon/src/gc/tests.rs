@@ -301,6 +301,7 @@ async fn a_nar_written_again_after_the_listing_stays_with_the_narinfo_that_names
 async fn a_narinfo_written_back_by_a_refresh_keeps_its_nar() {
     let cache = Cache::new();
     cache.add("old", &[], 60 * DAY);
+    let realisation = add_realisation(&cache, 1, "old", &[], 60 * DAY);
     let narinfo = cache.root().join(layout::narinfo_key(&path("old")));
     let body = std::fs::read(&narinfo).unwrap();
     // An uploader found "old" just before its narinfo went, and writes it back (a refresh)
@@ -315,7 +316,7 @@ async fn a_narinfo_written_back_by_a_refresh_keeps_its_nar() {
         .await
         .unwrap();
     assert!(narinfo.exists());
-    for key in keys_of(&cache, "old") {
+    for key in [keys_of(&cache, "old"), vec![realisation]].concat() {
         assert!(cache.root().join(&key).exists(), "{key} was deleted");
     }
     assert_eq!(done.summary.deleted_by_kind.narinfos.objects, 1);
