@@ -11,6 +11,9 @@ use std::time::{Duration, SystemTime};
 use narpush_e2e::daemon::Daemon;
 use narpush_e2e::*;
 
+#[path = "gc/protocol.rs"]
+mod protocol;
+
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Builds gc.nix; returns (top, closure).

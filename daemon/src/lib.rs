@@ -14,6 +14,8 @@
 //! - [`engine`]: the one upload engine, used by `narpush upload` and the daemon alike: closures,
 //!   lookups, NAR streams (hash check, parallel compression, fixed-size parts), signed
 //!   narinfos, and the ordering that keeps the closure invariant.
+//! - [`gc`]: retention GC of a cache; [`coexist`]: the protocol that lets it run while
+//!   uploaders write to the same cache (its rules, time bounds and what a 403 means to whom).
 //! - [`queue`], [`gcroots`], [`daemon`]: the daemon's durable queue, the GC roots that protect
 //!   queued paths, and the service around the engine; [`control`]: the CLI's side of the socket.
 //! - [`config`]: the TOML config file, checked in one pass, with [`default_paths`] for what it
@@ -26,6 +28,7 @@
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
 pub mod clock;
+pub mod coexist;
 pub mod config;
 pub mod consumer;
 pub mod control;

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 pub use address::{UpstreamCache, UpstreamUrl, UpstreamUrlError};
 
+use crate::coexist::{Reader, WhenRefused};
 use crate::format::narinfo::fingerprint;
 use crate::format::signing::VerifyingKey;
 use crate::format::store_path::StorePath;
@@ -304,8 +305,12 @@ impl Upstream {
             Err(e) => return Reply::Unreachable(crate::error_chain(&e.without_url())),
         };
         let status = response.status();
-        // 403: S3-style buckets answer it for a key that is not there.
-        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
+        // 403: S3-style buckets answer it for a key that is not there; the protocol's rule for
+        // an upstream (crate::coexist::Reader) makes it "not served".
+        let refused_is_absent = Reader::Upstream.when_refused() == WhenRefused::Absent;
+        if status == reqwest::StatusCode::NOT_FOUND
+            || (status == reqwest::StatusCode::FORBIDDEN && refused_is_absent)
+        {
             return Reply::Absent;
         }
         if !status.is_success() {

@@ -8,7 +8,10 @@
 //! - random: each request gets a fault with a configured chance, drawn from a seeded generator,
 //!   so a run is reproducible up to the timing of concurrent requests ([`FaultProxy::randomize`]);
 //! - 404 turned into 403, as AWS answers for a missing key without `s3:ListBucket`
-//!   ([`FaultProxy::forbid_missing`]).
+//!   ([`FaultProxy::forbid_missing`]);
+//! - requests refused with 403 (credentials without a permission, [`Fault::Forbidden`]), and
+//!   answers or requests held back ([`Fault::SlowAnswer`], [`Fault::HeldRequest`]); these are
+//!   scripted or drawn only when a test names them, never part of [`Fault::ALL`].
 //!
 //! Every injected fault is counted ([`FaultProxy::injected`]), so a test can prove how many it
 //! survived. The proxy runs on its own tokio runtime and stops when dropped.
@@ -46,10 +49,15 @@ pub enum Fault {
     Timeout,
     /// The server completes the request, then the connection closes without the answer.
     DropAfterCompletion,
-    /// 403 AccessDenied; the request never reaches the server. s3s-fs answers so for a
-    /// multipart upload that is gone (where AWS answers NoSuchUpload); not among
-    /// [`Fault::ALL`], only scripted.
+    /// 403 AccessDenied, as for credentials that lack the permission; the request never
+    /// reaches the server.
     Forbidden,
+    /// The server completes the request; its answer arrives whole, `timeout_delay` later.
+    SlowAnswer,
+    /// The request reaches the server only `timeout_delay` after it was sent, and only if the
+    /// client still waits for it then (a client that gave up is counted in
+    /// [`FaultProxy::abandoned`]): a request slowed down on its way.
+    HeldRequest,
 }
 
 impl Fault {
@@ -67,12 +75,15 @@ impl Fault {
 pub enum Operation {
     Head,
     Get,
+    /// ListObjectsV2.
+    List,
     PutObject,
     CreateMultipartUpload,
     UploadPart,
     CompleteMultipartUpload,
     AbortMultipartUpload,
     ListMultipartUploads,
+    DeleteObjects,
     Other,
 }
 
@@ -86,11 +97,13 @@ impl Operation {
         match *method {
             Method::HEAD => Operation::Head,
             Method::GET if has("uploads") => Operation::ListMultipartUploads,
+            Method::GET if has("list-type") => Operation::List,
             Method::GET => Operation::Get,
             Method::PUT if has("partNumber") => Operation::UploadPart,
             Method::PUT => Operation::PutObject,
             Method::POST if has("uploads") => Operation::CreateMultipartUpload,
             Method::POST if has("uploadId") => Operation::CompleteMultipartUpload,
+            Method::POST if has("delete") => Operation::DeleteObjects,
             Method::DELETE if has("uploadId") => Operation::AbortMultipartUpload,
             _ => Operation::Other,
         }
@@ -109,6 +122,7 @@ struct State {
     retry_after: String,
     injected: BTreeMap<Fault, u64>,
     forbidden: u64,
+    abandoned: u64,
     requests: BTreeMap<Operation, u64>,
 }
 
@@ -181,6 +195,7 @@ impl FaultProxy {
             retry_after: "1".to_owned(),
             injected: BTreeMap::new(),
             forbidden: 0,
+            abandoned: 0,
             requests: BTreeMap::new(),
         }));
         runtime.spawn(accept(listener, upstream, state.clone()));
@@ -249,6 +264,12 @@ impl FaultProxy {
     /// How many 404 answers were turned into 403.
     pub fn forbidden(&self) -> u64 {
         self.with(|s| s.forbidden)
+    }
+
+    /// How many [`Fault::HeldRequest`] requests never reached the server because the client
+    /// had given up by then.
+    pub fn abandoned(&self) -> u64 {
+        self.with(|s| s.abandoned)
     }
 
     /// Requests seen so far, by operation.
@@ -333,6 +354,13 @@ async fn handle(
         _ => {}
     }
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    if fault == Some(Fault::HeldRequest) {
+        // hyper drops this future when the client closes the connection: then the guard
+        // counts the request as abandoned and it is never forwarded.
+        let mut guard = Abandoned(Some(state.clone()));
+        tokio::time::sleep(timeout_delay).await;
+        guard.0 = None;
+    }
     let (mut answer, answer_body) = forward(upstream, parts, body).await?;
     match fault {
         Some(Fault::DropAfterCompletion) => return Err(injected("answer dropped")),
@@ -340,6 +368,7 @@ async fn handle(
             tokio::time::sleep(timeout_delay).await;
             return Err(injected("answer held past the timeout"));
         }
+        Some(Fault::SlowAnswer) => tokio::time::sleep(timeout_delay).await,
         _ => {}
     }
     answer.headers.remove("transfer-encoding");
@@ -359,6 +388,19 @@ async fn handle(
         return Err(injected("connection reset before an empty answer"));
     }
     Ok(Response::from_parts(answer, full(answer_body)))
+}
+
+/// Counts a held request as abandoned when dropped before it was forwarded.
+struct Abandoned(Option<Arc<Mutex<State>>>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            if let Ok(mut state) = state.lock() {
+                state.abandoned += 1;
+            }
+        }
+    }
 }
 
 fn has_body(parts: &request::Parts) -> bool {

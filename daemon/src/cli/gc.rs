@@ -21,9 +21,11 @@ use narpush::store;
 /// path in their closures stays, with its NAR, listing, build log and realisations; everything
 /// else is deleted, narinfos first, so clients never find a narinfo whose NAR or references are
 /// gone. Safe while uploaders write to the same cache: nothing younger than --grace is deleted,
-/// and a path that an uploader finds in the cache has its narinfo rewritten once it is older
-/// than `refresh_after` (config, default 1d), which is why --older-than must be at least
-/// refresh_after + grace.
+/// a path that an uploader finds in the cache has its narinfo rewritten once it is older than
+/// `refresh_after` (config, default 1d), which is why --older-than must be at least
+/// refresh_after + grace + 1m, and every object is looked at again just before its delete
+/// (docs/protocol.md, "Retention GC and uploaders"). A read the store refuses (403) stops the
+/// run before anything more is deleted; the exit status is then non-zero.
 ///
 /// Examples:
 ///   narpush gc --older-than 30d --dry-run

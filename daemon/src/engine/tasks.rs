@@ -5,7 +5,7 @@
 //!
 //! Concurrency limits are the coordinator's: these futures run once they hold their permits.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::task::JoinError;
@@ -15,6 +15,9 @@ use super::progress::EngineView;
 use super::resolve::Resolution;
 use super::stream::{self, SlotRelease, StreamSettings};
 use super::{narinfo_for, sign, EngineConfig, UploadError};
+// How long a refreshed narinfo is watched for a collection that planned its deletion before
+// the refresh: the protocol's rule U2.
+use crate::coexist::REFRESH_SETTLE;
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
@@ -23,10 +26,6 @@ use crate::layout::{self, content_type};
 use crate::sink::Sink;
 use crate::store::PathInfo;
 use crate::trust::trusted_narinfo;
-
-/// How long a refreshed narinfo is watched for a collection that planned its deletion before
-/// the refresh: longer than such a collection may take to delete it.
-const REFRESH_SETTLE: Duration = Duration::from_secs(2 * gc::DELETE_WINDOW.as_secs() + 1);
 
 /// The result of one task, keyed by what it worked on.
 pub(super) enum Done {

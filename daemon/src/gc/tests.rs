@@ -1,9 +1,12 @@
 //! The collection rules on a directory cache whose objects are aged by hand.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use super::*;
 use crate::format::hash::Sha256;
+use crate::format::narinfo::NarInfo;
+use crate::layout;
 use crate::sink::file::FileSink;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -43,8 +46,14 @@ impl Cache {
 
     /// A path with its narinfo, NAR, listing and log, all of age `age`.
     fn add(&self, name: &str, references: &[&str], age: Duration) {
+        self.add_with_nar(name, &format!("nar/{name}.nar.zst"), references, age);
+    }
+
+    /// A path whose NAR is at `nar` (NARs named by their FileHash are shared by paths with
+    /// the same bytes), with its narinfo, listing and log, all of age `age`.
+    fn add_with_nar(&self, name: &str, nar: &str, references: &[&str], age: Duration) {
         let store_path = path(name);
-        let nar = format!("nar/{name}.nar.zst");
+        let nar = nar.to_owned();
         let narinfo = NarInfo {
             store_path: store_path.clone(),
             url: nar.clone(),
@@ -257,4 +266,63 @@ async fn realisations_go_with_their_outputs_and_stay_with_kept_ones() {
     expected.sort();
     assert_eq!(deleted_names(&plan), expected);
     assert_eq!(plan.summary.deleted_by_kind.realisations.objects, 1);
+}
+
+#[tokio::test]
+async fn a_nar_written_again_after_the_listing_stays_with_the_narinfo_that_names_it() {
+    let cache = Cache::new();
+    cache.add("old", &[], 60 * DAY);
+    let shared_nar = "nar/old.nar.zst";
+    // Once the plan is made, an uploader builds "twin", whose NAR has the same bytes as old's:
+    // it writes the NAR again under the same name and publishes twin's narinfo.
+    let progress = |what: &str| {
+        if what == "deleting" {
+            cache.add_with_nar("twin", shared_nar, &[], Duration::ZERO);
+        }
+    };
+    collect(&cache.sink(), &policy(30 * DAY), false, &progress)
+        .await
+        .unwrap();
+    assert!(!cache
+        .root()
+        .join(layout::narinfo_key(&path("old")))
+        .exists());
+    assert!(cache
+        .root()
+        .join(layout::narinfo_key(&path("twin")))
+        .exists());
+    assert!(
+        cache.root().join(shared_nar).exists(),
+        "the NAR of a narinfo published during the collection was deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_narinfo_written_back_by_a_refresh_keeps_its_nar() {
+    let cache = Cache::new();
+    cache.add("old", &[], 60 * DAY);
+    let realisation = add_realisation(&cache, 1, "old", &[], 60 * DAY);
+    let narinfo = cache.root().join(layout::narinfo_key(&path("old")));
+    let body = std::fs::read(&narinfo).unwrap();
+    // An uploader found "old" just before its narinfo went, and writes it back (a refresh)
+    // once it is gone, before the collection deletes the NAR.
+    let progress = |what: &str| {
+        if what.starts_with("deleting NARs") {
+            assert!(!narinfo.exists());
+            std::fs::write(&narinfo, &body).unwrap();
+        }
+    };
+    let done = collect(&cache.sink(), &policy(30 * DAY), false, &progress)
+        .await
+        .unwrap();
+    assert!(narinfo.exists());
+    for key in [keys_of(&cache, "old"), vec![realisation]].concat() {
+        assert!(cache.root().join(&key).exists(), "{key} was deleted");
+    }
+    assert_eq!(done.summary.deleted_by_kind.narinfos.objects, 1);
+    assert_eq!(done.summary.deleted_by_kind.nars.objects, 0);
+    assert_eq!(
+        deleted_names(&done),
+        vec![layout::narinfo_key(&path("old"))]
+    );
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{ErrorClass, Fetched, SinkError};
+use super::{ErrorClass, Fetched, Read, SinkError};
 use crate::engine::spill::SpillFile;
 
 /// A temporary file untouched for this long was left by a writer that died.
@@ -37,19 +37,14 @@ impl FileSink {
         })
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
-        Ok(self.modified(key).await?.is_some())
-    }
-
-    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
+    pub async fn read(&self, key: &str) -> Result<Read<Fetched>, SinkError> {
         let file = self.root.join(key);
         let (body, modified) =
             match tokio::try_join!(tokio::fs::read(&file), tokio::fs::metadata(&file)) {
                 Ok((bytes, meta)) => (bytes, meta.modified()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_error("read", key, &e)),
+                Err(e) => return refused_or_absent("read", key, e),
             };
-        Ok(Some(Fetched {
+        Ok(Read::Found(Fetched {
             body: Bytes::from(body),
             modified: modified.map_err(|e| io_error("stat", key, &e))?,
         }))
@@ -214,6 +209,19 @@ pub(super) fn io_error(operation: &'static str, key: &str, error: &std::io::Erro
         },
         detail: error.to_string(),
         retry_after: None,
+    }
+}
+
+/// A failed read of `key`: absent, refused (permission denied), or an error.
+pub(super) fn refused_or_absent<T>(
+    operation: &'static str,
+    key: &str,
+    error: std::io::Error,
+) -> Result<Read<T>, SinkError> {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => Ok(Read::Absent),
+        std::io::ErrorKind::PermissionDenied => Ok(Read::Refused(io_error(operation, key, &error))),
+        _ => Err(io_error(operation, key, &error)),
     }
 }
 

@@ -5,20 +5,32 @@
 //! Invariants: a listing names every object that existed for its whole duration, each with the
 //! age the store reports (S3 `LastModified`, a file's mtime); deletion touches only the keys it
 //! is given, and a key that is already gone counts as deleted. A directory cache's temporary
-//! files (objects still being written) are never listed.
+//! files (objects still being written) are never listed. A delete bound by a
+//! [`Check`] is not sent once the check's time is up, and is given up (S3: the operation
+//! timeout, retries included) when its time runs out ([`crate::coexist`], G6).
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_smithy_types::timeout::TimeoutConfig;
 
-use super::file::{io_error, join_error, FileSink};
+use super::file::{io_error, join_error, refused_or_absent, FileSink};
 use super::s3::{classify, S3Sink};
-use super::{ErrorClass, Sink, SinkError};
+use super::{ErrorClass, Read, Sink, SinkError};
+use crate::coexist::{Check, Reader};
 
 /// Keys deleted per request at most (the S3 DeleteObjects limit).
 pub const DELETE_BATCH: usize = 1000;
+
+/// What a HEAD tells of one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// When it was last written (S3 `Last-Modified`, whole seconds; a file's mtime).
+    pub modified: SystemTime,
+    pub size: u64,
+}
 
 /// One object of the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,11 +49,29 @@ impl Sink {
         }
     }
 
-    /// When `key` was last written; `None` if it does not exist.
+    /// When `key` was last written; `None` if it does not exist (or, by the uploader's rule,
+    /// the HEAD was refused).
     pub async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+        Ok(self
+            .head(key)
+            .await?
+            .for_reader(Reader::Uploader)?
+            .map(|head| head.modified))
+    }
+
+    /// When `key` was last written and its size, as the store answered (S3: HEAD).
+    pub async fn head(&self, key: &str) -> Result<Read<Head>, SinkError> {
         match self {
-            Sink::File(t) => t.modified(key).await,
-            Sink::S3(t) => t.modified(key).await,
+            Sink::File(t) => t.head(key).await,
+            Sink::S3(t) => t.head(key).await,
+        }
+    }
+
+    /// The permission a refused read lacks, in the store's terms.
+    pub fn read_permission(&self) -> &'static str {
+        match self {
+            Sink::File(_) => "read permission",
+            Sink::S3(_) => "s3:GetObject",
         }
     }
 
@@ -65,14 +95,54 @@ impl Sink {
     /// Deletes `keys` (for S3: DeleteObjects, [`DELETE_BATCH`] keys per request).
     pub async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
         match self {
-            Sink::File(t) => t.delete(keys).await,
+            Sink::File(t) => t.delete(keys, None).await,
             Sink::S3(t) => {
                 for batch in keys.chunks(DELETE_BATCH) {
-                    t.delete(batch).await?;
+                    t.delete(batch, None).await?;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Deletes `keys` within the bound `check` sets: no request is sent once too little of it
+    /// is left, and a request still unanswered when it ends is given up (an error either way:
+    /// some keys may be deleted, the rest are not).
+    pub async fn delete_within(&self, keys: &[String], check: &Check) -> Result<(), SinkError> {
+        match self {
+            Sink::File(t) => t.delete(keys, Some(check)).await,
+            Sink::S3(t) => {
+                for batch in keys.chunks(DELETE_BATCH) {
+                    t.delete(batch, Some(check)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The time a delete bound by `check` may take, or the error for one not sent.
+fn time_left(
+    check: Option<&Check>,
+    operation: &'static str,
+    key: &str,
+) -> Result<Option<Duration>, SinkError> {
+    let Some(check) = check else {
+        return Ok(None);
+    };
+    match check.time_left() {
+        Some(left) => Ok(Some(left)),
+        None => Err(SinkError {
+            operation,
+            key: key.to_owned(),
+            class: ErrorClass::Transient,
+            detail: format!(
+                "not sent: {} ms after the check that allowed it, past the bound of {} ms",
+                check.elapsed().as_millis(),
+                crate::coexist::DELETE_WINDOW.as_millis()
+            ),
+            retry_after: None,
+        }),
     }
 }
 
@@ -84,19 +154,19 @@ impl FileSink {
             .map_err(|e| join_error("(listing)", &e))?
     }
 
-    pub(super) async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+    async fn head(&self, key: &str) -> Result<Read<Head>, SinkError> {
         match tokio::fs::metadata(self.root.join(key)).await {
-            Ok(meta) => meta
-                .modified()
-                .map(Some)
-                .map_err(|e| io_error("stat", key, &e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error("stat", key, &e)),
+            Ok(meta) => Ok(Read::Found(Head {
+                modified: meta.modified().map_err(|e| io_error("stat", key, &e))?,
+                size: meta.len(),
+            })),
+            Err(e) => refused_or_absent("stat", key, e),
         }
     }
 
-    async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
+    async fn delete(&self, keys: &[String], check: Option<&Check>) -> Result<(), SinkError> {
         for key in keys {
+            time_left(check, "delete", key)?;
             match tokio::fs::remove_file(self.root.join(key)).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -176,7 +246,7 @@ impl S3Sink {
         Ok(objects)
     }
 
-    pub(super) async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
+    async fn head(&self, key: &str) -> Result<Read<Head>, SinkError> {
         let result = self
             .client
             .head_object()
@@ -185,23 +255,30 @@ impl S3Sink {
             .send()
             .await;
         match result {
-            Ok(head) => Ok(Some(
-                head.last_modified()
+            Ok(head) => Ok(Read::Found(Head {
+                modified: head
+                    .last_modified()
                     .and_then(|t| SystemTime::try_from(*t).ok())
                     .unwrap_or(SystemTime::UNIX_EPOCH),
-            )),
-            // 403 is what a bucket without s3:ListBucket answers for a missing key.
-            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 403 | 404) => {
-                Ok(None)
-            }
+                size: head
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+            })),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(Read::Absent),
+            // A HEAD answer has no body, hence no error code to tell bad credentials apart.
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 403 => Ok(
+                Read::Refused(classify("HEAD", key, SdkError::ServiceError(e))),
+            ),
             Err(e) => Err(classify("HEAD", key, e)),
         }
     }
 
-    async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
+    async fn delete(&self, keys: &[String], check: Option<&Check>) -> Result<(), SinkError> {
         if keys.is_empty() {
             return Ok(());
         }
+        let time_left = time_left(check, "DeleteObjects", &keys[0])?;
         let failed = |detail: String| SinkError {
             operation: "DeleteObjects",
             key: keys[0].clone(),
@@ -219,11 +296,24 @@ impl S3Sink {
             .quiet(true)
             .build()
             .map_err(|e| failed(e.to_string()))?;
-        let output = self
+        let mut request = self
             .client
             .delete_objects()
             .bucket(&self.bucket)
             .delete(delete)
+            .customize();
+        if let Some(left) = time_left {
+            // The SDK's retries happen within this time too.
+            request = request.config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_timeout(left)
+                        .operation_attempt_timeout(left)
+                        .build(),
+                ),
+            );
+        }
+        let output = request
             .send()
             .await
             .map_err(|e| classify("DeleteObjects", &keys[0], e))?;
@@ -243,5 +333,24 @@ impl S3Sink {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delete_whose_check_is_over_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.narinfo"), "x").unwrap();
+        let sink = Sink::File(FileSink::open(dir.path()).unwrap());
+        let keys = vec!["a.narinfo".to_owned()];
+        let over = Check::began_at(tokio::time::Instant::now() - crate::coexist::DELETE_WINDOW);
+        let error = sink.delete_within(&keys, &over).await.unwrap_err();
+        assert!(error.detail.contains("not sent"), "{error}");
+        assert!(dir.path().join("a.narinfo").exists());
+        sink.delete_within(&keys, &Check::begin()).await.unwrap();
+        assert!(!dir.path().join("a.narinfo").exists());
     }
 }

@@ -6,7 +6,11 @@
 //! upload that is dropped or [`MultipartUpload::abort`]ed leaves nothing under the key.
 //!
 //! Every failure is a [`SinkError`] whose [`ErrorClass`] says whether trying again can help;
-//! the backends decide that once, where they understand the error.
+//! the backends decide that once, where they understand the error. A read the store refuses
+//! (HTTP 403, a file without read permission) is reported as such ([`Read::Refused`]); what it
+//! means depends on who reads, and that rule is [`crate::coexist::Reader`]'s: the methods
+//! without a reader ([`Sink::fetch`], [`Sink::exists`], [`Sink::modified`]) are the
+//! uploader's.
 
 pub mod file;
 pub mod inventory;
@@ -19,6 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::coexist::{Reader, WhenRefused};
 use crate::engine::spill::SpillFile;
 pub use url::TargetUrl;
 
@@ -40,6 +45,30 @@ pub struct SinkError {
     pub detail: String,
     /// The server's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
+}
+
+/// What a read of one key found, before the reader's rule for a refusal applies.
+#[derive(Debug)]
+pub enum Read<T> {
+    Found(T),
+    Absent,
+    /// The store refused the read (S3: 403 AccessDenied; a directory: permission denied).
+    /// S3 also answers so for a missing key to credentials without `s3:ListBucket`.
+    Refused(SinkError),
+}
+
+impl<T> Read<T> {
+    /// The read under `reader`'s rule for a refusal: absent, or the refusal as an error.
+    pub fn for_reader(self, reader: Reader) -> Result<Option<T>, SinkError> {
+        match self {
+            Read::Found(found) => Ok(Some(found)),
+            Read::Absent => Ok(None),
+            Read::Refused(error) => match reader.when_refused() {
+                WhenRefused::Absent => Ok(None),
+                WhenRefused::Stop => Err(error),
+            },
+        }
+    }
 }
 
 /// An object read whole.
@@ -71,22 +100,37 @@ impl Sink {
         }
     }
 
+    /// Whether `key` is there (a refused HEAD: no, by the uploader's rule). Bad credentials
+    /// are caught before any HEAD: every upload starts with `ensure_cache_info`, whose GET
+    /// (or the PUT after a 403) reports them with their reason.
     pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
-        match self {
-            Sink::File(t) => t.exists(key).await,
-            Sink::S3(t) => t.exists(key).await,
-        }
+        Ok(self.modified(key).await?.is_some())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
         Ok(self.fetch(key).await?.map(|fetched| fetched.body))
     }
 
-    /// The object at `key` and when it was written, in one request; `None` if it is absent.
+    /// The object at `key` and when it was written, in one request; `None` if it is absent
+    /// (or, by the uploader's rule, refused).
     pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
+        let read = self.read(key).await?;
+        if let Read::Refused(error) = &read {
+            tracing::warn!(
+                key,
+                "{error}: taken as absent. The credentials lack s3:ListBucket (then S3 answers \
+                 403 for a missing key) or, if the object exists, s3:GetObject; grant both on \
+                 the bucket"
+            );
+        }
+        read.for_reader(Reader::Uploader)
+    }
+
+    /// The object at `key` and when it was written, in one request, as the store answered.
+    pub async fn read(&self, key: &str) -> Result<Read<Fetched>, SinkError> {
         match self {
-            Sink::File(t) => t.fetch(key).await,
-            Sink::S3(t) => t.fetch(key).await,
+            Sink::File(t) => t.read(key).await,
+            Sink::S3(t) => t.read(key).await,
         }
     }
 

@@ -26,7 +26,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 
 use super::url::S3Location;
-use super::{ErrorClass, Fetched, SinkError};
+use super::{ErrorClass, Fetched, Read, SinkError};
 use crate::engine::spill::SpillFile;
 use aws_smithy_types::byte_stream::Length;
 
@@ -65,14 +65,9 @@ impl S3Sink {
         }
     }
 
-    /// Like Nix, 403 counts as absent (see `modified`). Bad credentials are caught before any
-    /// HEAD: every upload starts with `ensure_cache_info`, whose GET (or the PUT after a 403
-    /// AccessDenied) reports them with their reason.
-    pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
-        Ok(self.modified(key).await?.is_some())
-    }
-
-    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
+    /// GET `key`. A 403 AccessDenied is a refusal (without `s3:ListBucket`, AWS answers it for
+    /// a missing key too); credentials the server rejects have their own codes and stay errors.
+    pub async fn read(&self, key: &str) -> Result<Read<Fetched>, SinkError> {
         let result = self
             .client
             .get_object()
@@ -93,25 +88,21 @@ impl S3Sink {
                     detail: e.to_string(),
                     retry_after: None,
                 })?;
-                Ok(Some(Fetched {
+                Ok(Read::Found(Fetched {
                     body: body.into_bytes(),
                     modified,
                 }))
             }
-            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
-            // As with HEAD: without s3:ListBucket, AWS answers 403 AccessDenied for a missing
-            // key. Credentials the server rejects have their own codes and stay errors.
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(Read::Absent),
             Err(SdkError::ServiceError(e))
                 if e.raw().status().as_u16() == 403
                     && matches!(e.err().code(), None | Some("AccessDenied")) =>
             {
-                tracing::warn!(
+                Ok(Read::Refused(classify(
+                    "GET",
                     key,
-                    "GET answered 403 AccessDenied: taken as absent. The credentials lack \
-                     s3:ListBucket (then S3 answers 403 for a missing key) or, if the object \
-                     exists, s3:GetObject; grant both on the bucket"
-                );
-                Ok(None)
+                    SdkError::ServiceError(e),
+                )))
             }
             Err(e) => Err(classify("GET", key, e)),
         }
@@ -418,7 +409,7 @@ where
                 "AccessDenied" => {
                     " — the credentials lack a permission on the bucket: narpush needs \
                      s3:GetObject, s3:PutObject, s3:ListBucket, s3:AbortMultipartUpload and \
-                     s3:ListBucketMultipartUploads"
+                     s3:ListBucketMultipartUploads (and s3:DeleteObject for gc)"
                 }
                 "NoSuchBucket" => " — the bucket does not exist; create it first",
                 _ if status == 403 => " — access denied; check the credentials and the bucket's permissions",

@@ -1,0 +1,277 @@
+//! The GC–uploader protocol: how `narpush gc` and any number of uploaders (daemons,
+//! `narpush upload`, `narpush exec`) share one cache without a client ever seeing a narinfo
+//! whose NAR or references are missing (the closure invariant). Its rules, constants and the
+//! checks that enforce them are stated here, once; `gc` and the engine follow them.
+//!
+//! # The names
+//!
+//! | name | value | what |
+//! |---|---|---|
+//! | `K` | [`KNOWN_FOR`], 10 min | how long an uploader trusts a lookup without asking again |
+//! | `R` | `refresh_after` (config, 1 d) | an uploader rewrites a narinfo it builds upon once it is older than this |
+//! | `G` | `--grace` (≥ [`MIN_GRACE`], 15 min) | GC deletes nothing younger |
+//! | `O` | `--older-than` | narinfos younger than this are roots |
+//! | `W` | [`DELETE_WINDOW`], 2 s | GC sends a delete only within this of the check that allowed it |
+//! | `S` | [`REFRESH_SETTLE`], `2·W + 1 s` | an uploader looks again this long after a refresh |
+//! | `C` | [`CLOCK_SLACK`], 1 min | how far the clocks of the machines and the store may disagree |
+//!
+//! # What an uploader may trust, and for how long
+//!
+//! - **U1, lookups.** A narinfo found in the cache, signed by one of its own keys, whose NAR a
+//!   HEAD found too, is trusted for at most `K` from the lookup (the engine's known-present
+//!   set); after that the path is looked up again. An upstream cache's answer is trusted as the
+//!   `upstream` module says.
+//! - **U2, refresh.** A narinfo found older than `R` is written again, unchanged, so that GC
+//!   sees the path in use; `S` after that write the narinfo and its NAR are looked for again,
+//!   and the path is uploaded again if either is gone.
+//! - **U3, reuse.** A NAR stored by an earlier attempt is reused only while younger than
+//!   `G / 2`: older, no narinfo protects it from GC.
+//! - **U4, order.** A narinfo is written only after its NAR and its references' narinfos.
+//! - **U5, shared NARs.** A NAR named by its FileHash is written again whenever a path with
+//!   those bytes is stored (never skipped because the name exists), so its LastModified says
+//!   that it is in use again.
+//!
+//! # What GC checks, and when
+//!
+//! - **G1, policy.** `G ≥ MIN_GRACE > K + C`, and `O ≥ R + G + C` ([`Bounds::check_policy`]):
+//!   whatever an uploader trusts (U1) or has just refreshed (U2) is a root.
+//! - **G2, roots.** The narinfos younger than `O` when listed, the closures of `--keep`, and
+//!   every narinfo written after the listing.
+//! - **G3, grace.** Nothing younger than `G` is deleted; so a NAR whose narinfo is not
+//!   published yet stays.
+//! - **G4, order.** narinfos first, each only after every narinfo that references it; then NARs,
+//!   listings, logs and realisations.
+//! - **G5, a look before each delete.** A narinfo is deleted only if a HEAD shows it unchanged
+//!   since the listing (a rewritten one is a root: the plan is made again). Every other object
+//!   is deleted only if a HEAD shows it unchanged since the listing (an uploader wrote it again:
+//!   kept) and every narinfo it belongs to (that names it; for a realisation, its output's) is
+//!   still absent (a refresh wrote one back: kept).
+//! - **G6, the bound.** A delete request is sent only while less than `W` has passed since its
+//!   check began ([`Check`]), and it is given only the time that is left, retries included
+//!   ([`Check::time_left`]); one that does not answer by then ends the run. A check that took
+//!   too long is made again for half as many keys; when a single key's check and delete do not
+//!   fit in `W`, the run stops. A run that stops leaves the invariant whole (G4): what is left
+//!   goes in the next run.
+//!
+//! # Why `S = 2·W + 1 s`
+//!
+//! GC's HEAD of a narinfo can come just before an uploader's refresh of it (U2), and its delete
+//! up to `W` later, after the refresh. A delete request sent just before its deadline may reach
+//! the store a little later still; the uploader's second look comes `S` after its write, more
+//! than `W` after the latest moment a delete may be sent, plus `W + 1 s` for it to land. A
+//! delete that lands earlier is seen by that look, and the path is uploaded again.
+//!
+//! # What a 403 means, to whom ([`Reader`])
+//!
+//! S3 answers 403 both for a key that is missing (to credentials without `s3:ListBucket`) and
+//! for one the credentials may not read. Who asks decides:
+//!
+//! - **GC: stop.** A narinfo GC cannot read may be a live root; deleting on a guess breaks its
+//!   closure. Any refused read stops the run before anything more is deleted, naming the
+//!   permission.
+//! - **Uploader lookups: absent.** The path is uploaded again, which is harmless (the same
+//!   bytes, a few requests) and needs no read permission; credentials that cannot write fail
+//!   on the PUT with their reason.
+//! - **Upstream caches: not served.** The path is uploaded to the target.
+//!
+//! # What this does not cover
+//!
+//! An upload that takes longer than `G − K` from the lookup of its references to the write of
+//! its narinfo (choose `G` above the longest upload). A delete request that reaches the store
+//! more than `W + 1 s` after it was sent. A NAR written again under its FileHash name (U5)
+//! between GC's HEAD of it and its delete, at most `W`, and published under a new narinfo
+//! before the delete lands: the uploader would need to look at the NAR again `S` after writing
+//! it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long an uploader trusts a path it found in the cache without asking again (`K`).
+pub const KNOWN_FOR: Duration = Duration::from_secs(600);
+/// The longest the clocks of writers, GC and the store may disagree (`C`): NTP keeps them far
+/// closer.
+pub const CLOCK_SLACK: Duration = Duration::from_secs(60);
+/// The shortest `--grace` accepted (`G`): longer than an uploader trusts a lookup, plus the
+/// clock slack, plus margin.
+pub const MIN_GRACE: Duration = Duration::from_secs(15 * 60);
+/// The bound between the start of GC's check of an object and the moment its delete request
+/// is given up (`W`).
+pub const DELETE_WINDOW: Duration = Duration::from_secs(2);
+/// How long an uploader waits after a refresh before it looks for the narinfo and its NAR
+/// again (`S`; see the module doc).
+pub const REFRESH_SETTLE: Duration = Duration::from_secs(2 * DELETE_WINDOW.as_secs() + 1);
+/// A delete request is not sent with less time left than this: it could not be answered.
+pub const MIN_TIME_LEFT: Duration = Duration::from_millis(200);
+
+// The rules above, checked when the crate is built.
+const _: () = assert!(MIN_GRACE.as_secs() > KNOWN_FOR.as_secs() + CLOCK_SLACK.as_secs());
+const _: () = assert!(REFRESH_SETTLE.as_secs() > 2 * DELETE_WINDOW.as_secs());
+
+/// The time bounds of one collection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// `R`: uploaders rewrite a narinfo older than this.
+    pub refresh_after: Duration,
+    /// `G`: nothing younger is deleted.
+    pub grace: Duration,
+    /// `O`: narinfos younger than this are roots.
+    pub older_than: Duration,
+}
+
+/// A policy that would let GC collect what uploaders rely on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnsafeBounds {
+    #[error(
+        "--grace {grace} is shorter than the minimum of 15m: uploaders trust what they found \
+         in the cache for 10 minutes"
+    )]
+    ShortGrace { grace: String },
+    #[error(
+        "--older-than {older_than} is shorter than refresh_after ({refresh_after}) + --grace \
+         ({grace}) + 1m of clock slack: a path an uploader builds upon could be collected \
+         under it"
+    )]
+    ShortAge {
+        older_than: String,
+        refresh_after: String,
+        grace: String,
+    },
+}
+
+impl Bounds {
+    /// G1: refuses a grace or an age limit under which a path an uploader trusts or has just
+    /// refreshed could be collected.
+    pub fn check_policy(&self) -> Result<(), UnsafeBounds> {
+        let text = |d: Duration| humantime::format_duration(d).to_string();
+        if self.grace < MIN_GRACE {
+            return Err(UnsafeBounds::ShortGrace {
+                grace: text(self.grace),
+            });
+        }
+        if self.older_than < self.refresh_after + self.grace + CLOCK_SLACK {
+            return Err(UnsafeBounds::ShortAge {
+                older_than: text(self.older_than),
+                refresh_after: text(self.refresh_after),
+                grace: text(self.grace),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The start of a check that allows deletes (G5), and the bound it sets on them (G6).
+#[derive(Clone, Copy, Debug)]
+pub struct Check {
+    began: Instant,
+}
+
+impl Check {
+    /// A check beginning now: before its first request is sent.
+    pub fn begin() -> Check {
+        Check {
+            began: Instant::now(),
+        }
+    }
+
+    /// A check that began at `began` (a simulation's or a test's instant).
+    pub fn began_at(began: Instant) -> Check {
+        Check { began }
+    }
+
+    /// When a delete this check allowed must have been answered, or given up.
+    pub fn deadline(&self) -> Instant {
+        self.began + DELETE_WINDOW
+    }
+
+    /// The time a delete request may still take, retries included; `None` when too little is
+    /// left to send one (the check must be made again).
+    pub fn time_left(&self) -> Option<Duration> {
+        let left = self.deadline().saturating_duration_since(Instant::now());
+        (left >= MIN_TIME_LEFT).then_some(left)
+    }
+
+    /// How long the check has taken so far.
+    pub fn elapsed(&self) -> Duration {
+        self.began.elapsed()
+    }
+}
+
+/// Who reads the cache, which decides what a refused read (HTTP 403) means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// `narpush gc`.
+    Gc,
+    /// An uploader looking a path up in its target.
+    Uploader,
+    /// An uploader asking an upstream cache.
+    Upstream,
+}
+
+/// What a refused read means to its [`Reader`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenRefused {
+    /// Stop before anything more is deleted.
+    Stop,
+    /// As if the object were absent.
+    Absent,
+}
+
+impl Reader {
+    /// The one rule per reader (see the module doc).
+    pub const fn when_refused(self) -> WhenRefused {
+        match self {
+            Reader::Gc => WhenRefused::Stop,
+            Reader::Uploader | Reader::Upstream => WhenRefused::Absent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn bounds(older_than: Duration, grace: Duration) -> Bounds {
+        Bounds {
+            refresh_after: DAY,
+            grace,
+            older_than,
+        }
+    }
+
+    #[test]
+    fn the_policy_leaves_room_for_what_uploaders_trust() {
+        assert!(bounds(2 * DAY, HOUR).check_policy().is_ok());
+        assert!(matches!(
+            bounds(DAY + HOUR, HOUR).check_policy(),
+            Err(UnsafeBounds::ShortAge { .. })
+        ));
+        assert!(matches!(
+            bounds(30 * DAY, MIN_GRACE - Duration::from_secs(1)).check_policy(),
+            Err(UnsafeBounds::ShortGrace { .. })
+        ));
+    }
+
+    #[test]
+    fn a_check_allows_deletes_only_within_the_window() {
+        let fresh = Check::begin();
+        assert!(fresh.time_left().is_some_and(|left| left <= DELETE_WINDOW));
+        let began = |ago: Duration| Check::began_at(Instant::now() - ago);
+        let nearly_over = began(DELETE_WINDOW - MIN_TIME_LEFT * 2);
+        assert!(nearly_over
+            .time_left()
+            .is_some_and(|left| left <= MIN_TIME_LEFT * 2));
+        assert_eq!(began(DELETE_WINDOW - MIN_TIME_LEFT / 2).time_left(), None);
+        assert_eq!(began(DELETE_WINDOW * 2).time_left(), None);
+    }
+
+    #[test]
+    fn only_gc_stops_on_a_refused_read() {
+        assert_eq!(Reader::Gc.when_refused(), WhenRefused::Stop);
+        assert_eq!(Reader::Uploader.when_refused(), WhenRefused::Absent);
+        assert_eq!(Reader::Upstream.when_refused(), WhenRefused::Absent);
+    }
+}

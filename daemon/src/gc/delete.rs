@@ -1,0 +1,192 @@
+//! Carrying out a plan, under the protocol's rules G5 and G6 ([`crate::coexist`]): every delete
+//! follows a look (HEAD) at what it deletes, and is sent only within [`DELETE_WINDOW`] of the
+//! moment that look began.
+//!
+//! - A narinfo goes only if it is unchanged since the listing; one rewritten since means an
+//!   uploader builds upon it, and the plan is made again.
+//! - Any other object goes only if it is unchanged since the listing (an uploader that stores
+//!   the same NAR again rewrites it) and none of the narinfos it belongs to is back (a refresh
+//!   writes one back).
+//! - A look that took too long is made again for half as many keys; when one key's look and
+//!   delete do not fit in the window, the run stops.
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use futures::stream::{self, StreamExt};
+
+use super::plan::READ_CONCURRENCY;
+use super::{gc_read, GcError, Plan, Requests, DELETE_WINDOW};
+use crate::coexist::Check;
+use crate::sink::inventory::{Head, Object};
+use crate::sink::Sink;
+
+/// Objects looked at and deleted together.
+const BATCH: usize = 256;
+
+pub(super) enum Outcome {
+    Done,
+    /// A narinfo about to go was rewritten: the plan is made again.
+    Rewritten,
+}
+
+/// Deletes what `plan` says, narinfos layer by layer, then the rest; objects found in use
+/// again are taken out of the plan.
+pub(super) async fn carry_out(
+    sink: &Sink,
+    plan: &mut Plan,
+    requests: &mut Requests,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Outcome, GcError> {
+    let mut deleter = Deleter {
+        sink,
+        requests,
+        deleted: 0,
+    };
+    let mut start = 0;
+    for &size in &plan.narinfo_layers {
+        let layer = &plan.delete[start..start + size];
+        start += size;
+        let kept = deleter
+            .delete(layer, &HashMap::new(), Batch::AllOrNone)
+            .await?;
+        if !kept.is_empty() {
+            return Ok(Outcome::Rewritten);
+        }
+    }
+    progress("deleting NARs, listings, logs and realisations");
+    let rest = plan.delete[start..].to_vec();
+    let kept = deleter
+        .delete(&rest, &plan.named_by, Batch::EachOnItsOwn)
+        .await?;
+    for object in kept {
+        plan.keep_after_all(&object);
+    }
+    Ok(Outcome::Done)
+}
+
+/// What an object of a batch found in use means for the others.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    /// Nothing of the batch is deleted, and nothing after it.
+    AllOrNone,
+    /// The others are deleted.
+    EachOnItsOwn,
+}
+
+struct Deleter<'a> {
+    sink: &'a Sink,
+    requests: &'a mut Requests,
+    /// Objects deleted so far in this run.
+    deleted: u64,
+}
+
+impl Deleter<'_> {
+    /// Deletes `objects` in batches, each within the window of its look; returns those found
+    /// in use again (kept).
+    async fn delete(
+        &mut self,
+        objects: &[Object],
+        named_by: &HashMap<String, Vec<String>>,
+        mode: Batch,
+    ) -> Result<Vec<Object>, GcError> {
+        let mut kept = Vec::new();
+        let mut remaining = objects;
+        let mut batch_size = BATCH;
+        while !remaining.is_empty() {
+            let batch = &remaining[..batch_size.min(remaining.len())];
+            let check = Check::begin();
+            let in_use = self.in_use(batch, named_by).await?;
+            if mode == Batch::AllOrNone && !in_use.is_empty() {
+                return Ok(batch
+                    .iter()
+                    .filter(|o| in_use.contains(&o.key))
+                    .cloned()
+                    .collect());
+            }
+            let Some(_) = check.time_left() else {
+                if batch.len() == 1 {
+                    return Err(GcError::TooSlow {
+                        key: batch[0].key.clone(),
+                        took: check.elapsed(),
+                        deleted: self.deleted,
+                    });
+                }
+                // A slow link: look again at fewer at a time.
+                batch_size = batch.len() / 2;
+                continue;
+            };
+            let keys: Vec<String> = batch
+                .iter()
+                .filter(|o| !in_use.contains(&o.key))
+                .map(|o| o.key.clone())
+                .collect();
+            if let Err(error) = self.sink.delete_within(&keys, &check).await {
+                return Err(GcError::Delete {
+                    error,
+                    deleted: self.deleted,
+                });
+            }
+            self.requests.delete += self.sink.delete_requests(keys.len());
+            self.deleted += keys.len() as u64;
+            kept.extend(batch.iter().filter(|o| in_use.contains(&o.key)).cloned());
+            if check.elapsed() >= DELETE_WINDOW / 2 {
+                batch_size = (batch.len() / 2).max(1);
+            }
+            remaining = &remaining[batch.len()..];
+        }
+        Ok(kept)
+    }
+
+    /// The keys of `batch` in use again: changed since the listing, or named by a narinfo
+    /// this run deleted that is back.
+    async fn in_use(
+        &mut self,
+        batch: &[Object],
+        named_by: &HashMap<String, Vec<String>>,
+    ) -> Result<HashSet<String>, GcError> {
+        let names: HashSet<&str> = batch
+            .iter()
+            .flat_map(|o| named_by.get(&o.key).into_iter().flatten())
+            .map(String::as_str)
+            .collect();
+        let keys: Vec<&str> = batch.iter().map(|o| o.key.as_str()).chain(names).collect();
+        self.requests.head += keys.len() as u64;
+        let deleted = self.deleted;
+        let sink = self.sink;
+        let looks: Vec<(&str, Result<Option<Head>, GcError>)> = stream::iter(keys)
+            .map(|key| async move { (key, gc_read(sink, key, sink.head(key).await, deleted)) })
+            .buffer_unordered(READ_CONCURRENCY)
+            .collect()
+            .await;
+        let mut heads = HashMap::new();
+        for (key, head) in looks {
+            heads.insert(key, head?);
+        }
+        let back = |name: &String| heads.get(name.as_str()).is_some_and(Option::is_some);
+        Ok(batch
+            .iter()
+            .filter(|o| {
+                let changed = heads
+                    .get(o.key.as_str())
+                    .copied()
+                    .flatten()
+                    .is_some_and(|head| changed(o, &head));
+                changed || named_by.get(&o.key).into_iter().flatten().any(back)
+            })
+            .map(|o| o.key.clone())
+            .collect())
+    }
+}
+
+/// Whether `head` shows `object` written again since it was listed. S3 lists modification
+/// times in milliseconds but HEAD gives them in whole seconds. The ETag would not do: the same
+/// bytes written again keep it.
+fn changed(object: &Object, head: &Head) -> bool {
+    whole_seconds(head.modified) != whole_seconds(object.modified) || head.size != object.size
+}
+
+fn whole_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
