@@ -34,6 +34,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.list().await,
             Sink::S3(t) => t.list().await,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.list().await,
         }
     }
 
@@ -42,6 +44,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.modified(key).await,
             Sink::S3(t) => t.modified(key).await,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.modified(key).await,
         }
     }
 
@@ -50,6 +54,8 @@ impl Sink {
         match self {
             Sink::File(_) => 1,
             Sink::S3(_) => (objects / 1000 + 1) as u64,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(_) => (objects / 1000 + 1) as u64,
         }
     }
 
@@ -59,6 +65,8 @@ impl Sink {
         match self {
             Sink::File(_) => keys as u64,
             Sink::S3(_) => keys.div_ceil(DELETE_BATCH) as u64,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(_) => keys.div_ceil(DELETE_BATCH) as u64,
         }
     }
 
@@ -72,6 +80,8 @@ impl Sink {
                 }
                 Ok(())
             }
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.delete(keys).await,
         }
     }
 }

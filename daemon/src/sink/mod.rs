@@ -10,6 +10,8 @@
 
 pub mod file;
 pub mod inventory;
+#[cfg(any(test, feature = "sim"))]
+pub mod memory;
 pub mod params;
 pub mod retry_after;
 pub mod s3;
@@ -52,12 +54,17 @@ pub struct Fetched {
 pub enum Sink {
     File(file::FileSink),
     S3(s3::S3Sink),
+    /// The simulation's bucket in memory (see [`memory`]).
+    #[cfg(any(test, feature = "sim"))]
+    Memory(memory::MemorySink),
 }
 
 /// A large object being written part by part.
 pub enum MultipartUpload {
     File(file::FileUpload),
     S3(s3::S3Upload),
+    #[cfg(any(test, feature = "sim"))]
+    Memory(memory::MemoryUpload),
 }
 
 impl Sink {
@@ -75,6 +82,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.exists(key).await,
             Sink::S3(t) => t.exists(key).await,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.exists(key).await,
         }
     }
 
@@ -87,6 +96,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.fetch(key).await,
             Sink::S3(t) => t.fetch(key).await,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.fetch(key).await,
         }
     }
 
@@ -107,6 +118,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.put(key, body).await,
             Sink::S3(t) => t.put(key, body, content_type, content_encoding).await,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.put(key, body).await,
         }
     }
 
@@ -115,7 +128,12 @@ impl Sink {
     /// a multipart upload; false for a directory, where a streamed object is written straight
     /// into place anyway.
     pub fn writes_whole_objects(&self) -> bool {
-        matches!(self, Sink::S3(_))
+        match self {
+            Sink::File(_) => false,
+            Sink::S3(_) => true,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(_) => true,
+        }
     }
 
     /// Writes the object at `key` from a complete temporary file, in one request.
@@ -128,6 +146,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.put_file(key, file).await,
             Sink::S3(t) => t.put_file(key, file, content_type).await,
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.put_file(key, file).await,
         }
     }
 
@@ -142,6 +162,8 @@ impl Sink {
     ) -> Result<usize, SinkError> {
         match self {
             Sink::File(_) => Ok(0),
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(_) => Ok(0),
             Sink::S3(t) => {
                 t.abort_stale_uploads(crate::layout::NAR_PREFIX, before, &|key| {
                     crate::layout::is_streamed_by(key, writer)
@@ -162,6 +184,8 @@ impl Sink {
                 .start_upload(key, content_type)
                 .await
                 .map(MultipartUpload::S3),
+            #[cfg(any(test, feature = "sim"))]
+            Sink::Memory(t) => t.start_upload(key).await.map(MultipartUpload::Memory),
         }
     }
 }
@@ -171,6 +195,8 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.put_part(part).await,
             MultipartUpload::S3(u) => u.put_part(part).await,
+            #[cfg(any(test, feature = "sim"))]
+            MultipartUpload::Memory(u) => u.put_part(part).await,
         }
     }
 
@@ -178,6 +204,8 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.complete().await,
             MultipartUpload::S3(u) => u.complete().await,
+            #[cfg(any(test, feature = "sim"))]
+            MultipartUpload::Memory(u) => u.complete().await,
         }
     }
 
@@ -185,6 +213,8 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.abort().await,
             MultipartUpload::S3(u) => u.abort().await,
+            #[cfg(any(test, feature = "sim"))]
+            MultipartUpload::Memory(u) => u.abort().await,
         }
     }
 }
