@@ -60,10 +60,8 @@ impl Daemon {
         config: Arc<EngineConfig>,
         ledger: Arc<Ledger>,
     ) -> Daemon {
-        let queue = Queue::open(&dir).expect("the queue opens");
-        queue
-            .requeue_uploading(narpush::queue::Interrupted::Crash)
-            .expect("requeue");
+        // Opening puts `uploading` entries back to pending, as at every start.
+        let queue = open(&dir);
         let (engine, reports, engine_task) =
             Engine::start(config.clone(), CancellationToken::new(), Duration::ZERO);
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -180,6 +178,22 @@ async fn run(
     }
 }
 
+/// Opens the queue at `dir`; sled's flusher thread of a dropped handle may hold the lock for
+/// a moment, so this waits for it (in real time: virtual time stands still meanwhile).
+fn open(dir: &std::path::Path) -> Queue {
+    let mut tries = 0;
+    loop {
+        match Queue::open(dir) {
+            Ok(queue) => return queue,
+            Err(e) if tries >= 500 => panic!("the queue does not open: {e}"),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -248,7 +262,7 @@ fn record(name: &str, queue: &Queue, ledger: &Ledger, report: Report) -> Option<
 /// After the run: what is still unfinished in the queue at `dir`, and acknowledged paths that
 /// are neither done nor failed with a reason.
 pub fn final_check(dir: &std::path::Path, acked: &BTreeSet<StorePath>) -> (usize, Vec<String>) {
-    let queue = Queue::open(dir).expect("the queue opens");
+    let queue = open(dir);
     let entries = queue.entries().expect("the queue reads");
     let unfinished = entries
         .iter()

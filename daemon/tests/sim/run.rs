@@ -358,8 +358,9 @@ impl Sim {
             .first()
             .map(|v| {
                 v.split_whitespace()
+                    .map(|w| w.trim_end_matches([',', ':']))
                     .filter(|w| w.ends_with(".narinfo") || w.starts_with("nar/"))
-                    .map(|w| w.trim_end_matches([',', ':']).to_owned())
+                    .map(str::to_owned)
                     .collect()
             })
             .unwrap_or_default();
