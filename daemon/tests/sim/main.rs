@@ -35,7 +35,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        seeds: 20,
+        seeds: 500,
         base: 1,
         jobs: std::thread::available_parallelism().map_or(1, usize::from),
         options: Options::default(),

@@ -48,11 +48,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub fn run_seed(seed: u64, options: &Options) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().start_paused(true);
+    // `select!` picks among ready branches at random: from the seed, where tokio allows it
+    // (`--cfg tokio_unstable`, as scripts/simulate builds), so that a seed replays exactly.
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    let runtime = builder.build().expect("a runtime");
     let dir = tempfile::Builder::new()
         .prefix("narpush-sim-")
         .tempdir_in(state_root())
