@@ -34,7 +34,7 @@ impl Sink {
         match self {
             Sink::File(t) => t.list().await,
             Sink::S3(t) => t.list().await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.list().await,
         }
     }
@@ -44,7 +44,7 @@ impl Sink {
         match self {
             Sink::File(t) => t.modified(key).await,
             Sink::S3(t) => t.modified(key).await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.modified(key).await,
         }
     }
@@ -54,7 +54,7 @@ impl Sink {
         match self {
             Sink::File(_) => 1,
             Sink::S3(_) => (objects / 1000 + 1) as u64,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(_) => (objects / 1000 + 1) as u64,
         }
     }
@@ -65,7 +65,7 @@ impl Sink {
         match self {
             Sink::File(_) => keys as u64,
             Sink::S3(_) => keys.div_ceil(DELETE_BATCH) as u64,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(_) => keys.div_ceil(DELETE_BATCH) as u64,
         }
     }
@@ -80,7 +80,7 @@ impl Sink {
                 }
                 Ok(())
             }
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.delete(keys).await,
         }
     }

@@ -1,5 +1,5 @@
 //! An S3 bucket in memory, with the faults of a remote one, for the deterministic simulation
-//! (feature `sim`) and unit tests: every request takes a latency of virtual time (so
+//! (feature `sim` only; its unit tests run with it): every request takes a latency of virtual time (so
 //! concurrent requests finish out of order), and may fail before it has any effect (5xx,
 //! 403, throttling with `Retry-After`) or after it (the write happened, the answer was lost).
 //! A delete may be slow: it lands late in a long request.

@@ -10,7 +10,7 @@
 
 pub mod file;
 pub mod inventory;
-#[cfg(any(test, feature = "sim"))]
+#[cfg(feature = "sim")]
 pub mod memory;
 pub mod params;
 pub mod retry_after;
@@ -55,7 +55,7 @@ pub enum Sink {
     File(file::FileSink),
     S3(s3::S3Sink),
     /// The simulation's bucket in memory (see [`memory`]).
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(feature = "sim")]
     Memory(memory::MemorySink),
 }
 
@@ -63,7 +63,7 @@ pub enum Sink {
 pub enum MultipartUpload {
     File(file::FileUpload),
     S3(s3::S3Upload),
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(feature = "sim")]
     Memory(memory::MemoryUpload),
 }
 
@@ -82,7 +82,7 @@ impl Sink {
         match self {
             Sink::File(t) => t.exists(key).await,
             Sink::S3(t) => t.exists(key).await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.exists(key).await,
         }
     }
@@ -96,7 +96,7 @@ impl Sink {
         match self {
             Sink::File(t) => t.fetch(key).await,
             Sink::S3(t) => t.fetch(key).await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.fetch(key).await,
         }
     }
@@ -118,7 +118,7 @@ impl Sink {
         match self {
             Sink::File(t) => t.put(key, body).await,
             Sink::S3(t) => t.put(key, body, content_type, content_encoding).await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.put(key, body).await,
         }
     }
@@ -131,7 +131,7 @@ impl Sink {
         match self {
             Sink::File(_) => false,
             Sink::S3(_) => true,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(_) => true,
         }
     }
@@ -146,7 +146,7 @@ impl Sink {
         match self {
             Sink::File(t) => t.put_file(key, file).await,
             Sink::S3(t) => t.put_file(key, file, content_type).await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.put_file(key, file).await,
         }
     }
@@ -162,7 +162,7 @@ impl Sink {
     ) -> Result<usize, SinkError> {
         match self {
             Sink::File(_) => Ok(0),
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(_) => Ok(0),
             Sink::S3(t) => {
                 t.abort_stale_uploads(crate::layout::NAR_PREFIX, before, &|key| {
@@ -184,7 +184,7 @@ impl Sink {
                 .start_upload(key, content_type)
                 .await
                 .map(MultipartUpload::S3),
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             Sink::Memory(t) => t.start_upload(key).await.map(MultipartUpload::Memory),
         }
     }
@@ -195,7 +195,7 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.put_part(part).await,
             MultipartUpload::S3(u) => u.put_part(part).await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             MultipartUpload::Memory(u) => u.put_part(part).await,
         }
     }
@@ -204,7 +204,7 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.complete().await,
             MultipartUpload::S3(u) => u.complete().await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             MultipartUpload::Memory(u) => u.complete().await,
         }
     }
@@ -213,7 +213,7 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.abort().await,
             MultipartUpload::S3(u) => u.abort().await,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(feature = "sim")]
             MultipartUpload::Memory(u) => u.abort().await,
         }
     }
