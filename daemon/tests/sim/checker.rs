@@ -72,6 +72,9 @@ impl Checker {
 
     pub fn note(&mut self, what: String) {
         let at = self.seconds();
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!("{at:.3} {what}");
+        }
         self.fold(&format!("{at:.3} {what}"));
         self.log.push((at, what));
     }
