@@ -377,6 +377,8 @@ fn render_structured_ca(value: &Value) -> Option<String> {
 }
 
 mod realisations;
+#[cfg(feature = "sim")]
+pub mod simulated;
 pub use realisations::{
     derivation_head, expand_derivations, realisations_of, realisations_of_outputs,
     DerivationRealisations, RealisationQueryError,

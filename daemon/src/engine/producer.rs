@@ -60,7 +60,9 @@ impl<T: Send + 'static> Producer<T> {
             }
             let _ = sender.send(work(&thread_stop));
         };
-        if background {
+        if runs_inline() {
+            run();
+        } else if background {
             std::thread::Builder::new()
                 .name("narpush-nar".to_owned())
                 .spawn(run)
@@ -95,6 +97,16 @@ impl<T> Drop for Producer<T> {
     fn drop(&mut self) {
         self.stop.0.store(true, Ordering::Relaxed);
     }
+}
+
+/// Whether producers run on the calling thread: only under a simulated store (feature `sim`),
+/// whose NARs are in memory and whose simulation must not depend on other threads' timing.
+fn runs_inline() -> bool {
+    #[cfg(feature = "sim")]
+    if crate::store::simulated::installed().is_some() {
+        return true;
+    }
+    false
 }
 
 /// Nice 10 for the calling thread only (Linux applies `setpriority` to one thread when given

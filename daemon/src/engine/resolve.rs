@@ -20,6 +20,15 @@ pub struct Resolution {
 }
 
 pub async fn resolve(tops: &[StorePath], closure: bool) -> Result<Resolution, StoreError> {
+    #[cfg(feature = "sim")]
+    if let Some(store) = store::simulated::installed() {
+        let (infos, gone) = store.resolve(tops, closure);
+        let invalid = gone
+            .into_iter()
+            .map(|p| (p, "the simulated store does not have it".to_owned()))
+            .collect();
+        return Ok(Resolution { infos, invalid });
+    }
     let mut remaining = tops.to_vec();
     let mut invalid = Vec::new();
     while !remaining.is_empty() {

@@ -48,6 +48,8 @@ pub async fn plan(
         .map(|(hash, _)| (*hash).to_owned())
         .collect();
     let mut frontier: Vec<String> = live.iter().cloned().collect();
+    // Requests start in key order, not a hash set's (the simulation replays a seed).
+    frontier.sort_unstable();
     let mut uses = Uses::default();
     let mut gets = 0u64;
     while !frontier.is_empty() {
@@ -90,11 +92,12 @@ pub async fn plan(
     }
     let realisations = read_realisations(sink, &objects, &live, policy.grace, age).await?;
     gets += realisations.gets;
-    let doomed: Vec<String> = narinfos
+    let mut doomed: Vec<String> = narinfos
         .keys()
         .filter(|hash| !live.contains(**hash))
         .map(|hash| (*hash).to_owned())
         .collect();
+    doomed.sort_unstable();
     progress(&format!("reading the {} narinfos to delete", doomed.len()));
     gets += doomed.len() as u64;
     let doomed = read_doomed(sink, doomed).await?;

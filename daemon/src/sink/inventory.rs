@@ -46,6 +46,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.list().await,
             Sink::S3(t) => t.list().await,
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.list().await,
         }
     }
 
@@ -80,6 +82,8 @@ impl Sink {
         match self {
             Sink::File(_) => 1,
             Sink::S3(_) => (objects / 1000 + 1) as u64,
+            #[cfg(feature = "sim")]
+            Sink::Memory(_) => (objects / 1000 + 1) as u64,
         }
     }
 
@@ -89,6 +93,8 @@ impl Sink {
         match self {
             Sink::File(_) => keys as u64,
             Sink::S3(_) => keys.div_ceil(DELETE_BATCH) as u64,
+            #[cfg(feature = "sim")]
+            Sink::Memory(_) => keys.div_ceil(DELETE_BATCH) as u64,
         }
     }
 
@@ -102,6 +108,8 @@ impl Sink {
                 }
                 Ok(())
             }
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.delete(keys).await,
         }
     }
 

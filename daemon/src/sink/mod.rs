@@ -14,6 +14,8 @@
 
 pub mod file;
 pub mod inventory;
+#[cfg(feature = "sim")]
+pub mod memory;
 pub mod params;
 pub mod retry_after;
 pub mod s3;
@@ -81,12 +83,17 @@ pub struct Fetched {
 pub enum Sink {
     File(file::FileSink),
     S3(s3::S3Sink),
+    /// The simulation's bucket in memory (see [`memory`]).
+    #[cfg(feature = "sim")]
+    Memory(memory::MemorySink),
 }
 
 /// A large object being written part by part.
 pub enum MultipartUpload {
     File(file::FileUpload),
     S3(s3::S3Upload),
+    #[cfg(feature = "sim")]
+    Memory(memory::MemoryUpload),
 }
 
 impl Sink {
@@ -151,6 +158,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.put(key, body).await,
             Sink::S3(t) => t.put(key, body, content_type, content_encoding).await,
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.put(key, body).await,
         }
     }
 
@@ -159,7 +168,12 @@ impl Sink {
     /// a multipart upload; false for a directory, where a streamed object is written straight
     /// into place anyway.
     pub fn writes_whole_objects(&self) -> bool {
-        matches!(self, Sink::S3(_))
+        match self {
+            Sink::File(_) => false,
+            Sink::S3(_) => true,
+            #[cfg(feature = "sim")]
+            Sink::Memory(_) => true,
+        }
     }
 
     /// Writes the object at `key` from a complete temporary file, in one request.
@@ -172,6 +186,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.put_file(key, file).await,
             Sink::S3(t) => t.put_file(key, file, content_type).await,
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.put_file(key, file).await,
         }
     }
 
@@ -186,6 +202,8 @@ impl Sink {
     ) -> Result<usize, SinkError> {
         match self {
             Sink::File(_) => Ok(0),
+            #[cfg(feature = "sim")]
+            Sink::Memory(_) => Ok(0),
             Sink::S3(t) => {
                 t.abort_stale_uploads(crate::layout::NAR_PREFIX, before, &|key| {
                     crate::layout::is_streamed_by(key, writer)
@@ -206,6 +224,8 @@ impl Sink {
                 .start_upload(key, content_type)
                 .await
                 .map(MultipartUpload::S3),
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.start_upload(key).await.map(MultipartUpload::Memory),
         }
     }
 }
@@ -215,6 +235,8 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.put_part(part).await,
             MultipartUpload::S3(u) => u.put_part(part).await,
+            #[cfg(feature = "sim")]
+            MultipartUpload::Memory(u) => u.put_part(part).await,
         }
     }
 
@@ -222,6 +244,8 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.complete().await,
             MultipartUpload::S3(u) => u.complete().await,
+            #[cfg(feature = "sim")]
+            MultipartUpload::Memory(u) => u.complete().await,
         }
     }
 
@@ -229,6 +253,8 @@ impl MultipartUpload {
         match self {
             MultipartUpload::File(u) => u.abort().await,
             MultipartUpload::S3(u) => u.abort().await,
+            #[cfg(feature = "sim")]
+            MultipartUpload::Memory(u) => u.abort().await,
         }
     }
 }

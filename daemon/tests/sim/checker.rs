@@ -1,0 +1,258 @@
+//! The invariants, checked at every change of the bucket (the memory sink's observer) and at
+//! every report an uploader acts upon:
+//! - **closure**: every narinfo's NAR exists with its FileSize, and every reference has a
+//!   narinfo;
+//! - **NARs are immutable**: a NAR object is never overwritten with other bytes;
+//! - **done means there**: a path reported done (uploaded or found) has its narinfo in the
+//!   bucket at that moment.
+//!
+//! The check is incremental (indexes of what each narinfo needs), so it costs little per
+//! change. Every change is also logged, so that a failure can show the history of the keys it
+//! names, and folded into a digest that two runs of one seed must agree on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use narpush::format::narinfo::NarInfo;
+use narpush::sink::memory::{Change, Stored};
+
+/// What a narinfo needs.
+struct Needs {
+    url: String,
+    file_size: u64,
+    /// Hash parts of its references (itself excluded).
+    references: Vec<String>,
+}
+
+pub struct Checker {
+    epoch: SystemTime,
+    needs: BTreeMap<String, Needs>,
+    /// narinfo keys by the NAR they name.
+    by_url: BTreeMap<String, BTreeSet<String>>,
+    /// narinfo keys by the hash parts they reference.
+    referrers: BTreeMap<String, BTreeSet<String>>,
+    pub violations: Vec<String>,
+    /// Every change: (seconds since the epoch, what).
+    log: Vec<(f64, String)>,
+    pub digest: u64,
+    pub changes: u64,
+}
+
+fn narinfo_key(hash: &str) -> String {
+    format!("{hash}.narinfo")
+}
+
+impl Checker {
+    pub fn new(epoch: SystemTime) -> Checker {
+        Checker {
+            epoch,
+            needs: BTreeMap::new(),
+            by_url: BTreeMap::new(),
+            referrers: BTreeMap::new(),
+            violations: Vec::new(),
+            log: Vec::new(),
+            digest: 0xcbf2_9ce4_8422_2325,
+            changes: 0,
+        }
+    }
+
+    pub fn seconds(&self) -> f64 {
+        narpush::clock::now()
+            .duration_since(self.epoch)
+            .unwrap_or_default()
+            .as_secs_f64()
+    }
+
+    fn fold(&mut self, text: &str) {
+        for byte in text.bytes() {
+            self.digest ^= u64::from(byte);
+            self.digest = self.digest.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn note(&mut self, what: String) {
+        let at = self.seconds();
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!("{at:.3} {what}");
+        }
+        self.fold(&format!("{at:.3} {what}"));
+        self.log.push((at, what));
+    }
+
+    fn violate(&mut self, what: String) {
+        let at = self.seconds();
+        self.violations.push(format!("t={at:.3}s {what}"));
+    }
+
+    pub fn observe(&mut self, change: Change<'_>, objects: &BTreeMap<String, Stored>) {
+        self.changes += 1;
+        match change {
+            Change::Put(key) => {
+                let Some(object) = objects.get(key) else {
+                    return;
+                };
+                self.note(format!("PUT {key} etag {}", object.etag));
+                if key.ends_with(".narinfo") {
+                    self.forget(key);
+                    self.learn(key, object);
+                    self.check_narinfo(key, objects);
+                } else if key.starts_with("nar/") {
+                    self.check_nar_users(key, objects);
+                }
+            }
+            Change::Delete(keys) => {
+                for key in keys {
+                    self.note(format!("DELETE {key}"));
+                }
+                for key in keys {
+                    if key.ends_with(".narinfo") {
+                        self.forget(key);
+                        let hash = key.trim_end_matches(".narinfo");
+                        let users: Vec<String> = self
+                            .referrers
+                            .get(hash)
+                            .into_iter()
+                            .flatten()
+                            .filter(|k| objects.contains_key(*k))
+                            .cloned()
+                            .collect();
+                        for user in users {
+                            self.violate(format!(
+                                "closure: {user} references {key}, which was just deleted"
+                            ));
+                        }
+                    } else if key.starts_with("nar/") {
+                        self.check_nar_users(key, objects);
+                    }
+                }
+            }
+        }
+    }
+
+    fn learn(&mut self, key: &str, object: &Stored) {
+        let parsed = std::str::from_utf8(&object.body)
+            .ok()
+            .and_then(|text| NarInfo::parse(text).ok());
+        let Some(narinfo) = parsed else {
+            self.violate(format!("{key} does not parse"));
+            return;
+        };
+        let own = key.trim_end_matches(".narinfo");
+        let references: Vec<String> = narinfo
+            .references
+            .iter()
+            .map(|r| r.hash_part().to_owned())
+            .filter(|h| h != own)
+            .collect();
+        for hash in &references {
+            self.referrers
+                .entry(hash.clone())
+                .or_default()
+                .insert(key.to_owned());
+        }
+        self.by_url
+            .entry(narinfo.url.clone())
+            .or_default()
+            .insert(key.to_owned());
+        self.needs.insert(
+            key.to_owned(),
+            Needs {
+                url: narinfo.url,
+                file_size: narinfo.file_size.unwrap_or(0),
+                references,
+            },
+        );
+    }
+
+    fn forget(&mut self, key: &str) {
+        let Some(needs) = self.needs.remove(key) else {
+            return;
+        };
+        for hash in &needs.references {
+            if let Some(users) = self.referrers.get_mut(hash) {
+                users.remove(key);
+            }
+        }
+        if let Some(users) = self.by_url.get_mut(&needs.url) {
+            users.remove(key);
+        }
+    }
+
+    fn check_narinfo(&mut self, key: &str, objects: &BTreeMap<String, Stored>) {
+        let Some(needs) = self.needs.get(key) else {
+            return;
+        };
+        let mut problems = Vec::new();
+        match objects.get(&needs.url) {
+            None => problems.push(format!(
+                "closure: {key} was written but its NAR {} is missing",
+                needs.url
+            )),
+            Some(nar) if nar.body.len() as u64 != needs.file_size => problems.push(format!(
+                "closure: {key} says FileSize {} but {} has {} bytes",
+                needs.file_size,
+                needs.url,
+                nar.body.len()
+            )),
+            Some(_) => {}
+        }
+        for hash in &needs.references {
+            if !objects.contains_key(&narinfo_key(hash)) {
+                problems.push(format!(
+                    "closure: {key} was written but its reference {} is missing",
+                    narinfo_key(hash)
+                ));
+            }
+        }
+        for problem in problems {
+            self.violate(problem);
+        }
+    }
+
+    /// After a NAR changed: every narinfo naming it must still find it, at its size.
+    fn check_nar_users(&mut self, nar: &str, objects: &BTreeMap<String, Stored>) {
+        let users: Vec<String> = self
+            .by_url
+            .get(nar)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for user in users {
+            let Some(needs) = self.needs.get(&user) else {
+                continue;
+            };
+            match objects.get(nar) {
+                None => self.violate(format!(
+                    "closure: {user} names {nar}, which was just deleted"
+                )),
+                Some(o) if o.body.len() as u64 != needs.file_size => self.violate(format!(
+                    "NAR overwritten: {nar} now has {} bytes, {user} says {}",
+                    o.body.len(),
+                    needs.file_size
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// A path an uploader reported done must be in the bucket now.
+    pub fn check_done(&mut self, who: &str, hash: &str, objects: &BTreeMap<String, Stored>) {
+        self.note(format!("{who} reports {hash} done"));
+        if !objects.contains_key(&narinfo_key(hash)) {
+            self.violate(format!(
+                "done: {who} reported {} done but it is not in the bucket",
+                narinfo_key(hash)
+            ));
+        }
+    }
+
+    /// Events that name any of `keys` (the history of a violation).
+    pub fn history(&self, keys: &[String]) -> Vec<String> {
+        self.log
+            .iter()
+            .filter(|(_, what)| keys.iter().any(|k| what.contains(k.as_str())))
+            .map(|(at, what)| format!("  t={at:.3}s {what}"))
+            .collect()
+    }
+}
