@@ -50,7 +50,7 @@
 //! until the daemon restarts (after a failed `fdatasync` the file's contents are unknown);
 //! requests then go to the queue directly.
 
-mod record;
+pub(crate) mod record;
 #[cfg(test)]
 mod tests;
 
