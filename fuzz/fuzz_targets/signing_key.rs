@@ -21,8 +21,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(public.verify(FINGERPRINT, &key.sign(FINGERPRINT)));
         }
         Err(error) => {
-            let message = error.to_string();
-            if let Some((_, secret)) = text.trim().split_once(':') {
+            // Errors name the key (its name is no secret), never its data.
+            if let Some((name, secret)) = text.trim().split_once(':') {
+                let message = error.to_string().replace(name, "");
                 if secret.len() >= 8 {
                     assert!(
                         !message.contains(secret),
