@@ -36,6 +36,8 @@ pub mod daemon;
 pub mod default_paths;
 pub mod engine;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gc;
 pub mod gcroots;
 pub mod keys;

@@ -54,7 +54,7 @@
 
 mod legacy;
 mod mark;
-mod record;
+pub(crate) mod record;
 #[cfg(test)]
 mod tests;
 

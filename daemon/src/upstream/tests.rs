@@ -217,7 +217,10 @@ async fn a_cache_url_with_credentials_is_shown_and_reported_without_them() {
         panic!("expected an http cache")
     };
     let upstream = Upstream::new(vec![url.clone().into()], Vec::new());
-    match upstream.request(reqwest::Method::GET, base, "x.narinfo").await {
+    match upstream
+        .request(reqwest::Method::GET, base, "x.narinfo")
+        .await
+    {
         Reply::Unreachable(reason) => assert!(!reason.contains("SECRETtoken"), "{reason}"),
         _ => panic!("nothing listens on port 1"),
     }
