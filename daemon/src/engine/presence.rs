@@ -34,13 +34,11 @@ use tokio::time::Instant;
 
 use crate::format::store_path::StorePath;
 
-/// How long a path is trusted to be in the cache without asking again, at most.
-pub const KNOWN_FOR: Duration = Duration::from_secs(600);
+/// How long a path is trusted to be in the cache without asking again, at most: the
+/// protocol's `K`, stated (and checked against GC's grace, rule 3) in [`crate::coexist`].
+pub use crate::coexist::KNOWN_FOR;
 /// Paths remembered at most.
 pub const CAPACITY: usize = 100_000;
-
-// Rule 3: a path GC may collect is never trusted.
-const _: () = assert!(KNOWN_FOR.as_secs() < crate::gc::MIN_GRACE.as_secs());
 
 /// How long evidence of a path's presence is trusted under `refresh_after` (rule 2).
 pub fn trust_for(refresh_after: Duration) -> Duration {
