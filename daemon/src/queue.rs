@@ -289,7 +289,8 @@ impl Queue {
         self.inner.broken.store(false, Ordering::SeqCst);
         // Writes the failed handle took in but never flushed are gone, so an entry may read
         // `uploading` though its outcome was recorded: take them all again. One still in the
-        // engine is then uploaded twice, which is harmless; one stuck would not be.
+        // engine is taken again but not handed over twice (the pipeline's admission knows
+        // it); one stuck would not be harmless.
         self.requeue_uploading(Interrupted::Crash)
     }
 

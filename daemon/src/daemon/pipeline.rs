@@ -97,12 +97,7 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
         tokio::select! {
             report = reports.recv() => match report {
                 Some(report) => {
-                    let ends_entry = matches!(report, Report::TopDone(_) | Report::TopFailed { .. });
-                    let mut next = record(&shared, &mut books, report);
-                    if ends_entry && admission.finished() {
-                        next = Some(Instant::now());
-                    }
-                    if let Some(at) = next {
+                    if let Some(at) = on_report(&shared, &mut books, &mut admission, report) {
                         take_at = Some(take_at.map_or(at, |taken| taken.min(at)));
                     }
                 }
@@ -136,6 +131,24 @@ pub async fn run(shared: Arc<Shared>, mut reports: Reports) {
     books.record_again(&shared.queue, |path| {
         release_root(&shared.queue, &shared.roots, path);
     });
+}
+
+/// Books one report and the room it makes in the engine; returns when to take entries next.
+fn on_report(
+    shared: &Shared,
+    books: &mut Books,
+    admission: &mut Admission,
+    report: Report,
+) -> Option<Instant> {
+    let ended = match &report {
+        Report::TopDone(path) | Report::TopFailed { top: path, .. } => Some(path.clone()),
+        _ => None,
+    };
+    let next = record(shared, books, report);
+    match ended {
+        Some(path) if admission.finished(&path) => Some(Instant::now()),
+        _ => next,
+    }
 }
 
 /// Reopens a failed queue, records what could not be recorded, submits every due entry;
@@ -173,13 +186,18 @@ async fn take_due(
         }
         tracing::info!(paths = taken.entries.len(), "uploading");
         let mut tops = Vec::with_capacity(taken.entries.len());
+        // One the engine still holds (a queue reopen put it back to pending) is answered by
+        // the report it is owed already.
         for entry in taken.entries {
-            // Before the paths: each is reported done only after its realisations.
-            shared.engine.add_realisations(entry.realisations);
-            tops.push(entry.path);
+            if admission.admit(&entry.path) {
+                // Before the paths: each is reported done only after its realisations.
+                shared.engine.add_realisations(entry.realisations);
+                tops.push(entry.path);
+            }
         }
-        admission.submitted(tops.len());
-        shared.engine.submit(tops);
+        if !tops.is_empty() {
+            shared.engine.submit(tops);
+        }
     }
     if let Some(e) = taken.error {
         tracing::error!("cannot read the queue: {}", crate::error_chain(&e));
@@ -380,6 +398,8 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
         .mul_f64(rand::thread_rng().gen::<f64>())
 }
 
+#[cfg(test)]
+mod reopen_tests;
 #[cfg(test)]
 mod root_tests;
 

@@ -200,7 +200,8 @@ enum Command {
 
 /// The owner's handle. Reports arrive on the receiver [`Engine::start`] returns: one
 /// [`Report::TopDone`] or [`Report::TopFailed`] per submitted path, and a report for each path
-/// of its closure on the way.
+/// of its closure on the way. A path submitted again while the engine still holds it is not
+/// reported on twice: the one report answers both.
 #[derive(Clone)]
 pub struct Engine {
     commands: mpsc::UnboundedSender<Command>,
@@ -254,6 +255,34 @@ impl Engine {
     /// What is in flight right now.
     pub fn view(&self) -> &Arc<EngineView> {
         &self.view
+    }
+
+    /// A handle whose commands nobody carries out: the test reads what was submitted from the
+    /// returned receiver and plays the engine's part itself.
+    #[cfg(test)]
+    pub(crate) fn stub() -> (Engine, StubCommands) {
+        let (commands, received) = mpsc::unbounded_channel();
+        let view = Arc::new(EngineView::default());
+        (Engine { commands, view }, StubCommands(received))
+    }
+}
+
+/// What was sent to an [`Engine::stub`].
+#[cfg(test)]
+pub(crate) struct StubCommands(mpsc::UnboundedReceiver<Command>);
+
+#[cfg(test)]
+impl StubCommands {
+    /// The tops submitted since the last call, in order (other commands are dropped).
+    pub(crate) fn submitted(&mut self) -> Vec<StorePath> {
+        let mut tops = Vec::new();
+        while let Ok(command) = self.0.try_recv() {
+            match command {
+                Command::Submit(more) | Command::SubmitResolved(_, more) => tops.extend(more),
+                Command::Realisations(_) | Command::Reconfigure(_) => {}
+            }
+        }
+        tops
     }
 }
 
