@@ -7,9 +7,15 @@
 //! - **Durable before the ack.** [`GcRoots::protect`] makes the links and returns only after
 //!   an `fsync` of the directory that began after they were made, so a root outlives a power
 //!   loss right after the acknowledgement. Concurrent calls share one sync (group commit: a
-//!   burst of requests costs about two syncs, not one each), and a failed sync fails every
-//!   call it covered (after a failed `fsync` Linux reports success to the next one, though
-//!   the entries may never have reached the disk).
+//!   burst of requests costs about two syncs, not one each).
+//! - **A failed sync poisons the directory until the daemon restarts.** After a failed
+//!   `fsync` Linux reports the writeback error once and success to the next one, though the
+//!   entries may never have reached the disk, and a request asked again finds its link there
+//!   already. So the failure fails every call it covered, every call waiting for a sync, and
+//!   every later [`GcRoots::protect`], [`GcRoots::ensure`] and [`GcRoots::reconcile`] that
+//!   needs one, with [`GcRootError::Poisoned`] naming the directory: requests are refused
+//!   with that reason and the hook spools them. The next start makes the roots whole again
+//!   (reconcile below) before any request is taken.
 //! - **Whole again at start.** [`GcRoots::reconcile`] re-creates the root of every path the
 //!   daemon still owes an upload (a root lost with the disk's cache, or deleted by hand) and
 //!   removes the roots of paths it no longer owes. The directory belongs to one daemon.
@@ -80,8 +86,8 @@ struct Inner {
     written: AtomicU64,
     /// Every batch up to this number is durable.
     synced: AtomicU64,
-    /// Every batch up to this number was covered by a failed sync (and so failed).
-    failed: AtomicU64,
+    /// The first failed sync, once one failed: no root is durable any more (module doc).
+    poisoned: Mutex<Option<String>>,
     /// One directory sync at a time.
     sync_turn: tokio::sync::Mutex<()>,
     /// Orders releases against roots made again for paths just queued (see
@@ -90,12 +96,19 @@ struct Inner {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {action} GC root {link}")]
-pub struct GcRootError {
-    action: &'static str,
-    link: PathBuf,
-    #[source]
-    source: io::Error,
+pub enum GcRootError {
+    #[error("cannot {action} GC root {link}")]
+    Io {
+        action: &'static str,
+        link: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "a sync of the GC roots directory {dir} failed ({first}); roots made there may not \
+         survive a power loss, so none is made until the daemon restarts"
+    )]
+    Poisoned { dir: PathBuf, first: String },
 }
 
 /// What [`GcRoots::reconcile`] changed.
@@ -114,7 +127,7 @@ impl GcRoots {
 
     /// [`GcRoots::open`] over another file system (tests).
     pub fn open_with(dir: &Path, fs: Box<dyn RootFs>) -> Result<GcRoots, GcRootError> {
-        std::fs::create_dir_all(dir).map_err(|source| GcRootError {
+        std::fs::create_dir_all(dir).map_err(|source| GcRootError::Io {
             action: "create the directory for",
             link: dir.to_owned(),
             source,
@@ -125,7 +138,7 @@ impl GcRoots {
                 fs,
                 written: AtomicU64::new(0),
                 synced: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
+                poisoned: Mutex::new(None),
                 sync_turn: tokio::sync::Mutex::new(()),
                 gate: Mutex::new(()),
             }),
@@ -142,7 +155,7 @@ impl GcRoots {
         match self.inner.fs.symlink(Path::new(&path.to_absolute()), &link) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(source) => Err(GcRootError {
+            Err(source) => Err(GcRootError::Io {
                 action: "create",
                 link,
                 source,
@@ -153,6 +166,7 @@ impl GcRoots {
     /// Makes the roots of `paths` and returns once they are durable (see the module doc).
     /// A root that exists already is synced too: it may be one whose sync failed.
     pub async fn protect(&self, paths: &[StorePath]) -> Result<(), GcRootError> {
+        self.check_poison()?;
         for path in paths {
             self.create(path)?;
         }
@@ -160,24 +174,26 @@ impl GcRoots {
         self.sync_through(mine).await
     }
 
+    /// Fails once a sync of the directory has failed (see the module doc).
+    fn check_poison(&self) -> Result<(), GcRootError> {
+        match &*lock(&self.inner.poisoned) {
+            Some(first) => Err(GcRootError::Poisoned {
+                dir: self.inner.dir.clone(),
+                first: first.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until batch `mine` is durable, syncing the directory unless a sync that began
-    /// after it has succeeded meanwhile.
+    /// after it has succeeded meanwhile; fails once any sync has failed.
     async fn sync_through(&self, mine: u64) -> Result<(), GcRootError> {
         let inner = &self.inner;
         let _turn = inner.sync_turn.lock().await;
-        let failed = |source| GcRootError {
-            action: "sync the directory of",
-            link: inner.dir.clone(),
-            source,
-        };
-        if inner.failed.load(Ordering::SeqCst) >= mine {
-            return Err(failed(io::Error::other(
-                "a sync that covered this root failed",
-            )));
-        }
         if inner.synced.load(Ordering::SeqCst) >= mine {
             return Ok(());
         }
+        self.check_poison()?;
         let covers = inner.written.load(Ordering::SeqCst);
         match blocking(|| inner.fs.sync_dir(&inner.dir)) {
             Ok(()) => {
@@ -185,8 +201,12 @@ impl GcRoots {
                 Ok(())
             }
             Err(source) => {
-                inner.failed.fetch_max(covers, Ordering::SeqCst);
-                Err(failed(source))
+                lock(&inner.poisoned).get_or_insert_with(|| source.to_string());
+                Err(GcRootError::Io {
+                    action: "sync the directory of",
+                    link: inner.dir.clone(),
+                    source,
+                })
             }
         }
     }
@@ -236,7 +256,7 @@ impl GcRoots {
         match self.inner.fs.remove(&link) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(GcRootError {
+            Err(source) => Err(GcRootError::Io {
                 action: "remove",
                 link,
                 source,
@@ -270,7 +290,7 @@ impl GcRoots {
             .inner
             .fs
             .list(&self.inner.dir)
-            .map_err(|source| GcRootError {
+            .map_err(|source| GcRootError::Io {
                 action: "list the directory of",
                 link: self.inner.dir.clone(),
                 source,

@@ -18,6 +18,9 @@
 //!   (the hook runs as root; the parent is normally the daemon's state directory, owned by
 //!   the `narpush` user), so the daemon can remove what it has queued. A root-owned spool
 //!   directory would leave the daemon unable to remove any file, taking each again forever.
+//!   The parent's owner may swap the new name for a symlink right after `mkdir`, so the
+//!   ownership is given through the directory opened and checked as above (`fchown`), never
+//!   by name: a swapped name is refused and nothing else changes owner.
 //! - **Reading**: a reader takes the names [`is_request_file_name`] accepts, and leaves names
 //!   starting with `.` (writes in progress) alone.
 
@@ -113,6 +116,12 @@ fn open_dir(dir: &Path) -> std::io::Result<std::fs::File> {
 
 /// Creates `dir` mode 0750, owned like its parent (created first if missing).
 fn create_dir(dir: &Path) -> std::io::Result<()> {
+    create_dir_with(dir, || {})
+}
+
+/// [`create_dir`], running `after_mkdir` between making the directory and giving it away
+/// (tests swap the name there).
+fn create_dir_with(dir: &Path, after_mkdir: impl FnOnce()) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let parent = dir.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent)?;
@@ -120,9 +129,14 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         created => created?,
     }
+    after_mkdir();
+    // The parent's owner can swap the name for a symlink at any moment: give away the
+    // directory through a descriptor checked to be a directory the name named, never by name
+    // (`chown` would follow a link to, say, /etc/shadow).
+    let opened = open_dir(dir)?;
     let owner = std::fs::metadata(parent)?;
     // Fails unless we are root or already the owner; then the directory is ours, as before.
-    let _ = std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()));
+    let _ = std::os::unix::fs::fchown(&opened, Some(owner.uid()), Some(owner.gid()));
     Ok(())
 }
 
@@ -157,6 +171,33 @@ mod tests {
         let meta = std::fs::metadata(state.join("spool")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (4242, 4243));
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_mkdir_is_not_given_away() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, b"root:x:\n").unwrap();
+        let before = std::fs::metadata(&secret).unwrap();
+        // The parent's owner is who the spool would be given to; as root, someone else.
+        let _ = std::os::unix::fs::chown(&state, Some(4242), Some(4243));
+        let spool = state.join("spool");
+        let created = create_dir_with(&spool, || {
+            std::fs::rename(&spool, state.join("moved")).unwrap();
+            std::os::unix::fs::symlink(&secret, &spool).unwrap();
+        });
+        let after = std::fs::metadata(&secret).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid()),
+            (before.uid(), before.gid()),
+            "the file the symlink names keeps its owner"
+        );
+        let error = created.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
     }
 
     #[test]
