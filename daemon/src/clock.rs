@@ -9,7 +9,7 @@
 //!
 //! Production reads the system clock; nothing here changes its behaviour.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "sim")]
 thread_local! {
@@ -28,9 +28,31 @@ pub fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// How long before `now` `then` was (an object's or file's age). A `then` after `now` (a
+/// clock ahead of ours) is zero: a skewed timestamp makes a thing new, never old, so nothing
+/// is collected or trusted as stale because of it.
+pub fn age(now: SystemTime, then: SystemTime) -> Duration {
+    now.duration_since(then).unwrap_or_default()
+}
+
 /// Makes [`now`] on this thread read `epoch` at this (virtual) instant and advance with
 /// tokio's clock from there; `None` returns to the system clock.
 #[cfg(feature = "sim")]
 pub fn set_virtual(epoch: Option<SystemTime>) {
     VIRTUAL.with(|v| v.set(epoch.map(|e| (e, tokio::time::Instant::now()))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_is_the_time_since_and_zero_for_a_time_ahead() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(
+            age(now, now - Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(age(now, now + Duration::from_secs(30)), Duration::ZERO);
+    }
 }

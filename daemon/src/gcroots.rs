@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::format::store_path::StorePath;
+use crate::sync::lock;
 
 /// The file-system calls roots are made of (the real ones in production).
 pub trait RootFs: Send + Sync {
@@ -306,12 +307,6 @@ impl GcRoots {
         }
         Ok(done)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs a blocking file-system call from async code: on a multi-threaded runtime the worker

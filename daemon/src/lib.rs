@@ -23,7 +23,7 @@
 //!   `$NARPUSH_SIGNING_KEY`); [`consumer`]: what a consumer of the cache puts in its nix.conf
 //!   (`client-config`); [`redact`]: URLs as they may be printed (credentials masked);
 //!   [`secrets`]: the key and credentials handed from `exec` to its daemon, out of reach of
-//!   same-user processes.
+//!   same-user processes; [`process_group`]: child process groups signalled whole; [`sync`]: locks that a panic elsewhere does not poison for good.
 //!
 //! The binary (`main.rs`, `cli/`) only wires these together.
 
@@ -42,11 +42,13 @@ pub mod gc;
 pub mod gcroots;
 pub mod keys;
 pub mod layout;
+pub mod process_group;
 pub mod queue;
 pub mod redact;
 pub mod secrets;
 pub mod sink;
 pub mod store;
+pub mod sync;
 pub mod trust;
 pub mod upstream;
 

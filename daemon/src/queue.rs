@@ -80,6 +80,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
+use crate::sync::{lock, write as write_lock};
 use narpush_protocol::Source;
 pub use record::{CorruptRecord, Entry, State};
 use storage::Handle;
@@ -483,17 +484,6 @@ fn is_out_of_space(error: &QueueError) -> bool {
         io.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
     )
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

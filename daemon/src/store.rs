@@ -194,12 +194,12 @@ async fn run_command(
         .kill_on_drop(true)
         .spawn()
         .map_err(spawn_error)?;
-    let leader = child.id().and_then(|id| i32::try_from(id).ok());
+    let leader = child.id().and_then(crate::process_group::led_by);
     let running = child.wait_with_output();
     tokio::pin!(running);
     // Declared after `running`, so dropped before it: the group is killed while its leader is
     // not yet reaped, and so while its id cannot name another group.
-    let mut group = GroupKiller(leader.map(nix::unistd::Pid::from_raw));
+    let mut group = GroupKiller(leader);
     let output = tokio::time::timeout(timeout, &mut running)
         .await
         .map_err(|_| StoreError::TimedOut {
@@ -223,8 +223,7 @@ struct GroupKiller(Option<nix::unistd::Pid>);
 impl Drop for GroupKiller {
     fn drop(&mut self) {
         if let Some(group) = self.0 {
-            // ESRCH (the group is gone already) is the outcome wanted.
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            crate::process_group::kill(group);
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::format::narinfo::fingerprint;
 use crate::format::signing::VerifyingKey;
 use crate::format::store_path::StorePath;
 use crate::store::PathInfo;
+use crate::sync::lock;
 use crate::trust::trusted_narinfo;
 
 /// cache.nixos.org's key, the default of `upstream_public_keys`.
@@ -389,12 +390,6 @@ fn valid_for(found: Option<u64>) -> Duration {
     } else {
         NEGATIVE_FOR
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::now_ms;
 use crate::sink::ErrorClass;
+use crate::sync::lock;
 
 #[derive(Debug, Default)]
 pub struct Activity {
@@ -69,11 +70,7 @@ impl Activity {
             ErrorClass::Permanent => &self.permanent,
         };
         tally.count.fetch_add(1, Ordering::Relaxed);
-        *tally
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((message.to_owned(), now_ms()));
+        *lock(&tally.last) = Some((message.to_owned(), now_ms()));
         if retried {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
@@ -112,11 +109,7 @@ impl Activity {
 
 impl ClassTally {
     fn snapshot(&self, now_ms: u64) -> ClassFailures {
-        let last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let last = lock(&self.last).clone();
         ClassFailures {
             attempts: self.count.load(Ordering::Relaxed),
             last_error_secs_ago: last

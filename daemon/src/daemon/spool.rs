@@ -209,7 +209,7 @@ fn remove_stale(files: &[PathBuf], age: Duration) {
     for file in files {
         let stale = std::fs::symlink_metadata(file)
             .and_then(|m| m.modified())
-            .is_ok_and(|t| now.duration_since(t).is_ok_and(|since| since > age));
+            .is_ok_and(|t| crate::clock::age(now, t) > age);
         if stale {
             match std::fs::remove_file(file) {
                 Ok(()) => {

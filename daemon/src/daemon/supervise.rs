@@ -14,24 +14,19 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::lock;
+
 /// Why the daemon stops on its own, if it does: the first task that ended early.
 #[derive(Clone, Default)]
 pub struct Fatal(Arc<Mutex<Option<String>>>);
 
 impl Fatal {
     fn record(&self, reason: String) {
-        let mut slot = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.get_or_insert(reason);
+        lock(&self.0).get_or_insert(reason);
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.0).clone()
     }
 }
 

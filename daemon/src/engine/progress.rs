@@ -14,6 +14,7 @@ use std::time::Instant;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::format::store_path::StorePath;
+use crate::sync::lock;
 
 /// Upper bounds of the duration buckets, in seconds: 50 ms to an hour.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -183,11 +184,4 @@ impl Drop for Listed<'_> {
     fn drop(&mut self) {
         lock(&self.view.streams).remove(&self.progress.path);
     }
-}
-
-/// A poisoned lock only means a reader panicked; the data is still what was last written.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -68,10 +68,7 @@ pub(super) async fn check(config: &EngineConfig, path: StorePath) -> Done {
 async fn lookup(config: &EngineConfig, path: &StorePath) -> Result<Lookup, UploadError> {
     let key = layout::narinfo_key(path);
     if let Some(found) = in_cache(config, path, &key).await? {
-        let age = crate::clock::now()
-            .duration_since(found.modified)
-            .unwrap_or_default();
-        if age <= config.refresh_after {
+        if crate::clock::age(crate::clock::now(), found.modified) <= config.refresh_after {
             return Ok(Lookup::Present);
         }
         return refresh(&config.sink, &key, found).await;
@@ -178,9 +175,7 @@ pub(super) async fn store_nar(
         // Only a NAR well inside retention GC's grace period: an older one, which no narinfo
         // uses yet, may be collected before the narinfo that would use it is published.
         let fresh = |modified: SystemTime| {
-            crate::clock::now()
-                .duration_since(modified)
-                .is_ok_and(|age| age < gc::MIN_GRACE / 2)
+            crate::clock::age(crate::clock::now(), modified) < gc::MIN_GRACE / 2
         };
         // The attempt that stored it also wrote its listing, unless listings were turned on
         // since: then the NAR is streamed again, to build one.

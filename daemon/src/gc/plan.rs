@@ -33,7 +33,7 @@ pub async fn plan(
     now: SystemTime,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Plan, GcError> {
-    let age = |o: &Object| now.duration_since(o.modified).unwrap_or_default();
+    let age = |o: &Object| crate::clock::age(now, o.modified);
     let narinfos: HashMap<&str, &Object> = objects
         .iter()
         .filter_map(|o| match kind_of(&o.key) {

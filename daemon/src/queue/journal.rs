@@ -67,6 +67,7 @@ use std::sync::Mutex;
 
 use super::group_commit::{GroupCommit, SyncData};
 use super::NewPath;
+use crate::sync::lock;
 pub use mark::Mark;
 pub use record::Problem;
 
@@ -485,10 +486,4 @@ fn report(
         left.push(problem);
     }
     left
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

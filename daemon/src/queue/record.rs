@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::QueueError;
+use super::{NewPath, QueueError};
 use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
@@ -40,6 +40,24 @@ pub struct Entry {
         with = "text::realisations"
     )]
     pub realisations: Vec<Realisation>,
+}
+
+impl Entry {
+    /// A path as it enters the queue: pending now, never tried, no history.
+    pub fn fresh(item: &NewPath, now: u64) -> Entry {
+        Entry {
+            path: item.path.clone(),
+            state: State::Pending,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_error: None,
+            arrived_ms: now,
+            source: item.source,
+            drv: item.drv.clone(),
+            updated_ms: now,
+            realisations: item.realisations.clone(),
+        }
+    }
 }
 
 /// A record that does not decode.

@@ -330,18 +330,7 @@ pub(super) fn added(current: Current, item: &NewPath, now: u64) -> Change {
                 Change::Put(entry)
             }
         }
-        _ => Change::Put(Entry {
-            path: item.path.clone(),
-            state: State::Pending,
-            attempts: 0,
-            next_attempt_ms: now,
-            last_error: None,
-            arrived_ms: now,
-            source: item.source,
-            drv: item.drv.clone(),
-            updated_ms: now,
-            realisations: item.realisations.clone(),
-        }),
+        _ => Change::Put(Entry::fresh(item, now)),
     }
 }
 
@@ -388,18 +377,15 @@ pub(super) fn retried(current: Current, now: u64) -> Change {
 /// while the record is still corrupt (an enqueue may have replaced it meanwhile).
 pub(super) fn renewed(current: Current, path: &StorePath, now: u64) -> Change {
     match current {
-        Current::Corrupt => Change::Put(Entry {
-            path: path.clone(),
-            state: State::Pending,
-            attempts: 0,
-            next_attempt_ms: now,
-            last_error: None,
-            arrived_ms: now,
-            source: Source::Push,
-            drv: None,
-            updated_ms: now,
-            realisations: Vec::new(),
-        }),
+        Current::Corrupt => Change::Put(Entry::fresh(
+            &NewPath {
+                path: path.clone(),
+                source: Source::Push,
+                drv: None,
+                realisations: Vec::new(),
+            },
+            now,
+        )),
         _ => Change::Keep,
     }
 }

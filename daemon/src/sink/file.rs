@@ -178,7 +178,7 @@ fn remove_stale_temporaries(root: &Path, age: Duration) {
         let stale = entry
             .metadata()
             .and_then(|m| m.modified())
-            .is_ok_and(|t| now.duration_since(t).is_ok_and(|since| since > age));
+            .is_ok_and(|t| crate::clock::age(now, t) > age);
         if stale {
             let path = entry.path();
             match std::fs::remove_file(&path) {

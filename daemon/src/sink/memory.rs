@@ -124,9 +124,7 @@ impl Bucket {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// Replaces the fault settings (a quiet phase sets them all to zero).

@@ -27,9 +27,7 @@ thread_local! {
 
 impl SimStore {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, (PathInfo, Bytes)>> {
-        self.paths
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.paths)
     }
 
     /// Adds a path (a build); `nar` must hash to `info.nar_hash` for an upload to succeed.

@@ -32,7 +32,7 @@ pub fn hand_over(group: Pid) -> Option<Terminal> {
     }
     tcsetpgrp(&stdin, group).ok()?;
     // COMMAND may have read the terminal before it was its own, and been stopped for it.
-    let _ = signal::killpg(group, Signal::SIGCONT);
+    narpush::process_group::signal(group, Signal::SIGCONT);
     Some(Terminal { own_group })
 }
 

@@ -44,7 +44,6 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use command::Event;
 use signals::StopSignals;
@@ -56,6 +55,7 @@ use narpush::daemon::settings::default_key;
 use narpush::daemon::status::StatusReport;
 use narpush::format::signing::SigningKey;
 use narpush::keys::configured_keys;
+use narpush::process_group;
 use narpush::secrets::{self, Secrets};
 use narpush::sink::TargetUrl;
 use private_daemon::{Overrides, PrivateDaemon};
@@ -292,11 +292,11 @@ async fn supervise(
                     drop(terminal.take());
                     foreground::stop_self();
                     terminal = foreground::hand_over(group);
-                    pass_on(group, Signal::SIGCONT);
+                    process_group::signal(group, Signal::SIGCONT);
                 }
                 Event::Stopped => {}
             },
-            signal = signals.recv() => pass_on(group, signal),
+            signal = signals.recv() => process_group::signal(group, signal),
         }
     };
     drop(terminal);
@@ -307,12 +307,6 @@ async fn supervise(
         (code, _) => code,
     };
     Ok(Outcome::Code(u8::try_from(code).unwrap_or(1)))
-}
-
-/// Sends `signal` to every process of COMMAND's group (COMMAND and what it started).
-fn pass_on(group: Pid, signal: Signal) {
-    // The group may be gone already (COMMAND just exited): nothing to signal.
-    let _ = nix::sys::signal::killpg(group, signal);
 }
 
 /// Prints what happened to the uploads; true when everything that arrived was uploaded.

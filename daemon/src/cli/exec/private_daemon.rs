@@ -28,6 +28,7 @@ use anyhow::{bail, Context};
 use narpush::config::Config;
 use narpush::control;
 use narpush::daemon::status::StatusReport;
+use narpush::process_group;
 use narpush::secrets::{self, Secrets};
 use narpush_protocol::env;
 
@@ -234,11 +235,8 @@ impl Drop for PrivateDaemon {
         // Not reaped yet, so its pid is still its group's: the group (the daemon and the
         // processes it started) is killed whole.
         if matches!(self.child.try_wait(), Ok(None)) {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            if let Some(group) = process_group::led_by(self.child.id()) {
+                process_group::kill(group);
             }
         }
         let _ = self.child.kill();
