@@ -66,6 +66,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.head(key).await,
             Sink::S3(t) => t.head(key).await,
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.head(key).await,
         }
     }
 
@@ -74,6 +76,8 @@ impl Sink {
         match self {
             Sink::File(_) => "read permission",
             Sink::S3(_) => "s3:GetObject",
+            #[cfg(feature = "sim")]
+            Sink::Memory(_) => "s3:GetObject",
         }
     }
 
@@ -125,6 +129,8 @@ impl Sink {
                 }
                 Ok(())
             }
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.delete_within(keys, check).await,
         }
     }
 }
@@ -140,17 +146,22 @@ fn time_left(
     };
     match check.time_left() {
         Some(left) => Ok(Some(left)),
-        None => Err(SinkError {
-            operation,
-            key: key.to_owned(),
-            class: ErrorClass::Transient,
-            detail: format!(
-                "not sent: {} ms after the check that allowed it, past the bound of {} ms",
-                check.elapsed().as_millis(),
-                crate::coexist::DELETE_WINDOW.as_millis()
-            ),
-            retry_after: None,
-        }),
+        None => Err(not_sent(check, operation, key)),
+    }
+}
+
+/// The error for a delete not sent because `check`'s time is up.
+pub(super) fn not_sent(check: &Check, operation: &'static str, key: &str) -> SinkError {
+    SinkError {
+        operation,
+        key: key.to_owned(),
+        class: ErrorClass::Transient,
+        detail: format!(
+            "not sent: {} ms after the check that allowed it, past the bound of {} ms",
+            check.elapsed().as_millis(),
+            crate::coexist::DELETE_WINDOW.as_millis()
+        ),
+        retry_after: None,
     }
 }
 

@@ -4,6 +4,13 @@
 //! 403, throttling with `Retry-After`) or after it (the write happened, the answer was lost).
 //! A delete may be slow: it lands late in a long request.
 //!
+//! A 403 on a read (GET, HEAD) is answered as [`Read::Refused`], as the S3 backend does, so
+//! that each reader's rule for it ([`crate::coexist::Reader`]) is exercised. A delete bound by
+//! a [`Check`] ([`MemorySink::delete_within`]) is not sent once the check's time is up, and is
+//! given up when unanswered at its end; a request given up still lands if it would have, but
+//! no later than [`GIVEN_UP_LANDS_WITHIN`] after the client gave it up (the protocol's
+//! assumption on how late a delete may reach the store, [`crate::coexist`]).
+//!
 //! Objects carry what S3 says of them: `LastModified` from [`crate::clock::now`] at the
 //! moment the write lands, and an ETag of the bytes. A write or delete lands at one instant
 //! inside its request, drawn like its latency.
@@ -22,9 +29,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::inventory::Object;
-use super::{ErrorClass, Fetched, SinkError};
-use crate::engine::spill::SpillFile;
+use super::{ErrorClass, Read, SinkError};
 use crate::format::hash::Sha256;
+
+/// How long after its client gave it up a delete request may still land.
+pub const GIVEN_UP_LANDS_WITHIN: Duration = Duration::from_secs(1);
 
 /// One object of the bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +115,12 @@ enum Fault {
     Forbidden,
     Throttled,
     LostResponse,
+}
+
+/// A request that failed: the error, and whether it was a refusal (403).
+struct Failed {
+    error: SinkError,
+    refused: bool,
 }
 
 /// One request's fate.
@@ -218,7 +233,41 @@ impl Bucket {
         key: &str,
         effect: impl FnOnce(&Bucket) -> T,
     ) -> Result<T, SinkError> {
-        let draw = self.draw(operation, key);
+        self.send(operation, key, None, effect)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// A read: a 403 is the answer [`Read::Refused`], not an error.
+    async fn read<T>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        effect: impl FnOnce(&Bucket) -> Option<T>,
+    ) -> Result<Read<T>, SinkError> {
+        match self.send(operation, key, None, effect).await {
+            Ok(Some(found)) => Ok(Read::Found(found)),
+            Ok(None) => Ok(Read::Absent),
+            Err(Failed {
+                error,
+                refused: true,
+            }) => Ok(Read::Refused(error)),
+            Err(Failed { error, .. }) => Err(error),
+        }
+    }
+
+    /// [`Bucket::request`], whose effect lands no later than `land_by` when given.
+    async fn send<T>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        land_by: Option<Duration>,
+        effect: impl FnOnce(&Bucket) -> T,
+    ) -> Result<T, Failed> {
+        let mut draw = self.draw(operation, key);
+        if let Some(land_by) = land_by {
+            draw.lands_after = draw.lands_after.min(land_by);
+        }
         tokio::time::sleep(draw.lands_after).await;
         let failed = |class, detail: &str, retry_after| SinkError {
             operation,
@@ -246,27 +295,33 @@ impl Bucket {
             Some(Fault::LostResponse) | None => None,
         };
         let result = match early {
-            Some(error) => Err(error),
+            Some(error) => Err(Failed {
+                error,
+                refused: draw.fault == Some(Fault::Forbidden),
+            }),
             None => Ok(effect(self)),
         };
         tokio::time::sleep(draw.latency.saturating_sub(draw.lands_after)).await;
         match (result, draw.fault) {
-            (Ok(_), Some(Fault::LostResponse)) => Err(failed(
-                ErrorClass::Transient,
-                "connection reset before the answer (simulated; the request took effect)",
-                None,
-            )),
+            (Ok(_), Some(Fault::LostResponse)) => Err(Failed {
+                error: failed(
+                    ErrorClass::Transient,
+                    "connection reset before the answer (simulated; the request took effect)",
+                    None,
+                ),
+                refused: false,
+            }),
             (result, _) => result,
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Stored>, SinkError> {
-        self.request("GET", key, |b| b.lock().objects.get(key).cloned())
+    pub async fn get(&self, key: &str) -> Result<Read<Stored>, SinkError> {
+        self.read("GET", key, |b| b.lock().objects.get(key).cloned())
             .await
     }
 
-    pub async fn head(&self, key: &str) -> Result<Option<Head>, SinkError> {
-        self.request("HEAD", key, |b| {
+    pub async fn head(&self, key: &str) -> Result<Read<Head>, SinkError> {
+        self.read("HEAD", key, |b| {
             b.lock().objects.get(key).map(|o| Head {
                 size: o.body.len() as u64,
                 modified: o.modified,
@@ -303,8 +358,17 @@ impl Bucket {
 
     /// Deletes `keys` in one request (a key that is gone counts as deleted).
     pub async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
+        self.delete_landing_by(keys, None).await
+    }
+
+    /// [`Bucket::delete`], landing no later than `land_by` when given.
+    async fn delete_landing_by(
+        &self,
+        keys: &[String],
+        land_by: Option<Duration>,
+    ) -> Result<(), SinkError> {
         let first = keys.first().map_or("", String::as_str);
-        self.request("DELETE", first, |b| {
+        self.send("DELETE", first, land_by, |b| {
             b.change(Change::Delete(keys), |objects| {
                 for key in keys {
                     objects.remove(key);
@@ -312,6 +376,7 @@ impl Bucket {
             });
         })
         .await
+        .map_err(|failed| failed.error)
     }
 }
 
@@ -373,102 +438,9 @@ impl Bits {
     }
 }
 
-/// A [`super::Sink`] backend over a shared [`Bucket`].
-#[derive(Clone)]
-pub struct MemorySink {
-    bucket: Arc<Bucket>,
-}
-
-impl MemorySink {
-    pub fn new(bucket: Arc<Bucket>) -> MemorySink {
-        MemorySink { bucket }
-    }
-
-    pub fn bucket(&self) -> &Arc<Bucket> {
-        &self.bucket
-    }
-
-    pub async fn exists(&self, key: &str) -> Result<bool, SinkError> {
-        Ok(self.bucket.head(key).await?.is_some())
-    }
-
-    pub async fn fetch(&self, key: &str) -> Result<Option<Fetched>, SinkError> {
-        Ok(self.bucket.get(key).await?.map(|o| Fetched {
-            body: o.body,
-            modified: o.modified,
-        }))
-    }
-
-    pub async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
-        Ok(self.bucket.head(key).await?.map(|h| h.modified))
-    }
-
-    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
-        self.bucket.put(key, body).await
-    }
-
-    pub async fn put_file(&self, key: &str, file: &SpillFile) -> Result<(), SinkError> {
-        let body = std::fs::read(file.reopen_path()).map_err(|e| SinkError {
-            operation: "PUT",
-            key: key.to_owned(),
-            class: ErrorClass::Transient,
-            detail: format!("cannot read the temporary file: {e}"),
-            retry_after: None,
-        })?;
-        self.bucket.put(key, Bytes::from(body)).await
-    }
-
-    pub async fn list(&self) -> Result<Vec<Object>, SinkError> {
-        self.bucket.list().await
-    }
-
-    pub async fn delete(&self, keys: &[String]) -> Result<(), SinkError> {
-        for batch in keys.chunks(super::inventory::DELETE_BATCH) {
-            self.bucket.delete(batch).await?;
-        }
-        Ok(())
-    }
-
-    pub async fn start_upload(&self, key: &str) -> Result<MemoryUpload, SinkError> {
-        self.bucket.request("CREATE-MULTIPART", key, |_| ()).await?;
-        Ok(MemoryUpload {
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            parts: Vec::new(),
-        })
-    }
-}
-
-/// A multipart upload: its parts are visible only once it is completed.
-pub struct MemoryUpload {
-    bucket: Arc<Bucket>,
-    key: String,
-    parts: Vec<Bytes>,
-}
-
-impl MemoryUpload {
-    pub async fn put_part(&mut self, part: Bytes) -> Result<(), SinkError> {
-        self.bucket
-            .request("UPLOAD-PART", &self.key, |_| ())
-            .await?;
-        self.parts.push(part);
-        Ok(())
-    }
-
-    pub async fn complete(self) -> Result<(), SinkError> {
-        let body = Bytes::from(self.parts.concat());
-        let key = self.key.clone();
-        self.bucket
-            .request("COMPLETE-MULTIPART", &key, |b| {
-                b.change(Change::Put(&key), |objects| {
-                    objects.insert(key.clone(), stored(body));
-                });
-            })
-            .await
-    }
-
-    pub async fn abort(self) {}
-}
+#[path = "memory/sink.rs"]
+mod sink;
+pub use sink::{MemorySink, MemoryUpload};
 
 #[cfg(test)]
 #[path = "memory/tests.rs"]

@@ -138,6 +138,8 @@ impl Sink {
         match self {
             Sink::File(t) => t.read(key).await,
             Sink::S3(t) => t.read(key).await,
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => t.read(key).await,
         }
     }
 

@@ -68,7 +68,11 @@ impl Scenario {
         };
         let refresh_after = Duration::from_secs(600);
         let grace = narpush::gc::MIN_GRACE;
-        let older_than = refresh_after + grace + Duration::from_secs(rng.between(0, 1200));
+        // The shortest age limit G1 allows, and up to 20 minutes more.
+        let older_than = refresh_after
+            + grace
+            + narpush::coexist::CLOCK_SLACK
+            + Duration::from_secs(rng.between(0, 1200));
         Scenario {
             daemons,
             repush,

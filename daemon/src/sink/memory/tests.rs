@@ -1,4 +1,5 @@
 use super::*;
+use crate::coexist::Check;
 
 fn faults(seed: u64) -> Faults {
     Faults {
@@ -20,10 +21,10 @@ async fn a_write_lands_within_its_latency_and_is_read_back() {
         "{took:?}"
     );
     assert_eq!(
-        bucket.get("a").await.unwrap().unwrap().body,
+        found(bucket.get("a").await.unwrap()).body,
         Bytes::from_static(b"x")
     );
-    assert_eq!(bucket.head("b").await.unwrap(), None);
+    assert!(matches!(bucket.head("b").await.unwrap(), Read::Absent));
 }
 
 #[tokio::test(start_paused = true)]
@@ -35,7 +36,7 @@ async fn a_lost_response_is_an_error_but_the_write_happened() {
     let error = bucket.put("a", Bytes::from_static(b"x")).await.unwrap_err();
     assert_eq!(error.class, ErrorClass::Transient);
     bucket.set_faults(faults(2));
-    assert!(bucket.head("a").await.unwrap().is_some());
+    found(bucket.head("a").await.unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -79,4 +80,65 @@ async fn the_observer_sees_every_change() {
     bucket.put("b", Bytes::from_static(b"y")).await.unwrap();
     bucket.delete(&["a".to_owned()]).await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![1, 2, 1]);
+}
+
+fn found<T>(read: Read<T>) -> T {
+    match read {
+        Read::Found(found) => found,
+        Read::Absent => panic!("absent"),
+        Read::Refused(error) => panic!("refused: {error}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_read_is_the_answer_refused_not_an_error() {
+    let bucket = Bucket::new(Faults {
+        forbidden_ppm: 1_000_000,
+        ..faults(5)
+    });
+    bucket.insert("a", Bytes::from_static(b"x"));
+    let sink = MemorySink::new(bucket);
+    assert!(matches!(sink.head("a").await.unwrap(), Read::Refused(_)));
+    assert!(matches!(sink.read("a").await.unwrap(), Read::Refused(_)));
+}
+
+fn slow_deletes(seed: u64) -> Faults {
+    Faults {
+        slow_delete_ppm: 1_000_000,
+        slow_delete: Duration::from_secs(20),
+        ..faults(seed)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_whose_check_is_over_is_not_sent() {
+    let bucket = Bucket::new(faults(6));
+    bucket.insert("a", Bytes::from_static(b"x"));
+    let sink = MemorySink::new(bucket.clone());
+    let over = Check::began_at(tokio::time::Instant::now() - crate::coexist::DELETE_WINDOW);
+    let error = sink
+        .delete_within(&["a".to_owned()], &over)
+        .await
+        .unwrap_err();
+    assert!(error.detail.contains("not sent"), "{error}");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(bucket.snapshot().contains_key("a"));
+    assert_eq!(bucket.counts().requests, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_delete_is_given_up_at_the_bound_and_lands_within_a_second_of_it() {
+    let bucket = Bucket::new(slow_deletes(8));
+    bucket.insert("a", Bytes::from_static(b"x"));
+    let sink = MemorySink::new(bucket.clone());
+    let check = Check::begin();
+    let error = sink
+        .delete_within(&["a".to_owned()], &check)
+        .await
+        .unwrap_err();
+    assert!(error.detail.contains("given up"), "{error}");
+    assert_eq!(tokio::time::Instant::now(), check.deadline());
+    assert!(bucket.snapshot().contains_key("a"));
+    tokio::time::sleep(GIVEN_UP_LANDS_WITHIN + Duration::from_millis(1)).await;
+    assert!(!bucket.snapshot().contains_key("a"));
 }
