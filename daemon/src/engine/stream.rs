@@ -187,7 +187,12 @@ pub async fn store_nar(
     if sink.writes_whole_objects() && info.nar_size <= settings.single_put_max {
         store_whole(sink, info, settings, progress, slot).await
     } else {
-        store_in_parts(sink, info, settings, progress).await
+        let stored = store_in_parts(sink, info, settings, progress).await;
+        // Compressed and written: the slot is free before any wait for the NAR (rule U6).
+        if let Some(slot) = slot {
+            (slot.release)();
+        }
+        stored
     }
 }
 
