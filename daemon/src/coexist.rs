@@ -12,7 +12,7 @@
 //! | `G` | `--grace` (≥ [`MIN_GRACE`], 15 min) | GC deletes nothing younger |
 //! | `O` | `--older-than` | narinfos younger than this are roots |
 //! | `W` | [`DELETE_WINDOW`], 2 s | GC sends a delete only within this of the check that allowed it |
-//! | `S` | [`REFRESH_SETTLE`], `2·W + 1 s` | an uploader looks again this long after a refresh |
+//! | `S` | [`REFRESH_SETTLE`] = [`STORED_SETTLE`], `2·W + 1 s` | an uploader looks again this long after a refresh, or after storing a NAR under its FileHash |
 //! | `C` | [`CLOCK_SLACK`], 1 min | how far the clocks of the machines and the store may disagree |
 //!
 //! # What an uploader may trust, and for how long
@@ -30,6 +30,11 @@
 //! - **U5, shared NARs.** A NAR named by its FileHash is written again whenever a path with
 //!   those bytes is stored (never skipped because the name exists), so its LastModified says
 //!   that it is in use again.
+//! - **U6, shared NARs settle.** A narinfo naming a NAR that the uploader just wrote under its
+//!   FileHash is published only after a HEAD, sent at least `S` after that PUT returned, found
+//!   the NAR; if the NAR is gone, it is stored again (and looked at again `S` later), at most
+//!   [`SETTLE_ROUNDS`] times. A NAR under a key no other upload uses (streamed in parts) needs
+//!   no look: no collection has ever listed its key.
 //!
 //! # What GC checks, and when
 //!
@@ -61,6 +66,20 @@
 //! than `W` after the latest moment a delete may be sent, plus `W + 1 s` for it to land. A
 //! delete that lands earlier is seen by that look, and the path is uploaded again.
 //!
+//! # Why U6 is enough
+//!
+//! GC deletes a NAR only with a delete allowed by a HEAD of it (G5), and every delete lands
+//! within `S` of that HEAD's start (see above). A HEAD that began after the uploader's PUT
+//! landed sees the object written since the listing (kept), or a listing made after the PUT
+//! sees it younger than `G` (G3): only a HEAD begun before the PUT can allow its deletion, and
+//! that delete lands before `PUT + S`. The uploader's look comes after that (its own clock
+//! measures `S` from the PUT's answer, later than the PUT landed; no wall clocks are compared),
+//! so it sees any such delete, and the NAR is stored again before the narinfo names it. The
+//! same holds for each new PUT, so the narinfo never names a NAR that a delete allowed before
+//! its publication can still remove. A look made before the PUT would not do: GC also sends
+//! the delete when its HEAD finds the key absent, and a delete retried after a lost answer
+//! takes effect twice.
+//!
 //! # What a 403 means, to whom ([`Reader`])
 //!
 //! S3 answers 403 both for a key that is missing (to credentials without `s3:ListBucket`) and
@@ -78,10 +97,8 @@
 //!
 //! An upload that takes longer than `G − K` from the lookup of its references to the write of
 //! its narinfo (choose `G` above the longest upload). A delete request that reaches the store
-//! more than `W + 1 s` after it was sent. A NAR written again under its FileHash name (U5)
-//! between GC's HEAD of it and its delete, at most `W`, and published under a new narinfo
-//! before the delete lands: the uploader would need to look at the NAR again `S` after writing
-//! it.
+//! more than `W + 1 s` after it was sent. An uploader whose credentials may not read: its
+//! look of U6 is refused, and the narinfo is published without it (a warning says so).
 
 use std::time::Duration;
 
@@ -101,12 +118,20 @@ pub const DELETE_WINDOW: Duration = Duration::from_secs(2);
 /// How long an uploader waits after a refresh before it looks for the narinfo and its NAR
 /// again (`S`; see the module doc).
 pub const REFRESH_SETTLE: Duration = Duration::from_secs(2 * DELETE_WINDOW.as_secs() + 1);
+/// How long after writing a NAR under its FileHash an uploader looks at it again before its
+/// narinfo (U6): as after a refresh, a delete allowed before the write has landed by then.
+pub const STORED_SETTLE: Duration = REFRESH_SETTLE;
+/// How many times a NAR deleted right after its PUT is stored again (U6) before the path
+/// fails: GC takes a NAR at most once per PUT that preceded its HEAD, so more means that
+/// something else deletes NARs.
+pub const SETTLE_ROUNDS: u32 = 3;
 /// A delete request is not sent with less time left than this: it could not be answered.
 pub const MIN_TIME_LEFT: Duration = Duration::from_millis(200);
 
 // The rules above, checked when the crate is built.
 const _: () = assert!(MIN_GRACE.as_secs() > KNOWN_FOR.as_secs() + CLOCK_SLACK.as_secs());
 const _: () = assert!(REFRESH_SETTLE.as_secs() > 2 * DELETE_WINDOW.as_secs());
+const _: () = assert!(STORED_SETTLE.as_secs() > 2 * DELETE_WINDOW.as_secs());
 
 /// The time bounds of one collection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

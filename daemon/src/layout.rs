@@ -150,6 +150,12 @@ pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression, writer: Write
     )
 }
 
+/// Whether the NAR `key` is named by its FileHash ([`nar_key_by_file_hash`], as Nix names
+/// NARs), so that other uploads may write it too; a key of [`nar_key_unique`] is not.
+pub fn is_named_by_file_hash(key: &str) -> bool {
+    is_nar_key(key) && !key.contains('-')
+}
+
 /// Whether `key` (a narinfo's `URL`) names an object under `nar/` of this cache: a relative
 /// key with no empty, `.` or `..` segment, so that looking it up never leaves the cache.
 pub fn is_nar_key(key: &str) -> bool {

@@ -436,14 +436,23 @@ impl Coordinator {
         .min(u64::from(SMALL_NAR_BUDGET));
         let path = info.path.clone();
         self.spawn(Purpose::Store(path.clone(), false), async move {
-            // The buffer first: a task waiting for memory must not hold a request slot that
-            // lookups and narinfos need.
-            let _buffer = small_bytes
-                .acquire_many_owned(u32::try_from(bound).unwrap_or(SMALL_NAR_BUDGET))
-                .await;
-            let _request = requests.acquire_owned().await;
-            let stream = config.stream.clone();
-            let result = tasks::store_nar(&config, &info, stream, kept, &view, None).await;
+            let mut kept = kept;
+            let store = || {
+                let (config, info, view) = (config.clone(), info.clone(), view.clone());
+                let (small_bytes, requests, kept) =
+                    (small_bytes.clone(), requests.clone(), kept.take());
+                async move {
+                    // The buffer first: a task waiting for memory must not hold a request
+                    // slot that lookups and narinfos need.
+                    let _buffer = small_bytes
+                        .acquire_many_owned(u32::try_from(bound).unwrap_or(SMALL_NAR_BUDGET))
+                        .await;
+                    let _request = requests.acquire_owned().await;
+                    let stream = config.stream.clone();
+                    tasks::store_nar(&config, &info, stream, kept, &view, None).await
+                }
+            };
+            let result = tasks::store_settled(&config, &path, &requests, store).await;
             Done::Stored {
                 path,
                 big: false,
@@ -473,9 +482,17 @@ impl Coordinator {
             let config = self.config.clone();
             let view = self.view.clone();
             let path = info.path.clone();
+            let requests = self.requests.clone();
             self.spawn(Purpose::Store(path.clone(), true), async move {
-                let result =
-                    tasks::store_nar(&config, &info, stream, kept, &view, Some(slot)).await;
+                // A NAR stored again (rule U6) goes without a slot: its first one is given
+                // back, and this is rare.
+                let (mut kept, mut slot) = (kept, Some(slot));
+                let store = || {
+                    let (config, info, view) = (config.clone(), info.clone(), view.clone());
+                    let (stream, kept, slot) = (stream.clone(), kept.take(), slot.take());
+                    async move { tasks::store_nar(&config, &info, stream, kept, &view, slot).await }
+                };
+                let result = tasks::store_settled(&config, &path, &requests, store).await;
                 Done::Stored {
                     path,
                     big: true,

@@ -112,6 +112,10 @@ pub struct StoredNar {
     /// The `.ls` listing built from the same read, encoded with the settings' `listing`
     /// compression; `None` unless a listing was asked for.
     pub listing: Option<Bytes>,
+    /// Named by its FileHash, so an object under this key may have existed before this PUT
+    /// (and may be under a collection's delete: rule U6 of [`crate::coexist`]); false for a
+    /// key no other upload uses.
+    pub by_file_hash: bool,
 }
 
 /// What the store recorded of the NAR being produced.
@@ -183,7 +187,12 @@ pub async fn store_nar(
     if sink.writes_whole_objects() && info.nar_size <= settings.single_put_max {
         store_whole(sink, info, settings, progress, slot).await
     } else {
-        store_in_parts(sink, info, settings, progress).await
+        let stored = store_in_parts(sink, info, settings, progress).await;
+        // Compressed and written: the slot is free before any wait for the NAR (rule U6).
+        if let Some(slot) = slot {
+            (slot.release)();
+        }
+        stored
     }
 }
 
@@ -241,7 +250,7 @@ async fn store_whole(
         Spilled::Memory(bytes) => sink.put(&key, bytes, content_type::NAR).await?,
         Spilled::File(file) => sink.put_file(&key, &file, content_type::NAR).await?,
     }
-    Ok(stored(key, compression, measured))
+    Ok(stored(key, true, compression, measured))
 }
 
 /// Uploads the NAR part by part while it is being compressed.
@@ -287,7 +296,7 @@ async fn store_in_parts(
         let (measured, ()) = finish_producer(producer, info).await?;
         let key = layout::nar_key_by_file_hash(&measured.file_hash, compression);
         sink.put(&key, first.bytes, content_type::NAR).await?;
-        return Ok(stored(key, compression, measured));
+        return Ok(stored(key, true, compression, measured));
     }
 
     let key = layout::nar_key_unique(&info.nar_hash, compression, writer);
@@ -306,7 +315,7 @@ async fn store_in_parts(
     match (sent, measured) {
         (Ok(()), Ok((measured, ()))) => {
             upload.complete().await?;
-            Ok(stored(key, compression, measured))
+            Ok(stored(key, false, compression, measured))
         }
         (Err(error), _) | (Ok(()), Err(error)) => {
             upload.abort().await;
@@ -323,8 +332,14 @@ fn compressing_failed(source: &std::path::Path, error: io::Error) -> UploadError
     }
 }
 
-fn stored(key: String, compression: Compression, measured: Measured) -> StoredNar {
+fn stored(
+    key: String,
+    by_file_hash: bool,
+    compression: Compression,
+    measured: Measured,
+) -> StoredNar {
     StoredNar {
+        by_file_hash,
         key,
         compression,
         file_hash: measured.file_hash,

@@ -5,10 +5,13 @@
 //!
 //! Concurrency limits are the coordinator's: these futures run once they hold their permits.
 
+use std::future::Future;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 use tokio::task::JoinError;
+use tokio::time::Instant;
 
 use super::graph::Lookup;
 use super::progress::EngineView;
@@ -17,7 +20,7 @@ use super::stream::{self, SlotRelease, StreamSettings};
 use super::{narinfo_for, sign, EngineConfig, UploadError};
 // How long a refreshed narinfo is watched for a collection that planned its deletion before
 // the refresh: the protocol's rule U2.
-use crate::coexist::REFRESH_SETTLE;
+use crate::coexist::{REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE};
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
@@ -161,6 +164,71 @@ pub(super) async fn publish(config: &EngineConfig, path: StorePath, narinfo: Box
     Done::Published(path, narinfo, result)
 }
 
+/// A NAR in the cache, as its narinfo will say, and since when it must stay there before that
+/// narinfo may be published (rule U6).
+pub(super) struct Written {
+    pub narinfo: Box<NarInfo>,
+    /// When the NAR was written under its FileHash (or found so, kept from an earlier
+    /// attempt); `None` for a key no other upload uses.
+    pub settle_from: Option<Instant>,
+}
+
+/// Rule U6 of [`crate::coexist`]: `store` stores the NAR; one written under its FileHash is
+/// looked at (HEAD) again [`STORED_SETTLE`] after its PUT, and stored again if a collection
+/// deleted it meanwhile, up to [`SETTLE_ROUNDS`] times. The wait holds no concurrency
+/// permit: `store` takes its own, the look one of `requests`.
+pub(super) async fn store_settled<F, Fut>(
+    config: &EngineConfig,
+    path: &StorePath,
+    requests: &Semaphore,
+    mut store: F,
+) -> Result<Box<NarInfo>, UploadError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Written, UploadError>>,
+{
+    for _ in 0..SETTLE_ROUNDS {
+        let written = store().await?;
+        let Some(from) = written.settle_from else {
+            return Ok(written.narinfo);
+        };
+        tokio::time::sleep_until(from + STORED_SETTLE).await;
+        let _permit = requests.acquire().await;
+        if still_there(config, &written.narinfo.url).await? {
+            return Ok(written.narinfo);
+        }
+        tracing::warn!(
+            %path,
+            key = written.narinfo.url,
+            "a collection deleted the NAR just stored again under its FileHash; storing it again"
+        );
+    }
+    Err(UploadError::Internal {
+        path: path.to_absolute(),
+        detail: format!(
+            "its NAR was deleted right after each of {SETTLE_ROUNDS} PUTs: is something besides \
+             `narpush gc` deleting nar/ objects (a lifecycle rule)?"
+        ),
+    })
+}
+
+/// Whether the NAR at `key` is there. A refused look (credentials that may write but not
+/// read) cannot tell: the narinfo is published as it would be without the look.
+async fn still_there(config: &EngineConfig, key: &str) -> Result<bool, UploadError> {
+    Ok(match config.sink.head(key).await? {
+        crate::sink::Read::Found(_) => true,
+        crate::sink::Read::Absent => false,
+        crate::sink::Read::Refused(error) => {
+            tracing::warn!(
+                key,
+                "{error}: cannot look at the NAR again before its narinfo (rule U6 of the \
+                 gc protocol); grant s3:GetObject to close that window"
+            );
+            true
+        }
+    })
+}
+
 /// Stores the NAR of `info` (and its `.ls` listing when `settings` ask for one), or reuses one
 /// stored by an earlier attempt if it is still there.
 pub(super) async fn store_nar(
@@ -170,7 +238,7 @@ pub(super) async fn store_nar(
     kept: Option<Box<NarInfo>>,
     view: &EngineView,
     slot: Option<SlotRelease>,
-) -> Result<Box<NarInfo>, UploadError> {
+) -> Result<Written, UploadError> {
     if let Some(kept) = kept {
         // Only a NAR well inside retention GC's grace period: an older one, which no narinfo
         // uses yet, may be collected before the narinfo that would use it is published.
@@ -184,7 +252,12 @@ pub(super) async fn store_nar(
             && (settings.listing.is_none()
                 || config.sink.exists(&layout::listing_key(&info.path)).await?)
         {
-            return Ok(kept);
+            // When its own look (U6) was made is not known: it is made again.
+            let by_file_hash = layout::is_named_by_file_hash(&kept.url);
+            return Ok(Written {
+                narinfo: kept,
+                settle_from: by_file_hash.then(Instant::now),
+            });
         }
     }
     let listing_compression = settings.listing;
@@ -208,7 +281,10 @@ pub(super) async fn store_nar(
             )
             .await?;
     }
-    Ok(Box::new(narinfo_for(info, &stored)))
+    Ok(Written {
+        narinfo: Box::new(narinfo_for(info, &stored)),
+        settle_from: stored.by_file_hash.then(Instant::now),
+    })
 }
 
 /// The result a task would have given, for a task that panicked or was cancelled.
@@ -243,3 +319,7 @@ pub(super) fn failed(purpose: Purpose, error: &JoinError) -> Done {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tasks/tests.rs"]
+mod tests;
