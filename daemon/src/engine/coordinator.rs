@@ -535,3 +535,7 @@ fn panic_if_asked(tops: &[StorePath]) {
     #[cfg(not(debug_assertions))]
     let _ = tops;
 }
+
+#[cfg(test)]
+#[path = "coordinator/tests.rs"]
+mod tests;

@@ -15,7 +15,9 @@
 //!
 //! A submitted path that has realisations waiting is reported done only once they are
 //! published, so the owner never records as done a path whose realisation a crash could still
-//! lose; if publishing fails, the path is reported failed with the reason.
+//! lose; if publishing fails, the path is reported failed with the reason. While held, such a
+//! path counts as in the cache for its realisations, whatever the caller's trust in it (which
+//! expires, and a reload clears): it was in the cache when it was reported done.
 //!
 //! Bounds: realisations whose output never arrives (its upload failed) are dropped with that
 //! path's failure; at most [`MAX_PENDING`] wait at once and [`MAX_PUBLISHED`] ids are
@@ -129,7 +131,21 @@ impl Realisations {
         in_cache: impl Fn(&StorePath) -> bool,
         uploading: impl Fn(&StorePath) -> bool,
     ) -> Option<Release> {
-        let look_up = self.to_look_up(&in_cache, &uploading);
+        // A held top was confirmed in the cache when it was reported done; it stays so for
+        // its own realisations however long they wait (the caller's trust may run out).
+        let held = std::mem::take(&mut self.held);
+        let in_cache = |path: &StorePath| held.contains(path) || in_cache(path);
+        let release = self.release_with(&in_cache, &uploading);
+        self.held = held;
+        release
+    }
+
+    fn release_with(
+        &mut self,
+        in_cache: &impl Fn(&StorePath) -> bool,
+        uploading: &impl Fn(&StorePath) -> bool,
+    ) -> Option<Release> {
+        let look_up = self.to_look_up(in_cache, uploading);
         let mut ordered: Vec<Realisation> = Vec::new();
         let mut external = Vec::new();
         let mut outputs = Vec::new();
