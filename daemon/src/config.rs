@@ -127,7 +127,6 @@ pub const DEFAULT_PARALLEL_REQUESTS: usize = 128;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 pub(crate) const MAX_CONCURRENCY: usize = 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
 /// Below cache.nixos.org (40): clients ask it first for what it has.
 pub const DEFAULT_PRIORITY: u32 = 41;
 pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
