@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::default_paths::{default_gc_roots_dir, default_state_dir};
-use crate::engine::compress::Compression;
 use crate::engine::stream::{StreamSettings, DEFAULT_SINGLE_PUT_MAX};
+use crate::format::compression::Compression;
 use crate::format::signing::VerifyingKey;
 use crate::layout::CacheInfo;
 use crate::sink::params::CacheParams;

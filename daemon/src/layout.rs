@@ -27,7 +27,7 @@
 
 use rand::Rng;
 
-use crate::engine::compress::Compression;
+use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nixbase32;
 use crate::format::realisation::DrvOutputId;

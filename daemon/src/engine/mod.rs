@@ -57,7 +57,6 @@ mod producer;
 pub mod progress;
 mod realisations;
 pub mod resolve;
-pub mod spill;
 pub mod stream;
 mod tasks;
 
