@@ -60,6 +60,9 @@ pub fn listing_content_encoding(compression: Compression) -> Option<&'static str
 /// The key of the cache description.
 pub const NIX_CACHE_INFO: &str = "nix-cache-info";
 
+/// Below cache.nixos.org (40): clients ask it first for what it has.
+pub const DEFAULT_PRIORITY: u32 = 41;
+
 /// What `nix-cache-info` announces besides the store directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheInfo {
