@@ -14,10 +14,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::default_paths::{default_gc_roots_dir, default_state_dir};
-use crate::engine::compress::Compression;
 use crate::engine::stream::{StreamSettings, DEFAULT_SINGLE_PUT_MAX};
+use crate::engine::DEFAULT_REFRESH_AFTER;
+use crate::format::compression::Compression;
 use crate::format::signing::VerifyingKey;
-use crate::layout::CacheInfo;
+use crate::layout::{CacheInfo, DEFAULT_PRIORITY};
 use crate::sink::params::CacheParams;
 use crate::sink::url::{TargetUrl, TargetUrlError};
 use crate::upstream::{Upstream, UpstreamCache, NIXOS_PUBLIC_KEY};
@@ -127,10 +128,6 @@ pub const DEFAULT_PARALLEL_REQUESTS: usize = 128;
 /// More than this is a typo, not a setting: each unit costs a task and a connection.
 pub(crate) const MAX_CONCURRENCY: usize = 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
-/// Below cache.nixos.org (40): clients ask it first for what it has.
-pub const DEFAULT_PRIORITY: u32 = 41;
-pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_BUILD_LOG_BYTES: u64 = 64 << 20;
 
 impl Default for Config {

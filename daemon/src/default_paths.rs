@@ -26,12 +26,15 @@ pub fn default_state_dir() -> PathBuf {
         )
 }
 
+/// Root's GC roots directory: one Nix's collector scans.
+pub const DEFAULT_GC_ROOTS_DIR: &str = "/nix/var/nix/gcroots/narpush";
+
 /// For root the shared directory Nix's collector scans; for another user their own
 /// `per-user/<name>` directory there, which Nix lets them write.
 pub fn default_gc_roots_dir() -> PathBuf {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
-        return PathBuf::from(crate::config::DEFAULT_GC_ROOTS_DIR);
+        return PathBuf::from(DEFAULT_GC_ROOTS_DIR);
     }
     let name = nix::unistd::User::from_uid(uid)
         .ok()

@@ -27,7 +27,7 @@
 
 use rand::Rng;
 
-use crate::engine::compress::Compression;
+use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nixbase32;
 use crate::format::realisation::DrvOutputId;
@@ -59,6 +59,9 @@ pub fn listing_content_encoding(compression: Compression) -> Option<&'static str
 
 /// The key of the cache description.
 pub const NIX_CACHE_INFO: &str = "nix-cache-info";
+
+/// Below cache.nixos.org (40): clients ask it first for what it has.
+pub const DEFAULT_PRIORITY: u32 = 41;
 
 /// What `nix-cache-info` announces besides the store directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

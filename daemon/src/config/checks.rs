@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::MAX_CONCURRENCY;
-use crate::engine::compress::Compression;
-use crate::engine::stream::SINGLE_PUT_MAX_LIMIT;
+use crate::format::compression::Compression;
+use crate::sink::params::SINGLE_PUT_MAX_LIMIT;
 
 /// A configured path, which must be absolute, or the default.
 pub(super) fn absolute(

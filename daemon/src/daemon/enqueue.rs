@@ -144,7 +144,10 @@ pub async fn enqueue(
             drv: drv.clone(),
         })
         .collect();
-    shared.intake.accept(shared, &new).await?;
+    shared
+        .intake
+        .accept(&shared.queue, &shared.roots, &shared.wake, &new)
+        .await?;
     // A path already uploading keeps its submission: the engine learns of the realisations
     // this request adds here (a pending one hands them over again when submitted).
     shared.engine.add_realisations(realisations);

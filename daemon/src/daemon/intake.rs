@@ -31,25 +31,22 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
 
-use super::shared::Shared;
 use crate::error_chain;
 use crate::format::store_path::StorePath;
 use crate::gcroots::GcRoots;
 use crate::queue::journal::{self, Appended, Journal, JournalError, JOURNAL_SIZE};
 use crate::queue::{NewPath, Queue, QueueError};
-use crate::sleep_until;
 
 /// The test-only switch that holds the mover (see the module doc).
 pub const HOLD_ENV: &str = "NARPUSH_TEST_HOLD_INTAKE";
 /// How long after a move the queue is flushed, so that the journal may reuse its space (the
 /// pipeline's own flushes usually cover the moved records before, and this one is free).
-const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+pub const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 /// How long `status` waits for the mover before answering from the queue as it is.
 const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -218,10 +215,17 @@ impl Intake {
     }
 
     /// Makes `new` durable; once this returns, the request may be acknowledged.
-    pub async fn accept(&self, shared: &Shared, new: &[NewPath]) -> Result<(), QueueError> {
-        if let Some(reason) = shared.queue.failure() {
+    /// `pipeline` is woken for what reaches the queue (and to reopen a failed queue).
+    pub async fn accept(
+        &self,
+        queue: &Queue,
+        roots: &GcRoots,
+        pipeline: &Notify,
+        new: &[NewPath],
+    ) -> Result<(), QueueError> {
+        if let Some(reason) = queue.failure() {
             // The pipeline is what reopens a failed queue.
-            shared.wake.notify_one();
+            pipeline.notify_one();
             return Err(QueueError::Closed { reason });
         }
         if let Some(journal) = self.journal.get().filter(|j| !j.has_failed()) {
@@ -238,16 +242,21 @@ impl Intake {
             }
         }
         // On failure too: the pipeline is what reopens a failed queue.
-        let queued = shared.queue.enqueue(new).await;
-        shared.wake.notify_one();
+        let queued = queue.enqueue(new).await;
+        pipeline.notify_one();
         queued?;
-        ensure_roots(&shared.roots, new).await;
+        ensure_roots(roots, new).await;
         Ok(())
     }
 
     /// Wakes the mover (after the queue was opened again, for what it could not move).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Returns once the mover was woken (by an accepted request or [`Intake::wake`]).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
     }
 
     /// Moves what the journal holds into the queue (a checkpoint too when the journal is
@@ -331,31 +340,6 @@ impl Intake {
     }
 }
 
-/// The mover: moves the journal into the queue whenever woken, and checkpoints
-/// [`CHECKPOINT_AFTER`] after the first move since the last checkpoint; asleep otherwise.
-pub async fn run(shared: Arc<Shared>) {
-    let mut checkpoint_at: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            () = shared.intake.wake.notified() => {
-                if let Err(e) = shared.intake.move_now(&shared.queue, &shared.roots, &shared.wake).await {
-                    failed(&shared, "move acknowledged requests from the intake journal into the queue", &e);
-                }
-            }
-            () = sleep_until(checkpoint_at) => {
-                checkpoint_at = None;
-                if let Err(e) = shared.intake.checkpoint(&shared.queue).await {
-                    failed(&shared, "flush the requests moved from the intake journal", &e);
-                }
-            }
-            () = shared.stop.cancelled() => return,
-        }
-        if checkpoint_at.is_none() && shared.intake.has_unchecked() {
-            checkpoint_at = Some(Instant::now() + CHECKPOINT_AFTER);
-        }
-    }
-}
-
 /// Makes again the GC roots of paths just written into the queue that the pipeline released
 /// meanwhile (see [`GcRoots::release_if`]). A root that cannot be made is logged: the
 /// request is durable already, and the next start makes the root again.
@@ -372,14 +356,4 @@ async fn ensure_roots(roots: &GcRoots, new: &[NewPath]) {
 fn free_space(path: &Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path.parent()?).ok()?;
     Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
-}
-
-fn failed(shared: &Shared, what: &str, error: &QueueError) {
-    // The pipeline is what reopens a failed queue; it wakes the mover once it did.
-    shared.wake.notify_one();
-    tracing::error!(
-        "cannot {what} yet (they stay in the journal, and are moved once the queue works \
-         again): {}",
-        error_chain(error)
-    );
 }

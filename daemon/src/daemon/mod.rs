@@ -5,7 +5,7 @@
 //!   limits), reloadable on SIGHUP;
 //! - [`enqueue`]: turning a request into durable queue entries and GC roots (shared by the
 //!   socket and the spool), made durable first in the intake journal by [`intake`], whose
-//!   mover then writes them into the queue; [`state_files`]: the journal and `writer-id`
+//!   [`mover`] then writes them into the queue; [`state_files`]: the journal and `writer-id`
 //!   made again when a full disk refused them at the start;
 //! - [`server`]: the Unix socket, peer credentials, request limits;
 //! - [`spool`]: requests the hook left on disk while the daemon was away;
@@ -31,6 +31,7 @@ pub mod enqueue;
 pub mod intake;
 pub mod logs;
 pub mod metrics;
+pub mod mover;
 pub mod pipeline;
 pub mod server;
 pub mod settings;
@@ -126,7 +127,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         "spool",
         tokio::spawn(spool::run(shared.clone(), config.spool_dir.clone())),
     );
-    let mover = watched("intake", tokio::spawn(intake::run(shared.clone())));
+    let mover = watched("intake", tokio::spawn(mover::run(shared.clone())));
     let state_files = tokio::spawn(state_files::run(shared.clone()));
     // What the journal held at the start is moved first.
     shared.intake.wake();

@@ -162,7 +162,7 @@ fn write_whole(file: &Path, bytes: &[u8], mode: u32, place: Place) -> std::io::R
 }
 
 /// Where NARs written with one PUT wait for their upload, in the state directory (not `/tmp`,
-/// which may be memory); their files have no names there (see [`crate::engine::spill`]).
+/// which may be memory); their files have no names there (see [`crate::sink::spill`]).
 pub const SPILL_DIR: &str = "tmp";
 
 /// Makes `dir` (readable by the daemon's user only) if it does not exist yet.

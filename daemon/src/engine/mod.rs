@@ -57,7 +57,6 @@ mod producer;
 pub mod progress;
 mod realisations;
 pub mod resolve;
-pub mod spill;
 pub mod stream;
 mod tasks;
 
@@ -88,6 +87,10 @@ use crate::upstream::Upstream;
 pub const SMALL_NAR: u64 = 1 << 20;
 /// Bytes that the buffers of small NARs may hold at once, all uploads together.
 pub const SMALL_NAR_BUDGET: u32 = 16 << 20;
+
+/// How old a narinfo found in the cache may be before a push of its path rewrites it
+/// ([`EngineConfig::refresh_after`], the config's `refresh_after`).
+pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything the engine needs besides the paths. Replaced as a whole on reconfiguration;
 /// work in flight finishes with the configuration it started with.
@@ -138,9 +141,9 @@ impl EngineConfig {
             parallel_requests: parallel_requests.max(1),
             closure,
             upstream: Arc::new(Upstream::off()),
-            refresh_after: crate::config::DEFAULT_REFRESH_AFTER,
+            refresh_after: DEFAULT_REFRESH_AFTER,
             cache_info: CacheInfo {
-                priority: crate::config::DEFAULT_PRIORITY,
+                priority: layout::DEFAULT_PRIORITY,
                 want_mass_query: true,
             },
             cache_info_checked: AtomicBool::new(false),

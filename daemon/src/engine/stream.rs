@@ -1,7 +1,7 @@
 //! One NAR from the store to the sink, streamed: the NAR is serialized, hashed and compressed
 //! (on zstd's worker threads when it is big) on a blocking thread, while the async side uploads
 //! what comes out. A NAR up to the settings' `single_put_max` is kept whole (in memory, or in
-//! an unnamed temporary file once it outgrows one part; see [`super::spill`]) and written with
+//! an unnamed temporary file once it outgrows one part; see [`crate::sink::spill`]) and written with
 //! one PUT; a bigger one is cut into fixed-size parts, each uploaded as it arrives.
 //!
 //! Invariants:
@@ -36,11 +36,11 @@ use super::compress::{Compression, Encoder};
 use super::parts::{Part, PartSplitter, Recycler, PARTS_IN_FLIGHT};
 use super::producer::{Producer, Stop};
 use super::progress::StreamProgress;
-use super::spill::{SpillWriter, Spilled};
 use super::UploadError;
 use crate::format::hash::{HashingWriter, Sha256};
 use crate::format::nar;
 use crate::layout::{self, content_type};
+use crate::sink::spill::{SpillWriter, Spilled};
 use crate::sink::{MultipartUpload, Sink};
 use crate::store::PathInfo;
 
@@ -57,9 +57,6 @@ pub const WORKERS_FROM: u64 = 16 << 20;
 pub const MAX_WORKERS: u32 = 4;
 /// The largest NAR written with one PUT unless configured otherwise (`single_put_max_bytes`).
 pub const DEFAULT_SINGLE_PUT_MAX: u64 = 1 << 30;
-/// The largest `single_put_max_bytes`: a PUT carries at most 5 GiB, and a NAR of 4 GiB stays
-/// below that compressed, incompressible data included.
-pub const SINGLE_PUT_MAX_LIMIT: u64 = 4 << 30;
 
 /// How NARs are encoded and cut.
 #[derive(Clone, Debug, PartialEq, Eq)]

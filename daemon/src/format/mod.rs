@@ -16,6 +16,7 @@
 //! - [`store_path`]: the validated [`store_path::StorePath`] newtype.
 //! - [`nar`]: a streaming NAR serializer byte-identical to `nix-store --dump`.
 //! - [`listing`]: the `.ls` JSON listing of a NAR, as Nix's cache writer produces it.
+//! - [`compression`]: the compression methods a narinfo names, and their object extensions.
 //! - [`narinfo`]: the `.narinfo` text format and the signature fingerprint.
 //! - [`signing`]: Ed25519 secret and public keys in Nix's `name:base64` format.
 //! - [`realisation`]: the realisations of content-addressed derivation outputs and their
@@ -25,6 +26,7 @@
 //! The reference for every rule enforced here is `reference/nix-binary-cache-format.md`
 //! (§1 NAR, §2 hashes and store paths, §3 narinfo, §4 signatures and keys).
 
+pub mod compression;
 pub mod derivation;
 pub mod hash;
 pub mod listing;

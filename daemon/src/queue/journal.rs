@@ -73,6 +73,9 @@ pub use record::Problem;
 
 /// The journal's size: room for thousands of requests between two moves.
 pub const JOURNAL_SIZE: u64 = 4 << 20;
+/// The largest payload a record holds, in either record layout (a request is at most 1 MiB
+/// of text; with its realisations as escaped JSON a payload stays well under this).
+pub const MAX_PAYLOAD: usize = 4 << 20;
 /// The journal's file name in the state directory.
 pub const FILE_NAME: &str = "intake.journal";
 
@@ -291,7 +294,7 @@ impl Journal {
                 source,
             })?;
         let record_len = (bytes.len() - record::TERMINATOR) as u64;
-        if bytes.len() - record::HEADER - record::TERMINATOR > record::MAX_PAYLOAD
+        if bytes.len() - record::HEADER - record::TERMINATOR > MAX_PAYLOAD
             || writer.head + bytes.len() as u64 > self.size
         {
             return Ok(None);

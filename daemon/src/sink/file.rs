@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use super::spill::SpillFile;
 use super::{ErrorClass, Fetched, Read, SinkError};
-use crate::engine::spill::SpillFile;
 
 /// A temporary file untouched for this long was left by a writer that died.
 pub const STALE_AFTER: Duration = Duration::from_secs(3600);

@@ -11,6 +11,9 @@
 //! means depends on who reads, and that rule is [`crate::coexist::Reader`]'s: the methods
 //! without a reader ([`Sink::fetch`], [`Sink::exists`], [`Sink::modified`]) are the
 //! uploader's.
+//!
+//! [`spill`] holds the body of a single PUT (memory, then an unnamed temporary file), which
+//! the engine writes and every backend reads.
 
 pub mod file;
 pub mod inventory;
@@ -19,6 +22,7 @@ pub mod memory;
 pub mod params;
 pub mod retry_after;
 pub mod s3;
+pub mod spill;
 pub mod url;
 
 use std::time::{Duration, SystemTime};
@@ -26,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use crate::coexist::{Reader, WhenRefused};
-use crate::engine::spill::SpillFile;
+use spill::SpillFile;
 pub use url::TargetUrl;
 
 /// Whether a failed operation is worth trying again.

@@ -8,8 +8,11 @@
 
 use std::path::PathBuf;
 
-use crate::engine::compress::Compression;
-use crate::engine::stream::SINGLE_PUT_MAX_LIMIT;
+use crate::format::compression::Compression;
+
+/// The largest `single_put_max_bytes`: a PUT carries at most 5 GiB, and a NAR of 4 GiB stays
+/// below that compressed, incompressible data included.
+pub const SINGLE_PUT_MAX_LIMIT: u64 = 4 << 30;
 
 /// Settings a target URL gives; `None` leaves the config's (or the default) in force.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

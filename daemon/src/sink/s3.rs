@@ -25,9 +25,9 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 
+use super::spill::SpillFile;
 use super::url::S3Location;
 use super::{ErrorClass, Fetched, Read, SinkError};
-use crate::engine::spill::SpillFile;
 use aws_smithy_types::byte_stream::Length;
 
 /// The chunk size of a body read from a file: few reads, little memory. Uploading a 514 MiB

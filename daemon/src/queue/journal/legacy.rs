@@ -12,7 +12,7 @@
 //! A legacy file is told from a current one by its first bytes: a current record starts with
 //! [`super::record::MAGIC`], which read as a legacy length is larger than any payload.
 
-use super::record::MAX_PAYLOAD;
+use super::MAX_PAYLOAD;
 
 /// Bytes before the payload: length, checksum, generation.
 pub const HEADER: usize = 16;

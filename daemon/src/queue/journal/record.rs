@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::record::text;
 use super::super::NewPath;
-use super::legacy;
+use super::{legacy, MAX_PAYLOAD};
 use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
@@ -50,9 +50,6 @@ pub const MAGIC: [u8; 4] = *b"NPJ\x01";
 pub const HEADER: usize = 24;
 /// The zero bytes written after every record.
 pub const TERMINATOR: usize = 4;
-/// The largest payload a record holds (a request is at most 1 MiB of text; with its
-/// realisations as escaped JSON a payload stays well under this).
-pub const MAX_PAYLOAD: usize = 4 << 20;
 
 /// A path as the journal stores it (the queue's [`NewPath`] in the queue's text forms).
 #[derive(Serialize, Deserialize)]

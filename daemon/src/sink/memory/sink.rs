@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::{stored, Bucket, Change, GIVEN_UP_LANDS_WITHIN};
 use crate::coexist::Check;
-use crate::engine::spill::SpillFile;
 use crate::sink::inventory::{self, Object};
+use crate::sink::spill::SpillFile;
 use crate::sink::{ErrorClass, Fetched, Read, SinkError};
 
 /// A [`super::Sink`] backend over a shared [`Bucket`].
