@@ -275,9 +275,8 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
         engine.view().clone(),
         settings.quiet,
     );
-    // Before the paths: each is reported done only after its realisations are published.
-    engine.add_realisations(realisations);
-    engine.submit_resolved(infos, settings.paths);
+    // Each path is reported done only after its realisations are published.
+    engine.submit_resolved(infos, settings.paths, realisations);
     // The engine ends, and closes the reports, once the work is done and no handle is left.
     drop(engine);
     while let Some(report) = reports.recv().await {

@@ -149,7 +149,8 @@ pub async fn enqueue(
         .accept(&shared.queue, &shared.roots, &shared.wake, &new)
         .await?;
     // A path already uploading keeps its submission: the engine learns of the realisations
-    // this request adds here (a pending one hands them over again when submitted).
+    // this request adds here (a pending one hands them over again when submitted, so the
+    // engine forgets these first at its bound).
     shared.engine.add_realisations(realisations);
     Ok(new.len())
 }

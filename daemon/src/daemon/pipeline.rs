@@ -186,17 +186,18 @@ async fn take_due(
         }
         tracing::info!(paths = taken.entries.len(), "uploading");
         let mut tops = Vec::with_capacity(taken.entries.len());
+        let mut realisations = Vec::new();
         // One the engine still holds (a queue reopen put it back to pending) is answered by
         // the report it is owed already.
         for entry in taken.entries {
             if admission.admit(&entry.path) {
-                // Before the paths: each is reported done only after its realisations.
-                shared.engine.add_realisations(entry.realisations);
+                // With the paths: each is reported done only after its realisations.
+                realisations.extend(entry.realisations);
                 tops.push(entry.path);
             }
         }
         if !tops.is_empty() {
-            shared.engine.submit(tops);
+            shared.engine.submit_with_realisations(tops, realisations);
         }
     }
     if let Some(e) = taken.error {

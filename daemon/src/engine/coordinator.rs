@@ -27,7 +27,7 @@ use super::tasks::{self, Done, Purpose};
 use super::{compress, stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
-use crate::format::realisation::DrvOutputId;
+use crate::format::realisation::{DrvOutputId, Realisation};
 use crate::format::store_path::StorePath;
 use crate::sleep_until;
 use crate::store::PathInfo;
@@ -132,8 +132,9 @@ impl Coordinator {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Submit(tops) if self.accepting => {
+            Command::Submit(tops, realisations) if self.accepting => {
                 panic_if_asked(&tops);
+                self.take_realisations(&tops, realisations);
                 for top in tops {
                     if self.known.contains(&top) {
                         self.report(Report::TopDone(top));
@@ -143,17 +144,15 @@ impl Coordinator {
                 }
                 self.resolve_waiting();
             }
-            Command::SubmitResolved(infos, tops) if self.accepting => {
+            Command::SubmitResolved(infos, tops, realisations) if self.accepting => {
                 panic_if_asked(&tops);
+                self.take_realisations(&tops, realisations);
                 let infos = self.skip_signed_upstream(infos);
                 let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
                 self.act(actions);
             }
-            Command::Realisations(list) if self.accepting => {
-                self.realisations.add(list);
-                self.release_realisations();
-            }
-            Command::Submit(_) | Command::SubmitResolved(..) | Command::Realisations(_) => {}
+            Command::Realisations(list) if self.accepting => self.take_realisations(&[], list),
+            Command::Submit(..) | Command::SubmitResolved(..) | Command::Realisations(_) => {}
             Command::Reconfigure(config) => {
                 if config.sink_name != self.config.sink_name {
                     self.known.clear();
@@ -307,9 +306,9 @@ impl Coordinator {
             self.view.count_upstream(*nar_size);
         }
         self.remember_presence(&report);
-        let held = self.hold_top(&report);
+        let reports = self.hold_top(report);
         self.release_realisations();
-        if !held {
+        for report in reports {
             // The owner may have stopped listening (shutting down); the work stands.
             let _ = self.reports.send(report);
         }
@@ -330,18 +329,20 @@ impl Coordinator {
         }
     }
 
-    /// Held tops: whether `report` is a top done whose realisations are not published yet (it
-    /// is reported once they are). A failed top's realisations are dropped.
-    fn hold_top(&mut self, report: &Report) -> bool {
-        match report {
-            Report::TopDone(top) => self.realisations.hold(top),
-            // Dependents of its realisations no longer wait for it, but look them up.
-            Report::TopFailed { top: path, .. } | Report::Failed { path, .. } => {
-                self.realisations.drop_output(path);
-                false
-            }
-            _ => false,
+    /// Held tops: what the owner hears of `report` (nothing yet for a top done whose
+    /// realisations are not published: it is reported once they are). A failed path's
+    /// realisations are dropped; a top refused at their bound fails.
+    fn hold_top(&mut self, report: Report) -> Vec<Report> {
+        self.realisations.settle(report)
+    }
+
+    /// Takes realisations handed over, with the tops submitted with them (held from now on,
+    /// so their realisations are kept over the bound), and reports the held tops it refused.
+    fn take_realisations(&mut self, tops: &[StorePath], list: Vec<Realisation>) {
+        for report in self.realisations.submitted(tops, list) {
+            self.report(report);
         }
+        self.release_realisations();
     }
 
     /// Starts publishing the realisations whose outputs (and dependencies) are in the cache.

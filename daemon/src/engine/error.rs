@@ -61,6 +61,11 @@ pub enum UploadError {
          is not in the cache, and not part of this upload (upload its closure)"
     )]
     RealisationOutputMissing { id: String, output: String },
+    #[error(
+        "not recording {path} as done this attempt: more realisations wait for their outputs \
+         than the engine keeps ({bound}); it is retried"
+    )]
+    RealisationsOverflow { path: String, bound: usize },
     #[error("not publishing {path}: its reference {reference} {why}")]
     ReferenceMissing {
         path: String,
@@ -89,7 +94,8 @@ impl UploadError {
             | UploadError::Spill { .. }
             | UploadError::ReferenceMissing { .. }
             | UploadError::RealisationDependencyMissing { .. }
-            | UploadError::RealisationOutputMissing { .. } => ErrorClass::Transient,
+            | UploadError::RealisationOutputMissing { .. }
+            | UploadError::RealisationsOverflow { .. } => ErrorClass::Transient,
             UploadError::Nar { source, .. } => nar_class(source),
             UploadError::Resource { source, .. } => io_class(source),
             UploadError::Invalid { .. }

@@ -192,11 +192,12 @@ impl EngineConfig {
 }
 
 enum Command {
-    /// Top paths whose closures the engine reads from the store.
-    Submit(Vec<StorePath>),
-    /// Closures already read: every path's metadata, and the tops among them.
-    SubmitResolved(Vec<PathInfo>, Vec<StorePath>),
-    /// Realisations to publish once their outputs are in the cache.
+    /// Top paths whose closures the engine reads from the store, with their realisations.
+    Submit(Vec<StorePath>, Vec<Realisation>),
+    /// Closures already read: every path's metadata, the tops among them, their realisations.
+    SubmitResolved(Vec<PathInfo>, Vec<StorePath>, Vec<Realisation>),
+    /// Realisations to publish once their outputs are in the cache, for paths the engine may
+    /// hold already.
     Realisations(Vec<Realisation>),
     Reconfigure(Arc<EngineConfig>),
 }
@@ -234,17 +235,34 @@ impl Engine {
 
     /// Uploads the closures of `tops` (or only `tops`, per the configuration).
     pub fn submit(&self, tops: Vec<StorePath>) {
-        let _ = self.commands.send(Command::Submit(tops));
+        self.submit_with_realisations(tops, Vec::new());
     }
 
-    /// Uploads what `infos` describe; `tops` are reported on as submitted paths.
-    pub fn submit_resolved(&self, infos: Vec<PathInfo>, tops: Vec<StorePath>) {
-        let _ = self.commands.send(Command::SubmitResolved(infos, tops));
+    /// Uploads the closures of `tops`, and publishes `realisations` (theirs, and those they
+    /// depend on) once their output paths are in the cache: each top is reported done only
+    /// after its realisations. Handed over with their tops, they are kept over the engine's
+    /// bound on waiting realisations (see `realisations`).
+    pub fn submit_with_realisations(&self, tops: Vec<StorePath>, realisations: Vec<Realisation>) {
+        let _ = self.commands.send(Command::Submit(tops, realisations));
+    }
+
+    /// Uploads what `infos` describe; `tops` are reported on as submitted paths, each only
+    /// after its `realisations` are published (as [`Engine::submit_with_realisations`]).
+    pub fn submit_resolved(
+        &self,
+        infos: Vec<PathInfo>,
+        tops: Vec<StorePath>,
+        realisations: Vec<Realisation>,
+    ) {
+        let _ = self
+            .commands
+            .send(Command::SubmitResolved(infos, tops, realisations));
     }
 
     /// Publishes `realisations` once their output paths are in the cache (see
-    /// `realisations`). Hand them over before submitting those paths: a submitted path is
-    /// reported done only after the realisations of it known by then.
+    /// `realisations`), for paths the engine may be uploading already: a path it holds is
+    /// reported done only after the realisations of it known by then. Those of paths it does
+    /// not hold are the first forgotten at the bound: hand those over with their submission.
     pub fn add_realisations(&self, realisations: Vec<Realisation>) {
         if !realisations.is_empty() {
             let _ = self.commands.send(Command::Realisations(realisations));
@@ -281,7 +299,7 @@ impl StubCommands {
         let mut tops = Vec::new();
         while let Ok(command) = self.0.try_recv() {
             match command {
-                Command::Submit(more) | Command::SubmitResolved(_, more) => tops.extend(more),
+                Command::Submit(more, _) | Command::SubmitResolved(_, more, _) => tops.extend(more),
                 Command::Realisations(_) | Command::Reconfigure(_) => {}
             }
         }

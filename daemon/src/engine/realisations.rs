@@ -21,21 +21,25 @@
 //!
 //! Bounds: realisations whose output never arrives (its upload failed) are dropped with that
 //! path's failure; at most [`MAX_PENDING`] wait at once and [`MAX_PUBLISHED`] ids are
-//! remembered.
+//! remembered. At the bound, the realisations of the paths the engine holds (submitted and not
+//! reported on, or held) are kept and those of others forgotten; a held path whose
+//! realisations still do not fit is reported failed, never done without them ([`bound`]).
+//! So the owner hands a path's realisations over with its submission, and those of a request
+//! for a path it may already be uploading on their own.
 
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
+use super::graph::Report;
 use super::tasks::Done;
 use super::{EngineConfig, UploadError};
 use crate::format::realisation::{DrvOutputId, Realisation};
 use crate::format::store_path::StorePath;
 use crate::layout::{self, content_type};
 
-/// Realisations waiting for their outputs, at most (beyond, the oldest are forgotten: their
-/// owner hands them over again with the next attempt).
-const MAX_PENDING: usize = 10_000;
+/// Realisations waiting for their outputs, at most (see [`bound`]).
+pub(super) const MAX_PENDING: usize = 10_000;
 /// Published ids remembered, at most (a forgotten one is looked up in the cache instead).
 const MAX_PUBLISHED: usize = 10_000;
 
@@ -45,8 +49,13 @@ pub(super) struct Realisations {
     pending: HashMap<DrvOutputId, Realisation>,
     publishing: HashMap<DrvOutputId, StorePath>,
     published: HashSet<DrvOutputId>,
+    /// Submitted paths not reported on yet: their realisations are kept over the bound.
+    in_flight: HashSet<StorePath>,
     /// Submitted paths done but not yet reported, because their realisations are published.
     held: HashSet<StorePath>,
+    /// Paths in flight whose realisations did not fit under the bound: reported failed when
+    /// they end (see [`bound`]).
+    refused: HashSet<StorePath>,
 }
 
 /// Realisations ready to be written, dependencies first, the dependencies outside them whose
@@ -59,17 +68,64 @@ pub(super) struct Release {
 }
 
 impl Realisations {
-    pub fn add(&mut self, realisations: Vec<Realisation>) {
-        if self.pending.len() + realisations.len() > MAX_PENDING {
-            self.pending.clear();
-        }
+    /// `tops` were submitted, with `realisations` (theirs, and those they depend on): the
+    /// engine holds them until it reports on them. Returns the reports of held tops failed
+    /// for the bound.
+    pub fn submitted(&mut self, tops: &[StorePath], realisations: Vec<Realisation>) -> Vec<Report> {
+        self.in_flight.extend(tops.iter().cloned());
+        self.add(realisations)
+    }
+
+    /// Takes `realisations` to publish once their outputs are in the cache. Beyond
+    /// [`MAX_PENDING`], see [`bound`]; returns the reports of held tops failed for it.
+    pub fn add(&mut self, realisations: Vec<Realisation>) -> Vec<Report> {
+        let mut new = HashSet::new();
         for realisation in realisations {
-            self.pending.insert(realisation.id.clone(), realisation);
+            let id = realisation.id.clone();
+            if self.pending.insert(id.clone(), realisation).is_none() {
+                new.insert(id);
+            }
+        }
+        if self.pending.len() <= MAX_PENDING {
+            return Vec::new();
+        }
+        self.keep_within_bound(&new)
+    }
+
+    /// What becomes of `report` for the owner: nothing while a top done waits for its
+    /// realisations (it is reported once they are published), a failure for a top whose
+    /// realisations were refused at the bound. A failed path's realisations are dropped.
+    pub fn settle(&mut self, report: Report) -> Vec<Report> {
+        match report {
+            Report::TopDone(top) => {
+                self.in_flight.remove(&top);
+                if self.refused.remove(&top) {
+                    self.drop_output(&top);
+                    return bound::refused(top);
+                }
+                if self.hold(&top) {
+                    return Vec::new();
+                }
+                vec![Report::TopDone(top)]
+            }
+            Report::TopFailed { top, failure } => {
+                self.in_flight.remove(&top);
+                self.refused.remove(&top);
+                self.held.remove(&top);
+                // Dependents of its realisations no longer wait for it, but look them up.
+                self.drop_output(&top);
+                vec![Report::TopFailed { top, failure }]
+            }
+            Report::Failed { path, error } => {
+                self.drop_output(&path);
+                vec![Report::Failed { path, error }]
+            }
+            other => vec![other],
         }
     }
 
     /// Whether `top`, done, must wait for its realisations; if so it is held.
-    pub fn hold(&mut self, top: &StorePath) -> bool {
+    fn hold(&mut self, top: &StorePath) -> bool {
         let waits = self.has_unpublished(top);
         if waits {
             self.held.insert(top.clone());
@@ -84,7 +140,7 @@ impl Realisations {
     }
 
     /// Forgets the realisations of a path that failed.
-    pub fn drop_output(&mut self, path: &StorePath) {
+    fn drop_output(&mut self, path: &StorePath) {
         self.pending.retain(|_, r| &r.out_path != path);
     }
 
@@ -272,6 +328,8 @@ pub(super) async fn publish(config: &EngineConfig, release: Release) -> Done {
     .await;
     Done::RealisationsPublished(ids, result)
 }
+
+mod bound;
 
 #[cfg(test)]
 #[path = "realisations/tests.rs"]

@@ -155,3 +155,53 @@ async fn a_held_top_is_released_after_a_reload_with_new_keys() {
     finish_d(&mut c, &d).await;
     assert!(top_done(&mut reports, &t), "t is reported done");
 }
+
+/// More realisations than the bound, all of paths this engine does not hold (queued, not
+/// submitted yet).
+fn flood() -> Command {
+    let count = u32::try_from(realisations::MAX_PENDING + 1).unwrap();
+    Command::Realisations(
+        (100..100 + count)
+            .map(|n| realisation(n, &path(&format!("queued-{n}")), &[]))
+            .collect(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_top_in_flight_keeps_its_realisation_when_the_pending_set_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = path("t");
+    let (mut c, mut reports) = coordinator(dir.path()).await;
+    c.on_command(Command::Realisations(vec![realisation(1, &t, &[])]));
+    c.on_command(Command::SubmitResolved(
+        vec![info(&t)],
+        vec![t.clone()],
+        Vec::new(),
+    ));
+    c.on_command(flood());
+    // `t`'s upload ends (its tasks are left unrun: the test plays the graph's part).
+    c.report(uploaded(&t));
+    c.report(Report::TopDone(t.clone()));
+    assert!(
+        !top_done(&mut reports, &t),
+        "t is not reported done before its realisation is published"
+    );
+    let publishing =
+        |p: &Purpose| matches!(p, Purpose::PublishRealisations(ids) if ids == &[id(1)]);
+    assert!(
+        c.purposes.values().any(publishing),
+        "t's realisation is being published"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_top_keeps_its_realisations_when_the_pending_set_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = (path("t"), path("d"));
+    let (mut c, mut reports) = held_top_waiting_for_d(dir.path(), &t, &d).await;
+    c.on_command(flood());
+    finish_d(&mut c, &d).await;
+    assert!(top_done(&mut reports, &t), "t is reported done");
+    assert!(dir.path().join(layout::realisation_key(&id(1))).exists());
+    assert!(dir.path().join(layout::realisation_key(&id(2))).exists());
+}

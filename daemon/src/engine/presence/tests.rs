@@ -107,7 +107,7 @@ async fn engine_config(dir: &Path, key: SigningKey, refresh_after: Duration) -> 
 
 /// The reports of one submission of `info` as a top, up to its own end.
 async fn push(engine: &Engine, reports: &mut Reports, info: &PathInfo) -> Vec<Report> {
-    engine.submit_resolved(vec![info.clone()], vec![info.path.clone()]);
+    engine.submit_resolved(vec![info.clone()], vec![info.path.clone()], Vec::new());
     let mut seen = Vec::new();
     loop {
         let report = tokio::time::timeout(Duration::from_secs(3600), reports.recv())

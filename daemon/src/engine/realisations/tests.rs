@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::engine::graph::Report;
 use crate::format::hash::Sha256;
 
 fn path(name: &str) -> StorePath {
@@ -121,4 +122,105 @@ fn a_done_path_is_held_until_its_realisations_are_published_or_failed() {
     let release = held.release(|_| true, |_| false).unwrap();
     assert_eq!(held.finished(&ids(&release), true), vec![(path("b"), true)]);
     assert!(!held.hold(&path("b")), "a failed realisation is forgotten");
+}
+
+/// `count` realisations of distinct ids from `first` on, each of `out` (or of its own path,
+/// `queued-<n>`, when `out` is `None`).
+fn numbered(first: u32, count: usize, out: Option<&str>) -> Vec<Realisation> {
+    (first..)
+        .take(count)
+        .map(|n| {
+            let mut hash = [0xff; 32];
+            hash[..4].copy_from_slice(&n.to_be_bytes());
+            Realisation {
+                id: DrvOutputId {
+                    drv_hash: Sha256(hash),
+                    output: "out".to_owned(),
+                },
+                out_path: path(out.unwrap_or(&format!("queued-{n}"))),
+                signatures: BTreeSet::new(),
+                dependent_realisations: BTreeMap::new(),
+            }
+        })
+        .collect()
+}
+
+fn refused_for_the_bound(reports: &[Report], top: &str) -> bool {
+    reports.iter().any(|report| {
+        matches!(report, Report::TopFailed { top: t, failure }
+            if t == &path(top) && failure.message.contains(&MAX_PENDING.to_string()))
+    })
+}
+
+#[test]
+fn at_the_bound_the_realisations_of_paths_not_held_go_first() {
+    let mut held = Realisations::default();
+    let refused = held.submitted(
+        &[path("t")],
+        vec![
+            realisation(1, "t", &[(2, "dep")]),
+            realisation(2, "dep", &[]),
+        ],
+    );
+    assert!(refused.is_empty());
+    assert!(held.add(numbered(0, MAX_PENDING + 1, None)).is_empty());
+    assert!(held.pending.len() <= MAX_PENDING);
+    assert!(held.pending.contains_key(&id(1)) && held.pending.contains_key(&id(2)));
+    assert!(
+        held.settle(Report::TopDone(path("t"))).is_empty(),
+        "t is held"
+    );
+    let release = held.release(|_| true, |_| false).unwrap();
+    assert_eq!(ids(&release), vec![id(2), id(1)]);
+}
+
+#[test]
+fn realisations_submitted_with_their_top_push_out_those_of_paths_not_held() {
+    let mut held = Realisations::default();
+    assert!(held.add(numbered(0, MAX_PENDING, None)).is_empty());
+    assert!(held
+        .submitted(&[path("t")], vec![realisation(1, "t", &[])])
+        .is_empty());
+    assert_eq!(held.pending.len(), 1);
+    assert!(
+        held.settle(Report::TopDone(path("t"))).is_empty(),
+        "t is held"
+    );
+}
+
+#[test]
+fn a_top_in_flight_whose_realisations_do_not_fit_fails_naming_the_bound_when_it_ends() {
+    let mut held = Realisations::default();
+    assert!(held
+        .submitted(&[path("a")], vec![realisation(1, "a", &[])])
+        .is_empty());
+    // `big` brings more realisations than the bound leaves room for.
+    assert!(held
+        .submitted(&[path("big")], numbered(0, MAX_PENDING, Some("big")))
+        .is_empty());
+    assert!(held.pending.len() <= MAX_PENDING);
+    let reports = held.settle(Report::TopDone(path("big")));
+    assert!(refused_for_the_bound(&reports, "big"), "{reports:?}");
+    assert!(!reports.iter().any(|r| matches!(r, Report::TopDone(_))));
+    assert!(
+        held.settle(Report::TopDone(path("a"))).is_empty(),
+        "a is held"
+    );
+}
+
+#[test]
+fn a_held_top_whose_realisations_do_not_fit_fails_naming_the_bound_at_once() {
+    let mut held = Realisations::default();
+    assert!(held
+        .submitted(&[path("h")], vec![realisation(1, "h", &[])])
+        .is_empty());
+    assert!(
+        held.settle(Report::TopDone(path("h"))).is_empty(),
+        "h is held"
+    );
+    // A request adds realisations of `h` while it waits, more than fit.
+    let reports = held.add(numbered(0, MAX_PENDING, Some("h")));
+    assert!(refused_for_the_bound(&reports, "h"), "{reports:?}");
+    assert!(held.pending.len() <= MAX_PENDING);
+    assert!(held.held.is_empty());
 }

@@ -90,7 +90,7 @@ async fn a_nar_collected_just_after_it_was_stored_again_is_stored_once_more_befo
     });
 
     let started = tokio::time::Instant::now();
-    engine.submit_resolved(vec![info.clone()], vec![info.path.clone()]);
+    engine.submit_resolved(vec![info.clone()], vec![info.path.clone()], Vec::new());
     let end = loop {
         let report = tokio::time::timeout(Duration::from_secs(3600), reports.recv())
             .await
