@@ -3,7 +3,8 @@
 //! with strace), and an ack is
 //! worth something even when the daemon dies the moment after sending it, before the request
 //! left the journal for the queue; a damaged journal is reported, record by record; a daemon
-//! started on a full state disk serves and recovers; GC roots lost before an upload come back.
+//! started on a full state disk serves and recovers; GC roots lost before an upload come back;
+//! a panic during a batch fails only the path that causes it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ mod full_disk;
 mod gc_roots;
 #[path = "durability/journal.rs"]
 mod journal;
+#[path = "durability/quarantine.rs"]
+mod quarantine;
 
 use narpush_e2e::daemon::{build_with_hook, spooled, Daemon};
 use narpush_e2e::{

@@ -41,7 +41,8 @@
 //!
 //! An attempt is counted when it starts ([`Queue::take_due`]), so a path whose upload crashes
 //! the daemon uses up its attempts too; [`Queue::take_due`] fails an entry that has none left
-//! instead of starting it. An upload cut off by a clean shutdown gives its attempt back.
+//! instead of starting it. An upload cut off by a clean shutdown gives its attempt back; after
+//! a fatal stop (a panic), the entries in flight are tried alone ([`quarantine`]).
 //!
 //! # Recovery
 //!
@@ -68,6 +69,7 @@
 
 mod group_commit;
 pub mod journal;
+pub mod quarantine;
 mod record;
 mod storage;
 mod transitions;
@@ -145,8 +147,9 @@ pub enum Interrupted {
     /// The previous process died during the upload: the attempt stays counted.
     Crash,
     /// The daemon stopped because one of its tasks failed (a panic), with this reason: the
-    /// attempt stays counted, so a path that makes it panic ends `failed` after
-    /// `max_attempts` instead of crash-looping the service.
+    /// entries in flight are tried alone next, and an attempt counts only for an entry that
+    /// was alone (see [`quarantine`]), so a path that makes it panic ends `failed` after
+    /// `max_attempts` instead of crash-looping the service, and only that path.
     Fatal(String),
 }
 
@@ -465,6 +468,8 @@ impl Queue {
 #[derive(Debug, Default)]
 pub struct TakeDue {
     pub entries: Vec<Entry>,
+    /// Due suspects of a fatal stop (see [`quarantine`]): while any is, nothing else is taken.
+    pub suspects: usize,
     pub error: Option<QueueError>,
 }
 

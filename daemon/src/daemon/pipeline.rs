@@ -4,7 +4,8 @@
 //! Loop: whenever work is queued (a wake-up) or a retry comes due, wait `batch_window` so that
 //! requests arriving together are resolved together, mark every due entry `uploading`, and
 //! submit it. Entries already with the engine keep uploading meanwhile: a big upload never
-//! holds back what arrives after it. The engine holds at most [`admission::IN_ENGINE`]
+//! holds back what arrives after it. After a fatal stop (a panic), the entries that were in
+//! flight are submitted one at a time, each alone in the engine (`queue::quarantine`). The engine holds at most [`admission::IN_ENGINE`]
 //! submitted entries; a larger backlog stays `pending` in the queue until outcomes make room.
 //!
 //! Outcomes of an entry:
@@ -174,9 +175,17 @@ async fn take_due(
         return None;
     }
     let now = now_ms();
+    let max_attempts = shared.settings().config.max_attempts;
     let taken = shared
         .queue
-        .take_due(now, room, shared.settings().config.max_attempts);
+        .take_due(now, room, max_attempts, admission.is_idle());
+    if taken.suspects > 0 && !taken.entries.is_empty() {
+        tracing::warn!(
+            suspects = taken.suspects,
+            "the daemon stopped on a fatal error during these uploads: each is tried alone, \
+             nothing else meanwhile"
+        );
+    }
     if !taken.entries.is_empty() {
         // The attempts just counted must survive a crash the upload may cause, or a path
         // that kills the daemon would be retried forever.
@@ -203,6 +212,15 @@ async fn take_due(
     if let Some(e) = taken.error {
         tracing::error!("cannot read the queue: {}", crate::error_chain(&e));
         return pause;
+    }
+    if taken.suspects > 0 {
+        // Quarantine: taken again once the engine reports on what it holds (at once if it
+        // holds nothing: the suspect changed as it was taken).
+        if admission.is_idle() {
+            return Some(Instant::now());
+        }
+        admission.hold_back();
+        return None;
     }
     match shared.queue.next_due_ms() {
         Ok(Some(at)) => Some(instant_in(at.saturating_sub(now))),
@@ -426,7 +444,7 @@ mod tests {
             }])
             .await
             .unwrap();
-        assert_eq!(queue.take_due(now_ms() + 1, 10, 20).entries.len(), 1);
+        assert_eq!(queue.take_due(now_ms() + 1, 10, 20, true).entries.len(), 1);
 
         // The database fails just as the upload ends: the outcome cannot be written.
         queue.fail_for_test("disk full");

@@ -51,7 +51,7 @@ async fn uploading_entries_return_to_pending_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
-    let taken = queue.take_due(now_ms() + 1, 10, 5).entries;
+    let taken = queue.take_due(now_ms() + 1, 10, 5, true).entries;
     assert_eq!((taken[0].state, taken[0].attempts), (State::Uploading, 1));
     let queue = reopened(dir.path(), queue).await;
     let entry = queue.get(&sp(A)).unwrap().unwrap();
@@ -67,7 +67,7 @@ async fn enqueue_leaves_a_queued_path_alone_and_requeues_a_finished_one() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
-    queue.take_due(now_ms() + 1, 10, 5);
+    queue.take_due(now_ms() + 1, 10, 5, true);
     queue
         .finish(
             &sp(A),
@@ -103,7 +103,7 @@ async fn only_due_entries_are_taken_oldest_first() {
             },
         )
         .unwrap();
-    let due = queue.take_due(now_ms(), 10, 5).entries;
+    let due = queue.take_due(now_ms(), 10, 5, true).entries;
     assert_eq!(
         due.iter().map(|e| e.path.to_absolute()).collect::<Vec<_>>(),
         vec![A]
@@ -253,7 +253,7 @@ async fn a_corrupt_record_is_skipped_reported_and_replaced_by_retry() {
     assert_eq!(scan.entries.len(), 1);
     assert_eq!(scan.corrupt.len(), 1);
     assert_eq!(scan.corrupt[0].key, A);
-    let taken = queue.take_due(now_ms() + 1, 10, 5);
+    let taken = queue.take_due(now_ms() + 1, 10, 5, true);
     assert!(taken.error.is_none(), "{:?}", taken.error);
     assert_eq!(taken.entries.len(), 1, "the readable entry still moves");
     assert_eq!(queue.retry(true, &[]).await.unwrap(), 1);
@@ -267,12 +267,12 @@ async fn an_entry_out_of_attempts_is_failed_instead_of_started() {
     let queue = Queue::open(dir.path()).unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
     for attempt in 1..=2 {
-        let taken = queue.take_due(now_ms() + 1, 10, 2).entries;
+        let taken = queue.take_due(now_ms() + 1, 10, 2, true).entries;
         assert_eq!(taken.len(), 1, "attempt {attempt}");
         // A crash during the upload: the next process requeues it, the attempt counted.
         queue.requeue_uploading(Interrupted::Crash).unwrap();
     }
-    assert!(queue.take_due(now_ms() + 1, 10, 2).entries.is_empty());
+    assert!(queue.take_due(now_ms() + 1, 10, 2, true).entries.is_empty());
     let entry = queue.get(&sp(A)).unwrap().unwrap();
     assert_eq!((entry.state, entry.attempts), (State::Failed, 2));
     assert!(entry
@@ -286,7 +286,7 @@ async fn a_shutdown_gives_the_attempt_back() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue.enqueue(&[new(A)]).await.unwrap();
-    queue.take_due(now_ms() + 1, 10, 2);
+    queue.take_due(now_ms() + 1, 10, 2, true);
     queue.requeue_uploading(Interrupted::Shutdown).unwrap();
     let entry = queue.get(&sp(A)).unwrap().unwrap();
     assert_eq!((entry.state, entry.attempts), (State::Pending, 0));
@@ -368,7 +368,7 @@ async fn journaled_paths_are_queued_with_the_mark_so_a_restart_does_not_replay_t
     queue.flush().await.unwrap();
     journal.checkpointed();
     // The path is uploaded before the daemon dies; the journal still holds its record.
-    let started = queue.take_due(now_ms() + 1, 10, 5).entries;
+    let started = queue.take_due(now_ms() + 1, 10, 5, true).entries;
     assert_eq!(started.len(), 1);
     queue.finish(&sp(A), &Outcome::Done).unwrap();
     drop(journal);
@@ -414,4 +414,47 @@ async fn an_unfinished_sled_snapshot_left_by_a_full_disk_does_not_stop_the_queue
         .map(|entry| entry.path.to_absolute())
         .collect();
     assert_eq!(pending, vec![A.to_owned(), B.to_owned()]);
+}
+
+#[tokio::test]
+async fn a_fatal_stop_counts_the_attempt_only_of_a_path_uploading_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.enqueue(&[new(A), new(B)]).await.unwrap();
+    assert_eq!(queue.take_due(now_ms() + 1, 10, 3, true).entries.len(), 2);
+    queue
+        .requeue_uploading(Interrupted::Fatal("the engine task panicked".into()))
+        .unwrap();
+    for path in [A, B] {
+        let entry = queue.get(&sp(path)).unwrap().unwrap();
+        assert_eq!((entry.state, entry.attempts), (State::Pending, 0), "{path}");
+        assert!(quarantine::is_suspect(&entry), "{entry:?}");
+    }
+
+    // Quarantine: one suspect alone, and none while the engine holds something.
+    assert!(queue
+        .take_due(now_ms() + 1, 10, 3, false)
+        .entries
+        .is_empty());
+    let taken = queue.take_due(now_ms() + 1, 10, 3, true);
+    assert_eq!((taken.entries.len(), taken.suspects), (1, 2));
+    let alone = taken.entries[0].path.clone();
+    queue
+        .requeue_uploading(Interrupted::Fatal("the engine task panicked".into()))
+        .unwrap();
+    let entry = queue.get(&alone).unwrap().unwrap();
+    assert_eq!(entry.attempts, 1, "alone, the attempt counts");
+    assert!(quarantine::is_suspect(&entry), "{entry:?}");
+
+    // Once every suspect had an attempt alone, batches start again.
+    let other = if alone == sp(A) { sp(B) } else { sp(A) };
+    let taken = queue.take_due(now_ms() + 1, 10, 3, true);
+    assert_eq!(taken.entries[0].path, alone, "the oldest suspect first");
+    queue.finish(&alone, &Outcome::Done).unwrap();
+    let taken = queue.take_due(now_ms() + 1, 10, 3, true);
+    assert_eq!(taken.entries[0].path, other);
+    queue.finish(&other, &Outcome::Done).unwrap();
+    queue.enqueue(&[new(A), new(B)]).await.unwrap();
+    let taken = queue.take_due(now_ms() + 1, 10, 3, false);
+    assert_eq!((taken.entries.len(), taken.suspects), (2, 0));
 }

@@ -7,8 +7,8 @@
 use super::journal::Mark;
 use super::storage::Handle;
 use super::{
-    lock, now_ms, record, Entry, Interrupted, NewPath, Outcome, Queue, QueueError, Raw, State,
-    TakeDue, DONE_RETENTION, JOURNAL_MARK, MAX_DONE,
+    lock, now_ms, quarantine, record, Entry, Interrupted, NewPath, Outcome, Queue, QueueError, Raw,
+    State, TakeDue, DONE_RETENTION, JOURNAL_MARK, MAX_DONE,
 };
 use crate::format::store_path::StorePath;
 use narpush_protocol::Source;
@@ -67,31 +67,17 @@ impl Queue {
         }
     }
 
-    /// Puts every `uploading` entry back to `pending`.
+    /// Puts every `uploading` entry back to `pending` (see [`interrupted`]).
     pub fn requeue_uploading(&self, why: Interrupted) -> Result<(), QueueError> {
         let now = now_ms();
-        for raw in self.raw_entries()? {
-            if raw.entry.state != State::Uploading {
-                continue;
-            }
-            let entry = Entry {
-                state: State::Pending,
-                attempts: match &why {
-                    Interrupted::Shutdown => raw.entry.attempts.saturating_sub(1),
-                    Interrupted::Crash | Interrupted::Fatal(_) => raw.entry.attempts,
-                },
-                last_error: match &why {
-                    Interrupted::Shutdown => raw.entry.last_error.clone(),
-                    Interrupted::Crash => {
-                        Some("interrupted: the daemon stopped (crash or kill) or its queue database failed during the upload".to_owned())
-                    }
-                    Interrupted::Fatal(reason) => {
-                        Some(format!("interrupted: the daemon stopped during the upload: {reason}"))
-                    }
-                },
-                updated_ms: now,
-                ..raw.entry.clone()
-            };
+        let uploading: Vec<Raw> = self
+            .raw_entries()?
+            .into_iter()
+            .filter(|raw| raw.entry.state == State::Uploading)
+            .collect();
+        let others = uploading.len().saturating_sub(1);
+        for raw in uploading {
+            let entry = interrupted(raw.entry.clone(), &why, others, now);
             self.swap(&raw, Some(&entry))?;
         }
         Ok(())
@@ -158,10 +144,18 @@ impl Queue {
     }
 
     /// Pending entries whose time has come, at most `limit`, oldest first, now `uploading` with
-    /// the attempt counted. An entry that already used `max_attempts` is failed instead. If
-    /// writing fails part way, the entries marked so far are returned with the error, so that
-    /// none is left `uploading` without being started.
-    pub fn take_due(&self, now: u64, limit: usize, max_attempts: u32) -> TakeDue {
+    /// the attempt counted; while suspects of a fatal stop are due, only the oldest of them,
+    /// alone, and only when the engine holds nothing (`engine_idle`; see [`quarantine`]). Due
+    /// entries that already used `max_attempts` are failed instead. If writing fails part way,
+    /// the entries marked so far are returned with the error, so that none is left `uploading`
+    /// without being started.
+    pub fn take_due(
+        &self,
+        now: u64,
+        limit: usize,
+        max_attempts: u32,
+        engine_idle: bool,
+    ) -> TakeDue {
         let mut taken = TakeDue::default();
         let mut due: Vec<Raw> = match self.raw_entries() {
             Ok(raws) => raws
@@ -174,26 +168,40 @@ impl Queue {
             }
         };
         due.sort_by_key(|r| r.entry.arrived_ms);
+        let mut startable = Vec::with_capacity(due.len());
         for raw in due {
-            if taken.entries.len() >= limit {
-                break;
+            if raw.entry.attempts < max_attempts {
+                startable.push(raw);
+                continue;
             }
             let mut entry = raw.entry.clone();
             entry.updated_ms = now;
-            if entry.attempts >= max_attempts {
-                entry.state = State::Failed;
-                entry.last_error = Some(format!(
-                    "gave up after {} attempts: {}",
-                    entry.attempts,
-                    entry.last_error.as_deref().unwrap_or("no error recorded")
-                ));
-            } else {
-                entry.state = State::Uploading;
-                entry.attempts += 1;
+            entry.state = State::Failed;
+            entry.last_error = Some(format!(
+                "gave up after {} attempts: {}",
+                entry.attempts,
+                entry.last_error.as_deref().unwrap_or("no error recorded")
+            ));
+            if let Err(e) = self.swap(&raw, Some(&entry)) {
+                taken.error = Some(e);
+                return taken;
             }
-            match self.swap(&raw, Some(&entry)) {
-                Ok(true) if entry.state == State::Uploading => taken.entries.push(entry),
-                Ok(_) => {}
+        }
+        let entries: Vec<&Entry> = startable.iter().map(|raw| &raw.entry).collect();
+        let chosen = match quarantine::select(&entries, limit, engine_idle) {
+            quarantine::Selection::Batch(n) => 0..n,
+            quarantine::Selection::Alone(index) => index..index + 1,
+            quarantine::Selection::Wait => 0..0,
+        };
+        taken.suspects = entries.iter().filter(|e| quarantine::is_suspect(e)).count();
+        for raw in &startable[chosen] {
+            let mut entry = raw.entry.clone();
+            entry.updated_ms = now;
+            entry.state = State::Uploading;
+            entry.attempts += 1;
+            match self.swap(raw, Some(&entry)) {
+                Ok(true) => taken.entries.push(entry),
+                Ok(false) => {}
                 Err(e) => {
                     taken.error = Some(e);
                     break;
@@ -331,6 +339,39 @@ pub(super) fn added(current: Current, item: &NewPath, now: u64) -> Change {
             }
         }
         _ => Change::Put(Entry::fresh(item, now)),
+    }
+}
+
+/// [`Queue::requeue_uploading`] of an `uploading` entry, interrupted with `others` other
+/// entries uploading. A clean shutdown gives the attempt back; a crash keeps it counted; a
+/// fatal stop makes the entry a suspect of the [`quarantine`], its attempt counted only when
+/// it was uploading alone.
+pub(super) fn interrupted(entry: Entry, why: &Interrupted, others: usize, now: u64) -> Entry {
+    let (attempts, last_error) = match why {
+        Interrupted::Shutdown => (entry.attempts.saturating_sub(1), entry.last_error.clone()),
+        Interrupted::Crash => (
+            entry.attempts,
+            Some(
+                "interrupted: the daemon stopped (crash or kill) or its queue database failed \
+                 during the upload"
+                    .to_owned(),
+            ),
+        ),
+        Interrupted::Fatal(reason) => (
+            if others == 0 {
+                entry.attempts
+            } else {
+                entry.attempts.saturating_sub(1)
+            },
+            Some(quarantine::interruption(reason, others)),
+        ),
+    };
+    Entry {
+        state: State::Pending,
+        attempts,
+        last_error,
+        updated_ms: now,
+        ..entry
     }
 }
 

@@ -38,6 +38,17 @@ impl Admission {
         self.in_engine.insert(path.clone())
     }
 
+    /// Whether the engine holds no submitted path.
+    pub fn is_idle(&self) -> bool {
+        self.in_engine.is_empty()
+    }
+
+    /// Entries are left in the queue until an outcome arrives (then [`Admission::finished`]
+    /// says so), though there is room.
+    pub fn hold_back(&mut self) {
+        self.held_back = true;
+    }
+
     /// The outcome of `path` arrived; returns whether entries held back may be taken now.
     pub fn finished(&mut self, path: &StorePath) -> bool {
         self.in_engine.remove(path);

@@ -60,7 +60,14 @@ async fn a_queue_that_cannot_be_read_keeps_the_gc_root_of_a_failed_attempt() {
         }])
         .await
         .unwrap();
-    assert_eq!(shared.queue.take_due(now_ms() + 1, 10, 20).entries.len(), 1);
+    assert_eq!(
+        shared
+            .queue
+            .take_due(now_ms() + 1, 10, 20, true)
+            .entries
+            .len(),
+        1
+    );
 
     // The upload fails while the queue cannot be read (a transient error): the entry is
     // still owed, so its root stays.
@@ -93,7 +100,7 @@ async fn a_queue_that_cannot_be_read_keeps_the_gc_root_of_a_failed_attempt() {
     assert_eq!(
         shared
             .queue
-            .take_due(now_ms() + 86_400_000, 10, 20)
+            .take_due(now_ms() + 86_400_000, 10, 20, true)
             .entries
             .len(),
         1
