@@ -19,7 +19,10 @@
 //!
 //! - **U1, lookups.** A narinfo found in the cache, signed by one of its own keys, whose NAR a
 //!   HEAD found too, is trusted for at most `K` from the lookup (the engine's known-present
-//!   set); after that the path is looked up again. An upstream cache's answer is trusted as the
+//!   set); after that the path is looked up again. A narinfo found younger than `S + C` (another
+//!   uploader just wrote it, perhaps a refresh after GC's look at it) is trusted only if a
+//!   second look, `S` after the first, finds it and its NAR: a delete allowed before that
+//!   write has landed by then. An upstream cache's answer is trusted as the
 //!   `upstream` module says.
 //! - **U2, refresh.** A narinfo found older than `R` is written again, unchanged, so that GC
 //!   sees the path in use; `S` after that write the narinfo and its NAR are looked for again,

@@ -21,7 +21,7 @@ use super::{narinfo_for, sign, EngineConfig, UploadError};
 // How long a refreshed narinfo is watched for a collection that planned its deletion before
 // the refresh: the protocol's rule U2.
 use crate::coexist::{
-    Check, DELETE_WINDOW, REFRESH_ROUNDS, REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE,
+    Check, CLOCK_SLACK, DELETE_WINDOW, REFRESH_ROUNDS, REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE,
 };
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
@@ -80,7 +80,14 @@ async fn lookup(config: &EngineConfig, path: &StorePath) -> Result<Lookup, Uploa
                 None => Lookup::Absent,
             });
         };
-        if crate::clock::age(crate::clock::now(), found.modified) <= config.refresh_after {
+        let age = crate::clock::age(crate::clock::now(), found.modified);
+        if age < REFRESH_SETTLE + CLOCK_SLACK {
+            // Just written by another uploader (U1): a collection's delete allowed before
+            // that write may still land; it has by `S` after this read.
+            tokio::time::sleep(REFRESH_SETTLE).await;
+            return look_again(&config.sink, &key, &found.nar_key).await;
+        }
+        if age <= config.refresh_after {
             return Ok(Lookup::Present);
         }
         if let Some(lookup) = refresh(&config.sink, &key, found, &check).await? {
@@ -180,12 +187,17 @@ async fn refresh(
         }
     }
     tokio::time::sleep(REFRESH_SETTLE).await;
-    let (narinfo, nar) = tokio::try_join!(sink.exists(key), sink.exists(&found.nar_key))?;
-    Ok(Some(if narinfo && nar {
+    look_again(sink, key, &found.nar_key).await.map(Some)
+}
+
+/// The second look of U1 and U2: present only if the narinfo and its NAR both still are.
+async fn look_again(sink: &Sink, key: &str, nar_key: &str) -> Result<Lookup, UploadError> {
+    let (narinfo, nar) = tokio::try_join!(sink.exists(key), sink.exists(nar_key))?;
+    Ok(if narinfo && nar {
         Lookup::Present
     } else {
         Lookup::Absent
-    }))
+    })
 }
 
 /// Signs `narinfo` with the configured keys and writes it.
