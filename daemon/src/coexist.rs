@@ -11,19 +11,26 @@
 //! | `R` | `refresh_after` (config, 1 d) | an uploader rewrites a narinfo it builds upon once it is older than this |
 //! | `G` | `--grace` (≥ [`MIN_GRACE`], 15 min) | GC deletes nothing younger |
 //! | `O` | `--older-than` | narinfos younger than this are roots |
-//! | `W` | [`DELETE_WINDOW`], 2 s | GC sends a delete only within this of the check that allowed it |
-//! | `S` | [`REFRESH_SETTLE`] = [`STORED_SETTLE`], `2·W + 1 s` | an uploader looks again this long after a refresh, or after storing a NAR under its FileHash |
+//! | `W` | [`DELETE_WINDOW`], 2 s | GC sends a delete only within this of the check that allowed it; an uploader sends a refresh only within this of the lookup that found the narinfo |
+//! | `S` | [`REFRESH_SETTLE`] = [`STORED_SETTLE`] = [`WRITE_BACK_SETTLE`], `2·W + 1 s` | an uploader looks again this long after a refresh, or after storing a NAR under its FileHash; GC waits this long after a layer of narinfo deletes |
 //! | `C` | [`CLOCK_SLACK`], 1 min | how far the clocks of the machines and the store may disagree |
 //!
 //! # What an uploader may trust, and for how long
 //!
 //! - **U1, lookups.** A narinfo found in the cache, signed by one of its own keys, whose NAR a
 //!   HEAD found too, is trusted for at most `K` from the lookup (the engine's known-present
-//!   set); after that the path is looked up again. An upstream cache's answer is trusted as the
+//!   set); after that the path is looked up again. A narinfo found younger than `S + C` (another
+//!   uploader just wrote it, perhaps a refresh after GC's look at it) is trusted only if a
+//!   second look, `S` after the first, finds it and its NAR: a delete allowed before that
+//!   write has landed by then. An upstream cache's answer is trusted as the
 //!   `upstream` module says.
 //! - **U2, refresh.** A narinfo found older than `R` is written again, unchanged, so that GC
 //!   sees the path in use; `S` after that write the narinfo and its NAR are looked for again,
-//!   and the path is uploaded again if either is gone.
+//!   and the path is uploaded again if either is gone. The write is sent only within `W` of
+//!   the start of the lookup that found the narinfo, and given only the time left (as G6); a
+//!   lookup that took longer is made again (after [`REFRESH_ROUNDS`], the path is uploaded
+//!   again). A refresh may land just after GC deleted the narinfo (its lookup read it just
+//!   before): that write-back is bounded so that GC can wait for it (G7).
 //! - **U3, reuse.** A NAR stored by an earlier attempt is reused only while younger than
 //!   `G / 2`: older, no narinfo protects it from GC.
 //! - **U4, order.** A narinfo is written only after its NAR and its references' narinfos.
@@ -47,7 +54,8 @@
 //! - **G4, order.** narinfos first, each only after every narinfo that references it; then NARs,
 //!   listings, logs and realisations.
 //! - **G5, a look before each delete.** A narinfo is deleted only if a HEAD shows it unchanged
-//!   since the listing (a rewritten one is a root: the plan is made again). Every other object
+//!   since the listing, and HEADs show every narinfo this run deleted that references it
+//!   still absent (a rewritten or written-back one is a root: the plan is made again). Every other object
 //!   is deleted only if a HEAD shows it unchanged since the listing (an uploader wrote it again:
 //!   kept) and every narinfo it belongs to (that names it; for a realisation, its output's) is
 //!   still absent (a refresh wrote one back: kept).
@@ -57,6 +65,10 @@
 //!   too long is made again for half as many keys; when a single key's check and delete do not
 //!   fit in `W`, the run stops. A run that stops leaves the invariant whole (G4): what is left
 //!   goes in the next run.
+//! - **G7, write-backs land first.** After a layer of narinfo deletes, the looks of G5 that
+//!   rely on their absence (the next layer's, then those of NARs, listings, logs and
+//!   realisations) begin only [`WRITE_BACK_SETTLE`] after the last of those deletes was
+//!   answered.
 //!
 //! # Why `S = 2·W + 1 s`
 //!
@@ -65,6 +77,18 @@
 //! the store a little later still; the uploader's second look comes `S` after its write, more
 //! than `W` after the latest moment a delete may be sent, plus `W + 1 s` for it to land. A
 //! delete that lands earlier is seen by that look, and the path is uploaded again.
+//!
+//! # Why G7 and the bound of U2 are needed, and enough
+//!
+//! A refresh whose lookup read a narinfo just before GC's delete of it landed writes it back
+//! after the delete: GC would otherwise go on as if it were gone, and delete the narinfos it
+//! references, then its NAR, under it (the refresh's own look, `S` later, finds the narinfo
+//! there and cannot tell). The lookup began before the delete landed, so before GC had the
+//! answer; the write is sent within `W` of that beginning and lands within `W + 1 s` of being
+//! sent: before `S` after GC's answer. GC's looks made after that (G7) see the narinfo back
+//! (G5), and the plan is made again, with the narinfo a root. Ordering the refreshes alone
+//! (references first) would not do: GC's delete of a reference, allowed before its refresh,
+//! may still land after the dependent is written back.
 //!
 //! # Why U6 is enough
 //!
@@ -121,6 +145,13 @@ pub const REFRESH_SETTLE: Duration = Duration::from_secs(2 * DELETE_WINDOW.as_se
 /// How long after writing a NAR under its FileHash an uploader looks at it again before its
 /// narinfo (U6): as after a refresh, a delete allowed before the write has landed by then.
 pub const STORED_SETTLE: Duration = REFRESH_SETTLE;
+/// How long GC waits after a layer of narinfo deletes before it looks at what they leave
+/// unused (G7): a refresh that read one of them just before its delete has written it back by
+/// then (its write is sent within `W` of its lookup's start, and lands within `W + 1 s`).
+pub const WRITE_BACK_SETTLE: Duration = REFRESH_SETTLE;
+/// How many lookups of a path may each take too long to refresh it within `W` (U2) before it
+/// is uploaded again instead.
+pub const REFRESH_ROUNDS: u32 = 3;
 /// How many times a NAR deleted right after its PUT is stored again (U6) before the path
 /// fails: GC takes a NAR at most once per PUT that preceded its HEAD, so more means that
 /// something else deletes NARs.
@@ -132,6 +163,7 @@ pub const MIN_TIME_LEFT: Duration = Duration::from_millis(200);
 const _: () = assert!(MIN_GRACE.as_secs() > KNOWN_FOR.as_secs() + CLOCK_SLACK.as_secs());
 const _: () = assert!(REFRESH_SETTLE.as_secs() > 2 * DELETE_WINDOW.as_secs());
 const _: () = assert!(STORED_SETTLE.as_secs() > 2 * DELETE_WINDOW.as_secs());
+const _: () = assert!(WRITE_BACK_SETTLE.as_secs() > 2 * DELETE_WINDOW.as_secs());
 
 /// The time bounds of one collection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

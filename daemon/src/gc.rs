@@ -194,6 +194,9 @@ pub struct Plan {
     /// narinfos it belongs to (for a realisation, its output's). It stays if one of them is
     /// there by the time it would go.
     pub named_by: HashMap<String, Vec<String>>,
+    /// For a narinfo to delete: the keys of the narinfos to delete that reference it, deleted
+    /// before it. It stays (the plan is made again) if one of them is back by then.
+    pub referred_by: HashMap<String, Vec<String>>,
 }
 
 impl Plan {

@@ -20,13 +20,15 @@ use super::stream::{self, SlotRelease, StreamSettings};
 use super::{narinfo_for, sign, EngineConfig, UploadError};
 // How long a refreshed narinfo is watched for a collection that planned its deletion before
 // the refresh: the protocol's rule U2.
-use crate::coexist::{REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE};
+use crate::coexist::{
+    Check, CLOCK_SLACK, DELETE_WINDOW, REFRESH_ROUNDS, REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE,
+};
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
 use crate::gc;
 use crate::layout::{self, content_type};
-use crate::sink::Sink;
+use crate::sink::{ErrorClass, Sink, SinkError};
 use crate::store::PathInfo;
 use crate::trust::trusted_narinfo;
 
@@ -70,16 +72,35 @@ pub(super) async fn check(config: &EngineConfig, path: StorePath) -> Done {
 
 async fn lookup(config: &EngineConfig, path: &StorePath) -> Result<Lookup, UploadError> {
     let key = layout::narinfo_key(path);
-    if let Some(found) = in_cache(config, path, &key).await? {
-        if crate::clock::age(crate::clock::now(), found.modified) <= config.refresh_after {
+    for _ in 0..REFRESH_ROUNDS {
+        let check = Check::begin();
+        let Some(found) = in_cache(config, path, &key).await? else {
+            return Ok(match config.upstream.serves(path).await {
+                Some(nar_size) => Lookup::Upstream { nar_size },
+                None => Lookup::Absent,
+            });
+        };
+        let age = crate::clock::age(crate::clock::now(), found.modified);
+        if age < REFRESH_SETTLE + CLOCK_SLACK {
+            // Just written by another uploader (U1): a collection's delete allowed before
+            // that write may still land; it has by `S` after this read.
+            tokio::time::sleep(REFRESH_SETTLE).await;
+            return look_again(&config.sink, &key, &found.nar_key).await;
+        }
+        if age <= config.refresh_after {
             return Ok(Lookup::Present);
         }
-        return refresh(&config.sink, &key, found).await;
+        if let Some(lookup) = refresh(&config.sink, &key, found, &check).await? {
+            return Ok(lookup);
+        }
+        tracing::info!(
+            %path,
+            "the lookup took longer than the bound of a refresh (rule U2); looking again"
+        );
     }
-    Ok(match config.upstream.serves(path).await {
-        Some(nar_size) => Lookup::Upstream { nar_size },
-        None => Lookup::Absent,
-    })
+    // The store answers too slowly to refresh within the bound: uploading the path again
+    // publishes its narinfo under the rules of a new one.
+    Ok(Lookup::Absent)
 }
 
 /// A narinfo of the cache that can be built upon, as read.
@@ -136,11 +157,42 @@ async fn in_cache(
 }
 
 /// Writes the narinfo `found` at `key` again, unchanged, then makes sure no collection
-/// deleted it or its NAR.
-async fn refresh(sink: &Sink, key: &str, found: Found) -> Result<Lookup, UploadError> {
-    sink.put(key, found.body, content_type::NARINFO).await?;
+/// deleted it or its NAR. The write is sent only within the bound of `check`, the lookup that
+/// found it, and given only the time left (rule U2: a collection that deleted the narinfo
+/// meanwhile waits for such a write-back before it looks at what the narinfo needs, G7);
+/// `None` when the lookup took too long and must be made again.
+async fn refresh(
+    sink: &Sink,
+    key: &str,
+    found: Found,
+    check: &Check,
+) -> Result<Option<Lookup>, UploadError> {
+    let Some(left) = check.time_left() else {
+        return Ok(None);
+    };
+    match tokio::time::timeout(left, sink.put(key, found.body, content_type::NARINFO)).await {
+        Ok(written) => written?,
+        Err(_) => {
+            return Err(UploadError::Sink(SinkError {
+                operation: "PUT",
+                key: key.to_owned(),
+                class: ErrorClass::Transient,
+                detail: format!(
+                    "a refresh not answered within {} ms of the lookup that found it \
+                     (rule U2 of the gc protocol)",
+                    DELETE_WINDOW.as_millis()
+                ),
+                retry_after: None,
+            }))
+        }
+    }
     tokio::time::sleep(REFRESH_SETTLE).await;
-    let (narinfo, nar) = tokio::try_join!(sink.exists(key), sink.exists(&found.nar_key))?;
+    look_again(sink, key, &found.nar_key).await.map(Some)
+}
+
+/// The second look of U1 and U2: present only if the narinfo and its NAR both still are.
+async fn look_again(sink: &Sink, key: &str, nar_key: &str) -> Result<Lookup, UploadError> {
+    let (narinfo, nar) = tokio::try_join!(sink.exists(key), sink.exists(nar_key))?;
     Ok(if narinfo && nar {
         Lookup::Present
     } else {

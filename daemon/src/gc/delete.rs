@@ -2,8 +2,11 @@
 //! follows a look (HEAD) at what it deletes, and is sent only within [`DELETE_WINDOW`] of the
 //! moment that look began.
 //!
-//! - A narinfo goes only if it is unchanged since the listing; one rewritten since means an
+//! - A narinfo goes only if it is unchanged since the listing and none of the narinfos this run
+//!   deleted that reference it is back; one rewritten since, or written back, means an
 //!   uploader builds upon it, and the plan is made again.
+//! - Between two layers of narinfos, and before the rest, the run waits until a refresh that
+//!   found a narinfo just deleted has written it back (G7), so that the look above sees it.
 //! - Any other object goes only if it is unchanged since the listing (an uploader that stores
 //!   the same NAR again rewrites it) and none of the narinfos it belongs to is back (a refresh
 //!   writes one back).
@@ -13,11 +16,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
+use tokio::time::Instant;
+
 use futures::stream::{self, StreamExt};
 
 use super::plan::READ_CONCURRENCY;
 use super::{gc_read, GcError, Plan, Requests, DELETE_WINDOW};
-use crate::coexist::Check;
+use crate::coexist::{Check, WRITE_BACK_SETTLE};
 use crate::sink::inventory::{Head, Object};
 use crate::sink::Sink;
 
@@ -44,18 +49,31 @@ pub(super) async fn carry_out(
         deleted: 0,
     };
     let mut start = 0;
-    for &size in &plan.narinfo_layers {
+    // When the last narinfo delete was answered.
+    let mut deleted_at: Option<Instant> = None;
+    let layers = plan.narinfo_layers.len();
+    for (number, &size) in plan.narinfo_layers.iter().enumerate() {
         let layer = &plan.delete[start..start + size];
         start += size;
+        let_write_backs_land(deleted_at).await;
+        progress(&format!(
+            "deleting narinfos: layer {} of {layers}",
+            number + 1
+        ));
         let kept = deleter
-            .delete(layer, &HashMap::new(), Batch::AllOrNone)
+            .delete(layer, &plan.referred_by, Batch::AllOrNone)
             .await?;
         if !kept.is_empty() {
             return Ok(Outcome::Rewritten);
         }
+        deleted_at = Some(Instant::now());
     }
-    progress("deleting NARs, listings, logs and realisations");
     let rest = plan.delete[start..].to_vec();
+    if rest.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    let_write_backs_land(deleted_at).await;
+    progress("deleting NARs, listings, logs and realisations");
     let kept = deleter
         .delete(&rest, &plan.named_by, Batch::EachOnItsOwn)
         .await?;
@@ -63,6 +81,15 @@ pub(super) async fn carry_out(
         plan.keep_after_all(&object);
     }
     Ok(Outcome::Done)
+}
+
+/// Rule G7: waits until [`WRITE_BACK_SETTLE`] after the narinfo deletes answered at
+/// `deleted_at`, so that a refresh that found one of those narinfos just before its delete has
+/// written it back before anything that relies on its absence is looked at.
+async fn let_write_backs_land(deleted_at: Option<Instant>) {
+    if let Some(at) = deleted_at {
+        tokio::time::sleep_until(at + WRITE_BACK_SETTLE).await;
+    }
 }
 
 /// What an object of a batch found in use means for the others.

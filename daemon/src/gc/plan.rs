@@ -143,6 +143,7 @@ pub async fn plan(
         }
     }
     plan.named_by = doomed.named_by;
+    plan.referred_by = referred_by(&doomed.references);
     for (key, narinfo) in realisations.unused {
         plan.named_by.entry(key).or_default().push(narinfo);
     }
@@ -154,6 +155,23 @@ pub async fn plan(
     plan.summary.live_paths = live.len() as u64;
     plan.summary.requests.get = gets;
     Ok(plan)
+}
+
+/// For each doomed narinfo (by key), the keys of the doomed narinfos that reference it: all
+/// deleted before it (see [`layers`]), and checked again for a refresh that wrote one back.
+fn referred_by(references: &HashMap<String, Vec<String>>) -> HashMap<String, Vec<String>> {
+    let mut referred_by: HashMap<String, Vec<String>> = HashMap::new();
+    for (hash, named) in references {
+        for reference in named {
+            if reference != hash {
+                referred_by
+                    .entry(format!("{reference}.narinfo"))
+                    .or_default()
+                    .push(format!("{hash}.narinfo"));
+            }
+        }
+    }
+    referred_by
 }
 
 /// What the doomed narinfos say.

@@ -1,6 +1,7 @@
 //! The collection rules on a directory cache whose objects are aged by hand.
 
 use std::path::Path;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::SystemTime;
 
 use super::*;
@@ -196,7 +197,7 @@ async fn an_unreadable_root_stops_the_run_before_anything_is_deleted() {
         .exists());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn collect_deletes_the_plan_and_a_dry_run_deletes_nothing() {
     let cache = Cache::new();
     cache.add("old", &[], 60 * DAY);
@@ -268,7 +269,7 @@ async fn realisations_go_with_their_outputs_and_stay_with_kept_ones() {
     assert_eq!(plan.summary.deleted_by_kind.realisations.objects, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_nar_written_again_after_the_listing_stays_with_the_narinfo_that_names_it() {
     let cache = Cache::new();
     cache.add("old", &[], 60 * DAY);
@@ -297,7 +298,7 @@ async fn a_nar_written_again_after_the_listing_stays_with_the_narinfo_that_names
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_narinfo_written_back_by_a_refresh_keeps_its_nar() {
     let cache = Cache::new();
     cache.add("old", &[], 60 * DAY);
@@ -325,4 +326,62 @@ async fn a_narinfo_written_back_by_a_refresh_keeps_its_nar() {
         deleted_names(&done),
         vec![layout::narinfo_key(&path("old"))]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_narinfo_written_back_by_a_refresh_keeps_the_narinfos_it_references() {
+    // Seed 5052 of the simulation: "top" and "dep" are old; an uploader looked "top" up just
+    // before its delete landed, and its refresh writes it back after it: "dep" (and top's
+    // NAR) must stay, or the narinfo written back names a reference that is gone.
+    let cache = Cache::new();
+    cache.add("dep", &[], 60 * DAY);
+    cache.add("top", &["dep"], 60 * DAY);
+    let top = cache.root().join(layout::narinfo_key(&path("top")));
+    let body = std::fs::read(&top).unwrap();
+    let written_back = std::sync::atomic::AtomicBool::new(false);
+    let progress = |what: &str| {
+        if what.starts_with("deleting narinfos: layer 2") && !written_back.swap(true, SeqCst) {
+            assert!(!top.exists());
+            std::fs::write(&top, &body).unwrap();
+        }
+    };
+    let done = collect(&cache.sink(), &policy(30 * DAY), false, &progress)
+        .await
+        .unwrap();
+    assert!(
+        written_back.load(SeqCst),
+        "gc deleted no layer before dep's"
+    );
+    for key in [keys_of(&cache, "top"), keys_of(&cache, "dep")].concat() {
+        assert!(cache.root().join(&key).exists(), "{key} was deleted");
+    }
+    // The plan made again keeps the narinfo written back as a root.
+    assert!(done.delete.is_empty(), "{:?}", deleted_names(&done));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gc_looks_at_the_next_layer_only_once_a_late_write_back_has_landed() {
+    // The refresh lands 3 s after the delete of "top": within the bound of rule U2 (sent
+    // within W of a lookup begun before the delete, landing within W + 1 s), so gc waits for
+    // it (G7) before it looks at "dep".
+    let cache = Cache::new();
+    cache.add("dep", &[], 60 * DAY);
+    cache.add("top", &["dep"], 60 * DAY);
+    let top = cache.root().join(layout::narinfo_key(&path("top")));
+    let body = std::fs::read(&top).unwrap();
+    let watched = top.clone();
+    let refresh = tokio::spawn(async move {
+        while watched.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        std::fs::write(&watched, &body).unwrap();
+    });
+    collect(&cache.sink(), &policy(30 * DAY), false, &|_| {})
+        .await
+        .unwrap();
+    refresh.await.unwrap();
+    for key in [keys_of(&cache, "top"), keys_of(&cache, "dep")].concat() {
+        assert!(cache.root().join(&key).exists(), "{key} was deleted");
+    }
 }

@@ -5,9 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::coexist::{Check, DELETE_WINDOW};
 use crate::engine::compress::Compression;
+use crate::engine::graph::Lookup;
 use crate::engine::stream::StreamSettings;
 use crate::engine::{Engine, EngineConfig, Report};
 use crate::format::signing::SigningKey;
@@ -114,4 +117,40 @@ async fn a_nar_collected_just_after_it_was_stored_again_is_stored_once_more_befo
         nar_file.exists(),
         "the narinfo was published, {took:?} after the push, while gc deleted its NAR"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_is_written_only_within_the_bound_of_its_lookup() {
+    let cache = tempfile::tempdir().unwrap();
+    let key = "0000000000000000000000000000000a.narinfo";
+    let (narinfo, nar) = (cache.path().join(key), cache.path().join("nar/a.nar"));
+    std::fs::create_dir_all(nar.parent().unwrap()).unwrap();
+    std::fs::write(&nar, b"nar").unwrap();
+    std::fs::write(&narinfo, b"as found").unwrap();
+    let old = SystemTime::now() - Duration::from_secs(40 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&narinfo)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let url = TargetUrl::parse(&format!("file://{}", cache.path().display())).unwrap();
+    let sink = Sink::open(&url, Duration::from_secs(60)).await.unwrap();
+    let found = || super::Found {
+        body: bytes::Bytes::from_static(b"as found"),
+        modified: old,
+        nar_key: "nar/a.nar".to_owned(),
+    };
+    // A lookup that began longer than W ago: a collection may have deleted the narinfo and
+    // gone on to what it references, no longer waiting for a write-back (rule G7).
+    let slow = Check::began_at(Instant::now() - DELETE_WINDOW);
+    let refreshed = super::refresh(&sink, key, found(), &slow).await.unwrap();
+    assert_eq!(refreshed, None, "a refresh was written past the bound");
+    assert_eq!(modified(&narinfo), Some(old));
+    // Within the bound: written, and looked at again S later.
+    let refreshed = super::refresh(&sink, key, found(), &Check::begin())
+        .await
+        .unwrap();
+    assert_eq!(refreshed, Some(Lookup::Present));
+    assert_ne!(modified(&narinfo), Some(old));
 }
