@@ -107,7 +107,7 @@ pub struct EngineView {
 impl EngineView {
     /// Lists the NAR stream of `path` until the returned guard is dropped, however the task
     /// that streams it ends.
-    pub fn start_stream(&self, path: &StorePath, nar_size: u64) -> Listed<'_> {
+    pub fn start_stream(self: &Arc<Self>, path: &StorePath, nar_size: u64) -> Listed {
         let progress = Arc::new(StreamProgress {
             path: path.clone(),
             nar_size,
@@ -117,7 +117,7 @@ impl EngineView {
         });
         lock(&self.streams).insert(path.clone(), progress.clone());
         Listed {
-            view: self,
+            view: self.clone(),
             progress,
         }
     }
@@ -169,18 +169,18 @@ impl EngineView {
 }
 
 /// A NAR stream listed in the view; dropping it takes the stream off the list.
-pub struct Listed<'a> {
-    view: &'a EngineView,
+pub struct Listed {
+    view: Arc<EngineView>,
     progress: Arc<StreamProgress>,
 }
 
-impl Listed<'_> {
+impl Listed {
     pub fn progress(&self) -> Arc<StreamProgress> {
         self.progress.clone()
     }
 }
 
-impl Drop for Listed<'_> {
+impl Drop for Listed {
     fn drop(&mut self) {
         lock(&self.view.streams).remove(&self.progress.path);
     }

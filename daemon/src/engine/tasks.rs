@@ -6,6 +6,7 @@
 //! Concurrency limits are the coordinator's: these futures run once they hold their permits.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use tokio::task::JoinError;
 use tokio::time::Instant;
 
 use super::graph::Lookup;
-use super::progress::EngineView;
+use super::progress::{EngineView, Listed};
 use super::resolve::Resolution;
 use super::stream::{self, SlotRelease, StreamSettings};
 use super::{narinfo_for, sign, EngineConfig, UploadError};
@@ -223,6 +224,8 @@ pub(super) struct Written {
     /// When the NAR was written under its FileHash (or found so, kept from an earlier
     /// attempt); `None` for a key no other upload uses.
     pub settle_from: Option<Instant>,
+    /// Keeps the upload in `status` until its narinfo may be published (the look of U6).
+    pub listed: Option<Listed>,
 }
 
 /// Rule U6 of [`crate::coexist`]: `store` stores the NAR; one written under its FileHash is
@@ -240,18 +243,24 @@ where
     Fut: Future<Output = Result<Written, UploadError>>,
 {
     for _ in 0..SETTLE_ROUNDS {
-        let written = store().await?;
-        let Some(from) = written.settle_from else {
-            return Ok(written.narinfo);
+        let Written {
+            narinfo,
+            settle_from,
+            listed,
+        } = store().await?;
+        let Some(from) = settle_from else {
+            return Ok(narinfo);
         };
         tokio::time::sleep_until(from + STORED_SETTLE).await;
         let _permit = requests.acquire().await;
-        if still_there(config, &written.narinfo.url).await? {
-            return Ok(written.narinfo);
+        let there = still_there(config, &narinfo.url).await?;
+        drop(listed);
+        if there {
+            return Ok(narinfo);
         }
         tracing::warn!(
             %path,
-            key = written.narinfo.url,
+            key = narinfo.url,
             "a collection deleted the NAR just stored again under its FileHash; storing it again"
         );
     }
@@ -288,7 +297,7 @@ pub(super) async fn store_nar(
     info: &PathInfo,
     settings: StreamSettings,
     kept: Option<Box<NarInfo>>,
-    view: &EngineView,
+    view: &Arc<EngineView>,
     slot: Option<SlotRelease>,
 ) -> Result<Written, UploadError> {
     if let Some(kept) = kept {
@@ -309,6 +318,7 @@ pub(super) async fn store_nar(
             return Ok(Written {
                 narinfo: kept,
                 settle_from: by_file_hash.then(Instant::now),
+                listed: None,
             });
         }
     }
@@ -316,7 +326,6 @@ pub(super) async fn store_nar(
     let listed = view.start_stream(&info.path, info.nar_size);
     let progress = listed.progress();
     let stored = stream::store_nar(&config.sink, info, settings, progress.clone(), slot).await;
-    drop(listed);
     if stored.is_ok() {
         view.stream_finished(info.nar_size, progress.started.elapsed());
     }
@@ -336,6 +345,7 @@ pub(super) async fn store_nar(
     Ok(Written {
         narinfo: Box::new(narinfo_for(info, &stored)),
         settle_from: stored.by_file_hash.then(Instant::now),
+        listed: Some(listed),
     })
 }
 
