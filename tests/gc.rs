@@ -23,17 +23,6 @@ fn build(shared: &str, own: &str) -> (String, Vec<String>) {
     (top, paths)
 }
 
-/// Sets the modification time of every object in `bucket` back by `age`.
-fn age_everything(bucket: &Path, age: Duration) {
-    for file in snapshot(bucket).into_keys() {
-        std::fs::File::options()
-            .write(true)
-            .open(&file)
-            .and_then(|f| f.set_modified(SystemTime::now() - age))
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    }
-}
-
 fn gc(s3: &S3Server, bucket: &str, args: &[&str]) -> Output {
     run(narpush()
         .args(["gc", "--json", "--to", &s3.url(bucket)])

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 use narpush_e2e::daemon::Daemon;
 use narpush_e2e::fault_proxy::{FaultProxy, Operation};
@@ -107,11 +108,23 @@ fn a_present_path_costs_the_get_of_its_narinfo_and_the_head_of_its_nar() {
     let first = upload(&s3, &proxy.url("cache"), &secret, &top);
     assert!(first.status.success(), "upload: {}", stderr(&first));
 
+    // Just written: each narinfo younger than S + C gets the second look of rule U1.
     let before = proxy.requests();
     let again = upload(&s3, &proxy.url("cache"), &secret, &top);
     assert!(again.status.success(), "upload: {}", stderr(&again));
     let (heads, gets) = lookups(&before, &proxy.requests());
     let paths = closure.len() as u64;
+    eprintln!("all {paths} paths just written: {heads} HEAD and {gets} GET requests");
+    // One GET of each narinfo, one HEAD of each NAR, the GET of nix-cache-info, and 5 s later
+    // a HEAD of each narinfo and of its NAR again.
+    assert_eq!((heads, gets), (3 * paths, paths + 1));
+
+    // Written long ago, as a cache mostly is: no second look.
+    age_everything(&s3.bucket("cache"), Duration::from_secs(600));
+    let before = proxy.requests();
+    let again = upload(&s3, &proxy.url("cache"), &secret, &top);
+    assert!(again.status.success(), "upload: {}", stderr(&again));
+    let (heads, gets) = lookups(&before, &proxy.requests());
     eprintln!("all {paths} paths present: {heads} HEAD and {gets} GET requests");
     // One GET of each narinfo, one HEAD of each NAR, and the GET of nix-cache-info; nothing
     // written.

@@ -217,15 +217,3 @@ fn object_keys_of(bucket: &Path, paths: &[String]) -> Vec<String> {
     }
     keys
 }
-
-/// Sets the modification time of every object in `bucket` back by `age` (s3s-fs reports a
-/// file's mtime as the object's LastModified).
-fn age_everything(bucket: &Path, age: Duration) {
-    for file in snapshot(bucket).into_keys() {
-        std::fs::File::options()
-            .write(true)
-            .open(&file)
-            .and_then(|f| f.set_modified(SystemTime::now() - age))
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    }
-}

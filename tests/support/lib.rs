@@ -124,6 +124,18 @@ pub fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// Sets the modification time of every object in `bucket` back by `age` (s3s-fs reports a
+/// file's mtime as the object's LastModified).
+pub fn age_everything(bucket: &Path, age: Duration) {
+    for file in snapshot(bucket).into_keys() {
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(SystemTime::now() - age))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
 /// Every regular file under `root` with its size and modification time: a snapshot to prove
 /// that a run wrote nothing.
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
