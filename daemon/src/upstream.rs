@@ -25,6 +25,8 @@
 //! clients.
 
 mod address;
+#[cfg(feature = "sim")]
+mod simulated;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +35,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use address::{UpstreamCache, UpstreamUrl, UpstreamUrlError};
+#[cfg(feature = "sim")]
+pub use simulated::SimulatedCache;
 
 use crate::coexist::{Reader, WhenRefused};
 use crate::format::narinfo::fingerprint;
@@ -258,6 +262,8 @@ impl Upstream {
     async fn read(&self, cache: &Cache, name: &str) -> Reply<String> {
         match &cache.url {
             UpstreamUrl::File(dir) => read_file(&dir.join(name)).await,
+            #[cfg(feature = "sim")]
+            UpstreamUrl::Memory(bucket) => simulated::read(bucket, name).await,
             UpstreamUrl::Http(base) => match self.request(reqwest::Method::GET, base, name).await {
                 Reply::Got(response) => read_body(response).await,
                 Reply::Absent => Reply::Absent,
@@ -276,6 +282,8 @@ impl Upstream {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Reply::Absent,
                 Err(e) => Reply::Unreachable(e.to_string()),
             },
+            #[cfg(feature = "sim")]
+            UpstreamUrl::Memory(bucket) => simulated::head(bucket, name).await,
             UpstreamUrl::Http(base) => {
                 match self.request(reqwest::Method::HEAD, base, name).await {
                     Reply::Got(_) => Reply::Got(()),

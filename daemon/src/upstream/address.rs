@@ -12,6 +12,9 @@ pub enum UpstreamUrl {
     /// The base URL, ending in `/`.
     Http(url::Url),
     File(PathBuf),
+    /// The simulation's upstream, a bucket in memory.
+    #[cfg(feature = "sim")]
+    Memory(super::simulated::SimulatedCache),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,8 @@ impl std::fmt::Display for UpstreamUrl {
         match self {
             UpstreamUrl::Http(url) => write!(f, "{}", crate::redact::url(url.as_str())),
             UpstreamUrl::File(dir) => write!(f, "file://{}", dir.display()),
+            #[cfg(feature = "sim")]
+            UpstreamUrl::Memory(_) => write!(f, "memory://upstream"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The invariants, checked at every change of the bucket (the memory sink's observer) and at
 //! every report an uploader acts upon:
 //! - **closure**: every narinfo's NAR exists with its FileSize, and every reference has a
-//!   narinfo;
+//!   narinfo, or is served by the upstream cache (its trusted narinfo and its NAR);
 //! - **NARs are immutable**: a NAR object is never overwritten with other bytes;
 //! - **done means there**: a path reported done (uploaded or found) has its narinfo in the
 //!   bucket at that moment.
@@ -32,6 +32,8 @@ pub struct Checker {
     /// narinfo keys by the hash parts they reference.
     referrers: BTreeMap<String, BTreeSet<String>>,
     pub violations: Vec<String>,
+    /// Hash parts of the paths the upstream cache serves (see `crate::upstream`).
+    pub upstream_serves: BTreeSet<String>,
     /// Every change: (seconds since the epoch, what).
     log: Vec<(f64, String)>,
     pub digest: u64,
@@ -50,6 +52,7 @@ impl Checker {
             by_url: BTreeMap::new(),
             referrers: BTreeMap::new(),
             violations: Vec::new(),
+            upstream_serves: BTreeSet::new(),
             log: Vec::new(),
             digest: 0xcbf2_9ce4_8422_2325,
             changes: 0,
@@ -108,6 +111,9 @@ impl Checker {
                     if key.ends_with(".narinfo") {
                         self.forget(key);
                         let hash = key.trim_end_matches(".narinfo");
+                        if self.upstream_serves.contains(hash) {
+                            continue;
+                        }
                         let users: Vec<String> = self
                             .referrers
                             .get(hash)
@@ -197,7 +203,7 @@ impl Checker {
             Some(_) => {}
         }
         for hash in &needs.references {
-            if !objects.contains_key(&narinfo_key(hash)) {
+            if !objects.contains_key(&narinfo_key(hash)) && !self.upstream_serves.contains(hash) {
                 problems.push(format!(
                     "closure: {key} was written but its reference {} is missing",
                     narinfo_key(hash)
@@ -236,10 +242,10 @@ impl Checker {
         }
     }
 
-    /// A path an uploader reported done must be in the bucket now.
+    /// A path an uploader reported done must be in the bucket now, or served upstream.
     pub fn check_done(&mut self, who: &str, hash: &str, objects: &BTreeMap<String, Stored>) {
         self.note(format!("{who} reports {hash} done"));
-        if !objects.contains_key(&narinfo_key(hash)) {
+        if !objects.contains_key(&narinfo_key(hash)) && !self.upstream_serves.contains(hash) {
             self.violate(format!(
                 "done: {who} reported {} done but it is not in the bucket",
                 narinfo_key(hash)

@@ -6,7 +6,8 @@
 //! ```text
 //! cargo test -p narpush --features sim --test sim -- [--seeds N] [--base B] [--seed S]
 //!     [--jobs J] [--repush on|off] [--shared-nars on|off] [--slow-deletes on|off]
-//!     [--crashes on|off] [--faults on|off] [--steps N] [--check-determinism] [--verbose]
+//!     [--crashes on|off] [--faults on|off] [--upstream on|off] [--steps N]
+//!     [--check-determinism] [--verbose]
 //! ```
 
 mod checker;
@@ -14,6 +15,7 @@ mod daemon;
 mod rng;
 mod run;
 mod scenario;
+mod upstream;
 mod world;
 
 use std::process::ExitCode;
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
             "--steps" => args.options.steps = Some(number(it.next(), "--steps")? as usize),
             "--repush" => args.options.repush = switch(it.next(), "--repush")?,
             "--shared-nars" => args.options.shared_nars = switch(it.next(), "--shared-nars")?,
+            "--upstream" => args.options.upstream = switch(it.next(), "--upstream")?,
             "--slow-deletes" => args.options.slow_deletes = switch(it.next(), "--slow-deletes")?,
             "--crashes" => args.options.crashes = switch(it.next(), "--crashes")?,
             "--faults" => args.options.faults = switch(it.next(), "--faults")?,
@@ -109,6 +112,7 @@ fn fixed_options(options: &Options) -> String {
         ("--slow-deletes", options.slow_deletes),
         ("--crashes", options.crashes),
         ("--faults", options.faults),
+        ("--upstream", options.upstream),
     ] {
         if let Some(on) = value {
             text.push_str(&format!(" {name} {}", if on { "on" } else { "off" }));

@@ -16,6 +16,7 @@ use narpush::format::store_path::StorePath;
 use narpush::gc::{self, Policy};
 use narpush::sink::memory::{Bucket, MemorySink};
 use narpush::sink::Sink;
+use narpush::upstream::{SimulatedCache, Upstream, UpstreamCache, UpstreamUrl};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -91,22 +92,26 @@ fn signing_key() -> SigningKey {
     .expect("a valid key")
 }
 
-fn engine_config(bucket: &Arc<Bucket>, scenario: &Scenario, closure: bool) -> Arc<EngineConfig> {
+fn engine_config(bucket: &Arc<Bucket>, scenario: &Scenario, world: &World) -> Arc<EngineConfig> {
     let sink = Arc::new(Sink::Memory(MemorySink::new(bucket.clone())));
     let mut stream = StreamSettings::new(Compression::Zstd, 1);
     stream.workers = 0;
-    Arc::new(
-        EngineConfig::new(
-            sink,
-            "memory://sim".to_owned(),
-            Arc::new(vec![signing_key()]),
-            stream,
-            2,
-            8,
-            closure,
-        )
-        .with_refresh_after(scenario.refresh_after),
+    let mut config = EngineConfig::new(
+        sink,
+        "memory://sim".to_owned(),
+        Arc::new(vec![signing_key()]),
+        stream,
+        2,
+        8,
+        true,
     )
+    .with_refresh_after(scenario.refresh_after);
+    if let Some(upstream) = &world.upstream {
+        let cache =
+            UpstreamCache::from(UpstreamUrl::Memory(SimulatedCache(upstream.bucket.clone())));
+        config = config.with_upstream(Upstream::new(vec![cache], vec![upstream.public_key()]));
+    }
+    Arc::new(config)
 }
 
 struct Sim {
@@ -127,8 +132,15 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
     let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_SECS);
     narpush::clock::set_virtual(Some(epoch));
     let mut rng = Rng::new(seed);
-    let scenario = Scenario::draw(&mut rng, options);
-    let world = World::default();
+    let mut later = Rng::new(seed ^ 0x7570_7374_7265_616d);
+    let scenario = Scenario::draw(&mut rng, &mut later, options);
+    let mut world = World::default();
+    if scenario.upstream {
+        let mut faults = scenario.faults.clone();
+        faults.seed = later.fork();
+        faults.slow_delete_ppm = 0;
+        world.upstream = Some(crate::upstream::UpstreamCache::new(faults, later.fork()));
+    }
     narpush::store::simulated::install(Some(world.store.clone()));
     let bucket = Bucket::new(scenario.faults.clone());
     let checker = Arc::new(Mutex::new(Checker::new(epoch)));
@@ -146,7 +158,7 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
             Daemon::start(
                 format!("daemon{i}"),
                 dir.join(format!("daemon{i}")),
-                engine_config(&bucket, &scenario, true),
+                engine_config(&bucket, &scenario, &world),
                 ledger.clone(),
             )
         })
@@ -187,6 +199,9 @@ impl Sim {
         match self.rng.below(100) {
             0..=49 => {
                 let top = self.world.build(&mut self.rng, self.scenario.shared_nars);
+                if let Some(upstream) = &self.world.upstream {
+                    lock(&self.ledger.checker).upstream_serves = upstream.served.clone();
+                }
                 let d = &mut self.daemons[daemon];
                 if d.favourites.len() < 2 {
                     d.favourites.push(top.clone());
@@ -245,7 +260,7 @@ impl Sim {
         let tops: Vec<StorePath> = (0..self.rng.between(1, 3))
             .map(|_| self.rng.pick(&self.world.paths).clone())
             .collect();
-        let config = engine_config(&self.bucket, &self.scenario, true);
+        let config = engine_config(&self.bucket, &self.scenario, &self.world);
         let ledger = self.ledger.clone();
         self.count("one-shot uploads");
         self.one_shots.push(tokio::spawn(async move {
@@ -383,6 +398,13 @@ impl Sim {
             counts.lost_responses,
             counts.slow_deletes
         ));
+        if let Some(upstream) = &self.world.upstream {
+            summary.push(format!(
+                "upstream serves {} base paths, answered {} requests",
+                upstream.served.len(),
+                upstream.bucket.counts().requests
+            ));
+        }
         summary.push(format!("virtual time {:.0}s", checker.seconds()));
         Outcome {
             seed,

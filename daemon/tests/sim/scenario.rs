@@ -21,6 +21,8 @@ pub struct Options {
     pub crashes: Option<bool>,
     /// Requests fail (5xx, 403, throttling, lost answers).
     pub faults: Option<bool>,
+    /// Engines ask an upstream cache, which offers some base paths (see [`crate::upstream`]).
+    pub upstream: Option<bool>,
     /// Scheduler steps (default 300).
     pub steps: Option<usize>,
 }
@@ -38,6 +40,7 @@ pub struct Scenario {
     pub older_than: Duration,
     pub grace: Duration,
     pub steps: usize,
+    pub upstream: bool,
 }
 
 fn or_draw(fixed: Option<bool>, rng: &mut Rng, percent: u64) -> bool {
@@ -46,7 +49,9 @@ fn or_draw(fixed: Option<bool>, rng: &mut Rng, percent: u64) -> bool {
 }
 
 impl Scenario {
-    pub fn draw(rng: &mut Rng, options: &Options) -> Scenario {
+    /// Draws from `rng`, and from `later` the choices added after seeds were recorded in
+    /// docs/simulation.md (so that those seeds replay as they were with the new choices off).
+    pub fn draw(rng: &mut Rng, later: &mut Rng, options: &Options) -> Scenario {
         let daemons = rng.between(1, 3) as usize;
         let repush = or_draw(options.repush, rng, 50);
         let repush_every = Duration::from_secs(rng.between(120, 540));
@@ -84,6 +89,7 @@ impl Scenario {
             older_than,
             grace,
             steps: options.steps.unwrap_or(300),
+            upstream: or_draw(options.upstream, later, 50),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The simulated Nix store the uploaders read: paths appear as "builds" of small DAGs, each
 //! path with a precomputed NAR (one regular file) and references to earlier paths. Some
 //! builds produce a file with the same contents as an earlier path, so two paths share one
-//! NAR object (same bytes, same FileHash).
+//! NAR object (same bytes, same FileHash). With an upstream cache, the base paths may be offered
+//! there too (see [`crate::upstream`]).
 
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct World {
     pub paths: Vec<StorePath>,
     /// The file contents of each path, by index in `paths`.
     contents: Vec<Bytes>,
+    /// The upstream cache, which may offer the base paths.
+    pub upstream: Option<crate::upstream::UpstreamCache>,
 }
 
 impl World {
@@ -79,18 +82,21 @@ impl World {
         let path = StorePath::from_basename(&format!("{hash}-p{}", self.paths.len()))
             .expect("a valid store path");
         let nar = nar_of(&contents);
-        self.store.add(
-            PathInfo {
-                path: path.clone(),
-                nar_hash: Sha256::digest(&nar),
-                nar_size: nar.len() as u64,
-                references,
-                deriver: None,
-                ca: None,
-                signatures: Vec::new(),
-            },
-            nar,
-        );
+        let info = PathInfo {
+            path: path.clone(),
+            nar_hash: Sha256::digest(&nar),
+            nar_size: nar.len() as u64,
+            references,
+            deriver: None,
+            ca: None,
+            signatures: Vec::new(),
+        };
+        if self.paths.len() < BASE_PATHS {
+            if let Some(upstream) = &mut self.upstream {
+                upstream.offer(&info, &nar);
+            }
+        }
+        self.store.add(info, nar);
         self.paths.push(path.clone());
         self.contents.push(contents);
         path
