@@ -21,13 +21,12 @@ use super::big_nars::{BigNars, Queued, Start};
 use super::graph::{Action, Graph, Report};
 use super::presence::{self, KnownPresent};
 use super::progress::{EngineView, Stages};
-use super::realisations::{self, Realisations};
+use super::realisations::Realisations;
 use super::resolve::{self, Resolution};
 use super::tasks::{self, Done, Purpose};
 use super::{compress, stream, Command, EngineConfig, Failure, UploadError};
 use super::{SMALL_NAR, SMALL_NAR_BUDGET};
 use crate::format::narinfo::NarInfo;
-use crate::format::realisation::{DrvOutputId, Realisation};
 use crate::format::store_path::StorePath;
 use crate::sleep_until;
 use crate::store::PathInfo;
@@ -336,58 +335,6 @@ impl Coordinator {
         self.realisations.settle(report)
     }
 
-    /// Takes realisations handed over, with the tops submitted with them (held from now on,
-    /// so their realisations are kept over the bound), and reports the held tops it refused.
-    fn take_realisations(&mut self, tops: &[StorePath], list: Vec<Realisation>) {
-        for report in self.realisations.submitted(tops, list) {
-            self.report(report);
-        }
-        self.release_realisations();
-    }
-
-    /// Starts publishing the realisations whose outputs (and dependencies) are in the cache.
-    fn release_realisations(&mut self) {
-        let (known, graph) = (&self.known, &self.graph);
-        let Some(release) = self
-            .realisations
-            .release(|path| known.contains(path), |path| graph.uploading(path))
-        else {
-            return;
-        };
-        let ids = release.ordered.iter().map(|r| r.id.clone()).collect();
-        let requests = self.requests.clone();
-        let config = self.config.clone();
-        self.spawn(Purpose::PublishRealisations(ids), async move {
-            let _permit = requests.acquire_owned().await;
-            realisations::publish(&config, release).await
-        });
-    }
-
-    fn realisations_published(&mut self, ids: &[DrvOutputId], result: Result<(), UploadError>) {
-        let error = result.err().map(Arc::new);
-        if let Some(error) = &error {
-            tracing::warn!(
-                "cannot publish {} realisation(s): {}",
-                ids.len(),
-                crate::error_chain(error.as_ref())
-            );
-        }
-        for (top, failed) in self.realisations.finished(ids, error.is_some()) {
-            match (&error, failed) {
-                (Some(error), true) => {
-                    let failure = Failure::of(error);
-                    self.report(Report::Failed {
-                        path: top.clone(),
-                        error: error.clone(),
-                    });
-                    self.report(Report::TopFailed { top, failure });
-                }
-                _ => self.report(Report::TopDone(top)),
-            }
-        }
-        self.release_realisations();
-    }
-
     fn check(&mut self, path: StorePath) {
         let requests = self.requests.clone();
         let config = self.config.clone();
@@ -537,6 +484,8 @@ fn panic_if_asked(tops: &[StorePath]) {
     let _ = tops;
 }
 
+#[path = "coordinator/realisation_steps.rs"]
+mod realisation_steps;
 #[cfg(test)]
 #[path = "coordinator/tests.rs"]
 mod tests;

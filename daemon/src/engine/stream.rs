@@ -476,33 +476,9 @@ fn encode_listing(listing: &[u8], compression: Compression) -> io::Result<Bytes>
     Ok(Bytes::from(encoder.finish()?))
 }
 
-/// Counts NAR bytes for progress reports as they pass, stops the stream once the upload was
-/// cancelled, and passes on no more than `room` bytes (the size the compressor was promised):
-/// the rest is only counted and hashed, and then reported as a mismatch.
-struct ProgressWriter<'a, W> {
-    inner: W,
-    progress: &'a StreamProgress,
-    stop: &'a Stop,
-    room: u64,
-}
+mod progress_writer;
 
-impl<W: Write> Write for ProgressWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stop.check()?;
-        if buf.len() as u64 > self.room {
-            self.room = 0;
-            return Ok(buf.len());
-        }
-        let written = self.inner.write(buf)?;
-        self.room -= written as u64;
-        self.progress.add(written as u64);
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
+use progress_writer::ProgressWriter;
 
 #[cfg(test)]
 mod tests;
