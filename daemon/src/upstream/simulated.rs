@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::Reply;
-use crate::coexist::{Reader, WhenRefused};
+use crate::coexist::Reader;
 use crate::sink::memory::Bucket;
 use crate::sink::{Read, SinkError};
 
@@ -28,13 +28,9 @@ impl std::fmt::Debug for SimulatedCache {
 }
 
 fn reply<T, U>(answer: Result<Read<T>, SinkError>, found: impl FnOnce(T) -> U) -> Reply<U> {
-    match answer {
-        Ok(Read::Found(object)) => Reply::Got(found(object)),
-        Ok(Read::Absent) => Reply::Absent,
-        Ok(Read::Refused(error)) => match Reader::Upstream.when_refused() {
-            WhenRefused::Absent => Reply::Absent,
-            WhenRefused::Stop => Reply::Unreachable(error.to_string()),
-        },
+    match answer.and_then(|read| read.for_reader(Reader::Upstream)) {
+        Ok(Some(object)) => Reply::Got(found(object)),
+        Ok(None) => Reply::Absent,
         Err(error) => Reply::Unreachable(error.to_string()),
     }
 }
