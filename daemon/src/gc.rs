@@ -147,7 +147,7 @@ impl ByKind {
     fn of(&mut self, key: &str) -> Option<&mut Tally> {
         use crate::layout::{kind_of, ObjectKind};
         match kind_of(key) {
-            ObjectKind::CacheInfo | ObjectKind::Other => None,
+            ObjectKind::CacheInfo | ObjectKind::Pin { .. } | ObjectKind::Other => None,
             ObjectKind::NarInfo { .. } => Some(&mut self.narinfos),
             ObjectKind::Listing { .. } => Some(&mut self.listings),
             ObjectKind::Nar => Some(&mut self.nars),
@@ -197,6 +197,9 @@ pub struct Plan {
     /// For a narinfo to delete: the keys of the narinfos to delete that reference it, deleted
     /// before it. It stays (the plan is made again) if one of them is back by then.
     pub referred_by: HashMap<String, Vec<String>>,
+    /// The pin objects the plan took as roots, as listed: a pin listed later that is not
+    /// among them makes the plan again ([`crate::pins`], P1).
+    pub pins: Vec<Object>,
 }
 
 impl Plan {

@@ -10,6 +10,7 @@
 //! | NAR listing | `<hash part>.ls` | when asked for (`write_nar_listing`), after its NAR, before its narinfo; `Content-Encoding` names its compression (`ls-compression`, S3 only) |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
 //! | realisation | `realisations/sha256:<base16>!<output>.doi` | after its output's narinfo and the realisations it depends on |
+//! | pin | `pins/<name>` | by `narpush pin`, only for a closure whole in the cache ([`crate::pins`]) |
 //!
 //! # The NAR naming rule: a NAR object is never overwritten with different bytes
 //!
@@ -232,6 +233,10 @@ pub enum ObjectKind<'a> {
     },
     /// `realisations/<drv hash>!<output>.doi`.
     Realisation,
+    /// `pins/<name>`, a root that `narpush gc` keeps (see [`crate::pins`]).
+    Pin {
+        name: &'a str,
+    },
     /// Not written by narpush or Nix: never touched.
     Other,
 }
@@ -251,6 +256,8 @@ pub fn kind_of(key: &str) -> ObjectKind<'_> {
         ObjectKind::Log { drv }
     } else if key.starts_with("realisations/") && key.ends_with(".doi") {
         ObjectKind::Realisation
+    } else if let Some(name) = crate::pins::name_of_key(key) {
+        ObjectKind::Pin { name }
     } else {
         ObjectKind::Other
     }
@@ -278,7 +285,14 @@ mod tests {
             kind_of("realisations/sha256:00!out.doi"),
             ObjectKind::Realisation
         );
+        assert_eq!(
+            kind_of("pins/release-1.0"),
+            ObjectKind::Pin {
+                name: "release-1.0"
+            }
+        );
         for other in [
+            "pins/a/b",
             "index.html",
             "short.narinfo",
             "sub/dir/x.narinfo",

@@ -42,6 +42,7 @@ pub mod gc;
 pub mod gcroots;
 pub mod keys;
 pub mod layout;
+pub mod pins;
 pub mod process_group;
 pub mod queue;
 pub mod redact;

@@ -7,6 +7,7 @@ mod daemon;
 mod exec;
 mod gc;
 mod keygen;
+mod pin;
 mod progress;
 mod push;
 mod retry;
@@ -48,6 +49,7 @@ pub enum Command {
     Gc(gc::GcArgs),
     ClientConfig(client_config::ClientConfigArgs),
     Exec(exec::ExecArgs),
+    Pin(pin::PinArgs),
 }
 
 /// How a command that ran ended.
@@ -81,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Gc(args) => gc::run(args, cli.config.as_deref()),
         Command::ClientConfig(args) => client_config::run(&args, cli.config.as_deref()),
         Command::Exec(args) => exec::run(args, cli.config.as_deref()),
+        Command::Pin(args) => pin::run(&args, cli.config.as_deref()),
     }
 }
 

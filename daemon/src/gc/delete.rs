@@ -10,6 +10,8 @@
 //! - Any other object goes only if it is unchanged since the listing (an uploader that stores
 //!   the same NAR again rewrites it) and none of the narinfos it belongs to is back (a refresh
 //!   writes one back).
+//! - Within each look that allows narinfo deletes, `pins/` is listed again: a pin the plan
+//!   did not take as a root means the plan is made again ([`crate::pins`], P1).
 //! - A look that took too long is made again for half as many keys; when one key's look and
 //!   delete do not fit in the window, the run stops.
 
@@ -47,6 +49,8 @@ pub(super) async fn carry_out(
         sink,
         requests,
         deleted: 0,
+        planned_pins: &plan.pins,
+        pin_added: false,
     };
     let mut start = 0;
     // When the last narinfo delete was answered.
@@ -63,7 +67,7 @@ pub(super) async fn carry_out(
         let kept = deleter
             .delete(layer, &plan.referred_by, Batch::AllOrNone)
             .await?;
-        if !kept.is_empty() {
+        if !kept.is_empty() || deleter.pin_added {
             return Ok(Outcome::Rewritten);
         }
         deleted_at = Some(Instant::now());
@@ -106,6 +110,10 @@ struct Deleter<'a> {
     requests: &'a mut Requests,
     /// Objects deleted so far in this run.
     deleted: u64,
+    /// The pins the plan took as roots.
+    planned_pins: &'a [Object],
+    /// A listing of `pins/` found one that the plan did not take as a root.
+    pin_added: bool,
 }
 
 impl Deleter<'_> {
@@ -123,6 +131,10 @@ impl Deleter<'_> {
         while !remaining.is_empty() {
             let batch = &remaining[..batch_size.min(remaining.len())];
             let check = Check::begin();
+            if mode == Batch::AllOrNone && self.unplanned_pin().await? {
+                self.pin_added = true;
+                return Ok(Vec::new());
+            }
             let in_use = self.in_use(batch, named_by).await?;
             if mode == Batch::AllOrNone && !in_use.is_empty() {
                 return Ok(batch
@@ -163,6 +175,19 @@ impl Deleter<'_> {
             remaining = &remaining[batch.len()..];
         }
         Ok(kept)
+    }
+
+    /// Whether `pins/` now holds a pin the plan did not take as a root (a new one, or one
+    /// written again, perhaps naming another path).
+    async fn unplanned_pin(&mut self) -> Result<bool, GcError> {
+        self.requests.list += 1;
+        let listed = crate::pins::list_objects(self.sink).await?;
+        Ok(listed.iter().any(|pin| {
+            !self
+                .planned_pins
+                .iter()
+                .any(|planned| planned.key == pin.key && !changed(planned, &head_of(pin)))
+        }))
     }
 
     /// The keys of `batch` in use again: changed since the listing, or named by a narinfo
@@ -211,6 +236,13 @@ impl Deleter<'_> {
 /// bytes written again keep it.
 fn changed(object: &Object, head: &Head) -> bool {
     whole_seconds(head.modified) != whole_seconds(object.modified) || head.size != object.size
+}
+
+fn head_of(object: &Object) -> Head {
+    Head {
+        modified: object.modified,
+        size: object.size,
+    }
 }
 
 fn whole_seconds(time: SystemTime) -> u64 {

@@ -41,7 +41,13 @@ pub async fn plan(
             _ => None,
         })
         .collect();
-    let kept_paths: HashSet<&str> = policy.keep.iter().map(StorePath::hash_part).collect();
+    let pins = read_pins(sink, &objects).await?;
+    let kept_paths: HashSet<&str> = policy
+        .keep
+        .iter()
+        .chain(pins.iter().map(|pin| &pin.path))
+        .map(StorePath::hash_part)
+        .collect();
     let mut live: HashSet<String> = narinfos
         .iter()
         .filter(|(hash, o)| age(o) < policy.older_than || kept_paths.contains(*hash))
@@ -102,12 +108,19 @@ pub async fn plan(
     gets += doomed.len() as u64;
     let doomed = read_doomed(sink, doomed).await?;
 
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        pins: objects
+            .iter()
+            .filter(|o| matches!(kind_of(&o.key), ObjectKind::Pin { .. }))
+            .cloned()
+            .collect(),
+        ..Plan::default()
+    };
     let (mut doomed_narinfos, mut rest) = (Vec::new(), Vec::new());
     for object in objects {
         let young = age(&object) < policy.grace;
         let (keep, tally) = match kind_of(&object.key) {
-            ObjectKind::CacheInfo | ObjectKind::Other => (true, None),
+            ObjectKind::CacheInfo | ObjectKind::Pin { .. } | ObjectKind::Other => (true, None),
             ObjectKind::NarInfo { hash } => (
                 live.contains(hash),
                 Some(&mut plan.summary.deleted_by_kind.narinfos),
@@ -153,8 +166,28 @@ pub async fn plan(
     }
     plan.delete.append(&mut rest);
     plan.summary.live_paths = live.len() as u64;
-    plan.summary.requests.get = gets;
+    plan.summary.requests.get = gets + plan.pins.len() as u64;
     Ok(plan)
+}
+
+/// The pins among `objects` ([`crate::pins`]): roots. One that cannot be read stops the run
+/// before anything is deleted, as an unreadable narinfo does.
+async fn read_pins(sink: &Sink, objects: &[Object]) -> Result<Vec<crate::pins::Pin>, GcError> {
+    let mut pins = Vec::new();
+    for object in objects {
+        let ObjectKind::Pin { name } = kind_of(&object.key) else {
+            continue;
+        };
+        let Some(body) = get(sink, &object.key).await? else {
+            continue;
+        };
+        let pin = crate::pins::parse(name, &body).map_err(|e| GcError::Unreadable {
+            key: object.key.clone(),
+            reason: e.to_string(),
+        })?;
+        pins.push(pin);
+    }
+    Ok(pins)
 }
 
 /// For each doomed narinfo (by key), the keys of the doomed narinfos that reference it: all

@@ -385,3 +385,84 @@ async fn gc_looks_at_the_next_layer_only_once_a_late_write_back_has_landed() {
         assert!(cache.root().join(&key).exists(), "{key} was deleted");
     }
 }
+
+fn write_pin(cache: &Cache, name: &str, target: &str, age: Duration) {
+    cache.write(
+        &format!("pins/{name}"),
+        &crate::pins::body(&path(target)),
+        age,
+    );
+}
+
+#[tokio::test]
+async fn pinned_paths_keep_their_closures_whatever_their_age() {
+    let cache = Cache::new();
+    cache.add("base", &[], 90 * DAY);
+    cache.add("release", &["base"], 90 * DAY);
+    cache.add("other", &[], 90 * DAY);
+    write_pin(&cache, "v1", "release", 90 * DAY);
+    let plan = cache.plan(&policy(30 * DAY)).await;
+    assert_eq!(deleted_names(&plan), keys_of(&cache, "other"));
+    assert_eq!(plan.summary.live_paths, 2);
+    assert_eq!(plan.pins.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pin_made_once_the_plan_is_made_is_honoured() {
+    let cache = Cache::new();
+    cache.add("base", &[], 90 * DAY);
+    cache.add("release", &["base"], 90 * DAY);
+    // `narpush pin` found the closure whole and wrote its pin after GC's listing.
+    let progress = |what: &str| {
+        if what == "deleting" && !cache.root().join("pins/v1").exists() {
+            write_pin(&cache, "v1", "release", Duration::ZERO);
+        }
+    };
+    let done = collect(&cache.sink(), &policy(30 * DAY), false, &progress)
+        .await
+        .unwrap();
+    for key in [keys_of(&cache, "base"), keys_of(&cache, "release")].concat() {
+        assert!(cache.root().join(&key).exists(), "{key} was deleted");
+    }
+    assert!(done.delete.is_empty(), "{:?}", deleted_names(&done));
+    assert_eq!(done.summary.live_paths, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pin_moved_to_another_path_during_the_run_is_honoured() {
+    let cache = Cache::new();
+    cache.add("old-release", &[], 90 * DAY);
+    cache.add("new-release", &[], 90 * DAY);
+    write_pin(&cache, "stable", "new-release", 90 * DAY);
+    let progress = |what: &str| {
+        if what == "deleting" {
+            write_pin(&cache, "stable", "old-release", Duration::ZERO);
+        }
+    };
+    collect(&cache.sink(), &policy(30 * DAY), false, &progress)
+        .await
+        .unwrap();
+    assert!(cache
+        .root()
+        .join(layout::narinfo_key(&path("old-release")))
+        .exists());
+}
+
+#[tokio::test]
+async fn an_unreadable_pin_stops_the_run_before_anything_is_deleted() {
+    let cache = Cache::new();
+    cache.add("old", &[], 90 * DAY);
+    cache.write("pins/broken", "not a pin\n", 90 * DAY);
+    let sink = cache.sink();
+    let error = collect(&sink, &policy(30 * DAY), false, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, GcError::Unreadable { key, .. } if key == "pins/broken"),
+        "{error}"
+    );
+    assert!(cache
+        .root()
+        .join(layout::narinfo_key(&path("old")))
+        .exists());
+}

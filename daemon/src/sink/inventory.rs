@@ -51,6 +51,20 @@ impl Sink {
         }
     }
 
+    /// The objects whose keys start with `prefix` (for S3: ListObjectsV2 with that prefix).
+    pub async fn list_under(&self, prefix: &str) -> Result<Vec<Object>, SinkError> {
+        match self {
+            Sink::File(t) => t.list_under(prefix).await,
+            Sink::S3(t) => t.list_under(prefix).await,
+            #[cfg(feature = "sim")]
+            Sink::Memory(t) => {
+                let mut objects = t.list().await?;
+                objects.retain(|o| o.key.starts_with(prefix));
+                Ok(objects)
+            }
+        }
+    }
+
     /// When `key` was last written; `None` if it does not exist (or, by the uploader's rule,
     /// the HEAD was refused).
     pub async fn modified(&self, key: &str) -> Result<Option<SystemTime>, SinkError> {
@@ -167,10 +181,26 @@ pub(super) fn not_sent(check: &Check, operation: &'static str, key: &str) -> Sin
 
 impl FileSink {
     async fn list(&self) -> Result<Vec<Object>, SinkError> {
+        self.list_under("").await
+    }
+
+    /// The objects under `prefix`: a directory (`pins/`) is read alone, anything else is
+    /// filtered from the whole listing.
+    async fn list_under(&self, prefix: &str) -> Result<Vec<Object>, SinkError> {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || list_dir(&root))
-            .await
-            .map_err(|e| join_error("(listing)", &e))?
+        let (dir, rest) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let start = root.join(dir);
+        let rest = rest.to_owned();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut objects = list_dir(&root, &start)?;
+            if !rest.is_empty() {
+                objects.retain(|o| o.key.starts_with(&prefix));
+            }
+            Ok(objects)
+        })
+        .await
+        .map_err(|e| join_error("(listing)", &e))?
     }
 
     async fn head(&self, key: &str) -> Result<Read<Head>, SinkError> {
@@ -196,9 +226,10 @@ impl FileSink {
     }
 }
 
-fn list_dir(root: &Path) -> Result<Vec<Object>, SinkError> {
+/// The files under `start` (a directory inside `root`), keyed relative to `root`.
+fn list_dir(root: &Path, start: &Path) -> Result<Vec<Object>, SinkError> {
     let mut objects = Vec::new();
-    let mut pending = vec![root.to_owned()];
+    let mut pending = vec![start.to_owned()];
     while let Some(dir) = pending.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -239,11 +270,16 @@ fn list_dir(root: &Path) -> Result<Vec<Object>, SinkError> {
 
 impl S3Sink {
     async fn list(&self) -> Result<Vec<Object>, SinkError> {
+        self.list_under("").await
+    }
+
+    async fn list_under(&self, prefix: &str) -> Result<Vec<Object>, SinkError> {
         let mut objects = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
+            .set_prefix((!prefix.is_empty()).then(|| prefix.to_owned()))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
