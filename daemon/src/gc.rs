@@ -197,9 +197,9 @@ pub struct Plan {
     /// For a narinfo to delete: the keys of the narinfos to delete that reference it, deleted
     /// before it. It stays (the plan is made again) if one of them is back by then.
     pub referred_by: HashMap<String, Vec<String>>,
-    /// The pin objects the plan took as roots, as listed: a pin listed later that is not
-    /// among them makes the plan again ([`crate::pins`], P1).
-    pub pins: Vec<Object>,
+    /// The hash parts of the paths pins named when the plan was made: a pin read later that
+    /// names another makes the plan again ([`crate::pins`], P1).
+    pub pinned: std::collections::HashSet<String>,
 }
 
 impl Plan {

@@ -126,8 +126,8 @@ pub fn run(args: &ResignArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
         let line = |what: &str, c: &Counts| {
             println!(
                 "{what}: {verb} {}, {} already signed, {} older than --skip-older-than, {} not \
-                 ours (left alone), {} unreadable, {} gone meanwhile",
-                c.rewritten, c.unchanged, c.skipped_old, c.not_ours, c.unreadable, c.gone
+                 ours (left alone), {} unreadable, {} gone meanwhile, {} failed",
+                c.rewritten, c.unchanged, c.skipped_old, c.not_ours, c.unreadable, c.gone, c.failed
             );
         };
         println!("{target}");
@@ -140,12 +140,34 @@ pub fn run(args: &ResignArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
             .collect();
         println!("signatures found by key name: {}", names.join(", "));
     }
+    for error in &summary.errors {
+        eprintln!("error: {error}");
+    }
+    if summary.realisations_withdrawn > 0 {
+        eprintln!(
+            "note: {} realisation(s) whose output a collection deleted meanwhile were deleted \
+             again",
+            summary.realisations_withdrawn
+        );
+    }
+    for name in &args.remove_signature {
+        if !summary.key_names.contains_key(name) {
+            eprintln!(
+                "warning: no object read carries a signature by the key name '{name}' (give the \
+                 name alone, as before the ':' of a public key)"
+            );
+        }
+    }
     let not_ours = summary.narinfos.not_ours + summary.realisations.not_ours;
     if not_ours > 0 && !args.json {
         eprintln!(
             "note: {not_ours} object(s) carry no signature of a --key or of own_public_keys and \
              were left alone"
         );
+    }
+    if summary.narinfos.failed + summary.realisations.failed > 0 {
+        eprintln!("some objects were not resigned; run resign again to finish");
+        return Ok(Outcome::PartialFailure);
     }
     Ok(Outcome::Success)
 }

@@ -159,5 +159,20 @@ async fn removing_the_signing_key_itself_is_refused() {
     let error = resign(&sink, &options(vec![new], &["new-1"], Vec::new()), &|_| {})
         .await
         .unwrap_err();
-    assert!(matches!(error, ResignError::RemovingOwnKey(name) if name == "new-1"));
+    assert!(matches!(error, ResignError::RemovingOwnKey { name } if name == "new-1"));
+}
+
+#[tokio::test]
+async fn a_new_key_under_the_old_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::File(FileSink::open(dir.path()).unwrap());
+    let (old, new) = (key("cache-1"), key("cache-1"));
+    let error = resign(
+        &sink,
+        &options(vec![new], &[], vec![old.public_key()]),
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, ResignError::KeyNameReused { name } if name == "cache-1"));
 }

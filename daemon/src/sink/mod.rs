@@ -151,6 +151,41 @@ impl Sink {
         self.put_encoded(key, body, content_type, None).await
     }
 
+    /// Writes a small object only within the bound `check` sets (a refresh or a resign
+    /// rewriting what a read found, rule U2 of [`crate::coexist`]): not sent once too little
+    /// of it is left, given up when it ends, and a directory's write that was given up never
+    /// lands later.
+    pub async fn put_within(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        check: &crate::coexist::Check,
+    ) -> Result<(), SinkError> {
+        let too_late = || SinkError {
+            operation: "PUT",
+            key: key.to_owned(),
+            class: ErrorClass::Transient,
+            detail: format!(
+                "not answered within {} ms of the read it rewrites (rule U2 of the gc protocol)",
+                crate::coexist::DELETE_WINDOW.as_millis()
+            ),
+            retry_after: None,
+        };
+        let Some(left) = check.time_left() else {
+            return Err(too_late());
+        };
+        let write = async {
+            match self {
+                Sink::File(t) => t.put_by(key, body, Some(check.deadline().into_std())).await,
+                _ => self.put(key, body, content_type).await,
+            }
+        };
+        tokio::time::timeout(left, write)
+            .await
+            .unwrap_or_else(|_| Err(too_late()))
+    }
+
     /// Writes an object whose bytes are compressed with `content_encoding`, so HTTP clients
     /// (Nix's included) decode it by that header. A directory has no headers: only
     /// uncompressed objects belong there (the URL parameters refuse the rest).
