@@ -154,7 +154,7 @@ fn du_reports_what_the_bucket_files_hold_with_pins_and_orphans() {
             .count(),
         2
     );
-    let mut expected_closures = vec![
+    let mut expected_closures = [
         (bytes_of(&files, &closure_a), a.clone()),
         (bytes_of(&files, &closure_b), b.clone()),
     ];
