@@ -91,6 +91,10 @@ fn assert_kinds(report: &Value, bucket: &Path) {
         tally(&files, |k| k.starts_with("log/"))
     );
     assert_eq!(
+        report["by_kind"]["realisations"],
+        tally(&files, |k| k.starts_with("realisations/"))
+    );
+    assert_eq!(
         report["by_kind"]["listings"],
         tally(&files, |k| k.ends_with(".ls"))
     );
@@ -195,8 +199,8 @@ fn du_reports_what_the_bucket_files_hold_with_pins_and_orphans() {
     }
     assert_eq!(report["orphans"], json!({"objects": 0, "bytes": 0}));
 
-    // Orphans: a's narinfo goes (its NAR is then named by none), plus a listing of it and a
-    // log no narinfo names.
+    // Orphans: a's narinfo goes (its NAR is then named by none), plus a listing of it, a log
+    // no narinfo names and a realisation of it.
     let (a_nar, _) = narinfo(&bucket, hash_part(&a)).unwrap();
     std::fs::remove_file(bucket.join(format!("{}.narinfo", hash_part(&a)))).unwrap();
     std::fs::write(bucket.join(format!("{}.ls", hash_part(&a))), b"{}").unwrap();
@@ -206,6 +210,17 @@ fn du_reports_what_the_bucket_files_hold_with_pins_and_orphans() {
         b"a build log\n",
     )
     .unwrap();
+    // Realisations: one of a's top (gone, an orphan), one of b's top (not).
+    std::fs::create_dir_all(bucket.join("realisations")).unwrap();
+    for (digit, path) in [('a', &a), ('b', &b)] {
+        let id = format!("sha256:{}!out", digit.to_string().repeat(64));
+        std::fs::write(
+            bucket.join(format!("realisations/{id}.doi")),
+            json!({"id": id, "outPath": path, "signatures": [], "dependentRealisations": {}})
+                .to_string(),
+        )
+        .unwrap();
+    }
     let (_, report) = du(&target, &env, &["--top", "1"]);
     assert_kinds(&report, &bucket);
     let files = bucket_files(&bucket);
@@ -213,11 +228,14 @@ fn du_reports_what_the_bucket_files_hold_with_pins_and_orphans() {
         a_nar.clone(),
         format!("{}.ls", hash_part(&a)),
         "log/0000000000000000000000000000000a-gone.drv".to_owned(),
+        format!("realisations/sha256:{}!out.doi", "a".repeat(64)),
     ];
     assert_eq!(
         report["orphans"],
-        json!({"objects": 3, "bytes": bytes_of(&files, &orphan_keys)})
+        json!({"objects": 4, "bytes": bytes_of(&files, &orphan_keys)})
     );
+    assert_eq!(report["orphans_by_kind"]["realisations"]["objects"], 1);
+    assert_eq!(report["by_kind"]["realisations"]["objects"], 2);
     assert_eq!(report["orphans_by_kind"]["nars"]["bytes"], files[&a_nar]);
     assert_eq!(report["orphans_by_kind"]["listings"]["objects"], 1);
     assert_eq!(report["orphans_by_kind"]["logs"]["objects"], 1);
