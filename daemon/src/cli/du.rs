@@ -26,7 +26,7 @@ use narpush::sink::{Sink, TargetUrl};
 ///
 /// Examples:
 ///   narpush du
-///   narpush du --to s3://cache?endpoint=https://ACCOUNT.r2.cloudflarestorage.com --top 3
+///   narpush du --to 's3://cache?endpoint=https://ACCOUNT.r2.cloudflarestorage.com' --top 3
 ///   narpush du --json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
