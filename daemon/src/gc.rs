@@ -122,7 +122,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, object: &Object) {
+    pub(crate) fn add(&mut self, object: &Object) {
         self.objects += 1;
         self.bytes += object.size;
     }
@@ -144,7 +144,9 @@ pub struct ByKind {
 }
 
 impl ByKind {
-    fn of(&mut self, key: &str) -> Option<&mut Tally> {
+    /// The tally of `key`'s kind; `None` for keys that are not a path's (nix-cache-info, pins,
+    /// unknown keys).
+    pub(crate) fn of(&mut self, key: &str) -> Option<&mut Tally> {
         use crate::layout::{kind_of, ObjectKind};
         match kind_of(key) {
             ObjectKind::CacheInfo | ObjectKind::Pin { .. } | ObjectKind::Other => None,

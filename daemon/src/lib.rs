@@ -34,6 +34,7 @@ pub mod consumer;
 pub mod control;
 pub mod daemon;
 pub mod default_paths;
+pub mod du;
 pub mod engine;
 pub mod format;
 #[doc(hidden)]

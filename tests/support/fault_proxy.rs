@@ -14,7 +14,9 @@
 //!   scripted or drawn only when a test names them, never part of [`Fault::ALL`].
 //!
 //! Every injected fault is counted ([`FaultProxy::injected`]), so a test can prove how many it
-//! survived. The proxy runs on its own tokio runtime and stops when dropped.
+//! survived, and the `x-amz-security-token` header of every request is recorded
+//! ([`FaultProxy::security_tokens`]), so a test can prove temporary credentials were used.
+//! The proxy runs on its own tokio runtime and stops when dropped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -124,6 +126,7 @@ struct State {
     forbidden: u64,
     abandoned: u64,
     requests: BTreeMap<Operation, u64>,
+    security_tokens: Vec<Option<String>>,
 }
 
 impl State {
@@ -197,6 +200,7 @@ impl FaultProxy {
             forbidden: 0,
             abandoned: 0,
             requests: BTreeMap::new(),
+            security_tokens: Vec::new(),
         }));
         runtime.spawn(accept(listener, upstream, state.clone()));
         FaultProxy {
@@ -277,6 +281,12 @@ impl FaultProxy {
         self.with(|s| s.requests.clone())
     }
 
+    /// The `x-amz-security-token` header of every request so far, in arrival order (`None`
+    /// for a request without it).
+    pub fn security_tokens(&self) -> Vec<Option<String>> {
+        self.with(|s| s.security_tokens.clone())
+    }
+
     /// The `s3://` target URL of a bucket, through this proxy.
     pub fn url(&self, bucket: &str) -> String {
         format!(
@@ -320,8 +330,13 @@ async fn handle(
     state: Arc<Mutex<State>>,
 ) -> io::Result<Response<ProxyBody>> {
     let operation = Operation::of(request.method(), request.uri().query().unwrap_or(""));
+    let token = request
+        .headers()
+        .get("x-amz-security-token")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (fault, timeout_delay, retry_after) = {
         let mut state = state.lock().expect("proxy state");
+        state.security_tokens.push(token);
         let fault = state.choose(operation);
         (fault, state.timeout_delay, state.retry_after.clone())
     };
