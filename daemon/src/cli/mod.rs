@@ -13,6 +13,7 @@ mod push;
 mod retry;
 mod status;
 mod upload;
+mod verify;
 mod wait;
 
 use std::path::PathBuf;
@@ -50,6 +51,7 @@ pub enum Command {
     ClientConfig(client_config::ClientConfigArgs),
     Exec(exec::ExecArgs),
     Pin(pin::PinArgs),
+    Verify(verify::VerifyArgs),
 }
 
 /// How a command that ran ended.
@@ -84,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::ClientConfig(args) => client_config::run(&args, cli.config.as_deref()),
         Command::Exec(args) => exec::run(args, cli.config.as_deref()),
         Command::Pin(args) => pin::run(&args, cli.config.as_deref()),
+        Command::Verify(args) => verify::run(&args, cli.config.as_deref()),
     }
 }
 
