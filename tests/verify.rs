@@ -375,6 +375,13 @@ fn a_cache_that_cannot_be_read_exits_2() {
     );
     assert_eq!(code(&output), 2, "{}", stderr(&output));
     assert!(!Path::new("/nonexistent/cache").exists());
+    let refused = run(narpush()
+        .args(["verify", "--grace", "0s", "--to", &cache.s3.url("cache")])
+        .args(["--trusted-key", &cache.public])
+        .env("AWS_ACCESS_KEY_ID", "narpush-test-key")
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret"));
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+    assert!(refused.stdout.is_empty(), "no report on what was not read");
     // No key to verify with: nothing is guessed.
     let (output, _) = verify_at(&cache.s3.url("cache"), &cache.s3, &[], &[]);
     assert_eq!(code(&output), 2, "{}", stderr(&output));

@@ -330,8 +330,9 @@ mod tests {
     }
 
     #[test]
-    fn only_gc_stops_on_a_refused_read() {
+    fn only_gc_and_verify_stop_on_a_refused_read() {
         assert_eq!(Reader::Gc.when_refused(), WhenRefused::Stop);
+        assert_eq!(Reader::Verify.when_refused(), WhenRefused::Stop);
         assert_eq!(Reader::Uploader.when_refused(), WhenRefused::Absent);
         assert_eq!(Reader::Upstream.when_refused(), WhenRefused::Absent);
     }

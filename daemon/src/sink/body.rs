@@ -5,6 +5,7 @@
 //! buffered; a file: [`FILE_CHUNK`] bytes), whatever the size of the object; and
 //! [`Sink::open_for_reading`] neither creates nor cleans anything in the target.
 
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
@@ -102,18 +103,18 @@ impl Sink {
                         key: key.to_owned(),
                         stream: output.body,
                     })),
-                    Err(aws_sdk_s3::error::SdkError::ServiceError(e))
-                        if e.raw().status().as_u16() == 404 =>
-                    {
+                    Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => {
                         Ok(Read::Absent)
                     }
-                    Err(aws_sdk_s3::error::SdkError::ServiceError(e))
-                        if e.raw().status().as_u16() == 403 =>
+                    // As `S3Sink::read`: other 403 codes (bad credentials) stay errors.
+                    Err(SdkError::ServiceError(e))
+                        if e.raw().status().as_u16() == 403
+                            && matches!(e.err().code(), None | Some("AccessDenied")) =>
                     {
                         Ok(Read::Refused(classify(
                             "GET",
                             key,
-                            aws_sdk_s3::error::SdkError::ServiceError(e),
+                            SdkError::ServiceError(e),
                         )))
                     }
                     Err(e) => Err(classify("GET", key, e)),
