@@ -249,7 +249,10 @@ impl Report {
                 "references unchecked (no upstream cache given)",
                 &self.unchecked_references,
             ),
-            ("in flight (younger than --grace)", &self.in_flight),
+            (
+                "in flight (younger than --grace, or deleted since the listing)",
+                &self.in_flight,
+            ),
         ];
         for (label, finding) in sections {
             if finding.count > 0 {

@@ -100,9 +100,25 @@ fn later() -> SystemTime {
 async fn a_whole_cache_is_whole_and_a_problem_is_in_flight_only_while_young() {
     let cache = Cache::new();
     cache.add("lib", b"lib nar", "nar/lib.nar", &[]);
-    cache.add("top", b"top nar", "nar/top.nar", &["lib", "top"]);
+    let mut top = cache.add("top", b"top nar", "nar/top.nar", &["lib", "top"]);
+    let drv = format!("{}-top.drv", path("lib").hash_part());
+    top.deriver = Some(drv.clone());
+    cache.put_narinfo(&top);
+    cache.write(&format!("log/{drv}"), b"build log");
+    cache.write(&format!("{}.ls", path("top").hash_part()), b"{}");
+    let realisation = crate::format::realisation::Realisation {
+        id: format!("sha256:{}!out", "1".repeat(64)).parse().unwrap(),
+        out_path: path("top"),
+        signatures: Default::default(),
+        dependent_realisations: Default::default(),
+    };
+    cache.write(
+        &crate::layout::realisation_key(&realisation.id),
+        realisation.to_json().as_bytes(),
+    );
     let report = cache.verify(&cache.options(later())).await;
     assert!(report.whole, "{}", report.to_text());
+    assert_eq!(report.objects, 7);
     assert_eq!(report.exit_code(), 0);
     assert_eq!(report.keys.seen.get("unit-1"), Some(&2));
 
