@@ -222,6 +222,18 @@ fn a_foreign_signature_fails_until_its_key_is_trusted() {
         &["--grace", "0s"],
     );
     assert_eq!(code(&output), 0, "{report}");
+
+    // The configured signing key's public half counts without any --trusted-key.
+    let config = keys.path().join("narpush.toml");
+    std::fs::write(
+        &config,
+        format!("secret_key_files = [\"{}\"]\n", foreign_secret.display()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (output, report) = verify_at(&url, &cache.s3, &["--config", config], &["--grace", "0s"]);
+    assert_eq!(code(&output), 0, "{}\n{report}", stderr(&output));
+    assert_eq!(report["keys"]["trusted"][0], "foreign-1");
 }
 
 #[test]

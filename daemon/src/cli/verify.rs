@@ -149,8 +149,11 @@ fn trusted_keys(config: &Config, flags: &[String]) -> anyhow::Result<Vec<Verifyi
             Vec::new()
         }
     };
-    keys.extend(configured.iter().map(SigningKey::public_key));
-    keys.dedup();
+    for key in configured.iter().map(SigningKey::public_key) {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
     anyhow::ensure!(
         !keys.is_empty(),
         "no public key to verify signatures with: pass --trusted-key NAME:KEY, or set \
