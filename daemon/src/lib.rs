@@ -54,6 +54,7 @@ pub mod store;
 pub mod sync;
 pub mod trust;
 pub mod upstream;
+pub mod verify;
 
 /// Sleeps until `at`, or forever without it: a `select!` branch for an optional deadline.
 pub async fn sleep_until(at: Option<tokio::time::Instant>) {

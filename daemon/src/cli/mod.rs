@@ -15,6 +15,7 @@ mod resign;
 mod retry;
 mod status;
 mod upload;
+mod verify;
 mod wait;
 
 use std::path::PathBuf;
@@ -54,6 +55,7 @@ pub enum Command {
     Exec(exec::ExecArgs),
     Pin(pin::PinArgs),
     Resign(resign::ResignArgs),
+    Verify(verify::VerifyArgs),
 }
 
 /// How a command that ran ended.
@@ -90,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Exec(args) => exec::run(args, cli.config.as_deref()),
         Command::Pin(args) => pin::run(&args, cli.config.as_deref()),
         Command::Resign(args) => resign::run(&args, cli.config.as_deref()),
+        Command::Verify(args) => verify::run(&args, cli.config.as_deref()),
     }
 }
 

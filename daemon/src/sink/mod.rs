@@ -15,6 +15,7 @@
 //! [`spill`] holds the body of a single PUT (memory, then an unnamed temporary file), which
 //! the engine writes and every backend reads.
 
+pub mod body;
 pub mod file;
 pub mod inventory;
 #[cfg(feature = "sim")]
