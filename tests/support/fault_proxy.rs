@@ -127,6 +127,8 @@ struct State {
     abandoned: u64,
     requests: BTreeMap<Operation, u64>,
     security_tokens: Vec<Option<String>>,
+    /// Object writes (PutObject, CreateMultipartUpload): the key and `Cache-Control`.
+    cache_controls: Vec<(String, Option<String>)>,
 }
 
 impl State {
@@ -201,6 +203,7 @@ impl FaultProxy {
             abandoned: 0,
             requests: BTreeMap::new(),
             security_tokens: Vec::new(),
+            cache_controls: Vec::new(),
         }));
         runtime.spawn(accept(listener, upstream, state.clone()));
         FaultProxy {
@@ -287,6 +290,12 @@ impl FaultProxy {
         self.with(|s| s.security_tokens.clone())
     }
 
+    /// The key (the path after the bucket) and `Cache-Control` header of every object write
+    /// (PutObject, CreateMultipartUpload) so far, in arrival order.
+    pub fn cache_controls(&self) -> Vec<(String, Option<String>)> {
+        self.with(|s| s.cache_controls.clone())
+    }
+
     /// The `s3://` target URL of a bucket, through this proxy.
     pub fn url(&self, bucket: &str) -> String {
         format!(
@@ -337,6 +346,22 @@ async fn handle(
     let (fault, timeout_delay, retry_after) = {
         let mut state = state.lock().expect("proxy state");
         state.security_tokens.push(token);
+        if matches!(
+            operation,
+            Operation::PutObject | Operation::CreateMultipartUpload
+        ) {
+            let path = request.uri().path();
+            // Path-style: /<bucket>/<key>.
+            let key = path
+                .trim_start_matches('/')
+                .split_once('/')
+                .map_or("", |(_, k)| k);
+            let header = request
+                .headers()
+                .get("cache-control")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            state.cache_controls.push((key.to_owned(), header));
+        }
         let fault = state.choose(operation);
         (fault, state.timeout_delay, state.retry_after.clone())
     };

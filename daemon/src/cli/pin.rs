@@ -75,9 +75,10 @@ pub fn run(args: &PinArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let sink = Sink::open(&target, config.request_timeout)
+        let mut sink = Sink::open(&target, config.request_timeout)
             .await
             .with_context(|| format!("cannot use target {target}"))?;
+        sink.set_cache_control(config.cache_control.clone());
         if args.list {
             let pins = pins::list(&sink).await?;
             if args.json {

@@ -91,9 +91,10 @@ pub fn run(args: &ResignArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
     let summary = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {
-            let sink = Sink::open(&target, config.request_timeout)
+            let mut sink = Sink::open(&target, config.request_timeout)
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
+            sink.set_cache_control(config.cache_control.clone());
             let spinner = std::io::stderr()
                 .is_terminal()
                 .then(ProgressBar::new_spinner);

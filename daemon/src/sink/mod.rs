@@ -112,6 +112,14 @@ impl Sink {
         }
     }
 
+    /// Writes every object from now on with `cache_control`'s header (S3; a directory has no
+    /// headers).
+    pub fn set_cache_control(&mut self, cache_control: crate::layout::CacheControl) {
+        if let Sink::S3(t) = self {
+            t.cache_control = cache_control;
+        }
+    }
+
     /// Whether `key` is there (a refused HEAD: no, by the uploader's rule). Bad credentials
     /// are caught before any HEAD: every upload starts with `ensure_cache_info`, whose GET
     /// (or the PUT after a 403) reports them with their reason.
