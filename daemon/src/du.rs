@@ -197,11 +197,15 @@ fn index<'a>(objects: &'a [Object], usage: &mut Usage) -> Index<'a> {
     index
 }
 
-/// GET `key`: `None` if it is gone; a refused read is an error (du must not report a cache
-/// it could not read as smaller than it is).
-async fn get(sink: &Sink, key: &str) -> Result<Option<bytes::Bytes>, SinkError> {
+/// GET `object`: `None` if it is gone, or too big to be a narinfo or realisation (one is
+/// not read whole into memory); a refused read is an error (du must not report a cache it
+/// could not read as smaller than it is).
+async fn get(sink: &Sink, object: &Object) -> Result<Option<bytes::Bytes>, SinkError> {
+    if object.size > crate::verify::MAX_METADATA_BYTES {
+        return Ok(None);
+    }
     Ok(sink
-        .read(key)
+        .read(&object.key)
         .await?
         .for_reader(Reader::Gc)?
         .map(|fetched| fetched.body))
@@ -216,14 +220,21 @@ async fn read_narinfos(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), DuError> {
     let keys = objects.iter().filter_map(|o| match kind_of(&o.key) {
-        ObjectKind::NarInfo { hash } => Some((hash, o.key.as_str())),
+        ObjectKind::NarInfo { hash } => Some((hash, o)),
         _ => None,
     });
     let mut reads = stream::iter(keys)
-        .map(|(hash, key)| async move { (hash, get(sink, key).await) })
+        .map(|(hash, object)| async move {
+            let too_big = object.size > crate::verify::MAX_METADATA_BYTES;
+            (hash, too_big, get(sink, object).await)
+        })
         .buffer_unordered(READ_CONCURRENCY);
     let mut done = 0u64;
-    while let Some((hash, body)) = reads.next().await {
+    while let Some((hash, too_big, body)) = reads.next().await {
+        if too_big {
+            usage.unreadable_narinfos += 1;
+            continue;
+        }
         usage.requests.get += 1;
         done += 1;
         if done.is_multiple_of(1000) {
@@ -277,10 +288,9 @@ async fn orphan_realisations<'a>(
 ) -> Result<HashSet<&'a str>, DuError> {
     let keys = objects
         .iter()
-        .filter(|o| kind_of(&o.key) == ObjectKind::Realisation)
-        .map(|o| o.key.as_str());
+        .filter(|o| kind_of(&o.key) == ObjectKind::Realisation);
     let mut reads = stream::iter(keys)
-        .map(|key| async move { (key, get(sink, key).await) })
+        .map(|object| async move { (object.key.as_str(), get(sink, object).await) })
         .buffer_unordered(READ_CONCURRENCY);
     let mut orphans = HashSet::new();
     while let Some((key, body)) = reads.next().await {

@@ -110,6 +110,20 @@ impl Inventory {
     }
 }
 
+/// The largest narinfo or realisation read (real ones are a few hundred bytes; one with
+/// thousands of references a few hundred KiB): a bigger object is a problem, not read.
+pub const MAX_METADATA_BYTES: u64 = crate::upstream::MAX_NARINFO as u64;
+
+/// Why `object` is not read, when it is too big to be what its key says.
+fn too_big(object: &Object) -> Option<String> {
+    (object.size > MAX_METADATA_BYTES).then(|| {
+        format!(
+            "{} bytes, more than the {MAX_METADATA_BYTES} a narinfo or realisation may have: not read",
+            object.size
+        )
+    })
+}
+
 /// Whether `object` is younger than `grace` at `now`.
 fn is_young(object: &Object, options: &Options) -> bool {
     crate::clock::age(options.now, object.modified) < options.grace
@@ -143,9 +157,18 @@ pub async fn verify(
     progress("checking NARs");
     let broken = nars::check(sink, &inventory, &read, options, &mut report, progress).await?;
     progress("checking references");
-    references::check(&inventory, &read, options, &mut report).await;
+    let elsewhere = references::check(&inventory, &read, options, &mut report).await;
     belongings::check(sink, &inventory, &read, options, &mut report).await?;
-    references::check_pins(sink, &inventory, &read, &broken, options, &mut report).await?;
+    references::check_pins(
+        sink,
+        &inventory,
+        &read,
+        &broken,
+        &elsewhere,
+        options,
+        &mut report,
+    )
+    .await?;
     Ok(report)
 }
 

@@ -61,7 +61,7 @@ pub fn run(args: &DuArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome>
     let usage = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {
-            let sink = Sink::open(&target, config.request_timeout)
+            let sink = Sink::open_for_reading(&target, config.request_timeout)
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
             let spinner = std::io::stderr()

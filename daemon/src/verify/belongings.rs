@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt};
 
 use super::narinfos::Read;
 use super::report::{Kind, Report};
-use super::{get, is_young, Inventory, Options, VerifyError, READ_CONCURRENCY};
+use super::{get, is_young, too_big, Inventory, Options, VerifyError, READ_CONCURRENCY};
 use crate::format::realisation::Realisation;
 use crate::sink::Sink;
 
@@ -47,7 +47,19 @@ pub(super) async fn check(
             );
         }
     }
-    let mut bodies = stream::iter(&inventory.realisations)
+    let mut readable = Vec::new();
+    for object in &inventory.realisations {
+        match too_big(object) {
+            Some(detail) => report.problem(
+                Kind::RealisationsWithoutPath,
+                is_young(object, options),
+                &object.key,
+                detail,
+            ),
+            None => readable.push(object),
+        }
+    }
+    let mut bodies = stream::iter(readable)
         .map(|object| async move { (object, get(sink, &object.key).await) })
         .buffered(READ_CONCURRENCY);
     while let Some((object, body)) = bodies.next().await {

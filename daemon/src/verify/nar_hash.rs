@@ -18,6 +18,10 @@ use crate::sink::Sink;
 /// Chunks of one NAR queued for the hashing thread at most.
 pub const IN_FLIGHT_CHUNKS: usize = 4;
 
+/// The most an xz decoder may allocate: Nix's and narpush's highest level needs 65 MiB; a
+/// stream that declares more is hostile or broken, and reported undecodable.
+pub const XZ_MEMLIMIT: u64 = 128 * 1024 * 1024;
+
 /// What a NAR's bytes hash to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hashed {
@@ -36,9 +40,16 @@ pub enum Outcome {
     Undecodable(String),
 }
 
-/// Streams the NAR at `key`, compressed with `compression` (a narinfo's `Compression`).
-pub async fn hash(sink: &Sink, key: &str, compression: &str) -> Result<Outcome, VerifyError> {
-    let decoder = match Decoder::new(compression) {
+/// Streams the NAR at `key`, compressed with `compression` (a narinfo's `Compression`);
+/// decompressing stops as undecodable past `max_nar_size` bytes (no narinfo naming it says more,
+/// so a bomb costs no more than that).
+pub async fn hash(
+    sink: &Sink,
+    key: &str,
+    compression: &str,
+    max_nar_size: u64,
+) -> Result<Outcome, VerifyError> {
+    let decoder = match Decoder::new(compression, max_nar_size) {
         Ok(decoder) => decoder,
         Err(reason) => return Ok(Outcome::Undecodable(reason)),
     };
@@ -91,23 +102,51 @@ pub async fn hash(sink: &Sink, key: &str, compression: &str) -> Result<Outcome, 
     })
 }
 
+/// Where decompressed bytes go once hashed: nowhere, up to a limit.
+struct Bounded {
+    left: u64,
+}
+
+impl Write for Bounded {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let len = bytes.len() as u64;
+        if len > self.left {
+            return Err(std::io::Error::other(
+                "it decompresses to more bytes than any narinfo naming it says (NarSize)",
+            ));
+        }
+        self.left -= len;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type Out = HashingWriter<Bounded>;
+
 /// A push decompressor that hashes what it writes out.
 enum Decoder {
-    None(HashingWriter<std::io::Sink>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, HashingWriter<std::io::Sink>>>),
-    Xz(Box<liblzma::write::XzDecoder<HashingWriter<std::io::Sink>>>),
-    Bzip2(Box<bzip2::write::BzDecoder<HashingWriter<std::io::Sink>>>),
+    None(Out),
+    Zstd(Box<zstd::stream::write::Decoder<'static, Out>>),
+    Xz(Box<liblzma::write::XzDecoder<Out>>),
+    Bzip2(Box<bzip2::write::BzDecoder<Out>>),
 }
 
 impl Decoder {
-    fn new(compression: &str) -> Result<Decoder, String> {
-        let out = HashingWriter::new(std::io::sink());
+    fn new(compression: &str, max_output: u64) -> Result<Decoder, String> {
+        let out = HashingWriter::new(Bounded { left: max_output });
         Ok(match compression {
             "none" => Decoder::None(out),
             "zstd" => Decoder::Zstd(Box::new(
                 zstd::stream::write::Decoder::new(out).map_err(|e| e.to_string())?,
             )),
-            "xz" => Decoder::Xz(Box::new(liblzma::write::XzDecoder::new(out))),
+            "xz" => {
+                let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
+                    .map_err(|e| e.to_string())?;
+                Decoder::Xz(Box::new(liblzma::write::XzDecoder::new_stream(out, stream)))
+            }
             "bzip2" => Decoder::Bzip2(Box::new(bzip2::write::BzDecoder::new(out))),
             other => return Err(format!("unknown compression '{other}'")),
         })
@@ -143,7 +182,15 @@ mod tests {
     use super::*;
 
     fn decode(compression: &str, compressed: &[u8]) -> Result<(Sha256, u64), String> {
-        let mut decoder = Decoder::new(compression)?;
+        decode_within(compression, compressed, u64::MAX)
+    }
+
+    fn decode_within(
+        compression: &str,
+        compressed: &[u8],
+        max: u64,
+    ) -> Result<(Sha256, u64), String> {
+        let mut decoder = Decoder::new(compression, max)?;
         for piece in compressed.chunks(7) {
             decoder.write_all(piece).map_err(|e| e.to_string())?;
         }
@@ -168,5 +215,36 @@ mod tests {
         assert!(decode("xz", &xz[..xz.len() / 2]).is_err());
         assert!(decode("zstd", b"not zstd").is_err());
         assert!(decode("gzip", &nar).is_err());
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_largest_nar_size_named() {
+        let zeros = vec![0u8; 4 << 20];
+        let bomb = zstd::encode_all(&zeros[..], 19).unwrap();
+        assert!(bomb.len() < 4096, "{}", bomb.len());
+        let error = decode_within("zstd", &bomb, 1 << 20).unwrap_err();
+        assert!(error.contains("NarSize"), "{error}");
+        assert_eq!(
+            decode_within("zstd", &bomb, 4 << 20).unwrap().1,
+            4 << 20,
+            "exactly NarSize is allowed"
+        );
+    }
+
+    #[test]
+    fn an_xz_stream_that_needs_more_memory_than_the_limit_is_undecodable() {
+        // A dictionary of 1.5 GiB declared in the header: the decoder would allocate it.
+        let mut options = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+        options.dict_size(1536 << 20);
+        let mut filters = liblzma::stream::Filters::new();
+        filters.lzma2(&options);
+        let encoder =
+            liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc64)
+                .unwrap();
+        let mut xz = liblzma::write::XzEncoder::new_stream(Vec::new(), encoder);
+        xz.write_all(b"tiny").unwrap();
+        let xz = xz.finish().unwrap();
+        let error = decode("xz", &xz).unwrap_err();
+        assert!(error.to_lowercase().contains("memory"), "{error}");
     }
 }

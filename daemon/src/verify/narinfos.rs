@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use futures::stream::{self, StreamExt};
 
 use super::report::{Kind, Report};
-use super::{get, is_young, Inventory, Options, VerifyError, READ_CONCURRENCY};
+use super::{get, is_young, too_big, Inventory, Options, VerifyError, READ_CONCURRENCY};
 use crate::format::narinfo::NarInfo;
 use crate::sink::Sink;
 
@@ -32,6 +32,19 @@ pub(super) async fn read(
 ) -> Result<Read, VerifyError> {
     let mut hashes: Vec<&String> = inventory.narinfos.keys().collect();
     hashes.sort_unstable();
+    hashes.retain(|hash| {
+        let object = &inventory.narinfos[*hash];
+        let Some(detail) = too_big(object) else {
+            return true;
+        };
+        report.problem(
+            Kind::UnparseableNarinfos,
+            is_young(object, options),
+            &object.key,
+            detail,
+        );
+        false
+    });
     let mut bodies = stream::iter(hashes)
         .map(|hash| async move {
             let key = &inventory.narinfos[hash].key;

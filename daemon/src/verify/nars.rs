@@ -17,6 +17,9 @@ use crate::format::narinfo::NarInfo;
 use crate::layout::is_nar_key;
 use crate::sink::Sink;
 
+/// (NAR key, compression) → the narinfos naming it that way: (narinfo key, narinfo, young).
+type ToHash<'a> = BTreeMap<(&'a str, &'a str), Vec<(&'a str, &'a NarInfo, bool)>>;
+
 /// Checks the NARs; returns the hash parts of the paths whose NAR is missing or damaged.
 pub(super) async fn check(
     sink: &Sink,
@@ -27,8 +30,9 @@ pub(super) async fn check(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<HashSet<String>, VerifyError> {
     let mut broken = HashSet::new();
-    // NAR key → the narinfos (hash part, young) whose size matched, for hashing.
-    let mut to_hash: BTreeMap<&str, Vec<(&str, &NarInfo, bool)>> = BTreeMap::new();
+    // (NAR key, compression) → the narinfos (key, young) whose size matched, for hashing: a
+    // NAR two narinfos name with different compressions is decoded once for each.
+    let mut to_hash: ToHash = BTreeMap::new();
     let mut hashes: Vec<&String> = read.parsed.keys().collect();
     hashes.sort_unstable();
     for hash in hashes {
@@ -53,11 +57,11 @@ pub(super) async fn check(
                     format!("its NAR {url} has {} bytes, FileSize says {size}", nar.size),
                 )),
                 _ => {
-                    to_hash.entry(url.as_str()).or_default().push((
-                        key.as_str(),
-                        narinfo,
-                        young || is_young(nar, options),
-                    ));
+                    let compression = narinfo.compression.as_str();
+                    to_hash
+                        .entry((url.as_str(), compression))
+                        .or_default()
+                        .push((key.as_str(), narinfo, young || is_young(nar, options)));
                     None
                 }
             }
@@ -84,14 +88,15 @@ pub(super) async fn check(
 /// Streams each NAR once and compares it with every narinfo naming it.
 async fn hash_nars(
     sink: &Sink,
-    to_hash: BTreeMap<&str, Vec<(&str, &NarInfo, bool)>>,
+    to_hash: ToHash<'_>,
     report: &mut Report,
     broken: &mut HashSet<String>,
 ) -> Result<(), VerifyError> {
     let mut hashed = stream::iter(to_hash)
-        .map(|(url, namers)| async move {
-            let compression = namers[0].1.compression.as_str();
-            (url, namers, nar_hash::hash(sink, url, compression).await)
+        .map(|((url, compression), namers)| async move {
+            let max_nar_size = namers.iter().map(|(_, n, _)| n.nar_size).max();
+            let outcome = nar_hash::hash(sink, url, compression, max_nar_size.unwrap_or(0)).await;
+            (url, namers, outcome)
         })
         .buffer_unordered(HASH_CONCURRENCY);
     while let Some((url, namers, outcome)) = hashed.next().await {

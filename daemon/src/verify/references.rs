@@ -1,7 +1,8 @@
 //! References and pins: every reference of a narinfo here must have a narinfo here, or be
 //! served by an upstream cache (asked only when some are given; else it is *unchecked*); every
 //! pin must parse and stand for a closure that is whole here (each path's narinfo, and its
-//! NAR, in this cache, as `narpush pin` requires).
+//! NAR, in this cache, but for references served upstream or unchecked, as `narpush pin`
+//! requires).
 //!
 //! Invariant: a missing path is counted once however many narinfos refer to it; it is in
 //! flight when every narinfo referring to it is young.
@@ -25,12 +26,15 @@ struct Missing<'a> {
     young: bool,
 }
 
+/// Checks the references; returns the hash parts of the paths missing here that are no
+/// problem (served upstream, or unchecked when no upstream cache is given).
 pub(super) async fn check(
     inventory: &Inventory,
     read: &Read,
     options: &Options,
     report: &mut Report,
-) {
+) -> HashSet<String> {
+    let mut elsewhere = HashSet::new();
     let mut missing: BTreeMap<&str, Missing<'_>> = BTreeMap::new();
     let mut hashes: Vec<&String> = read.parsed.keys().collect();
     hashes.sort_unstable();
@@ -53,12 +57,13 @@ pub(super) async fn check(
     }
     let Some(upstream) = &options.upstream else {
         for m in missing.values() {
+            elsewhere.insert(m.path.hash_part().to_owned());
             report.unchecked_references.add(
                 m.referrer,
                 format!("{} has no narinfo here", m.path.to_absolute()),
             );
         }
-        return;
+        return elsewhere;
     };
     let mut asked = stream::iter(missing.into_values())
         .map(|m| async move { (upstream.serves(m.path).await, m) })
@@ -66,9 +71,12 @@ pub(super) async fn check(
     while let Some((served, m)) = asked.next().await {
         let path = m.path.to_absolute();
         match served {
-            Some(_) => report
-                .upstream_references
-                .add(m.referrer, format!("{path} is served upstream")),
+            Some(_) => {
+                elsewhere.insert(m.path.hash_part().to_owned());
+                report
+                    .upstream_references
+                    .add(m.referrer, format!("{path} is served upstream"));
+            }
             None => report.problem(
                 Kind::MissingReferences,
                 m.young,
@@ -77,6 +85,7 @@ pub(super) async fn check(
             ),
         }
     }
+    elsewhere
 }
 
 /// Reads the pins and walks their closures; `broken` are the paths whose NAR is missing or
@@ -86,6 +95,7 @@ pub(super) async fn check_pins(
     inventory: &Inventory,
     read: &Read,
     broken: &HashSet<String>,
+    elsewhere: &HashSet<String>,
     options: &Options,
     report: &mut Report,
 ) -> Result<(), VerifyError> {
@@ -93,6 +103,20 @@ pub(super) async fn check_pins(
     pins.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, object) in pins {
         let young = is_young(object, options);
+        if object.size > crate::pins::MAX_PIN_BYTES {
+            report.pins.push(PinReport {
+                name: name.clone(),
+                path: None,
+                whole: false,
+            });
+            let detail = format!(
+                "{} bytes, more than a pin's {}: not read",
+                object.size,
+                crate::pins::MAX_PIN_BYTES
+            );
+            report.problem(Kind::BrokenPins, young, &object.key, detail);
+            continue;
+        }
         let Some(body) = get(sink, &object.key).await? else {
             report
                 .in_flight
@@ -111,7 +135,7 @@ pub(super) async fn check_pins(
                 continue;
             }
         };
-        let gap = closure_gap(&pin.path, read, broken);
+        let gap = closure_gap(&pin.path, read, broken, elsewhere);
         report.pins.push(PinReport {
             name: name.clone(),
             path: Some(pin.path.to_absolute()),
@@ -128,12 +152,22 @@ pub(super) async fn check_pins(
     Ok(())
 }
 
-/// The first path of `top`'s closure without a readable narinfo or a sound NAR here.
-fn closure_gap(top: &StorePath, read: &Read, broken: &HashSet<String>) -> Option<String> {
+/// The first path of `top`'s closure without a readable narinfo or a sound NAR here; a
+/// reference in `elsewhere` (served upstream, or unchecked) may be missing, as `narpush pin`
+/// allows.
+fn closure_gap(
+    top: &StorePath,
+    read: &Read,
+    broken: &HashSet<String>,
+    elsewhere: &HashSet<String>,
+) -> Option<String> {
     let mut seen: HashSet<&str> = HashSet::from([top.hash_part()]);
     let mut pending = vec![top];
     while let Some(path) = pending.pop() {
         let Some(narinfo) = read.parsed.get(path.hash_part()) else {
+            if path != top && elsewhere.contains(path.hash_part()) {
+                continue;
+            }
             return Some(format!("{} has no readable narinfo", path.to_absolute()));
         };
         if broken.contains(path.hash_part()) {

@@ -143,9 +143,14 @@ async fn a_missing_reference_counts_once_unchecked_or_asked_upstream() {
     let cache = Cache::new();
     cache.add("lib", b"lib nar", "nar/lib.nar", &["gone"]);
     cache.add("top", b"top nar", "nar/top.nar", &["gone", "lib"]);
+    cache.write("pins/release", crate::pins::body(&path("top")).as_bytes());
     let report = cache.verify(&cache.options(later())).await;
-    assert!(report.whole);
+    assert!(report.whole, "{}", report.to_text());
     assert_eq!(report.unchecked_references.count, 1);
+    assert!(
+        report.pins[0].whole,
+        "a pin over an unchecked reference is not broken"
+    );
 
     let upstream_dir = tempfile::tempdir().unwrap();
     let upstream = |dir: &Path| {
@@ -159,6 +164,7 @@ async fn a_missing_reference_counts_once_unchecked_or_asked_upstream() {
     let report = cache.verify(&options).await;
     assert_eq!(report.problems.missing_references.count, 1);
     assert_eq!(report.unchecked_references.count, 0);
+    assert_eq!(report.problems.of(Kind::BrokenPins).count, 1);
 
     let served = Cache {
         dir: upstream_dir,
@@ -169,6 +175,52 @@ async fn a_missing_reference_counts_once_unchecked_or_asked_upstream() {
     let report = cache.verify(&options).await;
     assert!(report.whole, "{}", report.to_text());
     assert_eq!(report.upstream_references.count, 1);
+    assert!(
+        report.pins[0].whole,
+        "a pin over a reference upstream serves is whole"
+    );
+}
+
+#[tokio::test]
+async fn objects_too_big_to_be_metadata_are_problems_and_are_not_read() {
+    let cache = Cache::new();
+    cache.add("top", b"top nar", "nar/top.nar", &[]);
+    let huge = super::MAX_METADATA_BYTES as usize + 1;
+    // Sparse: the listing shows the size, reading it would take it all.
+    let narinfo = cache
+        .dir
+        .path()
+        .join(format!("{}.narinfo", path("other").hash_part()));
+    std::fs::File::create(&narinfo)
+        .unwrap()
+        .set_len(huge as u64 * 1024)
+        .unwrap();
+    let realisation = cache
+        .dir
+        .path()
+        .join(format!("realisations/sha256:{}!out.doi", "2".repeat(64)));
+    std::fs::create_dir_all(realisation.parent().unwrap()).unwrap();
+    std::fs::File::create(&realisation)
+        .unwrap()
+        .set_len(huge as u64)
+        .unwrap();
+    let pin = cache.dir.path().join("pins/huge");
+    std::fs::create_dir_all(pin.parent().unwrap()).unwrap();
+    std::fs::File::create(&pin)
+        .unwrap()
+        .set_len(crate::pins::MAX_PIN_BYTES + 1)
+        .unwrap();
+    let report = cache.verify(&cache.options(later())).await;
+    assert_eq!(report.problems.of(Kind::UnparseableNarinfos).count, 1);
+    assert_eq!(report.problems.of(Kind::RealisationsWithoutPath).count, 1);
+    assert_eq!(report.problems.of(Kind::BrokenPins).count, 1);
+    assert!(
+        report.problems.of(Kind::UnparseableNarinfos).examples[0]
+            .detail
+            .contains("not read"),
+        "{}",
+        report.to_text()
+    );
 }
 
 #[tokio::test]
