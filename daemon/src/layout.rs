@@ -255,6 +255,29 @@ pub fn log_key_of_basename(basename: &str) -> String {
     format!("log/{basename}")
 }
 
+/// Where pins live ([`crate::pins`]).
+pub const PIN_PREFIX: &str = "pins/";
+
+/// The longest pin name.
+pub const MAX_PIN_NAME_LEN: usize = 100;
+
+/// Whether `name` may name a pin: 1 to [`MAX_PIN_NAME_LEN`] characters of
+/// `A-Z a-z 0-9 . _ + -`, not starting with `.`.
+pub fn is_pin_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+    !name.is_empty()
+        && name.len() <= MAX_PIN_NAME_LEN
+        && !name.starts_with('.')
+        && name.chars().all(allowed)
+}
+
+/// The name of the pin stored under `key`, when `key` is one: a valid pin name right under
+/// `pins/`. Other keys there (a console's zero-byte `pins/` "folder") are not pins.
+pub fn pin_name_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(PIN_PREFIX)
+        .filter(|name| is_pin_name(name))
+}
+
 /// What an object of a cache is, by its key: what retention GC needs to know of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ObjectKind<'a> {
@@ -298,7 +321,7 @@ pub fn kind_of(key: &str) -> ObjectKind<'_> {
         ObjectKind::Log { drv }
     } else if key.starts_with("realisations/") && key.ends_with(".doi") {
         ObjectKind::Realisation
-    } else if let Some(name) = crate::pins::name_of_key(key) {
+    } else if let Some(name) = pin_name_of_key(key) {
         ObjectKind::Pin { name }
     } else {
         ObjectKind::Other

@@ -35,12 +35,6 @@ use crate::sink::inventory::Object;
 use crate::sink::{Sink, SinkError};
 use crate::upstream::Upstream;
 
-/// Where pins live.
-pub const PIN_PREFIX: &str = "pins/";
-
-/// The longest pin name.
-pub const MAX_NAME_LEN: usize = 100;
-
 /// How long after writing a pin its closure is looked at again (P1): as long as an uploader
 /// waits after a refresh, `S`.
 pub const PIN_SETTLE: std::time::Duration = REFRESH_SETTLE;
@@ -86,12 +80,7 @@ pub struct PinName(String);
 
 impl PinName {
     pub fn parse(name: &str) -> Result<PinName, PinError> {
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
-        if name.is_empty()
-            || name.len() > MAX_NAME_LEN
-            || name.starts_with('.')
-            || !name.chars().all(allowed)
-        {
+        if !layout::is_pin_name(name) {
             return Err(PinError::InvalidName {
                 name: name.to_owned(),
             });
@@ -138,12 +127,9 @@ pub fn parse(name: &str, body: &[u8]) -> Result<Pin, PinError> {
     Ok(Pin { name, path })
 }
 
-/// The name of the pin stored under `key`, when `key` is one: a valid [`PinName`] right under
-/// `pins/`. Other keys there (a console's zero-byte `pins/` "folder") are not pins.
-pub fn name_of_key(key: &str) -> Option<&str> {
-    key.strip_prefix(PIN_PREFIX)
-        .filter(|name| PinName::parse(name).is_ok())
-}
+pub use crate::layout::{
+    pin_name_of_key as name_of_key, MAX_PIN_NAME_LEN as MAX_NAME_LEN, PIN_PREFIX,
+};
 
 /// The largest pin body read; a pin is one line.
 pub const MAX_PIN_BYTES: u64 = 64 * 1024;
