@@ -242,6 +242,7 @@ fn add_realisation(cache: &Cache, n: u8, name: &str, deps: &[(u8, &str)], age: D
         out_path: path(name),
         signatures: Default::default(),
         dependent_realisations: deps.iter().map(|(d, p)| (id(*d), path(p))).collect(),
+        drv: None,
     };
     let key = layout::realisation_key(&realisation.id);
     cache.write(&key, &realisation.to_json(), age);

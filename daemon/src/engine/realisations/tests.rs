@@ -24,6 +24,7 @@ fn realisation(n: u8, out: &str, deps: &[(u8, &str)]) -> Realisation {
             .iter()
             .map(|(d, p)| (id(*d), path(p)))
             .collect::<BTreeMap<_, _>>(),
+        drv: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn numbered(first: u32, count: usize, out: Option<&str>) -> Vec<Realisation> {
                 out_path: path(out.unwrap_or(&format!("queued-{n}"))),
                 signatures: BTreeSet::new(),
                 dependent_realisations: BTreeMap::new(),
+                drv: None,
             }
         })
         .collect()
