@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 
 use super::{gc_read, layers, GcError, Plan, Policy};
+use crate::format::build_trace;
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
@@ -297,9 +298,14 @@ async fn read_realisations(
     for (key, body) in read {
         let Some(body) = body? else { continue };
         // Its dependencies' outputs are in its output's closure: kept whenever it is.
-        match Realisation::from_json(&body) {
-            Ok(realisation) if !live.contains(realisation.out_path.hash_part()) => {
-                unused.insert(key, layout::narinfo_key(&realisation.out_path));
+        let output = if key.starts_with(build_trace::PREFIX) {
+            build_trace::output_of_object(&key, &body)
+        } else {
+            Realisation::from_json(&body).ok().map(|r| r.out_path)
+        };
+        match output {
+            Some(output) if !live.contains(output.hash_part()) => {
+                unused.insert(key, layout::narinfo_key(&output));
             }
             _ => {}
         }

@@ -467,3 +467,6 @@ async fn an_unreadable_pin_stops_the_run_before_anything_is_deleted() {
         .join(layout::narinfo_key(&path("old")))
         .exists());
 }
+
+#[path = "build_trace_tests.rs"]
+mod build_trace_entries;
