@@ -69,6 +69,9 @@
 //!   rely on their absence (the next layer's, then those of NARs, listings, logs and
 //!   realisations) begin only [`WRITE_BACK_SETTLE`] after the last of those deletes was
 //!   answered.
+//! - **G8, pins.** Pins are roots; `pins/` is listed again at the start of every check that
+//!   allows narinfo deletes, and a pin the plan did not take as a root makes it anew (the
+//!   pin's side, P1, is in [`crate::pins`]).
 //!
 //! # Why `S = 2·W + 1 s`
 //!

@@ -48,6 +48,7 @@ struct RawConfig {
     allowed_uids: Option<Vec<u32>>,
     upstream_caches: Option<Vec<toml::Value>>,
     upstream_public_keys: Option<Vec<String>>,
+    own_public_keys: Option<Vec<String>>,
     refresh_after: Option<String>,
     priority: Option<u32>,
     upload_build_logs: Option<bool>,
@@ -99,6 +100,9 @@ pub struct Config {
     /// Keys whose signature makes a path upstream's (on the path in the store, or on an
     /// upstream cache's narinfo).
     pub upstream_public_keys: Vec<VerifyingKey>,
+    /// Keys whose signature on a narinfo in the target makes it ours, besides the signing
+    /// keys' own: the previous key during a rotation, so nothing is uploaded again.
+    pub own_public_keys: Vec<VerifyingKey>,
     /// A path found in the cache gets its narinfo rewritten once it is older than this, so
     /// that retention GC sees it as in use.
     pub refresh_after: Duration,
@@ -153,6 +157,7 @@ impl Default for Config {
             allowed_uids: vec![0],
             upstream_caches: Vec::new(),
             upstream_public_keys: VerifyingKey::parse(NIXOS_PUBLIC_KEY).into_iter().collect(),
+            own_public_keys: Vec::new(),
             refresh_after: DEFAULT_REFRESH_AFTER,
             priority: DEFAULT_PRIORITY,
             want_mass_query: true,
@@ -293,6 +298,15 @@ impl Config {
                 .map_err(|r| invalid("upstream_public_keys", r))?,
             None => defaults.upstream_public_keys.clone(),
         };
+        let own_public_keys = raw
+            .own_public_keys
+            .unwrap_or_default()
+            .iter()
+            .map(|key| {
+                VerifyingKey::parse(key).map_err(|e| format!("'{key}' is not a public key: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|r| invalid("own_public_keys", r))?;
         let refresh_after = match raw.refresh_after {
             Some(text) => humantime::parse_duration(&text)
                 .map_err(|e| format!("'{text}' is not a duration like \"1d\" or \"12h\": {e}"))
@@ -365,6 +379,7 @@ impl Config {
             max_build_log_bytes,
             upstream_caches,
             upstream_public_keys,
+            own_public_keys,
             refresh_after,
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
             metrics_listen: check_listen_address(raw.metrics_listen)

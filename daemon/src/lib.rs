@@ -46,6 +46,7 @@ pub mod pins;
 pub mod process_group;
 pub mod queue;
 pub mod redact;
+pub mod resign;
 pub mod secrets;
 pub mod sink;
 pub mod store;

@@ -10,6 +10,7 @@ mod keygen;
 mod pin;
 mod progress;
 mod push;
+mod resign;
 mod retry;
 mod status;
 mod upload;
@@ -50,6 +51,7 @@ pub enum Command {
     ClientConfig(client_config::ClientConfigArgs),
     Exec(exec::ExecArgs),
     Pin(pin::PinArgs),
+    Resign(resign::ResignArgs),
 }
 
 /// How a command that ran ended.
@@ -84,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::ClientConfig(args) => client_config::run(&args, cli.config.as_deref()),
         Command::Exec(args) => exec::run(args, cli.config.as_deref()),
         Command::Pin(args) => pin::run(&args, cli.config.as_deref()),
+        Command::Resign(args) => resign::run(&args, cli.config.as_deref()),
     }
 }
 

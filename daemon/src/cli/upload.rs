@@ -140,6 +140,7 @@ struct Settings {
     cache_info: CacheInfo,
     upstream: Upstream,
     refresh_after: Duration,
+    own_public_keys: Vec<VerifyingKey>,
     quiet: bool,
     request_timeout: Duration,
 }
@@ -207,6 +208,7 @@ impl Settings {
             cache_info: config.cache_info(),
             upstream,
             refresh_after: config.refresh_after,
+            own_public_keys: config.own_public_keys.clone(),
             quiet: args.quiet,
             request_timeout: config.request_timeout,
         })
@@ -252,6 +254,7 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
     )
     .with_upstream(settings.upstream)
     .with_refresh_after(settings.refresh_after)
+    .with_own_public_keys(&settings.own_public_keys)
     .with_cache_info(settings.cache_info);
     config
         .ensure_cache_info()

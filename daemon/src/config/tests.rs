@@ -331,3 +331,17 @@ fn a_retry_delay_too_short_to_be_a_backoff_is_refused_naming_key_value_and_range
     let config = parse("retry_initial_delay_ms = 10\nretry_max_delay_ms = 10\n").unwrap();
     assert_eq!(config.retry_initial_delay, Duration::from_millis(10));
 }
+
+#[test]
+fn own_public_keys_are_parsed_and_a_bad_one_is_named() {
+    assert!(parse("").unwrap().own_public_keys.is_empty());
+    let old = "cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+    let config = parse(&format!("own_public_keys = [\"{old}\"]\n")).unwrap();
+    assert_eq!(config.own_public_keys[0].to_string(), old);
+    let err = parse("own_public_keys = [\"cache.example.org-1\"]\n").unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("'own_public_keys'") && message.contains("'cache.example.org-1'"),
+        "{message}"
+    );
+}

@@ -62,6 +62,7 @@ impl Settings {
         )
         .with_upstream(config.upstream())
         .with_refresh_after(config.refresh_after)
+        .with_own_public_keys(&config.own_public_keys)
         .with_cache_info(config.cache_info());
         Ok(Settings {
             public_keys: engine

@@ -156,6 +156,16 @@ impl EngineConfig {
         self
     }
 
+    /// Also counts narinfos signed by `keys` as ours (`own_public_keys`: a rotated-out key).
+    pub fn with_own_public_keys(mut self, keys: &[VerifyingKey]) -> EngineConfig {
+        for key in keys {
+            if !self.own_keys.contains(key) {
+                self.own_keys.push(key.clone());
+            }
+        }
+        self
+    }
+
     /// Rewrites narinfos found in the cache once they are older than `refresh_after`.
     pub fn with_refresh_after(mut self, refresh_after: Duration) -> EngineConfig {
         self.refresh_after = refresh_after;

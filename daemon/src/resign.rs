@@ -1,0 +1,311 @@
+//! `narpush resign`: adds or replaces signatures on the narinfos and realisations already in a
+//! cache, for a key rotation, without touching a NAR.
+//!
+//! Invariants:
+//! - Only what is ours is signed: an object none of whose signatures verifies with one of our
+//!   public keys (the signing keys', and the config's `own_public_keys`) is left alone and
+//!   counted, never blessed with a new key.
+//! - A rewrite is a refresh with new signatures, under rule U2 of [`crate::coexist`]: it is sent
+//!   only within `W` of the start of the read it rewrites, with the time left as its timeout, so
+//!   a collection that deleted the object meanwhile sees it back before it relies on its
+//!   absence (G7). Like a refresh, it makes the object young again for `narpush gc`: objects
+//!   older than `skip_older_than` are left alone, so a rotation neither keeps garbage alive
+//!   nor rewrites what a collection is about to delete (which would make it plan again).
+//! - Resumable: an object that already carries exactly the signatures wanted is not written,
+//!   so a run that stopped is finished by running it again.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::coexist::{Check, Reader, REFRESH_ROUNDS};
+use crate::format::narinfo::NarInfo;
+use crate::format::realisation::Realisation;
+use crate::format::signing::{SigningKey, VerifyingKey};
+use crate::layout::{content_type, kind_of, ObjectKind};
+use crate::sink::inventory::Object;
+use crate::sink::{Sink, SinkError};
+
+/// Objects read and rewritten at once.
+const CONCURRENCY: usize = 32;
+
+/// What to do.
+pub struct Options {
+    /// Each object ends with one signature by each of these (replacing an older one by the same
+    /// key name).
+    pub keys: Vec<SigningKey>,
+    /// Signatures under these key names are removed.
+    pub remove: Vec<String>,
+    /// Public keys whose signatures make an object ours, besides the public halves of `keys`.
+    pub own_public_keys: Vec<VerifyingKey>,
+    /// Objects last written longer ago than this are left alone.
+    pub skip_older_than: Option<Duration>,
+    /// Count what would be rewritten, write nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResignError {
+    #[error("nothing to do: give --key to add signatures or --remove-signature to remove them")]
+    NothingToDo,
+    #[error(
+        "refusing to remove the signatures of {0}, the key resign signs with: the objects would \
+         end with no signature of it"
+    )]
+    RemovingOwnKey(String),
+    #[error("{key} was read more than {rounds} times but never rewritten within the bound of its read; the store answers too slowly; run resign again")]
+    TooSlow { key: String, rounds: u32 },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Objects of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Read and ours.
+    pub examined: u64,
+    /// Written with the new signatures (with `dry_run`: would be).
+    pub rewritten: u64,
+    /// Already signed as wanted.
+    pub unchanged: u64,
+    /// Older than `skip_older_than`.
+    pub skipped_old: u64,
+    /// No signature of ours verifies: left alone.
+    pub not_ours: u64,
+    /// Cannot be parsed: left alone.
+    pub unreadable: u64,
+    /// Deleted since the listing.
+    pub gone: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub dry_run: bool,
+    pub narinfos: Counts,
+    pub realisations: Counts,
+    /// Key names of the signatures found on the objects read, with how many carried each.
+    pub key_names: std::collections::BTreeMap<String, u64>,
+}
+
+/// What became of one object.
+enum Fate {
+    Rewritten,
+    Unchanged,
+    NotOurs,
+    Unreadable,
+    Gone,
+}
+
+/// Resigns every narinfo and realisation of `sink`.
+pub async fn resign(
+    sink: &Sink,
+    options: &Options,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Summary, ResignError> {
+    if options.keys.is_empty() && options.remove.is_empty() {
+        return Err(ResignError::NothingToDo);
+    }
+    if let Some(key) = options
+        .keys
+        .iter()
+        .find(|k| options.remove.iter().any(|r| r == k.name()))
+    {
+        return Err(ResignError::RemovingOwnKey(key.name().to_owned()));
+    }
+    progress("listing the cache");
+    let now = crate::clock::now();
+    let mut summary = Summary {
+        dry_run: options.dry_run,
+        ..Summary::default()
+    };
+    let mut todo = Vec::new();
+    for object in sink.list().await? {
+        let counts = match kind_of(&object.key) {
+            ObjectKind::NarInfo { .. } => &mut summary.narinfos,
+            ObjectKind::Realisation => &mut summary.realisations,
+            ObjectKind::CacheInfo
+            | ObjectKind::Listing { .. }
+            | ObjectKind::Nar
+            | ObjectKind::Log { .. }
+            | ObjectKind::Pin { .. }
+            | ObjectKind::Other => continue,
+        };
+        if is_older(&object, now, options.skip_older_than) {
+            counts.skipped_old += 1;
+        } else {
+            todo.push(object.key);
+        }
+    }
+    let total = todo.len();
+    let mut done = 0usize;
+    let mut results = stream::iter(todo)
+        .map(|key| async move {
+            let fate = resign_one(sink, &key, options).await;
+            (key, fate)
+        })
+        .buffer_unordered(CONCURRENCY);
+    while let Some((key, fate)) = results.next().await {
+        let (fate, names) = fate?;
+        for name in names {
+            *summary.key_names.entry(name).or_default() += 1;
+        }
+        let counts = match kind_of(&key) {
+            ObjectKind::NarInfo { .. } => &mut summary.narinfos,
+            _ => &mut summary.realisations,
+        };
+        match fate {
+            Fate::Rewritten => {
+                counts.examined += 1;
+                counts.rewritten += 1;
+            }
+            Fate::Unchanged => {
+                counts.examined += 1;
+                counts.unchanged += 1;
+            }
+            Fate::NotOurs => counts.not_ours += 1,
+            Fate::Unreadable => counts.unreadable += 1,
+            Fate::Gone => counts.gone += 1,
+        }
+        done += 1;
+        if done.is_multiple_of(100) {
+            progress(&format!("{done} of {total} objects"));
+        }
+    }
+    Ok(summary)
+}
+
+fn is_older(object: &Object, now: SystemTime, limit: Option<Duration>) -> bool {
+    limit.is_some_and(|limit| crate::clock::age(now, object.modified) > limit)
+}
+
+/// Reads `key` and rewrites it with the wanted signatures, within the bound of the read
+/// (U2); reads it again when the read took too long. Returns its fate and the key names of
+/// the signatures it carried.
+async fn resign_one(
+    sink: &Sink,
+    key: &str,
+    options: &Options,
+) -> Result<(Fate, Vec<String>), ResignError> {
+    for _ in 0..REFRESH_ROUNDS {
+        let check = Check::begin();
+        let Some(fetched) = sink.read(key).await?.for_reader(Reader::Gc)? else {
+            return Ok((Fate::Gone, Vec::new()));
+        };
+        let (body, names) = match resigned(key, &fetched.body, options) {
+            Resigned::Body(body, names) => (body, names),
+            Resigned::Same(names) => return Ok((Fate::Unchanged, names)),
+            Resigned::NotOurs(names) => return Ok((Fate::NotOurs, names)),
+            Resigned::Unreadable => return Ok((Fate::Unreadable, Vec::new())),
+        };
+        if options.dry_run {
+            return Ok((Fate::Rewritten, names));
+        }
+        let Some(left) = check.time_left() else {
+            continue;
+        };
+        let content_type = match kind_of(key) {
+            ObjectKind::NarInfo { .. } => content_type::NARINFO,
+            _ => content_type::REALISATION,
+        };
+        if let Ok(written) = tokio::time::timeout(left, sink.put(key, body, content_type)).await {
+            written?;
+            return Ok((Fate::Rewritten, names));
+        }
+    }
+    Err(ResignError::TooSlow {
+        key: key.to_owned(),
+        rounds: REFRESH_ROUNDS,
+    })
+}
+
+/// The outcome of resigning one object's bytes.
+enum Resigned {
+    Body(Bytes, Vec<String>),
+    Same(Vec<String>),
+    NotOurs(Vec<String>),
+    Unreadable,
+}
+
+fn key_name(signature: &str) -> &str {
+    signature
+        .split_once(':')
+        .map_or(signature, |(name, _)| name)
+}
+
+/// `body` (the object at `key`) with the signatures `options` want.
+fn resigned(key: &str, body: &[u8], options: &Options) -> Resigned {
+    let ours = |key_verifies: &dyn Fn(&VerifyingKey) -> bool| {
+        options
+            .keys
+            .iter()
+            .map(SigningKey::public_key)
+            .chain(options.own_public_keys.iter().cloned())
+            .any(|key| key_verifies(&key))
+    };
+    let wanted = |signatures: &mut Vec<String>| {
+        signatures.retain(|sig| {
+            let name = key_name(sig);
+            !options.remove.iter().any(|r| r == name)
+                && !options.keys.iter().any(|k| k.name() == name)
+        });
+    };
+    let names = |signatures: &[String]| -> Vec<String> {
+        let set: BTreeSet<&str> = signatures.iter().map(|s| key_name(s)).collect();
+        set.into_iter().map(str::to_owned).collect()
+    };
+    match kind_of(key) {
+        ObjectKind::NarInfo { .. } => {
+            let Some(mut narinfo) = std::str::from_utf8(body)
+                .ok()
+                .and_then(|text| NarInfo::parse(text).ok())
+            else {
+                return Resigned::Unreadable;
+            };
+            let found = names(&narinfo.signatures);
+            if !ours(&|key| narinfo.verify_signature(key)) {
+                return Resigned::NotOurs(found);
+            }
+            let before: BTreeSet<String> = narinfo.signatures.iter().cloned().collect();
+            wanted(&mut narinfo.signatures);
+            for key in &options.keys {
+                if narinfo.add_signature(key).is_err() {
+                    return Resigned::Unreadable;
+                }
+            }
+            let after: BTreeSet<String> = narinfo.signatures.iter().cloned().collect();
+            if before == after {
+                Resigned::Same(found)
+            } else {
+                Resigned::Body(Bytes::from(narinfo.to_string()), found)
+            }
+        }
+        _ => {
+            let Ok(mut realisation) = Realisation::from_json(body) else {
+                return Resigned::Unreadable;
+            };
+            let mut signatures: Vec<String> = realisation.signatures.iter().cloned().collect();
+            let found = names(&signatures);
+            if !ours(&|key| realisation.verify_signature(key)) {
+                return Resigned::NotOurs(found);
+            }
+            let before = realisation.signatures.clone();
+            wanted(&mut signatures);
+            realisation.signatures = signatures.into_iter().collect();
+            for key in &options.keys {
+                realisation.sign(key);
+            }
+            if before == realisation.signatures {
+                Resigned::Same(found)
+            } else {
+                Resigned::Body(Bytes::from(realisation.to_json()), found)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "resign/tests.rs"]
+mod tests;
