@@ -280,6 +280,17 @@ pub fn output_of_object(key: &str, body: &[u8]) -> Option<StorePath> {
         .map(|e| e.out_path)
 }
 
+/// The output path of any realisation object of a cache (what `layout` classifies as a
+/// realisation): a build trace entry under [`PREFIX`], a Nix 2.8 `realisations/` object
+/// otherwise. `None` when it cannot be read.
+pub fn output_of_realisation_object(key: &str, body: &[u8]) -> Option<StorePath> {
+    if key.starts_with(PREFIX) {
+        output_of_object(key, body)
+    } else {
+        Realisation::from_json(body).ok().map(|r| r.out_path)
+    }
+}
+
 fn parse_json(bytes: &[u8]) -> Result<Value, BuildTraceError> {
     serde_json::from_slice(bytes).map_err(|e| BuildTraceError::Json {
         reason: e.to_string(),

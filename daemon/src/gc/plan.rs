@@ -11,7 +11,6 @@ use futures::stream::{self, StreamExt};
 use super::{gc_read, layers, GcError, Plan, Policy};
 use crate::format::build_trace;
 use crate::format::narinfo::NarInfo;
-use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use crate::layout::{self, kind_of, ObjectKind};
 use crate::sink::inventory::Object;
@@ -298,12 +297,7 @@ async fn read_realisations(
     for (key, body) in read {
         let Some(body) = body? else { continue };
         // Its dependencies' outputs are in its output's closure: kept whenever it is.
-        let output = if key.starts_with(build_trace::PREFIX) {
-            build_trace::output_of_object(&key, &body)
-        } else {
-            Realisation::from_json(&body).ok().map(|r| r.out_path)
-        };
-        match output {
+        match build_trace::output_of_realisation_object(&key, &body) {
             Some(output) if !live.contains(output.hash_part()) => {
                 unused.insert(key, layout::narinfo_key(&output));
             }

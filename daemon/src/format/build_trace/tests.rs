@@ -241,3 +241,27 @@ fn a_realisation_with_its_resolved_derivation_makes_an_unsigned_entry() {
     };
     assert_eq!(BuildTraceEntry::of_realisation(&unknown), None);
 }
+
+#[test]
+fn either_form_of_realisation_object_names_its_output() {
+    let object_key = key().object_key();
+    let out = path("g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-foo");
+    assert_eq!(
+        output_of_realisation_object(&object_key, UNKEYED_SIMPLE.as_bytes()),
+        Some(out.clone())
+    );
+    let old = format!(
+        r#"{{"dependentRealisations":{{}},"id":"sha256:{}!out","outPath":"{}","signatures":[]}}"#,
+        "00".repeat(32),
+        out.basename()
+    );
+    assert_eq!(
+        output_of_realisation_object("realisations/sha256:00!out.doi", old.as_bytes()),
+        Some(out)
+    );
+    assert_eq!(output_of_realisation_object(&object_key, b"{}"), None);
+    assert_eq!(
+        output_of_realisation_object("realisations/x.doi", UNKEYED_SIMPLE.as_bytes()),
+        None
+    );
+}
