@@ -466,3 +466,6 @@ fn upload_without_the_closure_looks_a_realisations_dependency_up_instead_of_wait
     let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
     assert_substituted(&output, store.path(), &top_drv, &top[0].1);
 }
+
+#[path = "realisations/gc.rs"]
+mod gc;
