@@ -312,6 +312,8 @@ mod tests {
             "short.narinfo",
             "sub/dir/x.narinfo",
             "log/a/b",
+            "build-trace-v2/x.drv/out.doi",
+            "build-trace-v2/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-x.drv/out",
         ] {
             assert_eq!(kind_of(other), ObjectKind::Other, "{other}");
         }
