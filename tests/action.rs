@@ -44,6 +44,7 @@ fn action_yml_is_a_composite_action_with_the_documented_inputs() {
         "signing-key",
         "aws-access-key-id",
         "aws-secret-access-key",
+        "aws-session-token",
         "public-url",
         "allow-upload-failures",
     ] {
@@ -160,6 +161,7 @@ fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter()
         ("RUNNER_TEMP", work.path().display().to_string()),
         ("AWS_ACCESS_KEY_ID", "action-key-id".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "action-s3-SECRET".to_owned()),
+        ("AWS_SESSION_TOKEN", "action-session-TOKEN".to_owned()),
     ]);
     let output = run_step(&action, "Hand the secrets to narpush exec", &env);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -169,6 +171,11 @@ fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter()
         .find_map(|line| line.strip_prefix("file="))
         .unwrap_or_else(|| panic!("GITHUB_OUTPUT: {outputs}"))
         .to_owned();
+    let handed = std::fs::read_to_string(&secrets_file).unwrap();
+    assert!(
+        handed.contains("AWS_SESSION_TOKEN=action-session-TOKEN\n"),
+        "the session token is not in the secrets file"
+    );
 
     let mut env: Vec<(&str, String)> = common
         .into_iter()
@@ -213,6 +220,10 @@ fn the_action_steps_upload_a_build_and_give_the_job_the_cache_as_a_substituter()
     assert!(
         !seen.contains("action-s3-SECRET"),
         "COMMAND can read the S3 secret"
+    );
+    assert!(
+        !seen.contains("action-session-TOKEN"),
+        "COMMAND can read the session token"
     );
     let built = std::fs::read_to_string(work.path().join("out")).unwrap();
     let (_, substituted) = substitute_with_client_config(nix_config, &[built.trim().to_owned()]);

@@ -28,6 +28,13 @@ pub fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// `time` in whole seconds since the epoch: S3 lists modification times in milliseconds but a
+/// HEAD gives them in whole seconds, so times from both are compared so.
+pub fn whole_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How long before `now` `then` was (an object's or file's age). A `then` after `now` (a
 /// clock ahead of ours) is zero: a skewed timestamp makes a thing new, never old, so nothing
 /// is collected or trusted as stale because of it.

@@ -122,6 +122,8 @@
 //!   bytes, a few requests) and needs no read permission; credentials that cannot write fail
 //!   on the PUT with their reason.
 //! - **Upstream caches: not served.** The path is uploaded to the target.
+//! - **`narpush verify`: stop.** It reports on what it read; a refusal ends the run with exit
+//!   status 2 ("could not read"), never a guess either way.
 //!
 //! # What this does not cover
 //!
@@ -269,6 +271,8 @@ pub enum Reader {
     Uploader,
     /// An uploader asking an upstream cache.
     Upstream,
+    /// `narpush verify`, which only reads: what it cannot read it cannot vouch for.
+    Verify,
 }
 
 /// What a refused read means to its [`Reader`].
@@ -284,7 +288,7 @@ impl Reader {
     /// The one rule per reader (see the module doc).
     pub const fn when_refused(self) -> WhenRefused {
         match self {
-            Reader::Gc => WhenRefused::Stop,
+            Reader::Gc | Reader::Verify => WhenRefused::Stop,
             Reader::Uploader | Reader::Upstream => WhenRefused::Absent,
         }
     }
@@ -332,8 +336,9 @@ mod tests {
     }
 
     #[test]
-    fn only_gc_stops_on_a_refused_read() {
+    fn only_gc_and_verify_stop_on_a_refused_read() {
         assert_eq!(Reader::Gc.when_refused(), WhenRefused::Stop);
+        assert_eq!(Reader::Verify.when_refused(), WhenRefused::Stop);
         assert_eq!(Reader::Uploader.when_refused(), WhenRefused::Absent);
         assert_eq!(Reader::Upstream.when_refused(), WhenRefused::Absent);
     }

@@ -18,7 +18,7 @@ use crate::engine::stream::{StreamSettings, DEFAULT_SINGLE_PUT_MAX};
 use crate::engine::DEFAULT_REFRESH_AFTER;
 use crate::format::compression::Compression;
 use crate::format::signing::VerifyingKey;
-use crate::layout::{CacheInfo, DEFAULT_PRIORITY};
+use crate::layout::{CacheControl, CacheInfo, DEFAULT_PRIORITY};
 use crate::sink::params::CacheParams;
 use crate::sink::url::{TargetUrl, TargetUrlError};
 use crate::upstream::{Upstream, UpstreamCache, NIXOS_PUBLIC_KEY};
@@ -49,6 +49,8 @@ struct RawConfig {
     upstream_caches: Option<Vec<toml::Value>>,
     upstream_public_keys: Option<Vec<String>>,
     own_public_keys: Option<Vec<String>>,
+    nar_cache_control: Option<String>,
+    narinfo_cache_control: Option<String>,
     refresh_after: Option<String>,
     priority: Option<u32>,
     upload_build_logs: Option<bool>,
@@ -103,6 +105,9 @@ pub struct Config {
     /// Keys whose signature on a narinfo in the target makes it ours, besides the signing
     /// keys' own: the previous key during a rotation, so nothing is uploaded again.
     pub own_public_keys: Vec<VerifyingKey>,
+    /// `Cache-Control` of the objects written to an S3 target (`nar_cache_control`,
+    /// `narinfo_cache_control`).
+    pub cache_control: CacheControl,
     /// A path found in the cache gets its narinfo rewritten once it is older than this, so
     /// that retention GC sees it as in use.
     pub refresh_after: Duration,
@@ -158,6 +163,7 @@ impl Default for Config {
             upstream_caches: Vec::new(),
             upstream_public_keys: VerifyingKey::parse(NIXOS_PUBLIC_KEY).into_iter().collect(),
             own_public_keys: Vec::new(),
+            cache_control: CacheControl::default(),
             refresh_after: DEFAULT_REFRESH_AFTER,
             priority: DEFAULT_PRIORITY,
             want_mass_query: true,
@@ -380,6 +386,12 @@ impl Config {
             upstream_caches,
             upstream_public_keys,
             own_public_keys,
+            cache_control: CacheControl {
+                immutable: check_header(raw.nar_cache_control, &defaults.cache_control.immutable)
+                    .map_err(|r| invalid("nar_cache_control", r))?,
+                mutable: check_header(raw.narinfo_cache_control, &defaults.cache_control.mutable)
+                    .map_err(|r| invalid("narinfo_cache_control", r))?,
+            },
             refresh_after,
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
             metrics_listen: check_listen_address(raw.metrics_listen)
@@ -487,3 +499,19 @@ pub use checks::{check_concurrency, check_level};
 #[cfg(test)]
 #[path = "config/tests.rs"]
 mod tests;
+
+/// A header value as configured (`default` when unset): printable ASCII, no line break.
+fn check_header(value: Option<String>, default: &str) -> Result<String, String> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    if value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        Ok(value)
+    } else {
+        Err(format!(
+            "'{}' is not a valid header value (printable ASCII on one line)",
+            value.escape_debug()
+        ))
+    }
+}

@@ -122,7 +122,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, object: &Object) {
+    pub(crate) fn add(&mut self, object: &Object) {
         self.objects += 1;
         self.bytes += object.size;
     }
@@ -144,7 +144,9 @@ pub struct ByKind {
 }
 
 impl ByKind {
-    fn of(&mut self, key: &str) -> Option<&mut Tally> {
+    /// The tally of `key`'s kind; `None` for keys that are not a path's (nix-cache-info, pins,
+    /// unknown keys).
+    pub(crate) fn of(&mut self, key: &str) -> Option<&mut Tally> {
         use crate::layout::{kind_of, ObjectKind};
         match kind_of(key) {
             ObjectKind::CacheInfo | ObjectKind::Pin { .. } | ObjectKind::Other => None,
@@ -197,9 +199,9 @@ pub struct Plan {
     /// For a narinfo to delete: the keys of the narinfos to delete that reference it, deleted
     /// before it. It stays (the plan is made again) if one of them is back by then.
     pub referred_by: HashMap<String, Vec<String>>,
-    /// The pin objects the plan took as roots, as listed: a pin listed later that is not
-    /// among them makes the plan again ([`crate::pins`], P1).
-    pub pins: Vec<Object>,
+    /// The hash parts of the paths pins named when the plan was made: a pin read later that
+    /// names another makes the plan again ([`crate::pins`], P1).
+    pub pinned: std::collections::HashSet<String>,
 }
 
 impl Plan {

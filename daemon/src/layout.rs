@@ -46,6 +46,48 @@ pub mod content_type {
     pub const REALISATION: &str = "application/json";
 }
 
+/// The `Cache-Control` header of each object (S3 only: a CDN in front of the bucket, such as
+/// an R2 custom domain, caches by it). Objects whose bytes never change under their key (NARs,
+/// listings) may be cached for good; the others change (a narinfo is refreshed, resigned,
+/// collected) and are kept short.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheControl {
+    /// NARs and `.ls` listings.
+    pub immutable: String,
+    /// narinfos, `nix-cache-info`, realisations, logs, pins.
+    pub mutable: String,
+}
+
+/// A year, never revalidated: a NAR's or listing's key names its bytes.
+pub const DEFAULT_IMMUTABLE_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+/// Five minutes: a new signature or a collection shows within that.
+pub const DEFAULT_MUTABLE_CACHE_CONTROL: &str = "public, max-age=300";
+
+impl Default for CacheControl {
+    fn default() -> CacheControl {
+        CacheControl {
+            immutable: DEFAULT_IMMUTABLE_CACHE_CONTROL.to_owned(),
+            mutable: DEFAULT_MUTABLE_CACHE_CONTROL.to_owned(),
+        }
+    }
+}
+
+impl CacheControl {
+    /// The header for `key`; `None` when configured empty.
+    pub fn for_key(&self, key: &str) -> Option<&str> {
+        let value = match kind_of(key) {
+            ObjectKind::Nar | ObjectKind::Listing { .. } => &self.immutable,
+            ObjectKind::CacheInfo
+            | ObjectKind::NarInfo { .. }
+            | ObjectKind::Log { .. }
+            | ObjectKind::Realisation
+            | ObjectKind::Pin { .. }
+            | ObjectKind::Other => &self.mutable,
+        };
+        (!value.is_empty()).then_some(value.as_str())
+    }
+}
+
 /// The key of a path's NAR listing (Nix's `write-nar-listing`).
 pub fn listing_key(path: &StorePath) -> String {
     format!("{}.ls", path.hash_part())
@@ -321,6 +363,36 @@ mod tests {
 
     fn path() -> StorePath {
         StorePath::from_basename("9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-dep").unwrap()
+    }
+
+    #[test]
+    fn only_objects_named_by_their_bytes_are_cached_for_good() {
+        let defaults = CacheControl::default();
+        let hash = "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6";
+        for immutable in ["nar/abc.nar.zst", &format!("{hash}.ls")] {
+            assert_eq!(
+                defaults.for_key(immutable),
+                Some(DEFAULT_IMMUTABLE_CACHE_CONTROL)
+            );
+        }
+        for mutable in [
+            &format!("{hash}.narinfo"),
+            "nix-cache-info",
+            "log/x-top.drv",
+            "realisations/sha256:00!out.doi",
+            "pins/release",
+        ] {
+            assert_eq!(
+                defaults.for_key(mutable),
+                Some(DEFAULT_MUTABLE_CACHE_CONTROL),
+                "{mutable}"
+            );
+        }
+        let none = CacheControl {
+            immutable: String::new(),
+            mutable: String::new(),
+        };
+        assert_eq!(none.for_key("nar/abc.nar.zst"), None);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod consumer;
 pub mod control;
 pub mod daemon;
 pub mod default_paths;
+pub mod du;
 pub mod engine;
 pub mod format;
 #[doc(hidden)]
@@ -53,6 +54,7 @@ pub mod store;
 pub mod sync;
 pub mod trust;
 pub mod upstream;
+pub mod verify;
 
 /// Sleeps until `at`, or forever without it: a `select!` branch for an optional deadline.
 pub async fn sleep_until(at: Option<tokio::time::Instant>) {

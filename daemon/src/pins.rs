@@ -20,10 +20,12 @@
 //! check that allows narinfo deletes; a pin it has not planned with makes it plan again. A
 //! delete allowed by a listing that did not yet see the pin was sent within `W` of that
 //! check's start, before the pin's write landed, so it lands before the second look; that look
-//! sees the gap, and the pin is removed again and refused with the path that is missing. The
+//! sees the gap, and the pin is put back as it was and refused with the path that is missing. The
 //! argument is [`crate::coexist`]'s for U6, with the pin in the place of the NAR.
 
 use std::collections::{BTreeMap, HashSet};
+
+use futures::stream::{self, StreamExt};
 
 use crate::coexist::{Reader, REFRESH_SETTLE};
 use crate::format::narinfo::NarInfo;
@@ -31,6 +33,7 @@ use crate::format::store_path::StorePath;
 use crate::layout;
 use crate::sink::inventory::Object;
 use crate::sink::{Sink, SinkError};
+use crate::upstream::Upstream;
 
 /// Where pins live.
 pub const PIN_PREFIX: &str = "pins/";
@@ -59,7 +62,7 @@ pub enum PinError {
     NotWhole { path: String, gap: Gap },
     #[error(
         "refused: the closure of {path} lost {gap} while it was being pinned (a `narpush gc` \
-         ran beside it); the pin was removed again, upload the path and pin it again"
+         ran beside it); the pin was put back as it was, upload the path and pin it again"
     )]
     CollectedMeanwhile { path: String, gap: Gap },
     #[error(transparent)]
@@ -135,11 +138,18 @@ pub fn parse(name: &str, body: &[u8]) -> Result<Pin, PinError> {
     Ok(Pin { name, path })
 }
 
-/// The name of the pin stored under `key`, when `key` is one.
+/// The name of the pin stored under `key`, when `key` is one: a valid [`PinName`] right under
+/// `pins/`. Other keys there (a console's zero-byte `pins/` "folder") are not pins.
 pub fn name_of_key(key: &str) -> Option<&str> {
     key.strip_prefix(PIN_PREFIX)
-        .filter(|name| !name.contains('/'))
+        .filter(|name| PinName::parse(name).is_ok())
 }
+
+/// The largest pin body read; a pin is one line.
+pub const MAX_PIN_BYTES: u64 = 64 * 1024;
+
+/// Pins read at once.
+const READ_CONCURRENCY: usize = 16;
 
 /// The pin objects of the cache, as listed (one LIST; S3 ListObjectsV2 with a prefix).
 pub async fn list_objects(sink: &Sink) -> Result<Vec<Object>, SinkError> {
@@ -148,41 +158,62 @@ pub async fn list_objects(sink: &Sink) -> Result<Vec<Object>, SinkError> {
     Ok(objects)
 }
 
-/// Reads the pins among `objects` as `reader` does: a refused read is an error for GC, a pin
-/// gone since the listing is skipped. By name.
-pub async fn read(
-    sink: &Sink,
-    objects: &[Object],
-    reader: Reader,
-) -> Result<BTreeMap<PinName, Pin>, PinError> {
-    let mut pins = BTreeMap::new();
-    for object in objects {
-        let Some(name) = name_of_key(&object.key) else {
-            continue;
-        };
-        let Some(fetched) = sink.read(&object.key).await?.for_reader(reader)? else {
-            continue;
-        };
-        let pin = parse(name, &fetched.body)?;
-        pins.insert(pin.name.clone(), pin);
+/// Reads the pins among `objects` (other keys are passed over). A refused read is an error
+/// (GC's rule: a pin it cannot read may name a root), a pin gone since the listing is left
+/// out, and one too big or that does not parse is an error naming it.
+pub async fn read(sink: &Sink, objects: &[Object]) -> Result<Vec<Pin>, PinError> {
+    let named = objects
+        .iter()
+        .filter_map(|o| name_of_key(&o.key).map(|name| (name, o)));
+    let reads: Vec<Result<Option<Pin>, PinError>> = stream::iter(named)
+        .map(|(name, object)| async move {
+            if object.size > MAX_PIN_BYTES {
+                return Err(PinError::Unreadable {
+                    name: name.to_owned(),
+                    reason: format!("{} bytes, more than a pin's {MAX_PIN_BYTES}", object.size),
+                });
+            }
+            match sink.read(&object.key).await?.for_reader(Reader::Gc)? {
+                Some(fetched) => parse(name, &fetched.body).map(Some),
+                None => Ok(None),
+            }
+        })
+        .buffered(READ_CONCURRENCY)
+        .collect()
+        .await;
+    let mut pins = Vec::new();
+    for read in reads {
+        pins.extend(read?);
     }
     Ok(pins)
 }
 
-/// Every pin of the cache.
+/// Every pin of the cache, by name.
 pub async fn list(sink: &Sink) -> Result<BTreeMap<PinName, Pin>, PinError> {
     let objects = list_objects(sink).await?;
-    read(sink, &objects, Reader::Gc).await
+    Ok(read(sink, &objects)
+        .await?
+        .into_iter()
+        .map(|pin| (pin.name.clone(), pin))
+        .collect())
 }
 
 /// The first gap in the closure of `path` in the cache, if any: every narinfo must be there,
-/// readable, with its NAR.
-pub async fn closure_gap(sink: &Sink, path: &StorePath) -> Result<Option<Gap>, SinkError> {
+/// readable, with its NAR, except for references `upstream` serves (uploaders leave those out
+/// of the cache on purpose; their closures are upstream's).
+pub async fn closure_gap(
+    sink: &Sink,
+    path: &StorePath,
+    upstream: &Upstream,
+) -> Result<Option<Gap>, SinkError> {
     let mut seen: HashSet<String> = HashSet::from([path.hash_part().to_owned()]);
     let mut pending = vec![path.clone()];
     while let Some(next) = pending.pop() {
         let key = layout::narinfo_key(&next);
         let Some(fetched) = sink.read(&key).await?.for_reader(Reader::Gc)? else {
+            if next != *path && upstream.serves(&next).await.is_some() {
+                continue;
+            }
             return Ok(Some(Gap::NoNarInfo {
                 path: next.to_absolute(),
             }));
@@ -219,39 +250,56 @@ pub async fn closure_gap(sink: &Sink, path: &StorePath) -> Result<Option<Gap>, S
     Ok(None)
 }
 
-/// Pins `path` as `name` (replacing a pin of that name), by rule P1: refused, and nothing
-/// left behind, unless its closure is whole before the write and [`PIN_SETTLE`] after it.
-pub async fn pin(sink: &Sink, name: &PinName, path: &StorePath) -> Result<(), PinError> {
-    if let Some(gap) = closure_gap(sink, path).await? {
+/// Pins `path` as `name` (replacing a pin of that name) by rule P1: refused unless its closure
+/// is whole before the write and [`PIN_SETTLE`] after it; when the second look finds a gap, the
+/// pin is put back as it was (the previous body, or none). Returns the path the name pinned
+/// before, if any.
+pub async fn pin(
+    sink: &Sink,
+    name: &PinName,
+    path: &StorePath,
+    upstream: &Upstream,
+) -> Result<Option<StorePath>, PinError> {
+    if let Some(gap) = closure_gap(sink, path, upstream).await? {
         return Err(PinError::NotWhole {
             path: path.to_absolute(),
             gap,
         });
     }
-    sink.put(&name.key(), body(path).into(), CONTENT_TYPE)
-        .await?;
+    let key = name.key();
+    let previous = sink.read(&key).await?.for_reader(Reader::Gc)?;
+    let previous_path = previous
+        .as_ref()
+        .and_then(|fetched| parse(name.as_str(), &fetched.body).ok())
+        .map(|pin| pin.path);
+    let written = sink.put(&key, body(path).into(), CONTENT_TYPE).await;
+    // A lost answer may hide a write that landed: the second look decides either way.
     tokio::time::sleep(PIN_SETTLE).await;
-    if let Some(gap) = closure_gap(sink, path).await? {
-        sink.delete(&[name.key()]).await?;
+    if let Some(gap) = closure_gap(sink, path, upstream).await? {
+        match previous {
+            Some(fetched) => sink.put(&key, fetched.body, CONTENT_TYPE).await?,
+            None => sink.delete(&[key]).await?,
+        }
         return Err(PinError::CollectedMeanwhile {
             path: path.to_absolute(),
             gap,
         });
     }
-    Ok(())
+    written?;
+    Ok(previous_path)
 }
 
-/// Removes the pin `name`; an error if there is none.
-pub async fn remove(sink: &Sink, name: &PinName) -> Result<Pin, PinError> {
+/// Removes the pin `name`, readable or not; an error if there is none. Returns the path it
+/// pinned, when its body says.
+pub async fn remove(sink: &Sink, name: &PinName) -> Result<Option<StorePath>, PinError> {
     let key = name.key();
     let Some(fetched) = sink.read(&key).await?.for_reader(Reader::Gc)? else {
         return Err(PinError::NoSuchPin {
             name: name.as_str().to_owned(),
         });
     };
-    let pin = parse(name.as_str(), &fetched.body)?;
     sink.delete(&[key]).await?;
-    Ok(pin)
+    Ok(parse(name.as_str(), &fetched.body).ok().map(|pin| pin.path))
 }
 
 #[cfg(test)]
@@ -309,6 +357,84 @@ mod tests {
     fn only_direct_children_of_pins_are_pins() {
         assert_eq!(name_of_key("pins/release"), Some("release"));
         assert_eq!(name_of_key("pins/a/b"), None);
+        assert_eq!(name_of_key("pins/"), None);
+        assert_eq!(name_of_key("pins/.hidden"), None);
         assert_eq!(name_of_key("other/release"), None);
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    //! Rule P1 on a directory cache, in real time (the settle is 5 s).
+
+    use super::*;
+    use crate::format::hash::Sha256;
+    use crate::sink::file::FileSink;
+
+    fn store_path(name: &str) -> StorePath {
+        StorePath::from_basename(&format!("9jm1vj6j3ixsz2x5s77jxchbljjfn6s{name}-p")).unwrap()
+    }
+
+    fn add(dir: &std::path::Path, name: &str, references: &[&str]) {
+        let narinfo = NarInfo {
+            store_path: store_path(name),
+            url: format!("nar/{name}.nar"),
+            compression: "none".to_owned(),
+            file_hash: None,
+            file_size: None,
+            nar_hash: Sha256::digest(name),
+            nar_size: 1,
+            references: references.iter().map(|r| store_path(r)).collect(),
+            deriver: None,
+            system: None,
+            signatures: Vec::new(),
+            ca: None,
+        };
+        std::fs::create_dir_all(dir.join("nar")).unwrap();
+        std::fs::write(dir.join(format!("nar/{name}.nar")), "nar").unwrap();
+        std::fs::write(
+            dir.join(layout::narinfo_key(&store_path(name))),
+            narinfo.to_string(),
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closure_collected_while_it_is_pinned_puts_the_previous_pin_back() {
+        let dir = tempfile::tempdir().unwrap();
+        add(dir.path(), "a", &[]);
+        add(dir.path(), "b", &["a"]);
+        add(dir.path(), "c", &[]);
+        let sink = Sink::File(FileSink::open(dir.path()).unwrap());
+        let name = PinName::parse("stable").unwrap();
+        let off = Upstream::off();
+        assert_eq!(
+            pin(&sink, &name, &store_path("c"), &off).await.unwrap(),
+            None
+        );
+        let before = std::fs::read(dir.path().join("pins/stable")).unwrap();
+        // A collection deletes a's narinfo while b is being pinned.
+        let collector = async {
+            tokio::time::sleep(PIN_SETTLE / 2).await;
+            std::fs::remove_file(dir.path().join(layout::narinfo_key(&store_path("a")))).unwrap();
+        };
+        let b = store_path("b");
+        let (pinned, ()) = tokio::join!(pin(&sink, &name, &b, &off), collector);
+        let error = pinned.unwrap_err();
+        assert!(
+            matches!(&error, PinError::CollectedMeanwhile { gap: Gap::NoNarInfo { path }, .. } if *path == store_path("a").to_absolute()),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("pins/stable")).unwrap(),
+            before
+        );
+
+        let fresh = PinName::parse("fresh").unwrap();
+        let error = pin(&sink, &fresh, &store_path("b"), &off)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, PinError::NotWhole { .. }), "{error}");
+        assert!(!dir.path().join("pins/fresh").exists());
     }
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use crate::coexist::{Check, Reader, REFRESH_ROUNDS};
+use crate::coexist::{Check, Reader, REFRESH_ROUNDS, REFRESH_SETTLE};
 use crate::format::build_trace::{self, BuildTraceEntry, Signature};
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::Realisation;
@@ -54,10 +54,18 @@ pub enum ResignError {
     #[error("nothing to do: give --key to add signatures or --remove-signature to remove them")]
     NothingToDo,
     #[error(
-        "refusing to remove the signatures of {0}, the key resign signs with: the objects would \
-         end with no signature of it"
+        "refusing to remove the signatures of {name}, the key resign signs with: the objects \
+         would end with no signature of it"
     )]
-    RemovingOwnKey(String),
+    RemovingOwnKey { name: String },
+    #[error(
+        "the --key named {name} is not the key of own_public_keys with that name: Nix keeps one \
+         key per name, so the new signature would replace the old one at once; give the new \
+         key a new name (e.g. ending in -2)"
+    )]
+    KeyNameReused { name: String },
+    #[error("{key} changed between each of {rounds} reads and its rewrite; run resign again")]
+    KeptChanging { key: String, rounds: u32 },
     #[error("{key} was read more than {rounds} times but never rewritten within the bound of its read; the store answers too slowly; run resign again")]
     TooSlow { key: String, rounds: u32 },
     #[error(transparent)]
@@ -81,6 +89,9 @@ pub struct Counts {
     pub unreadable: u64,
     /// Deleted since the listing.
     pub gone: u64,
+    /// Could not be rewritten (an error, or never within the bound of its read): run resign
+    /// again.
+    pub failed: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -90,11 +101,20 @@ pub struct Summary {
     pub realisations: Counts,
     /// Key names of the signatures found on the objects read, with how many carried each.
     pub key_names: std::collections::BTreeMap<String, u64>,
+    /// Realisations this run wrote back after a collection deleted their output's narinfo,
+    /// deleted again.
+    pub realisations_withdrawn: u64,
+    /// The first errors, with their keys.
+    pub errors: Vec<String>,
 }
+
+/// Errors kept for the report.
+const MAX_ERRORS: usize = 10;
 
 /// What became of one object.
 enum Fate {
-    Rewritten,
+    /// Written; for a realisation, the key of its output's narinfo.
+    Rewritten(Option<String>),
     Unchanged,
     NotOurs,
     Unreadable,
@@ -115,7 +135,19 @@ pub async fn resign(
         .iter()
         .find(|k| options.remove.iter().any(|r| r == k.name()))
     {
-        return Err(ResignError::RemovingOwnKey(key.name().to_owned()));
+        return Err(ResignError::RemovingOwnKey {
+            name: key.name().to_owned(),
+        });
+    }
+    if let Some(key) = options.keys.iter().find(|k| {
+        options
+            .own_public_keys
+            .iter()
+            .any(|own| own.name() == k.name() && *own != k.public_key())
+    }) {
+        return Err(ResignError::KeyNameReused {
+            name: key.name().to_owned(),
+        });
     }
     progress("listing the cache");
     let now = crate::clock::now();
@@ -149,19 +181,37 @@ pub async fn resign(
             (key, fate)
         })
         .buffer_unordered(CONCURRENCY);
+    let mut written_realisations = Vec::new();
     while let Some((key, fate)) = results.next().await {
-        let (fate, names) = fate?;
+        let counts = if matches!(kind_of(&key), ObjectKind::NarInfo { .. }) {
+            &mut summary.narinfos
+        } else {
+            &mut summary.realisations
+        };
+        done += 1;
+        if done.is_multiple_of(100) {
+            progress(&format!("{done} of {total} objects"));
+        }
+        let (fate, names) = match fate {
+            Ok(resigned) => resigned,
+            Err(error) => {
+                counts.failed += 1;
+                if summary.errors.len() < MAX_ERRORS {
+                    summary.errors.push(format!("{key}: {error}"));
+                }
+                continue;
+            }
+        };
         for name in names {
             *summary.key_names.entry(name).or_default() += 1;
         }
-        let counts = match kind_of(&key) {
-            ObjectKind::NarInfo { .. } => &mut summary.narinfos,
-            _ => &mut summary.realisations,
-        };
         match fate {
-            Fate::Rewritten => {
+            Fate::Rewritten(output) => {
                 counts.examined += 1;
                 counts.rewritten += 1;
+                if let Some(output) = output.filter(|_| !options.dry_run) {
+                    written_realisations.push((key, output));
+                }
             }
             Fate::Unchanged => {
                 counts.examined += 1;
@@ -171,11 +221,8 @@ pub async fn resign(
             Fate::Unreadable => counts.unreadable += 1,
             Fate::Gone => counts.gone += 1,
         }
-        done += 1;
-        if done.is_multiple_of(100) {
-            progress(&format!("{done} of {total} objects"));
-        }
     }
+    summary.realisations_withdrawn = withdraw_orphans(sink, written_realisations).await?;
     Ok(summary)
 }
 
@@ -191,41 +238,62 @@ async fn resign_one(
     key: &str,
     options: &Options,
 ) -> Result<(Fate, Vec<String>), ResignError> {
+    let mut last_error = None;
     for _ in 0..REFRESH_ROUNDS {
         let check = Check::begin();
         let Some(fetched) = sink.read(key).await?.for_reader(Reader::Gc)? else {
             return Ok((Fate::Gone, Vec::new()));
         };
-        let (body, names) = match resigned(key, &fetched.body, options) {
-            Resigned::Body(body, names) => (body, names),
+        let (body, output, names) = match resigned(key, &fetched.body, options) {
+            Resigned::Body {
+                body,
+                output,
+                names,
+            } => (body, output, names),
             Resigned::Same(names) => return Ok((Fate::Unchanged, names)),
             Resigned::NotOurs(names) => return Ok((Fate::NotOurs, names)),
             Resigned::Unreadable => return Ok((Fate::Unreadable, Vec::new())),
         };
         if options.dry_run {
-            return Ok((Fate::Rewritten, names));
+            return Ok((Fate::Rewritten(output), names));
         }
-        let Some(left) = check.time_left() else {
+        // Another writer replaced it since the read (an uploader publishing the path anew):
+        // read it again rather than write the older text back.
+        let now = sink.head(key).await?.for_reader(Reader::Gc)?;
+        if now.is_none_or(|head| {
+            head.size != fetched.body.len() as u64
+                || crate::clock::whole_seconds(head.modified)
+                    != crate::clock::whole_seconds(fetched.modified)
+        }) {
             continue;
+        }
+        let content_type = if output.is_some() {
+            content_type::REALISATION
+        } else {
+            content_type::NARINFO
         };
-        let content_type = match kind_of(key) {
-            ObjectKind::NarInfo { .. } => content_type::NARINFO,
-            _ => content_type::REALISATION,
-        };
-        if let Ok(written) = tokio::time::timeout(left, sink.put(key, body, content_type)).await {
-            written?;
-            return Ok((Fate::Rewritten, names));
+        match sink.put_within(key, body, content_type, &check).await {
+            Ok(()) => return Ok((Fate::Rewritten(output), names)),
+            Err(error) => last_error = Some(error),
         }
     }
-    Err(ResignError::TooSlow {
-        key: key.to_owned(),
-        rounds: REFRESH_ROUNDS,
+    Err(match last_error {
+        Some(error) => ResignError::Sink(error),
+        None => ResignError::KeptChanging {
+            key: key.to_owned(),
+            rounds: REFRESH_ROUNDS,
+        },
     })
 }
 
 /// The outcome of resigning one object's bytes.
 enum Resigned {
-    Body(Bytes, Vec<String>),
+    /// The new body, the narinfo key of a realisation's output, the key names found.
+    Body {
+        body: Bytes,
+        output: Option<String>,
+        names: Vec<String>,
+    },
     Same(Vec<String>),
     NotOurs(Vec<String>),
     Unreadable,
@@ -281,7 +349,11 @@ fn resigned(key: &str, body: &[u8], options: &Options) -> Resigned {
             if before == after {
                 Resigned::Same(found)
             } else {
-                Resigned::Body(Bytes::from(narinfo.to_string()), found)
+                Resigned::Body {
+                    body: Bytes::from(narinfo.to_string()),
+                    output: None,
+                    names: found,
+                }
             }
         }
         _ if key.starts_with(build_trace::PREFIX) => {
@@ -306,7 +378,11 @@ fn resigned(key: &str, body: &[u8], options: &Options) -> Resigned {
             if before == entry.signatures {
                 Resigned::Same(found)
             } else {
-                Resigned::Body(Bytes::from(entry.object_body()), found)
+                Resigned::Body {
+                    body: Bytes::from(entry.object_body()),
+                    output: Some(crate::layout::narinfo_key(&entry.out_path)),
+                    names: found,
+                }
             }
         }
         _ => {
@@ -327,10 +403,34 @@ fn resigned(key: &str, body: &[u8], options: &Options) -> Resigned {
             if before == realisation.signatures {
                 Resigned::Same(found)
             } else {
-                Resigned::Body(Bytes::from(realisation.to_json()), found)
+                Resigned::Body {
+                    body: Bytes::from(realisation.to_json()),
+                    output: Some(crate::layout::narinfo_key(&realisation.out_path)),
+                    names: found,
+                }
             }
         }
     }
+}
+
+/// Deletes again the realisations this run wrote whose output's narinfo is gone
+/// [`REFRESH_SETTLE`] after the last of those writes: a collection deleted the realisation
+/// (after the narinfo) between its read and its rewrite. Realisations are the last objects a
+/// collection deletes, with no look after them that would see one written back, so the run
+/// looks itself. Returns how many it deleted.
+async fn withdraw_orphans(sink: &Sink, written: Vec<(String, String)>) -> Result<u64, ResignError> {
+    if written.is_empty() {
+        return Ok(0);
+    }
+    tokio::time::sleep(REFRESH_SETTLE).await;
+    let mut withdrawn = 0;
+    for (realisation, narinfo) in written {
+        if sink.head(&narinfo).await?.for_reader(Reader::Gc)?.is_none() {
+            sink.delete(&[realisation]).await?;
+            withdrawn += 1;
+        }
+    }
+    Ok(withdrawn)
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@
 //!   scripted or drawn only when a test names them, never part of [`Fault::ALL`].
 //!
 //! Every injected fault is counted ([`FaultProxy::injected`]), so a test can prove how many it
-//! survived. The proxy runs on its own tokio runtime and stops when dropped.
+//! survived, and the `x-amz-security-token` header of every request is recorded
+//! ([`FaultProxy::security_tokens`]), so a test can prove temporary credentials were used.
+//! The proxy runs on its own tokio runtime and stops when dropped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -124,6 +126,9 @@ struct State {
     forbidden: u64,
     abandoned: u64,
     requests: BTreeMap<Operation, u64>,
+    security_tokens: Vec<Option<String>>,
+    /// Object writes (PutObject, CreateMultipartUpload): the key and `Cache-Control`.
+    cache_controls: Vec<(String, Option<String>)>,
 }
 
 impl State {
@@ -197,6 +202,8 @@ impl FaultProxy {
             forbidden: 0,
             abandoned: 0,
             requests: BTreeMap::new(),
+            security_tokens: Vec::new(),
+            cache_controls: Vec::new(),
         }));
         runtime.spawn(accept(listener, upstream, state.clone()));
         FaultProxy {
@@ -277,6 +284,18 @@ impl FaultProxy {
         self.with(|s| s.requests.clone())
     }
 
+    /// The `x-amz-security-token` header of every request so far, in arrival order (`None`
+    /// for a request without it).
+    pub fn security_tokens(&self) -> Vec<Option<String>> {
+        self.with(|s| s.security_tokens.clone())
+    }
+
+    /// The key (the path after the bucket) and `Cache-Control` header of every object write
+    /// (PutObject, CreateMultipartUpload) so far, in arrival order.
+    pub fn cache_controls(&self) -> Vec<(String, Option<String>)> {
+        self.with(|s| s.cache_controls.clone())
+    }
+
     /// The `s3://` target URL of a bucket, through this proxy.
     pub fn url(&self, bucket: &str) -> String {
         format!(
@@ -320,8 +339,29 @@ async fn handle(
     state: Arc<Mutex<State>>,
 ) -> io::Result<Response<ProxyBody>> {
     let operation = Operation::of(request.method(), request.uri().query().unwrap_or(""));
+    let token = request
+        .headers()
+        .get("x-amz-security-token")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (fault, timeout_delay, retry_after) = {
         let mut state = state.lock().expect("proxy state");
+        state.security_tokens.push(token);
+        if matches!(
+            operation,
+            Operation::PutObject | Operation::CreateMultipartUpload
+        ) {
+            let path = request.uri().path();
+            // Path-style: /<bucket>/<key>.
+            let key = path
+                .trim_start_matches('/')
+                .split_once('/')
+                .map_or("", |(_, k)| k);
+            let header = request
+                .headers()
+                .get("cache-control")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            state.cache_controls.push((key.to_owned(), header));
+        }
         let fault = state.choose(operation);
         (fault, state.timeout_delay, state.retry_after.clone())
     };

@@ -4,6 +4,7 @@
 
 mod client_config;
 mod daemon;
+mod du;
 mod exec;
 mod gc;
 mod keygen;
@@ -14,6 +15,7 @@ mod resign;
 mod retry;
 mod status;
 mod upload;
+mod verify;
 mod wait;
 
 use std::path::PathBuf;
@@ -48,10 +50,12 @@ pub enum Command {
     Retry(retry::RetryArgs),
     Keygen(keygen::KeygenArgs),
     Gc(gc::GcArgs),
+    Du(du::DuArgs),
     ClientConfig(client_config::ClientConfigArgs),
     Exec(exec::ExecArgs),
     Pin(pin::PinArgs),
     Resign(resign::ResignArgs),
+    Verify(verify::VerifyArgs),
 }
 
 /// How a command that ran ended.
@@ -83,10 +87,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Retry(args) => retry::run(&args, cli.config.as_deref()),
         Command::Keygen(args) => keygen::run(&args),
         Command::Gc(args) => gc::run(args, cli.config.as_deref()),
+        Command::Du(args) => du::run(&args, cli.config.as_deref()),
         Command::ClientConfig(args) => client_config::run(&args, cli.config.as_deref()),
         Command::Exec(args) => exec::run(args, cli.config.as_deref()),
         Command::Pin(args) => pin::run(&args, cli.config.as_deref()),
         Command::Resign(args) => resign::run(&args, cli.config.as_deref()),
+        Command::Verify(args) => verify::run(&args, cli.config.as_deref()),
     }
 }
 

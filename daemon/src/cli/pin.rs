@@ -11,12 +11,13 @@ use narpush::config::Config;
 use narpush::pins::{self, PinName};
 use narpush::sink::{Sink, TargetUrl};
 use narpush::store;
+use narpush::upstream::Upstream;
 
 /// Keep a path's closure in the cache for good: `narpush gc` treats pins as roots.
 ///
 /// A pin is the object `pins/NAME` naming one store path. It is refused, with the path that is
-/// missing, unless the path's closure is whole in the cache (every narinfo, each with its NAR):
-/// upload it first. Pinning checks the closure again a few seconds after writing the pin, so a
+/// missing, unless the path's closure is whole in the cache (every narinfo, each with its NAR;
+/// a reference that an `upstream_caches` entry serves may be missing here): upload it first. Pinning checks the closure again a few seconds after writing the pin, so a
 /// `narpush gc` running beside it either sees the pin or leaves a gap that makes the pin fail.
 /// Pinning a NAME again moves it to the new path.
 ///
@@ -45,6 +46,11 @@ pub struct PinArgs {
     #[arg(long, value_name = "NAME", conflicts_with_all = ["name", "path"])]
     remove: Option<String>,
 
+    /// Require every path of the closure in this cache, even those an upstream cache
+    /// (`upstream_caches`) serves.
+    #[arg(long)]
+    no_upstream: bool,
+
     /// With --list: print JSON, `[{"name": ..., "path": ...}]`.
     #[arg(long, requires = "list")]
     json: bool,
@@ -69,9 +75,10 @@ pub fn run(args: &PinArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let sink = Sink::open(&target, config.request_timeout)
+        let mut sink = Sink::open(&target, config.request_timeout)
             .await
             .with_context(|| format!("cannot use target {target}"))?;
+        sink.set_cache_control(config.cache_control.clone());
         if args.list {
             let pins = pins::list(&sink).await?;
             if args.json {
@@ -89,21 +96,31 @@ pub fn run(args: &PinArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome
                 }
             }
         } else if let Some(name) = &args.remove {
-            let pin = pins::remove(&sink, &PinName::parse(name)?).await?;
-            println!(
-                "{target}: removed pin {} ({})",
-                pin.name.as_str(),
-                pin.path.to_absolute()
-            );
+            let was = pins::remove(&sink, &PinName::parse(name)?).await?;
+            match was {
+                Some(path) => println!("{target}: removed pin {name} ({})", path.to_absolute()),
+                None => println!("{target}: removed pin {name} (its body named no store path)"),
+            }
         } else {
             let (Some(name), Some(path)) = (&args.name, &args.path) else {
                 unreachable!("clap requires NAME and PATH without --list or --remove");
             };
             let name = PinName::parse(name)?;
             let path = store::resolve_store_path_arg(path)?;
-            pins::pin(&sink, &name, &path).await?;
+            let upstream = if args.no_upstream {
+                Upstream::off()
+            } else {
+                config.upstream()
+            };
+            let previous = pins::pin(&sink, &name, &path, &upstream).await?;
+            let moved = match previous {
+                Some(previous) if previous != path => {
+                    format!(" (it pinned {} before)", previous.to_absolute())
+                }
+                _ => String::new(),
+            };
             println!(
-                "{target}: pinned {} as {}",
+                "{target}: pinned {} as {}{moved}",
                 path.to_absolute(),
                 name.as_str()
             );

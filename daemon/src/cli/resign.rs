@@ -91,9 +91,10 @@ pub fn run(args: &ResignArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
     let summary = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {
-            let sink = Sink::open(&target, config.request_timeout)
+            let mut sink = Sink::open(&target, config.request_timeout)
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
+            sink.set_cache_control(config.cache_control.clone());
             let spinner = std::io::stderr()
                 .is_terminal()
                 .then(ProgressBar::new_spinner);
@@ -126,8 +127,8 @@ pub fn run(args: &ResignArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
         let line = |what: &str, c: &Counts| {
             println!(
                 "{what}: {verb} {}, {} already signed, {} older than --skip-older-than, {} not \
-                 ours (left alone), {} unreadable, {} gone meanwhile",
-                c.rewritten, c.unchanged, c.skipped_old, c.not_ours, c.unreadable, c.gone
+                 ours (left alone), {} unreadable, {} gone meanwhile, {} failed",
+                c.rewritten, c.unchanged, c.skipped_old, c.not_ours, c.unreadable, c.gone, c.failed
             );
         };
         println!("{target}");
@@ -140,12 +141,34 @@ pub fn run(args: &ResignArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
             .collect();
         println!("signatures found by key name: {}", names.join(", "));
     }
+    for error in &summary.errors {
+        eprintln!("error: {error}");
+    }
+    if summary.realisations_withdrawn > 0 {
+        eprintln!(
+            "note: {} realisation(s) whose output a collection deleted meanwhile were deleted \
+             again",
+            summary.realisations_withdrawn
+        );
+    }
+    for name in &args.remove_signature {
+        if !summary.key_names.contains_key(name) {
+            eprintln!(
+                "warning: no object read carries a signature by the key name '{name}' (give the \
+                 name alone, as before the ':' of a public key)"
+            );
+        }
+    }
     let not_ours = summary.narinfos.not_ours + summary.realisations.not_ours;
     if not_ours > 0 && !args.json {
         eprintln!(
             "note: {not_ours} object(s) carry no signature of a --key or of own_public_keys and \
              were left alone"
         );
+    }
+    if summary.narinfos.failed + summary.realisations.failed > 0 {
+        eprintln!("some objects were not resigned; run resign again to finish");
+        return Ok(Outcome::PartialFailure);
     }
     Ok(Outcome::Success)
 }

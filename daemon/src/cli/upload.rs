@@ -22,7 +22,7 @@ use narpush::engine::{Engine, EngineConfig, Report};
 use narpush::format::signing::{SigningKey, VerifyingKey};
 use narpush::format::store_path::StorePath;
 use narpush::keys::configured_keys;
-use narpush::layout::CacheInfo;
+use narpush::layout::{CacheControl, CacheInfo};
 use narpush::sink::{Sink, TargetUrl};
 use narpush::store;
 use narpush::upstream::{Upstream, UpstreamUrl};
@@ -141,6 +141,7 @@ struct Settings {
     upstream: Upstream,
     refresh_after: Duration,
     own_public_keys: Vec<VerifyingKey>,
+    cache_control: CacheControl,
     quiet: bool,
     request_timeout: Duration,
 }
@@ -209,6 +210,7 @@ impl Settings {
             upstream,
             refresh_after: config.refresh_after,
             own_public_keys: config.own_public_keys.clone(),
+            cache_control: config.cache_control.clone(),
             quiet: args.quiet,
             request_timeout: config.request_timeout,
         })
@@ -240,9 +242,10 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
     settings.paths = paths;
     let infos = store::query_path_infos(&settings.paths, settings.closure).await?;
     realisations.extend(store::realisations_of_outputs(&infos).await);
-    let sink = Sink::open(&settings.target, settings.request_timeout)
+    let mut sink = Sink::open(&settings.target, settings.request_timeout)
         .await
         .with_context(|| format!("cannot use target {}", settings.target))?;
+    sink.set_cache_control(settings.cache_control.clone());
     let config = EngineConfig::new(
         Arc::new(sink),
         settings.target.to_string(),

@@ -45,9 +45,10 @@ impl Settings {
             Some((keys, _)) => keys,
             None => vec![default_key(&config.default_key_file())?],
         };
-        let sink = Sink::open(&target_url, config.request_timeout)
+        let mut sink = Sink::open(&target_url, config.request_timeout)
             .await
             .with_context(|| format!("cannot use target {target_url}"))?;
+        sink.set_cache_control(config.cache_control.clone());
         let mut stream = config.stream_settings(config.compression, config.compression_level);
         stream.writer = writer_id(&config.state_dir.join(WRITER_ID_FILE), writer)?;
         stream.spill_dir = spill_dir(&config.state_dir.join(SPILL_DIR))?;

@@ -22,14 +22,14 @@ use super::{narinfo_for, sign, EngineConfig, UploadError};
 // How long a refreshed narinfo is watched for a collection that planned its deletion before
 // the refresh: the protocol's rule U2.
 use crate::coexist::{
-    Check, CLOCK_SLACK, DELETE_WINDOW, REFRESH_ROUNDS, REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE,
+    Check, CLOCK_SLACK, REFRESH_ROUNDS, REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE,
 };
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
 use crate::gc;
 use crate::layout::{self, content_type};
-use crate::sink::{ErrorClass, Sink, SinkError};
+use crate::sink::Sink;
 use crate::store::PathInfo;
 use crate::trust::trusted_narinfo;
 
@@ -168,25 +168,11 @@ async fn refresh(
     found: Found,
     check: &Check,
 ) -> Result<Option<Lookup>, UploadError> {
-    let Some(left) = check.time_left() else {
+    if check.time_left().is_none() {
         return Ok(None);
-    };
-    match tokio::time::timeout(left, sink.put(key, found.body, content_type::NARINFO)).await {
-        Ok(written) => written?,
-        Err(_) => {
-            return Err(UploadError::Sink(SinkError {
-                operation: "PUT",
-                key: key.to_owned(),
-                class: ErrorClass::Transient,
-                detail: format!(
-                    "a refresh not answered within {} ms of the lookup that found it \
-                     (rule U2 of the gc protocol)",
-                    DELETE_WINDOW.as_millis()
-                ),
-                retry_after: None,
-            }))
-        }
     }
+    sink.put_within(key, found.body, content_type::NARINFO, check)
+        .await?;
     tokio::time::sleep(REFRESH_SETTLE).await;
     look_again(sink, key, &found.nar_key).await.map(Some)
 }

@@ -16,7 +16,6 @@
 //!   delete do not fit in the window, the run stops.
 
 use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
 
 use tokio::time::Instant;
 
@@ -49,7 +48,7 @@ pub(super) async fn carry_out(
         sink,
         requests,
         deleted: 0,
-        planned_pins: &plan.pins,
+        pinned: &plan.pinned,
         pin_added: false,
     };
     let mut start = 0;
@@ -110,8 +109,8 @@ struct Deleter<'a> {
     requests: &'a mut Requests,
     /// Objects deleted so far in this run.
     deleted: u64,
-    /// The pins the plan took as roots.
-    planned_pins: &'a [Object],
+    /// The hash parts of the paths the plan took as pinned roots.
+    pinned: &'a HashSet<String>,
     /// A listing of `pins/` found one that the plan did not take as a root.
     pin_added: bool,
 }
@@ -131,11 +130,25 @@ impl Deleter<'_> {
         while !remaining.is_empty() {
             let batch = &remaining[..batch_size.min(remaining.len())];
             let check = Check::begin();
-            if mode == Batch::AllOrNone && self.unplanned_pin().await? {
+            let (in_use, unplanned_pin) = if mode == Batch::AllOrNone {
+                let (sink, pinned) = (self.sink, self.pinned);
+                let (in_use, unplanned) =
+                    tokio::join!(self.in_use(batch, named_by), unplanned_pin(sink, pinned));
+                (
+                    in_use?,
+                    unplanned.map_err(|e| super::plan::pin_error(e, self.deleted))?,
+                )
+            } else {
+                (self.in_use(batch, named_by).await?, false)
+            };
+            if unplanned_pin {
+                self.requests.list += 1;
                 self.pin_added = true;
                 return Ok(Vec::new());
             }
-            let in_use = self.in_use(batch, named_by).await?;
+            if mode == Batch::AllOrNone {
+                self.requests.list += 1;
+            }
             if mode == Batch::AllOrNone && !in_use.is_empty() {
                 return Ok(batch
                     .iter()
@@ -175,19 +188,6 @@ impl Deleter<'_> {
             remaining = &remaining[batch.len()..];
         }
         Ok(kept)
-    }
-
-    /// Whether `pins/` now holds a pin the plan did not take as a root (a new one, or one
-    /// written again, perhaps naming another path).
-    async fn unplanned_pin(&mut self) -> Result<bool, GcError> {
-        self.requests.list += 1;
-        let listed = crate::pins::list_objects(self.sink).await?;
-        Ok(listed.iter().any(|pin| {
-            !self
-                .planned_pins
-                .iter()
-                .any(|planned| planned.key == pin.key && !changed(planned, &head_of(pin)))
-        }))
     }
 
     /// The keys of `batch` in use again: changed since the listing, or named by a narinfo
@@ -231,21 +231,27 @@ impl Deleter<'_> {
     }
 }
 
+/// Whether a pin now names a path the plan did not take as a pinned root (a new pin, or one
+/// moved to another path): read whole, since a pin rewritten within the same second with a
+/// body of the same length looks unchanged in a listing.
+async fn unplanned_pin(
+    sink: &Sink,
+    pinned: &HashSet<String>,
+) -> Result<bool, crate::pins::PinError> {
+    let listed = crate::pins::list_objects(sink).await?;
+    if listed.is_empty() {
+        return Ok(false);
+    }
+    let pins = crate::pins::read(sink, &listed).await?;
+    Ok(pins
+        .iter()
+        .any(|pin| !pinned.contains(pin.path.hash_part())))
+}
+
 /// Whether `head` shows `object` written again since it was listed. S3 lists modification
 /// times in milliseconds but HEAD gives them in whole seconds. The ETag would not do: the same
 /// bytes written again keep it.
 fn changed(object: &Object, head: &Head) -> bool {
-    whole_seconds(head.modified) != whole_seconds(object.modified) || head.size != object.size
-}
-
-fn head_of(object: &Object) -> Head {
-    Head {
-        modified: object.modified,
-        size: object.size,
-    }
-}
-
-fn whole_seconds(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::whole_seconds(head.modified) != crate::clock::whole_seconds(object.modified)
+        || head.size != object.size
 }

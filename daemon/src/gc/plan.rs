@@ -42,6 +42,10 @@ pub async fn plan(
         })
         .collect();
     let pins = read_pins(sink, &objects).await?;
+    let pin_gets = objects
+        .iter()
+        .filter(|o| matches!(kind_of(&o.key), ObjectKind::Pin { .. }))
+        .count() as u64;
     let kept_paths: HashSet<&str> = policy
         .keep
         .iter()
@@ -109,11 +113,7 @@ pub async fn plan(
     let doomed = read_doomed(sink, doomed).await?;
 
     let mut plan = Plan {
-        pins: objects
-            .iter()
-            .filter(|o| matches!(kind_of(&o.key), ObjectKind::Pin { .. }))
-            .cloned()
-            .collect(),
+        pinned: pins.iter().map(|p| p.path.hash_part().to_owned()).collect(),
         ..Plan::default()
     };
     let (mut doomed_narinfos, mut rest) = (Vec::new(), Vec::new());
@@ -166,28 +166,40 @@ pub async fn plan(
     }
     plan.delete.append(&mut rest);
     plan.summary.live_paths = live.len() as u64;
-    plan.summary.requests.get = gets + plan.pins.len() as u64;
+    plan.summary.requests.get = gets + pin_gets;
     Ok(plan)
 }
 
 /// The pins among `objects` ([`crate::pins`]): roots. One that cannot be read stops the run
 /// before anything is deleted, as an unreadable narinfo does.
 async fn read_pins(sink: &Sink, objects: &[Object]) -> Result<Vec<crate::pins::Pin>, GcError> {
-    let mut pins = Vec::new();
-    for object in objects {
-        let ObjectKind::Pin { name } = kind_of(&object.key) else {
-            continue;
-        };
-        let Some(body) = get(sink, &object.key).await? else {
-            continue;
-        };
-        let pin = crate::pins::parse(name, &body).map_err(|e| GcError::Unreadable {
-            key: object.key.clone(),
-            reason: e.to_string(),
-        })?;
-        pins.push(pin);
+    crate::pins::read(sink, objects)
+        .await
+        .map_err(|error| pin_error(error, 0))
+}
+
+/// A pin GC could not read, as the error that stops the run.
+pub(super) fn pin_error(error: crate::pins::PinError, deleted: u64) -> GcError {
+    use crate::pins::PinError;
+    match error {
+        PinError::Sink(error) if error.class == crate::sink::ErrorClass::Permanent => {
+            GcError::Refused {
+                permission: "s3:GetObject",
+                key: error.key.clone(),
+                detail: error.detail,
+                deleted,
+            }
+        }
+        PinError::Sink(error) => GcError::Sink(error),
+        PinError::Unreadable { name, reason } => GcError::Unreadable {
+            key: format!("{}{name}", crate::pins::PIN_PREFIX),
+            reason,
+        },
+        other => GcError::Unreadable {
+            key: crate::pins::PIN_PREFIX.to_owned(),
+            reason: other.to_string(),
+        },
     }
-    Ok(pins)
 }
 
 /// For each doomed narinfo (by key), the keys of the doomed narinfos that reference it: all

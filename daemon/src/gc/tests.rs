@@ -405,7 +405,7 @@ async fn pinned_paths_keep_their_closures_whatever_their_age() {
     let plan = cache.plan(&policy(30 * DAY)).await;
     assert_eq!(deleted_names(&plan), keys_of(&cache, "other"));
     assert_eq!(plan.summary.live_paths, 2);
-    assert_eq!(plan.pins.len(), 1);
+    assert_eq!(plan.pinned.len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -466,6 +466,46 @@ async fn an_unreadable_pin_stops_the_run_before_anything_is_deleted() {
         .root()
         .join(layout::narinfo_key(&path("old")))
         .exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pin_moved_within_the_same_second_to_a_name_of_the_same_length_is_honoured() {
+    let cache = Cache::new();
+    cache.add("release-a", &[], 90 * DAY);
+    cache.add("release-b", &[], 90 * DAY);
+    write_pin(&cache, "stable", "release-a", 90 * DAY);
+    // A listing shows the moved pin with the same size and the same whole second.
+    let progress = |what: &str| {
+        if what == "deleting" {
+            write_pin(&cache, "stable", "release-b", 90 * DAY);
+        }
+    };
+    collect(&cache.sink(), &policy(30 * DAY), false, &progress)
+        .await
+        .unwrap();
+    assert!(cache
+        .root()
+        .join(layout::narinfo_key(&path("release-b")))
+        .exists());
+}
+
+#[tokio::test]
+async fn a_pin_too_big_to_be_one_stops_the_run() {
+    let cache = Cache::new();
+    cache.add("old", &[], 90 * DAY);
+    let huge = format!(
+        "StorePath: {}\n{}",
+        path("old").to_absolute(),
+        "x".repeat(crate::pins::MAX_PIN_BYTES as usize)
+    );
+    cache.write("pins/huge", &huge, 90 * DAY);
+    let error = collect(&cache.sink(), &policy(30 * DAY), false, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, GcError::Unreadable { key, reason } if key == "pins/huge" && reason.contains("bytes")),
+        "{error}"
+    );
 }
 
 #[path = "build_trace_tests.rs"]

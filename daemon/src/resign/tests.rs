@@ -160,7 +160,22 @@ async fn removing_the_signing_key_itself_is_refused() {
     let error = resign(&sink, &options(vec![new], &["new-1"], Vec::new()), &|_| {})
         .await
         .unwrap_err();
-    assert!(matches!(error, ResignError::RemovingOwnKey(name) if name == "new-1"));
+    assert!(matches!(error, ResignError::RemovingOwnKey { name } if name == "new-1"));
+}
+
+#[tokio::test]
+async fn a_new_key_under_the_old_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::File(FileSink::open(dir.path()).unwrap());
+    let (old, new) = (key("cache-1"), key("cache-1"));
+    let error = resign(
+        &sink,
+        &options(vec![new], &[], vec![old.public_key()]),
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, ResignError::KeyNameReused { name } if name == "cache-1"));
 }
 
 #[tokio::test]
@@ -168,7 +183,9 @@ async fn a_rotation_resigns_build_trace_entries_too() {
     use crate::format::build_trace::{BuildTraceEntry, BuildTraceKey};
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (key("old-1"), key("new-1"));
-    let (_, ours) = narinfo("a", &old);
+    let (ours_key, ours) = narinfo("a", &old);
+    // Its output's narinfo is there: the entry is not withdrawn as an orphan.
+    write(dir.path(), &ours_key, &ours.to_string(), DAY);
     let drv = StorePath::from_basename(&format!("{}-a.drv", ours.store_path.hash_part())).unwrap();
     let mut entry = BuildTraceEntry {
         key: BuildTraceKey::new(drv, "out").unwrap(),

@@ -51,9 +51,19 @@ impl FileSink {
     }
 
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
+        self.put_by(key, body, None).await
+    }
+
+    /// [`FileSink::put`], but nothing lands once `deadline` has passed.
+    pub async fn put_by(
+        &self,
+        key: &str,
+        body: Bytes,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), SinkError> {
         let mut upload = self.start_upload(key).await?;
         upload.put_part(body).await?;
-        upload.complete().await
+        upload.complete_by(deadline).await
     }
 
     pub async fn put_file(&self, key: &str, source: &SpillFile) -> Result<(), SinkError> {
@@ -126,7 +136,17 @@ impl FileUpload {
         Ok(())
     }
 
-    pub async fn complete(mut self) -> Result<(), SinkError> {
+    pub async fn complete(self) -> Result<(), SinkError> {
+        self.complete_by(None).await
+    }
+
+    /// Completes the upload unless `deadline` has passed by the moment the file would be
+    /// renamed into place (checked in the blocking task itself, so a caller that stopped
+    /// waiting never sees it land later); past it, the temporary file is removed.
+    pub async fn complete_by(
+        mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), SinkError> {
         let Some(file) = self.file.take() else {
             return Err(io_error(
                 "finish",
@@ -141,6 +161,15 @@ impl FileUpload {
                 .sync_all()
                 .map_err(|e| io_error("sync", &key, &e))?;
             set_world_readable(file.path()).map_err(|e| io_error("chmod", &key, &e))?;
+            if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+                return Err(SinkError {
+                    operation: "PUT",
+                    key,
+                    class: ErrorClass::Transient,
+                    detail: "not written: the bound of the read it rewrites had passed".to_owned(),
+                    retry_after: None,
+                });
+            }
             file.persist(&final_path)
                 .map_err(|e| io_error("rename into place", &key, &e.error))?;
             Ok(())
@@ -266,5 +295,33 @@ mod tests {
         );
         assert!(fresh.exists(), "a file being written was removed");
         assert!(object.exists(), "an object was removed");
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_past_its_deadline_never_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(dir.path()).unwrap();
+        let past = std::time::Instant::now();
+        let error = sink
+            .put_by("x.narinfo", Bytes::from_static(b"late"), Some(past))
+            .await
+            .unwrap_err();
+        assert!(error.detail.contains("not written"), "{error}");
+        assert!(!dir.path().join("x.narinfo").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let later = std::time::Instant::now() + Duration::from_secs(60);
+        sink.put_by("y.narinfo", Bytes::from_static(b"on time"), Some(later))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("y.narinfo")).unwrap(),
+            b"on time"
+        );
     }
 }

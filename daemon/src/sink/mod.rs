@@ -15,6 +15,7 @@
 //! [`spill`] holds the body of a single PUT (memory, then an unnamed temporary file), which
 //! the engine writes and every backend reads.
 
+pub mod body;
 pub mod file;
 pub mod inventory;
 #[cfg(feature = "sim")]
@@ -111,6 +112,14 @@ impl Sink {
         }
     }
 
+    /// Writes every object from now on with `cache_control`'s header (S3; a directory has no
+    /// headers).
+    pub fn set_cache_control(&mut self, cache_control: crate::layout::CacheControl) {
+        if let Sink::S3(t) = self {
+            t.cache_control = cache_control;
+        }
+    }
+
     /// Whether `key` is there (a refused HEAD: no, by the uploader's rule). Bad credentials
     /// are caught before any HEAD: every upload starts with `ensure_cache_info`, whose GET
     /// (or the PUT after a 403) reports them with their reason.
@@ -149,6 +158,41 @@ impl Sink {
 
     pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), SinkError> {
         self.put_encoded(key, body, content_type, None).await
+    }
+
+    /// Writes a small object only within the bound `check` sets (a refresh or a resign
+    /// rewriting what a read found, rule U2 of [`crate::coexist`]): not sent once too little
+    /// of it is left, given up when it ends, and a directory's write that was given up never
+    /// lands later.
+    pub async fn put_within(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        check: &crate::coexist::Check,
+    ) -> Result<(), SinkError> {
+        let too_late = || SinkError {
+            operation: "PUT",
+            key: key.to_owned(),
+            class: ErrorClass::Transient,
+            detail: format!(
+                "not answered within {} ms of the read it rewrites (rule U2 of the gc protocol)",
+                crate::coexist::DELETE_WINDOW.as_millis()
+            ),
+            retry_after: None,
+        };
+        let Some(left) = check.time_left() else {
+            return Err(too_late());
+        };
+        let write = async {
+            match self {
+                Sink::File(t) => t.put_by(key, body, Some(check.deadline().into_std())).await,
+                _ => self.put(key, body, content_type).await,
+            }
+        };
+        tokio::time::timeout(left, write)
+            .await
+            .unwrap_or_else(|_| Err(too_late()))
     }
 
     /// Writes an object whose bytes are compressed with `content_encoding`, so HTTP clients

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use super::spill::SpillFile;
 use super::url::S3Location;
 use super::{ErrorClass, Fetched, Read, SinkError};
+use crate::layout::CacheControl;
 use aws_smithy_types::byte_stream::Length;
 
 /// The chunk size of a body read from a file: few reads, little memory. Uploading a 514 MiB
@@ -41,6 +42,8 @@ pub struct S3Sink {
     pub(super) client: aws_sdk_s3::Client,
     pub(super) bucket: String,
     sign_payload: bool,
+    /// The `Cache-Control` of each object written.
+    pub(super) cache_control: CacheControl,
 }
 
 impl S3Sink {
@@ -62,6 +65,7 @@ impl S3Sink {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: location.bucket.clone(),
             sign_payload: signs_payload(location),
+            cache_control: CacheControl::default(),
         }
     }
 
@@ -158,6 +162,7 @@ impl S3Sink {
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
+            .set_cache_control(self.cache_control.for_key(key).map(str::to_owned))
             .set_content_encoding(content_encoding.map(str::to_owned))
             .body(body)
             .customize();
@@ -176,6 +181,7 @@ impl S3Sink {
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
+            .set_cache_control(self.cache_control.for_key(key).map(str::to_owned))
             .send()
             .await
             .map_err(|e| classify("CreateMultipartUpload", key, e))?;

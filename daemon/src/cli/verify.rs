@@ -1,0 +1,164 @@
+//! `narpush verify`: reads a cache and reports whether it is whole (the checks are in the
+//! library's `verify` module); exit status 0 whole, 1 problems found, 2 could not read.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use indicatif::ProgressBar;
+
+use super::Outcome;
+use narpush::config::Config;
+use narpush::format::signing::{SigningKey, VerifyingKey};
+use narpush::keys::configured_keys;
+use narpush::sink::{Sink, TargetUrl};
+use narpush::upstream::{Upstream, UpstreamUrl};
+use narpush::verify::{self, Options};
+
+/// Check that a cache is whole: every narinfo parses and is signed by a trusted key, its NAR is
+/// there with its FileSize (with --nar-hash: its FileHash, NarHash and NarSize), its
+/// references have narinfos here or upstream, and nothing is left over.
+///
+/// Reads only; needs no secret key. Signatures are verified with the public halves of the
+/// configured signing keys (`secret_key_files`, else $NARPUSH_SIGNING_KEY, else the embedded
+/// default key if it exists), the config's `own_public_keys` and every --trusted-key. A reference with no narinfo here is
+/// asked of `upstream_caches` and every --upstream (their narinfos verified with
+/// `upstream_public_keys` and the trusted keys); with no upstream cache it is reported as
+/// unchecked, which is not a problem. Objects younger than --grace are in flight (uploads and
+/// collections at work), not problems.
+///
+/// Exit status: 0 whole (unchecked references allowed), 1 problems found, 2 could not read.
+/// The --json document is described in docs/verify.md.
+///
+/// Examples:
+///   narpush verify --to s3://cache?endpoint=https://...
+///   narpush verify --to file:///srv/cache --trusted-key cache-1:AbC...= --nar-hash --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct VerifyArgs {
+    /// The cache: s3://BUCKET?endpoint=URL&region=R or file:///DIR. Default: `target` from the
+    /// config file, else the daemon's default cache, file://<state_dir>/cache.
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+
+    /// A public key (NAME:BASE64) whose signatures count. Repeatable; added to the public halves
+    /// of the configured signing keys.
+    #[arg(long = "trusted-key", value_name = "NAME:KEY")]
+    trusted_keys: Vec<String>,
+
+    /// An upstream cache (https://, http:// or file://) asked about references with no
+    /// narinfo here. Repeatable; added to `upstream_caches` from the config file.
+    #[arg(long = "upstream", value_name = "URL")]
+    upstream_caches: Vec<String>,
+
+    /// Also read every NAR (streamed, in bounded memory) and check its FileHash, NarHash and
+    /// NarSize.
+    #[arg(long)]
+    nar_hash: bool,
+
+    /// Objects younger than this are in flight, not problems: `1h`, `30m`, `0s`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1h")]
+    grace: Duration,
+
+    /// Print the report as JSON (docs/verify.md) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
+    let config = Config::load(config_path)?;
+    let target = match &args.to {
+        Some(url) => TargetUrl::parse(url)?,
+        None => config.target_or_default(),
+    };
+    let keys = trusted_keys(&config, &args.trusted_keys)?;
+    let mut caches = config.upstream_caches.clone();
+    for url in &args.upstream_caches {
+        caches.push(UpstreamUrl::parse(url).context("--upstream")?.into());
+    }
+    let upstream = (!caches.is_empty()).then(|| {
+        let mut upstream_keys = config.upstream_public_keys.clone();
+        upstream_keys.extend(keys.iter().cloned());
+        Upstream::new(caches, upstream_keys)
+    });
+    let options = Options {
+        keys,
+        grace: args.grace,
+        nar_hash: args.nar_hash,
+        upstream,
+        now: SystemTime::now(),
+    };
+    let report = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            let sink = Sink::open_for_reading(&target, config.request_timeout)
+                .await
+                .with_context(|| format!("cannot use target {target}"))?;
+            let spinner = std::io::stderr()
+                .is_terminal()
+                .then(ProgressBar::new_spinner);
+            if let Some(spinner) = &spinner {
+                spinner.enable_steady_tick(Duration::from_millis(120));
+            }
+            let progress = |what: &str| {
+                if let Some(spinner) = &spinner {
+                    spinner.set_message(what.to_owned());
+                }
+            };
+            let report = verify::verify(&sink, &target.to_string(), &options, &progress).await;
+            if let Some(spinner) = spinner {
+                spinner.finish_and_clear();
+            }
+            report.with_context(|| format!("cannot verify {target}"))
+        })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(Outcome::Code(report.exit_code()))
+}
+
+/// The public halves of the configured signing keys, and `flags`; at least one.
+fn trusted_keys(config: &Config, flags: &[String]) -> anyhow::Result<Vec<VerifyingKey>> {
+    let mut keys = Vec::new();
+    for text in flags {
+        keys.push(
+            VerifyingKey::parse(text)
+                .with_context(|| format!("--trusted-key '{text}' is not a public key"))?,
+        );
+    }
+    let configured = match configured_keys(&[], &config.secret_key_files) {
+        Ok(Some((secret, _))) => secret,
+        Ok(None) => {
+            let file = config.default_key_file();
+            match file.exists().then(|| SigningKey::load(&file)) {
+                Some(Ok(key)) => vec![key],
+                Some(Err(e)) if keys.is_empty() => return Err(e.into()),
+                Some(Err(e)) => {
+                    tracing::warn!("not trusting the default key: {e}");
+                    Vec::new()
+                }
+                None => Vec::new(),
+            }
+        }
+        Err(e) if keys.is_empty() => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!("not trusting the configured signing keys: {e}");
+            Vec::new()
+        }
+    };
+    let own = config.own_public_keys.iter().cloned();
+    for key in configured.iter().map(SigningKey::public_key).chain(own) {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "no public key to verify signatures with: pass --trusted-key NAME:KEY, or set \
+         `secret_key_files` in the config file"
+    );
+    Ok(keys)
+}
