@@ -1,5 +1,5 @@
-//! `narpush gc` and content-addressed derivations: a realisation and its Nix 2.35 build trace
-//! entry go with their output's narinfo, and stay while it stays.
+//! `narpush gc` and `verify` and content-addressed derivations: a realisation and its Nix 2.35
+//! build trace entry belong to their output's narinfo, go with it, and stay while it stays.
 
 use super::*;
 
@@ -27,7 +27,7 @@ fn gc(cache: &Path) -> serde_json::Value {
 #[test]
 fn gc_keeps_realisations_and_build_trace_entries_with_their_outputs_and_deletes_them_after() {
     let dir = tempfile::tempdir().unwrap();
-    let (key_file, _) = keygen(dir.path(), "ca-gc-1");
+    let (key_file, public_key) = keygen(dir.path(), "ca-gc-1");
     let cache = dir.path().join("cache");
     let fixture = Fixture::new("ca-gc");
     fixture.build("top");
@@ -36,6 +36,16 @@ fn gc_keeps_realisations_and_build_trace_entries_with_their_outputs_and_deletes_
     let realisations = keys_under(&cache, "realisations/");
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert!(!realisations.is_empty());
+    // `narpush verify` finds the cache whole: the entries belong to their outputs.
+    let verified = run(narpush()
+        .args(["verify", "--trusted-key", &public_key, "--to"])
+        .arg(format!("file://{}", cache.display())));
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        stderr(&verified)
+    );
 
     // Old, but their outputs are pushed again (their narinfos refreshed): all stay.
     age_everything(&cache, 60 * DAY);
