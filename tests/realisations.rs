@@ -114,6 +114,64 @@ fn assert_published(cache: &Path, local: &(String, String, serde_json::Value), k
     );
 }
 
+/// The deriver Nix 2.8 recorded for `out`: for an output with content-addressed inputs, the
+/// resolved derivation (inputs replaced by their outputs), which Nix built under its own name.
+fn deriver(out: &str) -> String {
+    let info = run_ok(nix_with_ca("nix", "").args(["path-info", "--json", out]));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    info[0]["deriver"].as_str().unwrap().to_owned()
+}
+
+/// Checks the cache's Nix 2.35 build trace entry of output `out` (basename) of the resolved
+/// derivation `drv`: Nix's JSON (schema build-trace-entry-v3, compact), a structured signature
+/// by `public_key` over Nix's fingerprint (checked here with ed25519 directly, not with
+/// narpush's code), written after the output's narinfo.
+fn assert_build_trace_entry(cache: &Path, drv: &str, out: &str, public_key: &str) {
+    use base64::Engine;
+    let drv = drv.trim_start_matches("/nix/store/");
+    let object = cache.join("build-trace-v2").join(drv).join("out.doi");
+    let text = std::fs::read_to_string(&object)
+        .unwrap_or_else(|e| panic!("{} missing: {e}", object.display()));
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value.to_string(), text, "not compact, sorted JSON: {text}");
+    assert_eq!(value["outPath"], out, "{text}");
+    let (key_name, key) = public_key.split_once(':').unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key.try_into().unwrap()).unwrap();
+    let fingerprint = format!(
+        r#"{{"key":{{"drvPath":"{drv}","outputName":"out"}},"value":{{"outPath":"{out}"}}}}"#
+    );
+    let signatures = value["signatures"].as_array().unwrap();
+    assert_eq!(signatures.len(), 1, "{text}");
+    assert_eq!(signatures[0]["keyName"], key_name, "{text}");
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(signatures[0]["sig"].as_str().unwrap())
+        .unwrap();
+    let sig = ed25519_dalek::Signature::from_bytes(&sig.try_into().unwrap());
+    key.verify_strict(fingerprint.as_bytes(), &sig)
+        .unwrap_or_else(|e| panic!("{} does not verify: {e}", object.display()));
+    let narinfo = cache.join(format!("{}.narinfo", &out[..32]));
+    let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    assert!(
+        modified(&narinfo) <= modified(&object),
+        "the build trace entry of {out} was written before its narinfo"
+    );
+}
+
+/// The derivations the cache has build trace entries for.
+fn build_trace_drvs(cache: &Path) -> Vec<String> {
+    let mut drvs: Vec<String> = std::fs::read_dir(cache.join("build-trace-v2"))
+        .map(|dir| {
+            dir.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    drvs.sort();
+    drvs
+}
+
 /// Realises `attr` into a fresh store that substitutes from `cache_url` only, with
 /// ca-derivations, requiring signatures by `public_key`. The builders cannot run there.
 fn realise_in_fresh_store(
@@ -196,6 +254,19 @@ fn a_ca_derivation_built_with_the_hook_is_substituted_by_a_fresh_store() {
         assert_published(&bucket, local, key_name);
     }
     assert_closure_invariant(&bucket);
+    // Nix 2.35's form, keyed by resolved derivation: dep has no input derivations (it is
+    // its own resolution); top's is the derivation Nix 2.8 resolved it to and built. The
+    // unresolved top has none.
+    let resolved_top = deriver(&format!("/nix/store/{}", top[0].1));
+    assert_ne!(resolved_top, top_drv);
+    assert_build_trace_entry(&bucket, &dep_drv, &dep[0].1, &key);
+    assert_build_trace_entry(&bucket, &resolved_top, &top[0].1, &key);
+    let mut expected = vec![
+        dep_drv.trim_start_matches("/nix/store/").to_owned(),
+        resolved_top.trim_start_matches("/nix/store/").to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(build_trace_drvs(&bucket), expected);
 
     let cache_url = format!("file://{}", bucket.display());
     let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &key);
@@ -216,10 +287,16 @@ fn upload_of_a_ca_drv_publishes_its_realisations_and_a_fresh_store_substitutes_i
     upload(&key_file, &cache, &top_drv);
     assert!(started.elapsed() < Duration::from_secs(60));
     let top = realisations(&top_drv);
-    for local in top.iter().chain(&realisations(&dep_drv)) {
+    let dep = realisations(&dep_drv);
+    for local in top.iter().chain(&dep) {
         assert_published(&cache, local, "ca-upload-1");
     }
     assert_closure_invariant(&cache);
+    // The unresolved top gets no build trace entry; its outputs' derivers are resolved ones.
+    assert_build_trace_entry(&cache, &dep_drv, &dep[0].1, &public_key);
+    let resolved_top = deriver(&format!("/nix/store/{}", top[0].1));
+    assert_build_trace_entry(&cache, &resolved_top, &top[0].1, &public_key);
+    assert_eq!(build_trace_drvs(&cache).len(), 2);
 
     let cache_url = format!("file://{}", cache.display());
     let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
@@ -246,6 +323,7 @@ fn upload_of_a_ca_output_path_publishes_its_realisation_found_through_its_derive
     for local in top.iter().chain(&realisations(&fixture.instantiate("dep"))) {
         assert_published(&cache, local, "ca-output-1");
     }
+    assert_build_trace_entry(&cache, &resolved, &top[0].1, &public_key);
     // With those, a client substitutes the inputs by their realisations, resolves the
     // derivation, and substitutes the resolved one.
     let cache_url = format!("file://{}", cache.display());
@@ -388,3 +466,6 @@ fn upload_without_the_closure_looks_a_realisations_dependency_up_instead_of_wait
     let (store, output) = realise_in_fresh_store(&fixture, "top", &cache_url, &public_key);
     assert_substituted(&output, store.path(), &top_drv, &top[0].1);
 }
+
+#[path = "realisations/gc.rs"]
+mod gc;

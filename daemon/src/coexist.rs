@@ -33,7 +33,9 @@
 //!   before): that write-back is bounded so that GC can wait for it (G7).
 //! - **U3, reuse.** A NAR stored by an earlier attempt is reused only while younger than
 //!   `G / 2`: older, no narinfo protects it from GC.
-//! - **U4, order.** A narinfo is written only after its NAR and its references' narinfos.
+//! - **U4, order.** A narinfo is written only after its NAR and its references' narinfos; a
+//!   realisation (either form: `realisations/`, or Nix 2.35's `build-trace-v2/` entry, written
+//!   right after it) only after its output's narinfo and the realisations it depends on.
 //! - **U5, shared NARs.** A NAR named by its FileHash is written again whenever a path with
 //!   those bytes is stored (never skipped because the name exists), so its LastModified says
 //!   that it is in use again.
@@ -57,7 +59,8 @@
 //!   since the listing, and HEADs show every narinfo this run deleted that references it
 //!   still absent (a rewritten or written-back one is a root: the plan is made again). Every other object
 //!   is deleted only if a HEAD shows it unchanged since the listing (an uploader wrote it again:
-//!   kept) and every narinfo it belongs to (that names it; for a realisation, its output's) is
+//!   kept) and every narinfo it belongs to (that names it; for a realisation or build trace
+//!   entry, its output's) is
 //!   still absent (a refresh wrote one back: kept).
 //! - **G6, the bound.** A delete request is sent only while less than `W` has passed since its
 //!   check began ([`Check`]), and it is given only the time that is left, retries included

@@ -18,8 +18,8 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::coexist::Reader;
+use crate::format::build_trace;
 use crate::format::narinfo::NarInfo;
-use crate::format::realisation::Realisation;
 use crate::gc::{ByKind, Tally};
 use crate::layout::{self, kind_of, ObjectKind};
 use crate::pins::PinError;
@@ -296,11 +296,9 @@ async fn orphan_realisations<'a>(
     while let Some((key, body)) = reads.next().await {
         usage.requests.get += 1;
         let Some(body) = body? else { continue };
-        if let Ok(realisation) = Realisation::from_json(&body) {
-            if !index
-                .narinfo_ids
-                .contains_key(realisation.out_path.hash_part())
-            {
+        // Either form: Nix 2.8's `realisations/`, or Nix 2.35's build trace entry.
+        if let Some(output) = build_trace::output_of_realisation_object(key, &body) {
+            if !index.narinfo_ids.contains_key(output.hash_part()) {
                 orphans.insert(key);
             }
         }

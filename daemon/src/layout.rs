@@ -10,6 +10,7 @@
 //! | NAR listing | `<hash part>.ls` | when asked for (`write_nar_listing`), after its NAR, before its narinfo; `Content-Encoding` names its compression (`ls-compression`, S3 only) |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
 //! | realisation | `realisations/sha256:<base16>!<output>.doi` | after its output's narinfo and the realisations it depends on |
+//! | build trace entry (Nix 2.35 realisation) | `build-trace-v2/<resolved drv basename>/<output>.doi` | right after the realisation it restates ([`crate::format::build_trace`]), so after its output's narinfo too |
 //! | pin | `pins/<name>` | by `narpush pin`, only for a closure whole in the cache ([`crate::pins`]) |
 //!
 //! # The NAR naming rule: a NAR object is never overwritten with different bytes
@@ -28,6 +29,7 @@
 
 use rand::Rng;
 
+use crate::format::build_trace::BuildTraceKey;
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nixbase32;
@@ -142,6 +144,11 @@ pub fn same_cache_info(current: &[u8], wanted: &str) -> bool {
 /// The key of a realisation, where Nix looks for it by derivation output.
 pub fn realisation_key(id: &DrvOutputId) -> String {
     format!("realisations/{id}.doi")
+}
+
+/// The key of a build trace entry, where Nix 2.35 looks for it by resolved derivation output.
+pub fn build_trace_key(key: &BuildTraceKey) -> String {
+    key.object_key()
 }
 
 /// The key of a path's narinfo.
@@ -296,7 +303,9 @@ pub enum ObjectKind<'a> {
     Log {
         drv: &'a str,
     },
-    /// `realisations/<drv hash>!<output>.doi`.
+    /// `realisations/<drv hash>!<output>.doi`, or a build trace entry
+    /// `build-trace-v2/<drv>/<output>.doi` (the same fact for Nix 2.35): both belong to their
+    /// output's narinfo ([`crate::format::build_trace::output_of_object`] for the latter).
     Realisation,
     /// `pins/<name>`, a root that `narpush gc` keeps (see [`crate::pins`]).
     Pin {
@@ -319,7 +328,9 @@ pub fn kind_of(key: &str) -> ObjectKind<'_> {
         ObjectKind::Nar
     } else if let Some(drv) = key.strip_prefix("log/").filter(|d| !d.contains('/')) {
         ObjectKind::Log { drv }
-    } else if key.starts_with("realisations/") && key.ends_with(".doi") {
+    } else if key.starts_with("realisations/") && key.ends_with(".doi")
+        || BuildTraceKey::from_object_key(key).is_ok()
+    {
         ObjectKind::Realisation
     } else if let Some(name) = pin_name_of_key(key) {
         ObjectKind::Pin { name }
@@ -351,6 +362,10 @@ mod tests {
             ObjectKind::Realisation
         );
         assert_eq!(
+            kind_of(&format!("build-trace-v2/{hash}-x.drv/out.doi")),
+            ObjectKind::Realisation
+        );
+        assert_eq!(
             kind_of("pins/release-1.0"),
             ObjectKind::Pin {
                 name: "release-1.0"
@@ -362,6 +377,8 @@ mod tests {
             "short.narinfo",
             "sub/dir/x.narinfo",
             "log/a/b",
+            "build-trace-v2/x.drv/out.doi",
+            "build-trace-v2/9jm1vj6j3ixsz2x5s77jxchbljjfn6s6-x.drv/out",
         ] {
             assert_eq!(kind_of(other), ObjectKind::Other, "{other}");
         }

@@ -1,5 +1,6 @@
-//! `narpush resign`: adds or replaces signatures on the narinfos and realisations already in a
-//! cache, for a key rotation, without touching a NAR.
+//! `narpush resign`: adds or replaces signatures on the narinfos and realisations (both forms:
+//! `realisations/` and Nix 2.35's `build-trace-v2/`) already in a cache, for a key rotation,
+//! without touching a NAR.
 //!
 //! Invariants:
 //! - Only what is ours is signed: an object none of whose signatures verifies with one of our
@@ -22,6 +23,7 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::coexist::{Check, Reader, REFRESH_ROUNDS, REFRESH_SETTLE};
+use crate::format::build_trace::{self, BuildTraceEntry, Signature};
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::Realisation;
 use crate::format::signing::{SigningKey, VerifyingKey};
@@ -350,6 +352,35 @@ fn resigned(key: &str, body: &[u8], options: &Options) -> Resigned {
                 Resigned::Body {
                     body: Bytes::from(narinfo.to_string()),
                     output: None,
+                    names: found,
+                }
+            }
+        }
+        _ if key.starts_with(build_trace::PREFIX) => {
+            let Ok(mut entry) = BuildTraceEntry::from_object(key, body) else {
+                return Resigned::Unreadable;
+            };
+            let mut signatures: Vec<String> =
+                entry.signatures.iter().map(Signature::to_text).collect();
+            let found = names(&signatures);
+            if !ours(&|key| entry.verify_signature(key)) {
+                return Resigned::NotOurs(found);
+            }
+            let before = entry.signatures.clone();
+            wanted(&mut signatures);
+            entry.signatures = signatures
+                .iter()
+                .filter_map(|s| Signature::parse_text(s).ok())
+                .collect();
+            for key in &options.keys {
+                entry.sign(key);
+            }
+            if before == entry.signatures {
+                Resigned::Same(found)
+            } else {
+                Resigned::Body {
+                    body: Bytes::from(entry.object_body()),
+                    output: Some(crate::layout::narinfo_key(&entry.out_path)),
                     names: found,
                 }
             }

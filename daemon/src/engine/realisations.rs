@@ -1,4 +1,6 @@
-//! Publishing realisations (`realisations/<id>.doi`) once what they name is in the cache.
+//! Publishing realisations (`realisations/<id>.doi`) once what they name is in the cache, each
+//! with its Nix 2.35 build trace entry (`build-trace-v2/<drv>/<output>.doi`) right after it
+//! when its resolved derivation is known.
 //!
 //! The owner hands realisations over before it submits their output paths. A realisation is
 //! released for publishing only when its output path is known to be in the cache (its narinfo
@@ -34,6 +36,7 @@ use bytes::Bytes;
 use super::graph::Report;
 use super::tasks::Done;
 use super::{EngineConfig, UploadError};
+use crate::format::build_trace::BuildTraceEntry;
 use crate::format::realisation::{DrvOutputId, Realisation};
 use crate::format::store_path::StorePath;
 use crate::layout::{self, content_type};
@@ -80,8 +83,12 @@ impl Realisations {
     /// [`MAX_PENDING`], see [`bound`]; returns the reports of held tops failed for it.
     pub fn add(&mut self, realisations: Vec<Realisation>) -> Vec<Report> {
         let mut new = HashSet::new();
-        for realisation in realisations {
+        for mut realisation in realisations {
             let id = realisation.id.clone();
+            if let Some(previous) = self.pending.get(&id) {
+                // One handed over without its resolved derivation does not forget it.
+                realisation.drv = realisation.drv.or_else(|| previous.drv.clone());
+            }
             if self.pending.insert(id.clone(), realisation).is_none() {
                 new.insert(id);
             }
@@ -322,6 +329,21 @@ pub(super) async fn publish(config: &EngineConfig, release: Release) -> Done {
                     content_type::REALISATION,
                 )
                 .await?;
+            // Nix 2.35 reads the same fact keyed by the resolved derivation; it names no
+            // dependencies, so its output's narinfo (checked above) is all it waits for.
+            if let Some(mut entry) = BuildTraceEntry::of_realisation(realisation) {
+                for key in config.keys.iter() {
+                    entry.sign(key);
+                }
+                config
+                    .sink
+                    .put(
+                        &layout::build_trace_key(&entry.key),
+                        Bytes::from(entry.object_body()),
+                        content_type::REALISATION,
+                    )
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -21,11 +21,14 @@
 //! - [`signing`]: Ed25519 secret and public keys in Nix's `name:base64` format.
 //! - [`realisation`]: the realisations of content-addressed derivation outputs and their
 //!   signature fingerprint.
+//! - [`build_trace`]: Nix 2.35's build trace entries (`build-trace-v2/`), keyed by resolved
+//!   derivation, with structured signatures.
 //! - [`derivation`]: the outputs and input derivations of a `.drv`.
 //!
 //! The reference for every rule enforced here is `reference/nix-binary-cache-format.md`
 //! (§1 NAR, §2 hashes and store paths, §3 narinfo, §4 signatures and keys).
 
+pub mod build_trace;
 pub mod compression;
 pub mod derivation;
 pub mod hash;

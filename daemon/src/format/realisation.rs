@@ -100,7 +100,14 @@ pub struct Realisation {
     pub out_path: StorePath,
     pub signatures: BTreeSet<String>,
     pub dependent_realisations: BTreeMap<DrvOutputId, StorePath>,
+    /// The resolved derivation (no input derivations) this is an output of, when known: the
+    /// key of its Nix 2.35 build trace entry ([`super::build_trace`]). Not part of Nix 2.8's
+    /// JSON; kept in the queue under [`QUEUE_DRV_FIELD`].
+    pub drv: Option<StorePath>,
 }
+
+/// The field under which [`Realisation::to_queue_json`] keeps [`Realisation::drv`].
+pub const QUEUE_DRV_FIELD: &str = "narpushResolvedDrv";
 
 impl Realisation {
     /// Parses one realisation object (a `.doi` file, or an element of
@@ -138,11 +145,16 @@ impl Realisation {
                 );
             }
         }
+        let drv = match value.get(QUEUE_DRV_FIELD).and_then(Value::as_str) {
+            Some(drv) => Some(parse_path(QUEUE_DRV_FIELD, drv)?),
+            None => None,
+        };
         Ok(Realisation {
             id,
             out_path,
             signatures,
             dependent_realisations,
+            drv,
         })
     }
 
@@ -184,6 +196,21 @@ impl Realisation {
         out.push_str(&sigs.join(","));
         out.push_str("]}");
         out
+    }
+
+    /// What the queue keeps: [`Realisation::to_json`] with [`Realisation::drv`] added (read
+    /// back by [`Realisation::from_json`]).
+    pub fn to_queue_json(&self) -> String {
+        let json = self.to_json();
+        match &self.drv {
+            Some(drv) => format!(
+                "{},{}:{}}}",
+                &json[..json.len() - 1],
+                json_string(QUEUE_DRV_FIELD),
+                json_string(drv.basename())
+            ),
+            None => json,
+        }
     }
 
     fn write_common_fields(&self, out: &mut String) {

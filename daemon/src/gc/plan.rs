@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 
 use super::{gc_read, layers, GcError, Plan, Policy};
+use crate::format::build_trace;
 use crate::format::narinfo::NarInfo;
-use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use crate::layout::{self, kind_of, ObjectKind};
 use crate::sink::inventory::Object;
@@ -309,9 +309,9 @@ async fn read_realisations(
     for (key, body) in read {
         let Some(body) = body? else { continue };
         // Its dependencies' outputs are in its output's closure: kept whenever it is.
-        match Realisation::from_json(&body) {
-            Ok(realisation) if !live.contains(realisation.out_path.hash_part()) => {
-                unused.insert(key, layout::narinfo_key(&realisation.out_path));
+        match build_trace::output_of_realisation_object(&key, &body) {
+            Some(output) if !live.contains(output.hash_part()) => {
+                unused.insert(key, layout::narinfo_key(&output));
             }
             _ => {}
         }

@@ -242,6 +242,7 @@ fn add_realisation(cache: &Cache, n: u8, name: &str, deps: &[(u8, &str)], age: D
         out_path: path(name),
         signatures: Default::default(),
         dependent_realisations: deps.iter().map(|(d, p)| (id(*d), path(p))).collect(),
+        drv: None,
     };
     let key = layout::realisation_key(&realisation.id);
     cache.write(&key, &realisation.to_json(), age);
@@ -506,3 +507,6 @@ async fn a_pin_too_big_to_be_one_stops_the_run() {
         "{error}"
     );
 }
+
+#[path = "build_trace_tests.rs"]
+mod build_trace_entries;

@@ -126,7 +126,7 @@ pub(super) mod text {
         pub fn serialize<S: Serializer>(list: &[Realisation], s: S) -> Result<S::Ok, S::Error> {
             let mut seq = s.serialize_seq(Some(list.len()))?;
             for realisation in list {
-                seq.serialize_element(&realisation.to_json())?;
+                seq.serialize_element(&realisation.to_queue_json())?;
             }
             seq.end()
         }

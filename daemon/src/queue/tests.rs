@@ -312,6 +312,7 @@ fn realisation(n: u8, out: &str) -> Realisation {
         out_path: sp(out),
         signatures: Default::default(),
         dependent_realisations: Default::default(),
+        drv: None,
     }
 }
 

@@ -88,6 +88,7 @@ async fn a_rotation_signs_what_is_ours_and_nothing_else() {
         out_path: ours.store_path.clone(),
         signatures: BTreeSet::new(),
         dependent_realisations: BTreeMap::new(),
+        drv: None,
     };
     realisation.sign(&old);
     let doi = format!("realisations/{}.doi", realisation.id);
@@ -175,4 +176,34 @@ async fn a_new_key_under_the_old_name_is_refused() {
     .await
     .unwrap_err();
     assert!(matches!(error, ResignError::KeyNameReused { name } if name == "cache-1"));
+}
+
+#[tokio::test]
+async fn a_rotation_resigns_build_trace_entries_too() {
+    use crate::format::build_trace::{BuildTraceEntry, BuildTraceKey};
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (key("old-1"), key("new-1"));
+    let (ours_key, ours) = narinfo("a", &old);
+    // Its output's narinfo is there: the entry is not withdrawn as an orphan.
+    write(dir.path(), &ours_key, &ours.to_string(), DAY);
+    let drv = StorePath::from_basename(&format!("{}-a.drv", ours.store_path.hash_part())).unwrap();
+    let mut entry = BuildTraceEntry {
+        key: BuildTraceKey::new(drv, "out").unwrap(),
+        out_path: ours.store_path.clone(),
+        signatures: BTreeSet::new(),
+    };
+    entry.sign(&old);
+    let object = entry.key.object_key();
+    write(dir.path(), &object, &entry.object_body(), DAY);
+
+    let sink = Sink::File(FileSink::open(dir.path()).unwrap());
+    let rotate = options(vec![new.clone()], &["old-1"], vec![old.public_key()]);
+    let summary = resign(&sink, &rotate, &|_| {}).await.unwrap();
+    assert_eq!(summary.realisations.rewritten, 1);
+    let body = std::fs::read(dir.path().join(&object)).unwrap();
+    let now = BuildTraceEntry::from_object(&object, &body).unwrap();
+    assert!(now.verify_signature(&new.public_key()));
+    assert!(!now.verify_signature(&old.public_key()));
+    assert_eq!(now.signatures.len(), 1);
+    assert_eq!(String::from_utf8(body).unwrap(), now.object_body());
 }

@@ -6,6 +6,9 @@
 //! input derivations. Nix registers a derivation's realisations before it runs the
 //! post-build-hook, so a hook request can be answered at once.
 //!
+//! A realisation of a derivation without input derivations (a resolved one) carries that
+//! derivation ([`Realisation::drv`]): it keys the realisation's Nix 2.35 build trace entry.
+//!
 //! Invariant: [`realisations_of`] returns every realisation of the derivation's outputs (none
 //! missing: a floating output without one is an error naming it), plus those of its inputs
 //! that the first depend on and that the store knows; a dependency it cannot find is left to
@@ -92,7 +95,15 @@ pub async fn realisations_of(
     drv: &StorePath,
     head: &DerivationHead,
 ) -> Result<DerivationRealisations, RealisationQueryError> {
-    let own = query(std::slice::from_ref(drv)).await?;
+    let mut own = query(std::slice::from_ref(drv)).await?;
+    // A derivation with no input derivations is resolved: it keys its own build trace
+    // entries (Nix 2.35 `Derivation::shouldResolve`). One with inputs is resolved to another
+    // `.drv`, which Nix 2.8 builds (and runs the hook for) under its own name.
+    if head.input_derivations.is_empty() {
+        for realisation in &mut own {
+            realisation.drv = Some(drv.clone());
+        }
+    }
     for (output, _) in &head.outputs {
         if !own.iter().any(|r| &r.id.output == output) {
             return Err(RealisationQueryError::Unrealised {

@@ -12,6 +12,7 @@ use futures::stream::{self, StreamExt};
 use super::narinfos::Read;
 use super::report::{Kind, Report};
 use super::{get, is_young, too_big, Inventory, Options, VerifyError, READ_CONCURRENCY};
+use crate::format::build_trace::{self, BuildTraceEntry};
 use crate::format::realisation::Realisation;
 use crate::sink::Sink;
 
@@ -70,15 +71,24 @@ pub(super) async fn check(
                 .add(&object.key, "deleted since the listing".to_owned());
             continue;
         };
-        let detail = match Realisation::from_json(&body) {
-            Ok(realisation) => {
-                let out = &realisation.out_path;
+        // Either form: Nix 2.8's `realisations/`, or Nix 2.35's build trace entry.
+        let output = if object.key.starts_with(build_trace::PREFIX) {
+            BuildTraceEntry::from_object(&object.key, &body)
+                .map(|entry| entry.out_path)
+                .map_err(|e| crate::error_chain(&e))
+        } else {
+            Realisation::from_json(&body)
+                .map(|realisation| realisation.out_path)
+                .map_err(|e| crate::error_chain(&e))
+        };
+        let detail = match output {
+            Ok(out) => {
                 if inventory.narinfos.contains_key(out.hash_part()) {
                     continue;
                 }
                 format!("its output {} has no narinfo here", out.to_absolute())
             }
-            Err(e) => format!("it cannot be read: {}", crate::error_chain(&e)),
+            Err(reason) => format!("it cannot be read: {reason}"),
         };
         report.problem(Kind::RealisationsWithoutPath, young, &object.key, detail);
     }

@@ -111,6 +111,7 @@ async fn a_whole_cache_is_whole_and_a_problem_is_in_flight_only_while_young() {
         out_path: path("top"),
         signatures: Default::default(),
         dependent_realisations: Default::default(),
+        drv: None,
     };
     cache.write(
         &crate::layout::realisation_key(&realisation.id),

@@ -39,6 +39,7 @@ fn realisation(n: u32, out: &StorePath, deps: &[(u32, &StorePath)]) -> Realisati
             .iter()
             .map(|(d, p)| (id(*d), (*p).clone()))
             .collect::<BTreeMap<_, _>>(),
+        drv: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn realisation(n: u8, out: &str, deps: &[(u8, &str)]) -> Realisation {
             .iter()
             .map(|(d, p)| (id(*d), path(p)))
             .collect::<BTreeMap<_, _>>(),
+        drv: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn numbered(first: u32, count: usize, out: Option<&str>) -> Vec<Realisation> {
                 out_path: path(out.unwrap_or(&format!("queued-{n}"))),
                 signatures: BTreeSet::new(),
                 dependent_realisations: BTreeMap::new(),
+                drv: None,
             }
         })
         .collect()
@@ -223,4 +225,77 @@ fn a_held_top_whose_realisations_do_not_fit_fails_naming_the_bound_at_once() {
     assert!(refused_for_the_bound(&reports, "h"), "{reports:?}");
     assert!(held.pending.len() <= MAX_PENDING);
     assert!(held.held.is_empty());
+}
+
+#[test]
+fn a_realisation_handed_over_again_without_its_derivation_keeps_it() {
+    let mut realisations = Realisations::default();
+    let mut known = realisation(1, "a", &[]);
+    known.drv = Some(path("a.drv"));
+    realisations.add(vec![known]);
+    realisations.add(vec![realisation(1, "a", &[])]);
+    let release = realisations.release(|_| true, |_| false).unwrap();
+    assert_eq!(release.ordered[0].drv, Some(path("a.drv")));
+}
+
+#[tokio::test]
+async fn publishing_writes_the_build_trace_entry_signed_beside_the_realisation() {
+    use crate::engine::compress::Compression;
+    use crate::engine::stream::StreamSettings;
+    use crate::format::build_trace::BuildTraceEntry;
+    use crate::format::signing::SigningKey;
+    use crate::sink::{Sink, TargetUrl};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = TargetUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let sink = Sink::open(&url, Duration::from_secs(60)).await.unwrap();
+    let key = SigningKey::generate("ours-1").unwrap();
+    let config = EngineConfig::new(
+        Arc::new(sink),
+        url.to_string(),
+        Arc::new(vec![key.clone()]),
+        StreamSettings::new(Compression::None, 0),
+        1,
+        4,
+        false,
+    );
+    let mut resolved = realisation(1, "a", &[]);
+    resolved.drv = Some(path("a.drv"));
+    let unresolved = realisation(2, "b", &[]);
+    let release = Release {
+        ordered: vec![resolved, unresolved],
+        external: Vec::new(),
+        outputs: Vec::new(),
+    };
+    let done = publish(&config, release).await;
+    match done {
+        Done::RealisationsPublished(_, result) => result.unwrap(),
+        _ => panic!("not a publishing result"),
+    }
+    let object_key = format!("build-trace-v2/{}/out.doi", path("a.drv").basename());
+    let body = std::fs::read(dir.path().join(&object_key)).unwrap();
+    let entry = BuildTraceEntry::from_object(&object_key, &body).unwrap();
+    assert_eq!(entry.out_path, path("a"));
+    assert!(entry.verify_signature(&key.public_key()));
+    assert_eq!(String::from_utf8(body).unwrap(), entry.object_body());
+    assert!(dir.path().join(layout::realisation_key(&id(1))).exists());
+    // Without its resolved derivation, only the Nix 2.8 realisation is written.
+    assert!(dir.path().join(layout::realisation_key(&id(2))).exists());
+    let entries: Vec<_> = walk(&dir.path().join("build-trace-v2"));
+    assert_eq!(entries, [dir.path().join(&object_key)]);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }

@@ -104,3 +104,26 @@ fn malformed_realisations_are_errors_naming_the_problem() {
         assert!(error.contains(expected), "{json}: {error}");
     }
 }
+
+#[test]
+fn the_queue_keeps_the_resolved_derivation_and_the_cache_object_does_not() {
+    let mut realisation = golden()[1].clone();
+    let drv = StorePath::from_basename("azdyzx3nvc6202vriq7ydhf5d8bsd2w8-golden-a.drv").unwrap();
+    realisation.drv = Some(drv);
+    let kept = realisation.to_queue_json();
+    assert_eq!(
+        Realisation::from_json(kept.as_bytes()).unwrap(),
+        realisation
+    );
+    assert!(!realisation.to_json().contains(QUEUE_DRV_FIELD));
+    assert_eq!(
+        kept,
+        format!(
+            "{},\"narpushResolvedDrv\":\"azdyzx3nvc6202vriq7ydhf5d8bsd2w8-golden-a.drv\"}}",
+            &realisation.to_json()[..realisation.to_json().len() - 1]
+        )
+    );
+    // Records written before the field existed read back without it.
+    let old = golden()[1].to_json();
+    assert_eq!(Realisation::from_json(old.as_bytes()).unwrap().drv, None);
+}
