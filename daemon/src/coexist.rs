@@ -127,6 +127,11 @@
 //!
 //! # What this does not cover
 //!
+//! The window of G4 between a narinfo's delete and that of a realisation or build trace entry
+//! naming it as its output (at least [`WRITE_BACK_SETTLE`]): a client that reads the
+//! realisation then finds no narinfo, does not substitute the output and builds it instead.
+//! Deleting realisations first would need them looked at again after the narinfos (a refresh
+//! may write one back).
 //! An upload that takes longer than `G − K` from the lookup of its references to the write of
 //! its narinfo (choose `G` above the longest upload). A delete request that reaches the store
 //! more than `W + 1 s` after it was sent. An uploader whose credentials may not read: its

@@ -287,7 +287,8 @@ struct Realisations {
 }
 
 /// Reads the realisations old enough to be deleted, and finds those whose output path is
-/// not kept. One that cannot be read is kept.
+/// not kept. One that cannot be read is kept, and so is one too big to be a realisation
+/// (never read whole into memory).
 async fn read_realisations(
     sink: &Sink,
     objects: &[Object],
@@ -298,6 +299,7 @@ async fn read_realisations(
     let candidates: Vec<&Object> = objects
         .iter()
         .filter(|o| kind_of(&o.key) == ObjectKind::Realisation && age(o) >= grace)
+        .filter(|o| o.size <= crate::upstream::MAX_NARINFO as u64)
         .collect();
     let gets = candidates.len() as u64;
     let read: Vec<_> = stream::iter(candidates)

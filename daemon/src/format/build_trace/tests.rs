@@ -156,6 +156,12 @@ fn signatures_are_ordered_by_key_name_then_bytes() {
 #[test]
 fn object_keys_round_trip_and_others_are_refused() {
     let key = key();
+    // Nix 2.35.2, binary-cache-store.cc, makeRealisationPath: the drv's whole basename, the
+    // output name, ".doi", nothing escaped.
+    assert_eq!(
+        key.object_key(),
+        "build-trace-v2/g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-bar.drv/foo.doi"
+    );
     assert_eq!(
         BuildTraceKey::from_object_key(&key.object_key()).unwrap(),
         key
