@@ -221,6 +221,17 @@ impl Upstream {
         has_nar.map(|()| narinfo.nar_size)
     }
 
+    /// The caches that did not answer their last question (marked down): what they were
+    /// asked since was answered "not served" without asking.
+    pub fn caches_down(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.caches
+            .iter()
+            .filter(|cache| lock(&cache.down_until).is_some_and(|until| now < until))
+            .map(|cache| cache.url.to_string())
+            .collect()
+    }
+
     /// What `reply` says, noting whether `cache` answered.
     fn answered<T>(&self, cache: &Cache, reply: Reply<T>) -> Option<T> {
         match reply {

@@ -71,6 +71,12 @@ pub enum VerifyError {
     Sink(#[from] SinkError),
     #[error("a task reading the cache failed: {0}")]
     Task(String),
+    #[error(
+        "upstream cache(s) {caches} did not answer: the references asked of them are neither \
+         served nor missing; run verify again when they answer, or without --upstream (they \
+         are then unchecked)"
+    )]
+    UpstreamUnreachable { caches: String },
 }
 
 /// The cache's objects, by what they are.
@@ -157,7 +163,7 @@ pub async fn verify(
     progress("checking NARs");
     let broken = nars::check(sink, &inventory, &read, options, &mut report, progress).await?;
     progress("checking references");
-    let elsewhere = references::check(&inventory, &read, options, &mut report).await;
+    let elsewhere = references::check(&inventory, &read, options, &mut report).await?;
     belongings::check(sink, &inventory, &read, options, &mut report).await?;
     references::check_pins(
         sink,

@@ -33,7 +33,7 @@ pub(super) async fn check(
     read: &Read,
     options: &Options,
     report: &mut Report,
-) -> HashSet<String> {
+) -> Result<HashSet<String>, VerifyError> {
     let mut elsewhere = HashSet::new();
     let mut missing: BTreeMap<&str, Missing<'_>> = BTreeMap::new();
     let mut hashes: Vec<&String> = read.parsed.keys().collect();
@@ -63,7 +63,7 @@ pub(super) async fn check(
                 format!("{} has no narinfo here", m.path.to_absolute()),
             );
         }
-        return elsewhere;
+        return Ok(elsewhere);
     };
     let mut asked = stream::iter(missing.into_values())
         .map(|m| async move { (upstream.serves(m.path).await, m) })
@@ -85,7 +85,15 @@ pub(super) async fn check(
             ),
         }
     }
-    elsewhere
+    // A cache that did not answer made its "not served" answers guesses: the run could not
+    // read what it needed (exit 2), rather than find problems that may not be there.
+    let down = upstream.caches_down();
+    if !down.is_empty() && report.problems.of(Kind::MissingReferences).count > 0 {
+        return Err(VerifyError::UpstreamUnreachable {
+            caches: down.join(", "),
+        });
+    }
+    Ok(elsewhere)
 }
 
 /// Reads the pins and walks their closures; `broken` are the paths whose NAR is missing or

@@ -279,3 +279,28 @@ async fn unsigned_narinfos_orphans_and_pins_are_reported() {
         .detail
         .contains(&path("lib").to_absolute()));
 }
+
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_is_a_read_failure_not_a_problem() {
+    let cache = Cache::new();
+    cache.add("top", b"top nar", "nar/top.nar", &["gone"]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    let mut options = cache.options(later());
+    options.upstream = Some(Upstream::new(
+        vec![UpstreamCache::from(
+            UpstreamUrl::parse(&format!("http://{address}")).unwrap(),
+        )],
+        vec![cache.key.public_key()],
+    ));
+    let url = TargetUrl::parse(&format!("file://{}", cache.dir.path().display())).unwrap();
+    let sink = Sink::open_for_reading(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let error = verify(&sink, "test", &options, &|_| {}).await.unwrap_err();
+    assert!(
+        matches!(&error, super::VerifyError::UpstreamUnreachable { caches } if caches.contains(&address.to_string())),
+        "{error}"
+    );
+}
