@@ -90,6 +90,7 @@ struct Inventory {
     logs: Vec<(String, Object)>,
     realisations: Vec<Object>,
     pins: Vec<(String, Object)>,
+    cache_info: Option<Object>,
 }
 
 impl Inventory {
@@ -97,7 +98,8 @@ impl Inventory {
         let mut inventory = Inventory::default();
         for object in objects {
             match kind_of(&object.key) {
-                ObjectKind::CacheInfo | ObjectKind::Other => {}
+                ObjectKind::CacheInfo => inventory.cache_info = Some(object),
+                ObjectKind::Other => {}
                 ObjectKind::NarInfo { hash } => {
                     inventory.narinfos.insert(hash.to_owned(), object);
                 }
@@ -130,6 +132,39 @@ fn too_big(object: &Object) -> Option<String> {
     })
 }
 
+/// `nix-cache-info` must be there and name `/nix/store` as the store: without it, Nix's HTTP
+/// clients cannot use the cache; with another `StoreDir`, they refuse it. Never in flight: a
+/// writer writes it before anything else.
+async fn check_cache_info(
+    sink: &Sink,
+    inventory: &Inventory,
+    report: &mut Report,
+) -> Result<(), VerifyError> {
+    let key = crate::layout::NIX_CACHE_INFO;
+    let body = match &inventory.cache_info {
+        Some(object) if object.size > MAX_METADATA_BYTES => None,
+        Some(_) => get(sink, key).await?,
+        None => None,
+    };
+    let store_dir = body.as_deref().and_then(|body| {
+        std::str::from_utf8(body).ok()?.lines().find_map(|line| {
+            let (field, value) = line.split_once(':')?;
+            (field.trim() == "StoreDir").then(|| value.trim().to_owned())
+        })
+    });
+    let detail = match store_dir.as_deref() {
+        Some(crate::format::store_path::STORE_DIR) => return Ok(()),
+        Some(other) => format!(
+            "StoreDir is {other}, not {}",
+            crate::format::store_path::STORE_DIR
+        ),
+        None if body.is_some() => "no StoreDir line (or too big to be one)".to_owned(),
+        None => "missing: Nix's HTTP clients cannot use the cache".to_owned(),
+    };
+    report.problem(report::Kind::CacheInfo, false, key, detail);
+    Ok(())
+}
+
 /// Whether `object` is younger than `grace` at `now`.
 fn is_young(object: &Object, options: &Options) -> bool {
     crate::clock::age(options.now, object.modified) < options.grace
@@ -158,6 +193,7 @@ pub async fn verify(
     report.nars = inventory.nars.len() as u64;
     report.nar_bytes = inventory.nars.values().map(|o| o.size).sum();
 
+    check_cache_info(sink, &inventory, &mut report).await?;
     progress(&format!("reading {} narinfos", inventory.narinfos.len()));
     let read = narinfos::read(sink, &inventory, options, &mut report).await?;
     progress("checking NARs");

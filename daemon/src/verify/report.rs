@@ -29,10 +29,12 @@ pub enum Kind {
     RealisationsWithoutPath,
     OrphanNars,
     BrokenPins,
+    CacheInfo,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
+        Kind::CacheInfo,
         Kind::UnparseableNarinfos,
         Kind::UnverifiedSignatures,
         Kind::MissingNars,
@@ -60,6 +62,7 @@ impl Kind {
             Kind::RealisationsWithoutPath => "realisations without their path",
             Kind::OrphanNars => "orphan NARs (no narinfo names them)",
             Kind::BrokenPins => "pins unreadable or not whole",
+            Kind::CacheInfo => "nix-cache-info missing or not for /nix/store",
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct Problems {
     pub realisations_without_path: Finding,
     pub orphan_nars: Finding,
     pub broken_pins: Finding,
+    pub cache_info: Finding,
 }
 
 impl Problems {
@@ -120,6 +124,7 @@ impl Problems {
             Kind::RealisationsWithoutPath => &self.realisations_without_path,
             Kind::OrphanNars => &self.orphan_nars,
             Kind::BrokenPins => &self.broken_pins,
+            Kind::CacheInfo => &self.cache_info,
         }
     }
 
@@ -136,6 +141,7 @@ impl Problems {
             Kind::RealisationsWithoutPath => &mut self.realisations_without_path,
             Kind::OrphanNars => &mut self.orphan_nars,
             Kind::BrokenPins => &mut self.broken_pins,
+            Kind::CacheInfo => &mut self.cache_info,
         }
     }
 }

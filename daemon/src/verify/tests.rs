@@ -33,10 +33,15 @@ struct Cache {
 
 impl Cache {
     fn new() -> Cache {
-        Cache {
+        let cache = Cache {
             dir: tempfile::tempdir().unwrap(),
             key: SigningKey::generate("unit-1").unwrap(),
-        }
+        };
+        cache.write(
+            "nix-cache-info",
+            b"StoreDir: /nix/store\nWantMassQuery: 1\n",
+        );
+        cache
     }
 
     fn write(&self, key: &str, body: &[u8]) {
@@ -119,7 +124,7 @@ async fn a_whole_cache_is_whole_and_a_problem_is_in_flight_only_while_young() {
     );
     let report = cache.verify(&cache.options(later())).await;
     assert!(report.whole, "{}", report.to_text());
-    assert_eq!(report.objects, 7);
+    assert_eq!(report.objects, 8);
     assert_eq!(report.exit_code(), 0);
     assert_eq!(report.keys.seen.get("unit-1"), Some(&2));
 
@@ -303,4 +308,24 @@ async fn an_upstream_that_does_not_answer_is_a_read_failure_not_a_problem() {
         matches!(&error, super::VerifyError::UpstreamUnreachable { caches } if caches.contains(&address.to_string())),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_missing_or_foreign_cache_description_is_a_problem() {
+    let cache = Cache::new();
+    cache.add("top", b"top nar", "nar/top.nar", &[]);
+    cache.write("nix-cache-info", b"StoreDir: /gnu/store\n");
+    let report = cache.verify(&cache.options(later())).await;
+    assert_eq!(report.problems.of(Kind::CacheInfo).count, 1);
+    assert!(
+        report.to_text().contains("/gnu/store"),
+        "{}",
+        report.to_text()
+    );
+    std::fs::remove_file(cache.dir.path().join("nix-cache-info")).unwrap();
+    let report = cache.verify(&cache.options(later())).await;
+    assert_eq!(report.exit_code(), 1);
+    assert!(report.problems.of(Kind::CacheInfo).examples[0]
+        .detail
+        .contains("missing"));
 }
