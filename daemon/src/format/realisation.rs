@@ -145,10 +145,12 @@ impl Realisation {
                 );
             }
         }
-        let drv = match value.get(QUEUE_DRV_FIELD).and_then(Value::as_str) {
-            Some(drv) => Some(parse_path(QUEUE_DRV_FIELD, drv)?),
-            None => None,
-        };
+        // narpush's own field (queue records only): a bad value costs the build trace entry,
+        // never the realisation.
+        let drv = value
+            .get(QUEUE_DRV_FIELD)
+            .and_then(Value::as_str)
+            .and_then(|drv| parse_path(QUEUE_DRV_FIELD, drv).ok());
         Ok(Realisation {
             id,
             out_path,

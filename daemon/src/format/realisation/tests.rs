@@ -127,3 +127,14 @@ fn the_queue_keeps_the_resolved_derivation_and_the_cache_object_does_not() {
     let old = golden()[1].to_json();
     assert_eq!(Realisation::from_json(old.as_bytes()).unwrap().drv, None);
 }
+
+#[test]
+fn a_bad_resolved_drv_field_costs_the_field_not_the_realisation() {
+    let text = format!(
+        "{{\"dependentRealisations\":{{}},\"id\":\"sha256:{}!out\",\"outPath\":\"azdyzx3nvc6202vriq7ydhf5d8bsd2w8-golden-a\",\"signatures\":[],\"narpushResolvedDrv\":3}}",
+        "1".repeat(64)
+    );
+    let realisation = Realisation::from_json(text.as_bytes()).unwrap();
+    assert_eq!(realisation.drv, None);
+    assert_eq!(realisation.out_path.name(), "golden-a");
+}
