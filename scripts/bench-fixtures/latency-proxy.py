@@ -10,9 +10,13 @@ delay (a chunk that arrives 1 ms after another is forwarded 1 ms after it). Serv
 passes through without delay. A client's end of stream is forwarded with the same delay.
 
 On SIGUSR1 it prints one line of totals to stdout: connections accepted, HTTP responses seen
-from the server (status lines), bytes each way. Python standard library only.
+from the server (status lines), bytes each way. On SIGUSR2 it prints one line of the requests
+seen from clients, by S3 operation as R2 bills them (`PutObject=3 HeadObject=7 ...`), told apart
+by method and query string. Request lines are found in the client's byte stream as responses are
+in the server's: a body would have to hold one to be miscounted. Python standard library only.
 """
 import asyncio
+import re
 import signal
 import sys
 
@@ -22,6 +26,37 @@ MAX_IN_FLIGHT = 16 << 20
 CHUNK = 64 << 10
 
 totals = {"connections": 0, "responses": 0, "up_bytes": 0, "down_bytes": 0}
+operations = {}
+REQUEST_LINE = re.compile(rb"(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.1\r\n")
+
+
+def operation(method, target):
+    """The S3 operation of a request, by R2's names (path-style addressing)."""
+    path, _, query = target.partition(b"?")
+    names = {part.split(b"=")[0] for part in query.split(b"&") if part}
+    if method == b"PUT":
+        return "UploadPart" if b"partNumber" in names else "PutObject"
+    if method == b"POST":
+        if b"uploads" in names:
+            return "CreateMultipartUpload"
+        if b"uploadId" in names:
+            return "CompleteMultipartUpload"
+        return "DeleteObjects" if b"delete" in names else "POST"
+    if method == b"GET":
+        if b"list-type" in names:
+            return "ListObjectsV2"
+        return "ListMultipartUploads" if b"uploads" in names else "GetObject"
+    if method == b"HEAD":
+        return "HeadObject"
+    return "AbortMultipartUpload" if b"uploadId" in names else "DeleteObject"
+
+
+def count_requests(seen, tail_length):
+    """Counts the request lines that end after the first tail_length bytes of seen."""
+    for match in REQUEST_LINE.finditer(seen):
+        if match.end() > tail_length:
+            name = operation(match.group(1), match.group(2))
+            operations[name] = operations.get(name, 0) + 1
 
 
 async def delay_line(reader, writer, delay):
@@ -34,8 +69,12 @@ async def delay_line(reader, writer, delay):
 
     async def receive():
         nonlocal in_flight
+        tail = b""
         while True:
             chunk = await reader.read(CHUNK)
+            seen = tail + chunk
+            count_requests(seen, len(tail))
+            tail = seen[-2048:]
             line.put_nowait((loop.time() + delay, chunk))
             if not chunk:
                 return
@@ -114,6 +153,10 @@ def report():
     print(" ".join(f"{k}={v}" for k, v in totals.items()), flush=True)
 
 
+def report_operations():
+    print(" ".join(f"{k}={v}" for k, v in sorted(operations.items())) or "none", flush=True)
+
+
 async def main():
     if len(sys.argv) != 4:
         sys.exit("usage: latency-proxy.py LISTEN_PORT UPSTREAM_PORT DELAY_MS")
@@ -122,6 +165,7 @@ async def main():
     server = await asyncio.start_server(
         lambda r, w: handle(r, w, upstream_port, delay), "127.0.0.1", listen_port, backlog=1024)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, report)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, report_operations)
     async with server:
         await server.serve_forever()
 
