@@ -451,6 +451,16 @@ fn a_repair_beside_a_daemon_and_gc_never_breaks_anything_more() {
     assert_eq!(code(&output), 0, "{}\n{done}", stderr(&output));
     let gc = gc.join().unwrap();
     assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(
+        !narinfo_file(&bucket, &old.top).exists(),
+        "gc collected beside the repair"
+    );
+    assert!(!narinfo_file(&bucket, &x.top).exists(), "x's top deleted");
+    assert_eq!(
+        strings(&done["repair"]["repaired"]),
+        set(&[a.path("tool"), a.path("lib")]),
+        "{done}"
+    );
     let new_tops = builds.join().unwrap();
     daemon.wait_ok(60);
     stop.store(true, Ordering::Relaxed);

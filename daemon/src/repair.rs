@@ -27,6 +27,7 @@
 mod deletes;
 pub mod plan;
 #[cfg(test)]
+#[path = "repair/tests.rs"]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
