@@ -20,13 +20,14 @@ use narpush::verify::{self, Options};
 /// there with its FileSize (with --nar-hash: its FileHash, NarHash and NarSize), its
 /// references have narinfos here or upstream, and nothing is left over.
 ///
-/// Reads only; needs no secret key. Signatures are verified with the public halves of the
-/// configured signing keys (`secret_key_files`, else $NARPUSH_SIGNING_KEY, else the embedded
-/// default key if it exists), the config's `own_public_keys` and every --trusted-key. A reference with no narinfo here is
-/// asked of `upstream_caches` and every --upstream (their narinfos verified with
-/// `upstream_public_keys` and the trusted keys); with no upstream cache it is reported as
-/// unchecked, which is not a problem. Objects younger than --grace are in flight (uploads and
-/// collections at work), not problems.
+/// Without --repair it only reads, and needs no secret key. Signatures are verified with the
+/// public halves of the configured signing keys (`secret_key_files`, else
+/// $NARPUSH_SIGNING_KEY, else the embedded default key if it exists; with --repair, also
+/// those of --key), the config's `own_public_keys` and every --trusted-key. A reference with
+/// no narinfo here is asked of `upstream_caches` and every --upstream (their narinfos
+/// verified with `upstream_public_keys` and the trusted keys); with no upstream cache it is
+/// reported as unchecked, which is not a problem. Objects younger than --grace are in flight
+/// (uploads and collections at work), not problems.
 ///
 /// With --repair it then makes the cache whole from the local store, beside running daemons
 /// and `gc`: the path of every narinfo whose NAR is missing or damaged, or whose signature
