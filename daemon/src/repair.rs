@@ -45,6 +45,9 @@ use crate::sink::{Sink, SinkError};
 use crate::store::{PathInfo, StoreError};
 use crate::verify::{self, Report, Scan, VerifyError};
 
+/// Plans of deletes made at most when uploaders keep rewriting narinfos about to go.
+const DELETE_PLANS: usize = 3;
+
 /// What to do besides uploading.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -166,22 +169,32 @@ pub async fn repair(
         progress(&format!("uploading {} path(s) again", repairs.upload.len()));
         upload(&repairs, engine, &mut summary).await?;
     }
-    let mut planned = Vec::new();
+    let mut planned: Vec<String> = Vec::new();
     let mut middle_repairs = None;
     if options.delete_broken {
-        progress("reading the cache again before deleting");
-        let middle = scan(sink, target, verify, progress).await?;
-        let pinned = self::pinned(sink).await?;
-        let repairs = plan_repairs(&middle, &pinned, verify).await?;
-        let hashes: HashSet<String> = pinned.iter().map(|p| p.hash_part().to_owned()).collect();
-        let mut deletes = deletes::plan(&middle, &repairs, &hashes, verify.grace, verify.now);
-        planned = deletes.delete.iter().map(|o| o.key.clone()).collect();
-        if !planned.is_empty() {
-            // A narinfo rewritten meanwhile stops the deletes there (G5): the final listing
-            // tells what went.
-            crate::gc::carry_out(sink, &mut deletes, progress).await?;
+        for _ in 0..DELETE_PLANS {
+            progress("reading the cache again before deleting");
+            let middle = scan(sink, target, verify, progress).await?;
+            let pinned = self::pinned(sink).await?;
+            let repairs = plan_repairs(&middle, &pinned, verify).await?;
+            let hashes: HashSet<String> = pinned.iter().map(|p| p.hash_part().to_owned()).collect();
+            let mut deletes = deletes::plan(&middle, &repairs, &hashes, verify.grace, verify.now);
+            for object in &deletes.delete {
+                if !planned.contains(&object.key) {
+                    planned.push(object.key.clone());
+                }
+            }
+            middle_repairs = Some(repairs);
+            if deletes.delete.is_empty() {
+                break;
+            }
+            // A narinfo rewritten meanwhile stops the deletes there (G5): plan anew from a
+            // new listing; the final listing tells what went.
+            let (ran_through, _) = crate::gc::carry_out(sink, &mut deletes, progress).await?;
+            if ran_through {
+                break;
+            }
         }
-        middle_repairs = Some(repairs);
     }
     progress("verifying again");
     let after = scan(sink, target, verify, progress).await?;
