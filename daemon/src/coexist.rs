@@ -76,6 +76,21 @@
 //!   allows narinfo deletes, and a pin the plan did not take as a root makes it anew (the
 //!   pin's side, P1, is in [`crate::pins`]).
 //!
+//! # What `narpush verify --repair` may do ([`crate::repair`])
+//!
+//! - **R1, repair.** Its uploads are an uploader's (U1–U6), forced for the paths it repairs:
+//!   their lookups answer absent, so a narinfo whose NAR is damaged is rewritten only after a
+//!   fresh NAR. With `--delete-broken` it deletes only narinfos whose closure is not whole and
+//!   cannot be made whole from its local store, together with every narinfo referring to
+//!   them (the set is closed under referrers; what a pin or a narinfo younger than `G` needs is
+//!   taken out with its whole closure, which keeps it closed), then NARs and listings no
+//!   narinfo names; all under G3–G8 exactly as GC (`G ≥ MIN_GRACE`, layers referrers first, a
+//!   look before each delete within `W`, write-backs let land, pins listed again).
+//!
+//! Why it is enough: a whole narinfo refers only to whole narinfos, so none is in the set; a
+//! narinfo an uploader writes or refreshes after the listing is seen changed by the look
+//! before its delete (G5) and kept, with everything after it in that run.
+//!
 //! # Why `S = 2·W + 1 s`
 //!
 //! GC's HEAD of a narinfo can come just before an uploader's refresh of it (U2), and its delete
@@ -132,6 +147,11 @@
 //! realisation then finds no narinfo, does not substitute the output and builds it instead.
 //! Deleting realisations first would need them looked at again after the narinfos (a refresh
 //! may write one back).
+//! A narinfo that an uploader writes afresh (not a refresh: one it did not trust) between the
+//! look of G5 and the delete that look allowed is deleted, and a referrer it publishes within
+//! `K` then names a missing narinfo until the path is uploaded again. For `narpush verify
+//! --repair` such a narinfo was broken (its NAR missing or damaged, or signed by another key),
+//! and is written afresh only by an uploader that holds the path, racing the repair within `W`.
 //! An upload that takes longer than `G − K` from the lookup of its references to the write of
 //! its narinfo (choose `G` above the longest upload). A delete request that reaches the store
 //! more than `W + 1 s` after it was sent. An uploader whose credentials may not read: its

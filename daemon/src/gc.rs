@@ -205,6 +205,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether `key` is still to be deleted (not found in use again).
+    pub fn deletes(&self, key: &str) -> bool {
+        self.delete.iter().any(|o| o.key == key)
+    }
+
     /// Moves `object` from the deleted to the kept (an uploader uses it again).
     fn keep_after_all(&mut self, object: &Object) {
         self.delete.retain(|o| o.key != object.key);
@@ -261,8 +266,23 @@ pub async fn collect(
 }
 
 mod delete;
-mod layers;
+pub mod layers;
 mod plan;
+
+/// Carries out a plan made elsewhere (`narpush verify --repair`) under the same rules as a
+/// collection's (G4–G8: layers of narinfos referrers first, a look before each delete within
+/// the window, write-backs let land, pins listed again); returns whether it ran through
+/// (`false`: a narinfo about to go was rewritten, or a pin appeared that the plan did not take
+/// as a root; nothing from there on was deleted), and the requests made.
+pub async fn carry_out(
+    sink: &Sink,
+    plan: &mut Plan,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(bool, Requests), GcError> {
+    let mut requests = Requests::default();
+    let outcome = delete::carry_out(sink, plan, &mut requests, progress).await?;
+    Ok((matches!(outcome, delete::Outcome::Done), requests))
+}
 
 #[cfg(test)]
 #[path = "gc/tests.rs"]

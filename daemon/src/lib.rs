@@ -47,6 +47,7 @@ pub mod pins;
 pub mod process_group;
 pub mod queue;
 pub mod redact;
+pub mod repair;
 pub mod resign;
 pub mod secrets;
 pub mod sink;

@@ -170,6 +170,21 @@ fn is_young(object: &Object, options: &Options) -> bool {
     crate::clock::age(options.now, object.modified) < options.grace
 }
 
+/// What one run read: the report, and what `narpush verify --repair` plans from.
+pub struct Scan {
+    pub report: Report,
+    /// The listed narinfos, by hash part.
+    pub narinfos: HashMap<String, Object>,
+    /// The listed NARs, by key.
+    pub nars: HashMap<String, Object>,
+    /// The listed `.ls` listings, with the hash part of their path.
+    pub listings: Vec<(String, Object)>,
+    /// The narinfos that parse, by hash part.
+    pub parsed: HashMap<String, crate::format::narinfo::NarInfo>,
+    /// Every `URL` a narinfo here names, parsed or not.
+    pub named_nars: std::collections::HashSet<String>,
+}
+
 /// Verifies the cache behind `sink`; `target` names it in the report.
 pub async fn verify(
     sink: &Sink,
@@ -177,6 +192,16 @@ pub async fn verify(
     options: &Options,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Report, VerifyError> {
+    Ok(scan(sink, target, options, progress).await?.report)
+}
+
+/// Verifies the cache behind `sink`, and keeps what was read.
+pub async fn scan(
+    sink: &Sink,
+    target: &str,
+    options: &Options,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Scan, VerifyError> {
     progress("listing the cache");
     let objects = sink.list().await?;
     let mut report = Report {
@@ -211,7 +236,14 @@ pub async fn verify(
         &mut report,
     )
     .await?;
-    Ok(report)
+    Ok(Scan {
+        report,
+        narinfos: inventory.narinfos,
+        nars: inventory.nars,
+        listings: inventory.listings,
+        parsed: read.parsed,
+        named_nars: read.named_nars,
+    })
 }
 
 /// Reads `key` whole as `narpush verify` does: `None` if it is gone since the listing.

@@ -16,6 +16,7 @@ mod retry;
 mod status;
 mod upload;
 mod verify;
+mod verify_repair;
 mod wait;
 
 use std::path::PathBuf;

@@ -20,20 +20,35 @@ use narpush::verify::{self, Options};
 /// there with its FileSize (with --nar-hash: its FileHash, NarHash and NarSize), its
 /// references have narinfos here or upstream, and nothing is left over.
 ///
-/// Reads only; needs no secret key. Signatures are verified with the public halves of the
-/// configured signing keys (`secret_key_files`, else $NARPUSH_SIGNING_KEY, else the embedded
-/// default key if it exists), the config's `own_public_keys` and every --trusted-key. A reference with no narinfo here is
-/// asked of `upstream_caches` and every --upstream (their narinfos verified with
-/// `upstream_public_keys` and the trusted keys); with no upstream cache it is reported as
-/// unchecked, which is not a problem. Objects younger than --grace are in flight (uploads and
-/// collections at work), not problems.
+/// Without --repair it only reads, and needs no secret key. Signatures are verified with the
+/// public halves of the configured signing keys (`secret_key_files`, else
+/// $NARPUSH_SIGNING_KEY, else the embedded default key if it exists; with --repair, also
+/// those of --key), the config's `own_public_keys` and every --trusted-key. A reference with
+/// no narinfo here is asked of `upstream_caches` and every --upstream (their narinfos
+/// verified with `upstream_public_keys` and the trusted keys); with no upstream cache it is
+/// reported as unchecked, which is not a problem. Objects younger than --grace are in flight
+/// (uploads and collections at work), not problems.
 ///
-/// Exit status: 0 whole (unchecked references allowed), 1 problems found, 2 could not read.
-/// The --json document is described in docs/verify.md.
+/// With --repair it then makes the cache whole from the local store, beside running daemons
+/// and `gc`: the path of every narinfo whose NAR is missing or damaged, or whose signature
+/// does not verify, is uploaded again (NAR first, then the narinfo) when the local store holds
+/// it with the same NarHash, and so is every missing reference valid locally, each with its
+/// closure; they are signed with --key (else the configured keys). With --delete-broken, the
+/// narinfos whose closure cannot be made whole are deleted, with every narinfo referring to
+/// them, referrers first, under gc's rules (a narinfo an uploader rewrote meanwhile stays;
+/// what a pin needs stays), then the NARs and listings nothing names. --dry-run prints the
+/// plan and changes nothing. The cache is then verified again, and the exit status is that
+/// run's.
+///
+/// Exit status: 0 whole (unchecked references allowed), 1 problems found (after --repair:
+/// problems remain), 2 could not read (or could not repair). The --json document is described
+/// in docs/verify.md.
 ///
 /// Examples:
 ///   narpush verify --to s3://cache?endpoint=https://...
 ///   narpush verify --to file:///srv/cache --trusted-key cache-1:AbC...= --nar-hash --json
+///   narpush verify --repair --dry-run --nar-hash --key ./signing-key
+///   narpush verify --repair --delete-broken --nar-hash --key ./signing-key
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct VerifyArgs {
@@ -63,7 +78,26 @@ pub struct VerifyArgs {
 
     /// Print the report as JSON (docs/verify.md) instead of text.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+
+    /// Make the cache whole: upload again from the local store what it can, then verify
+    /// again (see above).
+    #[arg(long)]
+    repair: bool,
+
+    /// With --repair: delete the narinfos whose closure cannot be made whole, referrers
+    /// first, and the NARs and listings nothing names (needs --grace of at least 15m).
+    #[arg(long, requires = "repair")]
+    pub(super) delete_broken: bool,
+
+    /// With --repair: print what would be uploaded and deleted, change nothing.
+    #[arg(long, requires = "repair")]
+    pub(super) dry_run: bool,
+
+    /// With --repair: secret signing key file for what is uploaded again; repeatable.
+    /// Default: `secret_key_files`, else $NARPUSH_SIGNING_KEY.
+    #[arg(long = "key", value_name = "FILE", requires = "repair")]
+    pub(super) keys: Vec<std::path::PathBuf>,
 }
 
 pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
@@ -72,7 +106,17 @@ pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
         Some(url) => TargetUrl::parse(url)?,
         None => config.target_or_default(),
     };
-    let keys = trusted_keys(&config, &args.trusted_keys)?;
+    let signing = if args.repair {
+        Some(super::verify_repair::signing_keys(args, &config)?)
+    } else {
+        None
+    };
+    let own: Vec<VerifyingKey> = signing
+        .iter()
+        .flatten()
+        .map(SigningKey::public_key)
+        .collect();
+    let keys = trusted_keys(&config, &args.trusted_keys, &own)?;
     let mut caches = config.upstream_caches.clone();
     for url in &args.upstream_caches {
         caches.push(UpstreamUrl::parse(url).context("--upstream")?.into());
@@ -80,15 +124,25 @@ pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
     let upstream = (!caches.is_empty()).then(|| {
         let mut upstream_keys = config.upstream_public_keys.clone();
         upstream_keys.extend(keys.iter().cloned());
-        Upstream::new(caches, upstream_keys)
+        Upstream::new(caches.clone(), upstream_keys)
     });
-    let options = Options {
+    let mut options = Options {
         keys,
         grace: args.grace,
         nar_hash: args.nar_hash,
         upstream,
         now: SystemTime::now(),
     };
+    if let Some(signing) = signing {
+        let repair = super::verify_repair::Repair {
+            args,
+            config: &config,
+            target: &target,
+            keys: signing,
+            upstream_caches: &caches,
+        };
+        return repair.run(&mut options);
+    }
     let report = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {
@@ -120,9 +174,14 @@ pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
     Ok(Outcome::Code(report.exit_code()))
 }
 
-/// The public halves of the configured signing keys, and `flags`; at least one.
-fn trusted_keys(config: &Config, flags: &[String]) -> anyhow::Result<Vec<VerifyingKey>> {
-    let mut keys = Vec::new();
+/// `signing` (the keys --repair signs with), the public halves of the configured signing
+/// keys, and `flags`; at least one.
+fn trusted_keys(
+    config: &Config,
+    flags: &[String],
+    signing: &[VerifyingKey],
+) -> anyhow::Result<Vec<VerifyingKey>> {
+    let mut keys = signing.to_vec();
     for text in flags {
         keys.push(
             VerifyingKey::parse(text)

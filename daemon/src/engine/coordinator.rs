@@ -350,9 +350,11 @@ impl Coordinator {
         if !self.config.upstream.is_on() {
             return infos;
         }
-        let (upstream, rest): (Vec<PathInfo>, Vec<PathInfo>) = infos
-            .into_iter()
-            .partition(|info| self.config.upstream.signed_by_upstream(info));
+        let (upstream, rest): (Vec<PathInfo>, Vec<PathInfo>) =
+            infos.into_iter().partition(|info| {
+                !self.config.forced.contains(&info.path)
+                    && self.config.upstream.signed_by_upstream(info)
+            });
         for info in upstream {
             self.report(Report::Upstream {
                 path: info.path,

@@ -60,6 +60,7 @@ pub mod resolve;
 pub mod stream;
 mod tasks;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +118,10 @@ pub struct EngineConfig {
     pub refresh_after: Duration,
     /// What `nix-cache-info` must say.
     pub cache_info: CacheInfo,
+    /// Paths uploaded whatever the cache or upstream caches hold (`narpush verify --repair`:
+    /// a narinfo whose NAR is damaged looks present, but its NAR must be written afresh and
+    /// the narinfo rewritten after it).
+    pub forced: HashSet<StorePath>,
     cache_info_checked: AtomicBool,
 }
 
@@ -146,8 +151,16 @@ impl EngineConfig {
                 priority: layout::DEFAULT_PRIORITY,
                 want_mass_query: true,
             },
+            forced: HashSet::new(),
             cache_info_checked: AtomicBool::new(false),
         }
+    }
+
+    /// Uploads `paths` whatever the cache and upstream caches hold: their lookups answer
+    /// absent, and a store signature by an upstream key does not skip them.
+    pub fn with_forced(mut self, paths: HashSet<StorePath>) -> EngineConfig {
+        self.forced = paths;
+        self
     }
 
     /// Announces `cache_info` in `nix-cache-info`.

@@ -58,6 +58,9 @@ pub(super) async fn check(
     let Some(upstream) = &options.upstream else {
         for m in missing.values() {
             elsewhere.insert(m.path.hash_part().to_owned());
+            report
+                .unchecked_paths
+                .insert(m.path.hash_part().to_owned(), m.path.clone());
             report.unchecked_references.add(
                 m.referrer,
                 format!("{} has no narinfo here", m.path.to_absolute()),
@@ -77,12 +80,19 @@ pub(super) async fn check(
                     .upstream_references
                     .add(m.referrer, format!("{path} is served upstream"));
             }
-            None => report.problem(
-                Kind::MissingReferences,
-                m.young,
-                m.referrer,
-                format!("{path} has no narinfo here and no upstream cache serves it"),
-            ),
+            None => {
+                if !m.young {
+                    report
+                        .missing_paths
+                        .insert(m.path.hash_part().to_owned(), m.path.clone());
+                }
+                report.problem(
+                    Kind::MissingReferences,
+                    m.young,
+                    m.referrer,
+                    format!("{path} has no narinfo here and no upstream cache serves it"),
+                )
+            }
         }
     }
     // A cache that did not answer made its "not served" answers guesses: the run could not

@@ -189,6 +189,18 @@ pub struct Report {
     pub unchecked_references: Finding,
     pub pins: Vec<PinReport>,
     pub whole: bool,
+    /// Every key counted as a problem, with its kinds (not only the examples): what
+    /// `narpush verify --repair` works from. Not part of the JSON document.
+    #[serde(skip)]
+    pub damaged: BTreeMap<String, Vec<Kind>>,
+    /// Every path counted under [`Kind::MissingReferences`], by hash part. Not part of the
+    /// JSON document.
+    #[serde(skip)]
+    pub missing_paths: BTreeMap<String, crate::format::store_path::StorePath>,
+    /// Every path counted under `unchecked_references`, by hash part. Not part of the JSON
+    /// document.
+    #[serde(skip)]
+    pub unchecked_paths: BTreeMap<String, crate::format::store_path::StorePath>,
 }
 
 impl Report {
@@ -199,6 +211,7 @@ impl Report {
                 .add(key, format!("{}: {detail}", kind.label()));
         } else {
             self.problems.of_mut(kind).add(key, detail);
+            self.damaged.entry(key.to_owned()).or_default().push(kind);
             self.problem_count += 1;
             self.whole = false;
         }
