@@ -92,12 +92,12 @@ fn assert_matches_status(samples: &[Sample], status: &serde_json::Value) {
         (
             "narpush_requests_acknowledged_total",
             vec![],
-            "/requests/acknowledged",
+            "/enqueue_requests/acknowledged",
         ),
         (
             "narpush_spool_ingested_total",
             vec![],
-            "/requests/spool_ingested",
+            "/enqueue_requests/spool_ingested",
         ),
         ("narpush_spool_waiting_files", vec![], "/spool/waiting"),
     ] {

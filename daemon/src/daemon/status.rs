@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::queue::{now_ms, QueueError, State};
 
 use super::activity::{EnqueueRequests, Failures};
-use crate::sink::requests::RequestCounts;
 use super::shared::Shared;
+use crate::sink::requests::RequestCounts;
 
 /// Version 2: every NAR upload in flight (`uploads`) and the closure members by stage
 /// (`closure`) replace version 1's single `uploading` batch.

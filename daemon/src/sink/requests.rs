@@ -201,7 +201,9 @@ impl RequestPrices {
             ("class_b_per_million", self.class_b_per_million),
         ] {
             if !price.is_finite() || price < 0.0 {
-                return Err(format!("{key} = {price}: a price is a number of dollars, 0 or more"));
+                return Err(format!(
+                    "{key} = {price}: a price is a number of dollars, 0 or more"
+                ));
             }
         }
         Ok(())
@@ -300,7 +302,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -372,6 +374,9 @@ mod tests {
             class_a_per_million: -1.0,
             ..RequestPrices::default()
         };
-        assert!(negative.check().unwrap_err().contains("class_a_per_million"));
+        assert!(negative
+            .check()
+            .unwrap_err()
+            .contains("class_a_per_million"));
     }
 }

@@ -200,7 +200,11 @@ fn requests(out: &mut DescriptorEncoder, counts: &RequestCounts) -> fmt::Result 
     for (op, objects) in &counts.by_object {
         let class = Class::of(op).label();
         for (object, &n) in objects {
-            let labels = [("class", class), ("op", op.as_str()), ("object", object.as_str())];
+            let labels = [
+                ("class", class),
+                ("op", op.as_str()),
+                ("object", object.as_str()),
+            ];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
     }

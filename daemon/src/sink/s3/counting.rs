@@ -48,12 +48,12 @@ impl Intercept for CountRequests {
             key(i.key())
         } else if let Some(i) = input.downcast_ref::<op::upload_part::UploadPartInput>() {
             key(i.key())
-        } else if let Some(i) = input
-            .downcast_ref::<op::create_multipart_upload::CreateMultipartUploadInput>()
+        } else if let Some(i) =
+            input.downcast_ref::<op::create_multipart_upload::CreateMultipartUploadInput>()
         {
             key(i.key())
-        } else if let Some(i) = input
-            .downcast_ref::<op::complete_multipart_upload::CompleteMultipartUploadInput>()
+        } else if let Some(i) =
+            input.downcast_ref::<op::complete_multipart_upload::CompleteMultipartUploadInput>()
         {
             key(i.key())
         } else if let Some(i) =
