@@ -92,12 +92,12 @@ fn assert_matches_status(samples: &[Sample], status: &serde_json::Value) {
         (
             "narpush_requests_acknowledged_total",
             vec![],
-            "/requests/acknowledged",
+            "/enqueue_requests/acknowledged",
         ),
         (
             "narpush_spool_ingested_total",
             vec![],
-            "/requests/spool_ingested",
+            "/enqueue_requests/spool_ingested",
         ),
         ("narpush_spool_waiting_files", vec![], "/spool/waiting"),
     ] {
@@ -111,6 +111,27 @@ fn assert_matches_status(samples: &[Sample], status: &serde_json::Value) {
         value(samples, "narpush_uploads_in_flight", &[]),
         status["uploads"].as_array().map_or(0, Vec::len) as f64
     );
+    // Every request series is the status document's count of that operation and object.
+    let by_object = status["requests"]["by_object"].as_object().cloned();
+    for (op, objects) in by_object.unwrap_or_default() {
+        let class = match op.as_str() {
+            "GetObject" | "HeadObject" => "B",
+            "DeleteObjects" | "AbortMultipartUpload" => "free",
+            _ => "A",
+        };
+        for (object, n) in objects.as_object().unwrap() {
+            let labels = [
+                ("class", class),
+                ("op", op.as_str()),
+                ("object", object.as_str()),
+            ];
+            assert_eq!(
+                value(samples, "narpush_requests_total", &labels),
+                n.as_f64().unwrap(),
+                "narpush_requests_total {labels:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -166,6 +187,14 @@ fn metrics_after_hooked_builds_parse_and_equal_the_status_counters() {
         ) >= 1.0
     );
     assert!(value(&samples, "narpush_requests_acknowledged_total", &[]) >= 2.0);
+    assert!(
+        value(
+            &samples,
+            "narpush_requests_total",
+            &[("class", "A"), ("op", "PutObject"), ("object", "narinfo")]
+        ) >= closure.len() as f64,
+        "a narinfo PUT per path of the closure at least"
+    );
     assert!(value(&samples, "narpush_queue_entries", &[("state", "done")]) >= 1.0);
     assert_eq!(
         value(

@@ -20,6 +20,7 @@ use crate::format::compression::Compression;
 use crate::format::signing::VerifyingKey;
 use crate::layout::{CacheControl, CacheInfo, DEFAULT_PRIORITY};
 use crate::sink::params::CacheParams;
+use crate::sink::requests::RequestPrices;
 use crate::sink::url::{TargetUrl, TargetUrlError};
 use crate::upstream::{Upstream, UpstreamCache, NIXOS_PUBLIC_KEY};
 
@@ -59,6 +60,7 @@ struct RawConfig {
     single_put_max_bytes: Option<u64>,
     metrics_listen: Option<String>,
     public_url: Option<String>,
+    request_prices: Option<RequestPrices>,
 }
 
 /// The checked configuration.
@@ -130,6 +132,8 @@ pub struct Config {
     pub ls_compression: Compression,
     /// Where `/metrics` is served (Prometheus text format); `None` (the default) serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// What S3 requests cost, for the estimates beside the request counts (`[request_prices]`).
+    pub request_prices: RequestPrices,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -176,6 +180,7 @@ impl Default for Config {
             write_nar_listing: false,
             ls_compression: Compression::None,
             metrics_listen: None,
+            request_prices: RequestPrices::default(),
         }
     }
 }
@@ -396,6 +401,8 @@ impl Config {
             public_url: check_public_url(raw.public_url).map_err(|r| invalid("public_url", r))?,
             metrics_listen: check_listen_address(raw.metrics_listen)
                 .map_err(|r| invalid("metrics_listen", r))?,
+            request_prices: check_request_prices(raw.request_prices)
+                .map_err(|r| invalid("request_prices", r))?,
             priority: raw.priority.unwrap_or(defaults.priority),
             write_nar_listing: raw.write_nar_listing.unwrap_or(defaults.write_nar_listing),
             single_put_max: check_single_put_max(
@@ -501,6 +508,13 @@ pub use checks::{check_concurrency, check_level};
 mod tests;
 
 /// A header value as configured (`default` when unset): printable ASCII, no line break.
+/// The prices as written, the missing ones R2's.
+fn check_request_prices(raw: Option<RequestPrices>) -> Result<RequestPrices, String> {
+    let prices = raw.unwrap_or_default();
+    prices.check()?;
+    Ok(prices)
+}
+
 fn check_header(value: Option<String>, default: &str) -> Result<String, String> {
     let value = value.unwrap_or_else(|| default.to_owned());
     if value

@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::coexist::{Bounds, UnsafeBounds};
 use crate::format::store_path::StorePath;
 use crate::sink::inventory::Object;
+use crate::sink::requests::RequestCounts;
 use crate::sink::{Read, Sink, SinkError};
 
 pub use crate::coexist::{DELETE_WINDOW, MIN_GRACE};
@@ -159,19 +160,6 @@ impl ByKind {
     }
 }
 
-/// Requests made, for people who pay per request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Requests {
-    /// Listing requests (S3: pages of 1,000 keys; a directory: 1 per listing).
-    pub list: u64,
-    /// narinfos and realisations read.
-    pub get: u64,
-    /// Objects looked at just before they are deleted.
-    pub head: u64,
-    /// Delete requests (S3: batches of up to 1,000 keys; a directory: 1 per file).
-    pub delete: u64,
-}
-
 /// What a run decided (and, unless dry, did).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
@@ -181,7 +169,9 @@ pub struct Summary {
     pub kept: Tally,
     pub deleted: Tally,
     pub deleted_by_kind: ByKind,
-    pub requests: Requests,
+    /// The requests this run sent, counted as they went out ([`crate::sink::requests`];
+    /// filled in by the command, whose process is this run). A directory target counts none.
+    pub requests: RequestCounts,
 }
 
 /// A summary and the objects it deletes: narinfos first, in layers (see [`layers`]), then
@@ -240,24 +230,17 @@ pub async fn collect(
     dry_run: bool,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Plan, GcError> {
-    let mut requests = Requests::default();
     for _ in 0..MAX_PLANS {
         progress("listing the cache");
         let objects = sink.list().await?;
-        requests.list += sink.list_requests(objects.len());
         let mut plan = plan(sink, policy, objects, crate::clock::now(), progress).await?;
-        requests.get += plan.summary.requests.get;
         plan.summary.dry_run = dry_run;
         if dry_run || plan.delete.is_empty() {
-            plan.summary.requests = requests;
             return Ok(plan);
         }
         progress("deleting");
-        match delete::carry_out(sink, &mut plan, &mut requests, progress).await? {
-            delete::Outcome::Done => {
-                plan.summary.requests = requests;
-                return Ok(plan);
-            }
+        match delete::carry_out(sink, &mut plan, progress).await? {
+            delete::Outcome::Done => return Ok(plan),
             // An uploader builds upon a narinfo about to go: plan anew.
             delete::Outcome::Rewritten => continue,
         }

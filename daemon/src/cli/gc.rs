@@ -89,7 +89,7 @@ pub fn run(args: GcArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> 
         keep,
     };
     gc::check_policy(&policy, config.refresh_after)?;
-    let plan = tokio::runtime::Runtime::new()
+    let mut plan = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {
             let sink = Sink::open(&target, config.request_timeout)
@@ -112,6 +112,8 @@ pub fn run(args: GcArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> 
             }
             anyhow::Ok(plan?)
         })?;
+    // The whole process is this run: the tally holds its requests alone.
+    plan.summary.requests = narpush::sink::requests::tally().counts(&config.request_prices);
     if args.json {
         let report = Report {
             target: target.to_string(),
@@ -147,8 +149,5 @@ fn print_text(target: &TargetUrl, plan: &Plan) {
         by_kind.realisations.objects
     );
     println!("kept {}", tally(&summary.kept));
-    println!(
-        "requests: {} list, {} get, {} head, {} delete",
-        summary.requests.list, summary.requests.get, summary.requests.head, summary.requests.delete
-    );
+    println!("{}", summary.requests);
 }

@@ -168,6 +168,12 @@ pub fn render(report: &StatusReport) -> String {
             HumanBytes(report.skipped_upstream.nar_bytes)
         ));
     }
+    if report.requests.total > 0 {
+        line(format!(
+            "requests:    {} sent since start",
+            report.requests.breakdown()
+        ));
+    }
     let failures = &report.failures;
     if failures.transient.attempts > 0 || failures.permanent.attempts > 0 {
         line(format!(
@@ -245,6 +251,13 @@ mod tests {
                 permanent: ClassFailures::default(),
             },
             retries: 2,
+            requests: narpush::sink::requests::RequestCounts {
+                total: 12,
+                class_a: 10,
+                class_b: 2,
+                estimated_cost_usd: 0.0000457,
+                ..Default::default()
+            },
             ..StatusReport::default()
         };
         let text = render(&report);
@@ -253,6 +266,7 @@ mod tests {
             "present:     3 path(s) not uploaded since start: already in the cache",
             "failures:    2 transient (2 retried), 0 permanent attempt(s) since start",
             "last transient: PUT nar/x: 503 SlowDown (4 seconds ago)",
+            "requests:    12 (class A 10, class B 2, free 0), estimated cost $0.000046 sent since start",
         ] {
             assert!(text.lines().any(|l| l == expected), "{expected}\nnot in\n{text}");
         }

@@ -23,6 +23,7 @@ use narpush::format::signing::{SigningKey, VerifyingKey};
 use narpush::format::store_path::StorePath;
 use narpush::keys::configured_keys;
 use narpush::layout::{CacheControl, CacheInfo};
+use narpush::sink::requests::{RequestCounts, RequestPrices};
 use narpush::sink::{Sink, TargetUrl};
 use narpush::store;
 use narpush::upstream::{Upstream, UpstreamUrl};
@@ -114,6 +115,12 @@ pub struct UploadArgs {
     /// Print only failures and errors: no progress, no line per path, no summary.
     #[arg(short, long)]
     quiet: bool,
+
+    /// Also print the summary as one JSON document on standard output: paths uploaded,
+    /// present, served upstream and failed, bytes, seconds, and `requests` (the requests sent
+    /// to the target by class and operation, with their estimated cost).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: UploadArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> {
@@ -143,6 +150,8 @@ struct Settings {
     own_public_keys: Vec<VerifyingKey>,
     cache_control: CacheControl,
     quiet: bool,
+    json: bool,
+    request_prices: RequestPrices,
     request_timeout: Duration,
 }
 
@@ -212,6 +221,8 @@ impl Settings {
             own_public_keys: config.own_public_keys.clone(),
             cache_control: config.cache_control.clone(),
             quiet: args.quiet,
+            json: args.json,
+            request_prices: config.request_prices,
             request_timeout: config.request_timeout,
         })
     }
@@ -302,12 +313,29 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
     }
     task.await.context("the upload engine failed")?;
     let (totals, elapsed) = display.finish();
+    // The whole process is this upload: the tally holds its requests alone.
+    let requests = narpush::sink::requests::tally().counts(&settings.request_prices);
+    if settings.json {
+        let summary = JsonSummary {
+            target: settings.target.to_string(),
+            uploaded: totals.uploaded,
+            uploaded_nar_bytes: totals.uploaded_nar_bytes,
+            uploaded_stored_bytes: totals.uploaded_file_bytes,
+            present: totals.present,
+            upstream: totals.upstream,
+            failed: totals.failed,
+            elapsed_secs: elapsed.as_secs_f64(),
+            requests: &requests,
+        };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    let outcome = if totals.failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::PartialFailure
+    };
     if settings.quiet {
-        return Ok(if totals.failed == 0 {
-            Outcome::Success
-        } else {
-            Outcome::PartialFailure
-        });
+        return Ok(outcome);
     }
     eprintln!(
         "narpush: uploaded {} path(s), {} NAR as {} in {:.1}s ({}); {} already in {}; \
@@ -323,9 +351,20 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
         HumanBytes(totals.upstream_nar_bytes),
         totals.failed
     );
-    if totals.failed == 0 {
-        Ok(Outcome::Success)
-    } else {
-        Ok(Outcome::PartialFailure)
-    }
+    eprintln!("narpush: {requests}");
+    Ok(outcome)
+}
+
+/// The document `upload --json` prints.
+#[derive(serde::Serialize)]
+struct JsonSummary<'a> {
+    target: String,
+    uploaded: usize,
+    uploaded_nar_bytes: u64,
+    uploaded_stored_bytes: u64,
+    present: usize,
+    upstream: usize,
+    failed: usize,
+    elapsed_secs: f64,
+    requests: &'a RequestCounts,
 }

@@ -166,10 +166,17 @@ pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
             }
             report.with_context(|| format!("cannot verify {target}"))
         })?;
+    // The whole process is this run: the tally holds its requests alone.
+    let requests = narpush::sink::requests::tally().counts(&config.request_prices);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut document = serde_json::to_value(&report)?;
+        if let Some(fields) = document.as_object_mut() {
+            fields.insert("requests".to_owned(), serde_json::to_value(&requests)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         print!("{}", report.to_text());
+        println!("{requests}");
     }
     Ok(Outcome::Code(report.exit_code()))
 }

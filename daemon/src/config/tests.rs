@@ -345,3 +345,29 @@ fn own_public_keys_are_parsed_and_a_bad_one_is_named() {
         "{message}"
     );
 }
+
+#[test]
+fn request_prices_default_to_r2s_and_each_may_be_set_alone() {
+    let defaults = parse("").unwrap().request_prices;
+    assert_eq!(
+        (defaults.class_a_per_million, defaults.class_b_per_million),
+        (4.50, 0.36)
+    );
+    let config = parse("[request_prices]\nclass_a_per_million = 5\n").unwrap();
+    assert_eq!(
+        (
+            config.request_prices.class_a_per_million,
+            config.request_prices.class_b_per_million
+        ),
+        (5.0, 0.36)
+    );
+}
+
+#[test]
+fn request_prices_refuse_unknown_keys_and_negative_prices() {
+    let err = parse("[request_prices]\nclass_c_per_million = 1.0\n").unwrap_err();
+    assert!(err.to_string().contains("class_c_per_million"), "{err}");
+    let err = parse("[request_prices]\nclass_b_per_million = -0.5\n").unwrap_err();
+    assert!(err.to_string().contains("'request_prices'"), "{err}");
+    assert!(err.to_string().contains("class_b_per_million"), "{err}");
+}

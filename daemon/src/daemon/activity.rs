@@ -1,6 +1,6 @@
 //! What the daemon did since it started that the queue does not keep: paths found already in
 //! the cache, failed attempts by class with the last error of each, retries scheduled, and
-//! requests taken from the socket and the spool.
+//! enqueue requests taken from the socket and the spool.
 //!
 //! Invariant: this is the one tally of these events. `narpush status` reads it, and the
 //! metrics endpoint renders the status document, so the two never disagree. Every counter only
@@ -48,9 +48,10 @@ pub struct Failures {
     pub permanent: ClassFailures,
 }
 
-/// Requests taken since the daemon started.
+/// Enqueue requests taken since the daemon started (`enqueue_requests` in `status --json`;
+/// `requests` there counts the requests sent to the target).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Requests {
+pub struct EnqueueRequests {
     /// Enqueue requests acknowledged on the socket (durably queued).
     pub acknowledged: u64,
     /// Requests the hook spooled that were read and queued.
@@ -92,8 +93,8 @@ impl Activity {
         self.retries.load(Ordering::Relaxed)
     }
 
-    pub fn requests(&self) -> Requests {
-        Requests {
+    pub fn enqueue_requests(&self) -> EnqueueRequests {
+        EnqueueRequests {
             acknowledged: self.acknowledged.load(Ordering::Relaxed),
             spool_ingested: self.spool_ingested.load(Ordering::Relaxed),
         }

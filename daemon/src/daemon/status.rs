@@ -7,14 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{now_ms, QueueError, State};
 
-use super::activity::{Failures, Requests};
+use super::activity::{EnqueueRequests, Failures};
 use super::shared::Shared;
+use crate::sink::requests::RequestCounts;
 
 /// Version 2: every NAR upload in flight (`uploads`) and the closure members by stage
 /// (`closure`) replace version 1's single `uploading` batch.
 /// Version 3 adds each upload's rate and ETA, `uploaded.stored_bytes`, `last_upload_*`,
 /// `skipped_present`, `failures` by class, `retries` and `requests`; nothing changed meaning.
-pub const STATUS_VERSION: u32 = 3;
+/// Version 4: `requests` counts the requests sent to the target (an object with `total`,
+/// `class_a`, `class_b`, `free`, `by_op`, `by_object` and `estimated_cost_usd`); version 3's
+/// `requests` (enqueue requests taken) is `enqueue_requests`.
+pub const STATUS_VERSION: u32 = 4;
 /// Rejected spool files listed at most (all are counted).
 const MAX_REJECTED_LISTED: usize = 100;
 
@@ -52,9 +56,14 @@ pub struct StatusReport {
     /// Failed attempts followed by another (after a backoff), since the daemon started.
     #[serde(default)]
     pub retries: u64,
-    /// Requests taken since the daemon started.
+    /// Requests sent to the target since the daemon started, by class, operation and object
+    /// kind, with their estimated cost (added in version 4; see [`crate::sink::requests`]).
     #[serde(default)]
-    pub requests: Requests,
+    pub requests: RequestCounts,
+    /// Enqueue requests taken on the socket and from the spool since the daemon started
+    /// (`requests` until version 3).
+    #[serde(default)]
+    pub enqueue_requests: EnqueueRequests,
     /// Requests the hook left in the spool directory (added in version 2; absent from older
     /// daemons).
     #[serde(default)]
@@ -259,7 +268,8 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
     report.skipped_present = shared.activity.present_paths();
     report.failures = shared.activity.failures(now);
     report.retries = shared.activity.retries();
-    report.requests = shared.activity.requests();
+    report.enqueue_requests = shared.activity.enqueue_requests();
+    report.requests = crate::sink::requests::tally().counts(&settings.config.request_prices);
     Ok(report)
 }
 

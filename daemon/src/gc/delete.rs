@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use futures::stream::{self, StreamExt};
 
 use super::plan::READ_CONCURRENCY;
-use super::{gc_read, GcError, Plan, Requests, DELETE_WINDOW};
+use super::{gc_read, GcError, Plan, DELETE_WINDOW};
 use crate::coexist::{Check, WRITE_BACK_SETTLE};
 use crate::sink::inventory::{Head, Object};
 use crate::sink::Sink;
@@ -41,12 +41,10 @@ pub(super) enum Outcome {
 pub(super) async fn carry_out(
     sink: &Sink,
     plan: &mut Plan,
-    requests: &mut Requests,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Outcome, GcError> {
     let mut deleter = Deleter {
         sink,
-        requests,
         deleted: 0,
         pinned: &plan.pinned,
         pin_added: false,
@@ -106,7 +104,6 @@ enum Batch {
 
 struct Deleter<'a> {
     sink: &'a Sink,
-    requests: &'a mut Requests,
     /// Objects deleted so far in this run.
     deleted: u64,
     /// The hash parts of the paths the plan took as pinned roots.
@@ -142,12 +139,8 @@ impl Deleter<'_> {
                 (self.in_use(batch, named_by).await?, false)
             };
             if unplanned_pin {
-                self.requests.list += 1;
                 self.pin_added = true;
                 return Ok(Vec::new());
-            }
-            if mode == Batch::AllOrNone {
-                self.requests.list += 1;
             }
             if mode == Batch::AllOrNone && !in_use.is_empty() {
                 return Ok(batch
@@ -179,7 +172,6 @@ impl Deleter<'_> {
                     deleted: self.deleted,
                 });
             }
-            self.requests.delete += self.sink.delete_requests(keys.len());
             self.deleted += keys.len() as u64;
             kept.extend(batch.iter().filter(|o| in_use.contains(&o.key)).cloned());
             if check.elapsed() >= DELETE_WINDOW / 2 {
@@ -203,7 +195,6 @@ impl Deleter<'_> {
             .map(String::as_str)
             .collect();
         let keys: Vec<&str> = batch.iter().map(|o| o.key.as_str()).chain(names).collect();
-        self.requests.head += keys.len() as u64;
         let deleted = self.deleted;
         let sink = self.sink;
         let looks: Vec<(&str, Result<Option<Head>, GcError>)> = stream::iter(keys)

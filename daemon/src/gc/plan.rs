@@ -42,10 +42,6 @@ pub async fn plan(
         })
         .collect();
     let pins = read_pins(sink, &objects).await?;
-    let pin_gets = objects
-        .iter()
-        .filter(|o| matches!(kind_of(&o.key), ObjectKind::Pin { .. }))
-        .count() as u64;
     let kept_paths: HashSet<&str> = policy
         .keep
         .iter()
@@ -61,7 +57,6 @@ pub async fn plan(
     // Requests start in key order, not a hash set's (the simulation replays a seed).
     frontier.sort_unstable();
     let mut uses = Uses::default();
-    let mut gets = 0u64;
     while !frontier.is_empty() {
         progress(&format!(
             "reading narinfos: {} of {} live so far",
@@ -78,7 +73,6 @@ pub async fn plan(
             .collect()
             .await;
         for (key, body) in read {
-            gets += 1;
             // Gone since the listing (another collection): nothing of it to keep.
             let Some(body) = body? else { continue };
             let narinfo = std::str::from_utf8(&body)
@@ -101,7 +95,6 @@ pub async fn plan(
         }
     }
     let realisations = read_realisations(sink, &objects, &live, policy.grace, age).await?;
-    gets += realisations.gets;
     let mut doomed: Vec<String> = narinfos
         .keys()
         .filter(|hash| !live.contains(**hash))
@@ -109,7 +102,6 @@ pub async fn plan(
         .collect();
     doomed.sort_unstable();
     progress(&format!("reading the {} narinfos to delete", doomed.len()));
-    gets += doomed.len() as u64;
     let doomed = read_doomed(sink, doomed).await?;
 
     let mut plan = Plan {
@@ -166,7 +158,6 @@ pub async fn plan(
     }
     plan.delete.append(&mut rest);
     plan.summary.live_paths = live.len() as u64;
-    plan.summary.requests.get = gets + pin_gets;
     Ok(plan)
 }
 
@@ -283,7 +274,6 @@ struct Realisations {
     /// Realisations older than the grace period whose output is not kept, with the key of
     /// their output's narinfo.
     unused: HashMap<String, String>,
-    gets: u64,
 }
 
 /// Reads the realisations old enough to be deleted, and finds those whose output path is
@@ -301,7 +291,6 @@ async fn read_realisations(
         .filter(|o| kind_of(&o.key) == ObjectKind::Realisation && age(o) >= grace)
         .filter(|o| o.size <= crate::upstream::MAX_NARINFO as u64)
         .collect();
-    let gets = candidates.len() as u64;
     let read: Vec<_> = stream::iter(candidates)
         .map(|o| async move { (o.key.clone(), get(sink, &o.key).await) })
         .buffer_unordered(READ_CONCURRENCY)
@@ -318,5 +307,5 @@ async fn read_realisations(
             _ => {}
         }
     }
-    Ok(Realisations { unused, gets })
+    Ok(Realisations { unused })
 }

@@ -21,6 +21,7 @@ pub mod inventory;
 #[cfg(feature = "sim")]
 pub mod memory;
 pub mod params;
+pub mod requests;
 pub mod retry_after;
 pub mod s3;
 pub mod spill;

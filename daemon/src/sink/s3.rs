@@ -36,6 +36,7 @@ use aws_smithy_types::byte_stream::Length;
 const FILE_READ_BUFFER: usize = 1 << 20;
 
 mod client;
+mod counting;
 use client::{credentials_chain, sdk_config, signs_payload};
 
 pub struct S3Sink {

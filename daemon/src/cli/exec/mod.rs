@@ -342,6 +342,7 @@ fn report(drained: &Drained, daemon: &PrivateDaemon, started: SystemTime) -> boo
         status.target,
         status.failed.len()
     );
+    say!("narpush: {}", status.requests);
     status.failed.is_empty() && !interrupted
 }
 

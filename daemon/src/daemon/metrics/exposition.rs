@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::daemon::status::StatusReport;
 use crate::engine::progress::Finished;
+use crate::sink::requests::{Class, RequestCounts};
 
 /// The `Content-Type` of what [`render`] writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -159,14 +160,15 @@ impl Collector for Snapshot {
             &mut out,
             "narpush_requests_acknowledged",
             "Enqueue requests acknowledged on the socket (durably queued) since the daemon started",
-            ConstCounter::new(r.requests.acknowledged),
+            ConstCounter::new(r.enqueue_requests.acknowledged),
         )?;
         single(
             &mut out,
             "narpush_spool_ingested",
             "Spooled requests read and queued since the daemon started",
-            ConstCounter::new(r.requests.spool_ingested),
+            ConstCounter::new(r.enqueue_requests.spool_ingested),
         )?;
+        requests(&mut out, &r.requests)?;
         single(
             &mut out,
             "narpush_spool_waiting_files",
@@ -180,6 +182,33 @@ impl Collector for Snapshot {
             gauge(r.spool.rejected_total),
         )
     }
+}
+
+/// `narpush_requests_total{class,op,object}`: one series per operation and object kind
+/// sent (operations and kinds are fixed sets, so the series stay bounded).
+fn requests(out: &mut DescriptorEncoder, counts: &RequestCounts) -> fmt::Result {
+    if counts.by_object.is_empty() {
+        return Ok(());
+    }
+    let mut family = out.encode_descriptor(
+        "narpush_requests",
+        "Requests sent to the target since the daemon started (each attempt), by R2 price class, \
+         S3 operation and object kind",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (op, objects) in &counts.by_object {
+        let class = Class::of(op).label();
+        for (object, &n) in objects {
+            let labels = [
+                ("class", class),
+                ("op", op.as_str()),
+                ("object", object.as_str()),
+            ];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// A gauge from a count (as i64, Prometheus' integer gauges; counts never get near 2^63).
@@ -261,6 +290,13 @@ mod tests {
                 },
             },
             retries: 6,
+            requests: {
+                let tally = crate::sink::requests::Tally::default();
+                tally.sent("PutObject", crate::sink::requests::Object::Narinfo);
+                tally.sent("PutObject", crate::sink::requests::Object::Narinfo);
+                tally.sent("HeadObject", crate::sink::requests::Object::Narinfo);
+                tally.counts(&Default::default())
+            },
             ..StatusReport::default()
         };
         let finished = Finished::default();
@@ -278,6 +314,14 @@ mod tests {
             ("narpush_failures_total{class=\"transient\"}", "6"),
             ("narpush_failures_total{class=\"permanent\"}", "2"),
             ("narpush_retries_total", "6"),
+            (
+                "narpush_requests_total{class=\"A\",op=\"PutObject\",object=\"narinfo\"}",
+                "2",
+            ),
+            (
+                "narpush_requests_total{class=\"B\",op=\"HeadObject\",object=\"narinfo\"}",
+                "1",
+            ),
             ("narpush_nar_upload_duration_seconds_count", "1"),
             ("narpush_nar_upload_size_bytes_sum", "5000.0"),
             ("narpush_last_upload_timestamp_seconds", "0.0"),

@@ -1,6 +1,7 @@
 //! How the S3 client is set up for a target: SDK settings, credentials, payload signing.
 //!
-//! Invariant: every client narpush makes for a target gets the same settings from here.
+//! Invariant: every client narpush makes for a target gets the same settings from here,
+//! request counting ([`crate::sink::requests`]) included.
 
 use std::time::Duration;
 
@@ -83,6 +84,7 @@ pub(super) fn sdk_config(
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .interceptor(super::counting::CountRequests)
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(10))

@@ -124,3 +124,44 @@ async fn parts_follow_the_same_rule_as_whole_objects() {
         assert_eq!(payload_header(requests), expected, "{url}");
     }
 }
+
+/// Answers 503 SlowDown to the first request, 200 to the others.
+#[derive(Debug)]
+struct SlowDownOnce(Arc<Mutex<u32>>);
+
+impl HttpConnector for SlowDownOnce {
+    fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+        let mut seen = self.0.lock().unwrap();
+        *seen += 1;
+        let status = if *seen == 1 { 503 } else { 200 };
+        let body = if *seen == 1 {
+            SdkBody::from("<Error><Code>SlowDown</Code><Message>slow</Message></Error>")
+        } else {
+            SdkBody::empty()
+        };
+        HttpConnectorFuture::ready(Ok(HttpResponse::new(status.try_into().unwrap(), body)))
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_is_counted_with_its_operation_and_object_kind() {
+    use crate::sink::requests::{tally, RequestPrices};
+    let location = location("s3://cache?endpoint=http://127.0.0.1:9000");
+    let connector = SharedHttpConnector::new(SlowDownOnce(Arc::default()));
+    let config = sdk_config(&location, Duration::from_secs(5))
+        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+        .http_client(http_client_fn(move |_, _| connector.clone()))
+        .build();
+    let sink = S3Sink::with_config(&location, config);
+    let prices = RequestPrices::default();
+    let before = tally().counts(&prices);
+    let narinfo = "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6.narinfo";
+    sink.put(narinfo, Bytes::from_static(BODY), "text/plain", None)
+        .await
+        .expect("the PUT succeeds on its second attempt");
+    let _ = sink.read("nar/x.nar.zst").await;
+    let sent = tally().counts(&prices).since(&before, &prices);
+    assert_eq!(sent.by_object["PutObject"]["narinfo"], 2, "{sent:?}");
+    assert_eq!(sent.by_object["GetObject"]["nar"], 1, "{sent:?}");
+    assert_eq!((sent.total, sent.class_a, sent.class_b), (3, 2, 1));
+}
