@@ -256,15 +256,15 @@ mod plan;
 /// collection's (G4–G8: layers of narinfos referrers first, a look before each delete within
 /// the window, write-backs let land, pins listed again); returns whether it ran through
 /// (`false`: a narinfo about to go was rewritten, or a pin appeared that the plan did not take
-/// as a root; nothing from there on was deleted), and the requests made.
+/// as a root; nothing from there on was deleted). Its requests are counted with the
+/// process's others ([`crate::sink::requests`]).
 pub async fn carry_out(
     sink: &Sink,
     plan: &mut Plan,
     progress: &(dyn Fn(&str) + Sync),
-) -> Result<(bool, Requests), GcError> {
-    let mut requests = Requests::default();
-    let outcome = delete::carry_out(sink, plan, &mut requests, progress).await?;
-    Ok((matches!(outcome, delete::Outcome::Done), requests))
+) -> Result<bool, GcError> {
+    let outcome = delete::carry_out(sink, plan, progress).await?;
+    Ok(matches!(outcome, delete::Outcome::Done))
 }
 
 #[cfg(test)]

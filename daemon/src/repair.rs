@@ -190,7 +190,7 @@ pub async fn repair(
             }
             // A narinfo rewritten meanwhile stops the deletes there (G5): plan anew from a
             // new listing; the final listing tells what went.
-            let (ran_through, _) = crate::gc::carry_out(sink, &mut deletes, progress).await?;
+            let ran_through = crate::gc::carry_out(sink, &mut deletes, progress).await?;
             if ran_through {
                 break;
             }
