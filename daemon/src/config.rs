@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::default_paths::{default_gc_roots_dir, default_state_dir};
 use crate::engine::stream::{StreamSettings, DEFAULT_SINGLE_PUT_MAX};
 use crate::engine::DEFAULT_REFRESH_AFTER;
+use crate::filter::PushFilter;
 use crate::format::compression::Compression;
 use crate::format::signing::VerifyingKey;
 use crate::layout::{CacheControl, CacheInfo, DEFAULT_PRIORITY};
@@ -59,6 +60,9 @@ struct RawConfig {
     single_put_max_bytes: Option<u64>,
     metrics_listen: Option<String>,
     public_url: Option<String>,
+    exclude: Option<Vec<String>>,
+    exclude_outputs: Option<Vec<String>>,
+    max_nar_bytes: Option<u64>,
 }
 
 /// The checked configuration.
@@ -130,6 +134,8 @@ pub struct Config {
     pub ls_compression: Compression,
     /// Where `/metrics` is served (Prometheus text format); `None` (the default) serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Paths never uploaded (`exclude`, `exclude_outputs`, `max_nar_bytes`).
+    pub filter: PushFilter,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -176,6 +182,7 @@ impl Default for Config {
             write_nar_listing: false,
             ls_compression: Compression::None,
             metrics_listen: None,
+            filter: PushFilter::default(),
         }
     }
 }
@@ -362,7 +369,10 @@ impl Config {
             (None, configured) => absolute("socket", configured, &defaults.socket)
                 .map_err(|r| invalid("socket", r))?,
         };
+        let filter = check_filter(raw.exclude, raw.exclude_outputs, raw.max_nar_bytes)
+            .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(Config {
+            filter,
             source: Some(path.to_owned()),
             target,
             secret_key_files: raw.secret_key_files.unwrap_or_default(),
@@ -491,7 +501,7 @@ impl Config {
 mod checks;
 mod upstream_caches;
 use checks::{
-    absolute, check_batch_window, check_listen_address, check_public_url,
+    absolute, check_batch_window, check_filter, check_listen_address, check_public_url,
     check_retry_initial_delay, check_single_put_max, location,
 };
 pub use checks::{check_concurrency, check_level};

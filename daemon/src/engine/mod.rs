@@ -73,6 +73,7 @@ pub use graph::{Lookup, Report};
 use progress::EngineView;
 use stream::{StoredNar, StreamSettings};
 
+use crate::filter::PushFilter;
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::Realisation;
 use crate::format::signing::{SigningKey, VerifyingKey};
@@ -117,6 +118,8 @@ pub struct EngineConfig {
     pub refresh_after: Duration,
     /// What `nix-cache-info` must say.
     pub cache_info: CacheInfo,
+    /// Paths never uploaded (see [`crate::filter`]).
+    pub filter: Arc<PushFilter>,
     cache_info_checked: AtomicBool,
 }
 
@@ -146,8 +149,15 @@ impl EngineConfig {
                 priority: layout::DEFAULT_PRIORITY,
                 want_mass_query: true,
             },
+            filter: Arc::new(PushFilter::default()),
             cache_info_checked: AtomicBool::new(false),
         }
+    }
+
+    /// Never uploads what `filter` excludes (the default excludes nothing).
+    pub fn with_filter(mut self, filter: PushFilter) -> EngineConfig {
+        self.filter = Arc::new(filter);
+        self
     }
 
     /// Announces `cache_info` in `nix-cache-info`.
@@ -213,7 +223,7 @@ enum Command {
 }
 
 /// The owner's handle. Reports arrive on the receiver [`Engine::start`] returns: one
-/// [`Report::TopDone`] or [`Report::TopFailed`] per submitted path, and a report for each path
+/// [`Report::TopDone`], [`Report::TopFailed`] or [`Report::TopSkipped`] per submitted path, and a report for each path
 /// of its closure on the way. A path submitted again while the engine still holds it is not
 /// reported on twice: the one report answers both.
 #[derive(Clone)]
