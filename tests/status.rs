@@ -32,7 +32,7 @@ fn status_during_an_upload_shows_its_rate_and_eta() {
             daemon.log()
         );
         let status = daemon.status_json();
-        assert_eq!(status["version"], 3);
+        assert_eq!(status["version"], 4);
         if let Some(upload) = status["uploads"].as_array().and_then(|u| u.first()) {
             let done = upload["nar_bytes_done"].as_f64().unwrap();
             let total = upload["nar_bytes_total"].as_f64().unwrap();

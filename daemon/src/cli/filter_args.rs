@@ -10,9 +10,9 @@ use narpush::filter::PushFilter;
 #[derive(Debug, Default, clap::Args)]
 pub struct FilterArgs {
     /// Never upload paths whose name (after `<hash>-`) matches REGEX (unanchored; `-doc$`
-    /// anchors). Paths that need an excluded path no upstream cache serves are skipped too.
+    /// anchors; a leading `-` is part of the pattern). Paths that need an excluded path no upstream cache serves are skipped too.
     /// Repeatable; added to `exclude` from the config file.
-    #[arg(long = "exclude", value_name = "REGEX")]
+    #[arg(long = "exclude", value_name = "REGEX", allow_hyphen_values = true)]
     pub exclude: Vec<String>,
 
     /// Never upload the outputs named NAME (`doc`, `debug`, …) as their derivation's `.drv`
