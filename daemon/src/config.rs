@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::default_paths::{default_gc_roots_dir, default_state_dir};
 use crate::engine::stream::{StreamSettings, DEFAULT_SINGLE_PUT_MAX};
 use crate::engine::DEFAULT_REFRESH_AFTER;
+use crate::filter::PushFilter;
 use crate::format::compression::Compression;
 use crate::format::signing::VerifyingKey;
 use crate::layout::{CacheControl, CacheInfo, DEFAULT_PRIORITY};
@@ -61,6 +62,9 @@ struct RawConfig {
     metrics_listen: Option<String>,
     public_url: Option<String>,
     request_prices: Option<RequestPrices>,
+    exclude: Option<Vec<String>>,
+    exclude_outputs: Option<Vec<String>>,
+    max_nar_bytes: Option<u64>,
 }
 
 /// The checked configuration.
@@ -134,6 +138,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// What S3 requests cost, for the estimates beside the request counts (`[request_prices]`).
     pub request_prices: RequestPrices,
+    /// Paths never uploaded (`exclude`, `exclude_outputs`, `max_nar_bytes`).
+    pub filter: PushFilter,
 }
 
 pub const DEFAULT_JOBS: usize = 2;
@@ -181,6 +187,7 @@ impl Default for Config {
             ls_compression: Compression::None,
             metrics_listen: None,
             request_prices: RequestPrices::default(),
+            filter: PushFilter::default(),
         }
     }
 }
@@ -367,7 +374,10 @@ impl Config {
             (None, configured) => absolute("socket", configured, &defaults.socket)
                 .map_err(|r| invalid("socket", r))?,
         };
+        let filter = check_filter(raw.exclude, raw.exclude_outputs, raw.max_nar_bytes)
+            .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(Config {
+            filter,
             source: Some(path.to_owned()),
             target,
             secret_key_files: raw.secret_key_files.unwrap_or_default(),
@@ -498,7 +508,7 @@ impl Config {
 mod checks;
 mod upstream_caches;
 use checks::{
-    absolute, check_batch_window, check_listen_address, check_public_url,
+    absolute, check_batch_window, check_filter, check_listen_address, check_public_url,
     check_retry_initial_delay, check_single_put_max, location,
 };
 pub use checks::{check_concurrency, check_level};

@@ -14,6 +14,8 @@
 //! - [`engine`]: the one upload engine, used by `narpush upload` and the daemon alike: closures,
 //!   lookups, NAR streams (hash check, parallel compression, fixed-size parts), signed
 //!   narinfos, and the ordering that keeps the closure invariant.
+//! - [`filter`]: the push filters (`exclude`, `exclude_outputs`, `max_nar_bytes`): which
+//!   paths are never uploaded, and why.
 //! - [`gc`]: retention GC of a cache; [`coexist`]: the protocol that lets it run while
 //!   uploaders write to the same cache (its rules, time bounds and what a 403 means to whom).
 //! - [`queue`], [`gcroots`], [`daemon`]: the daemon's durable queue, the GC roots that protect
@@ -36,6 +38,7 @@ pub mod daemon;
 pub mod default_paths;
 pub mod du;
 pub mod engine;
+pub mod filter;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -4,11 +4,13 @@
 //! # Records
 //!
 //! Tree `paths`, key = absolute store path (UTF-8), value = JSON [`Entry`] (see [`record`]):
-//! `state` (pending | uploading | done | failed), `attempts`, `next_attempt_ms` (Unix ms),
+//! `state` (pending | uploading | done | failed | skipped), `attempts`, `next_attempt_ms` (Unix ms),
 //! `last_error`, `arrived_ms`, `source` (hook | spool | push), `drv`, `updated_ms`, and
 //! `realisations` (omitted when empty, so older records decode): the realisations to publish
 //! once the path is in the cache, each as its `.doi` JSON. A request for a path already
-//! pending or uploading adds its realisations to the entry.
+//! pending or uploading adds its realisations to the entry. A `skipped` entry (the push
+//! filters keep the path out, see `crate::filter`) has `skipped`: `{kind, reason}`; it is
+//! finished like a `done` one, and queued afresh when the path is requested again.
 //! Tree `stats`, key = counter name, value = u64 big-endian: `uploaded_paths`,
 //! `uploaded_bytes` (NAR bytes), `uploaded_stored_bytes` (compressed bytes written),
 //! `last_upload_ms` (Unix ms of the last published path). They only ever grow, so the
@@ -64,8 +66,9 @@
 //!
 //! # Bounds
 //!
-//! `done` entries are kept for a day (they answer "already uploaded" without asking the
-//! target) and at most [`MAX_DONE`] of them; [`Queue::prune`] drops the rest.
+//! `done` and `skipped` entries are kept for a day (they answer "already uploaded" without
+//! asking the target, and show in `status`) and at most [`MAX_DONE`] of them;
+//! [`Queue::prune`] drops the rest.
 
 mod group_commit;
 pub mod journal;
@@ -84,7 +87,7 @@ use crate::format::realisation::Realisation;
 use crate::format::store_path::StorePath;
 use crate::sync::{lock, write as write_lock};
 use narpush_protocol::Source;
-pub use record::{CorruptRecord, Entry, State};
+pub use record::{CorruptRecord, Entry, SkipRecord, State};
 use storage::Handle;
 
 /// `done` entries kept at most.
@@ -135,8 +138,15 @@ pub struct NewPath {
 #[derive(Clone, Debug)]
 pub enum Outcome {
     Done,
-    RetryAt { at_ms: u64, error: String },
-    Failed { error: String },
+    RetryAt {
+        at_ms: u64,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+    /// Not uploaded, by the push filters (not a failure: nothing to retry).
+    Skipped(SkipRecord),
 }
 
 /// Why `uploading` entries go back to `pending`.

@@ -6,6 +6,7 @@ mod client_config;
 mod daemon;
 mod du;
 mod exec;
+mod filter_args;
 mod gc;
 mod keygen;
 mod pin;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use narpush::engine::progress::EngineView;
+use narpush::filter::{SkipReason, SKIP_KINDS};
 
 pub struct Display {
     bar: Option<ProgressBar>,
@@ -22,7 +23,7 @@ pub struct Display {
 }
 
 /// What the run did.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     pub uploaded: usize,
     pub uploaded_nar_bytes: u64,
@@ -31,6 +32,25 @@ pub struct Totals {
     pub upstream: usize,
     pub upstream_nar_bytes: u64,
     pub failed: usize,
+    /// Kept out by the push filters, by kind of reason (see `narpush::filter::SKIP_KINDS`).
+    pub skipped: [usize; SKIP_KINDS.len()],
+}
+
+impl Totals {
+    /// "2 skipped (1 excluded_output, 1 needs_skipped)", or "0 skipped".
+    pub fn skipped_summary(&self) -> String {
+        let total: usize = self.skipped.iter().sum();
+        if total == 0 {
+            return "0 skipped".to_owned();
+        }
+        let kinds: Vec<String> = SKIP_KINDS
+            .iter()
+            .zip(self.skipped)
+            .filter(|(_, count)| *count > 0)
+            .map(|(kind, count)| format!("{count} {kind}"))
+            .collect();
+        format!("{total} skipped ({})", kinds.join(", "))
+    }
 }
 
 impl Display {
@@ -100,6 +120,18 @@ impl Display {
         self.totals.upstream_nar_bytes += nar_size;
         self.finished_paths += 1;
         self.refresh_message();
+    }
+
+    /// Not uploaded, by the push filters: a line with the reason (not a failure).
+    pub fn skipped(&mut self, path: &str, reason: &SkipReason) {
+        if let Some(index) = SKIP_KINDS.iter().position(|k| *k == reason.kind()) {
+            self.totals.skipped[index] += 1;
+        }
+        if self.quiet {
+            self.finished_paths += 1;
+            return;
+        }
+        self.say(format!("skipped {path}: {reason}"));
     }
 
     pub fn failed(&mut self, path: &str, reason: &str) {

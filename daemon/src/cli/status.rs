@@ -15,6 +15,8 @@ use narpush::daemon::status::{ClosureStages, StatusReport, Upload};
 
 /// Uploads listed by the text output (largest first); `--json` has them all.
 const SHOWN_UPLOADS: usize = 10;
+/// Skipped paths listed at most (`--json` lists more).
+const SHOWN_SKIPPED: usize = 10;
 
 /// Show the queue: counts per state, every upload in progress with its rate and ETA, retries
 /// and failures with their reasons, totals, and the public key(s) clients must trust.
@@ -114,8 +116,13 @@ pub fn render(report: &StatusReport) -> String {
         line(format!("public key:  {key}"));
     }
     let c = &report.counts;
+    let skipped = if c.skipped > 0 {
+        format!(", {} skipped", c.skipped)
+    } else {
+        String::new()
+    };
     line(format!(
-        "queue:       {} pending, {} uploading, {} failed, {} done",
+        "queue:       {} pending, {} uploading, {} failed, {} done{skipped}",
         c.pending, c.uploading, c.failed, c.done
     ));
     if let Some(age) = report.oldest_waiting_secs {
@@ -172,6 +179,28 @@ pub fn render(report: &StatusReport) -> String {
         line(format!(
             "requests:    {} sent since start",
             report.requests.breakdown()
+        ));
+    }
+    let by_reason: Vec<String> = report
+        .skipped
+        .by_reason
+        .iter()
+        .filter(|(_, count)| **count > 0)
+        .map(|(kind, count)| format!("{count} {kind}"))
+        .collect();
+    if !by_reason.is_empty() {
+        line(format!(
+            "filtered:    {} path(s) not uploaded since start, by the push filters",
+            by_reason.join(", ")
+        ));
+    }
+    for s in report.skipped.paths.iter().take(SHOWN_SKIPPED) {
+        line(format!("skipped:     {} ({})", s.path, s.reason));
+    }
+    if report.skipped.paths.len() > SHOWN_SKIPPED {
+        line(format!(
+            "             … and {} more skipped (--json lists up to 100)",
+            report.skipped.paths.len() - SHOWN_SKIPPED
         ));
     }
     let failures = &report.failures;

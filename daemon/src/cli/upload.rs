@@ -13,12 +13,14 @@ use anyhow::{bail, Context};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
+use super::filter_args::FilterArgs;
 use super::progress::{rate, Display};
 use super::Outcome;
 use narpush::config::{check_concurrency, check_level, Config};
 use narpush::engine::compress::Compression;
 use narpush::engine::stream::StreamSettings;
 use narpush::engine::{Engine, EngineConfig, Report};
+use narpush::filter::PushFilter;
 use narpush::format::signing::{SigningKey, VerifyingKey};
 use narpush::format::store_path::StorePath;
 use narpush::keys::configured_keys;
@@ -31,7 +33,11 @@ use narpush::upstream::{Upstream, UpstreamUrl};
 /// Upload store paths (and their closures) to a binary cache, then exit.
 ///
 /// Paths already in the cache are skipped, and so are paths an upstream cache serves (by
-/// default, those the store holds with a valid cache.nixos.org signature). Each narinfo is
+/// default, those the store holds with a valid cache.nixos.org signature). Paths the push
+/// filters exclude (--exclude, --exclude-output, --max-nar-bytes, or the config's `exclude`,
+/// `exclude_outputs`, `max_nar_bytes`) are never uploaded, even when named, nor are the paths
+/// that need one of them and that no upstream cache serves; they are listed as skipped, with
+/// the reason, and are not failures (the exit status does not change). Each narinfo is
 /// written only after its NAR and the narinfos of all its references, so the cache is
 /// consistent at every moment. Settings come from the config file; flags win.
 ///
@@ -112,6 +118,9 @@ pub struct UploadArgs {
     #[arg(long)]
     stdin: bool,
 
+    #[command(flatten)]
+    filters: FilterArgs,
+
     /// Print only failures and errors: no progress, no line per path, no summary.
     #[arg(short, long)]
     quiet: bool,
@@ -149,6 +158,7 @@ struct Settings {
     refresh_after: Duration,
     own_public_keys: Vec<VerifyingKey>,
     cache_control: CacheControl,
+    filter: PushFilter,
     quiet: bool,
     json: bool,
     request_prices: RequestPrices,
@@ -207,7 +217,10 @@ impl Settings {
             }
             Upstream::new(caches, upstream_keys)
         };
+        let mut filter = config.filter.clone();
+        args.filters.apply(&mut filter)?;
         Ok(Settings {
+            filter,
             paths,
             target,
             keys,
@@ -269,6 +282,7 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
     .with_upstream(settings.upstream)
     .with_refresh_after(settings.refresh_after)
     .with_own_public_keys(&settings.own_public_keys)
+    .with_filter(settings.filter)
     .with_cache_info(settings.cache_info);
     config
         .ensure_cache_info()
@@ -308,7 +322,8 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
             Report::Failed { path, error } => {
                 display.failed(&path.to_absolute(), &narpush::error_chain(error.as_ref()));
             }
-            Report::TopDone(_) | Report::TopFailed { .. } => {}
+            Report::Skipped { path, reason } => display.skipped(&path.to_absolute(), &reason),
+            Report::TopDone(_) | Report::TopFailed { .. } | Report::TopSkipped { .. } => {}
         }
     }
     task.await.context("the upload engine failed")?;
@@ -339,7 +354,7 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
     }
     eprintln!(
         "narpush: uploaded {} path(s), {} NAR as {} in {:.1}s ({}); {} already in {}; \
-         {} ({} NAR) served upstream; {} failed",
+         {} ({} NAR) served upstream; {}; {} failed",
         totals.uploaded,
         HumanBytes(totals.uploaded_nar_bytes),
         HumanBytes(totals.uploaded_file_bytes),
@@ -349,6 +364,7 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
         settings.target,
         totals.upstream,
         HumanBytes(totals.upstream_nar_bytes),
+        totals.skipped_summary(),
         totals.failed
     );
     eprintln!("narpush: {requests}");

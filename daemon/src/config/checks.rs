@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::MAX_CONCURRENCY;
+use crate::filter::PushFilter;
 use crate::format::compression::Compression;
 use crate::sink::params::SINGLE_PUT_MAX_LIMIT;
 
@@ -125,4 +126,29 @@ pub(super) fn location(text: &str, span: Option<std::ops::Range<usize>>) -> Stri
         format!(" (line {line})")
     })
     .unwrap_or_default()
+}
+
+/// The push filters from their keys; an error names the key and the value refused.
+pub fn check_filter(
+    exclude: Option<Vec<String>>,
+    exclude_outputs: Option<Vec<String>>,
+    max_nar_bytes: Option<u64>,
+) -> Result<PushFilter, (&'static str, String)> {
+    let mut filter = PushFilter::default();
+    for pattern in exclude.unwrap_or_default() {
+        filter
+            .add_exclude(&pattern)
+            .map_err(|e| ("exclude", e.to_string()))?;
+    }
+    for name in exclude_outputs.unwrap_or_default() {
+        filter
+            .add_exclude_output(&name)
+            .map_err(|e| ("exclude_outputs", e.to_string()))?;
+    }
+    if let Some(max) = max_nar_bytes {
+        filter
+            .set_max_nar_bytes(max)
+            .map_err(|e| ("max_nar_bytes", e.to_string()))?;
+    }
+    Ok(filter)
 }

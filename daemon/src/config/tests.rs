@@ -371,3 +371,37 @@ fn request_prices_refuse_unknown_keys_and_negative_prices() {
     assert!(err.to_string().contains("'request_prices'"), "{err}");
     assert!(err.to_string().contains("class_b_per_million"), "{err}");
 }
+
+#[test]
+fn push_filter_keys_are_read_and_the_default_excludes_nothing() {
+    assert!(parse("").unwrap().filter.is_off());
+    let config = parse(
+        r#"
+exclude = ["-doc$", "^source-"]
+exclude_outputs = ["doc", "debug"]
+max_nar_bytes = 1073741824
+"#,
+    )
+    .unwrap();
+    let filter = &config.filter;
+    assert_eq!(filter.patterns().collect::<Vec<_>>(), ["-doc$", "^source-"]);
+    assert_eq!(filter.exclude_outputs(), ["doc", "debug"]);
+    assert_eq!(filter.max_nar_bytes(), Some(1 << 30));
+}
+
+#[test]
+fn a_bad_push_filter_value_is_an_error_naming_its_key_and_the_value() {
+    for (text, key, value) in [
+        (r#"exclude = ["ok", "(unclosed"]"#, "exclude", "(unclosed"),
+        (
+            r#"exclude_outputs = ["doc out"]"#,
+            "exclude_outputs",
+            "doc out",
+        ),
+        ("max_nar_bytes = 0", "max_nar_bytes", "at least 1"),
+    ] {
+        let error = parse(text).unwrap_err().to_string();
+        assert!(error.contains(&format!("key '{key}'")), "{error}");
+        assert!(error.contains(value), "{error}");
+    }
+}

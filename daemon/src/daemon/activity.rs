@@ -1,6 +1,7 @@
 //! What the daemon did since it started that the queue does not keep: paths found already in
-//! the cache, failed attempts by class with the last error of each, retries scheduled, and
-//! enqueue requests taken from the socket and the spool.
+//! the cache, paths skipped by the push filters (by the kind of reason), failed attempts by
+//! class with the last error of each, retries scheduled, and enqueue requests taken from the
+//! socket and the spool.
 //!
 //! Invariant: this is the one tally of these events. `narpush status` reads it, and the
 //! metrics endpoint renders the status document, so the two never disagree. Every counter only
@@ -11,6 +12,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use crate::filter::{SkipReason, SKIP_KINDS};
 use crate::queue::now_ms;
 use crate::sink::ErrorClass;
 use crate::sync::lock;
@@ -18,6 +22,8 @@ use crate::sync::lock;
 #[derive(Debug, Default)]
 pub struct Activity {
     present: AtomicU64,
+    /// By kind, in the order of [`SKIP_KINDS`].
+    skipped: [AtomicU64; SKIP_KINDS.len()],
     retries: AtomicU64,
     acknowledged: AtomicU64,
     spool_ingested: AtomicU64,
@@ -83,6 +89,22 @@ impl Activity {
 
     pub fn spool_ingested(&self) {
         self.spool_ingested.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A path of a closure was skipped by the push filters.
+    pub fn skipped(&self, reason: &SkipReason) {
+        if let Some(index) = SKIP_KINDS.iter().position(|k| *k == reason.kind()) {
+            self.skipped[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Paths skipped since the start, for every kind of reason (0 included).
+    pub fn skipped_by_reason(&self) -> BTreeMap<String, u64> {
+        SKIP_KINDS
+            .iter()
+            .zip(&self.skipped)
+            .map(|(kind, count)| ((*kind).to_owned(), count.load(Ordering::Relaxed)))
+            .collect()
     }
 
     pub fn present_paths(&self) -> u64 {

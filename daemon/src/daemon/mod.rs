@@ -55,7 +55,7 @@ use crate::engine::Engine;
 use crate::format::store_path::StorePath;
 use crate::gcroots::GcRoots;
 use crate::layout::WriterId;
-use crate::queue::{Interrupted, Queue, State};
+use crate::queue::{Interrupted, Queue};
 use crate::sink::Sink;
 use intake::Intake;
 use settings::Settings;
@@ -192,7 +192,7 @@ async fn run_async(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// Makes the GC roots directory hold the roots of exactly the paths still owed an upload:
-/// every queue entry not `done`, and what the intake journal holds (see
+/// every queue entry not finished (`done`, `skipped`), and what the intake journal holds (see
 /// [`GcRoots::reconcile`]). Runs before any request is taken. Roots of other paths are kept
 /// when the journal exists but could not be read (it may name them); nothing is changed when
 /// the queue cannot be read.
@@ -225,13 +225,13 @@ async fn reconcile_roots(queue: &Queue, intake: &Intake, roots: &GcRoots, state_
     }
 }
 
-/// The paths of every queue entry not `done`, or `None` (logged) when the queue cannot be read.
+/// The paths of every queue entry not finished (`done`, `skipped`), or `None` (logged) when the queue cannot be read.
 fn owed_paths(queue: &Queue) -> Option<HashSet<StorePath>> {
     match queue.entries() {
         Ok(entries) => Some(
             entries
                 .into_iter()
-                .filter(|entry| entry.state != State::Done)
+                .filter(|entry| !entry.state.is_finished())
                 .map(|entry| entry.path)
                 .collect(),
         ),
@@ -245,7 +245,7 @@ fn owed_paths(queue: &Queue) -> Option<HashSet<StorePath>> {
     }
 }
 
-/// Makes the missing GC roots of queue entries not `done` (after the queue was opened again:
+/// Makes the missing GC roots of queue entries not finished (after the queue was opened again:
 /// the start could not read it), removing none (requests may be on their way meanwhile).
 pub async fn remake_roots(queue: &Queue, roots: &GcRoots) {
     let Some(owed) = owed_paths(queue) else {

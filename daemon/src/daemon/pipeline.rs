@@ -17,10 +17,12 @@
 //!   `retry_max_delay_ms`); after
 //!   `max_attempts` attempts: `failed`;
 //! - permanent failure (path gone from the store, NarHash mismatch, access denied): `failed`
-//!   at once, with the reason.
+//!   at once, with the reason;
+//! - skipped by the push filters (excluded, or needs an excluded path nobody serves):
+//!   `skipped`, with the reason; finished like `done`, not a failure, never retried.
 //!
 //! A GC root is released only once the queue, read after the outcome was recorded, says the
-//! entry is `done` or gone; never because the queue could not be read.
+//! entry is `done`, `skipped` or gone; never because the queue could not be read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +35,7 @@ use crate::config::Config;
 use crate::engine::{Failure, Report, Reports};
 use crate::format::store_path::StorePath;
 use crate::gcroots::GcRoots;
-use crate::queue::{now_ms, Outcome, Queue, State};
+use crate::queue::{now_ms, Outcome, Queue, SkipRecord};
 use crate::sink::ErrorClass;
 use crate::sleep_until;
 use admission::Admission;
@@ -142,7 +144,9 @@ fn on_report(
     report: Report,
 ) -> Option<Instant> {
     let ended = match &report {
-        Report::TopDone(path) | Report::TopFailed { top: path, .. } => Some(path.clone()),
+        Report::TopDone(path)
+        | Report::TopFailed { top: path, .. }
+        | Report::TopSkipped { top: path, .. } => Some(path.clone()),
         _ => None,
     };
     let next = record(shared, books, report);
@@ -297,6 +301,24 @@ fn record(shared: &Shared, books: &mut Books, report: Report) -> Option<Instant>
             tracing::debug!(%path, "failed: {}", crate::error_chain(error.as_ref()));
             None
         }
+        Report::Skipped { path, reason } => {
+            tracing::debug!(%path, "skipped: {reason}");
+            shared.activity.skipped(&reason);
+            None
+        }
+        Report::TopSkipped { top, reason } => {
+            tracing::info!(path = %top, "skipped, not uploaded: {reason}");
+            let outcome = Outcome::Skipped(SkipRecord {
+                kind: reason.kind().to_owned(),
+                reason: reason.to_string(),
+            });
+            if books.record(&shared.queue, &top, outcome) {
+                release_root(&shared.queue, &shared.roots, &top);
+                None
+            } else {
+                Some(Instant::now() + QUEUE_ERROR_PAUSE)
+            }
+        }
     }
 }
 
@@ -353,6 +375,7 @@ fn finish(
             retry_at = Some(instant_in(at_ms.saturating_sub(now_ms())));
         }
         Outcome::Failed { error } => tracing::error!(%path, "failed: {error}"),
+        Outcome::Skipped(_) => {}
     }
     if books.record(&shared.queue, path, outcome) {
         release_root(&shared.queue, &shared.roots, path);
@@ -370,7 +393,7 @@ fn finish(
 fn release_root(queue: &Queue, roots: &GcRoots, path: &StorePath) {
     let unowed = || match queue.get(path) {
         Ok(None) => true,
-        Ok(Some(entry)) => entry.state == State::Done,
+        Ok(Some(entry)) => entry.state.is_finished(),
         Err(e) => {
             tracing::warn!(%path, "keeping the GC root: cannot read the queue entry: {e}");
             false

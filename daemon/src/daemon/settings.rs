@@ -64,6 +64,7 @@ impl Settings {
         .with_upstream(config.upstream())
         .with_refresh_after(config.refresh_after)
         .with_own_public_keys(&config.own_public_keys)
+        .with_filter(config.filter.clone())
         .with_cache_info(config.cache_info());
         Ok(Settings {
             public_keys: engine

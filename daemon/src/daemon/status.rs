@@ -3,9 +3,11 @@
 //! The document is a stable interface, documented in `docs/protocol.md`: fields are only ever
 //! added, and `version` changes if one ever changes meaning.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{now_ms, QueueError, State};
+use crate::queue::{now_ms, QueueError, SkipRecord, State};
 
 use super::activity::{EnqueueRequests, Failures};
 use super::shared::Shared;
@@ -17,10 +19,13 @@ use crate::sink::requests::RequestCounts;
 /// `skipped_present`, `failures` by class, `retries` and `requests`; nothing changed meaning.
 /// Version 4: `requests` counts the requests sent to the target (an object with `total`,
 /// `class_a`, `class_b`, `free`, `by_op`, `by_object` and `estimated_cost_usd`); version 3's
-/// `requests` (enqueue requests taken) is `enqueue_requests`.
+/// `requests` (enqueue requests taken) is `enqueue_requests`; it also adds
+/// `counts.skipped` and `skipped` (the push filters).
 pub const STATUS_VERSION: u32 = 4;
 /// Rejected spool files listed at most (all are counted).
 const MAX_REJECTED_LISTED: usize = 100;
+/// Skipped paths listed at most, newest first (all are counted).
+const MAX_SKIPPED_LISTED: usize = 100;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -50,6 +55,9 @@ pub struct StatusReport {
     /// Paths not uploaded because the cache already had them, since the daemon started.
     #[serde(default)]
     pub skipped_present: u64,
+    /// Paths not uploaded because of the push filters (added in version 4).
+    #[serde(default)]
+    pub skipped: SkippedByFilters,
     /// Failed upload attempts by class since the daemon started, each with its last error.
     #[serde(default)]
     pub failures: Failures,
@@ -91,6 +99,29 @@ pub struct Counts {
     pub uploading: u64,
     pub done: u64,
     pub failed: u64,
+    /// Queued paths the push filters kept out (added in version 4).
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+/// What the push filters (`exclude`, `exclude_outputs`, `max_nar_bytes`) kept out.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SkippedByFilters {
+    /// Paths of closures skipped since the daemon started, by kind of reason: `excluded`,
+    /// `excluded_output`, `too_big`, `needs_skipped` (every kind present, 0 included).
+    pub by_reason: BTreeMap<String, u64>,
+    /// Queued paths recorded as skipped (kept like `done` ones, so across restarts), newest
+    /// first, at most 100 (`counts.skipped` counts them all).
+    pub paths: Vec<SkippedPath>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SkippedPath {
+    pub path: String,
+    /// One of the kinds of `by_reason`.
+    pub kind: String,
+    pub reason: String,
+    pub skipped_secs_ago: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -182,6 +213,7 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
         ..StatusReport::default()
     };
     let mut oldest_waiting = None::<u64>;
+    let mut skipped = Vec::new();
     let scan = shared.queue.scan()?;
     for corrupt in scan.corrupt {
         report.counts.failed += 1;
@@ -201,6 +233,7 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
             State::Uploading => report.counts.uploading += 1,
             State::Done => report.counts.done += 1,
             State::Failed => report.counts.failed += 1,
+            State::Skipped => report.counts.skipped += 1,
         }
         if matches!(entry.state, State::Pending | State::Uploading) {
             oldest_waiting =
@@ -219,9 +252,31 @@ pub fn collect(shared: &Shared) -> Result<StatusReport, QueueError> {
                 error: error.unwrap_or_default(),
                 failed_secs_ago: secs(now.saturating_sub(entry.updated_ms)),
             }),
+            (State::Skipped, _) => {
+                let record = entry.skipped.map_or_else(
+                    || SkipRecord {
+                        kind: "unknown".to_owned(),
+                        reason: "no reason recorded".to_owned(),
+                    },
+                    |record| *record,
+                );
+                skipped.push((entry.updated_ms, entry.path.to_absolute(), record));
+            }
             _ => {}
         }
     }
+    skipped.sort_by_key(|(at, _, _)| std::cmp::Reverse(*at));
+    report.skipped.paths = skipped
+        .into_iter()
+        .take(MAX_SKIPPED_LISTED)
+        .map(|(at, path, record)| SkippedPath {
+            path,
+            kind: record.kind,
+            reason: record.reason,
+            skipped_secs_ago: secs(now.saturating_sub(at)),
+        })
+        .collect();
+    report.skipped.by_reason = shared.activity.skipped_by_reason();
     report.oldest_waiting_secs = oldest_waiting.map(|arrived| secs(now.saturating_sub(arrived)));
     let view = shared.engine.view();
     let mut streams = view.streams();

@@ -147,7 +147,12 @@ impl Coordinator {
                 panic_if_asked(&tops);
                 self.take_realisations(&tops, realisations);
                 let infos = self.skip_signed_upstream(infos);
-                let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
+                // Reads derivers from the store here, in the engine's task: only with
+                // `exclude_outputs` set, once per deriver, each a small local file.
+                let excluded = self.config.filter.excluded(&infos);
+                let actions =
+                    self.graph
+                        .add_filtered(infos, &tops, |p| self.known.contains(p), &excluded);
                 self.act(actions);
             }
             Command::Realisations(list) if self.accepting => self.take_realisations(&[], list),
@@ -193,9 +198,11 @@ impl Coordinator {
         self.spawn(Purpose::Resolve(tops), async move {
             let resolved = async {
                 config.ensure_cache_info().await?;
-                resolve::resolve(&batch, config.closure)
+                let mut resolution = resolve::resolve(&batch, config.closure)
                     .await
-                    .map_err(UploadError::Store)
+                    .map_err(UploadError::Store)?;
+                resolution.excluded = config.filter.excluded(&resolution.infos);
+                Ok(resolution)
             }
             .await;
             Done::Resolved(batch, resolved)
@@ -264,7 +271,12 @@ impl Coordinator {
                     .filter(|top| resolved.contains(top))
                     .collect();
                 let infos = self.skip_signed_upstream(resolution.infos);
-                actions.extend(self.graph.add(infos, &valid, |p| self.known.contains(p)));
+                actions.extend(self.graph.add_filtered(
+                    infos,
+                    &valid,
+                    |p| self.known.contains(p),
+                    &resolution.excluded,
+                ));
                 actions
             }
             Err(error) => {
@@ -324,7 +336,11 @@ impl Coordinator {
                 let trust_for = presence::trust_for(self.config.refresh_after);
                 self.known.found(path.clone(), trust_for);
             }
-            Report::TopDone(_) | Report::Failed { .. } | Report::TopFailed { .. } => {}
+            Report::TopDone(_)
+            | Report::Failed { .. }
+            | Report::TopFailed { .. }
+            | Report::Skipped { .. }
+            | Report::TopSkipped { .. } => {}
         }
     }
 

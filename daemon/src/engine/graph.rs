@@ -22,6 +22,18 @@
 //! or served upstream: found by a lookup, or published by this engine. References cannot form cycles between
 //! distinct store paths, so every path ends published or failed.
 //!
+//! # Skipped paths (push filters)
+//!
+//! A path the push filters exclude ([`crate::filter`]) is looked up like any other: found in
+//! the cache or served upstream, it counts as there, and its referrers are published as
+//! usual. Absent, it is *skipped* instead of stored: never uploaded, even when submitted
+//! itself. Its referrers, directly or not, are then skipped too without publishing their
+//! narinfos (the closure invariant wins), each with [`SkipReason::NeedsSkipped`] naming the
+//! excluded path. A skip spreads like a failure but is no failure: it is reported as
+//! [`Report::Skipped`] and [`Report::TopSkipped`], and the next attempt would end the same.
+//! A referrer's NAR may be stored before its reference's lookup ends; it is handed back like
+//! a failed path's ([`Action::KeepNar`]) and its narinfo never written.
+//!
 //! # Failures
 //!
 //! A failure is contagious upward only: when a path fails, every path that references it,
@@ -35,6 +47,7 @@ use std::sync::Arc;
 use super::error::{Failure, UploadError};
 use super::progress::Stages;
 use crate::error_chain;
+use crate::filter::SkipReason;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::store::PathInfo;
@@ -83,8 +96,13 @@ pub enum Report {
         path: StorePath,
         error: Arc<UploadError>,
     },
+    /// A path of a closure is not uploaded: the push filters exclude it, or it needs a path
+    /// they exclude that neither the cache nor upstream has.
+    Skipped { path: StorePath, reason: SkipReason },
     /// A submitted path and its closure are in the cache.
     TopDone(StorePath),
+    /// A submitted path is not uploaded, by the push filters (see [`Report::Skipped`]).
+    TopSkipped { top: StorePath, reason: SkipReason },
     /// A submitted path is not in the cache, and why.
     TopFailed { top: StorePath, failure: Failure },
 }
@@ -107,6 +125,8 @@ struct Node {
     dependents: Vec<StorePath>,
     /// Submitted by the owner (and so reported as a top).
     top: bool,
+    /// Why the push filters exclude it: skipped, not stored, if the cache lacks it.
+    excluded: Option<SkipReason>,
 }
 
 /// Why a path failed: its own error, and the failure at the bottom of the chain when it failed
@@ -149,6 +169,18 @@ impl Graph {
         tops: &[StorePath],
         in_cache: impl Fn(&StorePath) -> bool,
     ) -> Vec<Action> {
+        self.add_filtered(infos, tops, in_cache, &HashMap::new())
+    }
+
+    /// [`Graph::add`], where the paths in `excluded` are skipped, with their reason, unless
+    /// the cache or upstream has them.
+    pub fn add_filtered(
+        &mut self,
+        infos: Vec<PathInfo>,
+        tops: &[StorePath],
+        in_cache: impl Fn(&StorePath) -> bool,
+        excluded: &HashMap<StorePath, SkipReason>,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut new = Vec::new();
         for info in infos {
@@ -156,6 +188,7 @@ impl Graph {
                 // Looked up as an external reference, and now part of a closure: if the cache
                 // lacks it, it is uploaded instead of failing its dependents.
                 if node.info.is_none() {
+                    node.excluded = excluded.get(&info.path).cloned();
                     node.info = Some(info);
                 }
                 continue;
@@ -165,7 +198,9 @@ impl Graph {
             }
             actions.push(Action::Check(info.path.clone()));
             new.push(info.path.clone());
-            self.insert(Node::new(Some(info)), &new[new.len() - 1]);
+            let mut node = Node::new(Some(info));
+            node.excluded = excluded.get(&new[new.len() - 1]).cloned();
+            self.insert(node, &new[new.len() - 1]);
         }
         for path in &new {
             let references = self.nodes[path]
@@ -233,6 +268,10 @@ impl Graph {
                 self.in_cache(path, &mut actions);
             }
             Ok(Lookup::Absent) => match node.info.clone() {
+                Some(_) if node.excluded.is_some() => {
+                    let reason = node.excluded.clone().expect("checked: excluded");
+                    self.skip(path, reason, &mut actions);
+                }
                 Some(info) => {
                     actions.push(Action::StoreNar(info));
                     self.set_stage(path, Stage::Storing);
@@ -362,6 +401,29 @@ impl Graph {
         }
     }
 
+    /// Skips `path` for `reason` and, transitively, everything that references it (they
+    /// need it: see the module doc).
+    fn skip(&mut self, path: &StorePath, reason: SkipReason, actions: &mut Vec<Action>) {
+        if !self.nodes.contains_key(path) {
+            return;
+        }
+        let node = self.remove(path);
+        if node.top {
+            actions.push(Action::Report(Report::TopSkipped {
+                top: path.clone(),
+                reason: reason.clone(),
+            }));
+        }
+        let for_referrers = reason.for_referrers_of(path);
+        actions.push(Action::Report(Report::Skipped {
+            path: path.clone(),
+            reason,
+        }));
+        for dependent in node.dependents {
+            self.skip(&dependent, for_referrers.clone(), actions);
+        }
+    }
+
     fn insert(&mut self, node: Node, path: &StorePath) {
         *self.stages.count(&node.stage) += 1;
         self.nodes.insert(path.clone(), node);
@@ -406,6 +468,7 @@ impl Node {
             blockers: HashSet::new(),
             dependents: Vec::new(),
             top: false,
+            excluded: None,
         }
     }
 }

@@ -74,6 +74,7 @@ pub use graph::{Lookup, Report};
 use progress::EngineView;
 use stream::{StoredNar, StreamSettings};
 
+use crate::filter::PushFilter;
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::Realisation;
 use crate::format::signing::{SigningKey, VerifyingKey};
@@ -122,6 +123,8 @@ pub struct EngineConfig {
     /// a narinfo whose NAR is damaged looks present, but its NAR must be written afresh and
     /// the narinfo rewritten after it).
     pub forced: HashSet<StorePath>,
+    /// Paths never uploaded (see [`crate::filter`]).
+    pub filter: Arc<PushFilter>,
     cache_info_checked: AtomicBool,
 }
 
@@ -152,6 +155,7 @@ impl EngineConfig {
                 want_mass_query: true,
             },
             forced: HashSet::new(),
+            filter: Arc::new(PushFilter::default()),
             cache_info_checked: AtomicBool::new(false),
         }
     }
@@ -160,6 +164,12 @@ impl EngineConfig {
     /// absent, and a store signature by an upstream key does not skip them.
     pub fn with_forced(mut self, paths: HashSet<StorePath>) -> EngineConfig {
         self.forced = paths;
+        self
+    }
+
+    /// Never uploads what `filter` excludes (the default excludes nothing).
+    pub fn with_filter(mut self, filter: PushFilter) -> EngineConfig {
+        self.filter = Arc::new(filter);
         self
     }
 
@@ -226,7 +236,7 @@ enum Command {
 }
 
 /// The owner's handle. Reports arrive on the receiver [`Engine::start`] returns: one
-/// [`Report::TopDone`] or [`Report::TopFailed`] per submitted path, and a report for each path
+/// [`Report::TopDone`], [`Report::TopFailed`] or [`Report::TopSkipped`] per submitted path, and a report for each path
 /// of its closure on the way. A path submitted again while the engine still holds it is not
 /// reported on twice: the one report answers both.
 #[derive(Clone)]

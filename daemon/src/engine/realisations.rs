@@ -127,6 +127,17 @@ impl Realisations {
                 self.drop_output(&path);
                 vec![Report::Failed { path, error }]
             }
+            Report::TopSkipped { top, reason } => {
+                self.in_flight.remove(&top);
+                self.refused.remove(&top);
+                self.held.remove(&top);
+                self.drop_output(&top);
+                vec![Report::TopSkipped { top, reason }]
+            }
+            Report::Skipped { path, reason } => {
+                self.drop_output(&path);
+                vec![Report::Skipped { path, reason }]
+            }
             other => vec![other],
         }
     }

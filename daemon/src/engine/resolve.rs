@@ -7,6 +7,9 @@
 //! path per failure, so this takes one more process per gone path). Any other failure (no `nix`
 //! on PATH, the nix-daemon restarting, "database is locked") fails the batch as transient.
 
+use std::collections::HashMap;
+
+use crate::filter::SkipReason;
 use crate::format::store_path::StorePath;
 use crate::store::{self, PathInfo, StoreError};
 
@@ -17,6 +20,9 @@ pub struct Resolution {
     pub infos: Vec<PathInfo>,
     /// Tops the store no longer has, with its message.
     pub invalid: Vec<(StorePath, String)>,
+    /// Paths of `infos` the push filters exclude (filled by the engine, see
+    /// [`crate::filter::PushFilter::excluded`]).
+    pub excluded: HashMap<StorePath, SkipReason>,
 }
 
 pub async fn resolve(tops: &[StorePath], closure: bool) -> Result<Resolution, StoreError> {
@@ -27,13 +33,23 @@ pub async fn resolve(tops: &[StorePath], closure: bool) -> Result<Resolution, St
             .into_iter()
             .map(|p| (p, "the simulated store does not have it".to_owned()))
             .collect();
-        return Ok(Resolution { infos, invalid });
+        return Ok(Resolution {
+            infos,
+            invalid,
+            excluded: HashMap::new(),
+        });
     }
     let mut remaining = tops.to_vec();
     let mut invalid = Vec::new();
     while !remaining.is_empty() {
         match store::query_path_infos(&remaining, closure).await {
-            Ok(infos) => return Ok(Resolution { infos, invalid }),
+            Ok(infos) => {
+                return Ok(Resolution {
+                    infos,
+                    invalid,
+                    excluded: HashMap::new(),
+                })
+            }
             Err(error) => {
                 let Some(gone) = store::invalid_path_in(&error).filter(|p| remaining.contains(p))
                 else {
@@ -47,5 +63,6 @@ pub async fn resolve(tops: &[StorePath], closure: bool) -> Result<Resolution, St
     Ok(Resolution {
         infos: Vec::new(),
         invalid,
+        excluded: HashMap::new(),
     })
 }

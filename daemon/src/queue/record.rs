@@ -16,6 +16,16 @@ pub enum State {
     Uploading,
     Done,
     Failed,
+    /// Not uploaded, by the push filters: finished, with [`Entry::skipped`] saying why.
+    Skipped,
+}
+
+impl State {
+    /// Nothing more is owed for the path: it is in the cache (`done`), or the push filters
+    /// keep it out (`skipped`). Such entries are pruned after a while, and hold no GC root.
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Done | State::Skipped)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +50,17 @@ pub struct Entry {
         with = "text::realisations"
     )]
     pub realisations: Vec<Realisation>,
+    /// Why a `skipped` entry is (absent otherwise, and in records older than push filters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Box<SkipRecord>>,
+}
+
+/// A skip as the queue keeps it: the reason's kind (one of
+/// [`crate::filter::SKIP_KINDS`]) and its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipRecord {
+    pub kind: String,
+    pub reason: String,
 }
 
 impl Entry {
@@ -56,6 +77,7 @@ impl Entry {
             drv: item.drv.clone(),
             updated_ms: now,
             realisations: item.realisations.clone(),
+            skipped: None,
         }
     }
 }

@@ -459,3 +459,39 @@ async fn a_fatal_stop_counts_the_attempt_only_of_a_path_uploading_alone() {
     let taken = queue.take_due(now_ms() + 1, 10, 3, false);
     assert_eq!((taken.entries.len(), taken.suspects), (2, 0));
 }
+
+#[tokio::test]
+async fn a_skipped_entry_is_finished_with_its_reason_across_a_reopen_and_pruned_like_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.enqueue(&[new(A), new(B)]).await.unwrap();
+    let record = SkipRecord {
+        kind: "excluded_output".to_owned(),
+        reason: "it is output 'doc' of its derivation (exclude_outputs)".to_owned(),
+    };
+    queue
+        .finish(&sp(A), &Outcome::Skipped(record.clone()))
+        .unwrap();
+    let queue = reopened(dir.path(), queue).await;
+    let entry = queue.get(&sp(A)).unwrap().unwrap();
+    assert_eq!(entry.state, State::Skipped);
+    assert!(entry.state.is_finished());
+    assert_eq!(entry.skipped.as_deref(), Some(&record));
+    assert_eq!(entry.last_error, None, "skipped is not failed");
+    assert!(
+        queue
+            .take_due(now_ms(), 10, 5, true)
+            .entries
+            .iter()
+            .all(|e| e.path == sp(B)),
+        "a skipped entry is never taken again"
+    );
+    // Requested again (the filters may have changed): queued afresh, the reason gone.
+    queue.enqueue(&[new(A)]).await.unwrap();
+    let again = queue.get(&sp(A)).unwrap().unwrap();
+    assert_eq!((again.state, again.skipped), (State::Pending, None));
+    queue.finish(&sp(A), &Outcome::Skipped(record)).unwrap();
+    let day_later = now_ms() + DONE_RETENTION.as_millis() as u64 + 1;
+    assert_eq!(queue.prune(day_later).unwrap(), 1);
+    assert!(queue.get(&sp(A)).unwrap().is_none());
+}

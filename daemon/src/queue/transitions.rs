@@ -281,20 +281,20 @@ impl Queue {
         Ok(count)
     }
 
-    /// Drops `done` entries older than [`DONE_RETENTION`] and beyond [`MAX_DONE`] (the
-    /// newest are kept). An entry changed since it was read is left alone.
+    /// Drops `done` and `skipped` entries older than [`DONE_RETENTION`] and beyond
+    /// [`MAX_DONE`] (the newest are kept). An entry changed since it was read is left alone.
     pub fn prune(&self, now: u64) -> Result<usize, QueueError> {
         let expired = self.expired(now)?;
         self.remove_unchanged(&expired)
     }
 
-    /// Phase one of [`Queue::prune`]: the `done` records to drop, as read now.
+    /// Phase one of [`Queue::prune`]: the `done` and `skipped` records to drop, as read now.
     pub(super) fn expired(&self, now: u64) -> Result<Vec<Raw>, QueueError> {
         let retention = u64::try_from(DONE_RETENTION.as_millis()).unwrap_or(u64::MAX);
         let mut done: Vec<Raw> = self
             .raw_entries()?
             .into_iter()
-            .filter(|r| r.entry.state == State::Done)
+            .filter(|r| r.entry.state.is_finished())
             .collect();
         done.sort_by_key(|r| std::cmp::Reverse(r.entry.updated_ms));
         Ok(done
@@ -381,10 +381,17 @@ pub(super) fn finished(current: Current, outcome: &Outcome, now: u64) -> Change 
         return Change::Keep;
     };
     entry.updated_ms = now;
+    entry.skipped = None;
     match outcome {
         Outcome::Done => {
             entry.state = State::Done;
             entry.last_error = None;
+        }
+        Outcome::Skipped(record) => {
+            entry.state = State::Skipped;
+            entry.last_error = None;
+            entry.skipped = Some(Box::new(record.clone()));
+            return Change::Put(entry);
         }
         Outcome::RetryAt { at_ms, error } => {
             entry.state = State::Pending;

@@ -49,6 +49,9 @@ fn progress_line(status: &StatusReport, spooled: usize) -> String {
         "uploading to {}: {} pending, {} uploading, {} done, {} failed",
         status.target, c.pending, c.uploading, c.done, c.failed
     );
+    if c.skipped > 0 {
+        line.push_str(&format!(", {} skipped", c.skipped));
+    }
     if spooled > 0 {
         line.push_str(&format!(", {spooled} request(s) in the spool"));
     }

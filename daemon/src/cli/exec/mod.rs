@@ -48,6 +48,7 @@ use nix::sys::signal::Signal;
 use command::Event;
 use signals::StopSignals;
 
+use super::filter_args::FilterArgs;
 use super::Outcome;
 use drain::Drained;
 use narpush::config::Config;
@@ -74,6 +75,9 @@ use private_daemon::{Overrides, PrivateDaemon};
 /// Secrets: $NARPUSH_SIGNING_KEY and the AWS credentials (or --secrets-file) are taken out of
 /// the environment before COMMAND starts and handed to the private daemon over a pipe, so
 /// COMMAND finds them neither in its environment nor in /proc/PID/environ of exec or the daemon.
+///
+/// Push filters (--exclude, --exclude-output, --max-nar-bytes) go to the private daemon with
+/// the config's; what they keep out is listed as skipped, which is not a failure.
 ///
 /// Exit status: COMMAND's; 1 if COMMAND succeeded but uploads failed (0 with
 /// --allow-upload-failures); 2 if nothing was run (bad settings). COMMAND runs in a process
@@ -107,6 +111,9 @@ pub struct ExecArgs {
     /// the environment's.
     #[arg(long, value_name = "FILE")]
     secrets_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    filters: FilterArgs,
 
     /// The command to run, after `--`.
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
@@ -210,7 +217,21 @@ fn overrides(args: &ExecArgs, config: &Config) -> anyhow::Result<Overrides> {
         }
         Some(files)
     };
-    Ok(Overrides { target, key_files })
+    let filter = if args.filters.exclude.is_empty()
+        && args.filters.exclude_outputs.is_empty()
+        && args.filters.max_nar_bytes.is_none()
+    {
+        None
+    } else {
+        let mut filter = config.filter.clone();
+        args.filters.apply(&mut filter)?;
+        Some(filter)
+    };
+    Ok(Overrides {
+        target,
+        key_files,
+        filter,
+    })
 }
 
 /// `narpush-hook` beside this binary (an install puts both in one directory), else on PATH.
@@ -318,6 +339,9 @@ fn report(drained: &Drained, daemon: &PrivateDaemon, started: SystemTime) -> boo
     for failed in &status.failed {
         say!("narpush: FAILED {}: {}", failed.path, failed.error);
     }
+    for skipped in &status.skipped.paths {
+        say!("narpush: skipped {}: {}", skipped.path, skipped.reason);
+    }
     if interrupted {
         say!(
             "narpush: interrupted: {} path(s) not uploaded ({} pending, {} uploading)",
@@ -337,10 +361,11 @@ fn report(drained: &Drained, daemon: &PrivateDaemon, started: SystemTime) -> boo
         );
     }
     say!(
-        "narpush: {} path(s) uploaded to {} ({} failed)",
+        "narpush: {} path(s) uploaded to {} ({} failed, {} skipped)",
         status.uploaded.paths,
         status.target,
-        status.failed.len()
+        status.failed.len(),
+        status.counts.skipped
     );
     say!("narpush: {}", status.requests);
     status.failed.is_empty() && !interrupted
@@ -348,7 +373,7 @@ fn report(drained: &Drained, daemon: &PrivateDaemon, started: SystemTime) -> boo
 
 fn arrived(status: &StatusReport) -> bool {
     let c = &status.counts;
-    c.pending + c.uploading + c.done + c.failed > 0
+    c.pending + c.uploading + c.done + c.failed + c.skipped > 0
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //! environment (see [`narpush::secrets`]).
 //!
 //! Invariant: the private configuration is the user's configuration with only the keys below
-//! replaced, added or (`metrics_listen`) removed, so every other setting (target URL text, compression, limits) is the
+//! replaced, added (the push filter flags: `exclude`, `exclude_outputs`, `max_nar_bytes`) or
+//! (`metrics_listen`) removed, so every other setting (target URL text, compression, limits) is the
 //! one the user wrote and the daemon checks it the same way.
 
 use std::io::Write;
@@ -28,6 +29,7 @@ use anyhow::{bail, Context};
 use narpush::config::Config;
 use narpush::control;
 use narpush::daemon::status::StatusReport;
+use narpush::filter::PushFilter;
 use narpush::process_group;
 use narpush::secrets::{self, Secrets};
 use narpush_protocol::env;
@@ -52,6 +54,8 @@ pub struct Overrides {
     /// Key files (`--key`, or the embedded default key); `None` keeps `secret_key_files` and
     /// `$NARPUSH_SIGNING_KEY`.
     pub key_files: Option<Vec<PathBuf>>,
+    /// The push filters with the flags added (`None`: no flags, the config's stand).
+    pub filter: Option<PushFilter>,
 }
 
 pub struct PrivateDaemon {
@@ -103,6 +107,23 @@ impl PrivateDaemon {
                 "secret_key_files",
                 toml::Value::Array(files.iter().map(|f| path_value(f)).collect()),
             );
+        }
+        if let Some(filter) = overrides.filter {
+            let strings = |list: Vec<String>| {
+                toml::Value::Array(list.into_iter().map(toml::Value::String).collect())
+            };
+            set(
+                "exclude",
+                strings(filter.patterns().map(str::to_owned).collect()),
+            );
+            set(
+                "exclude_outputs",
+                strings(filter.exclude_outputs().to_vec()),
+            );
+            if let Some(max) = filter.max_nar_bytes() {
+                let max = i64::try_from(max).context("--max-nar-bytes is too big")?;
+                set("max_nar_bytes", toml::Value::Integer(max));
+            }
         }
         table
             .entry("max_attempts")

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::daemon::status::StatusReport;
 use crate::engine::progress::Finished;
+use crate::filter::SKIP_KINDS;
 use crate::sink::requests::{Class, RequestCounts};
 
 /// The `Content-Type` of what [`render`] writes.
@@ -64,6 +65,7 @@ impl Collector for Snapshot {
                 ("uploading", gauge(c.uploading)),
                 ("done", gauge(c.done)),
                 ("failed", gauge(c.failed)),
+                ("skipped", gauge(c.skipped)),
             ],
         )?;
         let stages = &r.closure;
@@ -118,15 +120,22 @@ impl Collector for Snapshot {
             "When the last path was published, in Unix seconds (0: never)",
             ConstGauge::new(r.last_upload_unix_secs.unwrap_or(0.0)),
         )?;
+        let mut skipped = vec![
+            ("present", ConstCounter::new(r.skipped_present)),
+            ("upstream", ConstCounter::new(r.skipped_upstream.paths)),
+        ];
+        for kind in SKIP_KINDS {
+            let count = r.skipped.by_reason.get(kind).copied().unwrap_or(0);
+            skipped.push((kind, ConstCounter::new(count)));
+        }
         labelled(
             &mut out,
             "narpush_skipped_paths",
-            "Paths not uploaded since the daemon started: already in the cache, or served upstream",
+            "Paths not uploaded since the daemon started: already in the cache, served upstream, \
+             or kept out by the push filters (excluded by a pattern, an output name or the NAR \
+             size, or needing such a path)",
             "reason",
-            &[
-                ("present", ConstCounter::new(r.skipped_present)),
-                ("upstream", ConstCounter::new(r.skipped_upstream.paths)),
-            ],
+            &skipped,
         )?;
         single(
             &mut out,
@@ -257,7 +266,7 @@ fn sample(text: &str, name: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::daemon::activity::{ClassFailures, Failures};
-    use crate::daemon::status::{Counts, Skipped, Uploaded};
+    use crate::daemon::status::{Counts, Skipped, SkippedByFilters, Uploaded};
 
     #[test]
     fn the_status_numbers_come_out_under_their_metric_names() {
@@ -267,6 +276,7 @@ mod tests {
                 uploading: 1,
                 done: 7,
                 failed: 2,
+                skipped: 3,
             },
             uploaded: Uploaded {
                 paths: 7,
@@ -278,6 +288,15 @@ mod tests {
                 nar_bytes: 400,
             },
             skipped_present: 5,
+            skipped: SkippedByFilters {
+                by_reason: [
+                    ("excluded_output".to_owned(), 1),
+                    ("needs_skipped".to_owned(), 2),
+                ]
+                .into_iter()
+                .collect(),
+                paths: Vec::new(),
+            },
             failures: Failures {
                 transient: ClassFailures {
                     attempts: 6,
@@ -311,6 +330,13 @@ mod tests {
             ("narpush_uploaded_stored_bytes_total", "2500"),
             ("narpush_skipped_paths_total{reason=\"present\"}", "5"),
             ("narpush_skipped_paths_total{reason=\"upstream\"}", "4"),
+            (
+                "narpush_skipped_paths_total{reason=\"excluded_output\"}",
+                "1",
+            ),
+            ("narpush_skipped_paths_total{reason=\"needs_skipped\"}", "2"),
+            ("narpush_skipped_paths_total{reason=\"too_big\"}", "0"),
+            ("narpush_queue_entries{state=\"skipped\"}", "3"),
             ("narpush_failures_total{class=\"transient\"}", "6"),
             ("narpush_failures_total{class=\"permanent\"}", "2"),
             ("narpush_retries_total", "6"),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::engine::{Engine, StubCommands};
-use crate::queue::NewPath;
+use crate::queue::{NewPath, State};
 use narpush_protocol::Source;
 
 /// A daemon's shared state in `dir`, with an engine the test plays itself.

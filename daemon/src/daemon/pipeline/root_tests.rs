@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::queue::NewPath;
+use crate::queue::{NewPath, State};
 use narpush_protocol::Source;
 
 fn throttled() -> Failure {

@@ -1,7 +1,7 @@
 use super::*;
 use std::time::SystemTime;
 
-use crate::queue::NewPath;
+use crate::queue::{NewPath, State};
 use narpush_protocol::Source;
 
 #[tokio::test]

@@ -336,3 +336,6 @@ fn an_external_reference_served_upstream_satisfies_a_no_closure_upload() {
     let stored = graph.stored(&path("top"), Ok(narinfo("top")));
     assert_eq!(publishes(&stored), vec![path("top")]);
 }
+
+#[path = "skip_tests.rs"]
+mod skips;

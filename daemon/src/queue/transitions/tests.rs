@@ -121,6 +121,7 @@ fn entry(state: State) -> Entry {
         drv: None,
         updated_ms: 5,
         realisations: Vec::new(),
+        skipped: None,
     }
 }
 
