@@ -480,3 +480,62 @@ fn a_repair_beside_a_daemon_and_gc_never_breaks_anything_more() {
     let (_store, output) = substitute(&cache, &public, &remaining);
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+/// Paths substituted from this very cache carry its signature in the local store, and an
+/// upstream cache is configured: an unparseable narinfo (its path known only from a referrer)
+/// and a reference that only it named are uploaded again, and repair's own last look, with
+/// the default grace, finds the cache whole.
+#[test]
+fn an_unparseable_narinfo_and_the_reference_only_it_named_are_uploaded_from_a_signed_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "repair-signed-1");
+    let a = Closure::build("repair-signed");
+    upload(&url, &[], &secret, &a.top);
+    let signed = run(std::process::Command::new("nix")
+        .args(["store", "sign", "--recursive", "--key-file"])
+        .arg(&secret)
+        .arg(&a.top));
+    assert!(signed.status.success(), "{}", stderr(&signed));
+    // lib's narinfo no longer parses (its path is known from app's references), and base,
+    // which only lib names, is gone: nothing the scan parsed names base any more.
+    std::fs::write(narinfo_file(dir.path(), a.path("lib")), "garbage\n").unwrap();
+    std::fs::remove_file(narinfo_file(dir.path(), a.path("base"))).unwrap();
+    for file in snapshot(dir.path()).into_keys() {
+        set_age(&file, DAY);
+    }
+
+    // An upstream cache that serves nothing: with one, the engine skips what an upstream key
+    // signed in the local store.
+    let upstream = tempfile::tempdir().unwrap();
+    std::fs::write(
+        upstream.path().join("nix-cache-info"),
+        "StoreDir: /nix/store\n",
+    )
+    .unwrap();
+    let upstream = format!("file://{}", upstream.path().display());
+    // The default grace (1 h): the damage is older, everything repair writes is younger.
+    let (output, done) = verify(
+        &url,
+        &[],
+        &[
+            "--trusted-key",
+            &public,
+            "--upstream",
+            &upstream,
+            "--repair",
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        narinfo_file(dir.path(), a.path("base")).exists(),
+        "base was not uploaded: {done}"
+    );
+    assert_eq!(code(&output), 0, "{}\n{done}", stderr(&output));
+    let (output, report) = verify(&url, &[], &["--trusted-key", &public, "--grace", "0s"]);
+    assert_eq!(code(&output), 0, "{report}");
+    let (_store, output) = substitute(&url, &public, std::slice::from_ref(&a.top));
+    assert!(output.status.success(), "{}", stderr(&output));
+}

@@ -138,7 +138,13 @@ pub async fn repair(
         });
     }
     let before = scan(sink, target, verify, progress).await?;
-    let pinned = pinned(sink).await?;
+    // Pins only spare what deletes would take: without --delete-broken a broken pin object
+    // does not stop the uploads (plain `verify` reports it).
+    let pinned = if options.delete_broken {
+        pinned(sink).await?
+    } else {
+        Vec::new()
+    };
     let repairs = plan_repairs(&before, &pinned, verify).await?;
     let mut summary = Summary {
         dry_run: options.dry_run,
@@ -197,7 +203,17 @@ pub async fn repair(
         }
     }
     progress("verifying again");
-    let after = scan(sink, target, verify, progress).await?;
+    // What this run wrote is not in flight: a break in it is this run's, and must show.
+    verify.settled = summary
+        .repaired
+        .iter()
+        .chain(&summary.uploaded_with_them)
+        .filter_map(|path| StorePath::from_absolute_path(path).ok())
+        .map(|path| format!("{}.narinfo", path.hash_part()))
+        .collect();
+    let after = scan(sink, target, verify, progress).await;
+    verify.settled.clear();
+    let after = after?;
     let listed = |key: &str| match crate::layout::kind_of(key) {
         crate::layout::ObjectKind::NarInfo { hash } => after.narinfos.contains_key(hash),
         crate::layout::ObjectKind::Nar => after.nars.contains_key(key),

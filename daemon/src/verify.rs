@@ -32,7 +32,7 @@ pub mod report;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use crate::coexist::Reader;
@@ -62,6 +62,9 @@ pub struct Options {
     pub upstream: Option<Upstream>,
     /// The time ages are measured from.
     pub now: SystemTime,
+    /// narinfo keys that are never in flight, nor are their NARs, whatever their age: what
+    /// `verify --repair` just wrote, so that its last look sees a break it caused.
+    pub settled: HashSet<String>,
 }
 
 /// Why a run could not read the cache (exit status 2).
@@ -167,7 +170,8 @@ async fn check_cache_info(
 
 /// Whether `object` is younger than `grace` at `now`.
 fn is_young(object: &Object, options: &Options) -> bool {
-    crate::clock::age(options.now, object.modified) < options.grace
+    !options.settled.contains(&object.key)
+        && crate::clock::age(options.now, object.modified) < options.grace
 }
 
 /// What one run read: the report, and what `narpush verify --repair` plans from.

@@ -132,6 +132,7 @@ pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
         nar_hash: args.nar_hash,
         upstream,
         now: SystemTime::now(),
+        settled: Default::default(),
     };
     if let Some(signing) = signing {
         let repair = super::verify_repair::Repair {

@@ -18,6 +18,7 @@ use narpush::engine::EngineConfig;
 use narpush::format::signing::SigningKey;
 use narpush::keys::configured_keys;
 use narpush::repair::{self, Repaired, Summary};
+use narpush::sink::requests::RequestCounts;
 use narpush::sink::{Sink, TargetUrl};
 use narpush::upstream::{Upstream, UpstreamCache};
 use narpush::verify::{Options, Report};
@@ -49,6 +50,7 @@ struct Document<'a> {
     #[serde(flatten)]
     report: &'a Report,
     repair: &'a Summary,
+    requests: &'a RequestCounts,
 }
 
 impl Repair<'_> {
@@ -63,8 +65,11 @@ impl Repair<'_> {
                 .with_context(|| format!("cannot use target {target}"))?;
             sink.set_cache_control(config.cache_control.clone());
             let sink = Arc::new(sink);
-            let mut upstream_keys = config.upstream_public_keys.clone();
-            upstream_keys.extend(options.keys.iter().cloned());
+            // As `narpush upload` trusts upstream caches: by `upstream_public_keys` only. The
+            // keys `verify` trusts (ours among them) sign what local paths substituted from this
+            // very cache carry; taken as upstream keys, such a path would be skipped as served
+            // upstream instead of being looked up here and uploaded when missing.
+            let upstream_keys = config.upstream_public_keys.clone();
             let engine = EngineConfig::new(
                 sink.clone(),
                 target.to_string(),
@@ -77,6 +82,7 @@ impl Repair<'_> {
             .with_upstream(Upstream::new(self.upstream_caches.to_vec(), upstream_keys))
             .with_refresh_after(config.refresh_after)
             .with_own_public_keys(&config.own_public_keys)
+            .with_filter(config.filter.clone())
             .with_cache_info(config.cache_info());
             let spinner = std::io::stderr()
                 .is_terminal()
@@ -101,10 +107,14 @@ impl Repair<'_> {
             repaired.with_context(|| format!("cannot repair {target}"))
         })?;
         let Repaired { report, summary } = &repaired;
+        // The whole process is this run: the tally holds its requests alone (the reads, the
+        // uploads and the deletes).
+        let requests = narpush::sink::requests::tally().counts(&config.request_prices);
         if self.args.json {
             let document = Document {
                 report,
                 repair: summary,
+                requests: &requests,
             };
             println!("{}", serde_json::to_string_pretty(&document)?);
         } else {
@@ -115,6 +125,7 @@ impl Repair<'_> {
                 println!("the cache after the repair:");
             }
             print!("{}", report.to_text());
+            println!("{requests}");
         }
         Ok(Outcome::Code(report.exit_code()))
     }

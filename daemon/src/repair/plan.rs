@@ -107,8 +107,11 @@ pub fn plan(
     // Where doom starts: broken narinfos that cannot be made whole, and the narinfos
     // referring to a missing path that cannot be uploaded.
     let mut roots: BTreeSet<String> = BTreeSet::new();
-    for (hash, _) in broken(scan) {
+    for (hash, faults) in broken(scan) {
         let key = format!("{hash}.narinfo");
+        // A narinfo whose only fault is a signature by a key not trusted here may be whole
+        // for the clients of another writer that shares the cache: it is never deleted.
+        let signature_only = faults == [Kind::UnverifiedSignatures];
         let Some(path) = known.get(hash.as_str()) else {
             plan.unfixable.insert(
                 key,
@@ -120,6 +123,14 @@ pub fn plan(
             continue;
         };
         match (local.get(&hash), scan.parsed.get(&hash)) {
+            (None, _) if signature_only => {
+                let why = format!(
+                    "signed by no trusted key and {} is not valid in the local store to sign \
+                     again; kept (pass --trusted-key NAME:KEY if another writer signs it)",
+                    path.to_absolute()
+                );
+                plan.unfixable.insert(key, why);
+            }
             (None, _) => {
                 let why = format!("{} is not valid in the local store", path.to_absolute());
                 plan.unfixable.insert(key, why);
@@ -133,7 +144,9 @@ pub fn plan(
                     narinfo.nar_hash
                 );
                 plan.unfixable.insert(key, why);
-                roots.insert(hash);
+                if !signature_only {
+                    roots.insert(hash);
+                }
             }
             (Some(_), _) => {
                 plan.upload.insert(hash, (*path).clone());

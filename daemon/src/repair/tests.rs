@@ -211,3 +211,32 @@ fn pins_and_narinfos_in_flight_spare_their_closures() {
     let young = plan_at(&scan, &[]);
     assert_eq!(young.doomed, hashes(&[&pinned]));
 }
+
+#[test]
+fn a_narinfo_signed_only_by_an_untrusted_key_is_never_deleted() {
+    // Another writer's closure (signed by a key this run was not told to trust), absent from
+    // the local store: it may be whole for that writer's clients, so nothing of it is doomed;
+    // a narinfo with a broken NAR as well is another matter.
+    let (theirs, their_app, broken) = (
+        path('a', "theirs"),
+        path('b', "their-app"),
+        path('c', "broken"),
+    );
+    let scan = scan(
+        &[(&theirs, &[]), (&their_app, &[&theirs]), (&broken, &[])],
+        &[
+            (&theirs, Kind::UnverifiedSignatures),
+            (&their_app, Kind::UnverifiedSignatures),
+            (&broken, Kind::UnverifiedSignatures),
+            (&broken, Kind::MissingNars),
+        ],
+    );
+    let plan = plan(&scan, &local(&[]), &[], HOUR, SystemTime::now());
+    assert_eq!(plan.doomed, hashes(&[&broken]));
+    assert!(plan.upload.is_empty());
+    let why = &plan.unfixable[&format!("{}.narinfo", theirs.hash_part())];
+    assert!(why.contains("--trusted-key"), "{why}");
+    assert!(plan
+        .unfixable
+        .contains_key(&format!("{}.narinfo", their_app.hash_part())));
+}

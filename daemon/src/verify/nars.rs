@@ -53,7 +53,7 @@ pub(super) async fn check(
             match expected {
                 Some(size) if size != nar.size => Some((
                     Kind::NarSizeMismatches,
-                    young || is_young(nar, options),
+                    young || (!options.settled.contains(key) && is_young(nar, options)),
                     format!("its NAR {url} has {} bytes, FileSize says {size}", nar.size),
                 )),
                 _ => {
@@ -61,7 +61,11 @@ pub(super) async fn check(
                     to_hash
                         .entry((url.as_str(), compression))
                         .or_default()
-                        .push((key.as_str(), narinfo, young || is_young(nar, options)));
+                        .push((
+                            key.as_str(),
+                            narinfo,
+                            young || (!options.settled.contains(key) && is_young(nar, options)),
+                        ));
                     None
                 }
             }

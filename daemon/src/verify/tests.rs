@@ -84,6 +84,7 @@ impl Cache {
             nar_hash: false,
             upstream: None,
             now,
+            settled: Default::default(),
         }
     }
 
@@ -328,4 +329,29 @@ async fn a_missing_or_foreign_cache_description_is_a_problem() {
     assert!(report.problems.of(Kind::CacheInfo).examples[0]
         .detail
         .contains("missing"));
+}
+
+#[tokio::test]
+async fn a_settled_narinfo_is_never_in_flight_nor_is_its_nar() {
+    // `verify --repair`'s last look: what it just wrote is young, but a break in it is its own.
+    let cache = Cache::new();
+    cache.add("lib", b"lib nar", "nar/lib.nar", &[]);
+    cache.add("top", b"top nar", "nar/top.nar", &["lib", "top"]);
+    std::fs::remove_file(
+        cache
+            .dir
+            .path()
+            .join(format!("{}.narinfo", path("lib").hash_part())),
+    )
+    .unwrap();
+    std::fs::write(cache.dir.path().join("nar/top.nar"), b"truncated").unwrap();
+    let young = cache.verify(&cache.options(SystemTime::now())).await;
+    assert!(young.whole, "{}", young.to_text());
+
+    let mut settled = cache.options(SystemTime::now());
+    settled.settled = [format!("{}.narinfo", path("top").hash_part())].into();
+    let report = cache.verify(&settled).await;
+    assert!(!report.whole);
+    assert_eq!(report.problems.of(Kind::NarSizeMismatches).count, 1);
+    assert_eq!(report.exit_code(), 1);
 }
