@@ -373,6 +373,16 @@ fn request_prices_refuse_unknown_keys_and_negative_prices() {
 }
 
 #[test]
+fn request_prices_refuse_a_huge_price_naming_key_and_value() {
+    let err = parse("[request_prices]\nclass_a_per_million = 1e308\n").unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("'request_prices'"), "{message}");
+    assert!(message.contains("class_a_per_million = 1e308"), "{message}");
+    let config = parse("[request_prices]\nclass_a_per_million = 1000000\n").unwrap();
+    assert_eq!(config.request_prices.class_a_per_million, 1_000_000.0);
+}
+
+#[test]
 fn push_filter_keys_are_read_and_the_default_excludes_nothing() {
     assert!(parse("").unwrap().filter.is_off());
     let config = parse(

@@ -357,4 +357,28 @@ mod tests {
         assert_eq!(report.failures, Failures::default());
         assert_eq!(report.last_upload_unix_secs, None);
     }
+
+    /// A new CLI reading a running version 3 daemon: its `requests` was the enqueue requests
+    /// taken, an object without `total`; it reads as zero requests sent.
+    #[test]
+    fn a_version_3_document_reads_with_its_requests_as_zero() {
+        let v3 = r#"{"version":3,"target":"file:///c","public_keys":["k:AAAA"],
+            "counts":{"pending":0,"uploading":0,"done":2,"failed":0},"oldest_waiting_secs":null,
+            "uploads":[],
+            "closure":{"resolving":0,"checking":0,"storing":0,"waiting_for_references":0,
+            "publishing":0},"retrying":[],"failed":[],
+            "uploaded":{"paths":2,"nar_bytes":8504,"stored_bytes":3310},
+            "last_upload_unix_secs":1764083520.117,"last_upload_secs_ago":12.402,
+            "skipped_upstream":{"paths":0,"nar_bytes":0},"skipped_present":1,
+            "failures":{"transient":{"attempts":0,"last_error":null,"last_error_secs_ago":null},
+            "permanent":{"attempts":0,"last_error":null,"last_error_secs_ago":null}},
+            "retries":0,
+            "requests":{"acknowledged":3,"spool_ingested":1},
+            "spool":{"waiting":0,"rejected_total":0,"rejected":[]}}"#;
+        let report: StatusReport = serde_json::from_str(v3).unwrap();
+        assert_eq!(report.version, 3);
+        assert_eq!(report.requests, RequestCounts::default());
+        assert_eq!(report.uploaded.paths, 2);
+        assert_eq!(report.skipped_present, 1);
+    }
 }

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -169,8 +169,14 @@ impl Tally {
 
 /// The tally of this process.
 pub fn tally() -> &'static Tally {
-    static TALLY: OnceLock<Tally> = OnceLock::new();
-    TALLY.get_or_init(Tally::default)
+    process_tally()
+}
+
+/// The tally of this process, shared: what the S3 client's interceptor counts into unless it is
+/// given another ([`super::s3`]'s tests give theirs their own).
+pub fn process_tally() -> &'static Arc<Tally> {
+    static TALLY: OnceLock<Arc<Tally>> = OnceLock::new();
+    TALLY.get_or_init(Arc::default)
 }
 
 /// What requests cost, in dollars per million (`[request_prices]`); R2's prices by default.
@@ -180,6 +186,11 @@ pub struct RequestPrices {
     pub class_a_per_million: f64,
     pub class_b_per_million: f64,
 }
+
+/// The dearest price accepted, in dollars per million requests: far above any provider's, and
+/// low enough that a count of requests times it stays a finite number of dollars (a price
+/// such as 1e308 would make the cost infinite, which JSON cannot carry).
+pub const MAX_PRICE_PER_MILLION: f64 = 1_000_000.0;
 
 /// Prices are checked finite and non-negative ([`RequestPrices::check`]), so never NaN.
 impl Eq for RequestPrices {}
@@ -205,6 +216,11 @@ impl RequestPrices {
                     "{key} = {price}: a price is a number of dollars, 0 or more"
                 ));
             }
+            if price > MAX_PRICE_PER_MILLION {
+                return Err(format!(
+                    "{key} = {price:e}: a price is at most 1,000,000 dollars per million requests"
+                ));
+            }
         }
         Ok(())
     }
@@ -217,7 +233,11 @@ impl RequestPrices {
 
 /// Requests sent, as every report shows them (`requests` in `status --json` and the `--json`
 /// summaries).
+///
+/// Every field may be absent and unknown fields are ignored, so a version 3 status document
+/// (whose `requests` was `{"acknowledged", "spool_ingested"}`) reads as zero requests.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct RequestCounts {
     /// Every request sent (each attempt of each operation).
     pub total: u64,
@@ -227,10 +247,8 @@ pub struct RequestCounts {
     /// Requests by S3 operation (`PutObject`, `GetObject`, …).
     pub by_op: BTreeMap<String, u64>,
     /// Requests by operation, then by object kind (`narinfo`, `nar`, …).
-    #[serde(default)]
     pub by_object: BTreeMap<String, BTreeMap<String, u64>>,
     /// Dollars at `[request_prices]` (R2's by default).
-    #[serde(default)]
     pub estimated_cost_usd: f64,
 }
 
@@ -378,5 +396,30 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("class_a_per_million"));
+    }
+
+    #[test]
+    fn prices_are_bounded_so_the_cost_stays_finite() {
+        let at_bound = RequestPrices {
+            class_b_per_million: MAX_PRICE_PER_MILLION,
+            ..RequestPrices::default()
+        };
+        assert!(at_bound.check().is_ok());
+        assert!(at_bound.cost(u64::MAX, u64::MAX).is_finite());
+        let huge = RequestPrices {
+            class_b_per_million: 1e308,
+            ..RequestPrices::default()
+        };
+        let err = huge.check().unwrap_err();
+        assert!(err.contains("class_b_per_million = 1e308"), "{err}");
+    }
+
+    #[test]
+    fn counts_read_with_fields_absent_and_unknown_ones_ignored() {
+        let v3: RequestCounts =
+            serde_json::from_str(r#"{"acknowledged": 3, "spool_ingested": 1}"#).unwrap();
+        assert_eq!(v3, RequestCounts::default());
+        let partial: RequestCounts = serde_json::from_str(r#"{"total": 2}"#).unwrap();
+        assert_eq!((partial.total, partial.class_a), (2, 0));
     }
 }

@@ -15,6 +15,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use super::counting::CountRequests;
 use crate::sink::url::S3Location;
 use crate::sink::{ErrorClass, SinkError};
 
@@ -73,10 +74,20 @@ fn handed_credentials() -> Option<aws_credential_types::Credentials> {
     ))
 }
 
-/// The client settings every S3 target gets, before credentials.
+/// The client settings every S3 target gets, before credentials; its requests are counted in
+/// the process's tally.
 pub(super) fn sdk_config(
     location: &S3Location,
     request_timeout: Duration,
+) -> aws_sdk_s3::config::Builder {
+    sdk_config_counting(location, request_timeout, CountRequests::default())
+}
+
+/// [`sdk_config`] with the requests counted by `counter`.
+pub(super) fn sdk_config_counting(
+    location: &S3Location,
+    request_timeout: Duration,
+    counter: CountRequests,
 ) -> aws_sdk_s3::config::Builder {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -84,7 +95,7 @@ pub(super) fn sdk_config(
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .interceptor(super::counting::CountRequests)
+        .interceptor(counter)
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(10))

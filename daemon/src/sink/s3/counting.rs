@@ -3,7 +3,8 @@
 //! Invariant: each attempt is counted exactly once, just before it is handed to the HTTP
 //! client (`read_before_transmit` runs once per attempt, the SDK's retries included, and
 //! never for an attempt that fails before it is sent); the object kind is read once per
-//! operation from its input, before the input is serialized away.
+//! operation from its input, before the input is serialized away. Production clients count
+//! into the process's tally; a test may give a client a tally of its own.
 
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::operation as op;
@@ -14,11 +15,31 @@ use aws_smithy_runtime_api::client::interceptors::context::{
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
-use crate::sink::requests::{tally, Object};
+use std::sync::Arc;
 
-/// Counts every attempt in the process's tally.
+use crate::sink::requests::{process_tally, Object, Tally};
+
+/// Counts every attempt in its tally: the process's ([`CountRequests::default`]) or one given.
 #[derive(Debug)]
-pub(super) struct CountRequests;
+pub(super) struct CountRequests {
+    tally: Arc<Tally>,
+}
+
+impl CountRequests {
+    /// Counts into `tally` instead of the process's.
+    #[cfg(test)]
+    pub(super) fn into_tally(tally: Arc<Tally>) -> CountRequests {
+        CountRequests { tally }
+    }
+}
+
+impl Default for CountRequests {
+    fn default() -> CountRequests {
+        CountRequests {
+            tally: process_tally().clone(),
+        }
+    }
+}
 
 /// The object kind of the operation under way.
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +119,7 @@ impl Intercept for CountRequests {
         let object = cfg
             .load::<ObjectOf>()
             .map_or(Object::Other, |object| object.0);
-        tally().sent(&operation, object);
+        self.tally.sent(&operation, object);
         Ok(())
     }
 }

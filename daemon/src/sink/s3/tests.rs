@@ -8,6 +8,7 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_types::body::SdkBody;
 use sha2::{Digest, Sha256};
 
+use super::client::sdk_config_counting;
 use super::*;
 use crate::sink::url::TargetUrl;
 
@@ -145,22 +146,26 @@ impl HttpConnector for SlowDownOnce {
 
 #[tokio::test]
 async fn every_attempt_is_counted_with_its_operation_and_object_kind() {
-    use crate::sink::requests::{tally, RequestPrices};
+    use super::counting::CountRequests;
+    use crate::sink::requests::{RequestPrices, Tally};
     let location = location("s3://cache?endpoint=http://127.0.0.1:9000");
     let connector = SharedHttpConnector::new(SlowDownOnce(Arc::default()));
-    let config = sdk_config(&location, Duration::from_secs(5))
+    // A tally of its own: other tests of this binary send requests into the process's at the
+    // same time.
+    let tally = Arc::new(Tally::default());
+    let counter = CountRequests::into_tally(tally.clone());
+    let config = sdk_config_counting(&location, Duration::from_secs(5), counter)
         .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
         .http_client(http_client_fn(move |_, _| connector.clone()))
         .build();
     let sink = S3Sink::with_config(&location, config);
     let prices = RequestPrices::default();
-    let before = tally().counts(&prices);
     let narinfo = "9jm1vj6j3ixsz2x5s77jxchbljjfn6s6.narinfo";
     sink.put(narinfo, Bytes::from_static(BODY), "text/plain", None)
         .await
         .expect("the PUT succeeds on its second attempt");
     let _ = sink.read("nar/x.nar.zst").await;
-    let sent = tally().counts(&prices).since(&before, &prices);
+    let sent = tally.counts(&prices);
     assert_eq!(sent.by_object["PutObject"]["narinfo"], 2, "{sent:?}");
     assert_eq!(sent.by_object["GetObject"]["nar"], 1, "{sent:?}");
     assert_eq!((sent.total, sent.class_a, sent.class_b), (3, 2, 1));
