@@ -223,7 +223,14 @@ pub async fn repair(
         planned.into_iter().partition(|key| !listed(key));
     summary.deleted = deleted;
     let repairs = middle_repairs.as_ref().unwrap_or(&repairs);
+    let filtered: Vec<(String, String)> = summary
+        .unfixable
+        .iter()
+        .filter(|(_, why)| why.starts_with(FILTERED))
+        .map(|(key, why)| (key.clone(), why.clone()))
+        .collect();
     summary.unfixable = repairs.unfixable.clone();
+    summary.unfixable.extend(filtered);
     summary.kept = kept(repairs, options, &stayed);
     Ok(Repaired {
         report: after.report,
@@ -314,6 +321,10 @@ async fn valid_in_local_store(
         .collect())
 }
 
+/// How the reason of a path the push filters kept from a repair's uploads begins (it is
+/// listed as unfixable: what needs it stays broken).
+const FILTERED: &str = "not uploaded by the push filters";
+
 /// Uploads the closures of the planned paths through the engine, the forced ones written
 /// afresh.
 async fn upload(
@@ -333,6 +344,7 @@ async fn upload(
         .map(StorePath::to_absolute)
         .collect();
     let mut failed = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
     while let Some(report) = reports.recv().await {
         match report {
             EngineReport::Uploaded { path, .. } if !tops.contains(&path.to_absolute()) => {
@@ -344,9 +356,19 @@ async fn upload(
             EngineReport::TopFailed { top, failure } => {
                 failed.entry(top.to_absolute()).or_insert(failure.message);
             }
+            // Not uploaded, by the push filters: what needs it stays broken.
+            EngineReport::TopSkipped { top, reason } => {
+                skipped.insert(top.to_absolute(), reason.to_string());
+            }
             _ => {}
         }
     }
+    for (path, reason) in &skipped {
+        summary
+            .unfixable
+            .insert(path.clone(), format!("{FILTERED}: {reason}"));
+    }
+    summary.repaired.retain(|p| !skipped.contains_key(p));
     task.await.map_err(|e| RepairError::Engine(e.to_string()))?;
     summary.uploaded_with_them.sort();
     summary.failed = failed
