@@ -12,7 +12,8 @@
 //!   `exclude_outputs`: uploading it loses nothing, skipping it on a guess could;
 //! - its NAR is bigger than `max_nar_bytes`.
 //!
-//! The rules are checked in that order and the first that applies is the reason. What an
+//! The rules are checked name, size, then output (the `.drv` is read only when the first two
+//! let the path through), and the first that applies is the reason. What an
 //! exclusion means for the paths that need the excluded one is the engine's rule (see
 //! `engine::graph`): a path is never published while a reference is neither in the cache nor
 //! served upstream, so its referrers are skipped too, with a [`SkipReason::NeedsSkipped`].

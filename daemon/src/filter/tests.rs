@@ -184,3 +184,23 @@ fn added_values_join_without_duplicates_and_the_default_excludes_nothing() {
     assert_eq!(f.max_nar_bytes(), Some(7));
     assert_ne!(f, PushFilter::default());
 }
+
+#[test]
+fn a_doc_output_over_the_size_limit_is_too_big_before_its_deriver_is_read() {
+    let outputs = vec![("doc".to_owned(), path("hello-doc"))];
+    let f = filter(&[], &["doc"], Some(10));
+    let mut asked = false;
+    let reason = f.reason(&info("hello-doc", 100, Some(drv("hello"))), |_| {
+        asked = true;
+        Some(outputs.as_slice())
+    });
+    assert_eq!(reason.map(|r| r.kind()), Some("too_big"));
+    assert!(!asked, "the size decides before the deriver is read");
+    assert_eq!(
+        f.reason(&info("hello-doc", 5, Some(drv("hello"))), |_| Some(
+            outputs.as_slice()
+        ))
+        .map(|r| r.kind()),
+        Some("excluded_output")
+    );
+}
