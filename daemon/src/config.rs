@@ -14,13 +14,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::default_paths::{default_gc_roots_dir, default_state_dir};
-use crate::engine::stream::{StreamSettings, DEFAULT_SINGLE_PUT_MAX};
+use crate::engine::stream::DEFAULT_SINGLE_PUT_MAX;
 use crate::engine::DEFAULT_REFRESH_AFTER;
 use crate::filter::PushFilter;
 use crate::format::compression::Compression;
 use crate::format::signing::VerifyingKey;
-use crate::layout::{CacheControl, CacheInfo, DEFAULT_PRIORITY};
-use crate::sink::params::CacheParams;
+use crate::layout::{CacheControl, DEFAULT_PRIORITY};
 use crate::sink::requests::RequestPrices;
 use crate::sink::url::{TargetUrl, TargetUrlError};
 use crate::upstream::{Upstream, UpstreamCache, NIXOS_PUBLIC_KEY};
@@ -432,110 +431,16 @@ impl Config {
     }
 }
 
-impl Config {
-    /// The cache written to: `target`, else the embedded default `file://<state_dir>/cache`.
-    pub fn target_or_default(&self) -> TargetUrl {
-        self.target.clone().unwrap_or_else(|| TargetUrl::File {
-            dir: self.state_dir.join("cache"),
-            params: CacheParams::default(),
-        })
-    }
-
-    /// Applies the settings a target URL gives (`?compression=xz&priority=30`): the URL wins
-    /// over the config file, as command-line flags win over both.
-    pub fn apply_target_params(&mut self, params: &CacheParams) {
-        if let Some(compression) = params.compression {
-            self.compression = compression;
-            self.compression_level = compression.default_level();
-        }
-        if let Some(level) = params.compression_level {
-            self.compression_level = level;
-        }
-        if let Some(parallel) = params.parallel_compression {
-            self.parallel_compression = parallel;
-        }
-        if let Some(key) = &params.secret_key {
-            self.secret_key_files = vec![key.clone()];
-        }
-        if let Some(priority) = params.priority {
-            self.priority = priority;
-        }
-        if let Some(want_mass_query) = params.want_mass_query {
-            self.want_mass_query = want_mass_query;
-        }
-        if let Some(part_size) = params.part_size {
-            self.part_size = Some(part_size);
-        }
-        if let Some(max) = params.single_put_max {
-            self.single_put_max = max;
-        }
-        if let Some(write) = params.write_nar_listing {
-            self.write_nar_listing = write;
-        }
-        if let Some(compression) = params.ls_compression {
-            self.ls_compression = compression;
-        }
-    }
-
-    /// How NARs are streamed with these settings.
-    pub fn stream_settings(&self, compression: Compression, level: i32) -> StreamSettings {
-        let mut stream = StreamSettings::new(compression, level);
-        if let Some(part_size) = self.part_size {
-            stream.part_size = part_size;
-        }
-        if !self.parallel_compression {
-            stream.workers = 0;
-        }
-        stream.listing = self.write_nar_listing.then_some(self.ls_compression);
-        stream.single_put_max = self.single_put_max;
-        stream
-    }
-
-    /// What `nix-cache-info` says with these settings.
-    pub fn cache_info(&self) -> CacheInfo {
-        CacheInfo {
-            priority: self.priority,
-            want_mass_query: self.want_mass_query,
-        }
-    }
-
-    /// Where the embedded default signing key is (generated on first use).
-    pub fn default_key_file(&self) -> PathBuf {
-        self.state_dir.join("signing-key")
-    }
-}
-
 mod checks;
+mod derived;
 mod upstream_caches;
 use checks::{
-    absolute, check_batch_window, check_filter, check_listen_address, check_public_url,
-    check_retry_initial_delay, check_single_put_max, location,
+    absolute, check_batch_window, check_filter, check_header, check_listen_address,
+    check_public_url, check_request_prices, check_retry_initial_delay, check_single_put_max,
+    location,
 };
 pub use checks::{check_concurrency, check_level};
 
 #[cfg(test)]
 #[path = "config/tests.rs"]
 mod tests;
-
-/// A header value as configured (`default` when unset): printable ASCII, no line break.
-/// The prices as written, the missing ones R2's.
-fn check_request_prices(raw: Option<RequestPrices>) -> Result<RequestPrices, String> {
-    let prices = raw.unwrap_or_default();
-    prices.check()?;
-    Ok(prices)
-}
-
-fn check_header(value: Option<String>, default: &str) -> Result<String, String> {
-    let value = value.unwrap_or_else(|| default.to_owned());
-    if value
-        .bytes()
-        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
-    {
-        Ok(value)
-    } else {
-        Err(format!(
-            "'{}' is not a valid header value (printable ASCII on one line)",
-            value.escape_debug()
-        ))
-    }
-}

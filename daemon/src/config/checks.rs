@@ -10,6 +10,7 @@ use super::MAX_CONCURRENCY;
 use crate::filter::PushFilter;
 use crate::format::compression::Compression;
 use crate::sink::params::SINGLE_PUT_MAX_LIMIT;
+use crate::sink::requests::RequestPrices;
 
 /// A configured path, which must be absolute, or the default.
 pub(super) fn absolute(
@@ -151,4 +152,27 @@ pub fn check_filter(
             .map_err(|e| ("max_nar_bytes", e.to_string()))?;
     }
     Ok(filter)
+}
+
+/// The prices as written, the missing ones R2's.
+pub(super) fn check_request_prices(raw: Option<RequestPrices>) -> Result<RequestPrices, String> {
+    let prices = raw.unwrap_or_default();
+    prices.check()?;
+    Ok(prices)
+}
+
+/// A header value as configured (`default` when unset): printable ASCII, no line break.
+pub(super) fn check_header(value: Option<String>, default: &str) -> Result<String, String> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    if value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        Ok(value)
+    } else {
+        Err(format!(
+            "'{}' is not a valid header value (printable ASCII on one line)",
+            value.escape_debug()
+        ))
+    }
 }
