@@ -1,14 +1,13 @@
 //! `narpush du`: what a cache holds, by kind, its orphans, its largest closures and paths, and
 //! what each pin keeps (the library's `du` module measures; this file prints).
 
-use std::io::IsTerminal;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{HumanBytes, ProgressBar};
+use indicatif::HumanBytes;
 use serde::Serialize;
 
+use super::progress::Spinner;
 use super::Outcome;
 use narpush::config::Config;
 use narpush::du::{self, Usage};
@@ -64,21 +63,10 @@ pub fn run(args: &DuArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome>
             let sink = Sink::open_for_reading(&target, config.request_timeout)
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
-            let spinner = std::io::stderr()
-                .is_terminal()
-                .then(ProgressBar::new_spinner);
-            if let Some(spinner) = &spinner {
-                spinner.enable_steady_tick(Duration::from_millis(120));
-            }
-            let progress = |what: &str| {
-                if let Some(spinner) = &spinner {
-                    spinner.set_message(what.to_owned());
-                }
-            };
+            let spinner = Spinner::on_terminal();
+            let progress = |what: &str| spinner.say(what);
             let usage = du::measure(&sink, args.top, &progress).await;
-            if let Some(spinner) = spinner {
-                spinner.finish_and_clear();
-            }
+            spinner.finish();
             anyhow::Ok(usage?)
         })?;
     if args.json {

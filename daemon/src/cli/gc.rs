@@ -1,14 +1,14 @@
 //! `narpush gc`: retention GC of a cache, deleting what no recent path needs while every
 //! closure that stays remains whole (the rules are in the library's `gc` module).
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{HumanBytes, ProgressBar};
+use indicatif::HumanBytes;
 use serde::Serialize;
 
+use super::progress::Spinner;
 use super::Outcome;
 use narpush::config::Config;
 use narpush::gc::{self, Plan, Policy, Tally};
@@ -95,21 +95,10 @@ pub fn run(args: GcArgs, config_path: Option<&Path>) -> anyhow::Result<Outcome> 
             let sink = Sink::open(&target, config.request_timeout)
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
-            let spinner = std::io::stderr()
-                .is_terminal()
-                .then(ProgressBar::new_spinner);
-            if let Some(spinner) = &spinner {
-                spinner.enable_steady_tick(Duration::from_millis(120));
-            }
-            let progress = |what: &str| {
-                if let Some(spinner) = &spinner {
-                    spinner.set_message(what.to_owned());
-                }
-            };
+            let spinner = Spinner::on_terminal();
+            let progress = |what: &str| spinner.say(what);
             let plan = gc::collect(&sink, &policy, args.dry_run, &progress).await;
-            if let Some(spinner) = spinner {
-                spinner.finish_and_clear();
-            }
+            spinner.finish();
             anyhow::Ok(plan?)
         })?;
     // The whole process is this run: the tally holds its requests alone.

@@ -1,6 +1,7 @@
 //! What `narpush upload` shows while it works: one line per path published or failed, and on a
 //! terminal a live bar of the NAR bytes streamed (read from the engine's view), so logs and CI
-//! output stay readable while a person at a terminal sees the rate.
+//! output stay readable while a person at a terminal sees the rate. And the spinner that
+//! the cache-reading commands (`verify`, `du`, `gc`, `resign`) show on a terminal only.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -171,4 +172,33 @@ impl Display {
 pub fn rate(nar_bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     format!("{}/s", HumanBytes((nar_bytes as f64 / secs) as u64))
+}
+
+/// What a long read of the cache (`verify`, `du`, `gc`, `resign`) is doing, as a spinner on a
+/// terminal and nothing elsewhere (logs and CI output stay clean).
+pub struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    pub fn on_terminal() -> Spinner {
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(ProgressBar::new_spinner);
+        if let Some(bar) = &bar {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        Spinner(bar)
+    }
+
+    /// Shows `what` as the current step.
+    pub fn say(&self, what: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(what.to_owned());
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }

@@ -1,14 +1,13 @@
 //! `narpush resign`: adds or replaces signatures on the narinfos and realisations of a cache,
 //! for a key rotation (the rules are in the library's `resign` module).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::progress::Spinner;
 use super::Outcome;
 use narpush::config::Config;
 use narpush::format::signing::SigningKey;
@@ -95,21 +94,10 @@ pub fn run(args: &ResignArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
             sink.set_cache_control(config.cache_control.clone());
-            let spinner = std::io::stderr()
-                .is_terminal()
-                .then(ProgressBar::new_spinner);
-            if let Some(spinner) = &spinner {
-                spinner.enable_steady_tick(Duration::from_millis(120));
-            }
-            let progress = |what: &str| {
-                if let Some(spinner) = &spinner {
-                    spinner.set_message(what.to_owned());
-                }
-            };
+            let spinner = Spinner::on_terminal();
+            let progress = |what: &str| spinner.say(what);
             let summary = resign::resign(&sink, &options, &progress).await;
-            if let Some(spinner) = spinner {
-                spinner.finish_and_clear();
-            }
+            spinner.finish();
             anyhow::Ok(summary?)
         })?;
     if args.json {

@@ -1,13 +1,12 @@
 //! `narpush verify`: reads a cache and reports whether it is whole (the checks are in the
 //! library's `verify` module); exit status 0 whole, 1 problems found, 2 could not read.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use indicatif::ProgressBar;
 
+use super::progress::Spinner;
 use super::Outcome;
 use narpush::config::Config;
 use narpush::format::signing::{SigningKey, VerifyingKey};
@@ -150,21 +149,10 @@ pub fn run(args: &VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<Outc
             let sink = Sink::open_for_reading(&target, config.request_timeout)
                 .await
                 .with_context(|| format!("cannot use target {target}"))?;
-            let spinner = std::io::stderr()
-                .is_terminal()
-                .then(ProgressBar::new_spinner);
-            if let Some(spinner) = &spinner {
-                spinner.enable_steady_tick(Duration::from_millis(120));
-            }
-            let progress = |what: &str| {
-                if let Some(spinner) = &spinner {
-                    spinner.set_message(what.to_owned());
-                }
-            };
+            let spinner = Spinner::on_terminal();
+            let progress = |what: &str| spinner.say(what);
             let report = verify::verify(&sink, &target.to_string(), &options, &progress).await;
-            if let Some(spinner) = spinner {
-                spinner.finish_and_clear();
-            }
+            spinner.finish();
             report.with_context(|| format!("cannot verify {target}"))
         })?;
     // The whole process is this run: the tally holds its requests alone.

@@ -3,14 +3,12 @@
 //! `narpush upload` configures it, and the output (text, or the verify JSON document with a
 //! `repair` object).
 
-use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::progress::Spinner;
 use super::verify::VerifyArgs;
 use super::Outcome;
 use narpush::config::Config;
@@ -84,26 +82,15 @@ impl Repair<'_> {
             .with_own_public_keys(&config.own_public_keys)
             .with_filter(config.filter.clone())
             .with_cache_info(config.cache_info());
-            let spinner = std::io::stderr()
-                .is_terminal()
-                .then(ProgressBar::new_spinner);
-            if let Some(spinner) = &spinner {
-                spinner.enable_steady_tick(Duration::from_millis(120));
-            }
-            let progress = |what: &str| {
-                if let Some(spinner) = &spinner {
-                    spinner.set_message(what.to_owned());
-                }
-            };
+            let spinner = Spinner::on_terminal();
+            let progress = |what: &str| spinner.say(what);
             let what = repair::Options {
                 delete_broken: self.args.delete_broken,
                 dry_run: self.args.dry_run,
             };
             let repaired =
                 repair::repair(&sink, &target.to_string(), options, what, engine, &progress).await;
-            if let Some(spinner) = spinner {
-                spinner.finish_and_clear();
-            }
+            spinner.finish();
             repaired.with_context(|| format!("cannot repair {target}"))
         })?;
         let Repaired { report, summary } = &repaired;
