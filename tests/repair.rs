@@ -290,6 +290,9 @@ fn a_directory_cache_is_repaired_and_a_repair_needs_a_key() {
     let (secret, public) = keygen(keys.path(), "repair-dir-1");
     let a = Closure::build("repair-dir");
     upload(&url, &[], &secret, &a.top);
+    // Damage found a day later: base's NAR, left without its narinfo, is then old enough to be
+    // written over (no upload reuses it any more) instead of left beside a new one.
+    age_everything(dir.path(), Duration::from_secs(86400));
     let lib_nar = nar_file(dir.path(), a.path("lib"));
     let bytes = std::fs::read(&lib_nar).unwrap();
     std::fs::write(&lib_nar, &bytes[..100]).unwrap();

@@ -36,14 +36,16 @@
 //! - **U4, order.** A narinfo is written only after its NAR and its references' narinfos; a
 //!   realisation (either form: `realisations/`, or Nix 2.35's `build-trace-v2/` entry, written
 //!   right after it) only after its output's narinfo and the realisations it depends on.
-//! - **U5, shared NARs.** A NAR named by its FileHash is written again whenever a path with
-//!   those bytes is stored (never skipped because the name exists), so its LastModified says
-//!   that it is in use again.
-//! - **U6, shared NARs settle.** A narinfo naming a NAR that the uploader just wrote under its
-//!   FileHash is published only after a HEAD, sent at least `S` after that PUT returned, found
-//!   the NAR; if the NAR is gone, it is stored again (and looked at again `S` later), at most
-//!   [`SETTLE_ROUNDS`] times. A NAR under a key no other upload uses (streamed in parts) needs
-//!   no look: no collection has ever listed its key.
+//! - **U5, NARs of their own.** Every NAR an upload writes gets a key no other upload uses
+//!   ([`crate::layout::nar_key_unique`]), so no collection has ever listed it, and its
+//!   LastModified is its own. Only a repair (R1) names a NAR of one PUT by its FileHash, as
+//!   Nix (and narpush before 2026-12) names NARs, to write the right bytes over a damaged copy:
+//!   an object other paths and writers may share, which a collection may be deleting while it
+//!   is written again (U6).
+//! - **U6, shared NARs settle.** A narinfo naming a NAR under its FileHash that the uploader
+//!   reuses (kept from an earlier attempt) is published only after a HEAD, sent at least `S`
+//!   after it was found, found the NAR; if the NAR is gone, it is stored again, under a key of
+//!   its own, which needs no look (U5).
 //!
 //! # What GC checks, and when
 //!
@@ -123,7 +125,9 @@
 //! same holds for each new PUT, so the narinfo never names a NAR that a delete allowed before
 //! its publication can still remove. A look made before the PUT would not do: GC also sends
 //! the delete when its HEAD finds the key absent, and a delete retried after a lost answer
-//! takes effect twice.
+//! takes effect twice. A NAR reused from an earlier attempt was PUT before the uploader found
+//! it, so a look `S` after finding it comes later still; one found gone is written under a key
+//! of its own (U5), which no HEAD can have preceded.
 //!
 //! # What a 403 means, to whom ([`Reader`])
 //!
@@ -175,8 +179,9 @@ pub const DELETE_WINDOW: Duration = Duration::from_secs(2);
 /// How long an uploader waits after a refresh before it looks for the narinfo and its NAR
 /// again (`S`; see the module doc).
 pub const REFRESH_SETTLE: Duration = Duration::from_secs(2 * DELETE_WINDOW.as_secs() + 1);
-/// How long after writing a NAR under its FileHash an uploader looks at it again before its
-/// narinfo (U6): as after a refresh, a delete allowed before the write has landed by then.
+/// How long after finding a NAR under its FileHash (reused from an earlier attempt) an uploader
+/// looks at it again before its narinfo (U6): as after a refresh, a delete allowed before the
+/// write has landed by then.
 pub const STORED_SETTLE: Duration = REFRESH_SETTLE;
 /// How long GC waits after a layer of narinfo deletes before it looks at what they leave
 /// unused (G7): a refresh that read one of them just before its delete has written it back by

@@ -240,3 +240,83 @@ fn a_narinfo_signed_only_by_an_untrusted_key_is_never_deleted() {
         .unfixable
         .contains_key(&format!("{}.narinfo", their_app.hash_part())));
 }
+
+/// A key of narpush's own shape for `nar_hash` (NarHash, writer id, 16 random characters).
+fn own_nar_key(nar_hash: &Sha256, tail: &str) -> String {
+    format!("nar/{}-00000000-{tail}.nar", nar_hash.to_nix32())
+}
+
+#[test]
+fn a_forced_upload_writes_over_the_damaged_nar_or_an_old_orphan_of_its_own_shape_only() {
+    let (base, lib, tool, shared) = (
+        path('a', "base"),
+        path('b', "lib"),
+        path('c', "tool"),
+        path('d', "shared"),
+    );
+    let mut scan = scan(
+        &[(&lib, &[&base]), (&tool, &[]), (&shared, &[])],
+        &[
+            (&lib, Kind::NarSizeMismatches),
+            (&tool, Kind::NarSizeMismatches),
+            (&shared, Kind::MissingNars),
+        ],
+    );
+    let now = SystemTime::now();
+    let object = |key: &str, age: Duration| Object {
+        key: key.to_owned(),
+        size: 1,
+        modified: now - age,
+    };
+    // lib's narinfo names a NAR of narpush's own shape; tool's one named by its FileHash (as
+    // the scan builder writes them); shared's one that another narinfo names too.
+    let lib_key = own_nar_key(&nar_hash(lib.hash_part()), "1111111111111111");
+    scan.parsed.get_mut(lib.hash_part()).unwrap().url = lib_key.clone();
+    let shared_key = own_nar_key(&nar_hash(shared.hash_part()), "2222222222222222");
+    scan.parsed.get_mut(shared.hash_part()).unwrap().url = shared_key.clone();
+    let mut twin = scan.parsed[shared.hash_part()].clone();
+    twin.url = shared_key.clone();
+    scan.parsed.insert("twin".to_owned(), twin);
+    // base has no narinfo: two orphans with its NarHash, one young (an upload may still reuse
+    // it), one old; and an old orphan of another NarHash.
+    scan.report
+        .missing_paths
+        .insert(base.hash_part().to_owned(), base.clone());
+    let base_hash = nar_hash(base.hash_part());
+    let (young, old) = (
+        own_nar_key(&base_hash, "3333333333333333"),
+        own_nar_key(&base_hash, "4444444444444444"),
+    );
+    let stranger = own_nar_key(&nar_hash("stranger"), "5555555555555555");
+    for (key, age) in [
+        (&young, Duration::from_secs(60)),
+        (&old, 24 * HOUR),
+        (&stranger, 24 * HOUR),
+    ] {
+        scan.nars.insert(key.clone(), object(key, age));
+    }
+
+    let plan = plan(
+        &scan,
+        &local(&[&base, &lib, &tool, &shared]),
+        &[],
+        HOUR,
+        now,
+    );
+    assert_eq!(plan.forced.len(), 4, "{:?}", plan.forced);
+    let replaced = |p: &StorePath| plan.replaced_nars.get(&nar_hash(p.hash_part()).to_nix32());
+    assert_eq!(replaced(&lib), Some(&lib_key));
+    assert_eq!(
+        replaced(&base),
+        Some(&old),
+        "the old orphan, not the young one"
+    );
+    assert_eq!(replaced(&tool), None, "a FileHash name is never reused");
+    assert_eq!(replaced(&shared), None, "another narinfo names it");
+    assert_eq!(
+        plan.replaced_nars.get(&nar_hash("stranger").to_nix32()),
+        Some(&stranger),
+        "any old orphan of narpush's shape, for whichever upload has its NarHash"
+    );
+    assert_eq!(plan.replaced_nars.len(), 3);
+}

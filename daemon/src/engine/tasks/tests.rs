@@ -13,13 +13,14 @@ use crate::engine::compress::Compression;
 use crate::engine::graph::Lookup;
 use crate::engine::stream::StreamSettings;
 use crate::engine::{Engine, EngineConfig, Report};
+use crate::format::narinfo::NarInfo;
 use crate::format::signing::SigningKey;
 use crate::format::store_path::StorePath;
 use crate::layout;
 use crate::sink::{Sink, TargetUrl};
 use crate::store::PathInfo;
 
-/// A path in the real store holding one small file: its NAR is named by its FileHash.
+/// A path in the real store holding one small file.
 async fn store_path_with(contents: &[u8]) -> PathInfo {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("narpush-settle-test");
@@ -47,21 +48,21 @@ fn modified(file: &Path) -> Option<SystemTime> {
 }
 
 #[tokio::test]
-async fn a_nar_collected_just_after_it_was_stored_again_is_stored_once_more_before_its_narinfo() {
+async fn a_nar_with_the_bytes_of_one_under_collection_gets_a_name_of_its_own_and_no_wait() {
     let info = store_path_with(b"the same bytes as a NAR that gc is about to delete\n").await;
     let cache = tempfile::tempdir().unwrap();
-    // The NAR as an earlier path with the same bytes left it, 40 days ago: gc has listed it
-    // as garbage, and its HEAD (unchanged) comes just before the uploader stores it again.
-    let nar_key = layout::nar_key_by_file_hash(&info.nar_hash, Compression::None);
-    let nar_file = cache.path().join(&nar_key);
-    std::fs::create_dir_all(nar_file.parent().unwrap()).unwrap();
+    // The NAR as an earlier writer left it, named by its FileHash as Nix names NARs, 40 days
+    // ago: gc has listed it as garbage and is about to delete it (rule U6's case).
+    let old_key = format!("nar/{}.nar", info.nar_hash.to_nix32());
+    let old_file = cache.path().join(&old_key);
+    std::fs::create_dir_all(old_file.parent().unwrap()).unwrap();
     let mut nar = Vec::new();
     crate::format::nar::dump(Path::new(&info.path.to_absolute()), &mut nar).unwrap();
-    std::fs::write(&nar_file, &nar).unwrap();
+    std::fs::write(&old_file, &nar).unwrap();
     let old = SystemTime::now() - Duration::from_secs(40 * 24 * 3600);
     std::fs::File::options()
         .write(true)
-        .open(&nar_file)
+        .open(&old_file)
         .unwrap()
         .set_modified(old)
         .unwrap();
@@ -81,17 +82,6 @@ async fn a_nar_collected_just_after_it_was_stored_again_is_stored_once_more_befo
     let (engine, mut reports, _task) =
         Engine::start(Arc::new(config), CancellationToken::new(), Duration::ZERO);
 
-    // gc's delete, allowed by that HEAD, lands 1 s after the uploader's PUT: inside the
-    // bound of the protocol (the HEAD's start + W to send it, + W + 1 s to land).
-    let watched = nar_file.clone();
-    let gc = tokio::spawn(async move {
-        while modified(&watched) == Some(old) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        std::fs::remove_file(&watched).expect("the NAR stored again is there to delete");
-    });
-
     let started = tokio::time::Instant::now();
     engine.submit_resolved(vec![info.clone()], vec![info.path.clone()], Vec::new());
     let end = loop {
@@ -104,18 +94,29 @@ async fn a_nar_collected_just_after_it_was_stored_again_is_stored_once_more_befo
         }
     };
     let took = started.elapsed();
-    tokio::time::timeout(Duration::from_secs(60), gc)
-        .await
-        .expect("gc deleted the NAR")
-        .unwrap();
-    tokio::time::sleep(crate::coexist::REFRESH_SETTLE).await;
+    // gc's delete, allowed by a HEAD before the upload, lands now.
+    std::fs::remove_file(&old_file).unwrap();
 
     assert!(matches!(end, Report::TopDone(_)), "{end:?}");
-    let narinfo = cache.path().join(layout::narinfo_key(&info.path));
-    assert!(narinfo.exists(), "the narinfo was not published");
     assert!(
-        nar_file.exists(),
-        "the narinfo was published, {took:?} after the push, while gc deleted its NAR"
+        took < crate::coexist::STORED_SETTLE,
+        "the narinfo waited {took:?} for a look (U6) at a NAR no one else could have named"
+    );
+    let narinfo_file = cache.path().join(layout::narinfo_key(&info.path));
+    let narinfo = NarInfo::parse(&std::fs::read_to_string(&narinfo_file).unwrap()).unwrap();
+    assert_ne!(
+        narinfo.url, old_key,
+        "the NAR was written under the shared name"
+    );
+    assert!(
+        !layout::is_named_by_file_hash(&narinfo.url),
+        "{} is a name other uploads may write",
+        narinfo.url
+    );
+    assert!(
+        cache.path().join(&narinfo.url).exists(),
+        "the narinfo names {}, which the collection of the old NAR took",
+        narinfo.url
     );
 }
 
