@@ -79,6 +79,26 @@ fn upload(cache: &Path, key: &Path, flags: &[&str], paths: &[&str]) -> std::proc
         .args(paths))
 }
 
+/// `narpush verify` finds the cache whole: in particular no NAR of a skipped path was left
+/// without its narinfo.
+fn assert_no_orphan(cache: &Path, public: &str) {
+    let output = run(narpush()
+        .args(["verify", "--json", "--grace", "0s", "--trusted-key", public])
+        .arg("--to")
+        .arg(format!("file://{}", cache.display())));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    assert_eq!(
+        report["problems"]["orphan_nars"]["count"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "{report}"
+    );
+    assert_eq!(report["orphan_nar_bytes"], 0, "{report}");
+    assert!(output.status.success(), "{}\n{report}", stderr(&output));
+}
+
 #[test]
 fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,6 +157,7 @@ fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_t
         "{said}"
     );
     assert_closure_invariant(&cache);
+    assert_no_orphan(&cache, &public);
     let (_, substituted) = substitute(
         &format!("file://{}", cache.display()),
         &public,
