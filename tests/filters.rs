@@ -173,6 +173,37 @@ fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_t
 }
 
 #[test]
+fn upload_no_closure_names_the_excluded_reference_that_keeps_a_path_out_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "filters-no-closure");
+    let cache = dir.path().join("cache");
+    let built = Built::build("filters-no-closure");
+    // Only viewer is named: its reference doc is looked up, not uploaded, and the filters
+    // exclude it.
+    let output = upload(
+        &cache,
+        &key,
+        &["--no-closure", "--exclude-output", "doc"],
+        &[&built.viewer],
+    );
+    let said = stderr(&output);
+    assert!(output.status.success(), "skipped is not failed: {said}");
+    assert!(
+        said.contains(&format!(
+            "skipped {}: it needs {}, which is skipped (it is output 'doc' of its derivation",
+            built.viewer, built.doc
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("1 skipped (1 needs_skipped); 0 failed"),
+        "{said}"
+    );
+    assert_in_cache(&cache, &[&built.viewer, &built.doc], false, &said);
+    assert_no_orphan(&cache, &public);
+}
+
+#[test]
 fn upload_exclude_matches_names_and_a_bad_pattern_is_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = keygen(dir.path(), "filters-regex");

@@ -200,7 +200,8 @@ impl Coordinator {
                 let mut resolution = resolve::resolve(&batch, config.closure)
                     .await
                     .map_err(UploadError::Store)?;
-                resolution.excluded = config.filter.excluded(&resolution.infos).await;
+                resolution.excluded =
+                    resolve::exclusions(&config.filter, &resolution.infos, config.closure).await;
                 Ok(resolution)
             }
             .await;
@@ -213,7 +214,7 @@ impl Coordinator {
     fn filter(&mut self, infos: Vec<PathInfo>, tops: Vec<StorePath>) {
         let config = self.config.clone();
         self.spawn(Purpose::Filter(tops.clone()), async move {
-            let excluded = config.filter.excluded(&infos).await;
+            let excluded = resolve::exclusions(&config.filter, &infos, config.closure).await;
             Done::Filtered(tops, Ok(Filtered { infos, excluded }))
         });
     }

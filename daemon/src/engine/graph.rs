@@ -32,6 +32,8 @@
 //! narinfos (the closure invariant wins), each with [`SkipReason::NeedsSkipped`] naming the
 //! excluded path. A skip spreads like a failure but is no failure: it is reported as
 //! [`Report::Skipped`] and [`Report::TopSkipped`], and the next attempt would end the same.
+//! An excluded external reference (`--no-closure`) that the cache lacks skips its referrers
+//! the same way.
 //!
 //! A skipped path's NAR would be an orphan in the cache (no narinfo will ever name it), so a
 //! path found absent is *held* (stage `Held`) while an excluded path its closure needs is
@@ -182,7 +184,9 @@ impl Graph {
                         continue;
                     }
                     actions.push(Action::Check(reference.clone()));
-                    self.insert(Node::new(None), &reference);
+                    let mut external = Node::new(None);
+                    external.excluded = excluded.get(&reference).cloned();
+                    self.insert(external, &reference);
                 }
                 if let Some(node) = self.nodes.get_mut(&reference) {
                     node.dependents.push(path.clone());
@@ -250,6 +254,13 @@ impl Graph {
                 Some(info) => {
                     actions.push(Action::StoreNar(info));
                     self.set_stage(path, Stage::Storing);
+                }
+                None if node.excluded.is_some() => {
+                    let reason = node.excluded.clone().expect("checked: excluded");
+                    let node = self.remove(path);
+                    for dependent in node.dependents {
+                        self.skip(&dependent, reason.for_referrers_of(path), &mut actions);
+                    }
                 }
                 None => {
                     let node = self.remove(path);

@@ -173,6 +173,31 @@ fn a_held_referrer_whose_other_path_to_the_excluded_one_is_found_still_waits_for
 }
 
 #[test]
+fn an_excluded_external_reference_the_cache_lacks_skips_its_referrer_naming_it() {
+    // `--no-closure viewer`: doc is only looked up, and the filters exclude it.
+    let mut graph = Graph::default();
+    graph.add_filtered(
+        vec![info("viewer", &["doc"])],
+        &[path("viewer")],
+        nothing_cached,
+        &doc_excluded(),
+    );
+    let held = graph.checked(&path("viewer"), Ok(Lookup::Absent));
+    assert!(stores(&held).is_empty());
+    let doc = graph.checked(&path("doc"), Ok(Lookup::Absent));
+    assert!(top_failures(&doc).is_empty(), "skipped, not failed");
+    let skipped = skipped(&doc);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, path("viewer"));
+    let message = skipped[0].1.to_string();
+    assert!(
+        message.contains(&path("doc").to_absolute()) && message.contains("output 'doc'"),
+        "{message}"
+    );
+    assert!(graph.is_empty());
+}
+
+#[test]
 fn an_external_reference_found_excluded_later_holds_its_referrers() {
     let mut graph = Graph::default();
     // viewer's closure is not read: doc is an external reference, not excluded yet.
