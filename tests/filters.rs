@@ -79,6 +79,38 @@ fn upload(cache: &Path, key: &Path, flags: &[&str], paths: &[&str]) -> std::proc
         .args(paths))
 }
 
+/// `upload --json`'s `skipped`: the counts by kind (every kind present) and each path with
+/// its kind and reason, in the shape of `status --json`'s.
+fn assert_skipped_listed(summary: &serde_json::Value, built: &Built) {
+    let skipped = &summary["skipped"];
+    let by_reason = &skipped["by_reason"];
+    for (kind, count) in [
+        ("excluded", 0),
+        ("excluded_output", 1),
+        ("too_big", 1),
+        ("needs_skipped", 3),
+    ] {
+        assert_eq!(by_reason[kind], count, "{kind} in {summary}");
+    }
+    let paths = skipped["paths"].as_array().expect("skipped.paths");
+    let kind_of = |path: &str| {
+        let entry = paths
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not in {summary}"));
+        assert!(entry["skipped_secs_ago"].as_f64().unwrap() >= 0.0);
+        assert!(!entry["reason"].as_str().unwrap().is_empty());
+        entry["kind"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(paths.len(), 5, "{summary}");
+    assert_eq!(kind_of(&built.doc), "excluded_output");
+    assert_eq!(kind_of(&built.heavy), "too_big");
+    for referrer in [&built.viewer, &built.bundle, &built.heavy_user] {
+        assert_eq!(kind_of(referrer), "needs_skipped");
+    }
+    assert_eq!(summary["failed"], 0);
+}
+
 /// `narpush verify` finds the cache whole: in particular no NAR of a skipped path was left
 /// without its narinfo.
 fn assert_no_orphan(cache: &Path, public: &str) {
@@ -111,11 +143,19 @@ fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_t
     let output = upload(
         &cache,
         &key,
-        &["--exclude-output", "doc", "--max-nar-bytes", "200000"],
+        &[
+            "--exclude-output",
+            "doc",
+            "--max-nar-bytes",
+            "200000",
+            "--json",
+        ],
         &named,
     );
     let said = stderr(&output);
     assert!(output.status.success(), "skipped is not failed: {said}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_skipped_listed(&summary, &built);
     assert_in_cache(
         &cache,
         &[&built.app, &built.pkg, &built.notes_doc],
