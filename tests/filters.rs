@@ -79,6 +79,58 @@ fn upload(cache: &Path, key: &Path, flags: &[&str], paths: &[&str]) -> std::proc
         .args(paths))
 }
 
+/// `upload --json`'s `skipped`: the counts by kind (every kind present) and each path with
+/// its kind and reason, in the shape of `status --json`'s.
+fn assert_skipped_listed(summary: &serde_json::Value, built: &Built) {
+    let skipped = &summary["skipped"];
+    let by_reason = &skipped["by_reason"];
+    for (kind, count) in [
+        ("excluded", 0),
+        ("excluded_output", 1),
+        ("too_big", 1),
+        ("needs_skipped", 3),
+    ] {
+        assert_eq!(by_reason[kind], count, "{kind} in {summary}");
+    }
+    let paths = skipped["paths"].as_array().expect("skipped.paths");
+    let kind_of = |path: &str| {
+        let entry = paths
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not in {summary}"));
+        assert!(entry["skipped_secs_ago"].as_f64().unwrap() >= 0.0);
+        assert!(!entry["reason"].as_str().unwrap().is_empty());
+        entry["kind"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(paths.len(), 5, "{summary}");
+    assert_eq!(kind_of(&built.doc), "excluded_output");
+    assert_eq!(kind_of(&built.heavy), "too_big");
+    for referrer in [&built.viewer, &built.bundle, &built.heavy_user] {
+        assert_eq!(kind_of(referrer), "needs_skipped");
+    }
+    assert_eq!(summary["failed"], 0);
+}
+
+/// `narpush verify` finds the cache whole: in particular no NAR of a skipped path was left
+/// without its narinfo.
+fn assert_no_orphan(cache: &Path, public: &str) {
+    let output = run(narpush()
+        .args(["verify", "--json", "--grace", "0s", "--trusted-key", public])
+        .arg("--to")
+        .arg(format!("file://{}", cache.display())));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    assert_eq!(
+        report["problems"]["orphan_nars"]["count"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "{report}"
+    );
+    assert_eq!(report["orphan_nar_bytes"], 0, "{report}");
+    assert!(output.status.success(), "{}\n{report}", stderr(&output));
+}
+
 #[test]
 fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,11 +143,19 @@ fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_t
     let output = upload(
         &cache,
         &key,
-        &["--exclude-output", "doc", "--max-nar-bytes", "200000"],
+        &[
+            "--exclude-output",
+            "doc",
+            "--max-nar-bytes",
+            "200000",
+            "--json",
+        ],
         &named,
     );
     let said = stderr(&output);
     assert!(output.status.success(), "skipped is not failed: {said}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_skipped_listed(&summary, &built);
     assert_in_cache(
         &cache,
         &[&built.app, &built.pkg, &built.notes_doc],
@@ -137,6 +197,7 @@ fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_t
         "{said}"
     );
     assert_closure_invariant(&cache);
+    assert_no_orphan(&cache, &public);
     let (_, substituted) = substitute(
         &format!("file://{}", cache.display()),
         &public,
@@ -149,6 +210,37 @@ fn upload_skips_an_excluded_output_and_its_referrers_and_stock_nix_substitutes_t
         std::slice::from_ref(&built.bundle),
     );
     assert!(!refused.status.success(), "bundle was not published");
+}
+
+#[test]
+fn upload_no_closure_names_the_excluded_reference_that_keeps_a_path_out_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "filters-no-closure");
+    let cache = dir.path().join("cache");
+    let built = Built::build("filters-no-closure");
+    // Only viewer is named: its reference doc is looked up, not uploaded, and the filters
+    // exclude it.
+    let output = upload(
+        &cache,
+        &key,
+        &["--no-closure", "--exclude-output", "doc"],
+        &[&built.viewer],
+    );
+    let said = stderr(&output);
+    assert!(output.status.success(), "skipped is not failed: {said}");
+    assert!(
+        said.contains(&format!(
+            "skipped {}: it needs {}, which is skipped (it is output 'doc' of its derivation",
+            built.viewer, built.doc
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("1 skipped (1 needs_skipped); 0 failed"),
+        "{said}"
+    );
+    assert_in_cache(&cache, &[&built.viewer, &built.doc], false, &said);
+    assert_no_orphan(&cache, &public);
 }
 
 #[test]

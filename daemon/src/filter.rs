@@ -7,8 +7,9 @@
 //! - it is the output of its deriver named in `exclude_outputs`: the name is the one the
 //!   deriver's `.drv` records for this path, never guessed from the path's name. A path
 //!   whose deriver is unknown, whose `.drv` is not in the store (garbage-collected, or the
-//!   path was substituted) or does not parse, or which is a floating content-addressed output
-//!   (the `.drv` names no path for it) has no known output name and is *not* excluded by
+//!   path was substituted), cannot be read (over 16 MiB, a symlink, not a regular file: see
+//!   [`derivers`]) or does not parse, or which is a floating content-addressed output (the
+//!   `.drv` names no path for it) has no known output name and is *not* excluded by
 //!   `exclude_outputs`: uploading it loses nothing, skipping it on a guess could;
 //! - its NAR is bigger than `max_nar_bytes`.
 //!
@@ -22,13 +23,12 @@
 //! output name a valid one, `max_nar_bytes` at least 1; [`FilterError`] names the value it
 //! refuses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use regex::Regex;
 
-use crate::format::derivation;
-use crate::format::store_path::{StorePath, STORE_DIR};
+use crate::format::store_path::StorePath;
 use crate::store::PathInfo;
 
 /// The checked filters; the default excludes nothing.
@@ -197,14 +197,24 @@ impl PushFilter {
         self.max_nar_bytes
     }
 
-    /// The paths of `infos` that this filter excludes, each with its reason; derivers are
-    /// read from the store (once each) only when `exclude_outputs` is set.
-    pub fn excluded(&self, infos: &[PathInfo]) -> HashMap<StorePath, SkipReason> {
-        let mut outputs = DerivationOutputs::default();
+    /// The paths of `infos` that this filter excludes, each with its reason. Derivers are
+    /// read from the store (once each, bounded, off the async runtime: see [`derivers`]) only
+    /// when `exclude_outputs` is set, and only for the paths the other rules let through.
+    pub async fn excluded(&self, infos: &[PathInfo]) -> HashMap<StorePath, SkipReason> {
+        let to_read: HashSet<StorePath> = if self.exclude_outputs.is_empty() {
+            HashSet::new()
+        } else {
+            infos
+                .iter()
+                .filter(|info| self.reason(info, |_| None).is_none())
+                .filter_map(|info| info.deriver.clone())
+                .collect()
+        };
+        let outputs = derivers::outputs_of(to_read.into_iter().collect()).await;
         infos
             .iter()
             .filter_map(|info| {
-                let reason = self.reason(info, |drv| outputs.of(drv, read_store_drv))?;
+                let reason = self.reason(info, |drv| outputs.get(drv).map(Vec::as_slice))?;
                 Some((info.path.clone(), reason))
             })
             .collect()
@@ -242,49 +252,6 @@ impl PushFilter {
     }
 }
 
-/// The outputs of each deriver read so far (`None`: unknown).
-#[derive(Default)]
-struct DerivationOutputs {
-    read: HashMap<StorePath, Option<Vec<(String, StorePath)>>>,
-}
-
-impl DerivationOutputs {
-    fn of(
-        &mut self,
-        drv: &StorePath,
-        read: impl FnOnce(&StorePath) -> Option<Vec<(String, StorePath)>>,
-    ) -> Option<&[(String, StorePath)]> {
-        self.read
-            .entry(drv.clone())
-            .or_insert_with(|| read(drv))
-            .as_deref()
-    }
-}
-
-/// A `.drv`'s outputs with a path, from the store; `None` when it is not there or does not
-/// parse (said in the log: the output name is then unknown, and the path not excluded by it).
-fn read_store_drv(drv: &StorePath) -> Option<Vec<(String, StorePath)>> {
-    let file = format!("{STORE_DIR}/{}", drv.basename());
-    let text = match std::fs::read_to_string(&file) {
-        Ok(text) => text,
-        Err(e) => {
-            tracing::debug!(
-                "cannot read deriver {file} ({e}): its outputs are not excluded by name"
-            );
-            return None;
-        }
-    };
-    match derivation::output_paths(&text) {
-        Ok(outputs) => Some(outputs),
-        Err(e) => {
-            tracing::warn!(
-                "deriver {file} does not parse ({e}): its outputs are not excluded by name"
-            );
-            None
-        }
-    }
-}
-
 impl PartialEq for PushFilter {
     fn eq(&self, other: &PushFilter) -> bool {
         self.patterns().eq(other.patterns())
@@ -305,6 +272,8 @@ impl fmt::Debug for PushFilter {
     }
 }
 
+#[path = "filter/derivers.rs"]
+pub mod derivers;
 #[cfg(test)]
 #[path = "filter/tests.rs"]
 mod tests;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::HumanBytes;
@@ -17,10 +17,11 @@ use super::filter_args::FilterArgs;
 use super::progress::{rate, Display};
 use super::Outcome;
 use narpush::config::{check_concurrency, check_level, Config};
+use narpush::daemon::status::{SkippedByFilters, SkippedPath};
 use narpush::engine::compress::Compression;
 use narpush::engine::stream::StreamSettings;
 use narpush::engine::{Engine, EngineConfig, Report};
-use narpush::filter::PushFilter;
+use narpush::filter::{PushFilter, SkipReason, SKIP_KINDS};
 use narpush::format::signing::{SigningKey, VerifyingKey};
 use narpush::format::store_path::StorePath;
 use narpush::keys::configured_keys;
@@ -126,8 +127,10 @@ pub struct UploadArgs {
     quiet: bool,
 
     /// Also print the summary as one JSON document on standard output: paths uploaded,
-    /// present, served upstream and failed, bytes, seconds, and `requests` (the requests sent
-    /// to the target by class and operation, with their estimated cost).
+    /// present, served upstream and failed, `skipped` (by the push filters: counts by_reason
+    /// and every path with its reason, as in `status --json`), bytes, seconds, and `requests`
+    /// (the requests sent to the target by class and operation, with their estimated cost).
+    /// Fields: docs/configuration.md, "narpush upload --json".
     #[arg(long)]
     json: bool,
 }
@@ -308,6 +311,7 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
     );
     // Each path is reported done only after its realisations are published.
     engine.submit_resolved(infos, settings.paths, realisations);
+    let mut skipped = Vec::new();
     // The engine ends, and closes the reports, once the work is done and no handle is left.
     drop(engine);
     while let Some(report) = reports.recv().await {
@@ -322,7 +326,10 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
             Report::Failed { path, error } => {
                 display.failed(&path.to_absolute(), &narpush::error_chain(error.as_ref()));
             }
-            Report::Skipped { path, reason } => display.skipped(&path.to_absolute(), &reason),
+            Report::Skipped { path, reason } => {
+                display.skipped(&path.to_absolute(), &reason);
+                skipped.push((Instant::now(), path, reason));
+            }
             Report::TopDone(_) | Report::TopFailed { .. } | Report::TopSkipped { .. } => {}
         }
     }
@@ -339,6 +346,7 @@ async fn upload(mut settings: Settings) -> anyhow::Result<Outcome> {
             present: totals.present,
             upstream: totals.upstream,
             failed: totals.failed,
+            skipped: skipped_document(&totals.skipped, skipped),
             elapsed_secs: elapsed.as_secs_f64(),
             requests: &requests,
         };
@@ -381,6 +389,32 @@ struct JsonSummary<'a> {
     present: usize,
     upstream: usize,
     failed: usize,
+    /// What the push filters kept out, as `status --json` has it.
+    skipped: SkippedByFilters,
     elapsed_secs: f64,
     requests: &'a RequestCounts,
+}
+
+/// `skipped` of `upload --json`: the counts by kind and every path skipped, in order.
+fn skipped_document(
+    by_kind: &[usize; SKIP_KINDS.len()],
+    paths: Vec<(Instant, StorePath, SkipReason)>,
+) -> SkippedByFilters {
+    let now = Instant::now();
+    SkippedByFilters {
+        by_reason: SKIP_KINDS
+            .iter()
+            .zip(by_kind)
+            .map(|(kind, count)| ((*kind).to_owned(), *count as u64))
+            .collect(),
+        paths: paths
+            .into_iter()
+            .map(|(at, path, reason)| SkippedPath {
+                path: path.to_absolute(),
+                kind: reason.kind().to_owned(),
+                reason: reason.to_string(),
+                skipped_secs_ago: now.duration_since(at).as_secs_f64(),
+            })
+            .collect(),
+    }
 }

@@ -17,15 +17,15 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::big_nars::{BigNars, Queued, Start};
+use super::big_nars::BigNars;
 use super::graph::{Action, Graph, Report};
 use super::presence::{self, KnownPresent};
 use super::progress::{EngineView, Stages};
 use super::realisations::Realisations;
 use super::resolve::{self, Resolution};
-use super::tasks::{self, Done, Purpose};
-use super::{compress, stream, Command, EngineConfig, Failure, UploadError};
-use super::{SMALL_NAR, SMALL_NAR_BUDGET};
+use super::tasks::{self, Done, Filtered, Purpose};
+use super::SMALL_NAR_BUDGET;
+use super::{Command, EngineConfig, Failure, UploadError};
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::sleep_until;
@@ -147,13 +147,12 @@ impl Coordinator {
                 panic_if_asked(&tops);
                 self.take_realisations(&tops, realisations);
                 let infos = self.skip_signed_upstream(infos);
-                // Reads derivers from the store here, in the engine's task: only with
-                // `exclude_outputs` set, once per deriver, each a small local file.
-                let excluded = self.config.filter.excluded(&infos);
-                let actions =
-                    self.graph
-                        .add_filtered(infos, &tops, |p| self.known.contains(p), &excluded);
-                self.act(actions);
+                if self.config.filter.is_off() {
+                    let actions = self.graph.add(infos, &tops, |p| self.known.contains(p));
+                    self.act(actions);
+                } else {
+                    self.filter(infos, tops);
+                }
             }
             Command::Realisations(list) if self.accepting => self.take_realisations(&[], list),
             Command::Submit(..) | Command::SubmitResolved(..) | Command::Realisations(_) => {}
@@ -201,11 +200,22 @@ impl Coordinator {
                 let mut resolution = resolve::resolve(&batch, config.closure)
                     .await
                     .map_err(UploadError::Store)?;
-                resolution.excluded = config.filter.excluded(&resolution.infos);
+                resolution.excluded =
+                    resolve::exclusions(&config.filter, &resolution.infos, config.closure).await;
                 Ok(resolution)
             }
             .await;
             Done::Resolved(batch, resolved)
+        });
+    }
+
+    /// Applies the push filters to closures submitted resolved, off the coordinator's task
+    /// (derivers may be read from the store), then adds them to the graph.
+    fn filter(&mut self, infos: Vec<PathInfo>, tops: Vec<StorePath>) {
+        let config = self.config.clone();
+        self.spawn(Purpose::Filter(tops.clone()), async move {
+            let excluded = resolve::exclusions(&config.filter, &infos, config.closure).await;
+            Done::Filtered(tops, Ok(Filtered { infos, excluded }))
         });
     }
 
@@ -227,6 +237,11 @@ impl Coordinator {
                 self.resolve_waiting();
                 actions
             }
+            Done::Filtered(tops, Ok(Filtered { infos, excluded })) => {
+                self.graph
+                    .add_filtered(infos, &tops, |p| self.known.contains(p), &excluded)
+            }
+            Done::Filtered(tops, Err(error)) => all_failed(tops, &error),
             Done::Checked(path, result) => self.graph.checked(&path, result),
             Done::Stored { path, big, result } => {
                 self.storing.remove(&path);
@@ -279,17 +294,7 @@ impl Coordinator {
                 ));
                 actions
             }
-            Err(error) => {
-                let failure = Failure::of(&error);
-                tops.into_iter()
-                    .map(|top| {
-                        Action::Report(Report::TopFailed {
-                            top,
-                            failure: failure.clone(),
-                        })
-                    })
-                    .collect()
-            }
+            Err(error) => all_failed(tops, &error),
         }
     }
 
@@ -380,94 +385,6 @@ impl Coordinator {
         rest
     }
 
-    fn store(&mut self, info: PathInfo) {
-        if !self.storing.insert(info.path.clone()) {
-            // Its NAR task is still running (from before a failure); its result will do.
-            return;
-        }
-        let kept = self.kept.remove(&info.path);
-        if info.nar_size > SMALL_NAR {
-            // Started by `start_big`, once every action of this result is applied.
-            self.big.push(info, kept);
-            return;
-        }
-        let requests = self.requests.clone();
-        let small_bytes = self.small_bytes.clone();
-        let config = self.config.clone();
-        let view = self.view.clone();
-        // The compressed NAR and the encoder's own state (an xz dictionary) share the budget.
-        let settings = &self.config.stream;
-        let bound = (stream::compressed_bound(info.nar_size)
-            + compress::encoder_memory(settings.compression, settings.level, info.nar_size))
-        .min(u64::from(SMALL_NAR_BUDGET));
-        let path = info.path.clone();
-        self.spawn(Purpose::Store(path.clone(), false), async move {
-            let mut kept = kept;
-            let store = || {
-                let (config, info, view) = (config.clone(), info.clone(), view.clone());
-                let (small_bytes, requests, kept) =
-                    (small_bytes.clone(), requests.clone(), kept.take());
-                async move {
-                    // The buffer first: a task waiting for memory must not hold a request
-                    // slot that lookups and narinfos need.
-                    let _buffer = small_bytes
-                        .acquire_many_owned(u32::try_from(bound).unwrap_or(SMALL_NAR_BUDGET))
-                        .await;
-                    let _request = requests.acquire_owned().await;
-                    let stream = config.stream.clone();
-                    tasks::store_nar(&config, &info, stream, kept, &view, None).await
-                }
-            };
-            let result = tasks::store_settled(&config, &path, &requests, store).await;
-            Done::Stored {
-                path,
-                big: false,
-                result,
-            }
-        });
-    }
-
-    /// Starts the largest waiting big NARs while `jobs` allows.
-    fn start_big(&mut self) {
-        let lookups_running = self.graph.stages().checking > 0;
-        while let Some(Start {
-            queued: Queued { info, kept },
-            alone,
-            slot,
-        }) = self.big.next(self.config.jobs, lookups_running)
-        {
-            // A NAR that starts alone gets a compression worker per core; one that starts
-            // beside others is compressed on its own thread, since the others already keep
-            // the cores busy (and each set of workers needs its own buffers), at a lower
-            // priority: the first, the largest, is what the upload waits for longest.
-            let mut stream = self.config.stream.clone();
-            if !alone {
-                stream.workers = 0;
-                stream.background = true;
-            }
-            let config = self.config.clone();
-            let view = self.view.clone();
-            let path = info.path.clone();
-            let requests = self.requests.clone();
-            self.spawn(Purpose::Store(path.clone(), true), async move {
-                // A NAR stored again (rule U6) goes without a slot: its first one is given
-                // back, and this is rare.
-                let (mut kept, mut slot) = (kept, Some(slot));
-                let store = || {
-                    let (config, info, view) = (config.clone(), info.clone(), view.clone());
-                    let (stream, kept, slot) = (stream.clone(), kept.take(), slot.take());
-                    async move { tasks::store_nar(&config, &info, stream, kept, &view, slot).await }
-                };
-                let result = tasks::store_settled(&config, &path, &requests, store).await;
-                Done::Stored {
-                    path,
-                    big: true,
-                    result,
-                }
-            });
-        }
-    }
-
     fn publish(&mut self, path: StorePath, narinfo: Box<NarInfo>) {
         let requests = self.requests.clone();
         let config = self.config.clone();
@@ -486,6 +403,21 @@ impl Coordinator {
     }
 }
 
+/// Every top of `tops` failed for `error`.
+fn all_failed(tops: Vec<StorePath>, error: &UploadError) -> Vec<Action> {
+    let failure = Failure::of(error);
+    tops.into_iter()
+        .map(|top| {
+            Action::Report(Report::TopFailed {
+                top,
+                failure: failure.clone(),
+            })
+        })
+        .collect()
+}
+
+#[path = "coordinator/nar_tasks.rs"]
+mod nar_tasks;
 #[path = "coordinator/test_panic.rs"]
 mod test_panic;
 use test_panic::panic_if_asked;

@@ -9,7 +9,8 @@
 //! ```text
 //! Checking ──present, or served upstream──▶ (done)
 //!    │absent
-//!    ▼
+//!    ├──an excluded reference still looked up──▶ Held ──its lookup ended──┐
+//!    ▼                                                                     ▼
 //! Storing ──NAR stored──▶ Stored ──no unpublished references──▶ Publishing ──▶ (done)
 //! ```
 //!
@@ -31,8 +32,14 @@
 //! narinfos (the closure invariant wins), each with [`SkipReason::NeedsSkipped`] naming the
 //! excluded path. A skip spreads like a failure but is no failure: it is reported as
 //! [`Report::Skipped`] and [`Report::TopSkipped`], and the next attempt would end the same.
-//! A referrer's NAR may be stored before its reference's lookup ends; it is handed back like
-//! a failed path's ([`Action::KeepNar`]) and its narinfo never written.
+//! An excluded external reference (`--no-closure`) that the cache lacks skips its referrers
+//! the same way.
+//!
+//! A skipped path's NAR would be an orphan in the cache (no narinfo will ever name it), so a
+//! path found absent is *held* (stage `Held`) while an excluded path its closure needs is
+//! still looked up, and its NAR is started only once every such lookup has ended: skipped,
+//! the held path is skipped too; found, it goes on (see `holds`). A path whose closure in
+//! the graph has no excluded path still looked up is never held.
 //!
 //! # Failures
 //!
@@ -52,64 +59,13 @@ use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::store::PathInfo;
 
-/// What the coordinator must do next.
-#[derive(Debug)]
-pub enum Action {
-    /// Look the path up in the cache (its narinfo).
-    Check(StorePath),
-    /// Upload the path's NAR.
-    StoreNar(PathInfo),
-    /// Sign and write the path's narinfo.
-    Publish(StorePath, Box<NarInfo>),
-    /// A stored NAR nobody waits for any more: keep it for a later attempt.
-    KeepNar(StorePath, Box<NarInfo>),
-    /// Tell the engine's owner.
-    Report(Report),
-}
-
-/// Where a lookup found a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lookup {
-    /// Neither in the cache nor upstream: it must be uploaded.
-    Absent,
-    /// In the cache.
-    Present,
-    /// Served by an upstream cache (with its NarSize), so not uploaded.
-    Upstream { nar_size: u64 },
-}
-
-/// What the engine's owner hears.
-#[derive(Debug)]
-pub enum Report {
-    /// A path of a closure was found in the cache.
-    Present(StorePath),
-    /// A path of a closure is served upstream, so it is not uploaded.
-    Upstream { path: StorePath, nar_size: u64 },
-    /// A path's narinfo was published.
-    Uploaded {
-        path: StorePath,
-        nar_size: u64,
-        file_size: u64,
-    },
-    /// A path of a closure failed (its own error, or a reference's).
-    Failed {
-        path: StorePath,
-        error: Arc<UploadError>,
-    },
-    /// A path of a closure is not uploaded: the push filters exclude it, or it needs a path
-    /// they exclude that neither the cache nor upstream has.
-    Skipped { path: StorePath, reason: SkipReason },
-    /// A submitted path and its closure are in the cache.
-    TopDone(StorePath),
-    /// A submitted path is not uploaded, by the push filters (see [`Report::Skipped`]).
-    TopSkipped { top: StorePath, reason: SkipReason },
-    /// A submitted path is not in the cache, and why.
-    TopFailed { top: StorePath, failure: Failure },
-}
+pub use actions::{Action, Lookup, Report};
 
 #[derive(Debug)]
 enum Stage {
     Checking,
+    /// Absent, its NAR not started: it waits for the lookups of its `waits_for`.
+    Held,
     Storing,
     Stored(Box<NarInfo>),
     Publishing,
@@ -127,6 +83,9 @@ struct Node {
     top: bool,
     /// Why the push filters exclude it: skipped, not stored, if the cache lacks it.
     excluded: Option<SkipReason>,
+    /// The excluded paths still looked up that it needs through its blockers: its NAR is
+    /// not started while one is (see `holds`).
+    waits_for: HashSet<StorePath>,
 }
 
 /// Why a path failed: its own error, and the failure at the bottom of the chain when it failed
@@ -138,6 +97,11 @@ pub struct Graph {
     nodes: HashMap<StorePath, Node>,
     /// How many nodes are at each stage, kept as nodes move.
     stages: Stages,
+    /// For each excluded path still looked up, the nodes whose `waits_for` holds it.
+    held_for: HashMap<StorePath, HashSet<StorePath>>,
+    /// Nodes whose last wait ended during the current result; their NARs are started once
+    /// the result's skips have spread (see `holds`).
+    released: Vec<StorePath>,
 }
 
 impl Graph {
@@ -183,12 +147,18 @@ impl Graph {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut new = Vec::new();
+        let mut newly_excluded = Vec::new();
         for info in infos {
             if let Some(node) = self.nodes.get_mut(&info.path) {
                 // Looked up as an external reference, and now part of a closure: if the cache
                 // lacks it, it is uploaded instead of failing its dependents.
                 if node.info.is_none() {
-                    node.excluded = excluded.get(&info.path).cloned();
+                    if node.excluded.is_none() {
+                        node.excluded = excluded.get(&info.path).cloned();
+                        if node.excluded.is_some() {
+                            newly_excluded.push(info.path.clone());
+                        }
+                    }
                     node.info = Some(info);
                 }
                 continue;
@@ -214,7 +184,9 @@ impl Graph {
                         continue;
                     }
                     actions.push(Action::Check(reference.clone()));
-                    self.insert(Node::new(None), &reference);
+                    let mut external = Node::new(None);
+                    external.excluded = excluded.get(&reference).cloned();
+                    self.insert(external, &reference);
                 }
                 if let Some(node) = self.nodes.get_mut(&reference) {
                     node.dependents.push(path.clone());
@@ -224,6 +196,10 @@ impl Graph {
                 }
             }
         }
+        for path in &newly_excluded {
+            self.hold_referrers_of(path);
+        }
+        self.place_holds(&new);
         for top in tops {
             match self.nodes.get_mut(top) {
                 Some(node) => node.top = true,
@@ -272,9 +248,19 @@ impl Graph {
                     let reason = node.excluded.clone().expect("checked: excluded");
                     self.skip(path, reason, &mut actions);
                 }
+                Some(_) if !node.waits_for.is_empty() => {
+                    self.set_stage(path, Stage::Held);
+                }
                 Some(info) => {
                     actions.push(Action::StoreNar(info));
                     self.set_stage(path, Stage::Storing);
+                }
+                None if node.excluded.is_some() => {
+                    let reason = node.excluded.clone().expect("checked: excluded");
+                    let node = self.remove(path);
+                    for dependent in node.dependents {
+                        self.skip(&dependent, reason.for_referrers_of(path), &mut actions);
+                    }
                 }
                 None => {
                     let node = self.remove(path);
@@ -290,6 +276,7 @@ impl Graph {
             },
             Err(error) => self.fail(path, Arc::new(error), None, &mut actions),
         }
+        self.start_released(&mut actions);
         actions
     }
 
@@ -313,6 +300,7 @@ impl Graph {
             Err(_) if !storing => {}
             Err(error) => self.fail(path, Arc::new(error), None, &mut actions),
         }
+        self.start_released(&mut actions);
         actions
     }
 
@@ -338,6 +326,7 @@ impl Graph {
             }
             Err(error) => self.fail(path, Arc::new(error), None, &mut actions),
         }
+        self.start_released(&mut actions);
         actions
     }
 
@@ -433,6 +422,7 @@ impl Graph {
         match self.nodes.remove(path) {
             Some(node) => {
                 *self.stages.count(&node.stage) -= 1;
+                self.unhold(path, &node);
                 node
             }
             None => Node::new(None),
@@ -453,6 +443,8 @@ impl Stages {
     fn count(&mut self, stage: &Stage) -> &mut u64 {
         match stage {
             Stage::Checking => &mut self.checking,
+            // Its references decide whether it is stored, as they decide when it is published.
+            Stage::Held => &mut self.waiting_for_references,
             Stage::Storing => &mut self.storing,
             Stage::Stored(_) => &mut self.waiting_for_references,
             Stage::Publishing => &mut self.publishing,
@@ -469,6 +461,7 @@ impl Node {
             dependents: Vec::new(),
             top: false,
             excluded: None,
+            waits_for: HashSet::new(),
         }
     }
 }
@@ -491,6 +484,10 @@ fn top_failure(
     failure
 }
 
+#[path = "graph/actions.rs"]
+mod actions;
+#[path = "graph/holds.rs"]
+mod holds;
 #[cfg(test)]
 #[path = "graph/tests.rs"]
 mod tests;

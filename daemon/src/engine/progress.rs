@@ -87,7 +87,8 @@ pub struct Stages {
     pub checking: u64,
     /// NAR waiting for an upload slot, or being uploaded.
     pub storing: u64,
-    /// NAR stored; the narinfo waits for references to be published.
+    /// NAR stored, the narinfo waiting for references to be published; or absent, the NAR
+    /// waiting for the lookup of an excluded path in its closure (held, see `graph`).
     pub waiting_for_references: u64,
     /// narinfo being written.
     pub publishing: u64,

@@ -7,9 +7,9 @@
 //! path per failure, so this takes one more process per gone path). Any other failure (no `nix`
 //! on PATH, the nix-daemon restarting, "database is locked") fails the batch as transient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::filter::SkipReason;
+use crate::filter::{PushFilter, SkipReason};
 use crate::format::store_path::StorePath;
 use crate::store::{self, PathInfo, StoreError};
 
@@ -20,8 +20,7 @@ pub struct Resolution {
     pub infos: Vec<PathInfo>,
     /// Tops the store no longer has, with its message.
     pub invalid: Vec<(StorePath, String)>,
-    /// Paths of `infos` the push filters exclude (filled by the engine, see
-    /// [`crate::filter::PushFilter::excluded`]).
+    /// Paths the push filters exclude (filled by the engine, see [`exclusions`]).
     pub excluded: HashMap<StorePath, SkipReason>,
 }
 
@@ -65,4 +64,41 @@ pub async fn resolve(tops: &[StorePath], closure: bool) -> Result<Resolution, St
         invalid,
         excluded: HashMap::new(),
     })
+}
+
+/// The paths the push filters exclude among `infos` and, without closures (`--no-closure`),
+/// among the references of `infos` outside them: those are only looked up, and a referrer of
+/// one that the cache lacks is skipped naming it and why, not failed (see `graph`). When the
+/// store cannot describe those references, they are treated as not excluded (a warning says
+/// so) and their referrers fail as usual if the cache lacks them.
+pub async fn exclusions(
+    filter: &PushFilter,
+    infos: &[PathInfo],
+    closure: bool,
+) -> HashMap<StorePath, SkipReason> {
+    if filter.is_off() {
+        return HashMap::new();
+    }
+    let mut excluded = filter.excluded(infos).await;
+    if closure {
+        return excluded;
+    }
+    let named: HashSet<&StorePath> = infos.iter().map(|info| &info.path).collect();
+    let outside: HashSet<&StorePath> = infos
+        .iter()
+        .flat_map(|info| &info.references)
+        .filter(|reference| !named.contains(reference))
+        .collect();
+    if outside.is_empty() {
+        return excluded;
+    }
+    let outside: Vec<StorePath> = outside.into_iter().cloned().collect();
+    match store::query_path_infos(&outside, false).await {
+        Ok(references) => excluded.extend(filter.excluded(&references).await),
+        Err(e) => tracing::warn!(
+            "cannot read the references of the paths uploaded without their closures ({e}): \
+             the push filters are not applied to them"
+        ),
+    }
+    excluded
 }

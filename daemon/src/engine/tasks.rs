@@ -5,6 +5,7 @@
 //!
 //! Concurrency limits are the coordinator's: these futures run once they hold their permits.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,6 +25,7 @@ use super::{narinfo_for, sign, EngineConfig, UploadError};
 use crate::coexist::{
     Check, CLOCK_SLACK, REFRESH_ROUNDS, REFRESH_SETTLE, SETTLE_ROUNDS, STORED_SETTLE,
 };
+use crate::filter::SkipReason;
 use crate::format::narinfo::NarInfo;
 use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
@@ -36,6 +38,8 @@ use crate::trust::trusted_narinfo;
 /// The result of one task, keyed by what it worked on.
 pub(super) enum Done {
     Resolved(Vec<StorePath>, Result<Resolution, UploadError>),
+    /// Closures submitted resolved, with what the push filters exclude of them.
+    Filtered(Vec<StorePath>, Result<Filtered, UploadError>),
     Checked(StorePath, Result<Lookup, UploadError>),
     Stored {
         path: StorePath,
@@ -48,8 +52,16 @@ pub(super) enum Done {
 }
 
 /// What a task was for, so that a task that panicked still yields a [`Done`].
+/// Resolved closures and the paths of them (or, without closures, of their references) that
+/// the push filters exclude.
+pub(super) struct Filtered {
+    pub infos: Vec<PathInfo>,
+    pub excluded: HashMap<StorePath, SkipReason>,
+}
+
 pub(super) enum Purpose {
     Resolve(Vec<StorePath>),
+    Filter(Vec<StorePath>),
     Check(StorePath),
     Store(StorePath, bool),
     Publish(StorePath, Box<NarInfo>),
@@ -354,6 +366,13 @@ pub(super) fn failed(purpose: Purpose, error: &JoinError) -> Done {
                 detail: format!("reading the closures failed: {error}"),
             };
             Done::Resolved(tops, Err(error))
+        }
+        Purpose::Filter(tops) => {
+            let error = UploadError::Internal {
+                path: format!("{} path(s)", tops.len()),
+                detail: format!("applying the push filters failed: {error}"),
+            };
+            Done::Filtered(tops, Err(error))
         }
         Purpose::Check(path) => Done::Checked(path.clone(), Err(internal(&path))),
         Purpose::Store(path, big) => Done::Stored {

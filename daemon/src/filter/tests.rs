@@ -99,9 +99,54 @@ fn an_output_whose_deriver_is_unknown_or_absent_is_not_excluded_by_output_name()
         f.reason(&info("hello-doc", 1, Some(drv("hello"))), no_drv),
         None
     );
-    // The store's own reader: a .drv that is not in the store is unknown, not excluded.
+}
+
+/// The `doc` output of a real two-output derivation instantiated into the store (not built:
+/// only its `.drv` is needed), with its deriver.
+fn instantiated_doc() -> (StorePath, StorePath) {
+    let expression = r#"derivation {
+        name = "narpush-filter-test";
+        system = builtins.currentSystem;
+        builder = "/bin/sh";
+        args = [ "-c" "echo > $out; echo > $doc" ];
+        outputs = [ "out" "doc" ];
+    }"#;
+    let run = |command: &mut std::process::Command| {
+        let out = command.output().expect("nix runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let drv = run(std::process::Command::new("nix-instantiate").args(["-E", expression]));
+    let drv = StorePath::from_absolute_path(drv.trim()).unwrap();
+    let outputs = run(std::process::Command::new("nix-store")
+        .args(["-q", "--outputs"])
+        .arg(drv.to_absolute()));
+    let doc = outputs
+        .lines()
+        .find(|line| line.ends_with("-doc"))
+        .expect("a doc output");
+    (StorePath::from_absolute_path(doc).unwrap(), drv)
+}
+
+#[tokio::test]
+async fn derivers_are_read_from_the_store_and_one_missing_excludes_nothing() {
+    let f = filter(&[], &["doc"], None);
+    let (doc, deriver) = instantiated_doc();
+    let mut doc_info = info("any", 1, Some(deriver));
+    doc_info.path = doc.clone();
+    let excluded = f.excluded(std::slice::from_ref(&doc_info)).await;
+    assert_eq!(
+        excluded.get(&doc).map(SkipReason::kind),
+        Some("excluded_output"),
+        "the deriver in the store names it `doc`"
+    );
+    // Not in the store: unknown, not excluded (unreadable ones: see `derivers`' tests).
     let missing = info("hello-doc", 1, Some(drv("narpush-test-never-built")));
-    assert!(f.excluded(&[missing]).is_empty());
+    assert!(f.excluded(&[missing]).await.is_empty());
 }
 
 #[test]

@@ -207,3 +207,6 @@ async fn a_held_top_keeps_its_realisations_when_the_pending_set_overflows() {
     assert!(dir.path().join(layout::realisation_key(&id(1))).exists());
     assert!(dir.path().join(layout::realisation_key(&id(2))).exists());
 }
+
+#[path = "skip_tests.rs"]
+mod skips;

@@ -2,6 +2,7 @@
 //! in the cache or upstream it serves its referrers, absent it is skipped with its referrers.
 
 use super::*;
+use crate::engine::error::UploadError;
 use crate::filter::SkipReason;
 
 fn doc_excluded() -> HashMap<StorePath, SkipReason> {
@@ -105,12 +106,117 @@ fn an_excluded_path_found_in_the_cache_or_upstream_serves_its_referrers() {
 }
 
 #[test]
-fn a_referrer_stored_before_its_reference_was_skipped_hands_its_nar_back_unpublished() {
+fn a_referrer_found_absent_while_its_excluded_reference_is_looked_up_is_held_then_skipped() {
+    let (mut graph, _) = closure();
+    // viewer needs doc directly, bundle through viewer: neither NAR starts before doc's
+    // lookup ends.
+    for name in ["viewer", "bundle"] {
+        let absent = graph.checked(&path(name), Ok(Lookup::Absent));
+        assert!(stores(&absent).is_empty(), "{name}'s NAR waits for doc");
+    }
+    assert_eq!(graph.stages().waiting_for_references, 2);
+    // other needs no excluded path: never held.
+    let other = graph.checked(&path("other"), Ok(Lookup::Absent));
+    assert_eq!(stores(&other), vec![path("other")]);
+    let doc = graph.checked(&path("doc"), Ok(Lookup::Absent));
+    assert!(stores(&doc).is_empty(), "no NAR for what is skipped");
+    assert_eq!(
+        tops_skipped(&doc),
+        vec![path("doc"), path("viewer"), path("bundle")]
+    );
+    assert_eq!(graph.stages().waiting_for_references, 0);
+}
+
+#[test]
+fn a_held_referrer_is_stored_once_its_excluded_reference_is_found() {
+    for found in [Lookup::Present, Lookup::Upstream { nar_size: 100 }] {
+        let (mut graph, _) = closure();
+        graph.checked(&path("viewer"), Ok(Lookup::Absent));
+        graph.checked(&path("bundle"), Ok(Lookup::Absent));
+        let actions = graph.checked(&path("doc"), Ok(found));
+        let mut started = stores(&actions);
+        started.sort();
+        let mut expected = vec![path("viewer"), path("bundle")];
+        expected.sort();
+        assert_eq!(started, expected, "{found:?}");
+        assert_eq!(graph.stages().storing, 2);
+    }
+}
+
+#[test]
+fn a_held_referrer_whose_excluded_reference_fails_to_be_looked_up_fails_without_a_nar() {
     let (mut graph, _) = closure();
     graph.checked(&path("viewer"), Ok(Lookup::Absent));
-    graph.checked(&path("doc"), Ok(Lookup::Absent));
-    let late = graph.stored(&path("viewer"), Ok(narinfo("viewer")));
-    assert!(matches!(&late[..], [Action::KeepNar(p, _)] if *p == path("viewer")));
+    let error = UploadError::Internal {
+        path: path("doc").to_absolute(),
+        detail: "the lookup failed".to_owned(),
+    };
+    let failed = graph.checked(&path("doc"), Err(error));
+    assert!(stores(&failed).is_empty());
+    let names: Vec<StorePath> = top_failures(&failed).into_iter().map(|(p, _)| p).collect();
+    assert!(names.contains(&path("viewer")), "{names:?}");
+}
+
+#[test]
+fn a_held_referrer_whose_other_path_to_the_excluded_one_is_found_still_waits_for_it() {
+    // bundle needs doc through viewer; viewer found in the cache does not end bundle's wait
+    // (its lookup is what ends it), and doc's lookup, whatever it says, releases bundle.
+    let (mut graph, _) = closure();
+    assert!(stores(&graph.checked(&path("bundle"), Ok(Lookup::Absent))).is_empty());
+    graph.checked(&path("viewer"), Ok(Lookup::Present));
+    let doc = graph.checked(&path("doc"), Ok(Lookup::Absent));
+    assert_eq!(
+        stores(&doc),
+        vec![path("bundle")],
+        "bundle no longer needs doc from us: viewer, in the cache, has it"
+    );
+}
+
+#[test]
+fn an_excluded_external_reference_the_cache_lacks_skips_its_referrer_naming_it() {
+    // `--no-closure viewer`: doc is only looked up, and the filters exclude it.
+    let mut graph = Graph::default();
+    graph.add_filtered(
+        vec![info("viewer", &["doc"])],
+        &[path("viewer")],
+        nothing_cached,
+        &doc_excluded(),
+    );
+    let held = graph.checked(&path("viewer"), Ok(Lookup::Absent));
+    assert!(stores(&held).is_empty());
+    let doc = graph.checked(&path("doc"), Ok(Lookup::Absent));
+    assert!(top_failures(&doc).is_empty(), "skipped, not failed");
+    let skipped = skipped(&doc);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, path("viewer"));
+    let message = skipped[0].1.to_string();
+    assert!(
+        message.contains(&path("doc").to_absolute()) && message.contains("output 'doc'"),
+        "{message}"
+    );
+    assert!(graph.is_empty());
+}
+
+#[test]
+fn an_external_reference_found_excluded_later_holds_its_referrers() {
+    let mut graph = Graph::default();
+    // viewer's closure is not read: doc is an external reference, not excluded yet.
+    graph.add(
+        vec![info("viewer", &["doc"])],
+        &[path("viewer")],
+        nothing_cached,
+    );
+    graph.add_filtered(
+        vec![info("doc", &[]), info("bundle", &["viewer"])],
+        &[path("doc"), path("bundle")],
+        nothing_cached,
+        &doc_excluded(),
+    );
+    assert!(stores(&graph.checked(&path("viewer"), Ok(Lookup::Absent))).is_empty());
+    assert!(stores(&graph.checked(&path("bundle"), Ok(Lookup::Absent))).is_empty());
+    let doc = graph.checked(&path("doc"), Ok(Lookup::Absent));
+    assert_eq!(tops_skipped(&doc).len(), 3);
+    assert!(graph.is_empty());
 }
 
 #[test]
