@@ -157,22 +157,32 @@ fn uploaders_of_overlapping_closures_take_a_throttled_key_the_other_published_as
         .into_iter()
         .map(|(top, compression)| {
             narpush()
-                .args(["upload", "--to", &proxy.url("cache")])
+                .args(["upload", "--json", "--to", &proxy.url("cache")])
                 .args(["--compression", compression, "--key"])
                 .arg(&secret)
                 .arg(top)
                 .envs(s3.env())
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("start narpush upload")
         })
         .collect();
+    let mut requests = Vec::new();
     for writer in writers {
         let output = writer.wait_with_output().expect("wait for upload");
         assert!(output.status.success(), "{}", stderr(&output));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("the --json summary");
+        requests.push(summary["requests"].clone());
     }
     let took = started.elapsed();
+    let reported = |field: &dyn Fn(&serde_json::Value) -> &serde_json::Value| -> u64 {
+        requests
+            .iter()
+            .map(|r| field(r).as_u64().expect("a count"))
+            .sum()
+    };
 
     let in_a: BTreeSet<String> = closure(std::slice::from_ref(a)).into_iter().collect();
     let in_b: BTreeSet<String> = closure(std::slice::from_ref(b)).into_iter().collect();
@@ -204,6 +214,13 @@ fn uploaders_of_overlapping_closures_take_a_throttled_key_the_other_published_as
         shared_keys.len()
     );
     assert!(took < Duration::from_secs(30), "the uploads took {took:?}");
+    // Each 429 ended one way or the other, as the writers report; and the extra GETs and
+    // HEADs are counted: the writers report every request the server was sent.
+    let taken = reported(&|r| &r["throttled_writes"]["taken_as_published"]);
+    let again = reported(&|r| &r["throttled_writes"]["written_again"]);
+    assert_eq!(taken + again, total, "{requests:?}");
+    let seen: u64 = proxy.requests().values().sum();
+    assert_eq!(reported(&|r| &r["total"]), seen, "{requests:?}");
 
     assert_closure_invariant(&bucket);
     assert_eq!(narinfos(&bucket).len(), in_a.union(&in_b).count());

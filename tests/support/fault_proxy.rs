@@ -384,7 +384,11 @@ async fn handle(
                 operation == Operation::PutObject && !state.same_key_writes.admit(key);
         }
         let fault = match same_key_throttled {
-            true => None,
+            true => {
+                // Seen, and answered without a fault of its own.
+                *state.requests.entry(operation).or_default() += 1;
+                None
+            }
             false => state.choose(operation),
         };
         (

@@ -333,10 +333,21 @@ impl RequestCounts {
 }
 
 /// The summary line: `requests: 1,234 (class A 1,000, class B 234, free 0), estimated cost
-/// $0.0046`.
+/// $0.0046`, and after it, when the target throttled writes of shared keys, `; throttled
+/// writes: 3 published by another writer, 1 written again`.
 impl fmt::Display for RequestCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "requests: {}", self.breakdown())
+        write!(f, "requests: {}", self.breakdown())?;
+        let throttled = &self.throttled_writes;
+        if throttled.taken_as_published > 0 || throttled.written_again > 0 {
+            write!(
+                f,
+                "; throttled writes: {} published by another writer, {} written again",
+                thousands(throttled.taken_as_published),
+                thousands(throttled.written_again)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -402,6 +413,20 @@ mod tests {
         assert_eq!(
             counts.to_string(),
             "requests: 1,234 (class A 1,000, class B 234, free 0), estimated cost $0.0046"
+        );
+    }
+
+    #[test]
+    fn the_summary_line_tells_of_throttled_writes_when_there_were_any() {
+        let tally = Tally::default();
+        tally.sent("PutObject", Object::Narinfo);
+        tally.taken_as_published();
+        tally.taken_as_published();
+        tally.written_again();
+        let line = tally.counts(&RequestPrices::default()).to_string();
+        assert!(
+            line.ends_with("; throttled writes: 2 published by another writer, 1 written again"),
+            "{line}"
         );
     }
 
