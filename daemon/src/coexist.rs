@@ -44,6 +44,12 @@
 //!   the NAR; if the NAR is gone, it is stored again (and looked at again `S` later), at most
 //!   [`SETTLE_ROUNDS`] times. A NAR under a key no other upload uses (streamed in parts) needs
 //!   no look: no collection has ever listed its key.
+//! - **U7, throttled narinfos.** A narinfo write the store throttled (R2: a second write of the
+//!   key within a second) counts as written when a GET finds another writer's narinfo of the
+//!   same path, `NarHash` and `NarSize`, signed by one of its own keys, and a HEAD then finds
+//!   its NAR ([`crate::sink::contended`]): the other writer followed U4 and U6 for it, so the
+//!   key holds what the uploader's own write would have left, written afresh as far as GC can
+//!   tell (G2, G5).
 //!
 //! # What GC checks, and when
 //!
