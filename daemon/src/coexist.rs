@@ -46,6 +46,12 @@
 //!   reuses (kept from an earlier attempt) is published only after a HEAD, sent at least `S`
 //!   after it was found, found the NAR; if the NAR is gone, it is stored again, under a key of
 //!   its own, which needs no look (U5).
+//! - **U7, throttled narinfos.** A narinfo write the store throttled (R2: a second write of the
+//!   key within a second) counts as written when a GET finds another writer's narinfo of the
+//!   same path, `NarHash` and `NarSize`, signed by one of its own keys, and a HEAD then finds
+//!   its NAR ([`crate::sink::contended`]): the other writer followed U4–U6 for it, so the
+//!   key holds what the uploader's own write would have left, written afresh as far as GC can
+//!   tell (G2, G5).
 //!
 //! # What GC checks, and when
 //!

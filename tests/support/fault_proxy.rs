@@ -11,29 +11,37 @@
 //!   ([`FaultProxy::forbid_missing`]);
 //! - requests refused with 403 (credentials without a permission, [`Fault::Forbidden`]), and
 //!   answers or requests held back ([`Fault::SlowAnswer`], [`Fault::HeldRequest`]); these are
-//!   scripted or drawn only when a test names them, never part of [`Fault::ALL`].
+//!   scripted or drawn only when a test names them, never part of [`Fault::ALL`];
+//! - R2's limit on writes to one key: 429 to a second PutObject of a key within a window
+//!   ([`FaultProxy::limit_same_key_writes`], in `same_key`).
 //!
 //! Every injected fault is counted ([`FaultProxy::injected`]), so a test can prove how many it
 //! survived, and the `x-amz-security-token` header of every request is recorded
 //! ([`FaultProxy::security_tokens`]), so a test can prove temporary credentials were used.
 //! The proxy runs on its own tokio runtime and stops when dropped.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
-use hyper::http::{request, response, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::http::{Method, StatusCode};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+mod same_key;
+mod wire;
+
+use same_key::SameKeyWrites;
+pub use same_key::R2_SAME_KEY_BODY;
+use wire::{
+    drain, error_body, error_response, forward, full, has_body, injected, read_half, ProxyBody,
+    Truncated,
+};
 
 /// What can go wrong with one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,6 +137,8 @@ struct State {
     security_tokens: Vec<Option<String>>,
     /// Object writes (PutObject, CreateMultipartUpload): the key and `Cache-Control`.
     cache_controls: Vec<(String, Option<String>)>,
+    /// R2's limit on writes to one key ([`FaultProxy::limit_same_key_writes`]).
+    same_key_writes: SameKeyWrites,
 }
 
 impl State {
@@ -204,6 +214,7 @@ impl FaultProxy {
             requests: BTreeMap::new(),
             security_tokens: Vec::new(),
             cache_controls: Vec::new(),
+            same_key_writes: SameKeyWrites::default(),
         }));
         runtime.spawn(accept(listener, upstream, state.clone()));
         FaultProxy {
@@ -296,6 +307,19 @@ impl FaultProxy {
         self.with(|s| s.cache_controls.clone())
     }
 
+    /// Plays R2's limit on writes to one key: a PutObject of a key that an accepted
+    /// PutObject wrote less than `window` ago is answered 429 with R2's body
+    /// ([`R2_SAME_KEY_BODY`]) and never reaches the server (`None`: no limit). Counted in
+    /// [`FaultProxy::same_key_throttled`], not in [`FaultProxy::injected`].
+    pub fn limit_same_key_writes(&self, window: Option<Duration>) {
+        self.with(|s| s.same_key_writes.limit(window));
+    }
+
+    /// The writes answered 429 by [`FaultProxy::limit_same_key_writes`], by key.
+    pub fn same_key_throttled(&self) -> HashMap<String, u64> {
+        self.with(|s| s.same_key_writes.throttled.clone())
+    }
+
     /// The `s3://` target URL of a bucket, through this proxy.
     pub fn url(&self, bucket: &str) -> String {
         format!(
@@ -313,8 +337,6 @@ impl Drop for FaultProxy {
     }
 }
 
-type ProxyBody = BoxBody<Bytes, io::Error>;
-
 async fn accept(listener: TcpListener, upstream: SocketAddr, state: Arc<Mutex<State>>) {
     while let Ok((stream, _)) = listener.accept().await {
         let state = state.clone();
@@ -329,10 +351,6 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, state: Arc<Mutex<St
     }
 }
 
-fn injected(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, format!("injected: {what}"))
-}
-
 async fn handle(
     request: Request<Incoming>,
     upstream: SocketAddr,
@@ -343,9 +361,10 @@ async fn handle(
         .headers()
         .get("x-amz-security-token")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let (fault, timeout_delay, retry_after) = {
+    let (fault, timeout_delay, retry_after, same_key_throttled) = {
         let mut state = state.lock().expect("proxy state");
         state.security_tokens.push(token);
+        let mut same_key_throttled = false;
         if matches!(
             operation,
             Operation::PutObject | Operation::CreateMultipartUpload
@@ -361,11 +380,30 @@ async fn handle(
                 .get("cache-control")
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             state.cache_controls.push((key.to_owned(), header));
+            same_key_throttled =
+                operation == Operation::PutObject && !state.same_key_writes.admit(key);
         }
-        let fault = state.choose(operation);
-        (fault, state.timeout_delay, state.retry_after.clone())
+        let fault = match same_key_throttled {
+            true => {
+                // Seen, and answered without a fault of its own.
+                *state.requests.entry(operation).or_default() += 1;
+                None
+            }
+            false => state.choose(operation),
+        };
+        (
+            fault,
+            state.timeout_delay,
+            state.retry_after.clone(),
+            same_key_throttled,
+        )
     };
     let (parts, body) = request.into_parts();
+    if same_key_throttled {
+        drain(body).await?;
+        let xml = R2_SAME_KEY_BODY.to_owned();
+        return Ok(error_body(StatusCode::TOO_MANY_REQUESTS, xml, None));
+    }
     match fault {
         Some(Fault::ServerError) => {
             drain(body).await?;
@@ -440,108 +478,5 @@ impl Drop for Abandoned {
                 state.abandoned += 1;
             }
         }
-    }
-}
-
-fn has_body(parts: &request::Parts) -> bool {
-    parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > 1)
-}
-
-async fn drain(mut body: Incoming) -> io::Result<()> {
-    while let Some(frame) = body.frame().await {
-        frame.map_err(io::Error::other)?;
-    }
-    Ok(())
-}
-
-/// Reads about half the request body, so the client is cut off while still sending.
-async fn read_half(parts: &request::Parts, mut body: Incoming) -> io::Result<()> {
-    let length = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut read = 0;
-    while read < length / 2 {
-        match body.frame().await {
-            Some(frame) => {
-                if let Some(data) = frame.map_err(io::Error::other)?.data_ref() {
-                    read += data.len();
-                }
-            }
-            None => break,
-        }
-    }
-    Ok(())
-}
-
-/// The request to the server, over a fresh connection; the whole answer.
-async fn forward(
-    upstream: SocketAddr,
-    parts: request::Parts,
-    body: Bytes,
-) -> io::Result<(response::Parts, Bytes)> {
-    let stream = TcpStream::connect(upstream).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(connection);
-    let answer = sender
-        .send_request(Request::from_parts(parts, Full::new(body)))
-        .await
-        .map_err(io::Error::other)?;
-    let (parts, body) = answer.into_parts();
-    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
-    Ok((parts, body))
-}
-
-fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-/// An S3 error answer, as the server would send it.
-fn error_response(
-    status: StatusCode,
-    code: &str,
-    retry_after: Option<&str>,
-) -> Response<ProxyBody> {
-    let xml = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
-         <Message>injected by the test proxy</Message></Error>"
-    );
-    let mut response = Response::new(full(Bytes::from(xml)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/xml"));
-    if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
-        response.headers_mut().insert("retry-after", value);
-    }
-    response
-}
-
-/// A body that sends its first chunk and then fails, so the connection is cut mid-body.
-struct Truncated {
-    first: Option<Bytes>,
-}
-
-impl Body for Truncated {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        Poll::Ready(Some(match self.first.take() {
-            Some(chunk) => Ok(Frame::data(chunk)),
-            None => Err(injected("connection reset in the answer body")),
-        }))
     }
 }

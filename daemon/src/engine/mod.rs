@@ -80,6 +80,7 @@ use crate::format::realisation::Realisation;
 use crate::format::signing::{SigningKey, VerifyingKey};
 use crate::format::store_path::StorePath;
 use crate::layout::{self, content_type, CacheInfo};
+use crate::sink::contended::Wanted;
 use crate::sink::{Sink, SinkError};
 use crate::store::PathInfo;
 use crate::upstream::Upstream;
@@ -228,10 +229,11 @@ impl EngineConfig {
         let current = self.sink.get(layout::NIX_CACHE_INFO).await?;
         if current.is_none_or(|text| !layout::same_cache_info(&text, &wanted)) {
             self.sink
-                .put(
+                .put_contended(
                     layout::NIX_CACHE_INFO,
                     Bytes::from(wanted),
                     content_type::NIX_CACHE_INFO,
+                    &Wanted::CacheInfo,
                 )
                 .await?;
         }

@@ -31,6 +31,7 @@ use crate::format::realisation::DrvOutputId;
 use crate::format::store_path::StorePath;
 use crate::gc;
 use crate::layout::{self, content_type};
+use crate::sink::contended::Wanted;
 use crate::sink::Sink;
 use crate::store::PathInfo;
 use crate::trust::trusted_narinfo;
@@ -208,9 +209,20 @@ pub(super) async fn publish(config: &EngineConfig, path: StorePath, narinfo: Box
     let result = async {
         sign(&mut signed, &config.keys)?;
         let body = Bytes::from(signed.to_string());
+        // Another uploader may publish the same path at the same moment (see
+        // crate::sink::contended): its narinfo will do as well as ours.
+        let wanted = Wanted::Narinfo {
+            ours: &signed,
+            keys: &config.own_keys,
+        };
         config
             .sink
-            .put(&layout::narinfo_key(&path), body, content_type::NARINFO)
+            .put_contended(
+                &layout::narinfo_key(&path),
+                body,
+                content_type::NARINFO,
+                &wanted,
+            )
             .await?;
         Ok(())
     }

@@ -12,10 +12,15 @@
 //! without a reader ([`Sink::fetch`], [`Sink::exists`], [`Sink::modified`]) are the
 //! uploader's.
 //!
+//! A key that other writers write too (narinfos, `nix-cache-info`) is written with
+//! [`Sink::put_contended`]: a throttled write of it counts as done when another writer has
+//! published what this one wanted there ([`contended`]).
+//!
 //! [`spill`] holds the body of a single PUT (memory, then an unnamed temporary file), which
 //! the engine writes and every backend reads.
 
 pub mod body;
+pub mod contended;
 pub mod file;
 pub mod inventory;
 #[cfg(feature = "sim")]

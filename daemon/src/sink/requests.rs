@@ -7,6 +7,9 @@
 //! a request a second time. A process is one command or one daemon, so the tally is "since the
 //! command or the daemon started".
 //!
+//! Beside the requests, the tally counts how throttled writes of shared keys ended
+//! ([`ThrottledWrites`], counted by [`super::contended`]).
+//!
 //! Only S3 requests are counted: a directory target (`file://`) and the simulation's bucket
 //! in memory cost nothing per operation, so their reports show zero requests.
 //!
@@ -130,9 +133,30 @@ impl Object {
 #[derive(Debug, Default)]
 pub struct Tally {
     sent: Mutex<BTreeMap<(String, Object), u64>>,
+    throttled: Mutex<ThrottledWrites>,
+}
+
+/// Throttled writes of the keys several writers write ([`super::contended`]), by outcome.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ThrottledWrites {
+    /// Done without writing: another writer had published what this one wanted.
+    pub taken_as_published: u64,
+    /// PUTs sent again after a throttled answer.
+    pub written_again: u64,
 }
 
 impl Tally {
+    /// A throttled write was taken as published by another writer.
+    pub fn taken_as_published(&self) {
+        lock(&self.throttled).taken_as_published += 1;
+    }
+
+    /// A throttled write is sent again.
+    pub fn written_again(&self) {
+        lock(&self.throttled).written_again += 1;
+    }
+
     /// One attempt of `operation` on `object` went out.
     pub fn sent(&self, operation: &str, object: Object) {
         let mut sent = lock(&self.sent);
@@ -163,6 +187,7 @@ impl Tally {
                 .or_default() += n;
         }
         counts.estimated_cost_usd = prices.cost(counts.class_a, counts.class_b);
+        counts.throttled_writes = lock(&self.throttled).clone();
         counts
     }
 }
@@ -250,6 +275,8 @@ pub struct RequestCounts {
     pub by_object: BTreeMap<String, BTreeMap<String, u64>>,
     /// Dollars at `[request_prices]` (R2's by default).
     pub estimated_cost_usd: f64,
+    /// How throttled writes of shared keys (narinfos, `nix-cache-info`) ended.
+    pub throttled_writes: ThrottledWrites,
 }
 
 impl RequestCounts {
@@ -281,6 +308,12 @@ impl RequestCounts {
             by_op: minus(&self.by_op, &earlier.by_op),
             by_object,
             estimated_cost_usd: prices.cost(class_a, class_b),
+            throttled_writes: ThrottledWrites {
+                taken_as_published: self.throttled_writes.taken_as_published
+                    - earlier.throttled_writes.taken_as_published,
+                written_again: self.throttled_writes.written_again
+                    - earlier.throttled_writes.written_again,
+            },
         }
     }
 }
@@ -300,10 +333,21 @@ impl RequestCounts {
 }
 
 /// The summary line: `requests: 1,234 (class A 1,000, class B 234, free 0), estimated cost
-/// $0.0046`.
+/// $0.0046`, and after it, when the target throttled writes of shared keys, `; throttled
+/// writes: 3 published by another writer, 1 written again`.
 impl fmt::Display for RequestCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "requests: {}", self.breakdown())
+        write!(f, "requests: {}", self.breakdown())?;
+        let throttled = &self.throttled_writes;
+        if throttled.taken_as_published > 0 || throttled.written_again > 0 {
+            write!(
+                f,
+                "; throttled writes: {} published by another writer, {} written again",
+                thousands(throttled.taken_as_published),
+                thousands(throttled.written_again)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -373,16 +417,41 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_line_tells_of_throttled_writes_when_there_were_any() {
+        let tally = Tally::default();
+        tally.sent("PutObject", Object::Narinfo);
+        tally.taken_as_published();
+        tally.taken_as_published();
+        tally.written_again();
+        let line = tally.counts(&RequestPrices::default()).to_string();
+        assert!(
+            line.ends_with("; throttled writes: 2 published by another writer, 1 written again"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn since_subtracts_an_earlier_snapshot() {
         let tally = Tally::default();
         tally.sent("GetObject", Object::Narinfo);
+        tally.taken_as_published();
         let before = tally.counts(&RequestPrices::default());
         tally.sent("GetObject", Object::Narinfo);
         tally.sent("PutObject", Object::Nar);
+        tally.taken_as_published();
+        tally.written_again();
         let after = tally.counts(&RequestPrices::default());
+        assert_eq!(after.throttled_writes.taken_as_published, 2);
         let run = after.since(&before, &RequestPrices::default());
         assert_eq!((run.total, run.class_a, run.class_b), (2, 1, 1));
         assert_eq!(run.by_object["GetObject"]["narinfo"], 1);
+        assert_eq!(
+            run.throttled_writes,
+            ThrottledWrites {
+                taken_as_published: 1,
+                written_again: 1
+            }
+        );
     }
 
     #[test]

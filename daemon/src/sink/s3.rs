@@ -37,6 +37,7 @@ const FILE_READ_BUFFER: usize = 1 << 20;
 
 mod client;
 mod counting;
+mod throttle;
 use client::{credentials_chain, sdk_config, signs_payload};
 
 pub struct S3Sink {

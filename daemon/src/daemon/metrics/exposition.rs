@@ -178,6 +178,21 @@ impl Collector for Snapshot {
             ConstCounter::new(r.enqueue_requests.spool_ingested),
         )?;
         requests(&mut out, &r.requests)?;
+        let throttled = &r.requests.throttled_writes;
+        labelled(
+            &mut out,
+            "narpush_throttled_writes",
+            "Writes of narinfos and nix-cache-info the target throttled (HTTP 429, SlowDown) since \
+             the daemon started, by outcome: taken as published by another writer, or sent again",
+            "outcome",
+            &[
+                (
+                    "taken_as_published",
+                    ConstCounter::new(throttled.taken_as_published),
+                ),
+                ("written_again", ConstCounter::new(throttled.written_again)),
+            ],
+        )?;
         single(
             &mut out,
             "narpush_spool_waiting_files",
@@ -314,6 +329,7 @@ mod tests {
                 tally.sent("PutObject", crate::sink::requests::Object::Narinfo);
                 tally.sent("PutObject", crate::sink::requests::Object::Narinfo);
                 tally.sent("HeadObject", crate::sink::requests::Object::Narinfo);
+                tally.taken_as_published();
                 tally.counts(&Default::default())
             },
             ..StatusReport::default()
@@ -347,6 +363,14 @@ mod tests {
             (
                 "narpush_requests_total{class=\"B\",op=\"HeadObject\",object=\"narinfo\"}",
                 "1",
+            ),
+            (
+                "narpush_throttled_writes_total{outcome=\"taken_as_published\"}",
+                "1",
+            ),
+            (
+                "narpush_throttled_writes_total{outcome=\"written_again\"}",
+                "0",
             ),
             ("narpush_nar_upload_duration_seconds_count", "1"),
             ("narpush_nar_upload_size_bytes_sum", "5000.0"),

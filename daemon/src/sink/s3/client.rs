@@ -16,6 +16,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use super::counting::CountRequests;
+use super::throttle::TooManyRequestsIsThrottling;
 use crate::sink::url::S3Location;
 use crate::sink::{ErrorClass, SinkError};
 
@@ -95,6 +96,7 @@ pub(super) fn sdk_config_counting(
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .retry_classifier(TooManyRequestsIsThrottling)
         .interceptor(counter)
         .timeout_config(
             TimeoutConfig::builder()
