@@ -240,3 +240,30 @@ fn a_narinfo_signed_only_by_an_untrusted_key_is_never_deleted() {
         .unfixable
         .contains_key(&format!("{}.narinfo", their_app.hash_part())));
 }
+
+/// Under the simulation (feature `sim`), the local store repair asks is the simulated one,
+/// as the engine's: what it holds is valid, with its metadata; what it lacks is not.
+#[cfg(feature = "sim")]
+#[tokio::test]
+async fn the_local_store_is_the_simulated_one_when_one_is_installed() {
+    use crate::store::simulated::{install, SimStore};
+    let held = path('a', "held");
+    let lacked = path('b', "lacked");
+    let store = std::sync::Arc::new(SimStore::default());
+    let info = PathInfo {
+        path: held.clone(),
+        nar_hash: nar_hash("held"),
+        nar_size: 1,
+        references: Vec::new(),
+        deriver: None,
+        ca: None,
+        signatures: Vec::new(),
+    };
+    store.add(info.clone(), bytes::Bytes::from_static(b"x"));
+    install(Some(store));
+    let valid = super::valid_in_local_store(&[held.clone(), lacked]).await;
+    install(None);
+    let valid = valid.unwrap();
+    assert_eq!(valid.len(), 1);
+    assert_eq!(valid[held.hash_part()].nar_hash, info.nar_hash);
+}
