@@ -156,7 +156,10 @@ impl World {
             .position(|p| p == path)
             .expect("a removed path was made here");
         self.store.add(info, nar_of(&self.contents[index]));
-        crate::run::lock(&self.revived).push(path.hash_part().to_owned());
+        self.revived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(path.hash_part().to_owned());
     }
 }
 
