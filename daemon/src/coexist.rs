@@ -42,10 +42,12 @@
 //!   Nix (and narpush before 2026-12) names NARs, to write the right bytes over a damaged copy:
 //!   an object other paths and writers may share, which a collection may be deleting while it
 //!   is written again (U6).
-//! - **U6, shared NARs settle.** A narinfo naming a NAR under its FileHash that the uploader
-//!   reuses (kept from an earlier attempt) is published only after a HEAD, sent at least `S`
-//!   after it was found, found the NAR; if the NAR is gone, it is stored again, under a key of
-//!   its own, which needs no look (U5).
+//! - **U6, shared NARs settle.** A narinfo naming a NAR under a key other writers may use
+//!   (a FileHash name the uploader reuses, kept from an earlier attempt; or one a repair wrote:
+//!   under its FileHash, or over a damaged or orphaned NAR) is published only after a HEAD,
+//!   sent at least `S` after that PUT returned (or the kept NAR was found), found the NAR; if
+//!   the NAR is gone, it is stored again (an upload's under a key of its own, which needs no
+//!   look, U5; a repair's again under the same rule), at most [`SETTLE_ROUNDS`] times.
 //! - **U7, throttled narinfos.** A narinfo write the store throttled (R2: a second write of the
 //!   key within a second) counts as written when a GET finds another writer's narinfo of the
 //!   same path, `NarHash` and `NarSize`, signed by one of its own keys, and a HEAD then finds

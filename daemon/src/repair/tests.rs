@@ -320,3 +320,30 @@ fn a_forced_upload_writes_over_the_damaged_nar_or_an_old_orphan_of_its_own_shape
     );
     assert_eq!(plan.replaced_nars.len(), 3);
 }
+
+/// Under the simulation (feature `sim`), the local store repair asks is the simulated one,
+/// as the engine's: what it holds is valid, with its metadata; what it lacks is not.
+#[cfg(feature = "sim")]
+#[tokio::test]
+async fn the_local_store_is_the_simulated_one_when_one_is_installed() {
+    use crate::store::simulated::{install, SimStore};
+    let held = path('a', "held");
+    let lacked = path('b', "lacked");
+    let store = std::sync::Arc::new(SimStore::default());
+    let info = PathInfo {
+        path: held.clone(),
+        nar_hash: nar_hash("held"),
+        nar_size: 1,
+        references: Vec::new(),
+        deriver: None,
+        ca: None,
+        signatures: Vec::new(),
+    };
+    store.add(info.clone(), bytes::Bytes::from_static(b"x"));
+    install(Some(store));
+    let valid = super::valid_in_local_store(&[held.clone(), lacked]).await;
+    install(None);
+    let valid = valid.unwrap();
+    assert_eq!(valid.len(), 1);
+    assert_eq!(valid[held.hash_part()].nar_hash, info.nar_hash);
+}

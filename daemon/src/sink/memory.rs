@@ -167,6 +167,16 @@ impl Bucket {
         });
     }
 
+    /// Deletes objects at once, without a request (the simulation's damage: a lifecycle rule
+    /// or an accident); a key that is gone counts as deleted.
+    pub fn remove(&self, keys: &[String]) {
+        self.change(Change::Delete(keys), |objects| {
+            for key in keys {
+                objects.remove(key);
+            }
+        });
+    }
+
     fn change(&self, change: Change<'_>, apply: impl FnOnce(&mut BTreeMap<String, Stored>)) {
         let mut inner = self.lock();
         let inner = &mut *inner;

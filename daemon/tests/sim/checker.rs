@@ -6,6 +6,12 @@
 //! - **done means there**: a path reported done (uploaded or found) has its narinfo in the
 //!   bucket at that moment.
 //!
+//! With damage and repair (`--repair on`), a change DAMAGE makes is not checked; the keys it
+//! harmed are *tainted* ([`crate::damage::Taint`]) until another actor writes them again, and
+//! a problem a later change leaves is excused only when a tainted key explains it (a NAR
+//! deleted or overwritten by damage, a reference whose narinfo damage deleted). A repair in
+//! progress is watched ([`crate::repair::Watch`]).
+//!
 //! The check is incremental (indexes of what each narinfo needs), so it costs little per
 //! change. Every change is also logged, so that a failure can show the history of the keys it
 //! names, and folded into a digest that two runs of one seed must agree on.
@@ -17,20 +23,27 @@ use narpush::format::narinfo::NarInfo;
 use narpush::sink::memory::{Change, Stored};
 
 /// What a narinfo needs.
-struct Needs {
-    url: String,
-    file_size: u64,
+pub struct Needs {
+    pub url: String,
+    pub file_size: u64,
     /// Hash parts of its references (itself excluded).
-    references: Vec<String>,
+    pub references: Vec<String>,
 }
 
 pub struct Checker {
     epoch: SystemTime,
-    needs: BTreeMap<String, Needs>,
+    pub needs: BTreeMap<String, Needs>,
     /// narinfo keys by the NAR they name.
     by_url: BTreeMap<String, BTreeSet<String>>,
     /// narinfo keys by the hash parts they reference.
-    referrers: BTreeMap<String, BTreeSet<String>>,
+    pub referrers: BTreeMap<String, BTreeSet<String>>,
+    /// The store path of every hash part a narinfo named (itself or as a reference).
+    pub paths: BTreeMap<String, narpush::format::store_path::StorePath>,
+    /// What damage harmed, and whether a change now is damage's.
+    pub taint: crate::damage::Taint,
+    /// The repair in progress, if any, and what repairs did.
+    pub watch: Option<crate::repair::Watch>,
+    pub repair_figures: BTreeMap<&'static str, u64>,
     pub violations: Vec<String>,
     /// Hash parts of the paths the upstream cache serves (see `crate::upstream`).
     pub upstream_serves: BTreeSet<String>,
@@ -51,6 +64,10 @@ impl Checker {
             needs: BTreeMap::new(),
             by_url: BTreeMap::new(),
             referrers: BTreeMap::new(),
+            paths: BTreeMap::new(),
+            taint: crate::damage::Taint::default(),
+            watch: None,
+            repair_figures: BTreeMap::new(),
             violations: Vec::new(),
             upstream_serves: BTreeSet::new(),
             log: Vec::new(),
@@ -82,32 +99,48 @@ impl Checker {
         self.log.push((at, what));
     }
 
-    fn violate(&mut self, what: String) {
+    pub fn violate(&mut self, what: String) {
         let at = self.seconds();
         self.violations.push(format!("t={at:.3}s {what}"));
     }
 
     pub fn observe(&mut self, change: Change<'_>, objects: &BTreeMap<String, Stored>) {
         self.changes += 1;
+        let damage = self.taint.damaging;
+        let by = if damage { " (damage)" } else { "" };
         match change {
             Change::Put(key) => {
                 let Some(object) = objects.get(key) else {
                     return;
                 };
-                self.note(format!("PUT {key} etag {}", object.etag));
+                self.note(format!("PUT {key} etag {}{by}", object.etag));
+                if !damage {
+                    self.taint.heal(key);
+                }
                 if key.ends_with(".narinfo") {
                     self.forget(key);
                     self.learn(key, object);
-                    self.check_narinfo(key, objects);
-                } else if key.starts_with("nar/") {
+                    if !damage {
+                        self.check_narinfo(key, objects);
+                    }
+                } else if key.starts_with("nar/") && !damage {
                     self.check_nar_users(key, objects);
                 }
             }
             Change::Delete(keys) => {
                 for key in keys {
-                    self.note(format!("DELETE {key}"));
+                    self.note(format!("DELETE {key}{by}"));
                 }
                 for key in keys {
+                    // Damage is not checked; a key damage deleted stays tainted until written
+                    // again (deleting it again changes nothing).
+                    if damage || self.taint.deleted(key) {
+                        if key.ends_with(".narinfo") {
+                            self.forget(key);
+                        }
+                        continue;
+                    }
+                    self.taint.heal(key);
                     if key.ends_with(".narinfo") {
                         self.forget(key);
                         let hash = key.trim_end_matches(".narinfo");
@@ -133,6 +166,7 @@ impl Checker {
                 }
             }
         }
+        crate::repair::after_change(self, change, objects);
     }
 
     fn learn(&mut self, key: &str, object: &Stored) {
@@ -144,6 +178,11 @@ impl Checker {
             return;
         };
         let own = key.trim_end_matches(".narinfo");
+        for path in narinfo.references.iter().chain([&narinfo.store_path]) {
+            self.paths
+                .entry(path.hash_part().to_owned())
+                .or_insert_with(|| path.clone());
+        }
         let references: Vec<String> = narinfo
             .references
             .iter()
@@ -189,7 +228,11 @@ impl Checker {
             return;
         };
         let mut problems = Vec::new();
+        // A NAR damage deleted or overwrote may be named by a narinfo written meanwhile (its
+        // writer found it a moment before); the narinfo is broken by the damage.
+        let nar_harmed = self.taint.harmed(&needs.url);
         match objects.get(&needs.url) {
+            _ if nar_harmed => {}
             None => problems.push(format!(
                 "closure: {key} was written but its NAR {} is missing",
                 needs.url
@@ -203,7 +246,10 @@ impl Checker {
             Some(_) => {}
         }
         for hash in &needs.references {
-            if !objects.contains_key(&narinfo_key(hash)) && !self.upstream_serves.contains(hash) {
+            if !objects.contains_key(&narinfo_key(hash))
+                && !self.upstream_serves.contains(hash)
+                && !self.taint.deleted(&narinfo_key(hash))
+            {
                 problems.push(format!(
                     "closure: {key} was written but its reference {} is missing",
                     narinfo_key(hash)
@@ -245,7 +291,10 @@ impl Checker {
     /// A path an uploader reported done must be in the bucket now, or served upstream.
     pub fn check_done(&mut self, who: &str, hash: &str, objects: &BTreeMap<String, Stored>) {
         self.note(format!("{who} reports {hash} done"));
-        if !objects.contains_key(&narinfo_key(hash)) && !self.upstream_serves.contains(hash) {
+        if !objects.contains_key(&narinfo_key(hash))
+            && !self.upstream_serves.contains(hash)
+            && !self.taint.deleted(&narinfo_key(hash))
+        {
             self.violate(format!(
                 "done: {who} reported {} done but it is not in the bucket",
                 narinfo_key(hash)

@@ -6,12 +6,14 @@
 //! ```text
 //! cargo test -p narpush --features sim --test sim -- [--seeds N] [--base B] [--seed S]
 //!     [--jobs J] [--repush on|off] [--shared-nars on|off] [--slow-deletes on|off]
-//!     [--crashes on|off] [--faults on|off] [--upstream on|off] [--steps N]
+//!     [--crashes on|off] [--faults on|off] [--upstream on|off] [--repair on|off] [--steps N]
 //!     [--check-determinism] [--verbose]
 //! ```
 
 mod checker;
 mod daemon;
+mod damage;
+mod repair;
 mod rng;
 mod run;
 mod scenario;
@@ -72,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
             "--slow-deletes" => args.options.slow_deletes = switch(it.next(), "--slow-deletes")?,
             "--crashes" => args.options.crashes = switch(it.next(), "--crashes")?,
             "--faults" => args.options.faults = switch(it.next(), "--faults")?,
+            "--repair" => args.options.repair = switch(it.next(), "--repair")?,
             "--check-determinism" => args.check_determinism = true,
             "--verbose" => args.verbose = true,
             // What `cargo test` passes to every test binary.
@@ -113,6 +116,7 @@ fn fixed_options(options: &Options) -> String {
         ("--crashes", options.crashes),
         ("--faults", options.faults),
         ("--upstream", options.upstream),
+        ("--repair", options.repair),
     ] {
         if let Some(on) = value {
             text.push_str(&format!(" {name} {}", if on { "on" } else { "off" }));

@@ -29,7 +29,7 @@ use crate::world::World;
 /// Virtual 2026-01-01T00:00:00Z.
 const EPOCH_SECS: u64 = 1_767_225_600;
 /// The longest a GC run or a one-shot upload may take.
-const RUN_BOUND: Duration = Duration::from_secs(3600);
+pub const RUN_BOUND: Duration = Duration::from_secs(3600);
 /// The longest the final drain may take.
 const DRAIN_BOUND: Duration = Duration::from_secs(12 * 3600);
 
@@ -42,7 +42,7 @@ pub struct Outcome {
     pub summary: String,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -82,7 +82,7 @@ fn state_root() -> std::path::PathBuf {
 }
 
 /// The simulation's signing key, the same every run (narinfos are then the same bytes).
-fn signing_key() -> SigningKey {
+pub fn signing_key() -> SigningKey {
     use base64::Engine as _;
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     SigningKey::parse(&format!(
@@ -93,6 +93,14 @@ fn signing_key() -> SigningKey {
 }
 
 fn engine_config(bucket: &Arc<Bucket>, scenario: &Scenario, world: &World) -> Arc<EngineConfig> {
+    Arc::new(engine_config_value(bucket, scenario, world))
+}
+
+pub fn engine_config_value(
+    bucket: &Arc<Bucket>,
+    scenario: &Scenario,
+    world: &World,
+) -> EngineConfig {
     let sink = Arc::new(Sink::Memory(MemorySink::new(bucket.clone())));
     let mut stream = StreamSettings::new(Compression::Zstd, 1);
     stream.workers = 0;
@@ -111,7 +119,7 @@ fn engine_config(bucket: &Arc<Bucket>, scenario: &Scenario, world: &World) -> Ar
             UpstreamCache::from(UpstreamUrl::Memory(SimulatedCache(upstream.bucket.clone())));
         config = config.with_upstream(Upstream::new(vec![cache], vec![upstream.public_key()]));
     }
-    Arc::new(config)
+    config
 }
 
 struct Sim {
@@ -126,6 +134,8 @@ struct Sim {
     /// Per daemon: when its favourites are pushed next.
     repush_at: Vec<tokio::time::Instant>,
     counts: BTreeMap<&'static str, u64>,
+    /// Damage and repairs (`--repair on`).
+    keeper: Option<crate::repair::Keeper>,
 }
 
 async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcome {
@@ -133,7 +143,9 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
     narpush::clock::set_virtual(Some(epoch));
     let mut rng = Rng::new(seed);
     let mut later = Rng::new(seed ^ 0x7570_7374_7265_616d);
-    let scenario = Scenario::draw(&mut rng, &mut later, options);
+    let mut scenario = Scenario::draw(&mut rng, &mut later, options);
+    let keeper = crate::repair::Keeper::draw(seed, options.repair);
+    scenario.repair = keeper.is_some();
     let mut world = World::default();
     if scenario.upstream {
         let mut faults = scenario.faults.clone();
@@ -175,6 +187,7 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
         gc: None,
         one_shots: Vec::new(),
         counts: BTreeMap::new(),
+        keeper,
     };
     for _ in 0..sim.scenario.steps {
         sim.step().await;
@@ -195,6 +208,16 @@ impl Sim {
 
     async fn step(&mut self) {
         self.repush_due();
+        if let Some(keeper) = &mut self.keeper {
+            let checker = &self.ledger.checker;
+            keeper.step(
+                &self.bucket,
+                checker,
+                &mut self.world,
+                &self.scenario,
+                &mut self.counts,
+            );
+        }
         let daemon = self.rng.below(self.daemons.len() as u64) as usize;
         match self.rng.below(100) {
             0..=49 => {
@@ -212,6 +235,8 @@ impl Sim {
             50..=59 if !self.world.paths.is_empty() => {
                 // A path built again (or pushed by hand), whatever its age.
                 let path = self.rng.pick(&self.world.paths).clone();
+                // Built again: back in the local store if its GC had taken it.
+                self.world.revive(&path);
                 self.daemons[daemon].send(Command::Push(vec![path]));
                 self.count("rebuilds");
             }
@@ -335,6 +360,9 @@ impl Sim {
         for one_shot in std::mem::take(&mut self.one_shots) {
             let _ = one_shot.await;
         }
+        if let Some(keeper) = &mut self.keeper {
+            keeper.finish().await;
+        }
         loop {
             let mut busy = 0;
             for d in &self.daemons {
@@ -368,6 +396,9 @@ impl Sim {
     fn finish(self, seed: u64, checker: &Arc<Mutex<Checker>>) -> Outcome {
         for gc in self.gc.iter().chain(&self.one_shots) {
             gc.abort();
+        }
+        if let Some(keeper) = &self.keeper {
+            keeper.abort();
         }
         let checker = lock(checker);
         let keys: Vec<String> = checker
@@ -404,6 +435,14 @@ impl Sim {
                 upstream.served.len(),
                 upstream.bucket.counts().requests
             ));
+        }
+        if !checker.repair_figures.is_empty() {
+            let figures: Vec<String> = checker
+                .repair_figures
+                .iter()
+                .map(|(what, n)| format!("{what} {n}"))
+                .collect();
+            summary.push(format!("repair: {}", figures.join(", ")));
         }
         summary.push(format!("virtual time {:.0}s", checker.seconds()));
         Outcome {

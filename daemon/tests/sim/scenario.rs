@@ -23,6 +23,8 @@ pub struct Options {
     pub faults: Option<bool>,
     /// Engines ask an upstream cache, which offers some base paths (see [`crate::upstream`]).
     pub upstream: Option<bool>,
+    /// Damage to the bucket, and `verify --repair` runs (see [`crate::repair`]).
+    pub repair: Option<bool>,
     /// Scheduler steps (default 300).
     pub steps: Option<usize>,
 }
@@ -41,6 +43,8 @@ pub struct Scenario {
     pub grace: Duration,
     pub steps: usize,
     pub upstream: bool,
+    /// Drawn apart, from a generator of its own ([`crate::repair::Keeper::draw`]).
+    pub repair: bool,
 }
 
 fn or_draw(fixed: Option<bool>, rng: &mut Rng, percent: u64) -> bool {
@@ -90,6 +94,7 @@ impl Scenario {
             grace,
             steps: options.steps.unwrap_or(300),
             upstream: or_draw(options.upstream, later, 50),
+            repair: false,
         }
     }
 

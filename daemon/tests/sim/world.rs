@@ -2,9 +2,12 @@
 //! path with a precomputed NAR (one regular file) and references to earlier paths. Some
 //! builds produce a file with the same contents as an earlier path, so two paths share one
 //! NAR object (same bytes, same FileHash). With an upstream cache, the base paths may be offered
-//! there too (see [`crate::upstream`]).
+//! there too (see [`crate::upstream`]). The local store's own GC may remove paths (with their
+//! referrers, so the store stays closed, see [`World::remove_with_referrers`]); a build that
+//! needs one brings it back (Nix builds or substitutes it again: the same path).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use narpush::format::hash::Sha256;
@@ -29,6 +32,10 @@ pub struct World {
     contents: Vec<Bytes>,
     /// The upstream cache, which may offer the base paths.
     pub upstream: Option<crate::upstream::UpstreamCache>,
+    /// Paths the local store's GC removed, by hash part, with their metadata.
+    removed: BTreeMap<String, PathInfo>,
+    /// Hash parts of the removed paths brought back, in order (shared with repair's checks).
+    pub revived: Arc<Mutex<Vec<String>>>,
 }
 
 impl World {
@@ -91,6 +98,9 @@ impl World {
             ca: None,
             signatures: Vec::new(),
         };
+        for reference in &info.references {
+            self.revive(reference);
+        }
         if self.paths.len() < BASE_PATHS {
             if let Some(upstream) = &mut self.upstream {
                 upstream.offer(&info, &nar);
@@ -100,6 +110,56 @@ impl World {
         self.paths.push(path.clone());
         self.contents.push(contents);
         path
+    }
+}
+
+impl World {
+    /// The local store's GC removes `doomed` and every path that refers to one of them
+    /// (transitively: Nix never removes a path whose referrer stays); returns what it removed.
+    pub fn remove_with_referrers(&mut self, doomed: &BTreeSet<String>) -> Vec<StorePath> {
+        let mut gone: BTreeSet<String> = BTreeSet::new();
+        let mut removed = Vec::new();
+        // References point to older paths: one pass, oldest first, sees every referrer.
+        for path in &self.paths {
+            let Some(info) = self.store.info(path) else {
+                continue;
+            };
+            let hash = path.hash_part().to_owned();
+            let refers = info
+                .references
+                .iter()
+                .any(|r| r != path && gone.contains(r.hash_part()));
+            if doomed.contains(&hash) || refers {
+                self.store.remove(path);
+                gone.insert(hash.clone());
+                self.removed.insert(hash, info);
+                removed.push(path.clone());
+            }
+        }
+        removed
+    }
+
+    /// Brings `path` back into the local store with what it references, if the store's GC
+    /// removed it.
+    pub fn revive(&mut self, path: &StorePath) {
+        let Some(info) = self.removed.remove(path.hash_part()) else {
+            return;
+        };
+        for reference in &info.references {
+            if reference != path {
+                self.revive(reference);
+            }
+        }
+        let index = self
+            .paths
+            .iter()
+            .position(|p| p == path)
+            .expect("a removed path was made here");
+        self.store.add(info, nar_of(&self.contents[index]));
+        self.revived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(path.hash_part().to_owned());
     }
 }
 

@@ -142,3 +142,27 @@ async fn a_slow_delete_is_given_up_at_the_bound_and_lands_within_a_second_of_it(
     tokio::time::sleep(GIVEN_UP_LANDS_WITHIN + Duration::from_millis(1)).await;
     assert!(!bucket.snapshot().contains_key("a"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_removal_lands_at_once_without_a_request_and_is_observed() {
+    let bucket = Bucket::new(faults(9));
+    bucket.insert("a", Bytes::from_static(b"x"));
+    bucket.insert("b", Bytes::from_static(b"y"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    bucket.set_observer(Some(Box::new(move |change, objects| {
+        if let Change::Delete(keys) = change {
+            log.lock().unwrap().push((keys.to_vec(), objects.len()));
+        }
+    })));
+    let requests = bucket.counts().requests;
+    let started = tokio::time::Instant::now();
+    bucket.remove(&["a".to_owned(), "gone".to_owned()]);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(bucket.counts().requests, requests);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(vec!["a".to_owned(), "gone".to_owned()], 1)]
+    );
+    assert!(matches!(bucket.head("a").await.unwrap(), Read::Absent));
+}

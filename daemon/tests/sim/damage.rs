@@ -1,0 +1,237 @@
+//! DAMAGE: what a lifecycle rule or an accident does to the bucket, outside every protocol:
+//! a NAR deleted, truncated or replaced by other bytes (of its size or not), a narinfo that
+//! others reference deleted, a narinfo's signature replaced by one of a key nobody trusts, or
+//! everything older than some age deleted. Damage lands at once (no request); with a chance
+//! the damaged paths are also gone from the local store (its own GC took them, with their
+//! referrers), so that repair finds some of them and not others.
+//!
+//! The checker does not check damage's changes; it *taints* the keys damage harmed
+//! ([`Taint`]) until another actor writes them again. Invariant: only a tainted key excuses a
+//! broken narinfo, so every other break is still a violation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use narpush::format::narinfo::NarInfo;
+use narpush::format::signing::SigningKey;
+use narpush::sink::memory::{Bucket, Stored};
+
+use crate::checker::Checker;
+use crate::rng::Rng;
+use crate::run::lock;
+use crate::world::World;
+
+/// What damage did to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Harm {
+    /// Deleted (the key is absent).
+    Deleted,
+    /// A NAR overwritten with bytes of another size.
+    Resized,
+    /// A NAR overwritten with other bytes of its size (seen only with `--nar-hash`).
+    Rebytes,
+    /// A narinfo whose signature was replaced by one of a key nobody trusts.
+    ForeignSignature,
+}
+
+/// The keys damage harmed, until another actor writes them again.
+#[derive(Default)]
+pub struct Taint {
+    /// Set while damage changes the bucket (its changes are not checked).
+    pub damaging: bool,
+    pub keys: BTreeMap<String, Harm>,
+}
+
+impl Taint {
+    pub fn harmed(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    pub fn harm(&self, key: &str) -> Option<Harm> {
+        self.keys.get(key).copied()
+    }
+
+    pub fn deleted(&self, key: &str) -> bool {
+        self.keys.get(key) == Some(&Harm::Deleted)
+    }
+
+    /// Another actor wrote or deleted `key`: what it is now is that actor's doing.
+    pub fn heal(&mut self, key: &str) {
+        self.keys.remove(key);
+    }
+}
+
+/// The key damage re-signs narinfos with.
+fn vandal_key() -> SigningKey {
+    use base64::Engine as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[17; 32]);
+    SigningKey::parse(&format!(
+        "vandal-1:{}",
+        base64::engine::general_purpose::STANDARD.encode(key.to_keypair_bytes())
+    ))
+    .expect("a valid key")
+}
+
+/// One stroke of damage; returns what it did (for the log), or `None` if there was nothing
+/// to damage.
+pub fn strike(
+    rng: &mut Rng,
+    bucket: &Arc<Bucket>,
+    checker: &Arc<Mutex<Checker>>,
+    world: &mut World,
+) -> Option<String> {
+    let objects = bucket.snapshot();
+    let nars: Vec<&String> = objects.keys().filter(|k| k.starts_with("nar/")).collect();
+    let narinfos: Vec<&String> = objects.keys().filter(|k| k.ends_with(".narinfo")).collect();
+    if narinfos.is_empty() || nars.is_empty() {
+        return None;
+    }
+    let mut harmed: Vec<(String, Harm)> = Vec::new();
+    // The narinfos whose paths may also leave the local store, and the chance they do.
+    let mut paths_of: Vec<String> = Vec::new();
+    let mut forget_percent = 40;
+    let what = match rng.below(100) {
+        0..=59 => {
+            let nar = rng.pick(&nars).to_string();
+            let body = &objects[&nar].body;
+            let (what, harm, bytes) = match rng.below(3) {
+                0 => ("deletes", Harm::Deleted, None),
+                1 => {
+                    let keep = rng.below(body.len() as u64) as usize;
+                    ("truncates", Harm::Resized, Some(body.slice(..keep)))
+                }
+                _ => {
+                    let same_size = rng.chance(50);
+                    let len = if same_size {
+                        body.len()
+                    } else {
+                        rng.between(1, 2000) as usize
+                    };
+                    let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                    let harm = if len == body.len() {
+                        Harm::Rebytes
+                    } else {
+                        Harm::Resized
+                    };
+                    ("replaces", harm, Some(Bytes::from(bytes)))
+                }
+            };
+            land(bucket, checker, |b| match bytes {
+                None => b.remove(std::slice::from_ref(&nar)),
+                Some(bytes) => b.insert(&nar, bytes),
+            });
+            paths_of.extend(narinfos_naming(&objects, &nar));
+            harmed.push((nar.clone(), harm));
+            format!("{what} {nar}")
+        }
+        60..=74 => {
+            let referenced = referenced_narinfos(&objects);
+            let pool = if referenced.is_empty() {
+                narinfos.iter().map(|k| k.to_string()).collect()
+            } else {
+                referenced
+            };
+            let key = rng.pick(&pool).clone();
+            land(bucket, checker, |b| b.remove(std::slice::from_ref(&key)));
+            paths_of.push(key.clone());
+            harmed.push((key.clone(), Harm::Deleted));
+            format!("deletes {key}")
+        }
+        75..=91 => {
+            let key = rng.pick(&narinfos).to_string();
+            let mut narinfo = parse(&objects[&key])?;
+            narinfo.signatures.clear();
+            narinfo.add_signature(&vandal_key()).ok()?;
+            let body = Bytes::from(narinfo.to_string());
+            land(bucket, checker, |b| b.insert(&key, body));
+            paths_of.push(key.clone());
+            harmed.push((key.clone(), Harm::ForeignSignature));
+            format!("re-signs {key} with a foreign key")
+        }
+        _ => {
+            let older_than = Duration::from_secs(rng.between(1800, 3 * 3600));
+            let now = narpush::clock::now();
+            let keys: Vec<String> = objects
+                .iter()
+                .filter(|(_, o)| narpush::clock::age(now, o.modified) >= older_than)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if keys.is_empty() {
+                return None;
+            }
+            land(bucket, checker, |b| b.remove(&keys));
+            for key in &keys {
+                harmed.push((key.clone(), Harm::Deleted));
+                if key.ends_with(".narinfo") {
+                    paths_of.push(key.clone());
+                }
+            }
+            forget_percent = 20;
+            format!(
+                "a lifecycle rule deletes the {} objects older than {}s",
+                keys.len(),
+                older_than.as_secs()
+            )
+        }
+    };
+    let mut checker = lock(checker);
+    for (key, harm) in harmed {
+        checker.taint.keys.insert(key, harm);
+    }
+    let doomed: BTreeSet<String> = paths_of
+        .iter()
+        .filter(|_| rng.chance(forget_percent))
+        .map(|k| k.trim_end_matches(".narinfo").to_owned())
+        .collect();
+    let mut what = format!("damage: {what}");
+    if !doomed.is_empty() {
+        let removed = world.remove_with_referrers(&doomed);
+        what.push_str(&format!(
+            "; the local store's GC removes {} path(s)",
+            removed.len()
+        ));
+    }
+    checker.note(what.clone());
+    crate::repair::after_damage(&mut checker, &bucket.snapshot());
+    Some(what)
+}
+
+/// Applies `change` to the bucket as damage (the checker does not check it).
+fn land(bucket: &Bucket, checker: &Mutex<Checker>, change: impl FnOnce(&Bucket)) {
+    lock(checker).taint.damaging = true;
+    change(bucket);
+    lock(checker).taint.damaging = false;
+}
+
+fn parse(object: &Stored) -> Option<NarInfo> {
+    NarInfo::parse(std::str::from_utf8(&object.body).ok()?).ok()
+}
+
+/// The narinfo keys whose URL is `nar`.
+fn narinfos_naming(objects: &BTreeMap<String, Stored>, nar: &str) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|(k, _)| k.ends_with(".narinfo"))
+        .filter(|(_, o)| parse(o).is_some_and(|n| n.url == nar))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The narinfo keys another narinfo here references.
+fn referenced_narinfos(objects: &BTreeMap<String, Stored>) -> Vec<String> {
+    let mut referenced = BTreeSet::new();
+    for (key, object) in objects.iter().filter(|(k, _)| k.ends_with(".narinfo")) {
+        let Some(narinfo) = parse(object) else {
+            continue;
+        };
+        for reference in &narinfo.references {
+            let target = format!("{}.narinfo", reference.hash_part());
+            if &target != key && objects.contains_key(&target) {
+                referenced.insert(target);
+            }
+        }
+    }
+    referenced.into_iter().collect()
+}
