@@ -242,21 +242,42 @@ fn every_damage_is_reported_exactly_then_repaired_and_stock_nix_substitutes_the_
         .unwrap()
         .contains("not valid in the local store"));
 
+    // The NARs the repair replaced (it writes every NAR under a new name, and never over an
+    // object another narinfo may name): orphans once it has uploaded, older than the grace.
+    let key_of = |file: PathBuf| {
+        file.strip_prefix(&bucket)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut replaced: BTreeSet<String> = [
+        a.path("lib"),
+        &f.top,
+        f.path("lib"),
+        f.path("tool"),
+        f.path("base"),
+    ]
+    .into_iter()
+    .map(|path| key_of(nar_file(&bucket, path)))
+    .collect();
+    replaced.insert(orphan.to_owned());
+
     let (output, done) = verify(&url, &env, &repair);
     assert_eq!(code(&output), 0, "{}\n{done}", stderr(&output));
     assert_eq!(done["whole"], true);
     assert_eq!(strings(&done["repair"]["repaired"]), repaired, "{done}");
-    // a's base was named again by its narinfo: not deleted after all.
-    assert_eq!(
-        strings(&done["repair"]["deleted"]),
-        set(&[
+    let mut deleted = replaced.clone();
+    deleted.extend(
+        [
             &narinfo_key(&x.top),
             &narinfo_key(x.path("tool")),
             x_app_nar,
             "nar/orphan.nar.zst",
-        ]),
-        "{done}"
+        ]
+        .map(str::to_owned),
     );
+    assert_eq!(strings(&done["repair"]["deleted"]), deleted, "{done}");
     assert!(!narinfo_file(&bucket, &x.top).exists());
     assert!(narinfo_file(&bucket, x.path("lib")).exists());
 
@@ -286,13 +307,21 @@ fn a_directory_cache_is_repaired_and_a_repair_needs_a_key() {
     let (secret, public) = keygen(keys.path(), "repair-dir-1");
     let a = Closure::build("repair-dir");
     upload(&url, &[], &secret, &a.top);
-    // Damage found a day later: base's NAR, left without its narinfo, is then old enough to be
-    // written over (no upload reuses it any more) instead of left beside a new one.
-    age_everything(dir.path(), Duration::from_secs(86400));
     let lib_nar = nar_file(dir.path(), a.path("lib"));
+    let base_nar = nar_file(dir.path(), a.path("base"));
     let bytes = std::fs::read(&lib_nar).unwrap();
     std::fs::write(&lib_nar, &bytes[..100]).unwrap();
     std::fs::remove_file(narinfo_file(dir.path(), a.path("base"))).unwrap();
+    // Damage found a day later, so that --delete-broken may take what the repair leaves.
+    age_everything(dir.path(), Duration::from_secs(86400));
+    let key_of = |file: &Path| {
+        file.strip_prefix(dir.path())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let replaced: BTreeSet<String> = [key_of(&lib_nar), key_of(&base_nar)].into();
 
     let trusted = ["--trusted-key", public.as_str(), "--grace", "0s"];
     let refused = run(narpush()
@@ -324,11 +353,42 @@ fn a_directory_cache_is_repaired_and_a_repair_needs_a_key() {
     assert_eq!(code(&output), 2);
     assert!(stderr(&output).contains("--grace"), "{}", stderr(&output));
 
+    // Repaired NARs get new names: the damaged NAR and the one base's narinfo named stay, as
+    // orphans, the only problems left.
     let (output, done) = verify(&url, &[], &repair);
-    assert_eq!(code(&output), 0, "{}\n{done}", stderr(&output));
+    assert_eq!(code(&output), 1, "{}\n{done}", stderr(&output));
     assert_eq!(
         strings(&done["repair"]["repaired"]),
         set(&[a.path("lib"), a.path("base")])
+    );
+    assert_eq!(done["problem_count"], 2, "{done}");
+    let orphans: BTreeSet<String> = done["problems"]["orphan_nars"]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|example| example["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(orphans, replaced, "{done}");
+    // --delete-broken, with gc's minimum grace, takes them: whole.
+    let (output, cleaned) = verify(
+        &url,
+        &[],
+        &[
+            "--trusted-key",
+            public.as_str(),
+            "--grace",
+            "15m",
+            "--repair",
+            "--delete-broken",
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&output), 0, "{}\n{cleaned}", stderr(&output));
+    assert_eq!(
+        strings(&cleaned["repair"]["deleted"]),
+        replaced,
+        "{cleaned}"
     );
     let (output, report) = verify(&url, &[], &[&trusted[..], &["--nar-hash"]].concat());
     assert_eq!(code(&output), 0, "{report}");
@@ -380,6 +440,9 @@ fn an_unparseable_narinfo_and_the_reference_only_it_named_are_uploaded_from_a_si
             "--upstream",
             &upstream,
             "--repair",
+            // The NARs of lib and base, which no narinfo names any more (repaired NARs get
+            // new names), are older than the grace: deleted.
+            "--delete-broken",
             "--key",
             secret.to_str().unwrap(),
         ],

@@ -38,16 +38,13 @@
 //!   right after it) only after its output's narinfo and the realisations it depends on.
 //! - **U5, NARs of their own.** Every NAR an upload writes gets a key no other upload uses
 //!   ([`crate::layout::nar_key_unique`]), so no collection has ever listed it, and its
-//!   LastModified is its own. Only a repair (R1) names a NAR of one PUT by its FileHash, as
-//!   Nix (and narpush before 2026-12) names NARs, to write the right bytes over a damaged copy:
-//!   an object other paths and writers may share, which a collection may be deleting while it
-//!   is written again (U6).
-//! - **U6, shared NARs settle.** A narinfo naming a NAR under a key other writers may use
-//!   (a FileHash name the uploader reuses, kept from an earlier attempt; or one a repair wrote:
-//!   under its FileHash, or over a damaged or orphaned NAR) is published only after a HEAD,
-//!   sent at least `S` after that PUT returned (or the kept NAR was found), found the NAR; if
-//!   the NAR is gone, it is stored again (an upload's under a key of its own, which needs no
-//!   look, U5; a repair's again under the same rule), at most [`SETTLE_ROUNDS`] times.
+//!   LastModified is its own; no NAR object is ever written twice. (Nix, and narpush before
+//!   2026-12, name a NAR of one PUT by its FileHash: an object other paths and writers may
+//!   share, which a collection may be deleting while it is written again: U6.)
+//! - **U6, shared NARs settle.** A narinfo naming a NAR under its FileHash that the uploader
+//!   reuses (kept from an earlier attempt by narpush before 2026-12) is published only after
+//!   a HEAD, sent at least `S` after the NAR was found, found it; if it is gone, the NAR is
+//!   stored again under a key of its own, which needs no look (U5).
 //! - **U7, throttled narinfos.** A narinfo write the store throttled (R2: a second write of the
 //!   key within a second) counts as written when a GET finds another writer's narinfo of the
 //!   same path, `NarHash` and `NarSize`, signed by one of its own keys, and a HEAD then finds

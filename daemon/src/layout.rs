@@ -5,8 +5,7 @@
 //! |---|---|---|
 //! | cache description | `nix-cache-info` | when missing or out of date |
 //! | path metadata | `<hash part>.narinfo` | last, after its NAR and its references |
-//! | NAR that fits in one part | `nar/<nix32 FileHash><ext>` | one PUT |
-//! | NAR streamed in parts | `nar/<nix32 NarHash>-<8 chars writer id>-<16 random nix32 chars><ext>` | multipart; a daemon aborts its own unfinished ones (its writer id) when it starts |
+//! | NAR | `nar/<nix32 NarHash>-<8 chars writer id>-<16 random nix32 chars><ext>` | one PUT, or multipart when streamed in parts; a daemon aborts its own unfinished multipart uploads (its writer id) when it starts |
 //! | NAR listing | `<hash part>.ls` | when asked for (`write_nar_listing`), after its NAR, before its narinfo; `Content-Encoding` names its compression (`ls-compression`, S3 only) |
 //! | build log | `log/<drv basename>` | best effort, after its outputs |
 //! | realisation | `realisations/sha256:<base16>!<output>.doi` | after its output's narinfo and the realisations it depends on |
@@ -19,10 +18,11 @@
 //! compressor's version, so a name derived from the NAR alone could be written twice with
 //! different bytes, under a narinfo that already published the first FileHash and FileSize.
 //! narpush never does that:
-//! - a NAR whose compressed form fits in one part is named by its FileHash, as Nix names NARs:
-//!   the name is the hash of the bytes, so writing it again writes the same bytes;
-//! - a NAR streamed in parts is named before its FileHash is known, so its name carries 80
-//!   random bits and is never used by another upload.
+//! every NAR, written with one PUT or streamed in parts, gets a name with 80 random bits that
+//! no other upload uses. (Nix, and narpush before 2026-12 for a NAR of one PUT, name a NAR by
+//! its FileHash, [`nar_key_by_file_hash`]: writing it again writes the same bytes, but the
+//! object is shared by every writer of those bytes, and a collection may be deleting it while
+//! one writes it again: rule U6 of [`crate::coexist`].)
 //!
 //! Two writers of one path therefore each publish a consistent narinfo/NAR pair, whatever their
 //! settings; the NAR of the narinfo that lost the race is unreferenced and harmless.
@@ -156,7 +156,7 @@ pub fn narinfo_key(path: &StorePath) -> String {
     format!("{}.narinfo", path.hash_part())
 }
 
-/// The key of a NAR written in one piece: named by the hash of its bytes.
+/// The key Nix gives a NAR: the hash of its bytes (narpush reads such keys, writes none).
 pub fn nar_key_by_file_hash(file_hash: &Sha256, compression: Compression) -> String {
     format!(
         "nar/{}{}",
@@ -192,7 +192,7 @@ impl std::fmt::Display for WriterId {
     }
 }
 
-/// A key no other upload uses, for a NAR streamed by `writer` before its FileHash is known.
+/// A key no other upload uses, for a NAR written by `writer` (with one PUT or in parts).
 pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression, writer: WriterId) -> String {
     let nonce: [u8; 10] = rand::thread_rng().gen();
     format!(

@@ -341,9 +341,7 @@ async fn upload(
     engine: EngineConfig,
     summary: &mut Summary,
 ) -> Result<(), RepairError> {
-    let config = engine
-        .with_forced(repairs.forced.clone())
-        .with_replaced_nars(repairs.replaced_nars.clone());
+    let config = engine.with_forced(repairs.forced.clone());
     config.ensure_cache_info().await?;
     let (engine, mut reports, task) =
         Engine::start(Arc::new(config), CancellationToken::new(), Duration::ZERO);

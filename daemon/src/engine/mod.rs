@@ -60,7 +60,7 @@ pub mod resolve;
 pub mod stream;
 mod tasks;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,10 +124,6 @@ pub struct EngineConfig {
     /// a narinfo whose NAR is damaged looks present, but its NAR must be written afresh and
     /// the narinfo rewritten after it).
     pub forced: HashSet<StorePath>,
-    /// NAR keys a repair writes over (a damaged NAR's, or an orphan's), by the NarHash (nix32)
-    /// of the NAR that replaces each, instead of leaving that object beside a new one (see
-    /// [`crate::repair`]).
-    pub replaced_nars: HashMap<String, String>,
     /// Paths never uploaded (see [`crate::filter`]).
     pub filter: Arc<PushFilter>,
     cache_info_checked: AtomicBool,
@@ -160,7 +156,6 @@ impl EngineConfig {
                 want_mass_query: true,
             },
             forced: HashSet::new(),
-            replaced_nars: HashMap::new(),
             filter: Arc::new(PushFilter::default()),
             cache_info_checked: AtomicBool::new(false),
         }
@@ -168,19 +163,8 @@ impl EngineConfig {
 
     /// Uploads `paths` whatever the cache and upstream caches hold: their lookups answer
     /// absent, and a store signature by an upstream key does not skip them.
-    /// Its NARs of one PUT are then named by their FileHash, so that the same bytes are
-    /// written over a damaged or orphaned copy of the NAR instead of beside it (U6 then holds
-    /// their narinfos for a look).
     pub fn with_forced(mut self, paths: HashSet<StorePath>) -> EngineConfig {
         self.forced = paths;
-        self.stream.by_file_hash = true;
-        self
-    }
-
-    /// Writes a NAR whose NarHash (nix32) `keys` holds under the key given, over the object
-    /// there; U6 then holds its narinfo for a look, as for a NAR under its FileHash.
-    pub fn with_replaced_nars(mut self, keys: HashMap<String, String>) -> EngineConfig {
-        self.replaced_nars = keys;
         self
     }
 

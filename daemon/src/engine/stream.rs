@@ -17,9 +17,6 @@
 //!   name no other upload uses ([`layout::nar_key_unique`]), so no NAR object is ever
 //!   overwritten, and no collection can have planned the deletion of a key before it was
 //!   written (which is why a narinfo may name it at once: rule U5 of [`crate::coexist`]).
-//!   Only when the settings ask for it (`verify --repair`) is a NAR of one PUT named by its
-//!   FileHash, as Nix names NARs, which writes the same bytes over a damaged or orphaned copy;
-//!   its narinfo then waits for rule U6's look.
 //! - **One read of the tree**: the `.ls` listing, when asked for, is built by the same
 //!   serialization that produces the NAR; it is returned with the stored NAR and uploaded by
 //!   the caller before the narinfo.
@@ -83,11 +80,6 @@ pub struct StreamSettings {
     /// Compressed beside a NAR that has the workers: its thread runs at a lower priority (see
     /// [`super::producer`]).
     pub background: bool,
-    /// Name a NAR written with one PUT by its FileHash instead of a name of its own.
-    pub by_file_hash: bool,
-    /// Write the NAR under this key, over the object there (a repair's: see
-    /// [`crate::engine::EngineConfig::with_replaced_nars`]).
-    pub replace_key: Option<String>,
 }
 
 impl StreamSettings {
@@ -104,8 +96,6 @@ impl StreamSettings {
             single_put_max: DEFAULT_SINGLE_PUT_MAX,
             spill_dir: std::env::temp_dir(),
             background: false,
-            by_file_hash: false,
-            replace_key: None,
         }
     }
 }
@@ -120,10 +110,6 @@ pub struct StoredNar {
     /// The `.ls` listing built from the same read, encoded with the settings' `listing`
     /// compression; `None` unless a listing was asked for.
     pub listing: Option<Bytes>,
-    /// Named by its FileHash, so an object under this key may have existed before this PUT
-    /// (and may be under a collection's delete: rule U6 of [`crate::coexist`]); false for a
-    /// key no other upload uses.
-    pub by_file_hash: bool,
 }
 
 /// What the store recorded of the NAR being produced.
@@ -228,7 +214,6 @@ async fn store_whole(
     let spill_failure = spill.failure();
     let source = PathBuf::from(info.path.to_absolute());
     let (compression, writer) = (settings.compression, settings.writer);
-    let (by_file_hash, replace_key) = (settings.by_file_hash, settings.replace_key.clone());
     let expected = Expected::of(info);
     let producer = Producer::spawn(&info.path.to_absolute(), settings.background, move |stop| {
         let (measured, spill) = produce(
@@ -254,19 +239,12 @@ async fn store_whole(
         }
         None => None,
     };
-    let (key, shared) = one_put_key(
-        info,
-        &measured,
-        compression,
-        writer,
-        by_file_hash,
-        replace_key,
-    );
+    let key = layout::nar_key_unique(&info.nar_hash, compression, writer);
     match spilled {
         Spilled::Memory(bytes) => sink.put(&key, bytes, content_type::NAR).await?,
         Spilled::File(file) => sink.put_file(&key, &file, content_type::NAR).await?,
     }
-    Ok(stored(key, shared, compression, measured))
+    Ok(stored(key, compression, measured))
 }
 
 /// Uploads the NAR part by part while it is being compressed.
@@ -288,7 +266,6 @@ async fn store_in_parts(
         tokio::runtime::Handle::current(),
     );
     let (compression, writer) = (settings.compression, settings.writer);
-    let (by_file_hash, replace_key) = (settings.by_file_hash, settings.replace_key.clone());
     let expected = Expected::of(info);
     let producer = Producer::spawn(&info.path.to_absolute(), settings.background, move |stop| {
         let (measured, mut splitter) = produce(
@@ -311,21 +288,12 @@ async fn store_in_parts(
     if first.last {
         // The whole object fits in one part: check it, then write it with one PUT.
         let (measured, ()) = finish_producer(producer, info).await?;
-        let (key, shared) = one_put_key(
-            info,
-            &measured,
-            compression,
-            writer,
-            by_file_hash,
-            replace_key,
-        );
+        let key = layout::nar_key_unique(&info.nar_hash, compression, writer);
         sink.put(&key, first.bytes, content_type::NAR).await?;
-        return Ok(stored(key, shared, compression, measured));
+        return Ok(stored(key, compression, measured));
     }
 
-    let shared = replace_key.is_some();
-    let key =
-        replace_key.unwrap_or_else(|| layout::nar_key_unique(&info.nar_hash, compression, writer));
+    let key = layout::nar_key_unique(&info.nar_hash, compression, writer);
     let mut upload = match sink.start_upload(&key, content_type::NAR).await {
         Ok(upload) => upload,
         Err(error) => {
@@ -341,7 +309,7 @@ async fn store_in_parts(
     match (sent, measured) {
         (Ok(()), Ok((measured, ()))) => {
             upload.complete().await?;
-            Ok(stored(key, shared, compression, measured))
+            Ok(stored(key, compression, measured))
         }
         (Err(error), _) | (Ok(()), Err(error)) => {
             upload.abort().await;
@@ -358,37 +326,8 @@ fn compressing_failed(source: &std::path::Path, error: io::Error) -> UploadError
     }
 }
 
-/// The key of a NAR written with one PUT: the one to replace, or its FileHash, when asked,
-/// else a name of its own; and whether other writers may use that key (rule U6 applies).
-fn one_put_key(
-    info: &PathInfo,
-    measured: &Measured,
-    compression: Compression,
-    writer: layout::WriterId,
-    by_file_hash: bool,
-    replace_key: Option<String>,
-) -> (String, bool) {
-    match replace_key {
-        Some(key) => (key, true),
-        None if by_file_hash => (
-            layout::nar_key_by_file_hash(&measured.file_hash, compression),
-            true,
-        ),
-        None => (
-            layout::nar_key_unique(&info.nar_hash, compression, writer),
-            false,
-        ),
-    }
-}
-
-fn stored(
-    key: String,
-    by_file_hash: bool,
-    compression: Compression,
-    measured: Measured,
-) -> StoredNar {
+fn stored(key: String, compression: Compression, measured: Measured) -> StoredNar {
     StoredNar {
-        by_file_hash,
         key,
         compression,
         file_hash: measured.file_hash,

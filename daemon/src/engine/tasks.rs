@@ -234,16 +234,17 @@ pub(super) async fn publish(config: &EngineConfig, path: StorePath, narinfo: Box
 /// narinfo may be published (rule U6).
 pub(super) struct Written {
     pub narinfo: Box<NarInfo>,
-    /// When the NAR was written under its FileHash (a repair's), or found so, kept from an
-    /// earlier attempt; `None` for a key no other upload uses, which is every other NAR.
+    /// When a NAR named by its FileHash was found, kept from an earlier attempt (narpush
+    /// before 2026-12 named NARs of one PUT so); `None` for a key no other upload uses, which
+    /// is every NAR narpush writes.
     pub settle_from: Option<Instant>,
     /// Keeps the upload in `status` until its narinfo may be published (the look of U6).
     pub listed: Option<Listed>,
 }
 
 /// Rule U6 of [`crate::coexist`]: `store` stores the NAR, or finds one kept from an earlier
-/// attempt; one named by its FileHash (which other writers may write too) is looked at (HEAD)
-/// again [`STORED_SETTLE`] after its PUT, and stored again if a collection
+/// attempt; a kept one named by its FileHash (which other writers may write too) is looked at
+/// (HEAD) again [`STORED_SETTLE`] after its PUT, and stored again if a collection
 /// deleted it meanwhile, up to [`SETTLE_ROUNDS`] times. The wait holds no concurrency
 /// permit: `store` takes its own, the look one of `requests`.
 pub(super) async fn store_settled<F, Fut>(
@@ -336,8 +337,6 @@ pub(super) async fn store_nar(
             });
         }
     }
-    let mut settings = settings;
-    settings.replace_key = config.replaced_nars.get(&info.nar_hash.to_nix32()).cloned();
     let listing_compression = settings.listing;
     let listed = view.start_stream(&info.path, info.nar_size);
     let progress = listed.progress();
@@ -360,7 +359,7 @@ pub(super) async fn store_nar(
     }
     Ok(Written {
         narinfo: Box::new(narinfo_for(info, &stored)),
-        settle_from: stored.by_file_hash.then(Instant::now),
+        settle_from: None,
         listed: Some(listed),
     })
 }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use crate::format::store_path::StorePath;
-use crate::layout::{self, kind_of, ObjectKind};
+use crate::layout::{kind_of, ObjectKind};
 use crate::store::PathInfo;
 use crate::verify::report::Kind;
 use crate::verify::Scan;
@@ -39,9 +39,6 @@ pub struct Plan {
     /// Of those, the paths uploaded whatever the cache holds (a broken narinfo is rewritten
     /// after a fresh NAR; a missing reference is uploaded even if an upstream key signed it).
     pub forced: HashSet<StorePath>,
-    /// NAR keys an upload writes over, by the NarHash (nix32) of the NAR it stores (see
-    /// [`replaced_nars`]).
-    pub replaced_nars: HashMap<String, String>,
     /// Keys (a narinfo's, or a missing reference's path) that cannot be made whole, and why.
     pub unfixable: BTreeMap<String, String>,
     /// The hash parts of the narinfos to delete (with `--delete-broken`).
@@ -187,64 +184,8 @@ pub fn plan(
     plan.upload.retain(|hash, _| !plan.doomed.contains(hash));
     let upload = &plan.upload;
     plan.forced.retain(|p| upload.contains_key(p.hash_part()));
-    plan.replaced_nars = replaced_nars(scan, &plan.forced, now);
     spare(scan, &mut plan, pinned, grace, now);
     plan
-}
-
-/// The NAR objects the repair's uploads write over, so that they are not left beside the new
-/// ones as orphans, by the NarHash of the NAR that replaces each (a NAR's bytes follow from
-/// its NarHash alone, so any path with that NarHash may take it):
-/// - the one a forced path's narinfo names, when that is a name of narpush's own
-///   ([`layout::is_streamed_nar_key`]: the NarHash, a writer id, random characters) that no
-///   other narinfo names; the narinfo states the NarHash the local store has (else the path
-///   is not uploaded);
-/// - an orphan of that shape (named by no narinfo, parsed or not), old enough that no upload
-///   reuses it any more (an attempt reuses its own NAR only while younger than half of gc's
-///   minimum grace), under the NarHash its name carries: the NAR of a path whose narinfo was
-///   deleted, or no longer parses.
-///
-/// A NAR named by its FileHash is never written over with bytes of another hash: the upload
-/// names its own by its FileHash, the same key for the same bytes.
-fn replaced_nars(
-    scan: &Scan,
-    forced: &HashSet<StorePath>,
-    now: SystemTime,
-) -> HashMap<String, String> {
-    let old_enough =
-        |modified: SystemTime| crate::clock::age(now, modified) >= crate::gc::MIN_GRACE / 2;
-    let mut orphans: Vec<&String> = scan
-        .nars
-        .iter()
-        .filter(|(key, object)| {
-            layout::is_streamed_nar_key(key)
-                && !scan.named_nars.contains(*key)
-                && old_enough(object.modified)
-        })
-        .map(|(key, _)| key)
-        .collect();
-    orphans.sort();
-    let nar_hash_of = |key: &str| key.get("nar/".len().."nar/".len() + 52).map(str::to_owned);
-    let mut replaced: HashMap<String, String> = HashMap::new();
-    for key in orphans {
-        if let Some(nar_hash) = nar_hash_of(key) {
-            replaced.entry(nar_hash).or_insert_with(|| key.clone());
-        }
-    }
-    let mut named: HashMap<&str, usize> = HashMap::new();
-    for narinfo in scan.parsed.values() {
-        *named.entry(narinfo.url.as_str()).or_default() += 1;
-    }
-    for path in forced {
-        let Some(narinfo) = scan.parsed.get(path.hash_part()) else {
-            continue;
-        };
-        if layout::is_streamed_nar_key(&narinfo.url) && named.get(narinfo.url.as_str()) == Some(&1)
-        {
-            replaced.insert(narinfo.nar_hash.to_nix32(), narinfo.url.clone());
-        }
-    }
-    replaced
 }
 
 /// hash part → the hash parts of the parsed narinfos referring to it.

@@ -2,8 +2,8 @@
 //! while it fits in one part, in an unnamed temporary file beyond that.
 //!
 //! One PUT instead of a multipart upload means one request instead of several (R2 bills each),
-//! an object named by its FileHash, and a server that reads the bytes once (a multipart upload
-//! is stored part by part and joined again when it completes).
+//! and a server that reads the bytes once (a multipart upload is stored part by part and joined
+//! again when it completes).
 //!
 //! Invariants:
 //! - **Bounded memory**: at most `memory_limit` bytes are held; the rest goes to the file.
