@@ -261,11 +261,19 @@ impl DerivationOutputs {
     }
 }
 
-/// A `.drv`'s outputs with a path, from the store; `None` when it is not there or does not
-/// parse (said in the log: the output name is then unknown, and the path not excluded by it).
+/// A `.drv`'s outputs with a path, from the store (the simulated one when it is installed:
+/// feature `sim`); `None` when it is not there or does not parse (said in the log: the output name is then unknown, and the path not excluded by it).
 fn read_store_drv(drv: &StorePath) -> Option<Vec<(String, StorePath)>> {
     let file = format!("{STORE_DIR}/{}", drv.basename());
-    let text = match std::fs::read_to_string(&file) {
+    #[cfg(feature = "sim")]
+    let simulated = crate::store::simulated::derivation(&file);
+    #[cfg(not(feature = "sim"))]
+    let simulated: Option<Option<String>> = None;
+    let read = match simulated {
+        Some(text) => text.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound)),
+        None => std::fs::read_to_string(&file),
+    };
+    let text = match read {
         Ok(text) => text,
         Err(e) => {
             tracing::debug!(

@@ -66,6 +66,11 @@ pub enum UploadError {
          than the engine keeps ({bound}); it is retried"
     )]
     RealisationsOverflow { path: String, bound: usize },
+    #[error(
+        "{path} is not in the cache and the push filters keep it from uploads, but an upstream \
+         cache that may serve it did not answer: it is skipped only once none serves it"
+    )]
+    UpstreamUnanswered { path: String },
     #[error("not publishing {path}: its reference {reference} {why}")]
     ReferenceMissing {
         path: String,
@@ -93,6 +98,7 @@ impl UploadError {
             UploadError::Store(_)
             | UploadError::Spill { .. }
             | UploadError::ReferenceMissing { .. }
+            | UploadError::UpstreamUnanswered { .. }
             | UploadError::RealisationDependencyMissing { .. }
             | UploadError::RealisationOutputMissing { .. }
             | UploadError::RealisationsOverflow { .. } => ErrorClass::Transient,

@@ -32,7 +32,9 @@
 //! excluded path. A skip spreads like a failure but is no failure: it is reported as
 //! [`Report::Skipped`] and [`Report::TopSkipped`], and the next attempt would end the same.
 //! A referrer's NAR may be stored before its reference's lookup ends; it is handed back like
-//! a failed path's ([`Action::KeepNar`]) and its narinfo never written.
+//! a failed path's ([`Action::KeepNar`]) and its narinfo never written. "Absent" must be sure:
+//! when an upstream cache did not answer ([`Lookup::Unanswered`]), an excluded path fails
+//! (transient, retried) instead of being skipped, since that upstream may serve it.
 //!
 //! # Failures
 //!
@@ -72,6 +74,9 @@ pub enum Action {
 pub enum Lookup {
     /// Neither in the cache nor upstream: it must be uploaded.
     Absent,
+    /// Not in the cache, and an upstream cache did not answer: uploaded as if absent, but a
+    /// path the push filters exclude is skipped only once no upstream serves it (retried).
+    Unanswered,
     /// In the cache.
     Present,
     /// Served by an upstream cache (with its NarSize), so not uploaded.
@@ -267,7 +272,13 @@ impl Graph {
                 }));
                 self.in_cache(path, &mut actions);
             }
-            Ok(Lookup::Absent) => match node.info.clone() {
+            Ok(Lookup::Unanswered) if node.info.is_some() && node.excluded.is_some() => {
+                let error = UploadError::UpstreamUnanswered {
+                    path: path.to_absolute(),
+                };
+                self.fail(path, Arc::new(error), None, &mut actions);
+            }
+            Ok(Lookup::Absent | Lookup::Unanswered) => match node.info.clone() {
                 Some(_) if node.excluded.is_some() => {
                     let reason = node.excluded.clone().expect("checked: excluded");
                     self.skip(path, reason, &mut actions);

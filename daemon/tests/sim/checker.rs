@@ -4,7 +4,8 @@
 //!   narinfo, or is served by the upstream cache (its trusted narinfo and its NAR);
 //! - **NARs are immutable**: a NAR object is never overwritten with other bytes;
 //! - **done means there**: a path reported done (uploaded or found) has its narinfo in the
-//!   bucket at that moment.
+//!   bucket at that moment;
+//! - **push filters**: see [`crate::verdicts`].
 //!
 //! The check is incremental (indexes of what each narinfo needs), so it costs little per
 //! change. Every change is also logged, so that a failure can show the history of the keys it
@@ -34,6 +35,8 @@ pub struct Checker {
     pub violations: Vec<String>,
     /// Hash parts of the paths the upstream cache serves (see `crate::upstream`).
     pub upstream_serves: BTreeSet<String>,
+    /// What the push filters' rules say of each path (none excluded without filters).
+    pub verdicts: crate::verdicts::Shared,
     /// Every change: (seconds since the epoch, what).
     log: Vec<(f64, String)>,
     pub digest: u64,
@@ -53,6 +56,7 @@ impl Checker {
             referrers: BTreeMap::new(),
             violations: Vec::new(),
             upstream_serves: BTreeSet::new(),
+            verdicts: crate::verdicts::Shared::default(),
             log: Vec::new(),
             digest: 0xcbf2_9ce4_8422_2325,
             changes: 0,
@@ -82,7 +86,7 @@ impl Checker {
         self.log.push((at, what));
     }
 
-    fn violate(&mut self, what: String) {
+    pub fn violate(&mut self, what: String) {
         let at = self.seconds();
         self.violations.push(format!("t={at:.3}s {what}"));
     }
@@ -99,8 +103,10 @@ impl Checker {
                     self.forget(key);
                     self.learn(key, object);
                     self.check_narinfo(key, objects);
+                    crate::verdicts::narinfo_written(self, key);
                 } else if key.starts_with("nar/") {
                     self.check_nar_users(key, objects);
+                    crate::verdicts::nar_written(self, key, objects);
                 }
             }
             Change::Delete(keys) => {
@@ -251,6 +257,7 @@ impl Checker {
                 narinfo_key(hash)
             ));
         }
+        crate::verdicts::reported(self, who, hash, None);
     }
 
     /// Events that name any of `keys` (the history of a violation).
