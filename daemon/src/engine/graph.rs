@@ -48,7 +48,6 @@ use std::sync::Arc;
 
 use super::error::{Failure, UploadError};
 use super::progress::Stages;
-use crate::error_chain;
 use crate::filter::SkipReason;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
@@ -394,7 +393,7 @@ impl Graph {
         if node.top {
             actions.push(Action::Report(Report::TopFailed {
                 top: path.clone(),
-                failure: top_failure(path, &error, root.as_ref()),
+                failure: Failure::of_top(path, &error, root.as_ref()),
             }));
         }
         actions.push(Action::Report(Report::Failed {
@@ -482,24 +481,6 @@ impl Node {
             excluded: None,
         }
     }
-}
-
-/// A top path's failure: its own error's class (a missing reference may come back), with the
-/// message and `Retry-After` of the failure at the bottom of the chain.
-fn top_failure(
-    top: &StorePath,
-    error: &UploadError,
-    root: Option<&(StorePath, Arc<UploadError>)>,
-) -> Failure {
-    let mut failure = Failure::of(error);
-    if let Some((failed_path, root_error)) = root {
-        failure.message = format!(
-            "{failed_path} (needed by {top}): {}",
-            error_chain(root_error.as_ref())
-        );
-        failure.retry_after = root_error.retry_after();
-    }
-    failure
 }
 
 #[cfg(test)]
