@@ -17,12 +17,15 @@
 //! 2. A NAR named outside the cache's root (an absolute URL, `..`) does not count.
 //! 3. A positive answer is remembered for [`POSITIVE_FOR`], a negative one for
 //!    [`NEGATIVE_FOR`], at most [`ANSWERS_CAPACITY`] of them; a cache that did not answer is
-//!    left alone for [`DOWN_FOR`], so it costs at most one timeout per few minutes.
+//!    left alone for [`DOWN_FOR`], so it costs at most one timeout per few minutes. "No
+//!    answer" ([`Answer::NoAnswer`]) is told apart from "not served" and never remembered: a
+//!    path the push filters exclude is skipped only when no upstream serves it, so for such a
+//!    path an outage means "try again later" (see `engine::graph`), not "skip".
 //!
 //! Invariant: a path is upstream's only on a verified signature and a NAR seen. Anything else
 //! (no answer, a malformed or unsigned narinfo, a missing NAR, an unreachable cache) means
-//! "not upstream's": the worst an upstream can cost is an upload, never a path missing for
-//! clients.
+//! "not upstream's": the worst an upstream can cost is an upload (or a retry of an excluded
+//! path), never a path missing for clients.
 
 mod address;
 #[cfg(feature = "sim")]
@@ -64,6 +67,18 @@ pub const POSITIVE_FOR: Duration = Duration::from_secs(3600);
 pub const NEGATIVE_FOR: Duration = Duration::from_secs(300);
 /// Answers remembered at most.
 pub const ANSWERS_CAPACITY: usize = 100_000;
+
+/// What the upstream caches say of a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// One of them serves it, with this NarSize.
+    Served(u64),
+    /// Every cache asked answered, and none serves it.
+    NotServed,
+    /// None serves it as far as they answered, but one did not answer (an error, or marked
+    /// down): it may serve it.
+    NoAnswer,
+}
 
 /// What one request to a cache gave.
 enum Reply<T> {
@@ -163,31 +178,51 @@ impl Upstream {
     /// Whether an upstream cache serves `path` (see the module doc); its NarSize if so. Never
     /// fails: a cache that cannot answer does not serve it.
     pub async fn serves(&self, path: &StorePath) -> Option<u64> {
-        if self.caches.iter().all(|cache| cache.keys.is_empty()) {
-            return None;
+        match self.answer(path).await {
+            Answer::Served(nar_size) => Some(nar_size),
+            Answer::NotServed | Answer::NoAnswer => None,
         }
-        if let Some(known) = self.remembered(path) {
-            return known;
-        }
-        let mut found = None;
-        for cache in self.caches.iter().filter(|cache| !cache.keys.is_empty()) {
-            if let Some(nar_size) = self.ask(cache, path).await {
-                found = Some(nar_size);
-                break;
-            }
-        }
-        self.remember(path, found);
-        found
     }
 
-    /// The NarSize of `path` if `cache` has a trusted narinfo of it and its NAR.
-    async fn ask(&self, cache: &Cache, path: &StorePath) -> Option<u64> {
+    /// What the upstream caches say of `path`: [`Upstream::serves`], telling "none serves it"
+    /// from "one did not answer" (which is not remembered: see rule 3).
+    pub async fn answer(&self, path: &StorePath) -> Answer {
+        if self.caches.iter().all(|cache| cache.keys.is_empty()) {
+            return Answer::NotServed;
+        }
+        if let Some(known) = self.remembered(path) {
+            return known.map_or(Answer::NotServed, Answer::Served);
+        }
+        let mut answer = Answer::NotServed;
+        for cache in self.caches.iter().filter(|cache| !cache.keys.is_empty()) {
+            match self.ask(cache, path).await {
+                Answer::Served(nar_size) => {
+                    answer = Answer::Served(nar_size);
+                    break;
+                }
+                Answer::NoAnswer => answer = Answer::NoAnswer,
+                Answer::NotServed => {}
+            }
+        }
+        match answer {
+            Answer::Served(nar_size) => self.remember(path, Some(nar_size)),
+            Answer::NotServed => self.remember(path, None),
+            Answer::NoAnswer => {}
+        }
+        answer
+    }
+
+    /// Whether `cache` has a trusted narinfo of `path` and its NAR.
+    async fn ask(&self, cache: &Cache, path: &StorePath) -> Answer {
         let down_until = *lock(&cache.down_until);
         if down_until.is_some_and(|until| Instant::now() < until) {
-            return None;
+            return Answer::NoAnswer;
         }
         let name = format!("{}.narinfo", path.hash_part());
-        let text = self.answered(cache, self.read(cache, &name).await)?;
+        let text = match self.answered(cache, self.read(cache, &name).await) {
+            Ok(text) => text,
+            Err(answer) => return answer,
+        };
         let narinfo = match trusted_narinfo(text.as_bytes(), path, &cache.keys) {
             Ok(narinfo) => narinfo,
             Err(why) => {
@@ -197,7 +232,7 @@ impl Upstream {
                     cache.url,
                     crate::error_chain(&why)
                 );
-                return None;
+                return Answer::NotServed;
             }
         };
         let Some(nar) = address::nar_location(&narinfo.url) else {
@@ -207,10 +242,10 @@ impl Upstream {
                 "upstream {} names a NAR outside the cache; not counted",
                 cache.url
             );
-            return None;
+            return Answer::NotServed;
         };
         let has_nar = self.answered(cache, self.head(cache, nar).await);
-        if has_nar.is_none() {
+        if has_nar.is_err() {
             tracing::debug!(
                 %path,
                 url = narinfo.url,
@@ -218,7 +253,7 @@ impl Upstream {
                 cache.url
             );
         }
-        has_nar.map(|()| narinfo.nar_size)
+        has_nar.map_or_else(|answer| answer, |()| Answer::Served(narinfo.nar_size))
     }
 
     /// The caches that did not answer their last question (marked down): what they were
@@ -232,16 +267,16 @@ impl Upstream {
             .collect()
     }
 
-    /// What `reply` says, noting whether `cache` answered.
-    fn answered<T>(&self, cache: &Cache, reply: Reply<T>) -> Option<T> {
+    /// What `reply` says (`Err`: what it means for the path), noting whether `cache` answered.
+    fn answered<T>(&self, cache: &Cache, reply: Reply<T>) -> Result<T, Answer> {
         match reply {
             Reply::Got(value) => {
                 *lock(&cache.down_until) = None;
-                Some(value)
+                Ok(value)
             }
             Reply::Absent => {
                 *lock(&cache.down_until) = None;
-                None
+                Err(Answer::NotServed)
             }
             Reply::TooLarge(location) => {
                 *lock(&cache.down_until) = None;
@@ -250,7 +285,7 @@ impl Upstream {
                      which no narinfo is; not reading it, the path is uploaded",
                     cache.url
                 );
-                None
+                Err(Answer::NotServed)
             }
             Reply::Unreachable(reason) => {
                 let mut down_until = lock(&cache.down_until);
@@ -264,7 +299,7 @@ impl Upstream {
                     );
                     *down_until = Some(Instant::now() + DOWN_FOR);
                 }
-                None
+                Err(Answer::NoAnswer)
             }
         }
     }

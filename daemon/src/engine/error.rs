@@ -6,10 +6,12 @@
 //! store is transient: see [`io_class`].
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error_chain;
 use crate::format::nar::NarError;
+use crate::format::store_path::StorePath;
 use crate::sink::{ErrorClass, SinkError};
 use crate::store::StoreError;
 
@@ -66,6 +68,11 @@ pub enum UploadError {
          than the engine keeps ({bound}); it is retried"
     )]
     RealisationsOverflow { path: String, bound: usize },
+    #[error(
+        "{path} is not in the cache and the push filters keep it from uploads, but an upstream \
+         cache that may serve it did not answer: it is skipped only once none serves it"
+    )]
+    UpstreamUnanswered { path: String },
     #[error("not publishing {path}: its reference {reference} {why}")]
     ReferenceMissing {
         path: String,
@@ -93,6 +100,7 @@ impl UploadError {
             UploadError::Store(_)
             | UploadError::Spill { .. }
             | UploadError::ReferenceMissing { .. }
+            | UploadError::UpstreamUnanswered { .. }
             | UploadError::RealisationDependencyMissing { .. }
             | UploadError::RealisationOutputMissing { .. }
             | UploadError::RealisationsOverflow { .. } => ErrorClass::Transient,
@@ -170,6 +178,25 @@ impl Failure {
             message: error_chain(error),
             retry_after: error.retry_after(),
         }
+    }
+
+    /// A top path's failure: its own error's class (a missing reference may come back), with
+    /// the message and `Retry-After` of the failure at the bottom of the chain (`root`: the
+    /// path that failed first, and its error).
+    pub(super) fn of_top(
+        top: &StorePath,
+        error: &UploadError,
+        root: Option<&(StorePath, Arc<UploadError>)>,
+    ) -> Failure {
+        let mut failure = Failure::of(error);
+        if let Some((failed_path, root_error)) = root {
+            failure.message = format!(
+                "{failed_path} (needed by {top}): {}",
+                error_chain(root_error.as_ref())
+            );
+            failure.retry_after = root_error.retry_after();
+        }
+        failure
     }
 }
 

@@ -33,7 +33,9 @@
 //! excluded path. A skip spreads like a failure but is no failure: it is reported as
 //! [`Report::Skipped`] and [`Report::TopSkipped`], and the next attempt would end the same.
 //! An excluded external reference (`--no-closure`) that the cache lacks skips its referrers
-//! the same way.
+//! the same way. "Absent" must be sure: when an upstream cache did not answer
+//! ([`Lookup::Unanswered`]), an excluded path fails (transient, retried) instead of being
+//! skipped, since that upstream may serve it.
 //!
 //! A skipped path's NAR would be an orphan in the cache (no narinfo will ever name it), so a
 //! path found absent is *held* (stage `Held`) while an excluded path its closure needs is
@@ -53,7 +55,6 @@ use std::sync::Arc;
 
 use super::error::{Failure, UploadError};
 use super::progress::Stages;
-use crate::error_chain;
 use crate::filter::SkipReason;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
@@ -243,7 +244,13 @@ impl Graph {
                 }));
                 self.in_cache(path, &mut actions);
             }
-            Ok(Lookup::Absent) => match node.info.clone() {
+            Ok(Lookup::Unanswered) if node.info.is_some() && node.excluded.is_some() => {
+                let error = UploadError::UpstreamUnanswered {
+                    path: path.to_absolute(),
+                };
+                self.fail(path, Arc::new(error), None, &mut actions);
+            }
+            Ok(Lookup::Absent | Lookup::Unanswered) => match node.info.clone() {
                 Some(_) if node.excluded.is_some() => {
                     let reason = node.excluded.clone().expect("checked: excluded");
                     self.skip(path, reason, &mut actions);
@@ -372,7 +379,7 @@ impl Graph {
         if node.top {
             actions.push(Action::Report(Report::TopFailed {
                 top: path.clone(),
-                failure: top_failure(path, &error, root.as_ref()),
+                failure: Failure::of_top(path, &error, root.as_ref()),
             }));
         }
         actions.push(Action::Report(Report::Failed {
@@ -464,24 +471,6 @@ impl Node {
             waits_for: HashSet::new(),
         }
     }
-}
-
-/// A top path's failure: its own error's class (a missing reference may come back), with the
-/// message and `Retry-After` of the failure at the bottom of the chain.
-fn top_failure(
-    top: &StorePath,
-    error: &UploadError,
-    root: Option<&(StorePath, Arc<UploadError>)>,
-) -> Failure {
-    let mut failure = Failure::of(error);
-    if let Some((failed_path, root_error)) = root {
-        failure.message = format!(
-            "{failed_path} (needed by {top}): {}",
-            error_chain(root_error.as_ref())
-        );
-        failure.retry_after = root_error.retry_after();
-    }
-    failure
 }
 
 #[path = "graph/actions.rs"]

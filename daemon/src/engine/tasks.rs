@@ -35,6 +35,7 @@ use crate::sink::contended::Wanted;
 use crate::sink::Sink;
 use crate::store::PathInfo;
 use crate::trust::trusted_narinfo;
+use crate::upstream::Answer;
 
 /// The result of one task, keyed by what it worked on.
 pub(super) enum Done {
@@ -92,9 +93,10 @@ async fn lookup(config: &EngineConfig, path: &StorePath) -> Result<Lookup, Uploa
     for _ in 0..REFRESH_ROUNDS {
         let check = Check::begin();
         let Some(found) = in_cache(config, path, &key).await? else {
-            return Ok(match config.upstream.serves(path).await {
-                Some(nar_size) => Lookup::Upstream { nar_size },
-                None => Lookup::Absent,
+            return Ok(match config.upstream.answer(path).await {
+                Answer::Served(nar_size) => Lookup::Upstream { nar_size },
+                Answer::NotServed => Lookup::Absent,
+                Answer::NoAnswer => Lookup::Unanswered,
             });
         };
         let age = crate::clock::age(crate::clock::now(), found.modified);

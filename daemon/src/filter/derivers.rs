@@ -60,6 +60,14 @@ pub async fn outputs_of(derivers: Vec<StorePath>) -> HashMap<StorePath, Outputs>
     if derivers.is_empty() {
         return HashMap::new();
     }
+    // The simulated store (feature `sim`) is the calling thread's, and answers at once.
+    #[cfg(feature = "sim")]
+    if crate::store::simulated::installed().is_some() {
+        return derivers
+            .into_iter()
+            .filter_map(|drv| Some((drv.clone(), read_simulated_drv(&drv)?)))
+            .collect();
+    }
     let read = tokio::task::spawn_blocking(move || {
         derivers
             .into_iter()
@@ -87,6 +95,22 @@ fn read_store_drv(drv: &StorePath) -> Option<Outputs> {
             None
         }
     }
+}
+
+/// A `.drv`'s outputs from the simulated store; `None` when it lacks the file or the file
+/// does not parse (as for the real store).
+#[cfg(feature = "sim")]
+fn read_simulated_drv(drv: &StorePath) -> Option<Outputs> {
+    let file = Path::new(STORE_DIR).join(drv.basename());
+    let text = crate::store::simulated::derivation(&file.to_string_lossy())??;
+    derivation::output_paths(&text)
+        .inspect_err(|e| {
+            tracing::warn!(
+                "deriver {} does not parse ({e}): its outputs are not excluded by output name",
+                file.display()
+            );
+        })
+        .ok()
 }
 
 /// The outputs `file`, a `.drv`, records with a path.

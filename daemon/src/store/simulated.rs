@@ -3,8 +3,9 @@
 //!
 //! While a simulated store is installed on a thread, the engine on that thread resolves
 //! closures from it (`engine::resolve`), serializes NARs from it (`engine::stream`) and runs
-//! its NAR producers on the calling thread (`engine::producer`), so that nothing happens on
-//! other threads at times the simulation does not choose. Without one, nothing changes.
+//! its NAR producers on the calling thread (`engine::producer`), and the push filters read
+//! derivers' `.drv` files from it (`filter`), so that nothing happens on other threads at times
+//! the simulation does not choose. Without one, nothing changes.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,9 @@ use crate::format::store_path::StorePath;
 #[derive(Default)]
 pub struct SimStore {
     paths: Mutex<BTreeMap<String, (PathInfo, Bytes)>>,
+    /// The text of the `.drv` files it holds, by absolute path (what `/nix/store/<x>.drv`
+    /// would contain).
+    derivations: Mutex<BTreeMap<String, String>>,
 }
 
 thread_local! {
@@ -33,6 +37,11 @@ impl SimStore {
     /// Adds a path (a build); `nar` must hash to `info.nar_hash` for an upload to succeed.
     pub fn add(&self, info: PathInfo, nar: Bytes) {
         self.lock().insert(info.path.to_absolute(), (info, nar));
+    }
+
+    /// Adds a derivation's `.drv` file, whose text is `text` (ATerm, as Nix writes it).
+    pub fn add_derivation(&self, drv: &StorePath, text: String) {
+        crate::sync::lock(&self.derivations).insert(drv.to_absolute(), text);
     }
 
     /// Removes a path (the local store's own GC).
@@ -85,6 +94,12 @@ pub fn install(store: Option<Arc<SimStore>>) {
 /// The store installed on this thread, if any.
 pub fn installed() -> Option<Arc<SimStore>> {
     INSTALLED.with(|installed| installed.borrow().clone())
+}
+
+/// The text of the `.drv` file at `absolute`, when a simulated store is installed; `Some(None)`
+/// if it lacks the file.
+pub fn derivation(absolute: &str) -> Option<Option<String>> {
+    installed().map(|store| crate::sync::lock(&store.derivations).get(absolute).cloned())
 }
 
 /// The NAR of the path at `absolute`, when a simulated store is installed; `Some(None)` if it

@@ -155,6 +155,40 @@ async fn a_cache_that_does_not_answer_is_asked_once_per_outage() {
 }
 
 #[tokio::test]
+async fn no_answer_is_told_from_not_served_and_not_remembered() {
+    // Found by the simulation with push filters: an upstream outage taken for "not served"
+    // made the engine skip (for good) an excluded path that the upstream serves.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = SigningKey::generate("upstream-1").unwrap();
+    let url = UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let upstream = Upstream::new(vec![url.into()], vec![key.public_key()]);
+    assert_eq!(upstream.answer(&path("a")).await, Answer::NoAnswer);
+    assert!(
+        lock(&upstream.answers).is_empty(),
+        "no answer is not remembered as \"not served\""
+    );
+    // Marked down: not asked, and still no answer (not "not served").
+    assert_eq!(upstream.answer(&path("a")).await, Answer::NoAnswer);
+    assert_eq!(upstream.serves(&path("a")).await, None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let answering = Upstream::new(
+        vec![
+            UpstreamUrl::parse(&format!("file://{}", dir.path().display()))
+                .unwrap()
+                .into(),
+        ],
+        vec![key.public_key()],
+    );
+    assert_eq!(answering.answer(&path("a")).await, Answer::NotServed);
+    assert_eq!(lock(&answering.answers).len(), 1, "an answer is remembered");
+}
+
+#[tokio::test]
 async fn an_endless_answer_is_cut_off_at_the_narinfo_limit_not_read_until_the_timeout() {
     use tokio::io::AsyncWriteExt;
     // A server that sends more than any narinfo, then holds the connection open.

@@ -4,7 +4,8 @@
 //!   narinfo, or is served by the upstream cache (its trusted narinfo and its NAR);
 //! - **NARs are immutable**: a NAR object is never overwritten with other bytes;
 //! - **done means there**: a path reported done (uploaded or found) has its narinfo in the
-//!   bucket at that moment.
+//!   bucket at that moment;
+//! - **push filters**: see [`crate::verdicts`].
 //!
 //! With damage and repair (`--repair on`), a change DAMAGE makes is not checked; the keys it
 //! harmed are *tainted* ([`crate::damage::Taint`]) until another actor writes them again, and
@@ -47,6 +48,8 @@ pub struct Checker {
     pub violations: Vec<String>,
     /// Hash parts of the paths the upstream cache serves (see `crate::upstream`).
     pub upstream_serves: BTreeSet<String>,
+    /// What the push filters' rules say of each path (none excluded without filters).
+    pub verdicts: crate::verdicts::Shared,
     /// Every change: (seconds since the epoch, what).
     log: Vec<(f64, String)>,
     pub digest: u64,
@@ -70,6 +73,7 @@ impl Checker {
             repair_figures: BTreeMap::new(),
             violations: Vec::new(),
             upstream_serves: BTreeSet::new(),
+            verdicts: crate::verdicts::Shared::default(),
             log: Vec::new(),
             digest: 0xcbf2_9ce4_8422_2325,
             changes: 0,
@@ -122,9 +126,11 @@ impl Checker {
                     self.learn(key, object);
                     if !damage {
                         self.check_narinfo(key, objects);
+                        crate::verdicts::narinfo_written(self, key);
                     }
                 } else if key.starts_with("nar/") && !damage {
                     self.check_nar_users(key, objects);
+                    crate::verdicts::nar_written(self, key, objects);
                 }
             }
             Change::Delete(keys) => {
@@ -300,6 +306,7 @@ impl Checker {
                 narinfo_key(hash)
             ));
         }
+        crate::verdicts::reported(self, who, hash, None);
     }
 
     /// Events that name any of `keys` (the history of a violation).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use narpush::engine::{Engine, EngineConfig, Report, Reports};
 use narpush::format::store_path::StorePath;
-use narpush::queue::{now_ms, NewPath, Outcome, Queue, State};
+use narpush::queue::{now_ms, NewPath, Outcome, Queue, SkipRecord, State};
 use narpush::sink::memory::Bucket;
 use narpush::sink::ErrorClass;
 use narpush_protocol::Source;
@@ -217,7 +217,15 @@ async fn take_due(queue: &Queue, engine: &Engine) -> Option<Instant> {
 
 /// Books one report; returns when a path that goes back to pending comes due.
 fn record(name: &str, queue: &Queue, ledger: &Ledger, report: Report) -> Option<Instant> {
+    crate::verdicts::on_report(&mut lock(&ledger.checker), name, &report);
     let (path, outcome) = match report {
+        Report::TopSkipped { top, reason } => (
+            top,
+            Outcome::Skipped(SkipRecord {
+                kind: reason.kind().to_owned(),
+                reason: reason.to_string(),
+            }),
+        ),
         Report::TopDone(path) => {
             let objects = ledger.bucket.snapshot();
             lock(&ledger.checker).check_done(name, path.hash_part(), &objects);
@@ -262,8 +270,13 @@ fn record(name: &str, queue: &Queue, ledger: &Ledger, report: Report) -> Option<
 }
 
 /// After the run: what is still unfinished in the queue at `dir`, and acknowledged paths that
-/// are neither done nor failed with a reason.
-pub fn final_check(dir: &std::path::Path, acked: &BTreeSet<StorePath>) -> (usize, Vec<String>) {
+/// are neither done, skipped nor failed with a reason, or whose end the push filters' rules
+/// (`verdicts`) contradict.
+pub fn final_check(
+    dir: &std::path::Path,
+    acked: &BTreeSet<StorePath>,
+    verdicts: &crate::verdicts::Verdicts,
+) -> (usize, Vec<String>) {
     let queue = open(dir);
     let entries = queue.entries().expect("the queue reads");
     let unfinished = entries
@@ -273,11 +286,13 @@ pub fn final_check(dir: &std::path::Path, acked: &BTreeSet<StorePath>) -> (usize
     let by_path: BTreeMap<String, _> = entries.iter().map(|e| (e.path.to_absolute(), e)).collect();
     let mut problems = Vec::new();
     for path in acked {
-        match by_path.get(&path.to_absolute()) {
+        let entry = by_path.get(&path.to_absolute());
+        problems.extend(entry.and_then(|e| verdicts.judge_entry(e)));
+        match entry {
             None => problems.push(format!(
                 "lost: {path} was acknowledged and is not in the queue"
             )),
-            Some(e) if e.state == State::Done => {}
+            Some(e) if matches!(e.state, State::Done | State::Skipped) => {}
             Some(e) if e.state == State::Failed => {
                 if e.last_error.as_deref().is_none_or(str::is_empty) {
                     problems.push(format!("{path} failed without a reason"));

@@ -6,18 +6,21 @@
 //! ```text
 //! cargo test -p narpush --features sim --test sim -- [--seeds N] [--base B] [--seed S]
 //!     [--jobs J] [--repush on|off] [--shared-nars on|off] [--slow-deletes on|off]
-//!     [--crashes on|off] [--faults on|off] [--upstream on|off] [--repair on|off] [--steps N]
+//!     [--crashes on|off] [--faults on|off] [--upstream on|off] [--repair on|off]
+//!     [--filters on|off] [--steps N]
 //!     [--check-determinism] [--verbose]
 //! ```
 
 mod checker;
 mod daemon;
 mod damage;
+mod filters;
 mod repair;
 mod rng;
 mod run;
 mod scenario;
 mod upstream;
+mod verdicts;
 mod world;
 
 use std::process::ExitCode;
@@ -71,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
             "--repush" => args.options.repush = switch(it.next(), "--repush")?,
             "--shared-nars" => args.options.shared_nars = switch(it.next(), "--shared-nars")?,
             "--upstream" => args.options.upstream = switch(it.next(), "--upstream")?,
+            "--filters" => args.options.filters = switch(it.next(), "--filters")?,
             "--slow-deletes" => args.options.slow_deletes = switch(it.next(), "--slow-deletes")?,
             "--crashes" => args.options.crashes = switch(it.next(), "--crashes")?,
             "--faults" => args.options.faults = switch(it.next(), "--faults")?,
@@ -117,6 +121,7 @@ fn fixed_options(options: &Options) -> String {
         ("--faults", options.faults),
         ("--upstream", options.upstream),
         ("--repair", options.repair),
+        ("--filters", options.filters),
     ] {
         if let Some(on) = value {
             text.push_str(&format!(" {name} {}", if on { "on" } else { "off" }));

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::Checker;
 use crate::daemon::{final_check, Command, Daemon, Ledger};
+use crate::filters::Filtering;
 use crate::rng::Rng;
 use crate::scenario::{Options, Scenario};
 use crate::world::World;
@@ -119,6 +120,9 @@ pub fn engine_config_value(
             UpstreamCache::from(UpstreamUrl::Memory(SimulatedCache(upstream.bucket.clone())));
         config = config.with_upstream(Upstream::new(vec![cache], vec![upstream.public_key()]));
     }
+    if let Some(filters) = &scenario.filters {
+        config = config.with_filter(filters.push_filter());
+    }
     config
 }
 
@@ -143,7 +147,8 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
     narpush::clock::set_virtual(Some(epoch));
     let mut rng = Rng::new(seed);
     let mut later = Rng::new(seed ^ 0x7570_7374_7265_616d);
-    let mut scenario = Scenario::draw(&mut rng, &mut later, options);
+    let mut filtering = Rng::new(seed ^ 0x6669_6c74_6572_7321);
+    let mut scenario = Scenario::draw(&mut rng, &mut later, &mut filtering, options);
     let keeper = crate::repair::Keeper::draw(seed, options.repair);
     scenario.repair = keeper.is_some();
     let mut world = World::default();
@@ -151,11 +156,21 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
         let mut faults = scenario.faults.clone();
         faults.seed = later.fork();
         faults.slow_delete_ppm = 0;
+        if scenario.filters.is_some() {
+            // A 403 means "not there" from an upstream (coexist.rs): it would rightly skip an
+            // excluded path the upstream serves, against the verdicts (crate::verdicts).
+            faults.forbidden_ppm = 0;
+        }
         world.upstream = Some(crate::upstream::UpstreamCache::new(faults, later.fork()));
     }
     narpush::store::simulated::install(Some(world.store.clone()));
     let bucket = Bucket::new(scenario.faults.clone());
     let checker = Arc::new(Mutex::new(Checker::new(epoch)));
+    if let Some(set) = &scenario.filters {
+        let verdicts = lock(&checker).verdicts.clone();
+        *crate::verdicts::lock(&verdicts) = crate::verdicts::Verdicts::new(set.clone());
+        world.filtering = Some(Filtering::new(filtering.fork(), verdicts));
+    }
     let observer = checker.clone();
     bucket.set_observer(Some(Box::new(move |change, objects| {
         lock(&observer).observe(change, objects);
@@ -302,8 +317,14 @@ impl Sim {
                             lock(&ledger.checker).check_done("upload", path.hash_part(), &objects);
                             left -= 1;
                         }
-                        Some(Report::TopFailed { .. }) => left -= 1,
-                        Some(_) => {}
+                        Some(Report::TopFailed { .. } | Report::TopSkipped { .. }) => left -= 1,
+                        Some(report) => {
+                            crate::verdicts::on_report(
+                                &mut lock(&ledger.checker),
+                                "upload",
+                                &report,
+                            );
+                        }
                         None => break,
                     }
                 }
@@ -380,12 +401,14 @@ impl Sim {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
         let acked = lock(&self.ledger.acked).clone();
+        let verdicts = lock(&self.ledger.checker).verdicts.clone();
         for d in std::mem::take(&mut self.daemons) {
             let name = d.name.clone();
             d.stop().await;
             let (_, problems) = final_check(
                 &dir.join(&name),
                 &acked.get(&name).cloned().unwrap_or_default(),
+                &crate::verdicts::lock(&verdicts),
             );
             lock(&self.ledger.checker)
                 .violations
@@ -443,6 +466,9 @@ impl Sim {
                 .map(|(what, n)| format!("{what} {n}"))
                 .collect();
             summary.push(format!("repair: {}", figures.join(", ")));
+        }
+        if self.scenario.filters.is_some() {
+            summary.push(crate::verdicts::lock(&checker.verdicts).summary());
         }
         summary.push(format!("virtual time {:.0}s", checker.seconds()));
         Outcome {

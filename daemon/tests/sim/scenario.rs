@@ -25,6 +25,8 @@ pub struct Options {
     pub upstream: Option<bool>,
     /// Damage to the bucket, and `verify --repair` runs (see [`crate::repair`]).
     pub repair: Option<bool>,
+    /// Every engine applies push filters (see [`crate::filters`]).
+    pub filters: Option<bool>,
     /// Scheduler steps (default 300).
     pub steps: Option<usize>,
 }
@@ -45,6 +47,7 @@ pub struct Scenario {
     pub upstream: bool,
     /// Drawn apart, from a generator of its own ([`crate::repair::Keeper::draw`]).
     pub repair: bool,
+    pub filters: Option<crate::filters::FilterSet>,
 }
 
 fn or_draw(fixed: Option<bool>, rng: &mut Rng, percent: u64) -> bool {
@@ -53,9 +56,15 @@ fn or_draw(fixed: Option<bool>, rng: &mut Rng, percent: u64) -> bool {
 }
 
 impl Scenario {
-    /// Draws from `rng`, and from `later` the choices added after seeds were recorded in
-    /// docs/simulation.md (so that those seeds replay as they were with the new choices off).
-    pub fn draw(rng: &mut Rng, later: &mut Rng, options: &Options) -> Scenario {
+    /// Draws from `rng`, and from `later` (the upstream) and `filtering` (the push filters)
+    /// the choices added after seeds were recorded in docs/simulation.md (so that those seeds
+    /// replay as they were with the new choices off).
+    pub fn draw(
+        rng: &mut Rng,
+        later: &mut Rng,
+        filtering: &mut Rng,
+        options: &Options,
+    ) -> Scenario {
         let daemons = rng.between(1, 3) as usize;
         let repush = or_draw(options.repush, rng, 50);
         let repush_every = Duration::from_secs(rng.between(120, 540));
@@ -95,6 +104,7 @@ impl Scenario {
             steps: options.steps.unwrap_or(300),
             upstream: or_draw(options.upstream, later, 50),
             repair: false,
+            filters: crate::filters::draw(options.filters, filtering),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct World {
     removed: BTreeMap<String, PathInfo>,
     /// Hash parts of the removed paths brought back, in order (shared with repair's checks).
     pub revived: Arc<Mutex<Vec<String>>>,
+    /// Names and derivations for the push filters (with `--filters on`).
+    pub filtering: Option<crate::filters::Filtering>,
 }
 
 impl World {
@@ -47,6 +49,8 @@ impl World {
         } else {
             rng.between(1, 3)
         };
+        let first = self.paths.len();
+        let plan = (self.filtering.as_mut()).map(|f| f.plan(first, count as usize));
         let mut made: Vec<StorePath> = Vec::new();
         for i in 0..count {
             let mut references: Vec<StorePath> = Vec::new();
@@ -76,25 +80,41 @@ impl World {
                 }
                 Bytes::from(text)
             };
-            let path = self.add(rng, references, contents);
+            let (name, deriver) = match &plan {
+                Some(plan) => (plan.name(i as usize).to_owned(), plan.deriver()),
+                None => (format!("p{}", self.paths.len()), None),
+            };
+            let path = self.add(rng, references, contents, &name, deriver);
             made.push(path);
+        }
+        if let (Some(filtering), Some(plan)) = (&mut self.filtering, plan) {
+            let served = self.upstream.as_ref().map(|u| &u.served);
+            filtering.built(plan, &made, &self.store, |p| {
+                served.is_some_and(|s| s.contains(p.hash_part()))
+            });
         }
         made.pop().expect("a build makes a path")
     }
 
-    fn add(&mut self, rng: &mut Rng, references: Vec<StorePath>, contents: Bytes) -> StorePath {
+    fn add(
+        &mut self,
+        rng: &mut Rng,
+        references: Vec<StorePath>,
+        contents: Bytes,
+        name: &str,
+        deriver: Option<StorePath>,
+    ) -> StorePath {
         let hash: String = (0..32)
             .map(|_| NIX32[rng.below(32) as usize] as char)
             .collect();
-        let path = StorePath::from_basename(&format!("{hash}-p{}", self.paths.len()))
-            .expect("a valid store path");
+        let path = StorePath::from_basename(&format!("{hash}-{name}")).expect("a valid store path");
         let nar = nar_of(&contents);
         let info = PathInfo {
             path: path.clone(),
             nar_hash: Sha256::digest(&nar),
             nar_size: nar.len() as u64,
             references,
-            deriver: None,
+            deriver,
             ca: None,
             signatures: Vec::new(),
         };

@@ -30,6 +30,9 @@ pub enum Action {
 pub enum Lookup {
     /// Neither in the cache nor upstream: it must be uploaded.
     Absent,
+    /// Not in the cache, and an upstream cache did not answer: uploaded as if absent, but a
+    /// path the push filters exclude is skipped only once no upstream serves it (retried).
+    Unanswered,
     /// In the cache.
     Present,
     /// Served by an upstream cache (with its NarSize), so not uploaded.

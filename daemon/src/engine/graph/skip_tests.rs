@@ -229,3 +229,21 @@ fn a_skipped_path_counts_for_no_stage() {
         "out and other are still looked up"
     );
 }
+
+#[test]
+fn an_excluded_path_is_not_skipped_while_an_upstream_that_may_serve_it_did_not_answer() {
+    // Found by the simulation with push filters: an upstream outage made the engine skip,
+    // for good, an excluded path the upstream serves, and its referrers with it.
+    let (mut graph, _) = closure();
+    let unanswered = graph.checked(&path("doc"), Ok(Lookup::Unanswered));
+    assert!(skipped(&unanswered).is_empty(), "not skipped on no answer");
+    assert!(stores(&unanswered).is_empty(), "and never uploaded");
+    let failed = top_failures(&unanswered);
+    assert_eq!(failed.len(), 3, "doc and its referrers fail: {failed:?}");
+    assert!(failed
+        .iter()
+        .all(|(_, failure)| failure.class == crate::sink::ErrorClass::Transient));
+    // A path the filters let through is uploaded as if absent.
+    let out = graph.checked(&path("out"), Ok(Lookup::Unanswered));
+    assert_eq!(stores(&out), vec![path("out")]);
+}
