@@ -1,5 +1,5 @@
 //! NARs bigger than one part but within `single_put_max_bytes` go up with one PUT from an
-//! unnamed temporary file: named by their FileHash, never as a multipart upload, re-read whole
+//! unnamed temporary file: under a name of their own, never as a multipart upload, re-read whole
 //! when an attempt fails half way, and nothing of them is left behind, not even by a SIGKILL.
 
 use std::path::Path;

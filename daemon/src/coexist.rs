@@ -12,7 +12,7 @@
 //! | `G` | `--grace` (≥ [`MIN_GRACE`], 15 min) | GC deletes nothing younger |
 //! | `O` | `--older-than` | narinfos younger than this are roots |
 //! | `W` | [`DELETE_WINDOW`], 2 s | GC sends a delete only within this of the check that allowed it; an uploader sends a refresh only within this of the lookup that found the narinfo |
-//! | `S` | [`REFRESH_SETTLE`] = [`STORED_SETTLE`] = [`WRITE_BACK_SETTLE`], `2·W + 1 s` | an uploader looks again this long after a refresh, or after storing a NAR under its FileHash; GC waits this long after a layer of narinfo deletes |
+//! | `S` | [`REFRESH_SETTLE`] = [`STORED_SETTLE`] = [`WRITE_BACK_SETTLE`], `2·W + 1 s` | an uploader looks again this long after a refresh, or after finding a kept NAR under its FileHash; GC waits this long after a layer of narinfo deletes, a repair this long after its forced narinfos before it lists what to delete |
 //! | `C` | [`CLOCK_SLACK`], 1 min | how far the clocks of the machines and the store may disagree |
 //!
 //! # What an uploader may trust, and for how long

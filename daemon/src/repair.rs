@@ -178,6 +178,14 @@ pub async fn repair(
     let mut planned: Vec<String> = Vec::new();
     let mut middle_repairs = None;
     if options.delete_broken {
+        if !repairs.forced.is_empty() {
+            // A forced narinfo now names a new NAR, which leaves the one it named an orphan.
+            // An uploader's refresh that read the old narinfo just before may still write it
+            // back, naming that NAR again: it has landed `S` after our last write (G7's
+            // argument), so the listing below sees it and keeps the NAR.
+            progress("letting refreshes of the replaced narinfos land");
+            tokio::time::sleep(crate::coexist::WRITE_BACK_SETTLE).await;
+        }
         for _ in 0..DELETE_PLANS {
             progress("reading the cache again before deleting");
             let middle = scan(sink, target, verify, progress).await?;

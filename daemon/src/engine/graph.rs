@@ -244,11 +244,31 @@ impl Graph {
                 }));
                 self.in_cache(path, &mut actions);
             }
-            Ok(Lookup::Unanswered) if node.info.is_some() && node.excluded.is_some() => {
+            Ok(Lookup::Unanswered) if node.excluded.is_some() && node.info.is_some() => {
                 let error = UploadError::UpstreamUnanswered {
                     path: path.to_absolute(),
                 };
                 self.fail(path, Arc::new(error), None, &mut actions);
+            }
+            // A reference outside the upload (`--no-closure`) that an upstream may serve:
+            // neither skipped nor missing for sure, so its referrers fail for now (retried).
+            Ok(Lookup::Unanswered) if node.info.is_none() => {
+                let why = if node.excluded.is_some() {
+                    "is excluded by the push filters and not in the cache, and an upstream \
+                     cache that may serve it did not answer"
+                } else {
+                    "is not in the cache, an upstream cache that may serve it did not answer, \
+                     and it is not part of this upload"
+                };
+                let node = self.remove(path);
+                for dependent in node.dependents {
+                    let error = UploadError::ReferenceMissing {
+                        path: dependent.to_absolute(),
+                        reference: path.to_absolute(),
+                        why,
+                    };
+                    self.fail(&dependent, Arc::new(error), None, &mut actions);
+                }
             }
             Ok(Lookup::Absent | Lookup::Unanswered) => match node.info.clone() {
                 Some(_) if node.excluded.is_some() => {

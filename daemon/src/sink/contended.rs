@@ -65,8 +65,9 @@ pub enum Wanted<'a> {
 pub enum Verdict {
     /// What this writer was writing (or, for `nix-cache-info`, the same announcement).
     Ours,
-    /// Another writer's narinfo that will do, once its NAR at this key is found.
-    TheirsIfNarAt(String),
+    /// Another writer's narinfo that will do, once its NAR at `url` is found, of the
+    /// `file_size` the narinfo states (when it states one).
+    TheirsIfNarAt { url: String, file_size: Option<u64> },
     /// Not what this writer wanted: it writes again.
     Other(Mismatch),
 }
@@ -86,6 +87,12 @@ pub enum Mismatch {
     OutsideNar { url: String },
     #[error("its narinfo's NAR {url} is not in the cache")]
     NarMissing { url: String },
+    #[error("its narinfo's NAR {url} has {found} bytes, the narinfo says {stated}")]
+    NarOtherSize {
+        url: String,
+        found: u64,
+        stated: u64,
+    },
 }
 
 /// Judges `theirs`, what the key holds (`None`: nothing), against `ours`, what this writer
@@ -132,7 +139,10 @@ fn judge_narinfo(ours: &NarInfo, theirs: &[u8], keys: &[VerifyingKey]) -> Verdic
     match theirs.url == ours.url {
         // Our own NAR, stored (and settled) before this narinfo was written.
         true => Verdict::Ours,
-        false => Verdict::TheirsIfNarAt(theirs.url),
+        false => Verdict::TheirsIfNarAt {
+            url: theirs.url,
+            file_size: theirs.file_size,
+        },
     }
 }
 
@@ -203,10 +213,19 @@ impl Sink {
         let nar = match judge(ours, theirs.as_deref(), wanted) {
             Verdict::Ours => return Ok(None),
             Verdict::Other(mismatch) => return Ok(Some(mismatch)),
-            Verdict::TheirsIfNarAt(nar) => nar,
+            Verdict::TheirsIfNarAt { url, file_size } => (url, file_size),
         };
+        let (nar, file_size) = nar;
         Ok(match self.head(&nar).await? {
-            Read::Found(_) => None,
+            // A damaged NAR (one `verify --repair` is replacing, say) does not do.
+            Read::Found(head) => match file_size {
+                Some(stated) if stated != head.size => Some(Mismatch::NarOtherSize {
+                    url: nar,
+                    found: head.size,
+                    stated,
+                }),
+                _ => None,
+            },
             // A refused HEAD cannot show the NAR: not taken on trust.
             Read::Absent | Read::Refused(_) => Some(Mismatch::NarMissing { url: nar }),
         })

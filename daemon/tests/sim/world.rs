@@ -1,7 +1,7 @@
 //! The simulated Nix store the uploaders read: paths appear as "builds" of small DAGs, each
 //! path with a precomputed NAR (one regular file) and references to earlier paths. Some
-//! builds produce a file with the same contents as an earlier path, so two paths share one
-//! NAR object (same bytes, same FileHash). With an upstream cache, the base paths may be offered
+//! builds produce a file with the same contents as an earlier path, so two paths have the same
+//! NAR (each written under a name of its own, as every NAR narpush writes). With an upstream cache, the base paths may be offered
 //! there too (see [`crate::upstream`]). The local store's own GC may remove paths (with their
 //! referrers, so the store stays closed, see [`World::remove_with_referrers`]); a build that
 //! needs one brings it back (Nix builds or substitutes it again: the same path).

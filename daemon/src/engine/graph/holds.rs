@@ -82,8 +82,9 @@ impl Graph {
     }
 
     /// `excluded`, already in the graph, turned out excluded: every node that needs it,
-    /// directly or not, waits for its lookup from now on (one stored already is handed back
-    /// if it is skipped, see [`Action::KeepNar`]).
+    /// directly or not, waits for its lookup from now on (one being stored is handed back if
+    /// it is skipped, see [`Action::KeepNar`]; one stored already is dropped, its NAR left to
+    /// gc as an orphan).
     pub(super) fn hold_referrers_of(&mut self, excluded: &StorePath) {
         let mut seen = HashSet::new();
         let mut next = self.nodes[excluded].dependents.clone();

@@ -247,3 +247,32 @@ fn an_excluded_path_is_not_skipped_while_an_upstream_that_may_serve_it_did_not_a
     let out = graph.checked(&path("out"), Ok(Lookup::Unanswered));
     assert_eq!(stores(&out), vec![path("out")]);
 }
+
+#[test]
+fn an_excluded_external_reference_whose_upstream_did_not_answer_fails_its_referrer_for_now() {
+    // `--no-closure viewer` while the upstream that may serve doc is down: not a skip (which
+    // would be for good, and exit 0), a transient failure naming doc.
+    let mut graph = Graph::default();
+    graph.add_filtered(
+        vec![info("viewer", &["doc"])],
+        &[path("viewer")],
+        nothing_cached,
+        &doc_excluded(),
+    );
+    let held = graph.checked(&path("viewer"), Ok(Lookup::Absent));
+    assert!(stores(&held).is_empty());
+    let doc = graph.checked(&path("doc"), Ok(Lookup::Unanswered));
+    assert!(skipped(&doc).is_empty(), "skipped on no answer: {doc:?}");
+    assert!(stores(&doc).is_empty(), "a NAR for what may be skipped yet");
+    let failed = top_failures(&doc);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, path("viewer"));
+    assert_eq!(failed[0].1.class, crate::sink::ErrorClass::Transient);
+    assert!(
+        failed[0].1.message.contains(&path("doc").to_absolute())
+            && failed[0].1.message.contains("did not answer"),
+        "{}",
+        failed[0].1.message
+    );
+    assert!(graph.is_empty());
+}

@@ -60,7 +60,10 @@ fn the_same_path_in_another_compression_will_do_once_its_nar_is_found() {
     let theirs = narinfo(&path("a"), "nar/theirs.nar.xz", "xz", &key);
     assert_eq!(
         judged(&ours, Some(&theirs), &[key.public_key()]),
-        Verdict::TheirsIfNarAt("nar/theirs.nar.xz".to_owned())
+        Verdict::TheirsIfNarAt {
+            url: "nar/theirs.nar.xz".to_owned(),
+            file_size: None,
+        }
     );
 }
 
@@ -73,7 +76,10 @@ fn a_narinfo_signed_by_an_own_public_key_will_do() {
     let keys = [signing.public_key(), rotated.public_key()];
     assert_eq!(
         judged(&ours, Some(&theirs), &keys),
-        Verdict::TheirsIfNarAt("nar/theirs.nar.zst".to_owned())
+        Verdict::TheirsIfNarAt {
+            url: "nar/theirs.nar.zst".to_owned(),
+            file_size: None,
+        }
     );
 }
 

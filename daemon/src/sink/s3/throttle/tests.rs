@@ -337,3 +337,38 @@ async fn any_other_write_answered_429_is_retried_by_the_sdk_as_throttled() {
     .expect("the SDK's second attempt succeeds");
     assert_eq!(*seen.lock().unwrap(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_narinfo_whose_nar_has_another_size_than_it_states_is_no_success() {
+    // What `verify --repair` meets when a writer refreshes the damaged narinfo it replaces:
+    // its NAR is there, but not of the FileSize the narinfo states.
+    let key = SigningKey::generate("ours-1").unwrap();
+    let ours = narinfo("nar/ours.nar.zst", &key);
+    let mut theirs = narinfo("nar/theirs.nar.xz", &key);
+    theirs.file_size = Some(1_000);
+    theirs.signatures.clear();
+    theirs.add_signature(&key).unwrap();
+    let seen = Arc::default();
+    let sink = sink(
+        Throttling {
+            narinfo: Some(theirs.to_string()),
+            nars: vec!["nar/theirs.nar.xz".to_owned()],
+            seen: Arc::clone(&seen),
+        },
+        Arc::default(),
+    );
+    let keys = [key.public_key()];
+    let wanted = Wanted::Narinfo {
+        ours: &ours,
+        keys: &keys,
+    };
+    sink.put_contended(
+        KEY,
+        Bytes::from(ours.to_string()),
+        "text/x-nix-narinfo",
+        &wanted,
+    )
+    .await
+    .expect_err("a NAR of another size than its narinfo states does not do");
+    assert_eq!(count(&seen, "PUT"), ATTEMPTS as usize, "written again");
+}
