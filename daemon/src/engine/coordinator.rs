@@ -360,8 +360,7 @@ impl Coordinator {
         let requests = self.requests.clone();
         let config = self.config.clone();
         self.spawn(Purpose::Check(path.clone()), async move {
-            let _permit = requests.acquire_owned().await;
-            tasks::check(&config, path).await
+            tasks::check(&config, path, &requests).await
         });
     }
 

@@ -80,16 +80,47 @@ pub(super) enum Purpose {
 /// a deletion comes within [`gc::DELETE_WINDOW`] of that listing, so after waiting longer than
 /// that the narinfo and its NAR are looked for once more, and the path uploaded again if
 /// either is gone.
-pub(super) async fn check(config: &EngineConfig, path: StorePath) -> Done {
-    let result = lookup(config, &path).await;
+///
+/// Its requests each hold a slot of `requests`; the waits of U1 and U2 hold none, so that the
+/// second looks of many young narinfos (a closure another uploader has just published) wait
+/// side by side.
+pub(super) async fn check(config: &EngineConfig, path: StorePath, requests: &Semaphore) -> Done {
+    let result = lookup(config, &path, requests).await;
     Done::Checked(path, result)
 }
 
-async fn lookup(config: &EngineConfig, path: &StorePath) -> Result<Lookup, UploadError> {
+/// A request slot held while the lookup's requests are sent, given back for its waits.
+struct Slot<'a> {
+    requests: &'a Semaphore,
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl<'a> Slot<'a> {
+    async fn take(requests: &'a Semaphore) -> Slot<'a> {
+        Slot {
+            requests,
+            permit: requests.acquire().await.ok(),
+        }
+    }
+
+    /// Waits `duration` without the slot, then takes one again.
+    async fn sleep(&mut self, duration: std::time::Duration) {
+        self.permit = None;
+        tokio::time::sleep(duration).await;
+        self.permit = self.requests.acquire().await.ok();
+    }
+}
+
+async fn lookup(
+    config: &EngineConfig,
+    path: &StorePath,
+    requests: &Semaphore,
+) -> Result<Lookup, UploadError> {
     if config.forced.contains(path) {
         return Ok(Lookup::Absent);
     }
     let key = layout::narinfo_key(path);
+    let mut slot = Slot::take(requests).await;
     for _ in 0..REFRESH_ROUNDS {
         let check = Check::begin();
         let Some(found) = in_cache(config, path, &key).await? else {
@@ -103,13 +134,13 @@ async fn lookup(config: &EngineConfig, path: &StorePath) -> Result<Lookup, Uploa
         if age < REFRESH_SETTLE + CLOCK_SLACK {
             // Just written by another uploader (U1): a collection's delete allowed before
             // that write may still land; it has by `S` after this read.
-            tokio::time::sleep(REFRESH_SETTLE).await;
+            slot.sleep(REFRESH_SETTLE).await;
             return look_again(&config.sink, &key, &found.nar_key).await;
         }
         if age <= config.refresh_after {
             return Ok(Lookup::Present);
         }
-        if let Some(lookup) = refresh(&config.sink, &key, found, &check).await? {
+        if let Some(lookup) = refresh(&config.sink, &key, found, &check, &mut slot).await? {
             return Ok(lookup);
         }
         tracing::info!(
@@ -185,13 +216,14 @@ async fn refresh(
     key: &str,
     found: Found,
     check: &Check,
+    slot: &mut Slot<'_>,
 ) -> Result<Option<Lookup>, UploadError> {
     if check.time_left().is_none() {
         return Ok(None);
     }
     sink.put_within(key, found.body, content_type::NARINFO, check)
         .await?;
-    tokio::time::sleep(REFRESH_SETTLE).await;
+    slot.sleep(REFRESH_SETTLE).await;
     look_again(sink, key, &found.nar_key).await.map(Some)
 }
 

@@ -145,13 +145,44 @@ async fn a_refresh_is_written_only_within_the_bound_of_its_lookup() {
     // A lookup that began longer than W ago: a collection may have deleted the narinfo and
     // gone on to what it references, no longer waiting for a write-back (rule G7).
     let slow = Check::began_at(Instant::now() - DELETE_WINDOW);
-    let refreshed = super::refresh(&sink, key, found(), &slow).await.unwrap();
+    let requests = tokio::sync::Semaphore::new(1);
+    let mut slot = super::Slot::take(&requests).await;
+    let refreshed = super::refresh(&sink, key, found(), &slow, &mut slot)
+        .await
+        .unwrap();
     assert_eq!(refreshed, None, "a refresh was written past the bound");
     assert_eq!(modified(&narinfo), Some(old));
     // Within the bound: written, and looked at again S later.
-    let refreshed = super::refresh(&sink, key, found(), &Check::begin())
+    let refreshed = super::refresh(&sink, key, found(), &Check::begin(), &mut slot)
         .await
         .unwrap();
     assert_eq!(refreshed, Some(Lookup::Present));
     assert_ne!(modified(&narinfo), Some(old));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lookup_gives_its_request_slot_back_while_it_waits_to_look_again() {
+    // One slot for two lookups: the second may send its requests while the first waits out
+    // S (U1's wait for a young narinfo), instead of waiting S behind it.
+    let requests = tokio::sync::Semaphore::new(1);
+    let mut first = super::Slot::take(&requests).await;
+    assert_eq!(requests.available_permits(), 0);
+    let started = Instant::now();
+    let waiting = first.sleep(crate::coexist::REFRESH_SETTLE);
+    let second = async {
+        let _slot = super::Slot::take(&requests).await;
+        Instant::now() - started
+    };
+    let ((), took) = tokio::join!(waiting, second);
+    assert!(
+        took < crate::coexist::REFRESH_SETTLE,
+        "the second lookup waited {took:?} for the first one's wait"
+    );
+    assert_eq!(
+        requests.available_permits(),
+        0,
+        "the first holds a slot again"
+    );
+    drop(first);
+    assert_eq!(requests.available_permits(), 1);
 }
