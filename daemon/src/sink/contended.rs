@@ -182,6 +182,7 @@ impl Sink {
                 Some(mismatch) => mismatch,
             };
             if attempt >= ATTEMPTS {
+                super::requests::tally().given_up();
                 tracing::info!(
                     key,
                     "{throttled}, and {mismatch} after {ATTEMPTS} writes; left to the retries"

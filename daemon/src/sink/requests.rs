@@ -144,6 +144,8 @@ pub struct ThrottledWrites {
     pub taken_as_published: u64,
     /// PUTs sent again after a throttled answer.
     pub written_again: u64,
+    /// Throttled writes given up after the last PUT (left to the caller's retries).
+    pub given_up: u64,
 }
 
 impl Tally {
@@ -155,6 +157,11 @@ impl Tally {
     /// A throttled write is sent again.
     pub fn written_again(&self) {
         lock(&self.throttled).written_again += 1;
+    }
+
+    /// A throttled write is given up after its last PUT.
+    pub fn given_up(&self) {
+        lock(&self.throttled).given_up += 1;
     }
 
     /// One attempt of `operation` on `object` went out.
@@ -313,6 +320,7 @@ impl RequestCounts {
                     - earlier.throttled_writes.taken_as_published,
                 written_again: self.throttled_writes.written_again
                     - earlier.throttled_writes.written_again,
+                given_up: self.throttled_writes.given_up - earlier.throttled_writes.given_up,
             },
         }
     }
@@ -334,17 +342,19 @@ impl RequestCounts {
 
 /// The summary line: `requests: 1,234 (class A 1,000, class B 234, free 0), estimated cost
 /// $0.0046`, and after it, when the target throttled writes of shared keys, `; throttled
-/// writes: 3 published by another writer, 1 written again`.
+/// writes: 3 published by another writer, 1 written again, 0 given up`.
 impl fmt::Display for RequestCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "requests: {}", self.breakdown())?;
         let throttled = &self.throttled_writes;
-        if throttled.taken_as_published > 0 || throttled.written_again > 0 {
+        if throttled.taken_as_published > 0 || throttled.written_again > 0 || throttled.given_up > 0
+        {
             write!(
                 f,
-                "; throttled writes: {} published by another writer, {} written again",
+                "; throttled writes: {} published by another writer, {} written again, {} given up",
                 thousands(throttled.taken_as_published),
-                thousands(throttled.written_again)
+                thousands(throttled.written_again),
+                thousands(throttled.given_up)
             )?;
         }
         Ok(())
@@ -423,9 +433,12 @@ mod tests {
         tally.taken_as_published();
         tally.taken_as_published();
         tally.written_again();
+        tally.given_up();
         let line = tally.counts(&RequestPrices::default()).to_string();
         assert!(
-            line.ends_with("; throttled writes: 2 published by another writer, 1 written again"),
+            line.ends_with(
+                "; throttled writes: 2 published by another writer, 1 written again, 1 given up"
+            ),
             "{line}"
         );
     }
@@ -440,6 +453,7 @@ mod tests {
         tally.sent("PutObject", Object::Nar);
         tally.taken_as_published();
         tally.written_again();
+        tally.given_up();
         let after = tally.counts(&RequestPrices::default());
         assert_eq!(after.throttled_writes.taken_as_published, 2);
         let run = after.since(&before, &RequestPrices::default());
@@ -449,7 +463,8 @@ mod tests {
             run.throttled_writes,
             ThrottledWrites {
                 taken_as_published: 1,
-                written_again: 1
+                written_again: 1,
+                given_up: 1
             }
         );
     }

@@ -183,7 +183,8 @@ impl Collector for Snapshot {
             &mut out,
             "narpush_throttled_writes",
             "Writes of narinfos and nix-cache-info the target throttled (HTTP 429, SlowDown) since \
-             the daemon started, by outcome: taken as published by another writer, or sent again",
+             the daemon started, by outcome: taken as published by another writer, sent again, or \
+             given up after the last write (left to the retries)",
             "outcome",
             &[
                 (
@@ -191,6 +192,7 @@ impl Collector for Snapshot {
                     ConstCounter::new(throttled.taken_as_published),
                 ),
                 ("written_again", ConstCounter::new(throttled.written_again)),
+                ("given_up", ConstCounter::new(throttled.given_up)),
             ],
         )?;
         single(

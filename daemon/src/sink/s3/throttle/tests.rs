@@ -98,6 +98,13 @@ fn narinfo(url: &str, key: &SigningKey) -> NarInfo {
     narinfo
 }
 
+fn given_up() -> u64 {
+    process_tally()
+        .counts(&RequestPrices::default())
+        .throttled_writes
+        .given_up
+}
+
 fn taken_as_published() -> u64 {
     process_tally()
         .counts(&RequestPrices::default())
@@ -182,6 +189,7 @@ async fn a_throttled_narinfo_whose_nar_is_missing_is_written_again_then_left_to_
         ours: &ours,
         keys: &keys,
     };
+    let given_up_before = given_up();
     let error = sink
         .put_contended(
             KEY,
@@ -201,6 +209,7 @@ async fn a_throttled_narinfo_whose_nar_is_missing_is_written_again_then_left_to_
     );
     assert_eq!(count(&seen, "GET"), attempts);
     assert_eq!(count(&seen, "HEAD"), attempts);
+    assert!(given_up() > given_up_before, "counted as given up");
 }
 
 #[tokio::test(start_paused = true)]
