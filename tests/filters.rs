@@ -285,78 +285,6 @@ fn upload_exclude_matches_names_and_a_bad_pattern_is_refused_before_any_work() {
 }
 
 #[test]
-fn a_referrer_of_an_excluded_path_an_upstream_cache_serves_is_uploaded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (upstream_key, upstream_public) = keygen(dir.path(), "filters-upstream");
-    let (key, _) = keygen(dir.path(), "filters-target");
-    let upstream = dir.path().join("upstream");
-    let cache = dir.path().join("cache");
-    let built = Built::build("filters-upstream");
-    let filled = upload(&upstream, &upstream_key, &[], &[&built.doc]);
-    assert!(filled.status.success(), "{}", stderr(&filled));
-
-    let upstream_url = format!("file://{}", upstream.display());
-    let output = upload(
-        &cache,
-        &key,
-        &[
-            "--exclude-output",
-            "doc",
-            "--upstream",
-            &upstream_url,
-            "--upstream-key",
-            &upstream_public,
-        ],
-        &[&built.bundle],
-    );
-    let said = stderr(&output);
-    assert!(output.status.success(), "{said}");
-    assert_in_cache(&cache, &[&built.doc], false, &said);
-    assert_in_cache(&cache, &[&built.viewer, &built.bundle], true, &said);
-    assert!(said.contains("0 skipped"), "{said}");
-}
-
-#[test]
-fn an_excluded_path_is_not_skipped_while_an_upstream_that_may_serve_it_does_not_answer() {
-    // Found by the simulation with push filters: "did not answer" was taken for "not served",
-    // and the excluded path skipped for good with its referrers.
-    let dir = tempfile::tempdir().unwrap();
-    let (_, upstream_public) = keygen(dir.path(), "filters-silent-upstream");
-    let (key, _) = keygen(dir.path(), "filters-target");
-    let cache = dir.path().join("cache");
-    let built = Built::build("filters-silent");
-    // Nothing listens there: the connection is refused.
-    let silent = format!("http://{}", free_port());
-    let output = upload(
-        &cache,
-        &key,
-        &[
-            "--exclude-output",
-            "doc",
-            "--upstream",
-            &silent,
-            "--upstream-key",
-            &upstream_public,
-        ],
-        &[&built.bundle],
-    );
-    let said = stderr(&output);
-    assert!(
-        !output.status.success(),
-        "failed, to be tried again: {said}"
-    );
-    assert!(said.contains("did not answer"), "{said}");
-    assert!(!said.contains("skipped /nix/store"), "not skipped: {said}");
-    assert_in_cache(
-        &cache,
-        &[&built.doc, &built.viewer, &built.bundle],
-        false,
-        &said,
-    );
-    assert_closure_invariant(&cache);
-}
-
-#[test]
 fn the_daemon_skips_hook_outputs_and_shows_why_in_status_json_metrics_and_after_a_restart() {
     let metrics = free_port();
     let mut daemon = Daemon::start(
@@ -537,3 +465,6 @@ fn exec_passes_its_filters_to_its_daemon_and_lists_what_it_skipped() {
         stderr(&refused)
     );
 }
+
+#[path = "filters/upstream.rs"]
+mod upstream;

@@ -32,10 +32,8 @@
 //! narinfos (the closure invariant wins), each with [`SkipReason::NeedsSkipped`] naming the
 //! excluded path. A skip spreads like a failure but is no failure: it is reported as
 //! [`Report::Skipped`] and [`Report::TopSkipped`], and the next attempt would end the same.
-//! An excluded external reference (`--no-closure`) that the cache lacks skips its referrers
-//! the same way. "Absent" must be sure: when an upstream cache did not answer
-//! ([`Lookup::Unanswered`]), an excluded path fails (transient, retried) instead of being
-//! skipped, since that upstream may serve it.
+//! An excluded external reference (`--no-closure`) the cache lacks skips its referrers too.
+//! If an upstream did not answer ([`Lookup::Unanswered`]) it may serve it: fails, retried.
 //!
 //! A skipped path's NAR would be an orphan in the cache (no narinfo will ever name it), so a
 //! path found absent is *held* (stage `Held`) while an excluded path its closure needs is
@@ -250,8 +248,7 @@ impl Graph {
                 };
                 self.fail(path, Arc::new(error), None, &mut actions);
             }
-            // A reference outside the upload (`--no-closure`) that an upstream may serve:
-            // neither skipped nor missing for sure, so its referrers fail for now (retried).
+            // Outside the upload (`--no-closure`), maybe served upstream: referrers fail.
             Ok(Lookup::Unanswered) if node.info.is_none() => {
                 let why = if node.excluded.is_some() {
                     "is excluded by the push filters and not in the cache, and an upstream \
