@@ -323,6 +323,9 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod test_store;
+
 /// What was sent to an [`Engine::stub`].
 #[cfg(test)]
 pub(crate) struct StubCommands(mpsc::UnboundedReceiver<Command>);

@@ -5,30 +5,6 @@
 use super::*;
 use crate::filter::PushFilter;
 
-/// A path in the real store holding one small file (`nix-store --add`), so that its NAR
-/// would really be stored if the engine started it.
-async fn real_store_path(contents: &[u8]) -> PathInfo {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("narpush-held-referrer-test");
-    std::fs::write(&file, contents).unwrap();
-    let out = std::process::Command::new("nix-store")
-        .arg("--add")
-        .arg(&file)
-        .output()
-        .expect("nix-store runs");
-    assert!(
-        out.status.success(),
-        "nix-store --add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path =
-        StorePath::from_absolute_path(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    crate::store::query_path_infos(&[path], false)
-        .await
-        .unwrap()
-        .remove(0)
-}
-
 /// Every object put in the cache directory, relative to it.
 fn objects(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -49,7 +25,11 @@ fn objects(dir: &Path) -> Vec<String> {
 #[tokio::test]
 async fn a_referrer_absent_before_its_excluded_reference_is_looked_up_puts_no_nar() {
     let dir = tempfile::tempdir().unwrap();
-    let mut viewer = real_store_path(b"a viewer of the documentation\n").await;
+    let mut viewer = crate::engine::test_store::add(
+        "narpush-held-referrer-test",
+        b"a viewer of the documentation\n",
+    )
+    .await;
     // Its documentation is excluded by name, and the cache lacks it.
     let doc = path("manual-doc");
     viewer.references = vec![doc.clone()];

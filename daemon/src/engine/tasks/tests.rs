@@ -15,33 +15,8 @@ use crate::engine::stream::StreamSettings;
 use crate::engine::{Engine, EngineConfig, Report};
 use crate::format::narinfo::NarInfo;
 use crate::format::signing::SigningKey;
-use crate::format::store_path::StorePath;
 use crate::layout;
 use crate::sink::{Sink, TargetUrl};
-use crate::store::PathInfo;
-
-/// A path in the real store holding one small file.
-async fn store_path_with(contents: &[u8]) -> PathInfo {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("narpush-settle-test");
-    std::fs::write(&file, contents).unwrap();
-    let out = std::process::Command::new("nix-store")
-        .arg("--add")
-        .arg(&file)
-        .output()
-        .expect("nix-store runs");
-    assert!(
-        out.status.success(),
-        "nix-store --add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path =
-        StorePath::from_absolute_path(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    crate::store::query_path_infos(&[path], false)
-        .await
-        .unwrap()
-        .remove(0)
-}
 
 fn modified(file: &Path) -> Option<SystemTime> {
     std::fs::metadata(file).and_then(|m| m.modified()).ok()
@@ -49,7 +24,11 @@ fn modified(file: &Path) -> Option<SystemTime> {
 
 #[tokio::test]
 async fn a_nar_with_the_bytes_of_one_under_collection_gets_a_name_of_its_own_and_no_wait() {
-    let info = store_path_with(b"the same bytes as a NAR that gc is about to delete\n").await;
+    let info = crate::engine::test_store::add(
+        "narpush-settle-test",
+        b"the same bytes as a NAR that gc is about to delete\n",
+    )
+    .await;
     let cache = tempfile::tempdir().unwrap();
     // The NAR as an earlier writer left it, named by its FileHash as Nix names NARs, 40 days
     // ago: gc has listed it as garbage and is about to delete it (rule U6's case).
