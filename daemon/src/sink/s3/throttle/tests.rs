@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::format::hash::Sha256;
 use crate::format::narinfo::NarInfo;
-use crate::format::signing::SigningKey;
+use crate::format::signing::{SigningKey, VerifyingKey};
 use crate::format::store_path::StorePath;
 use crate::sink::contended::{Wanted, ATTEMPTS};
 use crate::sink::requests::{tally as process_tally, RequestPrices, Tally};
@@ -21,7 +21,7 @@ use crate::sink::s3::client::sdk_config_counting;
 use crate::sink::s3::counting::CountRequests;
 use crate::sink::s3::S3Sink;
 use crate::sink::url::TargetUrl;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// R2's answer to a second write of one key within a second.
 const R2_THROTTLED: &str =
@@ -98,6 +98,38 @@ fn narinfo(url: &str, key: &SigningKey) -> NarInfo {
     narinfo
 }
 
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Writes `ours` at [`KEY`] through a server that throttles every PUT, holds `theirs` at the
+/// key and has the NARs `nars`, trusting `keys`: the outcome, and the requests it saw.
+async fn put_narinfo(
+    ours: &NarInfo,
+    theirs: &NarInfo,
+    nars: &[&str],
+    keys: &[VerifyingKey],
+    tally: Arc<Tally>,
+) -> (Result<(), SinkError>, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = sink(
+        Throttling {
+            narinfo: Some(theirs.to_string()),
+            nars: nars.iter().map(|nar| (*nar).to_owned()).collect(),
+            seen: Arc::clone(&seen),
+        },
+        tally,
+    );
+    let wanted = Wanted::Narinfo { ours, keys };
+    let put = sink
+        .put_contended(
+            KEY,
+            Bytes::from(ours.to_string()),
+            "text/x-nix-narinfo",
+            &wanted,
+        )
+        .await;
+    (put, seen)
+}
+
 fn given_up() -> u64 {
     process_tally()
         .counts(&RequestPrices::default())
@@ -127,30 +159,11 @@ async fn a_throttled_narinfo_another_writer_published_with_its_nar_is_success_in
     let key = SigningKey::generate("ours-1").unwrap();
     let ours = narinfo("nar/ours.nar.zst", &key);
     let theirs = narinfo("nar/theirs.nar.xz", &key);
-    let seen = Arc::default();
     let tally = Arc::new(Tally::default());
-    let sink = sink(
-        Throttling {
-            narinfo: Some(theirs.to_string()),
-            nars: vec!["nar/theirs.nar.xz".to_owned()],
-            seen: Arc::clone(&seen),
-        },
-        tally.clone(),
-    );
     let before = taken_as_published();
-    let keys = [key.public_key()];
-    let wanted = Wanted::Narinfo {
-        ours: &ours,
-        keys: &keys,
-    };
-    sink.put_contended(
-        KEY,
-        Bytes::from(ours.to_string()),
-        "text/x-nix-narinfo",
-        &wanted,
-    )
-    .await
-    .expect("taken as published");
+    let nars = ["nar/theirs.nar.xz"];
+    let (put, seen) = put_narinfo(&ours, &theirs, &nars, &[key.public_key()], tally.clone()).await;
+    put.expect("taken as published");
     assert_eq!(
         *seen.lock().unwrap(),
         [
@@ -175,30 +188,9 @@ async fn a_throttled_narinfo_whose_nar_is_missing_is_written_again_then_left_to_
     let key = SigningKey::generate("ours-1").unwrap();
     let ours = narinfo("nar/ours.nar.zst", &key);
     let theirs = narinfo("nar/theirs.nar.xz", &key);
-    let seen = Arc::default();
-    let sink = sink(
-        Throttling {
-            narinfo: Some(theirs.to_string()),
-            nars: Vec::new(),
-            seen: Arc::clone(&seen),
-        },
-        Arc::default(),
-    );
-    let keys = [key.public_key()];
-    let wanted = Wanted::Narinfo {
-        ours: &ours,
-        keys: &keys,
-    };
     let given_up_before = given_up();
-    let error = sink
-        .put_contended(
-            KEY,
-            Bytes::from(ours.to_string()),
-            "text/x-nix-narinfo",
-            &wanted,
-        )
-        .await
-        .expect_err("a narinfo whose NAR is missing is no success");
+    let (put, seen) = put_narinfo(&ours, &theirs, &[], &[key.public_key()], Arc::default()).await;
+    let error = put.expect_err("a narinfo whose NAR is missing is no success");
     assert!(error.detail.contains("HTTP 429"), "{error}");
     assert_eq!(error.class, crate::sink::ErrorClass::Transient);
     let attempts = ATTEMPTS as usize;
@@ -218,28 +210,10 @@ async fn a_throttled_narinfo_signed_by_a_stranger_is_no_success() {
     let stranger = SigningKey::generate("theirs-1").unwrap();
     let ours = narinfo("nar/ours.nar.zst", &ours_key);
     let theirs = narinfo("nar/theirs.nar.xz", &stranger);
-    let seen = Arc::default();
-    let sink = sink(
-        Throttling {
-            narinfo: Some(theirs.to_string()),
-            nars: vec!["nar/theirs.nar.xz".to_owned()],
-            seen: Arc::clone(&seen),
-        },
-        Arc::default(),
-    );
+    let nars = ["nar/theirs.nar.xz"];
     let keys = [ours_key.public_key()];
-    let wanted = Wanted::Narinfo {
-        ours: &ours,
-        keys: &keys,
-    };
-    sink.put_contended(
-        KEY,
-        Bytes::from(ours.to_string()),
-        "text/x-nix-narinfo",
-        &wanted,
-    )
-    .await
-    .expect_err("not ours to trust");
+    let (put, seen) = put_narinfo(&ours, &theirs, &nars, &keys, Arc::default()).await;
+    put.expect_err("not ours to trust");
     assert_eq!(
         count(&seen, "HEAD"),
         0,
@@ -357,27 +331,8 @@ async fn a_throttled_narinfo_whose_nar_has_another_size_than_it_states_is_no_suc
     theirs.file_size = Some(1_000);
     theirs.signatures.clear();
     theirs.add_signature(&key).unwrap();
-    let seen = Arc::default();
-    let sink = sink(
-        Throttling {
-            narinfo: Some(theirs.to_string()),
-            nars: vec!["nar/theirs.nar.xz".to_owned()],
-            seen: Arc::clone(&seen),
-        },
-        Arc::default(),
-    );
-    let keys = [key.public_key()];
-    let wanted = Wanted::Narinfo {
-        ours: &ours,
-        keys: &keys,
-    };
-    sink.put_contended(
-        KEY,
-        Bytes::from(ours.to_string()),
-        "text/x-nix-narinfo",
-        &wanted,
-    )
-    .await
-    .expect_err("a NAR of another size than its narinfo states does not do");
+    let nars = ["nar/theirs.nar.xz"];
+    let (put, seen) = put_narinfo(&ours, &theirs, &nars, &[key.public_key()], Arc::default()).await;
+    put.expect_err("a NAR of another size than its narinfo states does not do");
     assert_eq!(count(&seen, "PUT"), ATTEMPTS as usize, "written again");
 }
