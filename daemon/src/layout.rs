@@ -27,8 +27,6 @@
 //! Two writers of one path therefore each publish a consistent narinfo/NAR pair, whatever their
 //! settings; the NAR of the narinfo that lost the race is unreferenced and harmless.
 
-use rand::Rng;
-
 use crate::format::build_trace::BuildTraceKey;
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
@@ -173,7 +171,9 @@ pub struct WriterId([u8; 5]);
 
 impl WriterId {
     pub fn random() -> WriterId {
-        WriterId(rand::thread_rng().gen())
+        let mut id = [0; 5];
+        crate::random::fill("writer id", &[], &mut id);
+        WriterId(id)
     }
 
     /// The 8 characters [`WriterId`]'s `Display` writes; `None` for anything else.
@@ -194,7 +194,9 @@ impl std::fmt::Display for WriterId {
 
 /// A key no other upload uses, for a NAR written by `writer` (with one PUT or in parts).
 pub fn nar_key_unique(nar_hash: &Sha256, compression: Compression, writer: WriterId) -> String {
-    let nonce: [u8; 10] = rand::thread_rng().gen();
+    let mut nonce = [0; 10];
+    let context = [nar_hash.0.as_slice(), &writer.0].concat();
+    crate::random::fill("nar name", &context, &mut nonce);
     format!(
         "nar/{}-{writer}-{}{}",
         nar_hash.to_nix32(),

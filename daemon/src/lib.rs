@@ -49,6 +49,7 @@ pub mod layout;
 pub mod pins;
 pub mod process_group;
 pub mod queue;
+pub mod random;
 pub mod redact;
 pub mod repair;
 pub mod resign;

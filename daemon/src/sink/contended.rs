@@ -21,12 +21,15 @@
 //! transient failure. The SDK never retries a throttled write of a shared key itself (see
 //! `s3::throttle`), so one such write costs at most [`ATTEMPTS`] PUTs, GETs and HEADs, all
 //! counted in the request tally ([`super::requests`]) like any other request; so is each
-//! throttled write's outcome (`throttled_writes`).
+//! throttled write's outcome (`throttled_writes`, [`Outcome`]).
+//!
+//! S3 throttles; so does the simulation's bucket when it keeps R2's per-key limit (feature
+//! `sim`), which is also told each outcome, with when the look behind it began, so that the
+//! simulation checks what was taken as published. A directory never throttles.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::Rng;
 
 use super::{Read, Sink, SinkError};
 use crate::format::narinfo::NarInfo;
@@ -47,6 +50,28 @@ pub enum Put {
     Written,
     /// The store answered "too many writes" (HTTP 429, `SlowDown`): this error.
     Throttled(SinkError),
+}
+
+/// How a throttled write went on, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done without writing: the key held what this writer wanted there.
+    TakenAsPublished,
+    /// Not yet: the key is written again.
+    WrittenAgain,
+    /// Given up after the last PUT: the throttled answer is the caller's error.
+    GivenUp,
+}
+
+impl Outcome {
+    /// The name the counts use (`requests.throttled_writes`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::TakenAsPublished => "taken_as_published",
+            Outcome::WrittenAgain => "written_again",
+            Outcome::GivenUp => "given_up",
+        }
+    }
 }
 
 /// What the key must hold for a throttled write of it to count as done.
@@ -157,22 +182,22 @@ impl Sink {
         content_type: &str,
         wanted: &Wanted<'_>,
     ) -> Result<(), SinkError> {
-        let Sink::S3(s3) = self else {
-            // Only a remote store throttles writes.
+        if !self.throttles_writes() {
             return self.put(key, body, content_type).await;
-        };
+        }
         let mut attempt = 1;
         loop {
-            let throttled = match s3
+            let throttled = match self
                 .put_unless_throttled(key, body.clone(), content_type)
                 .await?
             {
                 Put::Written => return Ok(()),
                 Put::Throttled(error) => error,
             };
+            let looked_from = crate::clock::now();
             let mismatch = match self.published_by_another(key, &body, wanted).await? {
                 None => {
-                    super::requests::tally().taken_as_published();
+                    self.count(key, Outcome::TakenAsPublished, looked_from);
                     tracing::debug!(
                         key,
                         "{throttled}: another writer published it meanwhile; taken as published"
@@ -182,15 +207,15 @@ impl Sink {
                 Some(mismatch) => mismatch,
             };
             if attempt >= ATTEMPTS {
-                super::requests::tally().given_up();
+                self.count(key, Outcome::GivenUp, looked_from);
                 tracing::info!(
                     key,
                     "{throttled}, and {mismatch} after {ATTEMPTS} writes; left to the retries"
                 );
                 return Err(throttled);
             }
-            super::requests::tally().written_again();
-            let wait = wait_before_writing_again(throttled.retry_after);
+            self.count(key, Outcome::WrittenAgain, looked_from);
+            let wait = wait_before_writing_again(key, throttled.retry_after);
             tracing::debug!(
                 key,
                 attempt,
@@ -200,6 +225,50 @@ impl Sink {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// Whether this store throttles writes of a key (a directory never does).
+    fn throttles_writes(&self) -> bool {
+        match self {
+            Sink::S3(_) => true,
+            Sink::File(_) => false,
+            #[cfg(feature = "sim")]
+            Sink::Memory(memory) => memory.bucket().limits_key_writes(),
+        }
+    }
+
+    /// One PUT of a shared key; a throttled answer is [`Put::Throttled`].
+    async fn put_unless_throttled(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<Put, SinkError> {
+        match self {
+            Sink::S3(s3) => s3.put_unless_throttled(key, body, content_type).await,
+            Sink::File(_) => self
+                .put(key, body, content_type)
+                .await
+                .map(|()| Put::Written),
+            #[cfg(feature = "sim")]
+            Sink::Memory(memory) => memory.put_unless_throttled(key, body).await,
+        }
+    }
+
+    /// Counts `outcome` in the request tally (and tells the simulation's bucket, with when the
+    /// look it was judged from began).
+    fn count(&self, key: &str, outcome: Outcome, looked_from: std::time::SystemTime) {
+        let tally = super::requests::tally();
+        match outcome {
+            Outcome::TakenAsPublished => tally.taken_as_published(),
+            Outcome::WrittenAgain => tally.written_again(),
+            Outcome::GivenUp => tally.given_up(),
+        }
+        #[cfg(feature = "sim")]
+        if let Sink::Memory(memory) = self {
+            memory.bucket().judged(key, outcome, looked_from);
+        }
+        let _ = (key, looked_from);
     }
 
     /// `None` when `key` holds what `wanted` accepts in place of `ours` (a GET, then a HEAD
@@ -234,13 +303,13 @@ impl Sink {
 }
 
 /// At least [`KEY_WRITE_INTERVAL`], or what `retry_after` asks up to [`MAX_THROTTLED_WAIT`],
-/// plus up to half a second of jitter, so that writers throttled together do not come back
-/// together.
-pub fn wait_before_writing_again(retry_after: Option<Duration>) -> Duration {
+/// plus up to half a second of jitter (drawn for `key`, [`crate::random`]), so that writers
+/// throttled together do not come back together.
+pub fn wait_before_writing_again(key: &str, retry_after: Option<Duration>) -> Duration {
     let base = retry_after
         .unwrap_or(KEY_WRITE_INTERVAL)
         .clamp(KEY_WRITE_INTERVAL, MAX_THROTTLED_WAIT);
-    base + Duration::from_millis(rand::thread_rng().gen_range(0..=500))
+    base + Duration::from_millis(crate::random::below("jitter", key.as_bytes(), 501))
 }
 
 #[cfg(test)]

@@ -4,6 +4,14 @@
 //! 403, throttling with `Retry-After`) or after it (the write happened, the answer was lost).
 //! A delete may be slow: it lands late in a long request.
 //!
+//! With [`Faults::key_write_interval`], the bucket keeps R2's limit on writes to one key
+//! ("1 per second"): a write that reaches a key while another write of it is in progress, or
+//! within the interval after one landed there, is answered 429 without effect; and a lost
+//! answer to a write is then sometimes a 429 too (the SDK's retry met the limit the first
+//! attempt, which landed, had set). A PUT of a shared key ([`Bucket::put_shared`]) returns a
+//! throttled answer (429, 503 `SlowDown`) as [`Put::Throttled`], for the caller to judge
+//! ([`crate::sink::contended`]), which tells the bucket how it judged ([`Bucket::judged`]).
+//!
 //! A 403 on a read (GET, HEAD) is answered as [`Read::Refused`], as the S3 backend does, so
 //! that each reader's rule for it ([`crate::coexist::Reader`]) is exercised. A delete bound by
 //! a [`Check`] ([`MemorySink::delete_within`]) is not sent once the check's time is up, and is
@@ -17,7 +25,9 @@
 //!
 //! Determinism: each request's latency and fault are drawn from the seed, the operation, the
 //! key and how many requests of that operation the key had before, not from one stream, so
-//! the draws do not depend on the order in which concurrent tasks issue their requests.
+//! the draws do not depend on the order in which concurrent tasks issue their requests
+//! ([`fate`]). Whether a write meets the per-key limit depends on the other writes of its key
+//! and their virtual times only.
 //!
 //! An observer, when set, sees the whole bucket after every change, under the bucket's lock:
 //! the simulation checks the closure invariant there, at every instant it could break.
@@ -28,9 +38,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use super::contended::{Outcome, Put};
 use super::inventory::Object;
-use super::{ErrorClass, Read, SinkError};
+use super::{Read, SinkError};
 use crate::format::hash::Sha256;
+use fate::Fault;
 
 /// How long after its client gave it up a delete request may still land.
 pub const GIVEN_UP_LANDS_WITHIN: Duration = Duration::from_secs(1);
@@ -70,13 +82,26 @@ pub struct Faults {
     /// A delete that takes up to `slow_delete` and lands near its end.
     pub slow_delete_ppm: u32,
     pub slow_delete: Duration,
+    /// R2's limit on writes to one key (`None`: none, as on S3): a write (PUT, multipart
+    /// completion) that reaches a key while another write of it is in progress, or within
+    /// this long after one landed, is answered 429 before any effect. Not a fault: a quiet
+    /// phase keeps it.
+    pub key_write_interval: Option<Duration>,
 }
 
-/// A change to the bucket: an object written, or objects deleted.
+/// A change to the bucket: an object written, or objects deleted; or how a writer judged a
+/// throttled write, which changes nothing.
 #[derive(Clone, Copy, Debug)]
 pub enum Change<'a> {
     Put(&'a str),
     Delete(&'a [String]),
+    /// A throttled write of `key` was judged ([`crate::sink::contended`]) from a look at the
+    /// key that began at `looked_from`; the bucket is as it is when the writer decided.
+    Judged {
+        key: &'a str,
+        outcome: Outcome,
+        looked_from: SystemTime,
+    },
 }
 
 /// Called with each change and the bucket after it.
@@ -91,6 +116,14 @@ pub struct Counts {
     pub throttled: u64,
     pub lost_responses: u64,
     pub slow_deletes: u64,
+    /// Writes answered 429 by the per-key limit, without effect.
+    pub key_throttled: u64,
+    /// Lost answers to writes that landed, answered 429 (the SDK's retry met the limit).
+    pub throttled_landed: u64,
+    /// How throttled writes of shared keys were judged ([`Bucket::judged`]).
+    pub taken_as_published: u64,
+    pub written_again: u64,
+    pub given_up: u64,
 }
 
 #[derive(Default)]
@@ -99,6 +132,8 @@ struct Inner {
     faults: Faults,
     /// Requests drawn so far per operation and key.
     drawn: BTreeMap<(&'static str, String), u64>,
+    /// Until when each key refuses writes (the per-key limit).
+    busy: BTreeMap<String, tokio::time::Instant>,
     observer: Option<Observer>,
     counts: Counts,
 }
@@ -109,26 +144,12 @@ pub struct Bucket {
     inner: Mutex<Inner>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    ServerError,
-    Forbidden,
-    Throttled,
-    LostResponse,
-}
-
-/// A request that failed: the error, and whether it was a refusal (403).
+/// A request that failed: the error, whether it was a refusal (403), and whether it was
+/// throttled (429, 503 `SlowDown`).
 struct Failed {
     error: SinkError,
     refused: bool,
-}
-
-/// One request's fate.
-struct Draw {
-    latency: Duration,
-    /// When within the latency its effect lands.
-    lands_after: Duration,
-    fault: Option<Fault>,
+    throttled: bool,
 }
 
 impl Bucket {
@@ -162,9 +183,12 @@ impl Bucket {
 
     /// Writes an object at once, without a request (the simulation's setup).
     pub fn insert(&self, key: &str, body: Bytes) {
-        self.change(Change::Put(key), |objects| {
-            objects.insert(key.to_owned(), stored(body));
-        });
+        self.land(key, body);
+    }
+
+    /// Whether the bucket keeps R2's per-key limit on writes ([`Faults::key_write_interval`]).
+    pub fn limits_key_writes(&self) -> bool {
+        self.lock().faults.key_write_interval.is_some()
     }
 
     /// Deletes objects at once, without a request (the simulation's damage: a lifecycle rule
@@ -183,55 +207,6 @@ impl Bucket {
         apply(&mut inner.objects);
         if let Some(observer) = &mut inner.observer {
             observer(change, &inner.objects);
-        }
-    }
-
-    fn draw(&self, operation: &'static str, key: &str) -> Draw {
-        let mut inner = self.lock();
-        let n = {
-            let count = inner.drawn.entry((operation, key.to_owned())).or_default();
-            *count += 1;
-            *count
-        };
-        let f = &inner.faults;
-        let mut bits = Bits(mix(f.seed, operation, key, n));
-        let span = f.max_latency.saturating_sub(f.min_latency);
-        let mut latency = f.min_latency + span.mul_f64(bits.unit());
-        let mut lands_after = latency.mul_f64(bits.unit());
-        let pick = bits.ppm();
-        let mut fault = None;
-        let mut threshold = 0u64;
-        for (ppm, kind) in [
-            (f.server_error_ppm, Fault::ServerError),
-            (f.forbidden_ppm, Fault::Forbidden),
-            (f.throttle_ppm, Fault::Throttled),
-            (f.lost_response_ppm, Fault::LostResponse),
-        ] {
-            threshold += u64::from(ppm);
-            if pick < threshold {
-                fault = Some(kind);
-                break;
-            }
-        }
-        let slow = operation == "DELETE" && bits.ppm() < u64::from(f.slow_delete_ppm);
-        if slow {
-            latency = f.slow_delete.mul_f64(0.5 + bits.unit() / 2.0);
-            lands_after = latency.mul_f64(0.9);
-        }
-        let counts = &mut inner.counts;
-        counts.requests += 1;
-        counts.slow_deletes += u64::from(slow);
-        match fault {
-            Some(Fault::ServerError) => counts.server_errors += 1,
-            Some(Fault::Forbidden) => counts.forbidden += 1,
-            Some(Fault::Throttled) => counts.throttled += 1,
-            Some(Fault::LostResponse) => counts.lost_responses += 1,
-            None => {}
-        }
-        Draw {
-            latency,
-            lands_after,
-            fault,
         }
     }
 
@@ -261,12 +236,14 @@ impl Bucket {
             Err(Failed {
                 error,
                 refused: true,
+                ..
             }) => Ok(Read::Refused(error)),
             Err(Failed { error, .. }) => Err(error),
         }
     }
 
-    /// [`Bucket::request`], whose effect lands no later than `land_by` when given.
+    /// [`Bucket::request`], whose effect lands no later than `land_by` when given. A write
+    /// meets the per-key limit when it reaches its key ([`Bucket::refuses_write`]).
     async fn send<T>(
         &self,
         operation: &'static str,
@@ -277,50 +254,32 @@ impl Bucket {
         let mut draw = self.draw(operation, key);
         if let Some(land_by) = land_by {
             draw.lands_after = draw.lands_after.min(land_by);
+            draw.arrives_after = draw.arrives_after.min(draw.lands_after);
         }
-        tokio::time::sleep(draw.lands_after).await;
-        let failed = |class, detail: &str, retry_after| SinkError {
-            operation,
-            key: key.to_owned(),
-            class,
-            detail: detail.to_owned(),
-            retry_after,
-        };
-        let early = match draw.fault {
-            Some(Fault::ServerError) => Some(failed(
-                ErrorClass::Transient,
-                "500 InternalError (simulated)",
-                None,
-            )),
-            Some(Fault::Forbidden) => Some(failed(
-                ErrorClass::Permanent,
-                "403 AccessDenied (simulated)",
-                None,
-            )),
-            Some(Fault::Throttled) => Some(failed(
-                ErrorClass::Transient,
-                "503 SlowDown (simulated)",
-                Some(Duration::from_secs(1)),
-            )),
-            Some(Fault::LostResponse) | None => None,
-        };
-        let result = match early {
-            Some(error) => Err(Failed {
-                error,
-                refused: draw.fault == Some(Fault::Forbidden),
-            }),
+        tokio::time::sleep(draw.arrives_after).await;
+        let lands_in = draw.lands_after - draw.arrives_after;
+        let takes_effect = matches!(draw.fault, None | Some(Fault::LostResponse));
+        if takes_effect && self.refuses_write(operation, key, lands_in) {
+            draw.fault = Some(Fault::KeyBusy);
+        }
+        if !lands_in.is_zero() {
+            // Only a write under the per-key limit reaches its key before it lands: other
+            // requests sleep as they did before the limit existed.
+            tokio::time::sleep(lands_in).await;
+        }
+        let result = match draw.early_failure(operation, key) {
+            Some(failed) => Err(failed),
             None => Ok(effect(self)),
         };
         tokio::time::sleep(draw.latency.saturating_sub(draw.lands_after)).await;
         match (result, draw.fault) {
-            (Ok(_), Some(Fault::LostResponse)) => Err(Failed {
-                error: failed(
-                    ErrorClass::Transient,
-                    "connection reset before the answer (simulated; the request took effect)",
-                    None,
-                ),
-                refused: false,
-            }),
+            (Ok(_), Some(Fault::LostResponse)) => {
+                let lost = draw.lost_answer(operation, key);
+                if lost.throttled {
+                    self.lock().counts.throttled_landed += 1;
+                }
+                Err(lost)
+            }
             (result, _) => result,
         }
     }
@@ -342,12 +301,47 @@ impl Bucket {
     }
 
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
-        self.request("PUT", key, |b| {
-            b.change(Change::Put(key), |objects| {
-                objects.insert(key.to_owned(), stored(body));
-            });
-        })
-        .await
+        self.request("PUT", key, |b| b.land(key, body)).await
+    }
+
+    /// A PUT of a key other writers write too: a throttled answer (429, 503 `SlowDown`) is
+    /// [`Put::Throttled`], as the S3 backend gives it ([`crate::sink::contended`]).
+    pub async fn put_shared(&self, key: &str, body: Bytes) -> Result<Put, SinkError> {
+        match self.send("PUT", key, None, |b| b.land(key, body)).await {
+            Ok(()) => Ok(Put::Written),
+            Err(Failed {
+                error,
+                throttled: true,
+                ..
+            }) => Ok(Put::Throttled(error)),
+            Err(Failed { error, .. }) => Err(error),
+        }
+    }
+
+    /// A writer judged a throttled write of `key` so, from a look that began at `looked_from`:
+    /// counted, and shown to the observer.
+    pub fn judged(&self, key: &str, outcome: Outcome, looked_from: SystemTime) {
+        {
+            let counts = &mut self.lock().counts;
+            match outcome {
+                Outcome::TakenAsPublished => counts.taken_as_published += 1,
+                Outcome::WrittenAgain => counts.written_again += 1,
+                Outcome::GivenUp => counts.given_up += 1,
+            }
+        }
+        let judged = Change::Judged {
+            key,
+            outcome,
+            looked_from,
+        };
+        self.change(judged, |_| {});
+    }
+
+    /// A write's effect: `body` is the object at `key` from now on.
+    fn land(&self, key: &str, body: Bytes) {
+        self.change(Change::Put(key), |objects| {
+            objects.insert(key.to_owned(), stored(body));
+        });
     }
 
     /// Every object, as one listing that sees the bucket at one instant.
@@ -406,48 +400,8 @@ fn truncate_to_millis(time: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(since.as_millis() as u64)
 }
 
-/// 64 bits that depend on every input (FNV-1a, then splitmix64's finaliser).
-fn mix(seed: u64, operation: &str, key: &str, n: u64) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for byte in operation
-        .bytes()
-        .chain([0])
-        .chain(key.bytes())
-        .chain(n.to_le_bytes())
-    {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    splitmix(hash)
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Successive draws from one request's 64 bits.
-struct Bits(u64);
-
-impl Bits {
-    fn next(&mut self) -> u64 {
-        self.0 = splitmix(self.0);
-        self.0
-    }
-
-    /// In [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// In [0, 1,000,000).
-    fn ppm(&mut self) -> u64 {
-        self.next() % 1_000_000
-    }
-}
-
+#[path = "memory/fate.rs"]
+mod fate;
 #[path = "memory/sink.rs"]
 mod sink;
 pub use sink::{MemorySink, MemoryUpload};

@@ -8,7 +8,8 @@
 //! command or the daemon started".
 //!
 //! Beside the requests, the tally counts how throttled writes of shared keys ended
-//! ([`ThrottledWrites`], counted by [`super::contended`]).
+//! ([`ThrottledWrites`], counted by [`super::contended`] for every store that throttles: S3,
+//! and the simulation's bucket when it keeps R2's per-key limit).
 //!
 //! Only S3 requests are counted: a directory target (`file://`) and the simulation's bucket
 //! in memory cost nothing per operation, so their reports show zero requests.

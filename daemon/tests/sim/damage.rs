@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use narpush::format::narinfo::NarInfo;
@@ -22,6 +22,9 @@ use crate::checker::Checker;
 use crate::rng::Rng;
 use crate::run::lock;
 use crate::world::World;
+
+/// Percent of strokes that delete the NAR of the narinfo written last, with `fresh`.
+const FRESH_PERCENT: u64 = 40;
 
 /// What damage did to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +45,24 @@ pub struct Taint {
     /// Set while damage changes the bucket (its changes are not checked).
     pub damaging: bool,
     pub keys: BTreeMap<String, Harm>,
+    /// When damage last harmed each of `keys`.
+    pub struck_at: BTreeMap<String, SystemTime>,
 }
 
 impl Taint {
     pub fn harmed(&self, key: &str) -> bool {
         self.keys.contains_key(key)
+    }
+
+    /// Damage harmed `key` at `at`.
+    pub fn strike(&mut self, key: String, harm: Harm, at: SystemTime) {
+        self.struck_at.insert(key.clone(), at);
+        self.keys.insert(key, harm);
+    }
+
+    /// Whether damage harmed `key` at `since` or later (and it is not healed).
+    pub fn harmed_since(&self, key: &str, since: SystemTime) -> bool {
+        self.struck_at.get(key).is_some_and(|at| *at >= since)
     }
 
     pub fn harm(&self, key: &str) -> Option<Harm> {
@@ -60,6 +76,7 @@ impl Taint {
     /// Another actor wrote or deleted `key`: what it is now is that actor's doing.
     pub fn heal(&mut self, key: &str) {
         self.keys.remove(key);
+        self.struck_at.remove(key);
     }
 }
 
@@ -76,11 +93,17 @@ fn vandal_key() -> SigningKey {
 
 /// One stroke of damage; returns what it did (for the log), or `None` if there was nothing
 /// to damage.
+///
+/// With `fresh` (`--throttling on`), a stroke is sometimes a collector that does not follow
+/// the protocol (another tool's GC, which listed the NARs after the narinfos): it deletes the
+/// NAR of the narinfo written last, while other writers of that narinfo may still be judging
+/// a throttled write of it (rule U7 must not take a narinfo whose NAR is gone).
 pub fn strike(
     rng: &mut Rng,
     bucket: &Arc<Bucket>,
     checker: &Arc<Mutex<Checker>>,
     world: &mut World,
+    fresh: bool,
 ) -> Option<String> {
     let objects = bucket.snapshot();
     let nars: Vec<&String> = objects.keys().filter(|k| k.starts_with("nar/")).collect();
@@ -92,93 +115,102 @@ pub fn strike(
     // The narinfos whose paths may also leave the local store, and the chance they do.
     let mut paths_of: Vec<String> = Vec::new();
     let mut forget_percent = 40;
-    let what = match rng.below(100) {
-        0..=59 => {
-            let nar = rng.pick(&nars).to_string();
-            let body = &objects[&nar].body;
-            let (what, harm, bytes) = match rng.below(3) {
-                0 => ("deletes", Harm::Deleted, None),
-                1 => {
-                    let keep = rng.below(body.len() as u64) as usize;
-                    ("truncates", Harm::Resized, Some(body.slice(..keep)))
-                }
-                _ => {
-                    let same_size = rng.chance(50);
-                    let len = if same_size {
-                        body.len()
-                    } else {
-                        rng.between(1, 2000) as usize
-                    };
-                    let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
-                    let harm = if len == body.len() {
-                        Harm::Rebytes
-                    } else {
-                        Harm::Resized
-                    };
-                    ("replaces", harm, Some(Bytes::from(bytes)))
-                }
-            };
-            land(bucket, checker, |b| match bytes {
-                None => b.remove(std::slice::from_ref(&nar)),
-                Some(bytes) => b.insert(&nar, bytes),
-            });
-            paths_of.extend(narinfos_naming(&objects, &nar));
-            harmed.push((nar.clone(), harm));
-            format!("{what} {nar}")
-        }
-        60..=74 => {
-            let referenced = referenced_narinfos(&objects);
-            let pool = if referenced.is_empty() {
-                narinfos.iter().map(|k| k.to_string()).collect()
-            } else {
-                referenced
-            };
-            let key = rng.pick(&pool).clone();
-            land(bucket, checker, |b| b.remove(std::slice::from_ref(&key)));
-            paths_of.push(key.clone());
-            harmed.push((key.clone(), Harm::Deleted));
-            format!("deletes {key}")
-        }
-        75..=91 => {
-            let key = rng.pick(&narinfos).to_string();
-            let mut narinfo = parse(&objects[&key])?;
-            narinfo.signatures.clear();
-            narinfo.add_signature(&vandal_key()).ok()?;
-            let body = Bytes::from(narinfo.to_string());
-            land(bucket, checker, |b| b.insert(&key, body));
-            paths_of.push(key.clone());
-            harmed.push((key.clone(), Harm::ForeignSignature));
-            format!("re-signs {key} with a foreign key")
-        }
-        _ => {
-            let older_than = Duration::from_secs(rng.between(1800, 3 * 3600));
-            let now = narpush::clock::now();
-            let keys: Vec<String> = objects
-                .iter()
-                .filter(|(_, o)| narpush::clock::age(now, o.modified) >= older_than)
-                .map(|(k, _)| k.clone())
-                .collect();
-            if keys.is_empty() {
-                return None;
+    let what = if fresh && rng.chance(FRESH_PERCENT) {
+        let nar = nar_of_latest_narinfo(&objects)?;
+        land(bucket, checker, |b| b.remove(std::slice::from_ref(&nar)));
+        paths_of.extend(narinfos_naming(&objects, &nar));
+        harmed.push((nar.clone(), Harm::Deleted));
+        format!("a collector outside the protocol deletes {nar}, named by the narinfo written last")
+    } else {
+        match rng.below(100) {
+            0..=59 => {
+                let nar = rng.pick(&nars).to_string();
+                let body = &objects[&nar].body;
+                let (what, harm, bytes) = match rng.below(3) {
+                    0 => ("deletes", Harm::Deleted, None),
+                    1 => {
+                        let keep = rng.below(body.len() as u64) as usize;
+                        ("truncates", Harm::Resized, Some(body.slice(..keep)))
+                    }
+                    _ => {
+                        let same_size = rng.chance(50);
+                        let len = if same_size {
+                            body.len()
+                        } else {
+                            rng.between(1, 2000) as usize
+                        };
+                        let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                        let harm = if len == body.len() {
+                            Harm::Rebytes
+                        } else {
+                            Harm::Resized
+                        };
+                        ("replaces", harm, Some(Bytes::from(bytes)))
+                    }
+                };
+                land(bucket, checker, |b| match bytes {
+                    None => b.remove(std::slice::from_ref(&nar)),
+                    Some(bytes) => b.insert(&nar, bytes),
+                });
+                paths_of.extend(narinfos_naming(&objects, &nar));
+                harmed.push((nar.clone(), harm));
+                format!("{what} {nar}")
             }
-            land(bucket, checker, |b| b.remove(&keys));
-            for key in &keys {
+            60..=74 => {
+                let referenced = referenced_narinfos(&objects);
+                let pool = if referenced.is_empty() {
+                    narinfos.iter().map(|k| k.to_string()).collect()
+                } else {
+                    referenced
+                };
+                let key = rng.pick(&pool).clone();
+                land(bucket, checker, |b| b.remove(std::slice::from_ref(&key)));
+                paths_of.push(key.clone());
                 harmed.push((key.clone(), Harm::Deleted));
-                if key.ends_with(".narinfo") {
-                    paths_of.push(key.clone());
-                }
+                format!("deletes {key}")
             }
-            forget_percent = 20;
-            format!(
-                "a lifecycle rule deletes the {} objects older than {}s",
-                keys.len(),
-                older_than.as_secs()
-            )
+            75..=91 => {
+                let key = rng.pick(&narinfos).to_string();
+                let mut narinfo = parse(&objects[&key])?;
+                narinfo.signatures.clear();
+                narinfo.add_signature(&vandal_key()).ok()?;
+                let body = Bytes::from(narinfo.to_string());
+                land(bucket, checker, |b| b.insert(&key, body));
+                paths_of.push(key.clone());
+                harmed.push((key.clone(), Harm::ForeignSignature));
+                format!("re-signs {key} with a foreign key")
+            }
+            _ => {
+                let older_than = Duration::from_secs(rng.between(1800, 3 * 3600));
+                let now = narpush::clock::now();
+                let keys: Vec<String> = objects
+                    .iter()
+                    .filter(|(_, o)| narpush::clock::age(now, o.modified) >= older_than)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if keys.is_empty() {
+                    return None;
+                }
+                land(bucket, checker, |b| b.remove(&keys));
+                for key in &keys {
+                    harmed.push((key.clone(), Harm::Deleted));
+                    if key.ends_with(".narinfo") {
+                        paths_of.push(key.clone());
+                    }
+                }
+                forget_percent = 20;
+                format!(
+                    "a lifecycle rule deletes the {} objects older than {}s",
+                    keys.len(),
+                    older_than.as_secs()
+                )
+            }
         }
     };
     let mut checker = lock(checker);
+    let now = narpush::clock::now();
     for (key, harm) in harmed {
-        checker.taint.keys.insert(key, harm);
+        checker.taint.strike(key, harm, now);
     }
     let doomed: BTreeSet<String> = paths_of
         .iter()
@@ -196,6 +228,16 @@ pub fn strike(
     checker.note(what.clone());
     crate::repair::after_damage(&mut checker, &bucket.snapshot());
     Some(what)
+}
+
+/// The NAR named by the narinfo written last (the latest `LastModified`, then the last key).
+fn nar_of_latest_narinfo(objects: &BTreeMap<String, Stored>) -> Option<String> {
+    let (_, latest) = objects
+        .iter()
+        .filter(|(k, _)| k.ends_with(".narinfo"))
+        .max_by_key(|&(k, o)| (o.modified, k))?;
+    let nar = parse(latest)?.url;
+    objects.contains_key(&nar).then_some(nar)
 }
 
 /// Applies `change` to the bucket as damage (the checker does not check it).

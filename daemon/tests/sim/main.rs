@@ -7,11 +7,12 @@
 //! cargo test -p narpush --features sim --test sim -- [--seeds N] [--base B] [--seed S]
 //!     [--jobs J] [--repush on|off] [--shared-nars on|off] [--slow-deletes on|off]
 //!     [--crashes on|off] [--faults on|off] [--upstream on|off] [--repair on|off]
-//!     [--filters on|off] [--steps N]
+//!     [--filters on|off] [--throttling on|off] [--steps N]
 //!     [--check-determinism] [--verbose]
 //! ```
 
 mod checker;
+mod contention;
 mod daemon;
 mod damage;
 mod filters;
@@ -19,6 +20,8 @@ mod repair;
 mod rng;
 mod run;
 mod scenario;
+mod summary;
+mod upload;
 mod upstream;
 mod verdicts;
 mod world;
@@ -75,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--shared-nars" => args.options.shared_nars = switch(it.next(), "--shared-nars")?,
             "--upstream" => args.options.upstream = switch(it.next(), "--upstream")?,
             "--filters" => args.options.filters = switch(it.next(), "--filters")?,
+            "--throttling" => args.options.throttling = switch(it.next(), "--throttling")?,
             "--slow-deletes" => args.options.slow_deletes = switch(it.next(), "--slow-deletes")?,
             "--crashes" => args.options.crashes = switch(it.next(), "--crashes")?,
             "--faults" => args.options.faults = switch(it.next(), "--faults")?,
@@ -122,6 +126,7 @@ fn fixed_options(options: &Options) -> String {
         ("--upstream", options.upstream),
         ("--repair", options.repair),
         ("--filters", options.filters),
+        ("--throttling", options.throttling),
     ] {
         if let Some(on) = value {
             text.push_str(&format!(" {name} {}", if on { "on" } else { "off" }));
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let next = AtomicU64::new(args.base);
     let failed = Mutex::new(Vec::new());
+    let throttled = Mutex::new(summary::Throttled::default());
     std::thread::scope(|scope| {
         for _ in 0..args.jobs {
             scope.spawn(|| loop {
@@ -152,6 +158,7 @@ fn main() -> ExitCode {
                     return;
                 }
                 let outcome = run_seed(seed, &args.options);
+                throttled.lock().unwrap().add(&outcome.throttled);
                 let mut problem = !outcome.violations.is_empty();
                 if args.check_determinism {
                     let again = run_seed(seed, &args.options);
@@ -180,6 +187,10 @@ fn main() -> ExitCode {
     });
     let mut failed = failed.into_inner().unwrap();
     failed.sort_unstable();
+    let throttled = throttled.into_inner().unwrap();
+    if throttled.any() {
+        println!("{}", throttled.describe());
+    }
     println!(
         "{} seeds from {} in {:.1}s: {} failed{}",
         args.seeds,

@@ -64,7 +64,7 @@ impl Keeper {
         counts: &mut BTreeMap<&'static str, u64>,
     ) {
         if self.rng.chance(DAMAGE_PERCENT)
-            && damage::strike(&mut self.rng, bucket, checker, world).is_some()
+            && damage::strike(&mut self.rng, bucket, checker, world, scenario.throttling).is_some()
         {
             *counts.entry("damages").or_default() += 1;
         }

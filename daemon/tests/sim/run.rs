@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use narpush::engine::compress::Compression;
 use narpush::engine::stream::StreamSettings;
-use narpush::engine::{Engine, EngineConfig, Report};
+use narpush::engine::EngineConfig;
 use narpush::format::signing::SigningKey;
 use narpush::format::store_path::StorePath;
 use narpush::gc::{self, Policy};
@@ -18,9 +18,9 @@ use narpush::sink::memory::{Bucket, MemorySink};
 use narpush::sink::Sink;
 use narpush::upstream::{SimulatedCache, Upstream, UpstreamCache, UpstreamUrl};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::checker::Checker;
+use crate::contention::Contention;
 use crate::daemon::{final_check, Command, Daemon, Ledger};
 use crate::filters::Filtering;
 use crate::rng::Rng;
@@ -41,6 +41,8 @@ pub struct Outcome {
     pub history: Vec<String>,
     pub digest: u64,
     pub summary: String,
+    /// Throttled writes and how they were judged, for the run's totals.
+    pub throttled: crate::summary::Throttled,
 }
 
 pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -69,6 +71,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Outcome {
     drop(dir);
     narpush::store::simulated::install(None);
     narpush::clock::set_virtual(None);
+    narpush::random::seeded::install(None);
     outcome
 }
 
@@ -93,8 +96,18 @@ pub fn signing_key() -> SigningKey {
     .expect("a valid key")
 }
 
-fn engine_config(bucket: &Arc<Bucket>, scenario: &Scenario, world: &World) -> Arc<EngineConfig> {
-    Arc::new(engine_config_value(bucket, scenario, world))
+/// An uploader's configuration; with contention, its announcement is drawn there.
+fn engine_config(
+    bucket: &Arc<Bucket>,
+    scenario: &Scenario,
+    world: &World,
+    contention: Option<&mut Contention>,
+) -> Arc<EngineConfig> {
+    let config = engine_config_value(bucket, scenario, world);
+    Arc::new(match contention {
+        Some(contention) => config.with_cache_info(contention.cache_info()),
+        None => config,
+    })
 }
 
 pub fn engine_config_value(
@@ -140,17 +153,26 @@ struct Sim {
     counts: BTreeMap<&'static str, u64>,
     /// Damage and repairs (`--repair on`).
     keeper: Option<crate::repair::Keeper>,
+    /// Writers meeting on keys (`--throttling on`).
+    contention: Option<Contention>,
 }
 
 async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcome {
     let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_SECS);
     narpush::clock::set_virtual(Some(epoch));
+    // Writer ids, NAR names and jitter from the seed.
+    narpush::random::seeded::install(Some(seed));
     let mut rng = Rng::new(seed);
     let mut later = Rng::new(seed ^ 0x7570_7374_7265_616d);
     let mut filtering = Rng::new(seed ^ 0x6669_6c74_6572_7321);
     let mut scenario = Scenario::draw(&mut rng, &mut later, &mut filtering, options);
     let keeper = crate::repair::Keeper::draw(seed, options.repair);
     scenario.repair = keeper.is_some();
+    let mut contention = Contention::draw(seed, options.throttling);
+    scenario.throttling = contention.is_some();
+    if scenario.throttling {
+        scenario.faults.key_write_interval = Some(crate::contention::KEY_WRITE_INTERVAL);
+    }
     let mut world = World::default();
     if scenario.upstream {
         let mut faults = scenario.faults.clone();
@@ -185,7 +207,7 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
             Daemon::start(
                 format!("daemon{i}"),
                 dir.join(format!("daemon{i}")),
-                engine_config(&bucket, &scenario, &world),
+                engine_config(&bucket, &scenario, &world, contention.as_mut()),
                 ledger.clone(),
             )
         })
@@ -203,6 +225,7 @@ async fn simulate(seed: u64, options: &Options, dir: &std::path::Path) -> Outcom
         one_shots: Vec::new(),
         counts: BTreeMap::new(),
         keeper,
+        contention,
     };
     for _ in 0..sim.scenario.steps {
         sim.step().await;
@@ -244,8 +267,9 @@ impl Sim {
                 if d.favourites.len() < 2 {
                     d.favourites.push(top.clone());
                 }
-                d.send(Command::Push(vec![top]));
+                d.send(Command::Push(vec![top.clone()]));
                 self.count("builds");
+                self.burst(daemon, top);
             }
             50..=59 if !self.world.paths.is_empty() => {
                 // A path built again (or pushed by hand), whatever its age.
@@ -277,6 +301,34 @@ impl Sim {
         tokio::time::sleep(pause).await;
     }
 
+    /// With contention, perhaps others push `top` at once too (besides daemon `pushed`).
+    fn burst(&mut self, pushed: usize, top: StorePath) {
+        let Some(burst) = self.contention.as_mut().and_then(Contention::burst) else {
+            return;
+        };
+        self.count("bursts");
+        if burst.daemons {
+            for (i, d) in self.daemons.iter().enumerate() {
+                if i != pushed {
+                    d.send(Command::Push(vec![top.clone()]));
+                }
+            }
+        }
+        for _ in 0..burst.one_shots {
+            self.upload(vec![top.clone()]);
+        }
+    }
+
+    /// An uploader's configuration (its announcement drawn with contention).
+    fn engine_config(&mut self) -> Arc<EngineConfig> {
+        engine_config(
+            &self.bucket,
+            &self.scenario,
+            &self.world,
+            self.contention.as_mut(),
+        )
+    }
+
     /// Daemons whose time has come push their favourites again.
     fn repush_due(&mut self) {
         if !self.scenario.repush {
@@ -300,43 +352,16 @@ impl Sim {
         let tops: Vec<StorePath> = (0..self.rng.between(1, 3))
             .map(|_| self.rng.pick(&self.world.paths).clone())
             .collect();
-        let config = engine_config(&self.bucket, &self.scenario, &self.world);
+        self.upload(tops);
+    }
+
+    /// `narpush upload` of `tops`' closures, in an engine of its own.
+    fn upload(&mut self, tops: Vec<StorePath>) {
+        let config = self.engine_config();
         let ledger = self.ledger.clone();
         self.count("one-shot uploads");
-        self.one_shots.push(tokio::spawn(async move {
-            let (engine, mut reports, task) =
-                Engine::start(config, CancellationToken::new(), Duration::ZERO);
-            let mut left = tops.len();
-            engine.submit(tops);
-            drop(engine);
-            let ended = tokio::time::timeout(RUN_BOUND, async {
-                while left > 0 {
-                    match reports.recv().await {
-                        Some(Report::TopDone(path)) => {
-                            let objects = ledger.bucket.snapshot();
-                            lock(&ledger.checker).check_done("upload", path.hash_part(), &objects);
-                            left -= 1;
-                        }
-                        Some(Report::TopFailed { .. } | Report::TopSkipped { .. }) => left -= 1,
-                        Some(report) => {
-                            crate::verdicts::on_report(
-                                &mut lock(&ledger.checker),
-                                "upload",
-                                &report,
-                            );
-                        }
-                        None => break,
-                    }
-                }
-            })
-            .await;
-            if ended.is_err() {
-                lock(&ledger.checker).violations.push(format!(
-                    "hang: a one-shot upload did not end within {RUN_BOUND:?}"
-                ));
-            }
-            let _ = task.await;
-        }));
+        self.one_shots
+            .push(crate::upload::spawn(config, ledger, tops));
     }
 
     fn start_gc(&mut self) {
@@ -436,48 +461,16 @@ impl Sim {
             })
             .unwrap_or_default();
         let counts = self.bucket.counts();
-        let mut summary: Vec<String> = self
-            .counts
-            .iter()
-            .map(|(what, n)| format!("{what} {n}"))
-            .collect();
-        summary.push(format!("paths {}", self.world.paths.len()));
-        summary.push(format!("bucket changes {}", checker.changes));
-        summary.push(format!(
-            "requests {} (5xx {}, 403 {}, throttled {}, lost answers {}, slow deletes {})",
-            counts.requests,
-            counts.server_errors,
-            counts.forbidden,
-            counts.throttled,
-            counts.lost_responses,
-            counts.slow_deletes
-        ));
-        if let Some(upstream) = &self.world.upstream {
-            summary.push(format!(
-                "upstream serves {} base paths, answered {} requests",
-                upstream.served.len(),
-                upstream.bucket.counts().requests
-            ));
-        }
-        if !checker.repair_figures.is_empty() {
-            let figures: Vec<String> = checker
-                .repair_figures
-                .iter()
-                .map(|(what, n)| format!("{what} {n}"))
-                .collect();
-            summary.push(format!("repair: {}", figures.join(", ")));
-        }
-        if self.scenario.filters.is_some() {
-            summary.push(crate::verdicts::lock(&checker.verdicts).summary());
-        }
-        summary.push(format!("virtual time {:.0}s", checker.seconds()));
+        let summary =
+            crate::summary::line(&self.counts, &counts, &checker, &self.world, &self.scenario);
         Outcome {
             seed,
             scenario: self.scenario,
             violations: checker.violations.clone(),
             history: checker.history(&keys),
             digest: checker.digest,
-            summary: summary.join(", "),
+            summary,
+            throttled: crate::summary::Throttled::of(&counts),
         }
     }
 }

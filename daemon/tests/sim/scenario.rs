@@ -27,6 +27,9 @@ pub struct Options {
     pub repair: Option<bool>,
     /// Every engine applies push filters (see [`crate::filters`]).
     pub filters: Option<bool>,
+    /// The bucket keeps R2's per-key write limit, and writers meet on keys (see
+    /// [`crate::contention`]).
+    pub throttling: Option<bool>,
     /// Scheduler steps (default 300).
     pub steps: Option<usize>,
 }
@@ -48,6 +51,8 @@ pub struct Scenario {
     /// Drawn apart, from a generator of its own ([`crate::repair::Keeper::draw`]).
     pub repair: bool,
     pub filters: Option<crate::filters::FilterSet>,
+    /// Drawn apart, from a generator of its own ([`crate::contention::Contention::draw`]).
+    pub throttling: bool,
 }
 
 fn or_draw(fixed: Option<bool>, rng: &mut Rng, percent: u64) -> bool {
@@ -83,6 +88,8 @@ impl Scenario {
             lost_response_ppm: rate(rng, 20_000),
             slow_delete_ppm: if slow_deletes { 300_000 } else { 0 },
             slow_delete: Duration::from_secs(20),
+            // Set when throttling is on for the seed (crate::contention).
+            key_write_interval: None,
         };
         let refresh_after = Duration::from_secs(600);
         let grace = narpush::gc::MIN_GRACE;
@@ -105,15 +112,17 @@ impl Scenario {
             upstream: or_draw(options.upstream, later, 50),
             repair: false,
             filters: crate::filters::draw(options.filters, filtering),
+            throttling: false,
         }
     }
 
-    /// The same bucket without faults (the final drain).
+    /// The same bucket without faults (the final drain); the per-key write limit stays.
     pub fn quiet(&self) -> Faults {
         Faults {
             seed: self.faults.seed,
             min_latency: self.faults.min_latency,
             max_latency: self.faults.max_latency,
+            key_write_interval: self.faults.key_write_interval,
             ..Faults::default()
         }
     }

@@ -143,11 +143,11 @@ fn another_announcement_will_not_do_but_the_same_one_in_other_words_will() {
 #[test]
 fn a_throttled_key_is_written_again_at_least_a_second_later_and_within_the_cap() {
     for retry_after in [None, Some(Duration::ZERO), Some(Duration::from_millis(300))] {
-        let wait = wait_before_writing_again(retry_after);
+        let wait = wait_before_writing_again("a.narinfo", retry_after);
         assert!(
             wait >= KEY_WRITE_INTERVAL && wait <= KEY_WRITE_INTERVAL + Duration::from_millis(500)
         );
     }
-    let wait = wait_before_writing_again(Some(Duration::from_secs(3600)));
+    let wait = wait_before_writing_again("a.narinfo", Some(Duration::from_secs(3600)));
     assert!(wait >= MAX_THROTTLED_WAIT && wait <= MAX_THROTTLED_WAIT + Duration::from_millis(500));
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{stored, Bucket, Change, GIVEN_UP_LANDS_WITHIN};
+use super::{Bucket, GIVEN_UP_LANDS_WITHIN};
 use crate::coexist::Check;
+use crate::sink::contended::Put;
 use crate::sink::inventory::{self, Object};
 use crate::sink::spill::SpillFile;
 use crate::sink::{ErrorClass, Fetched, Read, SinkError};
@@ -51,6 +52,11 @@ impl MemorySink {
 
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
         self.bucket.put(key, body).await
+    }
+
+    /// A PUT of a key other writers write too ([`Bucket::put_shared`]).
+    pub async fn put_unless_throttled(&self, key: &str, body: Bytes) -> Result<Put, SinkError> {
+        self.bucket.put_shared(key, body).await
     }
 
     pub async fn put_file(&self, key: &str, file: &SpillFile) -> Result<(), SinkError> {
@@ -142,11 +148,7 @@ impl MemoryUpload {
         let body = Bytes::from(self.parts.concat());
         let key = self.key.clone();
         self.bucket
-            .request("COMPLETE-MULTIPART", &key, |b| {
-                b.change(Change::Put(&key), |objects| {
-                    objects.insert(key.clone(), stored(body));
-                });
-            })
+            .request("COMPLETE-MULTIPART", &key, |b| b.land(&key, body))
             .await
     }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::coexist::Check;
+use crate::sink::ErrorClass;
 
 fn faults(seed: u64) -> Faults {
     Faults {
@@ -165,4 +166,149 @@ async fn a_removal_lands_at_once_without_a_request_and_is_observed() {
         vec![(vec!["a".to_owned(), "gone".to_owned()], 1)]
     );
     assert!(matches!(bucket.head("a").await.unwrap(), Read::Absent));
+}
+
+fn limited(seed: u64) -> Faults {
+    Faults {
+        key_write_interval: Some(Duration::from_secs(1)),
+        ..faults(seed)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_reaching_a_busy_key_is_answered_429_without_effect_until_a_second_after() {
+    let bucket = Bucket::new(limited(10));
+    bucket.put("k", Bytes::from_static(b"first")).await.unwrap();
+    let answer = bucket.put_shared("k", Bytes::from_static(b"second")).await;
+    let Ok(Put::Throttled(error)) = answer else {
+        panic!("not throttled: {answer:?}");
+    };
+    assert!(error.detail.starts_with("429"), "{error}");
+    assert_eq!(found(bucket.get("k").await.unwrap()).body, "first");
+    // A plain PUT meets the limit as an error.
+    let error = bucket
+        .put("k", Bytes::from_static(b"third"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.class, ErrorClass::Transient);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bucket
+        .put("k", Bytes::from_static(b"fourth"))
+        .await
+        .unwrap();
+    assert_eq!(found(bucket.get("k").await.unwrap()).body, "fourth");
+    // Other keys are not limited by this one's writes.
+    bucket.put("other", Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(bucket.counts().key_throttled, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_in_progress_makes_the_key_busy_before_it_lands() {
+    let bucket = Bucket::new(limited(11));
+    let lands_in = Duration::from_millis(300);
+    assert!(!bucket.refuses_write("PUT", "k", lands_in));
+    // Nothing landed yet, and the key refuses another write (a GET would find it empty).
+    assert!(bucket.refuses_write("COMPLETE-MULTIPART", "k", lands_in));
+    assert!(bucket.snapshot().is_empty());
+    // Reads and deletes are not limited.
+    assert!(!bucket.refuses_write("DELETE", "k", lands_in));
+    tokio::time::sleep(lands_in + Duration::from_millis(999)).await;
+    assert!(bucket.refuses_write("PUT", "k", lands_in));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!bucket.refuses_write("PUT", "k", lands_in));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_limit_writes_of_one_key_all_land() {
+    let bucket = Bucket::new(faults(12));
+    for body in ["a", "b", "c"] {
+        let answer = bucket.put_shared("k", Bytes::from(body)).await.unwrap();
+        assert!(matches!(answer, Put::Written));
+    }
+    assert_eq!(bucket.counts().key_throttled, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_answer_under_the_limit_is_sometimes_a_429_whose_write_landed() {
+    let bucket = Bucket::new(Faults {
+        lost_response_ppm: 1_000_000,
+        ..limited(13)
+    });
+    let mut throttled = 0;
+    for i in 0..40 {
+        let key = format!("k{i}");
+        let answer = bucket.put_shared(&key, Bytes::from_static(b"x")).await;
+        throttled += u64::from(matches!(answer, Ok(Put::Throttled(_))));
+        assert!(bucket.snapshot().contains_key(&key), "the write landed");
+    }
+    assert!(throttled > 5 && throttled < 35, "{throttled} of 40");
+    assert_eq!(bucket.counts().throttled_landed, throttled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_shared_write_is_judged_and_the_outcome_counted_and_observed() {
+    use crate::sink::contended::{Outcome, Wanted};
+    let bucket = Bucket::new(limited(14));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    bucket.set_observer(Some(Box::new(move |change, _| {
+        if let Change::Judged { key, outcome, .. } = change {
+            log.lock().unwrap().push((key.to_owned(), outcome));
+        }
+    })));
+    let sink = crate::sink::Sink::Memory(MemorySink::new(bucket.clone()));
+    let info = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 41\n";
+    bucket
+        .put("nix-cache-info", Bytes::from(info))
+        .await
+        .unwrap();
+    // Within the second: throttled; the key holds the same announcement.
+    sink.put_contended(
+        "nix-cache-info",
+        Bytes::from(info),
+        "text/x-nix-cache-info",
+        &Wanted::CacheInfo,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![("nix-cache-info".to_owned(), Outcome::TakenAsPublished)]
+    );
+    assert_eq!(bucket.counts().taken_as_published, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_write_finding_another_announcement_is_written_again_a_second_later() {
+    use crate::sink::contended::{Outcome, Wanted};
+    let bucket = Bucket::new(limited(15));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    bucket.set_observer(Some(Box::new(move |change, _| {
+        if let Change::Judged { outcome, .. } = change {
+            log.lock().unwrap().push(outcome);
+        }
+    })));
+    let sink = crate::sink::Sink::Memory(MemorySink::new(bucket.clone()));
+    let theirs = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 50\n";
+    let ours = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 41\n";
+    bucket
+        .put("nix-cache-info", Bytes::from(theirs))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    sink.put_contended(
+        "nix-cache-info",
+        Bytes::from(ours),
+        "text/x-nix-cache-info",
+        &Wanted::CacheInfo,
+    )
+    .await
+    .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(*seen.lock().unwrap(), vec![Outcome::WrittenAgain]);
+    assert_eq!(
+        found(bucket.get("nix-cache-info").await.unwrap()).body,
+        ours
+    );
 }
