@@ -197,7 +197,7 @@ impl Sink {
             let looked_from = crate::clock::now();
             let mismatch = match self.published_by_another(key, &body, wanted).await? {
                 None => {
-                    self.count(key, Outcome::TakenAsPublished, looked_from);
+                    self.count(key, &body, Outcome::TakenAsPublished, looked_from);
                     tracing::debug!(
                         key,
                         "{throttled}: another writer published it meanwhile; taken as published"
@@ -207,14 +207,14 @@ impl Sink {
                 Some(mismatch) => mismatch,
             };
             if attempt >= ATTEMPTS {
-                self.count(key, Outcome::GivenUp, looked_from);
+                self.count(key, &body, Outcome::GivenUp, looked_from);
                 tracing::info!(
                     key,
                     "{throttled}, and {mismatch} after {ATTEMPTS} writes; left to the retries"
                 );
                 return Err(throttled);
             }
-            self.count(key, Outcome::WrittenAgain, looked_from);
+            self.count(key, &body, Outcome::WrittenAgain, looked_from);
             let wait = wait_before_writing_again(key, throttled.retry_after);
             tracing::debug!(
                 key,
@@ -255,9 +255,9 @@ impl Sink {
         }
     }
 
-    /// Counts `outcome` in the request tally (and tells the simulation's bucket, with when the
-    /// look it was judged from began).
-    fn count(&self, key: &str, outcome: Outcome, looked_from: std::time::SystemTime) {
+    /// Counts `outcome` in the request tally (and tells the simulation's bucket, with what this
+    /// writer was writing, `ours`, and when the look it was judged from began).
+    fn count(&self, key: &str, ours: &[u8], outcome: Outcome, looked_from: std::time::SystemTime) {
         let tally = super::requests::tally();
         match outcome {
             Outcome::TakenAsPublished => tally.taken_as_published(),
@@ -266,9 +266,9 @@ impl Sink {
         }
         #[cfg(feature = "sim")]
         if let Sink::Memory(memory) = self {
-            memory.bucket().judged(key, outcome, looked_from);
+            memory.bucket().judged(key, ours, outcome, looked_from);
         }
-        let _ = (key, looked_from);
+        let _ = (key, ours, looked_from);
     }
 
     /// `None` when `key` holds what `wanted` accepts in place of `ours` (a GET, then a HEAD

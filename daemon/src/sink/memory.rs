@@ -10,7 +10,11 @@
 //! answer to a write is then sometimes a 429 too (the SDK's retry met the limit the first
 //! attempt, which landed, had set). A PUT of a shared key ([`Bucket::put_shared`]) returns a
 //! throttled answer (429, 503 `SlowDown`) as [`Put::Throttled`], for the caller to judge
-//! ([`crate::sink::contended`]), which tells the bucket how it judged ([`Bucket::judged`]).
+//! ([`crate::sink::contended`]), which tells the bucket how it judged ([`Bucket::judged`]),
+//! with what it was writing; the bucket adds when that writer's GET of the key, and its HEAD
+//! after it, landed (it keeps each task's last GET and HEAD, and a serial that orders every
+//! change and read: [`Landed`]), so that the simulation excuses only damage the judge could
+//! not have seen.
 //!
 //! A 403 on a read (GET, HEAD) is answered as [`Read::Refused`], as the S3 backend does, so
 //! that each reader's rule for it ([`crate::coexist::Reader`]) is exercised. A delete bound by
@@ -101,7 +105,31 @@ pub enum Change<'a> {
         key: &'a str,
         outcome: Outcome,
         looked_from: SystemTime,
+        /// The bytes the writer was writing there (what it wanted the key to hold).
+        ours: &'a [u8],
+        /// When the judge's GET of `key` landed (the last one its task sent), if it did.
+        got: Option<Landed>,
+        /// What that GET found there (`None`: nothing, or no GET).
+        seen: Option<&'a [u8]>,
+        /// The key the judge's task sent a HEAD for after that GET, and when it landed: the
+        /// other writer's NAR (none when the judge took the key without a HEAD).
+        headed: Option<(&'a str, Landed)>,
     },
+}
+
+/// When a request had its effect: its place in the order of the bucket's events (changes and
+/// reads, one counter: [`Bucket::serial`]) and the virtual time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Landed {
+    pub serial: u64,
+    pub at: SystemTime,
+}
+
+/// The last GET and the last HEAD one task's requests made, each with its key.
+#[derive(Clone, Debug, Default)]
+struct TaskReads {
+    get: Option<(String, Landed, Option<Bytes>)>,
+    head: Option<(String, Landed)>,
 }
 
 /// Called with each change and the bucket after it.
@@ -136,6 +164,10 @@ struct Inner {
     busy: BTreeMap<String, tokio::time::Instant>,
     observer: Option<Observer>,
     counts: Counts,
+    /// Events so far (changes and reads that landed), to order them ([`Landed::serial`]).
+    serial: u64,
+    /// The reads of each task (`None`: outside any task), for [`Change::Judged`].
+    reads: std::collections::HashMap<Option<tokio::task::Id>, TaskReads>,
 }
 
 /// The bucket; [`MemorySink`]s and the simulation share it.
@@ -201,9 +233,17 @@ impl Bucket {
         });
     }
 
+    /// How many events (changes, reads) have landed so far: the serial of the last one.
+    pub fn serial(&self) -> u64 {
+        self.lock().serial
+    }
+
     fn change(&self, change: Change<'_>, apply: impl FnOnce(&mut BTreeMap<String, Stored>)) {
         let mut inner = self.lock();
         let inner = &mut *inner;
+        if !matches!(change, Change::Judged { .. }) {
+            inner.serial += 1;
+        }
         apply(&mut inner.objects);
         if let Some(observer) = &mut inner.observer {
             observer(change, &inner.objects);
@@ -285,13 +325,23 @@ impl Bucket {
     }
 
     pub async fn get(&self, key: &str) -> Result<Read<Stored>, SinkError> {
-        self.read("GET", key, |b| b.lock().objects.get(key).cloned())
-            .await
+        self.read("GET", key, |b| {
+            let mut inner = b.lock();
+            let landed = inner.landed();
+            let found = inner.objects.get(key).cloned();
+            let body = found.as_ref().map(|o| o.body.clone());
+            inner.task_reads().get = Some((key.to_owned(), landed, body));
+            found
+        })
+        .await
     }
 
     pub async fn head(&self, key: &str) -> Result<Read<Head>, SinkError> {
         self.read("HEAD", key, |b| {
-            b.lock().objects.get(key).map(|o| Head {
+            let mut inner = b.lock();
+            let landed = inner.landed();
+            inner.task_reads().head = Some((key.to_owned(), landed));
+            inner.objects.get(key).map(|o| Head {
                 size: o.body.len() as u64,
                 modified: o.modified,
                 etag: o.etag.clone(),
@@ -318,21 +368,36 @@ impl Bucket {
         }
     }
 
-    /// A writer judged a throttled write of `key` so, from a look that began at `looked_from`:
-    /// counted, and shown to the observer.
-    pub fn judged(&self, key: &str, outcome: Outcome, looked_from: SystemTime) {
-        {
-            let counts = &mut self.lock().counts;
+    /// A writer judged a throttled write of `key`, where it was writing `ours`, so, from a look
+    /// that began at `looked_from`: counted, and shown to the observer with when the judge's
+    /// GET of `key` and its HEAD after it (its task's last ones) landed.
+    pub fn judged(&self, key: &str, ours: &[u8], outcome: Outcome, looked_from: SystemTime) {
+        let (got, seen, headed) = {
+            let mut inner = self.lock();
+            let counts = &mut inner.counts;
             match outcome {
                 Outcome::TakenAsPublished => counts.taken_as_published += 1,
                 Outcome::WrittenAgain => counts.written_again += 1,
                 Outcome::GivenUp => counts.given_up += 1,
             }
-        }
+            let reads = inner.task_reads().clone();
+            let (got, seen) = reads
+                .get
+                .filter(|(got, landed, _)| got == key && landed.at >= looked_from)
+                .map_or((None, None), |(_, landed, seen)| (Some(landed), seen));
+            let headed = reads
+                .head
+                .filter(|(_, head)| got.is_some_and(|got| head.serial > got.serial));
+            (got, seen, headed)
+        };
         let judged = Change::Judged {
             key,
             outcome,
             looked_from,
+            ours,
+            got,
+            seen: seen.as_deref(),
+            headed: headed.as_ref().map(|(nar, landed)| (nar.as_str(), *landed)),
         };
         self.change(judged, |_| {});
     }
@@ -381,6 +446,22 @@ impl Bucket {
         })
         .await
         .map_err(|failed| failed.error)
+    }
+}
+
+impl Inner {
+    /// A read lands now: its serial and instant.
+    fn landed(&mut self) -> Landed {
+        self.serial += 1;
+        Landed {
+            serial: self.serial,
+            at: crate::clock::now(),
+        }
+    }
+
+    /// The reads of the task running now.
+    fn task_reads(&mut self) -> &mut TaskReads {
+        self.reads.entry(tokio::task::try_id()).or_default()
     }
 }
 

@@ -5,10 +5,9 @@
 //! - **NARs are immutable**: a NAR object is never overwritten with other bytes;
 //! - **one writer per NAR key**: no `nar/` key is written (PUT, multipart completion) twice
 //!   in a run, by anyone but damage (every NAR gets a name no other upload uses);
-//! - **taken as published means whole** (`--throttling on`): when a writer takes a
-//!   throttled write of a narinfo as published by another (rule U7), the key holds, at that
-//!   instant, a narinfo signed by our key whose NAR has its FileSize and whose references
-//!   are there; of `nix-cache-info`, that the key holds one;
+//! - **taken as published means what the writer wanted** (`--throttling on`): when a writer
+//!   takes a throttled write as published by another (rule U7), the key holds at that instant
+//!   what it wanted there: see [`crate::judged`];
 //! - **done means there**: a path reported done (uploaded or found) has its narinfo in the
 //!   bucket at that moment;
 //! - **push filters**: see [`crate::verdicts`].
@@ -27,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use narpush::format::narinfo::NarInfo;
-use narpush::sink::contended::Outcome;
 use narpush::sink::memory::{Change, Stored};
 
 /// What a narinfo needs.
@@ -122,10 +120,22 @@ impl Checker {
         if let Change::Judged {
             key,
             outcome,
-            looked_from,
+            ours,
+            got,
+            seen,
+            headed,
+            ..
         } = change
         {
-            self.judged(key, outcome, looked_from, objects);
+            let judgement = crate::judged::Judgement {
+                key,
+                outcome,
+                ours,
+                got,
+                seen,
+                headed,
+            };
+            crate::judged::check(self, judgement, objects);
             return;
         }
         self.changes += 1;
@@ -322,80 +332,6 @@ impl Checker {
             self.nars_written.insert(key.to_owned(), first);
             self.violate(format!(
                 "NAR key reused: {key} is written again (first written at t={first:.3}s)"
-            ));
-        }
-    }
-
-    /// A throttled write of `key` was judged from a look that began at `looked_from`; one
-    /// taken as published must find the key whole now: what the judge looks at (the narinfo,
-    /// its signature, its NAR) unless damage harmed it after the look began; its references
-    /// (which the judge takes on the other writer's word, U4) unless damage deleted them.
-    fn judged(
-        &mut self,
-        key: &str,
-        outcome: Outcome,
-        looked_from: SystemTime,
-        objects: &BTreeMap<String, Stored>,
-    ) {
-        self.note(format!("throttled write of {key}: {}", outcome.label()));
-        if outcome != Outcome::TakenAsPublished || self.taint.harmed_since(key, looked_from) {
-            return;
-        }
-        let Some(object) = objects.get(key) else {
-            self.violate(format!(
-                "throttled: {key} was taken as published but the key is empty"
-            ));
-            return;
-        };
-        if !key.ends_with(".narinfo") {
-            return;
-        }
-        let parsed = std::str::from_utf8(&object.body)
-            .ok()
-            .and_then(|text| NarInfo::parse(text).ok());
-        let Some(narinfo) = parsed else {
-            self.violate(format!(
-                "throttled: {key} was taken as published but does not parse"
-            ));
-            return;
-        };
-        let mut problems = Vec::new();
-        if !narinfo
-            .signatures
-            .iter()
-            .any(|s| s.starts_with(&format!("{}:", crate::run::signing_key().name())))
-        {
-            problems.push("it is not signed by our key".to_owned());
-        }
-        let nar_excused = self.taint.harmed_since(&narinfo.url, looked_from);
-        match objects.get(&narinfo.url) {
-            _ if nar_excused => {}
-            None => problems.push(format!("its NAR {} is missing", narinfo.url)),
-            Some(nar) if Some(nar.body.len() as u64) != narinfo.file_size => {
-                problems.push(format!(
-                    "its NAR {} has {} bytes, it says FileSize {:?}",
-                    narinfo.url,
-                    nar.body.len(),
-                    narinfo.file_size
-                ))
-            }
-            Some(_) => {}
-        }
-        let own = key.trim_end_matches(".narinfo");
-        for reference in &narinfo.references {
-            let hash = reference.hash_part();
-            let reference_key = narinfo_key(hash);
-            if hash != own
-                && !objects.contains_key(&reference_key)
-                && !self.upstream_serves.contains(hash)
-                && !self.taint.deleted(&reference_key)
-            {
-                problems.push(format!("its reference {reference_key} is missing"));
-            }
-        }
-        for problem in problems {
-            self.violate(format!(
-                "throttled: {key} was taken as published but {problem}"
             ));
         }
     }

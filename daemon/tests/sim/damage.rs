@@ -1,7 +1,9 @@
 //! DAMAGE: what a lifecycle rule or an accident does to the bucket, outside every protocol:
 //! a NAR deleted, truncated or replaced by other bytes (of its size or not), a narinfo that
 //! others reference deleted, a narinfo's signature replaced by one of a key nobody trusts, or
-//! everything older than some age deleted. Damage lands at once (no request); with a chance
+//! everything older than some age deleted. With `--throttling on`, some strokes aim at the
+//! narinfo written last, while other writers may be judging a throttled write of it: its NAR
+//! deleted, truncated or replaced, or the narinfo re-signed with a foreign key. Damage lands at once (no request); with a chance
 //! the damaged paths are also gone from the local store (its own GC took them, with their
 //! referrers), so that repair finds some of them and not others.
 //!
@@ -11,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use narpush::format::narinfo::NarInfo;
@@ -23,7 +25,7 @@ use crate::rng::Rng;
 use crate::run::lock;
 use crate::world::World;
 
-/// Percent of strokes that delete the NAR of the narinfo written last, with `fresh`.
+/// Percent of strokes aimed at the narinfo written last, with `fresh`.
 const FRESH_PERCENT: u64 = 40;
 
 /// What damage did to a key.
@@ -45,8 +47,9 @@ pub struct Taint {
     /// Set while damage changes the bucket (its changes are not checked).
     pub damaging: bool,
     pub keys: BTreeMap<String, Harm>,
-    /// When damage last harmed each of `keys`.
-    pub struck_at: BTreeMap<String, SystemTime>,
+    /// When damage last harmed each of `keys`: the serial of its change in the bucket
+    /// ([`narpush::sink::memory::Bucket::serial`]), to order it with the reads that land.
+    pub struck_at: BTreeMap<String, u64>,
 }
 
 impl Taint {
@@ -54,15 +57,16 @@ impl Taint {
         self.keys.contains_key(key)
     }
 
-    /// Damage harmed `key` at `at`.
-    pub fn strike(&mut self, key: String, harm: Harm, at: SystemTime) {
-        self.struck_at.insert(key.clone(), at);
+    /// Damage harmed `key` by the bucket's event `serial`.
+    pub fn strike(&mut self, key: String, harm: Harm, serial: u64) {
+        self.struck_at.insert(key.clone(), serial);
         self.keys.insert(key, harm);
     }
 
-    /// Whether damage harmed `key` at `since` or later (and it is not healed).
-    pub fn harmed_since(&self, key: &str, since: SystemTime) -> bool {
-        self.struck_at.get(key).is_some_and(|at| *at >= since)
+    /// Whether damage harmed `key` after the bucket's event `serial` (a read that landed
+    /// then could not see it), and it is not healed.
+    pub fn harmed_after(&self, key: &str, serial: u64) -> bool {
+        self.struck_at.get(key).is_some_and(|at| *at > serial)
     }
 
     pub fn harm(&self, key: &str) -> Option<Harm> {
@@ -94,10 +98,10 @@ fn vandal_key() -> SigningKey {
 /// One stroke of damage; returns what it did (for the log), or `None` if there was nothing
 /// to damage.
 ///
-/// With `fresh` (`--throttling on`), a stroke is sometimes a collector that does not follow
-/// the protocol (another tool's GC, which listed the NARs after the narinfos): it deletes the
-/// NAR of the narinfo written last, while other writers of that narinfo may still be judging
-/// a throttled write of it (rule U7 must not take a narinfo whose NAR is gone).
+/// With `fresh` (`--throttling on`), a stroke is sometimes aimed at the narinfo written last,
+/// while other writers of it may still be judging a throttled write of it (rule U7 must not
+/// take a narinfo whose NAR is gone or not of its FileSize, nor one not signed by our key): its NAR deleted, truncated or replaced (a collector outside the
+/// protocol, an accident), or the narinfo re-signed with a foreign key.
 pub fn strike(
     rng: &mut Rng,
     bucket: &Arc<Bucket>,
@@ -115,40 +119,37 @@ pub fn strike(
     // The narinfos whose paths may also leave the local store, and the chance they do.
     let mut paths_of: Vec<String> = Vec::new();
     let mut forget_percent = 40;
+    let serial;
     let what = if fresh && rng.chance(FRESH_PERCENT) {
-        let nar = nar_of_latest_narinfo(&objects)?;
-        land(bucket, checker, |b| b.remove(std::slice::from_ref(&nar)));
-        paths_of.extend(narinfos_naming(&objects, &nar));
-        harmed.push((nar.clone(), Harm::Deleted));
-        format!("a collector outside the protocol deletes {nar}, named by the narinfo written last")
+        let (key, narinfo) = latest_narinfo(&objects)?;
+        let nar = narinfo.url.clone();
+        let what = match rng.below(4) {
+            0..=2 => {
+                let body = objects.get(&nar)?.body.clone();
+                let (what, harm, bytes) = nar_stroke(rng, &body);
+                serial = land(bucket, checker, |b| match bytes {
+                    None => b.remove(std::slice::from_ref(&nar)),
+                    Some(bytes) => b.insert(&nar, bytes),
+                });
+                paths_of.extend(narinfos_naming(&objects, &nar));
+                harmed.push((nar.clone(), harm));
+                format!("{what} {nar}")
+            }
+            _ => {
+                let body = signed_by(narinfo, &vandal_key())?;
+                serial = land(bucket, checker, |b| b.insert(&key, body));
+                paths_of.push(key.clone());
+                harmed.push((key.clone(), Harm::ForeignSignature));
+                format!("re-signs {key} with a foreign key")
+            }
+        };
+        format!("{what}, aimed at the narinfo written last")
     } else {
         match rng.below(100) {
             0..=59 => {
                 let nar = rng.pick(&nars).to_string();
-                let body = &objects[&nar].body;
-                let (what, harm, bytes) = match rng.below(3) {
-                    0 => ("deletes", Harm::Deleted, None),
-                    1 => {
-                        let keep = rng.below(body.len() as u64) as usize;
-                        ("truncates", Harm::Resized, Some(body.slice(..keep)))
-                    }
-                    _ => {
-                        let same_size = rng.chance(50);
-                        let len = if same_size {
-                            body.len()
-                        } else {
-                            rng.between(1, 2000) as usize
-                        };
-                        let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
-                        let harm = if len == body.len() {
-                            Harm::Rebytes
-                        } else {
-                            Harm::Resized
-                        };
-                        ("replaces", harm, Some(Bytes::from(bytes)))
-                    }
-                };
-                land(bucket, checker, |b| match bytes {
+                let (what, harm, bytes) = nar_stroke(rng, &objects[&nar].body);
+                serial = land(bucket, checker, |b| match bytes {
                     None => b.remove(std::slice::from_ref(&nar)),
                     Some(bytes) => b.insert(&nar, bytes),
                 });
@@ -164,18 +165,15 @@ pub fn strike(
                     referenced
                 };
                 let key = rng.pick(&pool).clone();
-                land(bucket, checker, |b| b.remove(std::slice::from_ref(&key)));
+                serial = land(bucket, checker, |b| b.remove(std::slice::from_ref(&key)));
                 paths_of.push(key.clone());
                 harmed.push((key.clone(), Harm::Deleted));
                 format!("deletes {key}")
             }
             75..=91 => {
                 let key = rng.pick(&narinfos).to_string();
-                let mut narinfo = parse(&objects[&key])?;
-                narinfo.signatures.clear();
-                narinfo.add_signature(&vandal_key()).ok()?;
-                let body = Bytes::from(narinfo.to_string());
-                land(bucket, checker, |b| b.insert(&key, body));
+                let body = signed_by(parse(&objects[&key])?, &vandal_key())?;
+                serial = land(bucket, checker, |b| b.insert(&key, body));
                 paths_of.push(key.clone());
                 harmed.push((key.clone(), Harm::ForeignSignature));
                 format!("re-signs {key} with a foreign key")
@@ -191,7 +189,7 @@ pub fn strike(
                 if keys.is_empty() {
                     return None;
                 }
-                land(bucket, checker, |b| b.remove(&keys));
+                serial = land(bucket, checker, |b| b.remove(&keys));
                 for key in &keys {
                     harmed.push((key.clone(), Harm::Deleted));
                     if key.ends_with(".narinfo") {
@@ -208,9 +206,8 @@ pub fn strike(
         }
     };
     let mut checker = lock(checker);
-    let now = narpush::clock::now();
     for (key, harm) in harmed {
-        checker.taint.strike(key, harm, now);
+        checker.taint.strike(key, harm, serial);
     }
     let doomed: BTreeSet<String> = paths_of
         .iter()
@@ -230,21 +227,60 @@ pub fn strike(
     Some(what)
 }
 
-/// The NAR named by the narinfo written last (the latest `LastModified`, then the last key).
-fn nar_of_latest_narinfo(objects: &BTreeMap<String, Stored>) -> Option<String> {
-    let (_, latest) = objects
+/// A stroke at a NAR of these bytes: deleted (no bytes), truncated, or replaced by other
+/// bytes of its size or not; what it is called and the harm.
+fn nar_stroke(rng: &mut Rng, body: &Bytes) -> (&'static str, Harm, Option<Bytes>) {
+    match rng.below(3) {
+        0 => ("deletes", Harm::Deleted, None),
+        1 => {
+            let keep = rng.below(body.len() as u64) as usize;
+            ("truncates", Harm::Resized, Some(body.slice(..keep)))
+        }
+        _ => {
+            let same_size = rng.chance(50);
+            let len = if same_size {
+                body.len()
+            } else {
+                rng.between(1, 2000) as usize
+            };
+            let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+            let harm = if len == body.len() {
+                Harm::Rebytes
+            } else {
+                Harm::Resized
+            };
+            ("replaces", harm, Some(Bytes::from(bytes)))
+        }
+    }
+}
+
+/// `narinfo` with `key`'s signature only, as text.
+fn signed_by(mut narinfo: NarInfo, key: &SigningKey) -> Option<Bytes> {
+    narinfo.signatures.clear();
+    narinfo.add_signature(key).ok()?;
+    Some(Bytes::from(narinfo.to_string()))
+}
+
+/// The narinfo written last (the latest `LastModified`, then the last key), when its NAR is
+/// there.
+fn latest_narinfo(objects: &BTreeMap<String, Stored>) -> Option<(String, NarInfo)> {
+    let (key, latest) = objects
         .iter()
         .filter(|(k, _)| k.ends_with(".narinfo"))
         .max_by_key(|&(k, o)| (o.modified, k))?;
-    let nar = parse(latest)?.url;
-    objects.contains_key(&nar).then_some(nar)
+    let narinfo = parse(latest)?;
+    objects
+        .contains_key(&narinfo.url)
+        .then(|| (key.clone(), narinfo))
 }
 
-/// Applies `change` to the bucket as damage (the checker does not check it).
-fn land(bucket: &Bucket, checker: &Mutex<Checker>, change: impl FnOnce(&Bucket)) {
+/// Applies `change` to the bucket as damage (the checker does not check it); the serial of
+/// the change.
+fn land(bucket: &Bucket, checker: &Mutex<Checker>, change: impl FnOnce(&Bucket)) -> u64 {
     lock(checker).taint.damaging = true;
     change(bucket);
     lock(checker).taint.damaging = false;
+    bucket.serial()
 }
 
 fn parse(object: &Stored) -> Option<NarInfo> {

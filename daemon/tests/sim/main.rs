@@ -16,6 +16,7 @@ mod contention;
 mod daemon;
 mod damage;
 mod filters;
+mod judged;
 mod repair;
 mod rng;
 mod run;

@@ -434,7 +434,9 @@ impl Watch {
         let mut problems = Vec::new();
         for (key, needs) in &checker.needs {
             let hash = key.trim_end_matches(".narinfo");
-            if !self.start_modified.contains_key(key) || self.young_at_start(key) {
+            // A narinfo rewritten (a refresh) while the repair ran may have been listed young.
+            let rewritten = objects.get(key).is_some_and(|o| o.modified > self.start);
+            if !self.start_modified.contains_key(key) || self.young_at_start(key) || rewritten {
                 continue;
             }
             let mut faults = Vec::new();

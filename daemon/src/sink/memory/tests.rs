@@ -252,7 +252,22 @@ async fn a_throttled_shared_write_is_judged_and_the_outcome_counted_and_observed
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     bucket.set_observer(Some(Box::new(move |change, _| {
-        if let Change::Judged { key, outcome, .. } = change {
+        if let Change::Judged {
+            key,
+            outcome,
+            ours,
+            got,
+            headed,
+            ..
+        } = change
+        {
+            // The judge's GET landed before it decided, and it took its own announcement
+            // without a HEAD.
+            assert!(got.is_some() && headed.is_none(), "{got:?} {headed:?}");
+            assert_eq!(
+                ours,
+                b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 41\n"
+            );
             log.lock().unwrap().push((key.to_owned(), outcome));
         }
     })));
