@@ -1,7 +1,8 @@
-//! The randomness in what narpush writes and when: the random parts of NAR names and writer
-//! ids ([`crate::layout`]), and the jitter before a throttled key is written again
+//! The randomness of the engine and the sinks: the random parts of NAR names and writer ids
+//! ([`crate::layout`]), and the jitter before a throttled key is written again
 //! ([`crate::sink::contended`]). It is read through this module so that the deterministic
-//! simulation (feature `sim`) can draw it from its seed.
+//! simulation (feature `sim`) can draw it from its seed. (The daemon's retry backoff draws
+//! its jitter from the thread's generator directly: the simulation runs no daemon pipeline.)
 //!
 //! Invariant: production draws from the thread's generator, seeded by the operating system,
 //! as before this module existed; nothing here changes that. With a simulation's seed
