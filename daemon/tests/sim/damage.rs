@@ -335,3 +335,32 @@ fn referenced_narinfos(objects: &BTreeMap<String, Stored>) -> Vec<String> {
     }
     referenced.into_iter().collect()
 }
+
+/// Whether `key`, or a narinfo its closure reaches through the references the checker knows,
+/// holds the bytes of another build that damage wrote: repair reports such a narinfo
+/// unfixable (the local store contradicts it), and keeps or deletes the ones that need it.
+pub fn reaches_other_build(
+    checker: &Checker,
+    key: &str,
+    objects: &BTreeMap<String, Stored>,
+) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![key.to_owned()];
+    while let Some(key) = todo.pop() {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        if checker.taint.other_build(&key, objects) {
+            return true;
+        }
+        if let Some(needs) = checker.needs.get(&key) {
+            todo.extend(
+                needs
+                    .references
+                    .iter()
+                    .map(|hash| format!("{hash}.narinfo")),
+            );
+        }
+    }
+    false
+}

@@ -437,11 +437,10 @@ impl Watch {
             let hash = key.trim_end_matches(".narinfo");
             // A narinfo rewritten (a refresh) while the repair ran may have been listed young.
             let rewritten = objects.get(key).is_some_and(|o| o.modified > self.start);
-            let other_build = checker.taint.other_build(key, objects);
             if !self.start_modified.contains_key(key)
                 || self.young_at_start(key)
                 || rewritten
-                || other_build
+                || crate::damage::reaches_other_build(checker, key, objects)
             {
                 continue;
             }
