@@ -50,6 +50,10 @@ pub struct Taint {
     /// When damage last harmed each of `keys`: the serial of its change in the bucket
     /// ([`narpush::sink::memory::Bucket::serial`]), to order it with the reads that land.
     pub struck_at: BTreeMap<String, u64>,
+    /// narinfos damage rewrote as another build of their path, with the ETag of what it
+    /// wrote (a refresh writes the same bytes back): while a key holds them, what repair makes
+    /// of it is not modelled ([`crate::repair`]).
+    pub other_builds: BTreeMap<String, String>,
 }
 
 impl Taint {
@@ -71,6 +75,13 @@ impl Taint {
 
     pub fn harm(&self, key: &str) -> Option<Harm> {
         self.keys.get(key).copied()
+    }
+
+    /// Whether `key` holds, in `objects`, another build damage wrote there.
+    pub fn other_build(&self, key: &str, objects: &BTreeMap<String, Stored>) -> bool {
+        self.other_builds
+            .get(key)
+            .is_some_and(|etag| objects.get(key).is_some_and(|o| o.etag == *etag))
     }
 
     pub fn deleted(&self, key: &str) -> bool {
@@ -123,7 +134,7 @@ pub fn strike(
     let what = if fresh && rng.chance(FRESH_PERCENT) {
         let (key, narinfo) = latest_narinfo(&objects)?;
         let nar = narinfo.url.clone();
-        let what = match rng.below(4) {
+        let what = match rng.below(5) {
             0..=2 => {
                 let body = objects.get(&nar)?.body.clone();
                 let (what, harm, bytes) = nar_stroke(rng, &body);
@@ -134,6 +145,17 @@ pub fn strike(
                 paths_of.extend(narinfos_naming(&objects, &nar));
                 harmed.push((nar.clone(), harm));
                 format!("{what} {nar}")
+            }
+            3 => {
+                let mut other = narinfo;
+                other.nar_hash = narpush::format::hash::Sha256::digest(other.nar_hash.0);
+                let body = signed_by(other, &crate::run::signing_key())?;
+                serial = land(bucket, checker, |b| b.insert(&key, body));
+                paths_of.push(key.clone());
+                let etag = bucket.snapshot().get(&key)?.etag.clone();
+                lock(checker).taint.other_builds.insert(key.clone(), etag);
+                harmed.push((key.clone(), Harm::ForeignSignature));
+                format!("rewrites {key} as another build (another NarHash, signed by our key)")
             }
             _ => {
                 let body = signed_by(narinfo, &vandal_key())?;
@@ -312,4 +334,33 @@ fn referenced_narinfos(objects: &BTreeMap<String, Stored>) -> Vec<String> {
         }
     }
     referenced.into_iter().collect()
+}
+
+/// Whether `key`, or a narinfo its closure reaches through the references the checker knows,
+/// holds the bytes of another build that damage wrote: repair reports such a narinfo
+/// unfixable (the local store contradicts it), and keeps or deletes the ones that need it.
+pub fn reaches_other_build(
+    checker: &Checker,
+    key: &str,
+    objects: &BTreeMap<String, Stored>,
+) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![key.to_owned()];
+    while let Some(key) = todo.pop() {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        if checker.taint.other_build(&key, objects) {
+            return true;
+        }
+        if let Some(needs) = checker.needs.get(&key) {
+            todo.extend(
+                needs
+                    .references
+                    .iter()
+                    .map(|hash| format!("{hash}.narinfo")),
+            );
+        }
+    }
+    false
 }

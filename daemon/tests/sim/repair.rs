@@ -252,7 +252,8 @@ fn doomable(
         let lost_reference = missing_references(checker, key, objects)
             .iter()
             .any(|r| !in_store(checker, store, r));
-        if bad_nar || lost_reference {
+        let other_build = checker.taint.other_build(key, objects);
+        if bad_nar || lost_reference || other_build {
             roots.push(hash.to_owned());
         }
     }
@@ -436,7 +437,11 @@ impl Watch {
             let hash = key.trim_end_matches(".narinfo");
             // A narinfo rewritten (a refresh) while the repair ran may have been listed young.
             let rewritten = objects.get(key).is_some_and(|o| o.modified > self.start);
-            if !self.start_modified.contains_key(key) || self.young_at_start(key) || rewritten {
+            if !self.start_modified.contains_key(key)
+                || self.young_at_start(key)
+                || rewritten
+                || crate::damage::reaches_other_build(checker, key, objects)
+            {
                 continue;
             }
             let mut faults = Vec::new();
