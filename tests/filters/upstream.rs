@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// `narpush upload` of the bundle with output `doc` excluded, asking `upstream` (trusting
+/// `upstream_public`) whether it serves what is excluded.
+fn upload_bundle_without_doc(
+    cache: &Path,
+    key: &Path,
+    upstream: &str,
+    upstream_public: &str,
+    built: &Built,
+) -> std::process::Output {
+    let flags = [
+        "--exclude-output",
+        "doc",
+        "--upstream",
+        upstream,
+        "--upstream-key",
+        upstream_public,
+    ];
+    upload(cache, key, &flags, &[&built.bundle])
+}
+
 #[test]
 fn a_referrer_of_an_excluded_path_an_upstream_cache_serves_is_uploaded() {
     let dir = tempfile::tempdir().unwrap();
@@ -15,19 +35,7 @@ fn a_referrer_of_an_excluded_path_an_upstream_cache_serves_is_uploaded() {
     assert!(filled.status.success(), "{}", stderr(&filled));
 
     let upstream_url = format!("file://{}", upstream.display());
-    let output = upload(
-        &cache,
-        &key,
-        &[
-            "--exclude-output",
-            "doc",
-            "--upstream",
-            &upstream_url,
-            "--upstream-key",
-            &upstream_public,
-        ],
-        &[&built.bundle],
-    );
+    let output = upload_bundle_without_doc(&cache, &key, &upstream_url, &upstream_public, &built);
     let said = stderr(&output);
     assert!(output.status.success(), "{said}");
     assert_in_cache(&cache, &[&built.doc], false, &said);
@@ -46,19 +54,7 @@ fn an_excluded_path_is_not_skipped_while_an_upstream_that_may_serve_it_does_not_
     let built = Built::build("filters-silent");
     // Nothing listens there: the connection is refused.
     let silent = format!("http://{}", free_port());
-    let output = upload(
-        &cache,
-        &key,
-        &[
-            "--exclude-output",
-            "doc",
-            "--upstream",
-            &silent,
-            "--upstream-key",
-            &upstream_public,
-        ],
-        &[&built.bundle],
-    );
+    let output = upload_bundle_without_doc(&cache, &key, &silent, &upstream_public, &built);
     let said = stderr(&output);
     assert!(
         !output.status.success(),
